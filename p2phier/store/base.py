@@ -1,0 +1,687 @@
+"""The ``ContentStore`` interface and every DAG-level operation on top of it.
+
+A store keeps blocks exactly as given, each named by the CID of its bytes.  An
+implementation provides only a small private block layer (``_store``,
+``_load``, ``_contains``, ``_size``, ``_remove``, ``_keys``, ``_quarantine``);
+this module owns everything above it, once, for every implementation:
+
+* the public block API with its checks (size limit before hashing, hash before
+  storing, re-hash before returning, corrupt blocks moved aside, never returned);
+* objects: UnixFS files added from bytes, streams or paths (bounded memory),
+  read back, exported atomically, checked for completeness;
+* pins (recursive / direct), garbage collection and verification;
+* object metadata in the SQLite index (:mod:`p2phier.store.index`).
+
+Blocks are keyed by their CIDv1: a CIDv0 and the CIDv1 with the same multihash
+name the same bytes.  Identity-hash CIDs carry their bytes inline and are never
+stored.
+
+Concurrency: ingests (adds, ``put_block``, ``pin``, ``ingest()``) take the
+*shared* side of a lock, GC and ``delete_block`` the *exclusive* side, so GC
+never removes the blocks of an ingest in progress.  Implementations shared by
+several processes extend the lock across processes (``_os_lock``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, Self
+
+from p2phier.cid import CID, DAG_PB, IDENTITY
+from p2phier.errors import (
+    BlockNotFoundError,
+    BlockTooLargeError,
+    CorruptBlockError,
+    HashMismatchError,
+    PinnedError,
+    StoreError,
+    StoreIOError,
+    UnixFSError,
+    UsageError,
+)
+from p2phier.store.index import (
+    PIN_DIRECT,
+    PIN_RECURSIVE,
+    Index,
+    ObjectMeta,
+)
+from p2phier.unixfs import CHUNK_SIZE, FileDagBuilder, FileTooLargeError, child_links, read_file
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK_SIZE = 1 << 20
+"""Blocks larger than this (1 MiB) are refused before they are hashed or stored."""
+
+OS_SHARED, OS_EXCLUSIVE, OS_UNLOCK = "shared", "exclusive", "unlock"
+
+
+class NotPinnedError(StoreError, ValueError):
+    """``unpin`` of a CID that has no pin of its own."""
+
+
+class UnreadablePinError(StoreError):
+    """A node of a pinned DAG is missing or corrupt, so its children are unknown.
+
+    GC and ``delete_block`` refuse to run rather than risk deleting pinned data.
+    """
+
+
+class ObjectTooLargeError(StoreError, ValueError):
+    """An object exceeds the size the caller allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetaSpec:
+    """Metadata given when adding an object (the store fills cid, size, created)."""
+
+    kind: str = "file"
+    layer: str | None = None
+    domain: str | None = None
+    author: str | None = None
+    parent: str | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.to_meta(CID.raw(b""), 0, 0.0)  # validate now, before any block is written
+
+    def to_meta(self, cid: CID, size: int, created: float) -> ObjectMeta:
+        return ObjectMeta(
+            cid=cid,
+            kind=self.kind,
+            size=size,
+            created=created,
+            layer=self.layer,
+            domain=self.domain,
+            author=self.author,
+            parent=self.parent,
+            name=self.name,
+        )
+
+
+def block_key(cid: CID | str) -> CID:
+    """Parse ``cid`` (a CID or its string) and return the CIDv1 blocks are keyed by."""
+    parsed = CID.parse(cid)
+    return parsed.to_v1() if parsed.version == 0 else parsed
+
+
+class _GcLock:
+    """Shared (ingest) / exclusive (GC) lock; shared holds are reentrant per thread.
+
+    Waiting GC blocks new ingests so it cannot starve.  ``os_lock`` mirrors the
+    in-process state onto a lock other processes see (the first shared holder
+    takes it, the last one releases it).
+    """
+
+    def __init__(self, os_lock: Callable[[str], None]) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._owner: int | None = None
+        self._waiting = 0
+        self._held = threading.local()
+        self._os_lock = os_lock
+
+    def _depth(self) -> int:
+        return int(getattr(self._held, "depth", 0))
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        depth = self._depth()
+        if depth or self._owner == threading.get_ident():
+            self._held.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._held.depth = depth
+            return
+        with self._cond:
+            while self._owner is not None or self._waiting:
+                self._cond.wait()
+            if self._shared == 0:
+                self._os_lock(OS_SHARED)
+            self._shared += 1
+        self._held.depth = 1
+        try:
+            yield
+        finally:
+            self._held.depth = 0
+            with self._cond:
+                self._shared -= 1
+                if self._shared == 0:
+                    try:
+                        self._os_lock(OS_UNLOCK)
+                    finally:
+                        self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._depth() or self._owner == me:
+            raise StoreError("GC or block deletion cannot run inside an ingest of the same thread")
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._owner is not None or self._shared:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._owner = me
+            try:
+                self._os_lock(OS_EXCLUSIVE)
+            except BaseException:
+                self._owner = None
+                self._cond.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                try:
+                    self._os_lock(OS_UNLOCK)
+                finally:
+                    self._owner = None
+                    self._cond.notify_all()
+
+
+class ContentStore(ABC):
+    """A content-addressed block store with UnixFS objects, pins, GC and an index."""
+
+    def __init__(
+        self,
+        index: Index,
+        *,
+        max_block_size: int = MAX_BLOCK_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._index = index
+        self.max_block_size = max_block_size
+        self._clock = clock
+        self._gc_lock = _GcLock(self._os_lock)
+        self._closed = False
+
+    # --- the block layer an implementation provides ----------------------------------------------
+    @abstractmethod
+    def _store(self, key: CID, data: bytes) -> bool:
+        """Durably store verified ``data`` under ``key``; False if it was already there."""
+
+    @abstractmethod
+    def _load(self, key: CID) -> bytes:
+        """Raw stored bytes, never more than ``max_block_size + 1`` read.
+
+        Raises BlockNotFoundError, or CorruptBlockError when the stored entry cannot
+        be a valid block (too large, not a regular file) -- decided before reading it.
+        """
+
+    @abstractmethod
+    def _contains(self, key: CID) -> bool: ...
+
+    @abstractmethod
+    def _size(self, key: CID) -> int: ...
+
+    @abstractmethod
+    def _remove(self, key: CID) -> bool:
+        """Delete a block; False if it was not there."""
+
+    @abstractmethod
+    def _keys(self) -> Iterator[CID]: ...
+
+    @abstractmethod
+    def _quarantine(self, key: CID) -> None:
+        """Move a corrupt block out of the store (kept for inspection, no longer served)."""
+
+    def _os_lock(self, mode: str) -> None:
+        """Mirror the GC lock for other processes (no-op for a single-process store)."""
+        return None
+
+    def _cleanup_temp(self) -> None:
+        """Remove leftovers of interrupted writes (called while GC holds the lock)."""
+        return None
+
+    def _close_blocks(self) -> None:
+        """Release the block layer's resources."""
+        return None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._index.close()
+            finally:
+                self._close_blocks()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _key(self, cid: CID | str) -> CID:
+        if self._closed:
+            raise StoreError("the store is closed")
+        return block_key(cid)
+
+    @contextmanager
+    def ingest(self) -> Iterator[None]:
+        """Hold while fetching an object block by block: GC waits until it ends."""
+        with self._gc_lock.shared():
+            yield
+
+    # --- blocks ----------------------------------------------------------------------------------
+    def put_block(self, cid: CID | str, data: bytes) -> bool:
+        """Store ``data`` as the block ``cid``; True if it was new.
+
+        The size limit is checked before the bytes are hashed, the hash before
+        anything is written.
+        """
+        key = self._key(cid)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise UsageError(f"block data must be bytes, not {type(data).__name__}")
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if size > self.max_block_size:
+            raise BlockTooLargeError(
+                f"block {key} is {size} bytes; blocks larger than {self.max_block_size} "
+                "bytes are refused"
+            )
+        if not key.verify(data):
+            raise HashMismatchError(
+                f"the bytes given for block {key} do not hash to it (they hash to "
+                f"{CID.raw(data).multihash.digest.hex()[:16]}...); refused"
+            )
+        if key.multihash.code == IDENTITY:
+            return False  # inline: the CID is the data
+        with self._gc_lock.shared():
+            return self._store(key, bytes(data))
+
+    def get_block(self, cid: CID | str) -> bytes:
+        """The block's bytes, re-hashed first; a corrupt block is quarantined and never returned."""
+        key = self._key(cid)
+        if key.multihash.code == IDENTITY:
+            return key.multihash.digest
+        try:
+            data = self._load(key)
+            if key.verify(data):
+                return data
+            problem = f"stored block {key} no longer matches its hash"
+        except CorruptBlockError as exc:
+            problem = str(exc)
+        self._quarantine(key)
+        log.warning("%s; moved to quarantine", problem)
+        raise CorruptBlockError(
+            f"{problem} (corruption at rest); it was moved to quarantine: fetch it again"
+        )
+
+    def has_block(self, cid: CID | str) -> bool:
+        key = self._key(cid)
+        return key.multihash.code == IDENTITY or self._contains(key)
+
+    def block_size(self, cid: CID | str) -> int:
+        key = self._key(cid)
+        if key.multihash.code == IDENTITY:
+            return len(key.multihash.digest)
+        return self._size(key)
+
+    def delete_block(self, cid: CID | str) -> None:
+        """Remove one block; refused (PinnedError) if any pin protects it.
+
+        Low level: metadata of an unpinned object whose child is deleted stays
+        until GC removes the rest of it.
+        """
+        key = self._key(cid)
+        with self._gc_lock.exclusive():
+            if key in self._live_set(strict=True):
+                raise PinnedError(
+                    f"block {key} is pinned (directly or by a recursive pin); unpin first"
+                )
+            if not self._contains(key):
+                raise BlockNotFoundError(f"block {key} is not in the store")
+            self._index.forget([key])
+            self._remove(key)
+
+    def iter_block_cids(self) -> Iterator[CID]:
+        if self._closed:
+            raise StoreError("the store is closed")
+        return self._keys()
+
+    # --- objects ---------------------------------------------------------------------------------
+    def add_bytes(self, data: bytes, meta: MetaSpec | None = None, pin: bool = True) -> CID:
+        """Add ``data`` as a UnixFS file (CIDv1, raw leaves, 256 KiB chunks); return its root."""
+        view = memoryview(data)
+        chunks = (bytes(view[off : off + CHUNK_SIZE]) for off in range(0, len(view), CHUNK_SIZE))
+        return self._add_chunks(chunks, meta, pin, None)
+
+    def add_stream(
+        self,
+        stream: BinaryIO,
+        meta: MetaSpec | None = None,
+        pin: bool = True,
+        *,
+        max_size: int | None = None,
+    ) -> CID:
+        """Add everything ``stream`` yields, holding at most about one chunk in memory."""
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                try:
+                    chunk = stream.read(CHUNK_SIZE)
+                except OSError as exc:
+                    raise StoreIOError(f"cannot read the input stream: {exc}") from exc
+                if chunk is None:
+                    raise UsageError("add_stream needs a blocking stream (read() returned None)")
+                if not chunk:
+                    return
+                yield chunk
+
+        return self._add_chunks(chunks(), meta, pin, max_size)
+
+    def add_file(
+        self,
+        path: str | os.PathLike[str],
+        meta: MetaSpec | None = None,
+        pin: bool = True,
+        *,
+        max_size: int | None = None,
+    ) -> CID:
+        """Add a file from disk (streamed); the default metadata names it by its base name."""
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below, errors mapped first
+        except OSError as exc:
+            raise StoreIOError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        if meta is None:
+            meta = MetaSpec(name=Path(path).name[:1024] or None)
+        with stream:
+            return self.add_stream(stream, meta, pin, max_size=max_size)
+
+    def _add_chunks(
+        self, chunks: Iterable[bytes], meta: MetaSpec | None, pin: bool, max_size: int | None
+    ) -> CID:
+        if self._closed:
+            raise StoreError("the store is closed")
+        builder = FileDagBuilder()
+        total = 0
+        with self._gc_lock.shared():
+            for chunk in chunks:
+                total += len(chunk)
+                if max_size is not None and total > max_size:
+                    raise ObjectTooLargeError(
+                        f"the input is larger than the allowed {max_size} bytes; nothing was pinned"
+                    )
+                self._put_own(builder.write(chunk))
+            root, rest = builder.finish()
+            self._put_own(rest)
+            # Blocks are durable before any index row names them (crash safety).
+            if pin:
+                self._index.set_pin(root, PIN_RECURSIVE)
+            existing = self._index.get(root)
+            if meta is not None:
+                created = existing.created if existing is not None else self._clock()
+                self._index.record(meta.to_meta(root, total, created))
+            elif existing is None:
+                self._index.record(MetaSpec().to_meta(root, total, self._clock()))
+        return root
+
+    def _put_own(self, blocks: Iterable[tuple[CID, bytes]]) -> None:
+        for cid, block in blocks:
+            # Built here from the bytes just hashed: only the size is re-checked.
+            if len(block) > self.max_block_size:
+                raise BlockTooLargeError(f"the DAG builder made a {len(block)}-byte block")
+            self._store(block_key(cid), block)
+
+    def cat(self, root: CID | str) -> Iterator[bytes]:
+        """Stream a file's content; every block is re-hashed and the DAG structure checked."""
+        return read_file(self._key(root), self.get_block)
+
+    def get_bytes(self, root: CID | str, max_size: int | None = None) -> bytes:
+        """A whole file in memory, refused (ObjectTooLargeError) beyond ``max_size`` bytes."""
+        key = self._key(root)
+        out = bytearray()
+        try:
+            for piece in read_file(key, self.get_block, max_size=max_size):
+                out += piece
+                if max_size is not None and len(out) > max_size:  # root's claim is checked too
+                    raise ObjectTooLargeError(f"object {key} is larger than {max_size} bytes")
+        except FileTooLargeError as exc:
+            raise ObjectTooLargeError(str(exc)) from exc
+        return bytes(out)
+
+    def export_file(self, root: CID | str, path: str | os.PathLike[str]) -> None:
+        """Write a file's content to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+        key = self._key(root)
+        missing = self.missing_blocks(key)
+        if missing:
+            raise BlockNotFoundError(
+                f"cannot export {key}: {len(missing)} block(s) missing (first {missing[0]})"
+            )
+        dest = Path(path)
+        directory = dest.parent
+        tmp = directory / f".{dest.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            with open(tmp, "xb") as out:
+                for piece in self.cat(key):
+                    out.write(piece)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+            fsync_dir(directory)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise StoreIOError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    def missing_blocks(self, root: CID | str) -> list[CID]:
+        """Blocks of ``root``'s DAG that are absent (or corrupt), in DAG order.
+
+        Children of an absent node are unknown until it is fetched, so a fetcher
+        calls this again after each round.
+        """
+        missing: list[CID] = []
+        seen: set[CID] = set()
+        stack = [self._key(root)]
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            if cid.codec != DAG_PB:
+                if not self.has_block(cid):
+                    missing.append(cid)
+                continue
+            try:
+                block = self.get_block(cid)
+            except (BlockNotFoundError, CorruptBlockError):
+                missing.append(cid)
+                continue
+            stack.extend(block_key(c) for c in reversed(child_links(cid, block)))
+        return missing
+
+    def has_object(self, root: CID | str) -> bool:
+        """True when every block of ``root``'s DAG is present."""
+        return not self.missing_blocks(root)
+
+    # --- pins and GC -----------------------------------------------------------------------------
+    def pin(self, root: CID | str, recursive: bool = True) -> None:
+        """Protect ``root`` (and, if recursive, its whole DAG) from GC; it must be complete."""
+        key = self._key(root)
+        with self._gc_lock.shared():
+            if recursive:
+                missing = self.missing_blocks(key)
+                if missing:
+                    raise BlockNotFoundError(
+                        f"cannot pin {key}: {len(missing)} block(s) missing (first {missing[0]}); "
+                        "fetch the object first"
+                    )
+            elif not self.has_block(key):
+                raise BlockNotFoundError(f"cannot pin {key}: the block is not in the store")
+            self._index.set_pin(key, PIN_RECURSIVE if recursive else PIN_DIRECT)
+
+    def unpin(self, root: CID | str) -> None:
+        key = self._key(root)
+        if not self._index.remove_pin(key):
+            raise NotPinnedError(f"{key} is not pinned (blocks pinned only through a parent stay)")
+
+    def pins(self) -> dict[CID, str]:
+        """Explicit pins: CID -> ``"recursive"`` or ``"direct"``."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        return {block_key(c): mode for c, mode in self._index.pins().items()}
+
+    def is_pinned(self, cid: CID | str) -> bool:
+        """True when a pin protects ``cid``: its own, or a recursive pin of an ancestor."""
+        key = self._key(cid)
+        if self._index.pin_mode(key) is not None:
+            return True
+        return key in self._live_set(strict=False)
+
+    def _live_set(self, *, strict: bool) -> set[CID]:
+        """Every CID a pin protects.  ``strict``: raise if a pinned node cannot be walked."""
+        live: set[CID] = set()
+        for root, mode in self.pins().items():
+            if mode == PIN_DIRECT:
+                live.add(root)
+                continue
+            stack = [root]
+            while stack:
+                cid = stack.pop()
+                if cid in live:
+                    continue
+                live.add(cid)
+                if cid.codec != DAG_PB:
+                    continue
+                try:
+                    children = child_links(cid, self.get_block(cid))
+                except (BlockNotFoundError, CorruptBlockError, UnixFSError) as exc:
+                    if strict:
+                        raise UnreadablePinError(
+                            f"pinned object {root} cannot be walked: node {cid} is missing or "
+                            f"corrupt ({exc}); nothing was deleted. Fetch it again or unpin {root}"
+                        ) from exc
+                    continue
+                stack.extend(block_key(c) for c in children)
+        return live
+
+    def gc(self) -> list[CID]:
+        """Remove every block no pin protects; return the removed CIDs.
+
+        Waits for ingests in progress; refuses (UnreadablePinError) to delete
+        anything when a pinned DAG cannot be walked.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        with self._gc_lock.exclusive():
+            live = self._live_set(strict=True)
+            doomed = [key for key in list(self._keys()) if key not in live]
+            # Metadata first: after a crash mid-GC an index row never names a
+            # half-deleted object (left-over blocks are removed by the next GC).
+            self._index.forget(doomed)
+            removed = [key for key in doomed if self._remove(key)]
+            self._cleanup_temp()
+        if removed:
+            log.info("gc removed %d block(s)", len(removed))
+        return removed
+
+    def verify(self, *, quarantine: bool = True) -> list[CID]:
+        """Re-hash every stored block; return the corrupt ones (quarantined unless told not to)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        bad: list[CID] = []
+        for key in list(self._keys()):
+            try:
+                ok = key.verify(self._load(key))
+            except BlockNotFoundError:
+                continue  # removed meanwhile
+            except CorruptBlockError:
+                ok = False
+            if not ok:
+                bad.append(key)
+                if quarantine:
+                    self._quarantine(key)
+        if bad:
+            log.warning("verify found %d corrupt block(s)", len(bad))
+        return bad
+
+    # --- index -----------------------------------------------------------------------------------
+    def record(self, meta: ObjectMeta) -> None:
+        """Store metadata for a complete object (refused while blocks are missing)."""
+        key = self._key(meta.cid)
+        missing = self.missing_blocks(key)
+        if missing:
+            raise BlockNotFoundError(
+                f"cannot record {key}: {len(missing)} block(s) missing (first {missing[0]})"
+            )
+        self._index.record(meta if meta.cid == key else _with_cid(meta, key))
+
+    def get_meta(self, cid: CID | str) -> ObjectMeta | None:
+        return self._index.get(self._key(cid))
+
+    def query(
+        self,
+        *,
+        kind: str | None = None,
+        layer: str | None = None,
+        domain: str | None = None,
+        domain_prefix: str | None = None,
+        author: str | None = None,
+        parent: str | None = None,
+    ) -> list[ObjectMeta]:
+        """Metadata rows matching every given field (``domain_prefix``: plain string prefix)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        return self._index.query(
+            kind=kind,
+            layer=layer,
+            domain=domain,
+            domain_prefix=domain_prefix,
+            author=author,
+            parent=parent,
+        )
+
+
+def _with_cid(meta: ObjectMeta, cid: CID) -> ObjectMeta:
+    return ObjectMeta(
+        cid=cid,
+        kind=meta.kind,
+        size=meta.size,
+        created=meta.created,
+        layer=meta.layer,
+        domain=meta.domain,
+        author=meta.author,
+        parent=meta.parent,
+        name=meta.name,
+    )
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync a directory so a rename or create in it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some file systems refuse dir fsync
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str | os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove temporary file %s: %s", path, exc)
