@@ -1,0 +1,191 @@
+"""Bounded zstd: compress tensor payloads, decompress hostile frames safely.
+
+Owns the single-frame zstd format p2phier stores (level 3, content size and
+checksum written) and a decompressor that can be fed anything.  python-zstandard's
+one-shot ``decompress`` allocates whatever size a frame *declares*, so hostile
+input is never given to it.  Instead :func:`frame_info` parses the frame
+header and walks the block headers ourselves (RFC 8878 section 3.1.1) to learn,
+without decompressing or allocating:
+
+* the declared content size (refused if over the cap or not the size the
+  manifest promised),
+* the window size (refused over ``2**max_window_log``: a decoder must hold a
+  whole window in memory, and a frame may ask for 2 GiB),
+* the frame's exact length (refused if bytes trail it, or if it is a skippable
+  frame, uses a dictionary or a reserved bit).
+
+Then the frame is decompressed *streaming*, in 1 MiB reads, and abandoned the
+moment output passes the cap, so a frame without a declared size (or one that
+lies about it) can never make us hold more than ``cap + 1 MiB``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import zstandard
+
+from p2phier.errors import DecompressionError
+
+LEVEL = 3
+MAGIC = b"\x28\xb5\x2f\xfd"
+_SKIPPABLE_MASK = 0xFFFFFFF0
+_SKIPPABLE_MAGIC = 0x184D2A50
+_BLOCK_MAX = 128 * 1024
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """What a zstd frame header and its block headers say."""
+
+    content_size: int | None  # None when the frame does not declare it
+    window_size: int
+    has_checksum: bool
+    frame_length: int  # bytes of input the frame occupies
+    blocks: int
+
+
+def compress(data: bytes, level: int = LEVEL) -> bytes:
+    """One zstd frame with content size and checksum (deterministic for a given input)."""
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    return cctx.compress(data)
+
+
+def frame_info(data: bytes | memoryview) -> FrameInfo:
+    """Parse one frame's header and block headers; raise :class:`DecompressionError`."""
+    buf = memoryview(data)
+    n = len(buf)
+    if n < 6:
+        raise DecompressionError(f"zstd payload is {n} bytes, too short to be a frame")
+    magic = int.from_bytes(buf[:4], "little")
+    if magic & _SKIPPABLE_MASK == _SKIPPABLE_MAGIC:
+        raise DecompressionError("zstd payload starts with a skippable frame; refused")
+    if bytes(buf[:4]) != MAGIC:
+        raise DecompressionError("payload is not a zstd frame (bad magic number)")
+    fhd = buf[4]
+    fcs_flag = fhd >> 6
+    single_segment = bool(fhd & 0x20)
+    if fhd & 0x08:
+        raise DecompressionError("zstd frame header sets the reserved bit")
+    has_checksum = bool(fhd & 0x04)
+    did_size = (0, 1, 2, 4)[fhd & 0x03]
+    pos = 5
+    window_size = 0
+    if not single_segment:
+        wd = buf[pos]
+        pos += 1
+        window_log = 10 + (wd >> 3)
+        window_base = 1 << window_log
+        window_size = window_base + (window_base >> 3) * (wd & 0x07)
+    if did_size:
+        if pos + did_size > n:
+            raise DecompressionError("truncated zstd frame header")
+        if int.from_bytes(buf[pos : pos + did_size], "little") != 0:
+            raise DecompressionError("zstd frame needs a dictionary; dictionaries are refused")
+        pos += did_size
+    fcs_size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    content_size: int | None = None
+    if fcs_size:
+        if pos + fcs_size > n:
+            raise DecompressionError("truncated zstd frame header")
+        content_size = int.from_bytes(buf[pos : pos + fcs_size], "little")
+        if fcs_size == 2:
+            content_size += 256
+        pos += fcs_size
+    if single_segment:
+        assert content_size is not None  # single segment always carries a content size
+        window_size = content_size
+    block_max = min(window_size, _BLOCK_MAX)
+    blocks = 0
+    while True:
+        if pos + 3 > n:
+            raise DecompressionError("zstd frame is truncated (missing block header)")
+        header = int.from_bytes(buf[pos : pos + 3], "little")
+        pos += 3
+        blocks += 1
+        last = header & 1
+        block_type = (header >> 1) & 3
+        size = header >> 3
+        if block_type == 3:
+            raise DecompressionError("zstd frame contains a reserved block type")
+        if size > block_max:
+            raise DecompressionError(
+                f"zstd block of {size} bytes exceeds the frame's maximum block size {block_max}"
+            )
+        pos += 1 if block_type == 1 else size
+        if pos > n:
+            raise DecompressionError("zstd frame is truncated (block runs past the end)")
+        if last:
+            break
+    if has_checksum:
+        pos += 4
+        if pos > n:
+            raise DecompressionError("zstd frame is truncated (missing checksum)")
+    return FrameInfo(content_size, window_size, has_checksum, pos, blocks)
+
+
+def decompress(
+    data: bytes | memoryview,
+    *,
+    max_output: int,
+    max_window_log: int,
+    expected_size: int | None = None,
+) -> bytes:
+    """Decompress exactly one zstd frame, never holding more than ``max_output`` (+1 MiB).
+
+    ``expected_size`` (the size the signed manifest promises) must match both the
+    frame's declared size, when it has one, and the actual output.
+    """
+    info = frame_info(data)
+    if info.frame_length != len(data):
+        raise DecompressionError(
+            f"{len(data) - info.frame_length} bytes trail the zstd frame; "
+            "a payload must be exactly one frame"
+        )
+    if info.content_size is not None:
+        if info.content_size > max_output:
+            raise DecompressionError(
+                f"zstd frame declares {info.content_size} bytes of content, over the cap of "
+                f"{max_output} bytes; refused before decompressing"
+            )
+        if expected_size is not None and info.content_size != expected_size:
+            raise DecompressionError(
+                f"zstd frame declares {info.content_size} bytes but the manifest says "
+                f"{expected_size}"
+            )
+    if expected_size is not None and expected_size > max_output:
+        raise DecompressionError(
+            f"manifest declares {expected_size} decompressed bytes, over the cap of {max_output}"
+        )
+    max_window = 1 << max_window_log
+    if info.window_size > max_window:
+        raise DecompressionError(
+            f"zstd frame needs a {info.window_size}-byte window, over the limit of "
+            f"{max_window} bytes (windowLog {max_window_log}); refused"
+        )
+    dctx = zstandard.ZstdDecompressor(max_window_size=max_window)
+    out = bytearray()
+    try:
+        with dctx.stream_reader(bytes(data), read_across_frames=False) as reader:
+            while True:
+                chunk = reader.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                if len(out) + len(chunk) > max_output:
+                    raise DecompressionError(
+                        f"zstd frame expands past the cap of {max_output} bytes; "
+                        "decompression abandoned"
+                    )
+                out += chunk
+    except zstandard.ZstdError as exc:
+        raise DecompressionError(f"corrupt zstd frame: {exc}") from None
+    if info.content_size is not None and len(out) != info.content_size:
+        raise DecompressionError(
+            f"zstd frame declared {info.content_size} bytes but produced {len(out)}"
+        )
+    if expected_size is not None and len(out) != expected_size:
+        raise DecompressionError(
+            f"payload decompressed to {len(out)} bytes but the manifest says {expected_size}"
+        )
+    return bytes(out)

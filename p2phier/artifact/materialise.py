@@ -1,0 +1,88 @@
+"""Turning an artifact CID into a PEFT adapter directory on disk.
+
+Owns :func:`materialise`: verify the artifact and its whole lineage (see
+:mod:`p2phier.artifact.verify`), apply the deltas onto the full adapter at the
+root of the chain, and write ``adapter_config.json`` + ``adapter_model.safetensors``
+(float32, PEFT tensor names, ``{"format": "pt"}`` metadata) so that
+``peft.PeftModel.from_pretrained(base_model, out_dir)`` loads it.
+
+Writes are crash-safe: a new directory is assembled under a temporary name
+beside it and renamed into place (all or nothing); into an existing directory
+each file is replaced atomically (temp file, fsync, rename, fsync dir),
+weights first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
+from p2phier.artifact.pack import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from p2phier.artifact.tensors import write_safetensors
+from p2phier.artifact.verify import BlockSource, resolve
+from p2phier.cid import CID
+from p2phier.errors import UsageError
+from p2phier.store.base import ContentStore, fsync_dir
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def materialise(
+    store: ContentStore,
+    cid: CID | str,
+    out_dir: str | os.PathLike[str],
+    *,
+    expected_base_model: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Path:
+    """Verify ``cid`` with its lineage and write the adapter it stands for into ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    resolved = resolve(
+        BlockSource(store).get_block,
+        CID.parse(cid),
+        limits=limits,
+        expected_base_model=expected_base_model,
+    )
+    weights = write_safetensors(resolved.tensors, {"format": "pt"})
+    files = ((ADAPTER_WEIGHTS, weights), (ADAPTER_CONFIG, resolved.config_bytes))
+    try:
+        if out.exists():
+            for name, data in files:
+                _write_atomic(out / name, data)
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+        tmp_dir.mkdir()
+        try:
+            for name, data in files:
+                _write_atomic(tmp_dir / name, data)
+            os.rename(tmp_dir, out)
+        except BaseException:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+        fsync_dir(out.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write the adapter to {out}: {exc.strerror or exc}") from None
+    return out

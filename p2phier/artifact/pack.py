@@ -1,0 +1,288 @@
+"""Building signed artifacts from PEFT adapter directories (or tensors) into a store.
+
+Owns :func:`pack_adapter` and :func:`pack_tensors`.  Packing:
+
+1. reads ``adapter_config.json`` and ``adapter_model.safetensors`` with the
+   same hostile-input checks used on a peer's payload (a pickled
+   ``adapter_model.bin`` is refused, never loaded);
+2. for a delta, verifies and materialises the parent chain from the store and
+   subtracts it (so the delta is relative to what readers will reconstruct:
+   quantisation or top-k error of earlier updates is corrected, not compounded);
+3. encodes, writes a deterministic safetensors payload, compresses it with
+   zstd level 3;
+4. stores the canonical config JSON (base model named by id, never by a local
+   path), the payload and last the signed envelope, each a pinned UnixFS file
+   with index metadata.  The envelope's CID is the artifact's CID.
+
+All fields are validated before anything is written, so a bad argument leaves
+the store untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from p2phier.artifact.compress import compress
+from p2phier.artifact.encode import Encoding, encode_tensors
+from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
+from p2phier.artifact.manifest import ContentRef, Manifest, metrics_from_mapping, sign_manifest
+from p2phier.artifact.tensors import (
+    AdapterConfig,
+    F32Array,
+    canonical_config_bytes,
+    check_adapter_tensors,
+    check_finite,
+    parse_adapter_config,
+    parse_safetensors,
+    write_safetensors,
+)
+from p2phier.artifact.verify import (
+    META_ENCODING,
+    META_FORMAT,
+    PAYLOAD_FORMAT,
+    Artifact,
+    BlockSource,
+    resolve,
+)
+from p2phier.cid import CID
+from p2phier.errors import LineageError, TensorFileError, UsageError
+from p2phier.identity import Identity
+from p2phier.store.base import ContentStore, MetaSpec
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLED_WEIGHTS = "adapter_model.bin"
+
+KIND_ARTIFACT = "artifact"
+KIND_CONFIG = "adapter-config"
+KIND_TENSORS = "adapter-tensors"
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                raise UsageError(f"{what} {path} is {size} bytes, over the limit of {limit}")
+            return fh.read(limit + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def read_adapter_dir(
+    adapter_dir: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[AdapterConfig, dict[str, F32Array]]:
+    """Load and validate a PEFT LoRA adapter directory as float32 tensors."""
+    root = Path(adapter_dir)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory (expected a PEFT adapter directory)")
+    weights_path = root / ADAPTER_WEIGHTS
+    if not weights_path.exists() and (root / PICKLED_WEIGHTS).exists():
+        raise TensorFileError(
+            f"{root} holds only pickled weights ({PICKLED_WEIGHTS}); they are never loaded. "
+            "Save the adapter with save_pretrained(..., safe_serialization=True)"
+        )
+    config = parse_adapter_config(
+        _read_bounded(root / ADAPTER_CONFIG, limits.max_config, "adapter config"),
+        max_size=limits.max_config,
+    )
+    data = _read_bounded(weights_path, limits.max_decompressed, "adapter weights")
+    st = parse_safetensors(data, max_header=limits.max_header, max_tensors=limits.max_tensors)
+    tensors = {name: st.floats(name) for name in sorted(st.infos)}
+    check_adapter_tensors(config, {n: t.shape for n, t in tensors.items()})
+    return config, tensors
+
+
+def pack_adapter(
+    store: ContentStore,
+    adapter_dir: str | os.PathLike[str],
+    identity: Identity,
+    *,
+    layer: str,
+    domain: str,
+    base_model_id: str,
+    base_model_cid: CID | str | None = None,
+    parent: CID | str | None = None,
+    encoding: Encoding | str | None = None,
+    round: int = 0,
+    metrics: Mapping[str, float] | None = None,
+    topk_fraction: float = 0.1,
+    now: float,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Artifact:
+    """Pack a PEFT adapter directory as a signed artifact (a delta if ``parent`` is given).
+
+    ``encoding`` defaults to fp32 for a full adapter and int8-delta for a delta.
+    """
+    config, tensors = read_adapter_dir(adapter_dir, limits=limits)
+    return pack_tensors(
+        store,
+        config,
+        tensors,
+        identity,
+        layer=layer,
+        domain=domain,
+        base_model_id=base_model_id,
+        base_model_cid=base_model_cid,
+        parent=parent,
+        encoding=encoding,
+        round=round,
+        metrics=metrics,
+        topk_fraction=topk_fraction,
+        now=now,
+        limits=limits,
+    )
+
+
+def pack_tensors(
+    store: ContentStore,
+    config: AdapterConfig,
+    tensors: Mapping[str, npt.ArrayLike],
+    identity: Identity,
+    *,
+    layer: str,
+    domain: str,
+    base_model_id: str,
+    base_model_cid: CID | str | None = None,
+    parent: CID | str | None = None,
+    encoding: Encoding | str | None = None,
+    round: int = 0,
+    metrics: Mapping[str, float] | None = None,
+    topk_fraction: float = 0.1,
+    now: float,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Artifact:
+    """Pack adapter tensors (PEFT names, full weights) with their config.
+
+    The in-memory twin of :func:`pack_adapter` for callers that hold tensors.
+    """
+    parent_cid = CID.parse(parent) if parent is not None else None
+    base_cid = CID.parse(base_model_cid) if base_model_cid is not None else None
+    enc = Encoding.parse(encoding) if encoding is not None else None
+    if enc is None:
+        enc = Encoding.INT8_DELTA if parent_cid is not None else Encoding.FP32
+    if enc.delta_only and parent_cid is None:
+        raise UsageError(f"encoding {enc.value} stores a delta: give the parent update")
+    if not isinstance(now, int | float) or now < 0:
+        raise UsageError(f"now must be a Unix time in seconds, not {now!r}")
+    metric_list = metrics_from_mapping(metrics or {})
+    created_ms = round_ms(now)
+    # Validate every manifest field before writing anything (placeholder content refs).
+    placeholder = ContentRef(CID.raw(b""), 0)
+    Manifest(
+        base_model_id=base_model_id,
+        base_model_cid=base_cid,
+        parent=parent_cid,
+        layer=layer,
+        domain=domain,
+        round=round,
+        encoding=enc,
+        metrics=metric_list,
+        author=identity.peer_id,
+        created_ms=created_ms,
+        config=placeholder,
+        tensors=placeholder,
+        tensors_raw_size=0,
+    )
+    weights = {name: _f32(name, t) for name, t in tensors.items()}
+    check_adapter_tensors(config, {n: t.shape for n, t in weights.items()})
+
+    values = weights
+    if parent_cid is not None:
+        resolved = resolve(
+            BlockSource(store).get_block,
+            parent_cid,
+            limits=limits,
+            expected_base_model=base_model_id,
+        )
+        values = _subtract(weights, resolved.tensors, parent_cid)
+    encoded = encode_tensors(values, enc, topk_fraction=topk_fraction)
+    payload_raw = write_safetensors(
+        encoded.tensors, {META_FORMAT: PAYLOAD_FORMAT, META_ENCODING: enc.value}
+    )
+    if len(payload_raw) > limits.max_decompressed:
+        raise UsageError(
+            f"the encoded payload is {len(payload_raw)} bytes, over the limit of "
+            f"{limits.max_decompressed} that readers accept"
+        )
+    payload = compress(payload_raw)
+    config_bytes = canonical_config_bytes(config, base_model_id)
+    if len(config_bytes) > limits.max_config:
+        raise UsageError(f"adapter config is {len(config_bytes)} bytes, over {limits.max_config}")
+
+    author = str(identity.peer_id)
+    parent_str = str(parent_cid) if parent_cid else None
+    common = {"layer": layer, "domain": domain, "author": author, "parent": parent_str}
+    config_cid = store.add_bytes(config_bytes, MetaSpec(kind=KIND_CONFIG, **common))
+    tensors_cid = store.add_bytes(payload, MetaSpec(kind=KIND_TENSORS, **common))
+    manifest = Manifest(
+        base_model_id=base_model_id,
+        base_model_cid=base_cid,
+        parent=parent_cid,
+        layer=layer,
+        domain=domain,
+        round=round,
+        encoding=enc,
+        metrics=metric_list,
+        author=identity.peer_id,
+        created_ms=created_ms,
+        config=ContentRef(config_cid, len(config_bytes)),
+        tensors=ContentRef(tensors_cid, len(payload)),
+        tensors_raw_size=len(payload_raw),
+    )
+    envelope = sign_manifest(manifest, identity)
+    cid = store.add_bytes(envelope.to_bytes(), MetaSpec(kind=KIND_ARTIFACT, **common))
+    log.info(
+        "packed %s (%s, %d tensors, payload %d -> %d bytes)",
+        cid,
+        enc.value,
+        len(weights),
+        len(payload_raw),
+        len(payload),
+    )
+    return Artifact(cid, manifest, envelope.manifest_bytes, envelope.signature)
+
+
+def round_ms(now: float) -> int:
+    """Unix seconds -> integer milliseconds (the manifest's clock resolution)."""
+    return round(float(now) * 1000.0)
+
+
+def _f32(name: str, t: npt.ArrayLike) -> F32Array:
+    arr = np.array(t, dtype=np.float32, order="C", copy=None)
+    check_finite(name, arr)
+    return arr
+
+
+def _subtract(
+    child: Mapping[str, F32Array], parent: Mapping[str, F32Array], parent_cid: CID
+) -> dict[str, F32Array]:
+    if set(child) != set(parent):
+        extra = sorted(set(child) - set(parent))[:3]
+        missing = sorted(set(parent) - set(child))[:3]
+        raise LineageError(
+            f"adapter does not have the tensors of parent {parent_cid} "
+            f"(extra {extra}, missing {missing}); pack it as a full adapter instead"
+        )
+    out: dict[str, F32Array] = {}
+    for name, c in child.items():
+        p = parent[name]
+        if c.shape != p.shape:
+            raise LineageError(
+                f"tensor {name!r} has shape {list(c.shape)} but parent {parent_cid} has "
+                f"{list(p.shape)}; pack it as a full adapter instead"
+            )
+        out[name] = c - p
+    return out

@@ -1,0 +1,353 @@
+"""Reading and fully verifying artifacts and their lineage from any block source.
+
+Owns :class:`Artifact` (a verified envelope), the lineage walk and the forward
+pass that checks (and, for :mod:`~p2phier.artifact.materialise`, accumulates)
+every update of a chain.  Verification of an artifact means, in this order:
+
+1. its envelope is read within ``max_envelope`` (:class:`MissingBlocksError`
+   if a block is absent, the store's :class:`CorruptBlockError` if one rots);
+2. the envelope and manifest parse strictly (:class:`ManifestError`,
+   :class:`FormatVersionError`) and the signature verifies over the exact
+   manifest bytes under the author's key (:class:`SignatureError`,
+   :class:`AuthorMismatchError`);
+3. the lineage is walked to its full adapter: bounded by ``max_chain``,
+   cycles refused, every ancestor verified the same way, one base model along
+   the chain (:class:`LineageError`, :class:`BaseModelMismatchError`);
+4. then from the root forward, each update's config and payload are read
+   (sizes must match the manifest), the payload decompressed under the caps
+   (:class:`DecompressionError`), parsed as hostile safetensors and decoded
+   (:class:`TensorFileError`), and applied: a delta must cover exactly the
+   parent's tensors with the same shapes, and the result must fit the
+   update's own adapter config.
+
+Nothing here writes: a failed verification leaves the store as it was (a
+store may move a block that fails its hash check to quarantine; that is the
+store's own policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from p2phier.artifact.compress import decompress
+from p2phier.artifact.encode import decode_tensors
+from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
+from p2phier.artifact.manifest import Envelope, Manifest, open_envelope
+from p2phier.artifact.tensors import (
+    AdapterConfig,
+    F32Array,
+    check_adapter_tensors,
+    check_finite,
+    parse_adapter_config,
+    parse_safetensors,
+)
+from p2phier.cid import CID
+from p2phier.errors import (
+    BaseModelMismatchError,
+    BlockNotFoundError,
+    LineageError,
+    ManifestError,
+    MissingBlocksError,
+    TensorFileError,
+)
+from p2phier.store.base import ContentStore, block_key
+from p2phier.unixfs import file_size, read_file
+
+BlockGetter = Callable[[CID], bytes]
+
+#: safetensors ``__metadata__`` keys of a p2phier payload
+META_FORMAT = "p2phier.format"
+META_ENCODING = "p2phier.encoding"
+PAYLOAD_FORMAT = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A verified signed manifest and the CID it is stored under."""
+
+    cid: CID
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature: bytes
+
+    @property
+    def envelope_bytes(self) -> bytes:
+        """The stored envelope (signer == author once verified, so it is rebuilt exactly)."""
+        return Envelope(
+            self.manifest_bytes, self.signature, self.manifest.author.multihash_bytes
+        ).to_bytes()
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the three files this artifact stores (envelope, config, payload)."""
+        m = self.manifest
+        return len(self.envelope_bytes) + m.config.size + m.tensors.size
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """An artifact's verified content: its config and its decoded tensors (delta or full)."""
+
+    config: AdapterConfig
+    config_bytes: bytes
+    tensors: dict[str, F32Array]
+
+
+class BlockSource:
+    """Where verification reads blocks: a store, optionally overlaid by blocks not yet stored.
+
+    The overlay holds blocks already hash-checked by the caller (a CAR being
+    imported); the store re-hashes on every read.  A block in neither raises
+    :class:`BlockNotFoundError`.
+    """
+
+    def __init__(self, store: ContentStore, overlay: Mapping[CID, bytes] | None = None) -> None:
+        self.store = store
+        self.overlay = overlay or {}
+
+    def get_block(self, cid: CID) -> bytes:
+        key = block_key(cid)
+        data = self.overlay.get(key)
+        if data is not None:
+            return data
+        return self.store.get_block(key)
+
+
+def read_object(get_block: BlockGetter, cid: CID, *, max_size: int, what: str) -> bytes:
+    """A whole UnixFS file, refused before reading if its root claims more than ``max_size``."""
+    try:
+        size = file_size(cid, get_block)
+        if size > max_size:
+            raise ManifestError(f"{what} {cid} is {size} bytes, over the limit of {max_size}")
+        return b"".join(read_file(cid, get_block, max_size=max_size))
+    except BlockNotFoundError as exc:
+        raise MissingBlocksError(
+            f"{what} {cid} is not complete in the store ({exc}); fetch it first"
+        ) from None
+
+
+def read_artifact(get_block: BlockGetter, cid: CID, *, limits: Limits = DEFAULT_LIMITS) -> Artifact:
+    """Read one envelope and check its manifest and signature (not its content or lineage)."""
+    data = read_object(get_block, cid, max_size=limits.max_envelope, what="artifact envelope")
+    envelope = Envelope.from_bytes(data, max_size=limits.max_envelope)
+    manifest = open_envelope(envelope)
+    return Artifact(cid, manifest, envelope.manifest_bytes, envelope.signature)
+
+
+def walk_lineage(cid: CID, read: Callable[[CID], Artifact], *, max_chain: int) -> list[Artifact]:
+    """The artifact and its ancestors, leaf first, ending at a full adapter.
+
+    ``read`` returns a signature-checked artifact (see :func:`read_artifact`).
+    Refuses chains longer than ``max_chain``, cycles, and ancestors on another
+    base model.
+    """
+    chain: list[Artifact] = []
+    seen: set[CID] = set()
+    current: CID | None = cid
+    while current is not None:
+        key = block_key(current)
+        if key in seen:
+            raise LineageError(f"lineage of {cid} is cyclic: {current} appears twice")
+        if len(chain) >= max_chain:
+            raise LineageError(
+                f"lineage of {cid} is longer than the limit of {max_chain} updates; "
+                "rebase it onto a full adapter"
+            )
+        seen.add(key)
+        try:
+            art = read(current)
+        except MissingBlocksError as exc:
+            if not chain:
+                raise
+            raise MissingBlocksError(
+                f"parent {current} of {chain[-1].cid} is not available: {exc}"
+            ) from None
+        if chain:
+            child = chain[-1].manifest
+            if art.manifest.base_model_id != child.base_model_id:
+                raise BaseModelMismatchError(
+                    f"{chain[-1].cid} targets base model {child.base_model_id!r} but its parent "
+                    f"{current} targets {art.manifest.base_model_id!r}"
+                )
+        chain.append(art)
+        current = art.manifest.parent
+    return chain
+
+
+def read_content(
+    get_block: BlockGetter, artifact: Artifact, *, limits: Limits = DEFAULT_LIMITS
+) -> Content:
+    """Read, decompress, parse and decode one artifact's config and tensor payload."""
+    m = artifact.manifest
+    config_bytes = read_object(
+        get_block, m.config.cid, max_size=limits.max_config, what="adapter config"
+    )
+    if len(config_bytes) != m.config.size:
+        raise ManifestError(
+            f"adapter config {m.config.cid} is {len(config_bytes)} bytes; the manifest says "
+            f"{m.config.size}"
+        )
+    config = parse_adapter_config(config_bytes, max_size=limits.max_config)
+    if config.base_model_name_or_path != m.base_model_id:
+        raise BaseModelMismatchError(
+            f"adapter config names base model {config.base_model_name_or_path!r} but the "
+            f"manifest says {m.base_model_id!r}"
+        )
+    payload = read_object(
+        get_block, m.tensors.cid, max_size=limits.max_compressed, what="tensor payload"
+    )
+    if len(payload) != m.tensors.size:
+        raise ManifestError(
+            f"tensor payload {m.tensors.cid} is {len(payload)} bytes; the manifest says "
+            f"{m.tensors.size}"
+        )
+    raw = decompress(
+        payload,
+        max_output=limits.max_decompressed,
+        max_window_log=limits.max_window_log,
+        expected_size=m.tensors_raw_size,
+    )
+    del payload
+    st = parse_safetensors(raw, max_header=limits.max_header, max_tensors=limits.max_tensors)
+    if st.metadata.get(META_FORMAT) != PAYLOAD_FORMAT:
+        raise TensorFileError(
+            f"tensor payload has format {st.metadata.get(META_FORMAT)!r}; expected "
+            f"{PAYLOAD_FORMAT!r} (a p2phier payload)"
+        )
+    if st.metadata.get(META_ENCODING) != m.encoding.value:
+        raise TensorFileError(
+            f"tensor payload says encoding {st.metadata.get(META_ENCODING)!r} but the manifest "
+            f"says {m.encoding.value!r}"
+        )
+    tensors = decode_tensors(st, m.encoding, max_decoded=limits.max_decoded)
+    if m.parent is None:
+        check_adapter_tensors(config, {n: t.shape for n, t in tensors.items()})
+    return Content(config, config_bytes, tensors)
+
+
+def apply_delta(
+    base: Mapping[str, F32Array], delta: Mapping[str, F32Array], *, what: str
+) -> dict[str, F32Array]:
+    """``base + delta``: same tensor names and shapes required, result finite."""
+    if set(base) != set(delta):
+        extra = sorted(set(delta) - set(base))[:3]
+        missing = sorted(set(base) - set(delta))[:3]
+        raise LineageError(
+            f"{what} does not match its parent's tensors (extra {extra}, missing {missing})"
+        )
+    out: dict[str, F32Array] = {}
+    for name, b in base.items():
+        d = delta[name]
+        if d.shape != b.shape:
+            raise LineageError(
+                f"{what}: tensor {name!r} has shape {list(d.shape)} but the parent's is "
+                f"{list(b.shape)}"
+            )
+        out[name] = np.add(b, d, dtype=np.float32)
+        check_finite(name, out[name])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A verified chain (leaf first) and the adapter it materialises to."""
+
+    chain: list[Artifact]
+    config: AdapterConfig
+    config_bytes: bytes
+    tensors: dict[str, F32Array]
+
+    @property
+    def artifact(self) -> Artifact:
+        return self.chain[0]
+
+
+def resolve(
+    get_block: BlockGetter,
+    cid: CID,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    expected_base_model: str | None = None,
+) -> Resolved:
+    """Verify ``cid`` and its whole lineage; return the materialised adapter tensors."""
+    chain = walk_lineage(
+        cid, lambda c: read_artifact(get_block, c, limits=limits), max_chain=limits.max_chain
+    )
+    leaf = chain[0].manifest
+    if expected_base_model is not None and expected_base_model not in (
+        leaf.base_model_id,
+        str(leaf.base_model_cid) if leaf.base_model_cid else None,
+    ):
+        raise BaseModelMismatchError(
+            f"{cid} is an update for base model {leaf.base_model_id!r}, not {expected_base_model!r}"
+        )
+    acc: dict[str, F32Array] = {}
+    content: Content | None = None
+    for art in reversed(chain):
+        content = read_content(get_block, art, limits=limits)
+        if art.manifest.parent is None:
+            acc = content.tensors
+        else:
+            acc = apply_delta(acc, content.tensors, what=f"update {art.cid}")
+            try:
+                check_adapter_tensors(content.config, {n: t.shape for n, t in acc.items()})
+            except TensorFileError as exc:
+                raise LineageError(
+                    f"update {art.cid} does not fit its own adapter config: {exc}"
+                ) from None
+    assert content is not None  # a chain has at least one artifact
+    return Resolved(chain, content.config, content.config_bytes, acc)
+
+
+def verify_artifact(
+    store: ContentStore,
+    cid: CID | str,
+    *,
+    expected_base_model: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Artifact:
+    """Fully verify an artifact in ``store``: signature, content and the whole lineage."""
+    return resolve(
+        BlockSource(store).get_block,
+        CID.parse(cid),
+        limits=limits,
+        expected_base_model=expected_base_model,
+    ).artifact
+
+
+def load_tensors(
+    store: ContentStore, artifact: Artifact, *, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, F32Array]:
+    """The artifact's own decoded tensors (for a delta: the decoded delta)."""
+    return read_content(BlockSource(store).get_block, artifact, limits=limits).tensors
+
+
+def inspect(
+    store: ContentStore, cid: CID | str, *, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, object]:
+    """A JSON-able summary of a fully verified artifact."""
+    resolved = resolve(BlockSource(store).get_block, CID.parse(cid), limits=limits)
+    art = resolved.artifact
+    m = art.manifest
+    return {
+        "cid": str(art.cid),
+        "verified": True,
+        "manifest": m.to_json(),
+        "signer": str(m.author),
+        "lineage": [str(a.cid) for a in resolved.chain],
+        "depth": len(resolved.chain) - 1,
+        "delta": m.parent is not None,
+        "tensors": len(resolved.tensors),
+        "parameters": int(sum(t.size for t in resolved.tensors.values())),
+        "rank": resolved.config.r,
+        "bytes": {
+            "envelope": len(art.envelope_bytes),
+            "config": m.config.size,
+            "payload": m.tensors.size,
+            "payload_decompressed": m.tensors_raw_size,
+            "stored": art.stored_bytes,
+        },
+    }
