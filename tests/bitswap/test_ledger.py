@@ -1,0 +1,59 @@
+"""Ledgers and the clock-free token bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2phier.bitswap import WRONG_BLOCK, LedgerBook, Misbehaviour, TokenBucket
+from p2phier.errors import UsageError
+
+
+def test_bucket_starts_full_and_refills_at_its_rate() -> None:
+    b = TokenBucket(rate=10, burst=5, now=0.0)
+    assert b.try_take(5, 0.0)
+    assert not b.try_take(1, 0.0)
+    assert b.ready_at(1, 0.0) == pytest.approx(0.1)
+    assert not b.try_take(1, 0.05)
+    assert b.try_take(1, 0.1)
+    # never more than the burst, however long it idles
+    assert b.available(1000.0) == 5
+
+
+def test_bucket_ignores_time_going_backwards() -> None:
+    b = TokenBucket(rate=1, burst=2, now=10.0)
+    assert b.try_take(2, 10.0)
+    assert b.available(5.0) == 0  # an earlier clock mints nothing
+    assert b.available(11.0) == pytest.approx(1)
+
+
+def test_an_amount_above_the_burst_is_admitted_when_full_and_paid_back() -> None:
+    b = TokenBucket(rate=100, burst=100, now=0.0)
+    assert b.try_take(300, 0.0)  # slow, never stuck
+    assert b.available(0.0) == -200
+    assert b.ready_at(100, 0.0) == pytest.approx(3.0)
+
+
+def test_take_up_to_grants_whole_tokens() -> None:
+    b = TokenBucket(rate=1, burst=3, now=0.0)
+    assert b.take_up_to(5, 0.0) == 3
+    assert b.take_up_to(5, 1.5) == 1
+
+
+def test_bucket_rejects_nonsense() -> None:
+    with pytest.raises(UsageError):
+        TokenBucket(rate=0, burst=1, now=0)
+
+
+def test_ledger_book_tracks_peers_and_reports_misbehaviour() -> None:
+    seen: list[Misbehaviour] = []
+    book = LedgerBook(on_misbehaviour=seen.append)
+    led = book.get("A")
+    led.bytes_sent, led.bytes_received = 300, 99
+    assert led.debt_ratio == 3.0
+    ev = book.record_misbehaviour("A", WRONG_BLOCK, "bad bytes", 7.0)
+    assert ev == Misbehaviour("A", WRONG_BLOCK, "bad bytes", 7.0)
+    assert seen == [ev]
+    assert book.get("A").misbehaviour == 1
+    assert "A" in book and book.peers() == ["A"]
+    book.forget("A")
+    assert "A" not in book

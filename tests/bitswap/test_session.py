@@ -1,0 +1,385 @@
+"""The client side, driven by hand-played providers and explicit ``now`` values."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2phier.bitswap import (
+    WRONG_BLOCK,
+    BlockFetched,
+    BlockPayload,
+    BlockPresence,
+    FetchComplete,
+    FetchFailed,
+    FetchFailedError,
+    LedgerBook,
+    LocalBlockCorrupt,
+    Message,
+    Misbehaviour,
+    PeerTimedOut,
+    PresenceType,
+    SendMessage,
+    Session,
+    SessionConfig,
+    WantEntry,
+    WantType,
+)
+from p2phier.cid import CID, Multihash
+from p2phier.errors import CorruptBlockError
+
+from .helpers import DictSource, build_dag, events_of, links, make_node
+
+HAVE, DONT = PresenceType.HAVE, PresenceType.DONT_HAVE
+CFG = SessionConfig(block_timeout=10.0, have_timeout=5.0)
+
+
+def session(
+    root: CID,
+    providers: list[str],
+    local: DictSource | None = None,
+    config: SessionConfig = CFG,
+    ledgers: LedgerBook | None = None,
+) -> Session:
+    src = local or DictSource()
+    return Session(root, providers, links=links, local=src.local, config=config, ledgers=ledgers)
+
+
+def wants(events: list, peer: str) -> dict[CID, WantEntry]:  # type: ignore[type-arg]
+    out: dict[CID, WantEntry] = {}
+    for e in events_of(events, SendMessage):
+        if e.peer == peer and e.message.wantlist is not None:
+            for w in e.message.wantlist.entries:
+                out[w.cid] = w
+    return out
+
+
+def kinds(events: list, peer: str) -> dict[CID, str]:  # type: ignore[type-arg]
+    return {
+        c: "cancel" if w.cancel else ("have" if w.want_type is WantType.HAVE else "block")
+        for c, w in wants(events, peer).items()
+    }
+
+
+def presence(*items: tuple[CID, PresenceType]) -> Message:
+    return Message(presences=tuple(BlockPresence(c, t) for c, t in items))
+
+
+def block(cid: CID, data: bytes) -> Message:
+    return Message(blocks=(BlockPayload.of(cid, data),))
+
+
+def fetched(events: list) -> list[CID]:  # type: ignore[type-arg]
+    return [e.cid for e in events_of(events, BlockFetched)]
+
+
+SINGLE = CID.raw(b"single block")
+
+
+def test_discovery_asks_every_provider_want_have_with_send_dont_have() -> None:
+    s = session(SINGLE, ["A", "B"])
+    ev = s.poll(0.0)
+    for peer in ("A", "B"):
+        (w,) = wants(ev, peer).values()
+        assert (w.cid, w.want_type, w.send_dont_have, w.cancel) == (
+            SINGLE,
+            WantType.HAVE,
+            True,
+            False,
+        )
+
+
+def test_a_have_turns_into_a_want_block_and_the_block_completes_the_fetch() -> None:
+    s = session(SINGLE, ["A", "B"])
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    ev = s.poll(0.1)
+    assert kinds(ev, "A") == {SINGLE: "block"}
+    assert wants(ev, "A")[SINGLE].send_dont_have
+    ev = s.receive_message("A", block(SINGLE, b"single block"), 0.2)
+    assert fetched(ev) == [SINGLE]
+    assert events_of(ev, FetchComplete) == [FetchComplete(SINGLE, 1, 0, 12)]
+    # B was still asked (want-have): it gets a cancel
+    assert kinds(s.poll(0.2), "B") == {SINGLE: "cancel"}
+    assert s.complete and s.missing == 0
+
+
+def test_a_silent_provider_times_out_and_the_block_is_asked_elsewhere() -> None:
+    book = LedgerBook()
+    s = session(SINGLE, ["A", "B"], ledgers=book)
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    s.receive_message("B", presence((SINGLE, HAVE)), 0.1)
+    assert kinds(s.poll(0.1), "A") == {SINGLE: "block"}  # A: fewest in flight, first
+    assert s.next_deadline() == 10.1
+    assert s.poll(10.0) == []  # not yet
+    ev = s.poll(10.1)
+    assert PeerTimedOut("A", SINGLE, WantType.BLOCK) in ev
+    assert kinds(ev, "A") == {SINGLE: "cancel"}
+    assert kinds(ev, "B") == {SINGLE: "block"}
+    assert book.get("A").timeouts == 1
+    ev = s.receive_message("B", block(SINGLE, b"single block"), 10.2)
+    assert fetched(ev) == [SINGLE] and s.complete
+
+
+def test_wrong_bytes_are_rejected_recorded_and_asked_elsewhere() -> None:
+    seen: list[Misbehaviour] = []
+    book = LedgerBook(on_misbehaviour=seen.append)
+    s = session(SINGLE, ["A", "B"], ledgers=book)
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    s.receive_message("B", presence((SINGLE, HAVE)), 0.1)
+    s.poll(0.1)
+    # A answers the want-block with the right prefix but wrong bytes
+    ev = s.receive_message("A", block(SINGLE, b"forged block"), 0.2)
+    assert fetched(ev) == []
+    (m,) = events_of(ev, Misbehaviour)
+    assert (m.peer, m.reason) == ("A", WRONG_BLOCK)
+    assert seen == [m] and book.get("A").misbehaviour == 1
+    # re-asked at B at once (no waiting for the deadline), cancelled at A
+    ev = s.poll(0.2)
+    assert kinds(ev, "B") == {SINGLE: "block"}
+    assert kinds(ev, "A") == {SINGLE: "cancel"}
+    assert s.providers() == ["B"]
+    # whatever A sends from now on is ignored, even the right block
+    assert fetched(s.receive_message("A", block(SINGLE, b"single block"), 0.3)) == []
+    assert fetched(s.receive_message("B", block(SINGLE, b"single block"), 0.3)) == [SINGLE]
+
+
+def test_unsolicited_blocks_are_misbehaviour_even_when_they_hash_correctly() -> None:
+    root, blocks = build_dag(4, 50)
+    s = session(root, ["A"])
+    s.poll(0.0)
+    leaf = next(c for c in blocks if c != root)
+    # a stranger, and a provider sending a block it was never asked for
+    ev = s.receive_message("C", block(leaf, blocks[leaf]), 0.1)
+    assert [(m.peer, m.reason) for m in events_of(ev, Misbehaviour)] == [("C", WRONG_BLOCK)]
+    ev = s.receive_message("A", block(leaf, blocks[leaf]), 0.1)
+    assert [(m.peer, m.reason) for m in events_of(ev, Misbehaviour)] == [("A", WRONG_BLOCK)]
+    assert fetched(ev) == []
+    # with one provider gone bad and none left, the fetch fails and says why
+    ev = s.poll(0.2)
+    (f,) = events_of(ev, FetchFailed)
+    assert f.cid == root and "A: sent a wrong or unsolicited block" in f.reason
+    assert isinstance(s.error, FetchFailedError)
+
+
+def test_a_node_with_several_sessions_can_defer_the_unsolicited_verdict() -> None:
+    s = session(SINGLE, ["A"])
+    s.poll(0.0)
+    other = CID.raw(b"other")
+    ev = s.receive_message("A", block(other, b"other"), 0.1, report_unsolicited=False)
+    assert ev == [] and not s.asked("A", other) and s.asked("A", SINGLE)
+
+
+def test_two_providers_share_the_blocks() -> None:
+    root, blocks = build_dag(16, 100, fanout=16)
+    leaves = [c for c in blocks if c != root]
+    s = session(root, ["A", "B"], config=SessionConfig(max_inflight_per_peer=4))
+    s.poll(0.0)
+    for p in ("A", "B"):
+        s.receive_message(p, presence((root, HAVE)), 0.1)
+    ev = s.poll(0.1)
+    holder = "A" if kinds(ev, "A") == {root: "block"} else "B"
+    s.receive_message(holder, block(root, blocks[root]), 0.2)
+    ev = s.poll(0.2)
+    assert set(kinds(ev, "A")) >= set(leaves) and set(kinds(ev, "B")) >= set(leaves)
+    s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
+    s.receive_message("B", presence(*((c, HAVE) for c in leaves)), 0.3)
+    ev = s.poll(0.3)
+    at_a = [c for c, k in kinds(ev, "A").items() if k == "block"]
+    at_b = [c for c, k in kinds(ev, "B").items() if k == "block"]
+    assert len(at_a) == 4 and len(at_b) == 4 and not set(at_a) & set(at_b)
+    # delivering frees slots: the rest is split the same way until done
+    t = 0.4
+    while not s.done:
+        for peer, cids in (("A", at_a), ("B", at_b)):
+            for c in cids:
+                s.receive_message(peer, block(c, blocks[c]), t)
+        ev = s.poll(t)
+        at_a = [c for c, k in kinds(ev, "A").items() if k == "block"]
+        at_b = [c for c, k in kinds(ev, "B").items() if k == "block"]
+        t += 0.1
+    assert s.complete and s.fetched == 17
+    assert s.ledgers.get("A").blocks_received >= 8 and s.ledgers.get("B").blocks_received >= 8
+
+
+def test_resume_skips_blocks_already_present() -> None:
+    root, blocks = build_dag(8, 64, fanout=8)
+    leaves = [c for c in blocks if c != root]
+    local = DictSource({root: blocks[root], **{c: blocks[c] for c in leaves[:5]}})
+    s = session(root, ["A"], local=local)
+    ev = s.poll(0.0)
+    assert set(kinds(ev, "A")) == set(leaves[5:])
+    assert s.skipped == 6 and s.missing == 3
+
+
+def test_everything_present_completes_without_a_message() -> None:
+    root, blocks = build_dag(3, 10)
+    s = session(root, ["A"], local=DictSource(blocks))
+    ev = s.poll(0.0)
+    assert ev == [FetchComplete(root, 0, len(blocks), 0)]
+
+
+def test_a_corrupt_local_block_is_fetched_again() -> None:
+    local = DictSource()
+    local.put(SINGLE, b"rotten")
+    s = session(SINGLE, ["A"], local=local)
+    ev = s.poll(0.0)
+    assert LocalBlockCorrupt(SINGLE) in ev
+    assert kinds(ev, "A") == {SINGLE: "have"}
+
+
+def test_a_store_that_reports_corruption_on_read_is_handled_like_a_corrupt_block() -> None:
+    def local(cid: CID) -> bytes:
+        raise CorruptBlockError(f"{cid} rotted; quarantined")
+
+    s = Session(SINGLE, ["A"], links=links, local=local, config=CFG)
+    ev = s.poll(0.0)
+    assert LocalBlockCorrupt(SINGLE) in ev and kinds(ev, "A") == {SINGLE: "have"}
+
+
+def test_dont_have_from_every_provider_fails_the_fetch_with_reasons() -> None:
+    s = session(SINGLE, ["A", "B"])
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, DONT)), 0.1)
+    assert events_of(s.poll(0.1), FetchFailed) == []  # B has not answered yet
+    s.receive_message("B", presence((SINGLE, DONT)), 0.2)
+    ev = s.poll(0.2)
+    (f,) = events_of(ev, FetchFailed)
+    assert "A: said DONT_HAVE" in f.reason and "B: said DONT_HAVE" in f.reason
+    assert s.done and not s.complete
+    assert str(SINGLE) in str(s.error)
+
+
+def test_an_unanswered_want_have_counts_as_no_after_its_deadline() -> None:
+    s = session(SINGLE, ["A", "B"])
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, DONT)), 0.1)
+    ev = s.poll(5.0)
+    assert PeerTimedOut("B", SINGLE, WantType.HAVE) in ev
+    (f,) = events_of(ev, FetchFailed)
+    assert "B: did not answer want-have within 5.0s" in f.reason
+
+
+def test_dont_have_from_the_holder_moves_the_block_at_once() -> None:
+    s = session(SINGLE, ["A", "B"])
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    s.receive_message("B", presence((SINGLE, HAVE)), 0.1)
+    s.poll(0.1)
+    s.receive_message("A", presence((SINGLE, DONT)), 0.2)  # it lost the block
+    assert kinds(s.poll(0.2), "B") == {SINGLE: "block"}
+
+
+def test_a_want_have_may_be_answered_with_the_block_itself() -> None:
+    s = session(SINGLE, ["A"])
+    s.poll(0.0)
+    ev = s.receive_message("A", block(SINGLE, b"single block"), 0.1)
+    assert fetched(ev) == [SINGLE] and s.complete
+
+
+def test_a_late_duplicate_is_waste_not_misbehaviour() -> None:
+    book = LedgerBook()
+    s = session(SINGLE, ["A", "B"], ledgers=book)
+    s.poll(0.0)
+    s.receive_message("A", block(SINGLE, b"single block"), 0.1)
+    ev = s.receive_message("B", block(SINGLE, b"single block"), 0.2)
+    assert ev == [] and book.get("B").duplicate_blocks == 1 and book.get("B").misbehaviour == 0
+
+
+def test_a_disconnected_provider_hands_its_blocks_to_another() -> None:
+    s = session(SINGLE, ["A", "B"])
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    s.receive_message("B", presence((SINGLE, HAVE)), 0.1)
+    s.poll(0.1)
+    s.peer_disconnected("A")
+    ev = s.poll(0.2)
+    assert kinds(ev, "B") == {SINGLE: "block"} and kinds(ev, "A") == {}
+
+
+def test_a_provider_added_later_is_asked_too() -> None:
+    s = session(SINGLE, [])
+    s.add_provider("A")
+    assert kinds(s.poll(0.0), "A") == {SINGLE: "have"}
+
+
+def test_no_provider_at_all_fails_clearly() -> None:
+    s = session(SINGLE, [])
+    (f,) = events_of(s.poll(0.0), FetchFailed)
+    assert "no provider" in f.reason
+
+
+def test_a_malformed_dag_node_fails_the_fetch() -> None:
+    bad = CID.dag_pb(b"not a node")
+    s = session(bad, ["A"])
+    s.poll(0.0)
+    ev = s.receive_message("A", block(bad, b"not a node"), 0.1)
+    assert fetched(ev) == [bad]  # the bytes are right; the DAG is what is broken
+    (f,) = events_of(ev, FetchFailed)
+    assert "not a valid DAG node" in f.reason
+
+
+def test_the_dag_size_cap_is_enforced() -> None:
+    root, blocks = build_dag(10, 8, fanout=10)
+    s = session(root, ["A"], config=SessionConfig(max_blocks=5))
+    s.poll(0.0)
+    ev = s.receive_message("A", block(root, blocks[root]), 0.1)
+    (f,) = events_of(ev, FetchFailed)
+    assert "more than 5 blocks" in f.reason
+    # everything still asked is cancelled
+    assert all(k == "cancel" for k in kinds(s.poll(0.1), "A").values())
+
+
+def test_the_byte_cap_is_enforced() -> None:
+    s = session(SINGLE, ["A"], config=SessionConfig(max_bytes=5))
+    s.poll(0.0)
+    ev = s.receive_message("A", block(SINGLE, b"single block"), 0.1)
+    assert "larger than the 5-byte cap" in events_of(ev, FetchFailed)[0].reason
+
+
+def test_cancel_abandons_the_fetch_and_cancels_everywhere() -> None:
+    s = session(SINGLE, ["A", "B"])
+    s.poll(0.0)
+    ev = s.cancel()
+    assert kinds(ev, "A") == {SINGLE: "cancel"} and kinds(ev, "B") == {SINGLE: "cancel"}
+    assert events_of(ev, FetchFailed)
+
+
+def test_cidv0_links_are_fetched_and_handed_over_as_v0() -> None:
+    leaf = CID.raw(b"leaf")
+    root, data = make_node([leaf], v0=True)
+    s = session(root, ["A"])
+    ev = s.poll(0.0)
+    assert list(kinds(ev, "A")) == [root] and root.version == 0
+    ev = s.receive_message("A", block(root, data), 0.1)
+    assert fetched(ev) == [root]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["A", "B", "C"]), st.binary(max_size=40), st.booleans()),
+        max_size=12,
+    )
+)
+def test_no_block_is_handed_over_unless_it_hashes_to_a_wanted_cid(
+    sends: list[tuple[str, bytes, bool]],
+) -> None:
+    root, blocks = build_dag(3, 8, fanout=3, seed=1)
+    s = session(root, ["A", "B"])
+    s.poll(0.0)
+    wanted = set(blocks)
+    t = 0.0
+    for peer, data, use_real in sends:
+        t += 0.1
+        if use_real:  # sometimes the genuine block, sometimes junk under its prefix
+            cid = sorted(blocks, key=str)[len(data) % len(blocks)]
+            payload = BlockPayload.of(cid, blocks[cid])
+        else:
+            payload = BlockPayload(root.prefix(), data)
+        for e in s.receive_message(peer, Message(blocks=(payload,)), t) + s.poll(t):
+            if isinstance(e, BlockFetched):
+                assert e.cid in wanted and e.cid.verify(e.data)
+                assert e.cid.multihash == Multihash.sha256(e.data)
+                assert e.peer in ("A", "B")
