@@ -6,7 +6,7 @@ server side that answers wants (:mod:`.engine`) and the client side that
 fetches a DAG from several providers (:mod:`.session`).  Nothing here imports
 trio or libp2p: the network layer (``p2phier.net``) moves the bytes, feeds
 them in with the current time, and carries out the actions that come back.
-The profile p2phier implements is described in ``protocol/SPEC-bitswap.md``.
+The profile p2phier implements is described in ``protocol/bitswap.md``.
 """
 
 from __future__ import annotations

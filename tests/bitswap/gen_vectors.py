@@ -207,7 +207,7 @@ def _invalid() -> list[dict[str, str]]:
 
 def build() -> str:
     doc = {
-        "about": "Golden Bitswap 1.2.0 messages for p2phier (see protocol/SPEC-bitswap.md). "
+        "about": "Golden Bitswap 1.2.0 messages for p2phier (see protocol/bitswap.md). "
         "'hex' is the protobuf message, 'frame_hex' the same with its unsigned-varint length "
         "prefix as sent on a stream. Valid vectors were encoded by py-libp2p 0.8.1's "
         "bitswap_pb2 with CIDs from py-cid 0.5.0 (tests/bitswap/gen_vectors.py); invalid "
