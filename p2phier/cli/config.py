@@ -1,0 +1,280 @@
+"""Where the CLI keeps its state and how its settings are resolved.
+
+Owns the home directory rule and the settings precedence of every command:
+
+* home: ``--home`` flag, else ``$P2PHIER_HOME``, else ``platformdirs.user_data_dir("p2phier")``;
+* config file: ``--config`` flag, else ``$P2PHIER_CONFIG``, else ``<home>/config.toml`` when it
+  exists (an explicitly named file that does not exist is an error, a missing default is not);
+* each setting: built-in default < config file < environment ``P2PHIER_<SECTION>_<KEY>`` < flag
+  (flags are applied by the commands themselves, on top of :class:`Settings`).
+
+The config file is hostile input like any other: it is size-capped before it is read, unknown
+sections or keys are refused (a typo must not silently fall back to a default), and every value is
+type-checked.  Relative paths in the file are relative to the file's directory; relative paths in
+the environment are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2phier.errors import ConfigError
+
+if TYPE_CHECKING:
+    from p2phier.identity import Identity
+    from p2phier.store import DiskStore
+
+ENV_PREFIX = "P2PHIER_"
+ENV_HOME = "P2PHIER_HOME"
+ENV_CONFIG = "P2PHIER_CONFIG"
+ENV_DEBUG = "P2PHIER_DEBUG"
+CONFIG_NAME = "config.toml"
+KEY_NAME = "identity.key"
+STORE_NAME = "store"
+MAX_CONFIG_BYTES = 1 << 20
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENCODINGS = ("fp32", "fp16", "int8-delta", "topk-delta")
+
+# (section, key) -> kind.  "path" values default to a place under the home directory.
+_SCHEMA: dict[tuple[str, str], str] = {
+    ("store", "path"): "path",
+    ("identity", "key_file"): "path",
+    ("identity", "auto_create"): "bool",
+    ("log", "level"): "level",
+    ("artifact", "encoding"): "encoding",
+    ("artifact", "base_model"): "str",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable that overrides ``[section] key``."""
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def debug_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get(ENV_DEBUG, "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting a command may need, fully resolved (flags excepted)."""
+
+    home: Path
+    config_file: Path | None
+    store_path: Path
+    key_file: Path
+    auto_create_identity: bool
+    log_level: str
+    artifact_encoding: str | None
+    artifact_base_model: str | None
+    # "section.key" -> "default" | "config" | "env": where each value came from.
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "home": str(self.home),
+            "config_file": str(self.config_file) if self.config_file else None,
+            "store.path": str(self.store_path),
+            "identity.key_file": str(self.key_file),
+            "identity.auto_create": self.auto_create_identity,
+            "log.level": self.log_level,
+            "artifact.encoding": self.artifact_encoding,
+            "artifact.base_model": self.artifact_base_model,
+            "sources": dict(self.sources),
+        }
+
+
+def default_home() -> Path:
+    import platformdirs  # imported here: only needed when no home is given
+
+    return Path(platformdirs.user_data_dir("p2phier"))
+
+
+def resolve_home(flag: Path | None, environ: Mapping[str, str]) -> Path:
+    if flag is not None:
+        return flag.expanduser().absolute()
+    env = environ.get(ENV_HOME, "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    return default_home()
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _flatten(doc: Mapping[str, Any], origin: Path) -> dict[tuple[str, str], Any]:
+    known_sections = sorted({s for s, _ in _SCHEMA})
+    out: dict[tuple[str, str], Any] = {}
+    for section, table in doc.items():
+        if section not in known_sections:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}] (known: {', '.join(known_sections)})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        for key, value in table.items():
+            if (section, key) not in _SCHEMA:
+                known = sorted(k for s, k in _SCHEMA if s == section)
+                raise ConfigError(
+                    f"{origin}: unknown key {key!r} in [{section}] (known: {', '.join(known)})"
+                )
+            out[(section, key)] = value
+    return out
+
+
+def _coerce(kind: str, name: str, value: Any, base: Path) -> Any:
+    """Check one value's type; ``name`` says where it came from for the error message."""
+    if kind == "path":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty path string")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base / path).absolute()
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind == "level":
+        if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+            raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return value.lower()
+    if kind == "encoding":
+        if not isinstance(value, str) or value not in ENCODINGS:
+            raise ConfigError(f"{name} must be one of {', '.join(ENCODINGS)}, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip() or len(value) > 512:
+            raise ConfigError(f"{name} must be a non-empty string of at most 512 characters")
+        return value
+    raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover - schema bug
+
+
+def load_settings(
+    home_flag: Path | None = None,
+    config_flag: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting from defaults, the config file and the environment."""
+    env = os.environ if environ is None else environ
+    home = resolve_home(home_flag, env)
+    if config_flag is not None:
+        config_file: Path | None = config_flag.expanduser().absolute()
+    elif env.get(ENV_CONFIG, "").strip():
+        config_file = Path(env[ENV_CONFIG]).expanduser().absolute()
+    else:
+        candidate = home / CONFIG_NAME
+        config_file = candidate if candidate.is_file() else None
+
+    values: dict[tuple[str, str], Any] = {
+        ("store", "path"): home / STORE_NAME,
+        ("identity", "key_file"): home / KEY_NAME,
+        ("identity", "auto_create"): True,
+        ("log", "level"): "warning",
+        # None: packing chooses (fp32 for a full adapter, int8-delta for a delta).
+        ("artifact", "encoding"): None,
+        ("artifact", "base_model"): None,
+    }
+    sources = {f"{s}.{k}": "default" for s, k in values}
+
+    if config_file is not None:
+        for (section, key), raw in _flatten(_read_config(config_file), config_file).items():
+            name = f"{config_file}: [{section}] {key}"
+            values[(section, key)] = _coerce(_SCHEMA[(section, key)], name, raw, config_file.parent)
+            sources[f"{section}.{key}"] = "config"
+
+    cwd = Path.cwd()
+    for (section, key), kind in _SCHEMA.items():
+        var = env_name(section, key)
+        if var in env:
+            values[(section, key)] = _coerce(kind, f"${var}", env[var], cwd)
+            sources[f"{section}.{key}"] = "env"
+
+    return Settings(
+        home=home,
+        config_file=config_file,
+        store_path=values[("store", "path")],
+        key_file=values[("identity", "key_file")],
+        auto_create_identity=values[("identity", "auto_create")],
+        log_level=values[("log", "level")],
+        artifact_encoding=values[("artifact", "encoding")],
+        artifact_base_model=values[("artifact", "base_model")],
+        sources=sources,
+    )
+
+
+# --- the per-invocation context the commands share ------------------------------------
+
+
+@dataclass(slots=True)
+class CLIContext:
+    """Global flags of one invocation; settings are resolved on first use (not for ``--help``)."""
+
+    home_flag: Path | None = None
+    config_flag: Path | None = None
+    verbose: int = 0
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.home_flag, self.config_flag)
+        return self._settings
+
+
+def signing_identity(settings: Settings) -> tuple[Identity, bool]:
+    """The node's key for signing; ``(identity, created)``.
+
+    Policy (documented in README-cli.md): a command that signs creates the key on first use when
+    ``identity.auto_create`` is true (the default) and says so on stderr; otherwise it fails with a
+    hint to run ``p2phier id new``.  An existing key is always loaded strictly (a key file readable
+    by group or others is refused, never "fixed").
+    """
+    from p2phier.errors import KeyFileError
+    from p2phier.identity import Identity
+
+    path = settings.key_file
+    if path.exists() or path.is_symlink():
+        return Identity.load(path), False
+    if not settings.auto_create_identity:
+        raise KeyFileError(
+            f"no identity key at {path}; create one with `p2phier id new` "
+            f"(or set identity.auto_create = true)"
+        )
+    ident = Identity.generate()
+    ident.save(path)
+    return ident, True
+
+
+def open_store(settings: Settings) -> DiskStore:
+    """The node's on-disk content store (created on first use)."""
+    from p2phier.store import DiskStore
+
+    return DiskStore(settings.store_path)

@@ -1,0 +1,187 @@
+"""``p2phier artifact ...`` end to end on a tiny synthetic PEFT adapter, via the real CLI."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from tests.cli.adapters import adapter_tensors, write_adapter
+from tests.cli.conftest import Runner, run_p2phier
+
+PACK = ("--layer", "device", "--domain", "news/bbc")
+
+
+def _pack(cli: Runner, adapter: Path, *extra: str) -> dict[str, Any]:
+    r = cli("artifact", "pack", adapter, *PACK, *extra, "--json")
+    assert r.returncode == 0, r
+    out = r.json()
+    assert isinstance(out, dict)
+    return out
+
+
+def test_pack_full_then_delta_and_inspect(cli: Runner, home: Path, tmp_path: Path) -> None:
+    a1 = write_adapter(tmp_path / "a1", seed=0)
+    r = cli("artifact", "pack", a1, *PACK, "--metric", "accuracy=0.5", "--json")
+    assert r.returncode == 0, r
+    first = r.json()
+    assert first["encoding"] == "fp32" and first["parent"] is None and first["round"] == 0
+    assert first["base_model_id"] == "test/tiny-bert"  # taken from adapter_config.json
+    # The key was created on first use, private, and announced on stderr.
+    assert first["created_identity"] is True
+    assert stat.S_IMODE((home / "identity.key").stat().st_mode) == 0o600
+    assert "created a new identity" in r.stderr
+    peer = cli("id", "show", "--json").json()["peer_id"]
+    assert first["author"] == peer
+
+    info = cli("artifact", "inspect", first["cid"], "--json").json()
+    assert info["verified"] is True and info["cid"] == first["cid"]
+    assert info["bytes"]["stored"] == first["bytes"]
+    assert info["manifest"]["metrics"] == {"accuracy": 0.5}
+    assert info["manifest"]["layer"] == "device" and info["manifest"]["domain"] == "news/bbc"
+
+    a2 = write_adapter(tmp_path / "a2", seed=1)
+    second = _pack(cli, a2, "--parent", str(first["cid"]))
+    assert second["encoding"] == "int8-delta"  # the default for a delta
+    assert second["parent"] == first["cid"] and second["round"] == 1
+    assert second["created_identity"] is False
+    info2 = cli("artifact", "inspect", second["cid"], "--json").json()
+    assert info2["lineage"] == [second["cid"], first["cid"]] and info2["delta"] is True
+
+    for enc in ("fp16", "topk-delta", "fp32"):
+        out = _pack(cli, a2, "--parent", str(first["cid"]), "--encoding", enc, "--round", "7")
+        assert out["encoding"] == enc and out["round"] == 7
+
+    human = cli("artifact", "inspect", second["cid"])
+    assert "int8-delta" in human.text and str(first["cid"]) in human.text
+
+    listed = cli("store", "ls", "--json").json()["objects"]
+    kinds = {o["kind"] for o in listed}
+    assert {"artifact", "adapter-config", "adapter-tensors"} <= kinds
+
+
+def test_verify_unpack_export_import(cli: Runner, home: Path, tmp_path: Path) -> None:
+    a1 = write_adapter(tmp_path / "a1", seed=0)
+    a2 = write_adapter(tmp_path / "a2", seed=1)
+    c1 = _pack(cli, a1)["cid"]
+    c2 = _pack(cli, a2, "--parent", str(c1))["cid"]
+
+    v = cli("artifact", "verify", c2, "--json")
+    assert v.returncode == 0, v
+    assert v.json()["ok"] is True and v.json()["lineage"] == [c2, c1]
+
+    # unpack: a PEFT adapter directory that decodes to a2 within int8 error
+    out = tmp_path / "unpacked"
+    u = cli("artifact", "unpack", c2, "--out", out, "--json")
+    assert u.returncode == 0, u
+    assert u.json()["files"] == ["adapter_config.json", "adapter_model.safetensors"]
+    got = load_file(str(out / "adapter_model.safetensors"))
+    want = adapter_tensors(1)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        delta = value - adapter_tensors(0)[name]
+        bound = np.abs(delta).max() / 254 + 1e-6
+        assert np.abs(got[name] - value).max() <= bound, name
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 2
+
+    # export, verify the file, import it into a second, empty home
+    car = tmp_path / "a2.car"
+    e = cli("artifact", "export", c2, "--out", car, "--json")
+    assert e.returncode == 0, e
+    assert e.json()["bytes"] == car.stat().st_size > 0
+    before = cli("store", "ls", "--json").json()
+    vf = cli("artifact", "verify", car, "--json")
+    assert vf.returncode == 0, vf
+    assert vf.json()["source"] == "car" and vf.json()["cid"] == c2
+    assert cli("store", "ls", "--json").json() == before  # verifying a file stores nothing
+
+    other = tmp_path / "other-home"
+    other.mkdir()
+    assert run_p2phier(other, "artifact", "verify", c2, "--json").returncode != 0
+    imp = run_p2phier(other, "artifact", "import", car, "--json")
+    assert imp.returncode == 0, imp
+    assert imp.json()["cid"] == c2
+    assert run_p2phier(other, "artifact", "verify", c2, "--json").json()["ok"] is True
+
+
+def test_tampered_car_fails_verification(cli: Runner, tmp_path: Path) -> None:
+    c1 = _pack(cli, write_adapter(tmp_path / "a1", seed=0))["cid"]
+    car = tmp_path / "a.car"
+    assert cli("artifact", "export", c1, "--out", car).returncode == 0
+    data = bytearray(car.read_bytes())
+    data[-40] ^= 0x01  # inside the last block's bytes
+    bad = tmp_path / "bad.car"
+    bad.write_bytes(bytes(data))
+    r = cli("artifact", "verify", bad, "--json")
+    assert r.returncode != 0
+    out = r.json()
+    assert out["ok"] is False and out["error"] and out["source"] == "car"
+    human = cli("artifact", "verify", bad)
+    assert human.returncode == r.returncode and "verification failed" in human.stderr
+
+
+def test_corrupt_payload_in_store_fails_verify(cli: Runner, home: Path, tmp_path: Path) -> None:
+    c1 = _pack(cli, write_adapter(tmp_path / "a1", seed=0))["cid"]
+    info = cli("artifact", "inspect", c1, "--json").json()
+    payload_cid = info["manifest"]["tensors"]["cid"]
+    block = next((home / "store" / "blocks").rglob(payload_cid))
+    raw = bytearray(block.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    block.write_bytes(bytes(raw))
+    r = cli("artifact", "verify", c1, "--json")
+    assert r.returncode == 5, r  # the store's CorruptBlockError
+    assert r.json()["ok"] is False and r.json()["type"] == "CorruptBlockError"
+    # The corrupt block was quarantined, so now the artifact is incomplete, never served bad.
+    u = cli("artifact", "unpack", c1, "--out", tmp_path / "u", "--json")
+    assert u.returncode == 6 and u.json()["type"] == "MissingBlocksError"
+    assert not (tmp_path / "u").exists()
+
+
+def test_pack_errors(cli: Runner, home: Path, tmp_path: Path) -> None:
+    a1 = write_adapter(tmp_path / "a1", seed=0)
+    r = cli("artifact", "pack", a1, *PACK, "--encoding", "int8-delta", "--json")
+    assert r.returncode == 2 and "parent" in r.json()["error"]
+    r = cli("artifact", "pack", a1, *PACK, "--metric", "accuracy", "--json")
+    assert r.returncode == 2 and "name=value" in r.json()["error"]
+    r = cli("artifact", "pack", a1, *PACK, "--encoding", "fp8", "--json")
+    assert r.returncode == 2
+    r = cli("artifact", "pack", tmp_path / "nope", *PACK, "--json")
+    assert r.returncode == 2 and r.json()["type"] == "InputFileError"
+    r = cli("artifact", "pack", a1, "--layer", "device", "--domain", "Bad Domain", "--json")
+    assert r.returncode == 6 and r.json()["type"] == "ManifestError"
+    # a LoRA A tensor whose rank disagrees with the config
+    t = adapter_tensors(0)
+    name = next(n for n in t if n.endswith("lora_A.weight"))
+    t[name] = np.zeros((3, 16), dtype=np.float32)
+    broken = write_adapter(tmp_path / "broken", tensors=t)
+    r = cli("artifact", "pack", broken, *PACK, "--json")
+    assert r.returncode == 6 and r.json()["type"] == "TensorFileError"
+    # nothing was stored by the failed packs
+    assert cli("store", "ls", "--json").json()["objects"] == []
+
+
+def test_signing_without_key_when_auto_create_is_off(
+    cli: Runner, home: Path, tmp_path: Path
+) -> None:
+    (home / "config.toml").write_text("[identity]\nauto_create = false\n")
+    a1 = write_adapter(tmp_path / "a1", seed=0)
+    r = cli("artifact", "pack", a1, *PACK, "--json")
+    assert r.returncode == 3 and "p2phier id new" in r.json()["error"]
+    assert not (home / "identity.key").exists()
+    assert cli("id", "new").returncode == 0
+    assert cli("artifact", "pack", a1, *PACK, "--json").returncode == 0
+
+
+def test_unknown_artifact(cli: Runner) -> None:
+    from p2phier.cid import CID
+
+    missing = str(CID.raw(b"no such envelope"))
+    r = cli("artifact", "inspect", missing, "--json")
+    assert r.returncode in (5, 6) and "error" in r.json()
+    r = cli("artifact", "inspect", "zzz", "--json")
+    assert r.returncode == 4 and r.json()["type"] == "CIDError"
