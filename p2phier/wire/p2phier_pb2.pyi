@@ -14,11 +14,39 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_FP16: _ClassVar[Encoding]
     ENCODING_INT8_DELTA: _ClassVar[Encoding]
     ENCODING_TOPK_DELTA: _ClassVar[Encoding]
+
+class NodeLayer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_LAYER_UNSPECIFIED: _ClassVar[NodeLayer]
+    NODE_LAYER_MASTER: _ClassVar[NodeLayer]
+    NODE_LAYER_LANGUAGE: _ClassVar[NodeLayer]
+    NODE_LAYER_DOMAIN: _ClassVar[NodeLayer]
+    NODE_LAYER_SUBDOMAIN: _ClassVar[NodeLayer]
+    NODE_LAYER_DEVICE: _ClassVar[NodeLayer]
+
+class HardwareClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HARDWARE_CLASS_UNSPECIFIED: _ClassVar[HardwareClass]
+    HARDWARE_CLASS_GPU: _ClassVar[HardwareClass]
+    HARDWARE_CLASS_CPU: _ClassVar[HardwareClass]
+    HARDWARE_CLASS_MOBILE: _ClassVar[HardwareClass]
+    HARDWARE_CLASS_EMBEDDED: _ClassVar[HardwareClass]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_FP32: Encoding
 ENCODING_FP16: Encoding
 ENCODING_INT8_DELTA: Encoding
 ENCODING_TOPK_DELTA: Encoding
+NODE_LAYER_UNSPECIFIED: NodeLayer
+NODE_LAYER_MASTER: NodeLayer
+NODE_LAYER_LANGUAGE: NodeLayer
+NODE_LAYER_DOMAIN: NodeLayer
+NODE_LAYER_SUBDOMAIN: NodeLayer
+NODE_LAYER_DEVICE: NodeLayer
+HARDWARE_CLASS_UNSPECIFIED: HardwareClass
+HARDWARE_CLASS_GPU: HardwareClass
+HARDWARE_CLASS_CPU: HardwareClass
+HARDWARE_CLASS_MOBILE: HardwareClass
+HARDWARE_CLASS_EMBEDDED: HardwareClass
 
 class ContentRef(_message.Message):
     __slots__ = ("cid", "size")
@@ -77,3 +105,87 @@ class SignedManifest(_message.Message):
     signature: bytes
     signer: bytes
     def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., signer: _Optional[bytes] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("ram_bytes", "max_params", "hardware")
+    RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    ram_bytes: int
+    max_params: int
+    hardware: HardwareClass
+    def __init__(self, ram_bytes: _Optional[int] = ..., max_params: _Optional[int] = ..., hardware: _Optional[_Union[HardwareClass, str]] = ...) -> None: ...
+
+class NodeRecord(_message.Message):
+    __slots__ = ("format_version", "peer_id", "addrs", "layer", "domain", "base_model_id", "capabilities", "head", "seq", "issued_ms", "expires_ms", "started_ms")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    peer_id: bytes
+    addrs: _containers.RepeatedScalarFieldContainer[str]
+    layer: NodeLayer
+    domain: str
+    base_model_id: str
+    capabilities: Capabilities
+    head: bytes
+    seq: int
+    issued_ms: int
+    expires_ms: int
+    started_ms: int
+    def __init__(self, format_version: _Optional[int] = ..., peer_id: _Optional[bytes] = ..., addrs: _Optional[_Iterable[str]] = ..., layer: _Optional[_Union[NodeLayer, str]] = ..., domain: _Optional[str] = ..., base_model_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., head: _Optional[bytes] = ..., seq: _Optional[int] = ..., issued_ms: _Optional[int] = ..., expires_ms: _Optional[int] = ..., started_ms: _Optional[int] = ...) -> None: ...
+
+class SignedNodeRecord(_message.Message):
+    __slots__ = ("record", "signature")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    record: bytes
+    signature: bytes
+    def __init__(self, record: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Announcement(_message.Message):
+    __slots__ = ("format_version", "author", "topic", "cid", "parent", "layer", "domain", "base_model_id", "round", "seq", "created_ms", "metrics", "size")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    CID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    author: bytes
+    topic: str
+    cid: bytes
+    parent: bytes
+    layer: NodeLayer
+    domain: str
+    base_model_id: str
+    round: int
+    seq: int
+    created_ms: int
+    metrics: _containers.RepeatedCompositeFieldContainer[Metric]
+    size: int
+    def __init__(self, format_version: _Optional[int] = ..., author: _Optional[bytes] = ..., topic: _Optional[str] = ..., cid: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., layer: _Optional[_Union[NodeLayer, str]] = ..., domain: _Optional[str] = ..., base_model_id: _Optional[str] = ..., round: _Optional[int] = ..., seq: _Optional[int] = ..., created_ms: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., size: _Optional[int] = ...) -> None: ...
+
+class SignedAnnouncement(_message.Message):
+    __slots__ = ("announcement", "signature")
+    ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    announcement: bytes
+    signature: bytes
+    def __init__(self, announcement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
