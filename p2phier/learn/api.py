@@ -1,0 +1,479 @@
+"""The learning interface the node calls: paths and records in, adapter dirs and records out.
+
+The node never touches torch.  Every function here takes tier directories,
+adapter directories (PEFT format) and examples, does blocking CPU work, and
+returns frozen records (metrics, aggregation reports, decisions) plus the
+directories it wrote.  **Call these from a worker thread or process**
+(``trio.to_thread.run_sync``), never on the event loop.
+
+The version model (one level of the hierarchy):
+
+* a node runs a *tier* (base model) with its *ancestors'* published adapters
+  merged in, in order (each adapter is relative to everything above it);
+* a parent's *version* is an adapter on that stack; its children train a fresh
+  LoRA adapter on ``ancestors + [version]`` and keep their own head;
+* a child's *update* is its adapter's effective tensors (merged ``B @ A`` per
+  module) with the version's head subtracted from its head;
+* the parent aggregates updates (:mod:`p2phier.learn.aggregate`), adds the
+  result to its version's effective tensors, re-factorises, and the timing
+  rule (:mod:`p2phier.learn.timing`) says whether the candidate is published;
+* children *rebase* onto the new version: it goes under their adapter; by
+  default their LoRA restarts from zero (its knowledge went upstream) and their
+  personal head is kept (``mode="keep"`` keeps their LoRA too).
+
+Artifacts go through :mod:`p2phier.artifact` (``pack``/``unpack`` below).
+Records carry numbers only: no raw text ever leaves the node through them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from p2phier.artifact import Artifact, materialise, pack_adapter
+from p2phier.cid import CID
+from p2phier.identity import Identity
+from p2phier.learn.aggregate import (
+    DELTA_SUFFIX,
+    AggregationConfig,
+    AggregationResult,
+    ChildUpdate,
+    add,
+    aggregate,
+    effective_to_lora,
+    lossless_rank,
+)
+from p2phier.learn.continual import ContinualConfig, ContinualLearner, StageReport
+from p2phier.learn.data import Example
+from p2phier.learn.models import ModelError, Tier, TierInfo, load_tier, read_tier_info
+from p2phier.learn.pareto import TierCandidate
+from p2phier.learn.timing import Evaluation, PublishDecision, TimingPolicy, decide
+from p2phier.learn.train import (
+    Adapter,
+    LoraSettings,
+    Session,
+    TrainConfig,
+    read_adapter,
+    write_adapter,
+)
+from p2phier.store.base import ContentStore
+
+logger = logging.getLogger(__name__)
+
+_METRIC_NAME_RE = re.compile(r"[^a-z0-9_.-]+")
+
+
+def metric_name(name: str) -> str:
+    """A name the artifact manifest accepts (lowercase ``[a-z0-9_.-]``, <= 64 chars)."""
+    cleaned = _METRIC_NAME_RE.sub("-", name.lower()).strip("-._") or "metric"
+    return cleaned[:64]
+
+
+@dataclass(frozen=True)
+class CycleMetrics:
+    """What a learning cycle measured (numbers only; never text)."""
+
+    task: str
+    n_train: int
+    steps: int
+    final_loss: float
+    scores: Mapping[str, float]  # "accuracy.<set>" or "perplexity.<set>"
+    forgetting: Mapping[str, float] = field(default_factory=dict)
+
+    def for_manifest(self) -> dict[str, float]:
+        out = {metric_name(k): float(v) for k, v in self.scores.items() if math.isfinite(v)}
+        out.update({metric_name("forgetting." + k): float(v) for k, v in self.forgetting.items()})
+        if math.isfinite(self.final_loss):
+            out["loss"] = float(self.final_loss)
+        out["n-train"] = float(self.n_train)
+        return dict(sorted(out.items())[:32])
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    adapter_dir: Path
+    metrics: CycleMetrics
+
+
+def _score_name(tier: Tier) -> str:
+    return "perplexity" if tier.info.task == "causal_lm" else "accuracy"
+
+
+def _scores(
+    session: Session, eval_sets: Mapping[str, Sequence[Example]], max_length: int
+) -> dict[str, float]:
+    name = _score_name(session.tier)
+    out: dict[str, float] = {}
+    for set_name, examples in sorted(eval_sets.items()):
+        if session.tier.info.task == "causal_lm":
+            out[f"{name}.{set_name}"] = session.perplexity([e.text for e in examples], max_length)
+        else:
+            out[f"{name}.{set_name}"] = session.accuracy(examples, max_length)
+    return out
+
+
+def evaluate(
+    tier_dir: Path,
+    eval_sets: Mapping[str, Sequence[Example]],
+    *,
+    parents: Sequence[Path] = (),
+    adapter: Path | None = None,
+    max_length: int = 64,
+) -> dict[str, float]:
+    """Accuracy (classifiers) or perplexity (causal LMs) of a stack on each set."""
+    session = Session(load_tier(tier_dir), parents=parents, adapter=adapter)
+    return _scores(session, eval_sets, max_length)
+
+
+def init_version(
+    tier_dir: Path,
+    out_dir: Path,
+    *,
+    parents: Sequence[Path] = (),
+    lora: LoraSettings | None = None,
+    seed: int = 0,
+) -> Path:
+    """A parent's first version: a zero LoRA update and the tier's own head."""
+    return Session(load_tier(tier_dir), parents=parents, settings=lora, seed=seed).save(out_dir)
+
+
+def train_cycle(
+    tier_dir: Path,
+    out_dir: Path,
+    examples: Sequence[Example],
+    *,
+    parents: Sequence[Path] = (),
+    adapter: Path | None = None,
+    fresh_lora: bool = False,
+    train: TrainConfig | None = None,
+    lora: LoraSettings | None = None,
+    continual: ContinualConfig | None = None,
+    replay: Sequence[Example] = (),
+    eval_sets: Mapping[str, Sequence[Example]] | None = None,
+    seed: int = 0,
+    init_seed: int = 0,
+) -> CycleResult:
+    """One local learning cycle on newly arrived ``examples``; writes the adapter to ``out_dir``.
+
+    ``adapter`` continues a previous adapter (``fresh_lora=True`` keeps only
+    its head and restarts the LoRA factors at zero, as after a rebase).  For
+    classifiers, ``continual`` enables replay/EWC; ``replay`` refills the
+    buffer with earlier examples the node kept locally.
+    """
+    tier = load_tier(tier_dir)
+    train = train or TrainConfig(seed=seed)
+    # The LoRA initialisation is the same for every child (init_seed), not the
+    # training seed: updates then start from one row space and stay comparable
+    # (with per-child random A matrices, same-task updates are near-orthogonal).
+    if adapter is not None and fresh_lora:
+        session = Session(tier, parents=parents, settings=lora, seed=init_seed)
+        session.load_heads(read_adapter(adapter))
+    else:
+        session = Session(tier, parents=parents, adapter=adapter, settings=lora, seed=init_seed)
+    eval_sets = dict(eval_sets or {})
+    forgetting: dict[str, float] = {}
+    if tier.info.task == "causal_lm":
+        losses = session.train_lm([e.text for e in examples], train)
+        final = losses[-1] if losses else math.nan
+        scores = _scores(session, eval_sets, train.max_length)
+    elif continual is not None:
+        learner = ContinualLearner(session, _with_train(continual, train), seed=seed)
+        if replay:
+            learner.restore_buffer(replay)
+        report: StageReport = learner.learn(examples, eval_sets)
+        final = report.final_loss
+        scores = {f"accuracy.{k}": v for k, v in report.accuracy.items()}
+        forgetting = dict(report.forgetting)
+    else:
+        losses = session.train_classifier(examples, train)
+        final = losses[-1] if losses else math.nan
+        scores = _scores(session, eval_sets, train.max_length)
+    path = session.save(out_dir)
+    metrics = CycleMetrics(tier.info.task, len(examples), train.steps, final, scores, forgetting)
+    logger.info("cycle on %d examples -> %s: %s", len(examples), path, metrics.for_manifest())
+    return CycleResult(path, metrics)
+
+
+def _with_train(config: ContinualConfig, train: TrainConfig) -> ContinualConfig:
+    return ContinualConfig(
+        train=train,
+        replay_per_label=config.replay_per_label,
+        replay_fraction=config.replay_fraction,
+        ewc_lambda=config.ewc_lambda,
+        ewc_samples=config.ewc_samples,
+    )
+
+
+# --- upstream: updates, aggregation, publishing ----------------------------------------------
+
+
+def _heads(adapter: Adapter) -> dict[str, NDArray[np.float32]]:
+    return {k: v for k, v in adapter.effective().items() if not k.endswith(DELTA_SUFFIX)}
+
+
+def child_update(child_adapter: Path, version: Path) -> dict[str, NDArray[np.float32]]:
+    """A child's update against the version it trained on (LoRA deltas, head differences)."""
+    child, base = read_adapter(child_adapter), read_adapter(version)
+    eff = child.effective()
+    base_heads = _heads(base)
+    for key, value in base_heads.items():
+        if key not in eff or eff[key].shape != value.shape:
+            raise ModelError(f"child adapter {child_adapter} lacks head tensor {key}")
+        eff[key] = (eff[key].astype(np.float64) - value).astype(np.float32)
+    return eff
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    candidate_dir: Path
+    aggregation: AggregationResult
+    rank: int
+    refactor_error: float  # max relative error of the re-factorisation over modules
+
+
+def aggregate_round(
+    tier_dir: Path,
+    version: Path,
+    children: Mapping[str, tuple[Path, float]],
+    out_dir: Path,
+    *,
+    parents: Sequence[Path] = (),
+    rule: AggregationConfig | None = None,
+    probe_examples: Sequence[Example] = (),
+    probe_train: TrainConfig | None = None,
+    rank: int | None = None,
+    max_rank: int = 64,
+    seed: int = 0,
+    init_seed: int = 0,
+) -> RoundResult:
+    """Aggregate children's adapters (``child id -> (adapter dir, weight)``) into a candidate.
+
+    Every child adapter must have been trained on ``parents + [version]``.
+    With the probe-scored rule the parent first trains on ``probe_examples``
+    (its small trusted set) to get the reference update.  ``rank=None``
+    keeps the aggregate's full rank up to ``max_rank`` (no truncation loss).
+    """
+    rule = rule or AggregationConfig()
+    updates = [
+        ChildUpdate(child, child_update(path, version), weight)
+        for child, (path, weight) in sorted(children.items())
+    ]
+    probe = None
+    if probe_examples:
+        session = Session(load_tier(tier_dir), parents=[*parents, version], seed=init_seed)
+        session.load_heads(read_adapter(version))
+        if session.tier.info.task == "causal_lm":
+            session.train_lm(
+                [e.text for e in probe_examples], probe_train or TrainConfig(seed=seed)
+            )
+        else:
+            session.train_classifier(probe_examples, probe_train or TrainConfig(seed=seed))
+        probe_dir_state = session.effective()
+        base_heads = _heads(read_adapter(version))
+        probe = {
+            k: (v - base_heads[k]).astype(np.float32) if k in base_heads else v
+            for k, v in probe_dir_state.items()
+        }
+    result = aggregate(updates, rule, probe=probe)
+    current = read_adapter(version)
+    new_effective = add(current.effective(), result.delta)
+    chosen = rank if rank is not None else lossless_rank(new_effective, max_rank)
+    ratio = float(current.config["lora_alpha"]) / float(current.config["r"])
+    refactored = effective_to_lora(new_effective, chosen, ratio * chosen)
+    config = dict(current.config)
+    config.update(r=chosen, lora_alpha=ratio * chosen, rank_pattern={}, alpha_pattern={})
+    path = write_adapter(out_dir, refactored.state, config)
+    logger.info(
+        "round candidate %s: rule %s, rank %d, refactor error %.3g",
+        path,
+        result.rule.value,
+        chosen,
+        refactored.max_relative_error,
+    )
+    return RoundResult(path, result, chosen, refactored.max_relative_error)
+
+
+def decide_publish(
+    tier_dir: Path,
+    version: Path,
+    candidate: Path,
+    *,
+    validation: Sequence[Example],
+    held: Mapping[str, Sequence[Example]],
+    policy: TimingPolicy,
+    now: float,
+    round: int,
+    n_updates: int,
+    parents: Sequence[Path] = (),
+    max_length: int = 64,
+) -> PublishDecision:
+    """Evaluate the current version and the candidate, then apply the timing rule.
+
+    Validation is accuracy for classifiers and perplexity (lower is better) for
+    causal LMs; ``held`` maps each previously held domain to its examples.
+    """
+    tier = load_tier(tier_dir)
+    lm = tier.info.task == "causal_lm"
+    if lm and policy.higher_is_better:
+        raise ModelError("a causal LM is validated by perplexity: use higher_is_better=False")
+
+    def measure(adapter: Path) -> Evaluation:
+        session = Session(tier, parents=[*parents, adapter])
+        texts = [e.text for e in validation]
+        score = (
+            session.perplexity(texts, max_length)
+            if lm
+            else session.accuracy(validation, max_length)
+        )
+        domains = (
+            {
+                name: session.accuracy(examples, max_length)
+                for name, examples in sorted(held.items())
+            }
+            if not lm
+            else {}
+        )
+        return Evaluation(score, domains)
+
+    return decide(
+        policy, measure(version), measure(candidate), now=now, round=round, n_updates=n_updates
+    )
+
+
+# --- downstream: rebase ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RebaseResult:
+    adapter_dir: Path
+    before: Mapping[str, float]
+    after: Mapping[str, float]
+
+    @property
+    def change(self) -> dict[str, float]:
+        """after - before per score (for perplexity, negative is an improvement)."""
+        return {k: self.after[k] - self.before[k] for k in self.before if k in self.after}
+
+
+def rebase(
+    tier_dir: Path,
+    own_adapter: Path,
+    old_version: Path,
+    new_version: Path,
+    out_dir: Path,
+    *,
+    eval_sets: Mapping[str, Sequence[Example]],
+    ancestors: Sequence[Path] = (),
+    mode: Literal["reset", "keep"] = "reset",
+    personal_examples: Sequence[Example] = (),
+    head_train: TrainConfig | None = None,
+    max_length: int = 64,
+    seed: int = 0,
+    init_seed: int = 0,
+) -> RebaseResult:
+    """Move a child from ``old_version`` to ``new_version`` and report its change in scores.
+
+    ``reset``: fresh LoRA on the new version, own head kept; ``keep``: own
+    adapter unchanged on top.  With ``personal_examples`` (classifiers), the
+    head alone is then fine-tuned on them: a personalised head on the shared
+    backbone, adapted to the child's own label distribution.
+    """
+    tier = load_tier(tier_dir)
+    before_session = Session(tier, parents=[*ancestors, old_version], adapter=own_adapter)
+    before = _scores(before_session, eval_sets, max_length)
+    own = read_adapter(own_adapter)
+    if mode == "keep":
+        session = Session(tier, parents=[*ancestors, new_version], adapter=own_adapter)
+    elif mode == "reset":
+        session = Session(tier, parents=[*ancestors, new_version], seed=init_seed)
+        session.load_heads(own)
+    else:
+        raise ModelError(f"rebase mode must be 'reset' or 'keep', not {mode!r}")
+    if personal_examples and tier.info.task == "classifier":
+        config = head_train or TrainConfig(steps=10, seed=seed)
+        loss = session.classifier_loss(personal_examples, config)
+        session.run(config, loss, params=session.head_parameters())
+    after = _scores(session, eval_sets, max_length)
+    path = session.save(out_dir)
+    result = RebaseResult(path, before, after)
+    logger.info("rebased onto %s (%s): change %s", new_version, mode, result.change)
+    return result
+
+
+# --- artifacts and tiers ----------------------------------------------------------------------
+
+
+def pack(
+    store: ContentStore,
+    adapter_dir: Path,
+    identity: Identity,
+    tier: TierInfo,
+    *,
+    layer: str,
+    domain: str,
+    now: float,
+    round: int = 0,
+    metrics: CycleMetrics | Mapping[str, float] | None = None,
+    parent: CID | str | None = None,
+    encoding: str | None = None,
+) -> Artifact:
+    """Sign and store an adapter directory as an artifact bound to ``tier``."""
+    values = metrics.for_manifest() if isinstance(metrics, CycleMetrics) else dict(metrics or {})
+    return pack_adapter(
+        store,
+        adapter_dir,
+        identity,
+        layer=layer,
+        domain=domain,
+        base_model_id=tier.tier_id,
+        base_model_cid=tier.weights_cid,
+        parent=parent,
+        encoding=encoding,
+        round=round,
+        metrics=values,
+        now=now,
+    )
+
+
+def unpack(store: ContentStore, cid: CID | str, out_dir: Path, tier: TierInfo) -> Path:
+    """Verify an artifact (and lineage) and write its adapter dir; refuses another tier's."""
+    return materialise(store, cid, out_dir, expected_base_model=tier.tier_id)
+
+
+def measure_tier(
+    tier_dir: Path,
+    examples: Sequence[Example],
+    *,
+    parents: Sequence[Path] = (),
+    adapter: Path | None = None,
+    max_length: int = 64,
+) -> TierCandidate:
+    """A Pareto candidate: the tier's accuracy on the device's examples, size and memory."""
+    info = read_tier_info(tier_dir)
+    session = Session(load_tier(tier_dir), parents=parents, adapter=adapter)
+    return TierCandidate(
+        info.tier_id, session.accuracy(examples, max_length), info.weights_bytes, info.memory_bytes
+    )
+
+
+def tier_summary(tier_dir: Path) -> dict[str, Any]:
+    """The tier's id, CID, sizes and lineage as plain values (for records and logs)."""
+    info = read_tier_info(tier_dir)
+    return {
+        "tier_id": info.tier_id,
+        "cid": info.weights_cid,
+        "bytes": info.weights_bytes,
+        "params": info.n_params,
+        "teacher": info.teacher,
+        "layers": list(info.layers),
+        "vocab": info.vocab_size,
+        "quantisation": info.quantisation,
+    }

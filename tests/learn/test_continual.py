@@ -1,0 +1,106 @@
+"""Continual learning: replay prevents class-incremental forgetting; EWC mechanics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2phier.learn.continual import ContinualConfig, ContinualLearner
+from p2phier.learn.data import Example, class_incremental, sample_per_label
+from p2phier.learn.models import ModelError, load_tier
+from p2phier.learn.train import Session, TrainConfig
+
+from .conftest import ML
+
+pytestmark = ML
+
+OLD, NEW = ("business", "sports"), ("politics", "tech")
+
+
+@pytest.mark.slow
+def test_replay_forgets_less_than_naive_fine_tuning(
+    tmp_path: Path,
+    master,
+    bbc_split: tuple[list[Example], list[Example]],  # type: ignore[no-untyped-def]
+) -> None:
+    """Class-incremental: topics OLD first, then topics NEW, one shared head.
+
+    Naive fine-tuning on NEW collapses accuracy on OLD (the head is pulled to
+    the new classes); a small class-balanced replay buffer keeps it.
+    """
+    train = TrainConfig(steps=12, batch_size=16, lr=1e-3, max_length=48)
+    old_train, new_train = class_incremental(sample_per_label(bbc_split[0], 30, 0), [OLD, NEW])
+    old_test, new_test = class_incremental(sample_per_label(bbc_split[1], 20, 1), [OLD, NEW])
+    evals = {"old": old_test, "new": new_test}
+
+    first = ContinualLearner(Session(master), ContinualConfig(train=train, replay_per_label=0))
+    stage_a = first.learn(old_train, evals)
+    assert stage_a.accuracy["old"] >= 0.9
+    after_a = first.session.save(tmp_path / "after-old")
+
+    reports = {}
+    for name, config in {
+        "naive": ContinualConfig(train=train, replay_per_label=0),
+        "replay": ContinualConfig(train=train, replay_per_label=8, replay_fraction=0.5),
+    }.items():
+        learner = ContinualLearner(Session(master, adapter=after_a), config)
+        learner.restore_buffer(old_train)  # what the node kept from stage A (naive: nothing)
+        assert len(learner.buffer) == (16 if name == "replay" else 0)
+        reports[name] = learner.learn(new_train, evals)
+
+    naive, replay = reports["naive"], reports["replay"]
+    assert naive.strategy == "naive" and replay.strategy == "replay"
+    assert naive.accuracy["new"] >= 0.8 and replay.accuracy["new"] >= 0.8  # both learn NEW
+    assert naive.accuracy["old"] <= 0.3  # naive forgets
+    assert replay.accuracy["old"] >= naive.accuracy["old"] + 0.4
+    forgetting_naive = stage_a.accuracy["old"] - naive.accuracy["old"]
+    forgetting_replay = stage_a.accuracy["old"] - replay.accuracy["old"]
+    assert forgetting_replay < forgetting_naive
+
+
+def test_ewc_penalty_pulls_towards_the_old_weights(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    session = Session(load_tier(tiny_cls_dir))
+    config = ContinualConfig(
+        train=TrainConfig(steps=3, batch_size=8, max_length=32),
+        replay_per_label=0,
+        ewc_lambda=50.0,
+        ewc_samples=8,
+    )
+    learner = ContinualLearner(session, config)
+    assert config.strategy == "ewc"
+    old, new = class_incremental(sample_per_label(bbc_split[0], 6, 0), [OLD, NEW])
+    learner.learn(old, {"old": old})
+    assert float(learner.ewc_penalty().detach()) == pytest.approx(0.0, abs=1e-12)  # at the anchor
+    assert all(bool((f >= 0).all()) for f in learner._fisher.values())
+    assert sum(float(f.sum()) for f in learner._fisher.values()) > 0
+    report = learner.learn(new, {"old": old, "new": new})
+    assert float(learner.ewc_penalty().detach()) == pytest.approx(0.0, abs=1e-12)  # re-anchored
+    with torch.no_grad():
+        for p in learner._named_trainable().values():
+            p.add_(0.01)
+    assert float(learner.ewc_penalty().detach()) > 0
+    assert set(report.accuracy) == {"new", "old"} and report.stage == 1
+
+
+def test_replay_buffer_is_class_balanced_and_bounded(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    learner = ContinualLearner(
+        Session(load_tier(tiny_cls_dir)), ContinualConfig(replay_per_label=5), seed=1
+    )
+    learner.restore_buffer(bbc_split[0][:400])
+    counts: dict[str, int] = {}
+    for e in learner.buffer:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    assert counts and all(c == 5 for c in counts.values())
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ModelError, match="replay_fraction"):
+        ContinualConfig(replay_fraction=1.0)
+    with pytest.raises(ModelError, match="ewc_lambda"):
+        ContinualConfig(ewc_lambda=-1.0)
