@@ -40,6 +40,7 @@ from p2phier.errors import (
     KeyFileError,
     SignatureError,
 )
+from p2phier.fsutil import write_atomic
 
 KEY_TYPE_ED25519 = 1
 # PublicKey{Type: Ed25519 (field 1, varint), Data: 32 bytes (field 2, length-delimited)}
@@ -170,25 +171,20 @@ class Identity:
 
     # persistence ---------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the key atomically with mode 0600 (temp file, fsync, rename, fsync dir)."""
+        """Write the key atomically with mode 0600 (temp file, fsync, rename, fsync dir).
+
+        Without ``overwrite`` an existing key is never replaced, even by a racing writer.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)  # umask cannot loosen it, but an existing file could be looser
-            os.write(fd, self.private_key_protobuf())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            write_atomic(
+                path, self.private_key_protobuf(), 0o600, exact_mode=True, overwrite=overwrite
+            )
+        except FileExistsError:
+            raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from None
         return path
 
     @classmethod

@@ -25,26 +25,8 @@ from p2phier.artifact.tensors import write_safetensors
 from p2phier.artifact.verify import BlockSource, resolve
 from p2phier.cid import CID
 from p2phier.errors import UsageError
-from p2phier.store.base import ContentStore, fsync_dir
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+from p2phier.fsutil import fsync_dir, write_atomic
+from p2phier.store.base import ContentStore
 
 
 def materialise(
@@ -70,14 +52,14 @@ def materialise(
     try:
         if out.exists():
             for name, data in files:
-                _write_atomic(out / name, data)
+                write_atomic(out / name, data)
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
         tmp_dir.mkdir()
         try:
             for name, data in files:
-                _write_atomic(tmp_dir / name, data)
+                write_atomic(tmp_dir / name, data)
             os.rename(tmp_dir, out)
         except BaseException:
             shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -20,11 +20,18 @@ Concurrency: ingests (adds, ``put_block``, ``pin``, ``ingest()``) take the
 *shared* side of a lock, GC and ``delete_block`` the *exclusive* side, so GC
 never removes the blocks of an ingest in progress.  Implementations shared by
 several processes extend the lock across processes (``_os_lock``).
+
+Batched durability: blocks put while the calling thread is inside an ingest
+(``add_*``, ``put_blocks``, ``put_block`` within ``with store.ingest():``) go
+through ``_stage``; an implementation may defer their durability until
+``_commit_staged``, which this module calls before any pin or index row can
+name them (``pin``, ``record``, the end of an add) and when the outermost
+ingest of a thread ends -- also when it ends with an exception, so a block a
+put accepted is kept.  A lone ``put_block`` is durable when it returns.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -49,6 +56,8 @@ from p2phier.errors import (
     UnixFSError,
     UsageError,
 )
+from p2phier.fsutil import fsync_dir as fsync_dir  # noqa: PLC0414 - re-exported for artifact.car
+from p2phier.fsutil import write_atomic
 from p2phier.store.index import (
     PIN_DIRECT,
     PIN_RECURSIVE,
@@ -206,6 +215,7 @@ class ContentStore(ABC):
         self.max_block_size = max_block_size
         self._clock = clock
         self._gc_lock = _GcLock(self._os_lock)
+        self._ingests = threading.local()  # .depth: this thread's nesting of ingest()
         self._closed = False
 
     # --- the block layer an implementation provides ----------------------------------------------
@@ -220,6 +230,19 @@ class ContentStore(ABC):
         Raises BlockNotFoundError, or CorruptBlockError when the stored entry cannot
         be a valid block (too large, not a regular file) -- decided before reading it.
         """
+
+    def _stage(self, key: CID, data: bytes) -> bool:
+        """Store a block put during an ingest; False if it was already there.
+
+        May defer durability (and visibility to other store objects) until
+        :meth:`_commit_staged`, but must be readable through ``_load``,
+        ``_contains`` and ``_size`` at once.  The default stores it durably now.
+        """
+        return self._store(key, data)
+
+    def _commit_staged(self) -> None:
+        """Make every staged block durable and visible (called before anything names them)."""
+        return None
 
     @abstractmethod
     def _contains(self, key: CID) -> bool: ...
@@ -277,9 +300,31 @@ class ContentStore(ABC):
 
     @contextmanager
     def ingest(self) -> Iterator[None]:
-        """Hold while fetching an object block by block: GC waits until it ends."""
+        """Hold while fetching an object block by block: GC waits until it ends.
+
+        Blocks put inside are made durable together: at the latest when the
+        outermost ingest of this thread ends (normally or by an exception), and
+        always before a pin or metadata row names them.
+        """
         with self._gc_lock.shared():
-            yield
+            depth = int(getattr(self._ingests, "depth", 0))
+            self._ingests.depth = depth + 1
+            try:
+                yield
+            except BaseException:
+                self._ingests.depth = depth
+                if depth == 0 and not self._closed:
+                    try:  # already failing: keep the original error, never mask it
+                        self._commit_staged()
+                    except StoreError as exc:
+                        log.error("could not make the blocks of a failed ingest durable: %s", exc)
+                raise
+            self._ingests.depth = depth
+            if depth == 0 and not self._closed:
+                self._commit_staged()
+
+    def _in_ingest(self) -> bool:
+        return bool(getattr(self._ingests, "depth", 0))
 
     # --- blocks ----------------------------------------------------------------------------------
     def put_block(self, cid: CID | str, data: bytes) -> bool:
@@ -305,7 +350,18 @@ class ContentStore(ABC):
         if key.multihash.code == IDENTITY:
             return False  # inline: the CID is the data
         with self._gc_lock.shared():
+            if self._in_ingest():
+                return self._stage(key, bytes(data))
             return self._store(key, bytes(data))
+
+    def put_blocks(self, blocks: Iterable[tuple[CID | str, bytes]]) -> list[bool]:
+        """Store many blocks (each checked as by :meth:`put_block`) with one durability step.
+
+        All are durable when this returns; which were new, in order.  If one is
+        refused, the blocks before it are still kept and the error is raised.
+        """
+        with self.ingest():
+            return [self.put_block(cid, data) for cid, data in blocks]
 
     def get_block(self, cid: CID | str) -> bytes:
         """The block's bytes, re-hashed first; a corrupt block is quarantined and never returned."""
@@ -413,7 +469,7 @@ class ContentStore(ABC):
             raise StoreError("the store is closed")
         builder = FileDagBuilder()
         total = 0
-        with self._gc_lock.shared():
+        with self.ingest():
             for chunk in chunks:
                 total += len(chunk)
                 if max_size is not None and total > max_size:
@@ -424,6 +480,7 @@ class ContentStore(ABC):
             root, rest = builder.finish()
             self._put_own(rest)
             # Blocks are durable before any index row names them (crash safety).
+            self._commit_staged()
             if pin:
                 self._index.set_pin(root, PIN_RECURSIVE)
             existing = self._index.get(root)
@@ -439,7 +496,7 @@ class ContentStore(ABC):
             # Built here from the bytes just hashed: only the size is re-checked.
             if len(block) > self.max_block_size:
                 raise BlockTooLargeError(f"the DAG builder made a {len(block)}-byte block")
-            self._store(block_key(cid), block)
+            self._stage(block_key(cid), block)
 
     def cat(self, root: CID | str) -> Iterator[bytes]:
         """Stream a file's content; every block is re-hashed and the DAG structure checked."""
@@ -467,22 +524,10 @@ class ContentStore(ABC):
                 f"cannot export {key}: {len(missing)} block(s) missing (first {missing[0]})"
             )
         dest = Path(path)
-        directory = dest.parent
-        tmp = directory / f".{dest.name}.{os.urandom(6).hex()}.tmp"
         try:
-            with open(tmp, "xb") as out:
-                for piece in self.cat(key):
-                    out.write(piece)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dest)
-            fsync_dir(directory)
+            write_atomic(dest, self.cat(key), 0o666)  # the umask applies, as for open()
         except OSError as exc:
-            _unlink_quietly(tmp)
             raise StoreIOError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
 
     def missing_blocks(self, root: CID | str) -> list[CID]:
         """Blocks of ``root``'s DAG that are absent (or corrupt), in DAG order.
@@ -519,6 +564,7 @@ class ContentStore(ABC):
         """Protect ``root`` (and, if recursive, its whole DAG) from GC; it must be complete."""
         key = self._key(root)
         with self._gc_lock.shared():
+            self._commit_staged()  # a pin only ever names durable blocks
             if recursive:
                 missing = self.missing_blocks(key)
                 if missing:
@@ -619,6 +665,7 @@ class ContentStore(ABC):
     def record(self, meta: ObjectMeta) -> None:
         """Store metadata for a complete object (refused while blocks are missing)."""
         key = self._key(meta.cid)
+        self._commit_staged()  # a row only ever names durable blocks
         missing = self.missing_blocks(key)
         if missing:
             raise BlockNotFoundError(
@@ -664,24 +711,3 @@ def _with_cid(meta: ObjectMeta, cid: CID) -> ObjectMeta:
         parent=meta.parent,
         name=meta.name,
     )
-
-
-def fsync_dir(directory: str | os.PathLike[str]) -> None:
-    """fsync a directory so a rename or create in it survives a crash."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # some file systems refuse dir fsync
-            raise
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str | os.PathLike[str]) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("could not remove temporary file %s: %s", path, exc)

@@ -10,11 +10,19 @@ Layout under the store's root directory::
     index.sqlite           pins and object metadata (see p2phier.store.index)
     lock                   flock: shared while writing, exclusive for GC
 
-Every write is crash-safe: temp file in ``tmp/``, fsync, rename into place,
-fsync the directory, so a block file is either absent or complete.  Temp files
-are removed when the store is opened (if no other process is writing) and by
-GC.  A path is only ever built from a parsed CID's canonical base32 string
-(``[a-z2-7]``), so no block id can name a file outside ``blocks/``.  Stored
+Every write is crash-safe, so a block file is either absent or complete.  A
+single ``put_block`` writes a temp file in ``tmp/``, fsyncs it, renames it into
+place and fsyncs the directory.  Blocks written during an ingest (``add_*``,
+``put_block``/``put_blocks`` inside ``ingest()``) are *staged*: written to temp
+files without fsync, then committed together (see
+:class:`p2phier.fsutil.WriteBatch`): one ``syncfs`` makes all their data
+durable, only then are they renamed into place, and a second ``syncfs`` makes
+the renames durable -- all before any pin or index row names them.  Staged
+blocks are readable by this store object at once and by others after the
+commit.  Shard directories known to exist are cached (no mkdir per block).
+Temp files are removed when the store is opened (if no other process is
+writing) and by GC.  A path is only ever built from a parsed CID's canonical
+base32 string (``[a-z2-7]``), so no block id can name a file outside ``blocks/``.  Stored
 files are hostile input too: a file is fstat'ed before it is read, anything
 larger than the block limit or not a regular file is refused without being
 read, and every block is re-hashed before it is returned.  OS errors (disk
@@ -31,18 +39,19 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from p2phier.cid import CID
 from p2phier.errors import BlockNotFoundError, CIDError, CorruptBlockError, StoreIOError
+from p2phier.fsutil import WriteBatch, fsync_dir, write_atomic
 from p2phier.store.base import (
     MAX_BLOCK_SIZE,
     OS_EXCLUSIVE,
     OS_SHARED,
     ContentStore,
-    fsync_dir,
 )
 from p2phier.store.index import Index
 
@@ -50,6 +59,11 @@ log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"b[a-z2-7]{8,250}")
 _READ_CHUNK = 1 << 16
+
+BATCH_MAX_BLOCKS = 4096
+"""An ingest commits its staged blocks at least every this many blocks..."""
+BATCH_MAX_BYTES = 1 << 30
+"""...or this many bytes, so temp files and dirty pages stay bounded for huge objects."""
 
 
 def _io_error(action: str, exc: OSError) -> StoreIOError:
@@ -94,16 +108,45 @@ class DiskStore(ContentStore):
             os.close(self._lock_fd)
             raise
         super().__init__(index, max_block_size=max_block_size, clock=clock)
+        self._blocks_str = os.fspath(self._blocks_dir)
+        # Shard directories known to exist durably, and those a batch created (durable
+        # only once that batch commits).  No mkdir, no directory fsync per block.
+        self._shards: set[str] = set()
+        self._batch_shards: set[str] = set()
+        self._shard_lock = threading.Lock()
+        self._batch = WriteBatch(self._tmp_dir, content_addressed=True)
+        self.batch_max_blocks = BATCH_MAX_BLOCKS
+        self.batch_max_bytes = BATCH_MAX_BYTES
         self._remove_temp_files_if_idle()
 
     # --- paths -----------------------------------------------------------------------------------
-    def _path(self, key: CID) -> Path:
+    def _path(self, key: CID) -> str:
         name = str(key)
         # Defence in depth: a v1 CID's string is "b" + base32; re-check before it
         # becomes a path component.
         if key.version != 1 or not _NAME_RE.fullmatch(name):
             raise CIDError(f"refusing to build a block path from {name[:40]!r}")
-        return self._blocks_dir / name[-3:-1] / name
+        return f"{self._blocks_str}/{name[-3:-1]}/{name}"
+
+    def _make_shard(self, shard: str) -> None:
+        """Create a lone put's shard directory (if needed) and make its entry durable."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(shard, 0o755)
+        # Even if it existed: a batch not yet committed may have created it.
+        fsync_dir(self._blocks_dir)
+        with self._shard_lock:
+            self._shards.add(shard)
+
+    def _stage_shard(self, shard: str) -> None:
+        """Create a batch's shard directory (if needed); the batch's commit makes it durable."""
+        with self._shard_lock:
+            if shard in self._shards or shard in self._batch_shards:
+                return
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(shard, 0o755)
+        self._batch.sync_dir_too(self._blocks_dir)
+        with self._shard_lock:
+            self._batch_shards.add(shard)
 
     # --- temp files ------------------------------------------------------------------------------
     def _remove_temp_files_if_idle(self) -> None:
@@ -145,47 +188,74 @@ class DiskStore(ContentStore):
         except OSError as exc:
             raise _io_error(f"lock the store at {self.root}", exc) from exc
 
-    def _store(self, key: CID, data: bytes) -> bool:
-        path = self._path(key)
+    def _present(self, path: str, size: int) -> bool:
+        """True if ``path`` holds a block file of ``size`` bytes."""
         try:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise _io_error(f"check block {key} in {self.root}", exc) from exc
-        else:
-            # Same size: already stored (a corrupt copy is quarantined when read, after
-            # which a put heals it).  A wrong size is a damaged copy: replace it.
-            if stat.S_ISREG(st.st_mode) and st.st_size == len(data):
-                return False
-        tmp = self._tmp_dir / f"{path.name}.{os.urandom(6).hex()}.tmp"
+            return False
+        # Same size: already stored (a corrupt copy is quarantined when read, after
+        # which a put heals it).  A wrong size is a damaged copy: replace it.
+        return stat.S_ISREG(st.st_mode) and st.st_size == size
+
+    def _store(self, key: CID, data: bytes) -> bool:
+        path = self._path(key)
+        shard = os.path.dirname(path)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            shard = path.parent
-            try:
-                shard.mkdir()
-            except FileExistsError:
-                pass
-            else:
-                fsync_dir(self._blocks_dir)
-            os.replace(tmp, path)
-            fsync_dir(shard)
+            if self._present(path, len(data)):
+                return False
+            for attempt in (1, 2):
+                if shard not in self._shards:
+                    self._make_shard(shard)  # its entry durable before the block's
+                try:
+                    write_atomic(path, data, 0o644, tmp_dir=self._tmp_dir)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2 or os.path.isdir(shard):
+                        raise
+                    with self._shard_lock:  # removed behind our back: create it again
+                        self._shards.discard(shard)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise _io_error(f"write block {key} into {self.root}", exc) from exc
         return True
 
+    def _stage(self, key: CID, data: bytes) -> bool:
+        path = self._path(key)
+        if self._batch.pending(path) is not None:
+            return False
+        try:
+            if self._present(path, len(data)):
+                return False
+            self._stage_shard(os.path.dirname(path))
+            added = self._batch.stage(path, data)
+        except OSError as exc:
+            raise _io_error(f"write block {key} into {self.root}", exc) from exc
+        if len(self._batch) >= self.batch_max_blocks or self._batch.nbytes >= self.batch_max_bytes:
+            self._commit_staged()
+        return added
+
+    def _commit_staged(self) -> None:
+        # Taken before the commit: a shard staged meanwhile waits for the next one.
+        with self._shard_lock:
+            fresh, self._batch_shards = self._batch_shards, set()
+        try:
+            self._batch.commit()
+        except OSError as exc:
+            raise _io_error(f"make the new blocks in {self.root} durable", exc) from exc
+        with self._shard_lock:
+            self._shards |= fresh
+
     def _load(self, key: CID) -> bytes:
         path = self._path(key)
+        tmp = self._batch.pending(path)
+        if tmp is not None:
+            try:
+                return self._read(tmp, key)
+            except BlockNotFoundError:
+                pass  # committed (renamed into place) meanwhile
+        return self._read(path, key)
+
+    def _read(self, path: str, key: CID) -> bytes:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -221,16 +291,26 @@ class DiskStore(ContentStore):
             os.close(fd)
 
     def _contains(self, key: CID) -> bool:
+        path = self._path(key)
+        if self._batch.pending(path) is not None:
+            return True
         try:
-            return stat.S_ISREG(os.stat(self._path(key), follow_symlinks=False).st_mode)
+            return stat.S_ISREG(os.stat(path, follow_symlinks=False).st_mode)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise _io_error(f"check block {key} in {self.root}", exc) from exc
 
     def _size(self, key: CID) -> int:
+        path = self._path(key)
+        tmp = self._batch.pending(path)
         try:
-            return os.stat(self._path(key), follow_symlinks=False).st_size
+            if tmp is not None:
+                try:
+                    return os.stat(tmp, follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    pass  # committed meanwhile
+            return os.stat(path, follow_symlinks=False).st_size
         except FileNotFoundError:
             raise BlockNotFoundError(f"block {key} is not in the store") from None
         except OSError as exc:
@@ -272,9 +352,12 @@ class DiskStore(ContentStore):
 
     def _quarantine(self, key: CID) -> None:
         path = self._path(key)
-        dest = self._quarantine_dir / f"{path.name}.{int(time.time())}.{os.urandom(4).hex()}"
+        tmp = self._batch.take(path)
+        if tmp is not None:  # a staged copy that does not match its hash: never commit it
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(tmp, self._quarantine_name(key))
         try:
-            os.replace(path, dest)
+            os.replace(path, self._quarantine_name(key))
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -284,5 +367,13 @@ class DiskStore(ContentStore):
             except OSError as exc2:
                 raise _io_error(f"remove corrupt block {key}", exc2) from exc2
 
+    def _quarantine_name(self, key: CID) -> Path:
+        return self._quarantine_dir / f"{key}.{int(time.time())}.{os.urandom(4).hex()}"
+
     def _close_blocks(self) -> None:
-        os.close(self._lock_fd)
+        try:
+            # Ingests commit before they end, so this is empty unless a commit failed;
+            # the blocks were never visible to anyone else.
+            self._batch.discard()
+        finally:
+            os.close(self._lock_fd)
