@@ -1,0 +1,345 @@
+"""Network benchmark: Bitswap fetches between real processes, against the bare transports.
+
+Run ``python bench/net.py`` (``--quick`` for a smaller run, ``--json`` to end stdout with one
+JSON object).  A provider process (this script with ``--serve``) holds a 64 MiB object of random
+bytes in a DiskStore and serves it three ways; the fetcher is this process:
+
+1. ``fetch``: a Bitswap fetch of the object into a fresh store (every block hashed against its
+   CID, stored, and the object pinned) -- once into a :class:`~p2phier.store.DiskStore` (what a
+   node does; blocks are written crash-safe with fsync) and once into a MemoryStore.
+2. ``raw stream``: the same bytes on one bare py-libp2p Noise + Yamux stream between the same two
+   processes (the provider writes 1 MiB at a time; nothing is hashed or stored).
+3. ``tcp``: the same bytes over a plain trio TCP connection.
+
+Rounds are interleaved (fetch, raw, tcp, ...), medians of 3.  ``fetch_vs_raw_stream`` =
+raw-stream seconds / fetch seconds (goal >= 0.9), ``fetch_vs_tcp`` likewise.
+
+Then ``two_provider_speedup``: two provider processes, each capped at 8 MB/s by the node's own
+upload-rate limit, against one of them alone (goal >= 1.8x), on a 32 MiB object (16 MiB with
+``--quick``).  ``idle_rss_mib`` is the RSS of an idle provider node process (goal <= 150).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from _common import ROOT, emit_json, log, parser, print_table, verdict
+
+RAW_PROTOCOL = "/p2phier-bench/raw/1.0.0"
+MiB = 1 << 20
+MB = 1e6
+RAW_GOAL = 0.9
+SPEEDUP_GOAL = 1.8
+RSS_GOAL_MIB = 150
+CAP = 8 * MB  # bytes/s per provider in the two-provider run
+
+
+# --- the provider process ----------------------------------------------------------------------
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from p2phier.identity import Identity
+    from p2phier.net import open_bitswap, open_host
+    from p2phier.store import DiskStore
+
+    home = Path(args.home)
+    store = DiskStore(home / "store")
+    root = store.add_file(args.file)
+    payload = Path(args.file).read_bytes()
+
+    async def raw_handler(stream: Any) -> None:
+        for i in range(0, len(payload), MiB):
+            await stream.write(payload[i : i + MiB])
+        await stream.close()
+
+    async def tcp_handler(conn: trio.SocketStream) -> None:
+        async with conn:
+            for i in range(0, len(payload), MiB):
+                await conn.send_all(payload[i : i + MiB])
+
+    async with (
+        open_host(Identity.generate()) as host,
+        open_bitswap(host, store) as bitswap,
+        trio.open_nursery() as nursery,
+    ):
+        if args.upload_rate:
+            bitswap.set_upload_rate(args.upload_rate, args.upload_burst)
+        host.set_stream_handler(RAW_PROTOCOL, raw_handler)
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, tcp_handler, 0, host="127.0.0.1")
+        )
+        tcp_port = listeners[0].socket.getsockname()[1]
+        line = {"addr": host.addrs[0], "root": str(root), "tcp_port": tcp_port}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        await trio.sleep_forever()
+
+
+# --- the fetcher (this process) ------------------------------------------------------------------
+
+
+class Provider:
+    def __init__(self, home: Path, file: Path, upload_rate: float | None = None) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, __file__, "--serve", "--home", str(home), "--file", str(file)]
+        if upload_rate:
+            cmd += ["--upload-rate", str(upload_rate), "--upload-burst", str(256 << 10)]
+        self.stderr = open(home / "stderr.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self.stderr, cwd=ROOT, env=dict(os.environ)
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"provider failed: {(home / 'stderr.log').read_text()[-2000:]}")
+        info = json.loads(line)
+        self.addr: str = info["addr"]
+        self.root: str = info["root"]
+        self.tcp_port: int = info["tcp_port"]
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.stderr.close()
+
+
+async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = await fn()
+    return time.perf_counter() - t0, n
+
+
+async def measure_transfers(
+    provider: Provider, size: int, repeat: int, workdir: Path
+) -> dict[str, list[float]]:
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    from p2phier.cid import CID
+    from p2phier.identity import Identity
+    from p2phier.net import open_bitswap, open_host
+    from p2phier.store import ContentStore, DiskStore, MemoryStore
+
+    samples: dict[str, list[float]] = {"fetch": [], "fetch_mem": [], "raw": [], "tcp": []}
+    root = CID.parse(provider.root)
+    peer = provider.addr.rsplit("/p2p/", 1)[1]
+    async with open_host(Identity.generate()) as host:
+        await host.connect(provider.addr)
+
+        async def fetch_into(store: ContentStore) -> int:
+            async with open_bitswap(host, store) as bitswap:
+                await bitswap.fetch(root, [provider.addr], timeout=600)
+            assert store.pins() == {root: "recursive"}
+            return size
+
+        async def raw() -> int:
+            stream = await host.open_stream(peer, RAW_PROTOCOL)
+            got = 0
+            while True:
+                try:
+                    data = await stream.read(MiB)
+                except StreamEOF:
+                    break
+                if not data:
+                    break
+                got += len(data)
+            return got
+
+        async def tcp() -> int:
+            got = 0
+            async with await trio.open_tcp_stream("127.0.0.1", provider.tcp_port) as conn:
+                while data := await conn.receive_some(MiB):
+                    got += len(data)
+            return got
+
+        for rep in range(repeat):
+            disk_dir = workdir / f"fetch-{rep}"
+            disk = DiskStore(disk_dir)
+            try:
+                dt, _ = await timed(lambda: fetch_into(disk))  # noqa: B023
+            finally:
+                disk.close()
+                shutil.rmtree(disk_dir)
+            samples["fetch"].append(dt)
+            mem = MemoryStore()
+            try:
+                dt, _ = await timed(lambda: fetch_into(mem))  # noqa: B023
+            finally:
+                mem.close()
+            samples["fetch_mem"].append(dt)
+            dt, got = await timed(raw)
+            assert got == size, (got, size)
+            samples["raw"].append(dt)
+            dt, got = await timed(tcp)
+            assert got == size, (got, size)
+            samples["tcp"].append(dt)
+            log(
+                f"  round {rep + 1}: fetch {samples['fetch'][-1]:.2f}s "
+                f"(memory store {samples['fetch_mem'][-1]:.2f}s), raw stream "
+                f"{samples['raw'][-1]:.2f}s, tcp {samples['tcp'][-1]:.3f}s"
+            )
+    return samples
+
+
+async def measure_two_providers(
+    one: Provider, two: Provider, repeat: int, workdir: Path
+) -> dict[str, list[float]]:
+    from p2phier.cid import CID
+    from p2phier.identity import Identity
+    from p2phier.net import open_bitswap, open_host
+    from p2phier.store import MemoryStore
+
+    root = CID.parse(one.root)
+    samples: dict[str, list[float]] = {"one": [], "two": []}
+    async with open_host(Identity.generate()) as host:
+        for rep in range(repeat):
+            for key, providers in (("one", [one.addr]), ("two", [one.addr, two.addr])):
+                store = MemoryStore()
+                try:
+                    async with open_bitswap(host, store) as bitswap:
+                        for p in providers:
+                            await host.connect(p)  # dial cost is not transfer time
+                        t0 = time.perf_counter()
+                        await bitswap.fetch(root, providers, timeout=600)
+                        samples[key].append(time.perf_counter() - t0)
+                finally:
+                    store.close()
+            log(f"  round {rep + 1}: one {samples['one'][-1]:.2f}s, two {samples['two'][-1]:.2f}s")
+    del workdir
+    return samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--home", help=argparse.SUPPRESS)
+    p.add_argument("--file", help=argparse.SUPPRESS)
+    p.add_argument("--upload-rate", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--upload-burst", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--skip-two-providers", action="store_true")
+    args = p.parse_args(argv)
+    if args.serve:
+        trio.run(serve, args)
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    size = (16 if args.quick else 64) * MiB
+    two_size = (16 if args.quick else 32) * MiB
+    result: dict[str, Any] = {"object_mib": size // MiB, "two_provider_object_mib": two_size // MiB}
+    workdir = Path(tempfile.mkdtemp(prefix="p2phier-bench-net-"))
+    providers: list[Provider] = []
+    try:
+        log(f"net: {size // MiB} MiB object, {args.repeat} rounds")
+        data = os.urandom(size)
+        obj = workdir / "object.bin"
+        obj.write_bytes(data)
+        provider = Provider(workdir / "provider", obj)
+        providers.append(provider)
+        s = trio.run(measure_transfers, provider, size, args.repeat, workdir)
+        med = {k: statistics.median(v) for k, v in s.items()}
+        result.update(
+            fetch_s=med["fetch"],
+            fetch_memory_store_s=med["fetch_mem"],
+            raw_stream_s=med["raw"],
+            tcp_s=med["tcp"],
+            fetch_mb_s=size / med["fetch"] / MB,
+            fetch_memory_store_mb_s=size / med["fetch_mem"] / MB,
+            raw_stream_mb_s=size / med["raw"] / MB,
+            tcp_mb_s=size / med["tcp"] / MB,
+            fetch_vs_raw_stream=med["raw"] / med["fetch"],
+            fetch_memory_store_vs_raw_stream=med["raw"] / med["fetch_mem"],
+            fetch_vs_tcp=med["tcp"] / med["fetch"],
+            samples=s,
+        )
+        provider.stop()
+        providers.remove(provider)
+
+        obj2 = workdir / "object2.bin"
+        obj2.write_bytes(data[:two_size])
+        capped = [Provider(workdir / f"capped-{i}", obj2, upload_rate=CAP) for i in range(2)]
+        providers.extend(capped)
+        time.sleep(2.0)  # let start-up work settle before reading an idle RSS
+        result["idle_rss_mib"] = capped[0].rss_mib()
+        if not args.skip_two_providers:
+            log(f"two providers capped at {CAP / MB:.0f} MB/s each, {two_size // MiB} MiB object")
+            t = trio.run(measure_two_providers, capped[0], capped[1], args.repeat, workdir)
+            one, two = statistics.median(t["one"]), statistics.median(t["two"])
+            result.update(
+                one_provider_s=one,
+                two_providers_s=two,
+                two_provider_speedup=one / two,
+                two_provider_samples=t,
+            )
+    finally:
+        for prov in providers:
+            prov.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    rows: list[list[object]] = [
+        ["bitswap fetch -> DiskStore", f"{result['fetch_mb_s']:.1f}", "", ""],
+        ["bitswap fetch -> MemoryStore", f"{result['fetch_memory_store_mb_s']:.1f}", "", ""],
+        ["raw noise+yamux stream", f"{result['raw_stream_mb_s']:.1f}", "", ""],
+        ["plain TCP", f"{result['tcp_mb_s']:.1f}", "", ""],
+        [
+            "fetch_vs_raw_stream",
+            f"{result['fetch_vs_raw_stream']:.2f}",
+            f">= {RAW_GOAL}",
+            verdict(result["fetch_vs_raw_stream"] >= RAW_GOAL),
+        ],
+        [
+            "  (into a MemoryStore)",
+            f"{result['fetch_memory_store_vs_raw_stream']:.2f}",
+            f">= {RAW_GOAL}",
+            verdict(result["fetch_memory_store_vs_raw_stream"] >= RAW_GOAL),
+        ],
+        ["fetch_vs_tcp", f"{result['fetch_vs_tcp']:.3f}", "", ""],
+        [
+            "idle_rss_mib",
+            f"{result['idle_rss_mib']:.0f}",
+            f"<= {RSS_GOAL_MIB}",
+            verdict(result["idle_rss_mib"] <= RSS_GOAL_MIB),
+        ],
+    ]
+    if "two_provider_speedup" in result:
+        rows.append(
+            [
+                "two_provider_speedup (8 MB/s caps)",
+                f"{result['two_provider_speedup']:.2f}",
+                f">= {SPEEDUP_GOAL}",
+                verdict(result["two_provider_speedup"] >= SPEEDUP_GOAL),
+            ]
+        )
+    print_table(
+        f"Bitswap between two processes, {size // MiB} MiB (medians of {args.repeat})",
+        ["measure", "MB/s or ratio", "goal", ""],
+        rows,
+    )
+    if args.json:
+        emit_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,724 @@
+"""Bitswap 1.2.0 on a libp2p host: the trio driver of the sans-IO core.
+
+Owns :class:`Bitswap` (started with :func:`open_bitswap`), which serves the
+node's store to other peers and fetches DAGs from them.  The protocol logic
+lives in :mod:`p2phier.bitswap` (``Engine`` answers wants, ``Session`` fetches
+one DAG); this module moves its bytes, keeps its clocks and does its I/O:
+
+* Streams (Bitswap's model, as go-bitswap): everything we send to a peer goes
+  on ONE long-lived outbound stream that we open (a sender task per peer,
+  frames queued and coalesced); whatever a peer sends us arrives on streams IT
+  opened, each read by its own task (libp2p's handler task).  Every stream
+  operation has a deadline (:mod:`.streams`); a stream that breaks a rule is
+  reset.
+* Inbound: frame -> ``Message.decode`` -> the engine (wants) and every active
+  fetch session (blocks, presences).  A frame that does not decode, or a
+  declared length over the limit, is ``malformed-message`` misbehaviour; the
+  stream is reset and the node carries on.
+* Wrong blocks: a received block is judged against what THIS NODE asked that
+  peer for (any session, until ``late_block_grace`` after the fetch ended).
+  Bytes that hash to nothing we asked it for (corrupt data, unsolicited
+  blocks) are ``wrong-block`` misbehaviour, and the peer is dropped from every
+  fetch in progress; what it held is asked elsewhere.
+* Fetch (:meth:`Bitswap.fetch`): a ``Session`` against several providers at
+  once; every block it hands over was hashed against the CID wanted, and is
+  put in the store (which hashes again) by a writer task in a worker thread.
+  The object is pinned and recorded only when every block of its DAG is in
+  the store, so no partial object is ever visible in the index or the pins;
+  blocks already present are skipped, so a fetch interrupted by a crash
+  resumes where it stopped.
+* A peer is "gone" when our stream to it fails (dial, timeout, reset) or its
+  last stream to us ends: the engine forgets its wants and sessions ask
+  elsewhere what it held.
+* Per-peer ledgers (``Bitswap.ledgers``), misbehaviour hook
+  (``on_misbehaviour``), and the operator's upload-rate limit
+  (:meth:`Bitswap.set_upload_rate`, enforced by the engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.abc import INetStream
+
+from p2phier.bitswap import (
+    MALFORMED,
+    PROTOCOL_ID,
+    WRONG_BLOCK,
+    BlockFetched,
+    BlockSource,
+    Engine,
+    EngineAction,
+    EngineConfig,
+    FetchComplete,
+    FetchFailed,
+    FetchFailedError,
+    Ledger,
+    LedgerBook,
+    LocalBlockCorrupt,
+    Message,
+    Misbehaviour,
+    PeerTimedOut,
+    SendMessage,
+    Session,
+    SessionConfig,
+    SessionEvent,
+    WantsDropped,
+    block_key,
+)
+from p2phier.cid import CID
+from p2phier.errors import (
+    BlockNotFoundError,
+    HashMismatchError,
+    NetworkError,
+    PeerTimeoutError,
+    ProtocolViolationError,
+    StoreError,
+    UnixFSError,
+    UsageError,
+)
+from p2phier.store import ContentStore, MetaSpec
+from p2phier.unixfs import child_links, file_size, iter_dag
+
+from .host import DialError, Host, PeerAddr
+from .streams import (
+    FrameReader,
+    StreamClosedError,
+    StreamTruncatedError,
+    close_quietly,
+    reset_quietly,
+    stream_peer,
+    write_all,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BitswapConfig:
+    """Settings of the Bitswap driver; protocol limits live in ``engine`` and ``session``."""
+
+    #: server settings; None: defaults, with ``verify_before_serving`` off when the
+    #: blocks come from a ContentStore (it re-hashes every block it returns)
+    engine: EngineConfig | None = None
+    session: SessionConfig = field(default_factory=SessionConfig)
+    #: one write (a batch of frames) must complete within this
+    write_timeout: float = 10.0
+    #: a frame that has begun must be received completely within this
+    frame_timeout: float = 30.0
+    #: an inbound stream silent this long is closed; an idle outbound one too
+    idle_timeout: float = 600.0
+    #: dial + open + negotiate an outbound stream
+    open_timeout: float = 10.0
+    #: bytes queued for one peer beyond which it is cut off (it cannot keep up)
+    max_queued_bytes: int = 64 << 20
+    #: small frames are coalesced into writes of up to this many bytes
+    coalesce_bytes: int = 256 << 10
+    #: received blocks waiting to be written to the store (backpressure beyond)
+    store_queue: int = 64
+    #: a block asked of a peer is still welcome this long after its fetch ended
+    late_block_grace: float = 120.0
+    #: misbehaviour events kept in ``Bitswap.misbehaviour``
+    keep_misbehaviour: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in (
+            "write_timeout",
+            "frame_timeout",
+            "idle_timeout",
+            "open_timeout",
+            "late_block_grace",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise UsageError(f"bitswap {name} must be a positive number of seconds")
+        if self.max_queued_bytes < (4 << 20) or self.coalesce_bytes < 1 or self.store_queue < 1:
+            raise UsageError("bitswap queue limits are too small (max_queued_bytes >= 4 MiB)")
+
+
+# --- internal state --------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Outbound:
+    """Our one stream to a peer and the frames waiting for it."""
+
+    peer: str
+    frames: deque[bytes] = field(default_factory=deque)
+    queued: int = 0
+    wake: trio.Event = field(default_factory=trio.Event)
+    stream: INetStream | None = None
+    broken: bool = False  # reset the stream before the next write
+
+
+@dataclass(eq=False, slots=True)
+class _Fetch:
+    """One running :meth:`Bitswap.fetch`."""
+
+    session: Session
+    deadline: float  # trio clock; asks made for it are honoured until deadline + grace
+    sleep_until: float = math.inf  # when the fetch loop wakes on its own next
+    wake: trio.Event = field(default_factory=trio.Event)
+    pending_puts: int = 0
+    flushed: trio.Event = field(default_factory=trio.Event)
+    error: NetworkError | StoreError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    cid: CID
+    data: bytes = field(repr=False)
+    fetch: _Fetch
+
+
+class Bitswap:
+    """Bitswap for one host and one store; create it with :func:`open_bitswap`."""
+
+    def __init__(
+        self,
+        host: Host,
+        store: ContentStore,
+        nursery: trio.Nursery,
+        config: BitswapConfig | None = None,
+        *,
+        source: BlockSource | None = None,
+        on_misbehaviour: Callable[[Misbehaviour], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.store = store
+        self.config = config or BitswapConfig()
+        self._nursery = nursery
+        self._hook = on_misbehaviour
+        self.misbehaviour: deque[Misbehaviour] = deque(maxlen=self.config.keep_misbehaviour)
+        self.ledgers = LedgerBook(on_misbehaviour=self._record)
+        engine_config = self.config.engine or EngineConfig(
+            verify_before_serving=not (source is None or isinstance(source, ContentStore))
+        )
+        self.engine = Engine(source or store, engine_config, self.ledgers, now=_now())
+        self.limits = engine_config.limits
+        self._outbound: dict[str, _Outbound] = {}
+        self._inbound: dict[str, int] = {}
+        self._inbound_streams: set[INetStream] = set()
+        self._fetches: set[_Fetch] = set()
+        #: peer -> {block key -> trio time until which a block from it is welcome}
+        self._asked: dict[str, dict[CID, float]] = {}
+        self._engine_wake = trio.Event()
+        self._put_send, self._put_recv = trio.open_memory_channel[_Put](self.config.store_queue)
+        self.streams_reset = 0  # inbound streams we reset for a protocol violation
+
+    # --- public API ---------------------------------------------------------------------------
+    def ledger(self, peer: str) -> Ledger:
+        """Bytes and blocks exchanged with ``peer`` (created empty if unknown)."""
+        return self.ledgers.get(peer)
+
+    def set_upload_rate(self, rate: float | None, burst: int | None = None) -> None:
+        """Cap block uploads to all peers at ``rate`` bytes/s (None: unlimited)."""
+        self.engine.set_upload_rate(rate, burst, _now())
+        self._engine_wake.set()
+
+    def blocks_added(self, cids: Iterable[CID]) -> None:
+        """Blocks were put in the store by someone else: serve wants waiting for them."""
+        self.engine.blocks_added(list(cids))
+        self._engine_wake.set()
+
+    async def fetch(
+        self,
+        root: CID | str,
+        providers: Sequence[str | PeerAddr],
+        *,
+        timeout: float,
+        meta: MetaSpec | None = None,
+        pin: bool = True,
+    ) -> CID:
+        """Fetch the whole DAG under ``root`` from ``providers`` in parallel; return ``root``.
+
+        ``providers`` are peer ids or ``/ip4/.../tcp/.../p2p/<id>`` addresses.
+        Every block is hashed against the wanted CID before it is stored; the
+        object is pinned (``pin``) and recorded in the index (when ``meta`` is
+        given) only once complete.  Raises FetchFailedError when no provider can
+        deliver some block, PeerTimeoutError after ``timeout`` seconds (blocks
+        received so far stay in the store, unpinned, and a later fetch resumes
+        from them), StoreError when the store refuses a block.
+        """
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise UsageError("fetch timeout must be a positive number of seconds")
+        cid = CID.parse(root) if isinstance(root, str) else root
+        peers: list[str] = []
+        for provider in providers:
+            addr = provider if isinstance(provider, PeerAddr) else PeerAddr.parse(provider)
+            self.host.add_addrs(addr.peer, addr.addrs)
+            if addr.peer != self.host.peer_id and addr.peer not in peers:
+                peers.append(addr.peer)
+        deadline = _now() + timeout
+        try:
+            with trio.fail_at(deadline):
+                for _attempt in range(3):
+                    await self._run_session(cid, peers, deadline)
+                    # shielded: once every block is stored, a deadline expiring during
+                    # the pin must not report a timeout for an object that is complete
+                    with trio.CancelScope(shield=True):
+                        complete = await trio.to_thread.run_sync(self._finish, cid, meta, pin)
+                    if complete:
+                        return cid
+                    # Every block was stored, yet some is gone now: a GC ran meanwhile.
+                    logger.warning("blocks of %s vanished during the fetch; fetching again", cid)
+        except trio.TooSlowError:
+            raise PeerTimeoutError(
+                f"fetching {cid} did not finish within {timeout}s; the blocks received are kept "
+                "and a later fetch resumes from them"
+            ) from None
+        raise FetchFailedError(f"cannot fetch {cid}: its blocks keep disappearing from the store")
+
+    # --- fetch internals -------------------------------------------------------------------------
+    async def _run_session(self, root: CID, peers: list[str], deadline: float) -> None:
+        now = _now()
+        # Building the session walks every block already held (resume): disk reads, so
+        # off the event loop.
+        session = await trio.to_thread.run_sync(
+            lambda: Session(
+                root,
+                peers,
+                links=child_links,
+                local=self._local_block,
+                config=self.config.session,
+                ledgers=self.ledgers,
+                now=now,
+            )
+        )
+        fetch = _Fetch(session, deadline)
+        fetch.flushed.set()
+        self._fetches.add(fetch)
+        try:
+            await self._session_events(fetch, session.poll(_now()))
+            while not session.done and fetch.error is None:
+                next_deadline = session.next_deadline()
+                fetch.sleep_until = math.inf if next_deadline is None else next_deadline
+                with trio.move_on_at(fetch.sleep_until):
+                    await fetch.wake.wait()
+                fetch.wake = trio.Event()
+                await self._session_events(fetch, session.poll(_now()))
+            while fetch.pending_puts and fetch.error is None:
+                await fetch.flushed.wait()
+        finally:
+            self._fetches.discard(fetch)
+            if not session.done:  # timed out or failed: withdraw every want still out
+                for event in session.cancel():
+                    if isinstance(event, SendMessage):
+                        self._enqueue(event.peer, event.frame())
+            self._prune_asked()
+        if fetch.error is not None:
+            raise fetch.error
+        if session.error is not None:
+            raise session.error
+
+    def _local_block(self, cid: CID) -> bytes | None:
+        try:
+            return self.store.get_block(cid)
+        except (BlockNotFoundError, HashMismatchError):
+            raise  # the session handles both: absent, corrupt
+        except StoreError as exc:
+            logger.warning("bitswap: cannot read local block %s (%s); fetching it", cid, exc)
+            return None
+
+    def _finish(self, root: CID, meta: MetaSpec | None, pin: bool) -> bool:
+        """In a worker thread: pin and record ``root``; False if its DAG is incomplete.
+
+        ``pin`` and ``record`` each walk the DAG in the store and refuse an
+        incomplete one: that walk is the completeness check.
+        """
+        try:
+            with self.store.ingest():
+                if pin:
+                    self.store.pin(root)
+                if meta is not None:
+                    self.store.record(meta.to_meta(root, self._object_size(root), time.time()))
+                elif not pin and self.store.missing_blocks(root):
+                    return False
+        except BlockNotFoundError:
+            return False
+        return True
+
+    def _object_size(self, root: CID) -> int:
+        try:
+            return file_size(root, self.store.get_block)
+        except UnixFSError:  # not a UnixFS file: count its blocks' bytes
+            return sum(len(block) for _, block in iter_dag(root, self.store.get_block))
+
+    async def _session_events(self, fetch: _Fetch, events: list[SessionEvent]) -> None:
+        for event in events:
+            if isinstance(event, SendMessage):
+                self._note_asked(event, fetch.deadline)
+                self._enqueue(event.peer, event.frame())
+            elif isinstance(event, BlockFetched):
+                fetch.pending_puts += 1
+                fetch.flushed = trio.Event()
+                await self._put_send.send(_Put(event.cid, event.data, fetch))
+            elif isinstance(event, FetchComplete | FetchFailed):
+                fetch.wake.set()
+            elif isinstance(event, PeerTimedOut):
+                logger.info(
+                    "bitswap: %s did not answer %s for %s in time; asking elsewhere",
+                    event.peer,
+                    event.want_type.name,
+                    event.cid,
+                )
+            elif isinstance(event, LocalBlockCorrupt):
+                logger.error("bitswap: local block %s was corrupt; fetching it again", event.cid)
+            # Misbehaviour events were recorded (and hooked) by the ledger book already.
+
+    def _note_asked(self, send: SendMessage, deadline: float) -> None:
+        wl = send.message.wantlist
+        if wl is None:
+            return
+        until = deadline + self.config.late_block_grace
+        asked = self._asked.setdefault(send.peer, {})
+        for entry in wl.entries:
+            if not entry.cancel:
+                key = block_key(entry.cid)
+                asked[key] = max(until, asked.get(key, 0.0))
+
+    def _prune_asked(self) -> None:
+        now = _now()
+        for peer in list(self._asked):
+            keys = self._asked[peer]
+            for key in [k for k, until in keys.items() if until < now]:
+                del keys[key]
+            if not keys:
+                del self._asked[peer]
+
+    def _was_asked(self, peer: str, key: CID) -> bool:
+        until = self._asked.get(peer, {}).get(key)
+        return until is not None and until >= _now()
+
+    # --- the store writer ---------------------------------------------------------------------
+    async def _writer(self) -> None:
+        """Puts received blocks in the store, in a worker thread, a batch at a time."""
+        while True:
+            batch = [await self._put_recv.receive()]
+            while len(batch) < self.config.store_queue:
+                try:
+                    batch.append(self._put_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            results = await trio.to_thread.run_sync(self._put_batch, batch)
+            stored: list[CID] = []
+            for put, error in zip(batch, results, strict=True):
+                if error is not None:
+                    put.fetch.error = error
+                    put.fetch.wake.set()
+                else:
+                    stored.append(put.cid)
+                put.fetch.pending_puts -= 1
+                if not put.fetch.pending_puts:
+                    put.fetch.flushed.set()
+            if stored:
+                self.blocks_added(stored)
+                await self._announce_stored(stored, batch)
+
+    def _put_batch(self, batch: list[_Put]) -> list[StoreError | None]:
+        """In a worker thread: store a batch with one durability step (``put_blocks``);
+        if the store refuses one, retry them singly to know which fetch failed."""
+        try:
+            self.store.put_blocks([(put.cid, put.data) for put in batch])
+            return [None] * len(batch)
+        except StoreError as exc:
+            logger.debug("bitswap: batch put failed (%s); storing blocks one by one", exc)
+        results: list[StoreError | None] = []
+        for put in batch:
+            try:
+                self.store.put_block(put.cid, put.data)
+            except StoreError as exc:
+                logger.error("bitswap: cannot store block %s: %s", put.cid, exc)
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
+    async def _announce_stored(self, stored: list[CID], batch: list[_Put]) -> None:
+        """Other fetches wanting a block just stored take it from the store."""
+        origins = {id(put.fetch) for put in batch}
+        for fetch in list(self._fetches):
+            if id(fetch) in origins and len(origins) == 1:
+                continue
+            for cid in stored:
+                fetch.session.block_stored(cid)
+            await self._session_events(fetch, fetch.session.poll(_now()))
+
+    # --- inbound --------------------------------------------------------------------------------
+    async def _handle_stream(self, stream: INetStream) -> None:
+        """libp2p runs this in its own task for every inbound Bitswap stream."""
+        peer = stream_peer(stream)
+        self._inbound[peer] = self._inbound.get(peer, 0) + 1
+        self._inbound_streams.add(stream)
+        reader = FrameReader(
+            stream,
+            max_frame_size=self.limits.max_message_size,
+            frame_timeout=self.config.frame_timeout,
+            idle_timeout=self.config.idle_timeout,
+        )
+        reason = "closed its stream"
+        try:
+            while True:
+                frame = await reader.next_frame()
+                if frame is None:
+                    await close_quietly(stream)
+                    return
+                try:
+                    message = Message.decode(frame, self.limits)
+                except ProtocolViolationError as exc:
+                    reason = await self._violation(stream, peer, str(exc))
+                    return
+                await self._on_message(peer, message)
+        except StreamTruncatedError as exc:
+            reason = str(exc)  # a killed peer looks like this; not an offence
+        except ProtocolViolationError as exc:  # framing: oversized or malformed length
+            reason = await self._violation(stream, peer, str(exc))
+        except (PeerTimeoutError, StreamClosedError) as exc:
+            reason = str(exc)
+            await reset_quietly(stream)
+        finally:
+            self._inbound_streams.discard(stream)
+            left = self._inbound[peer] = self._inbound[peer] - 1
+            if not left:
+                del self._inbound[peer]
+                self._peer_gone(peer, reason)
+
+    async def _violation(self, stream: INetStream, peer: str, detail: str) -> str:
+        self.ledgers.record_misbehaviour(peer, MALFORMED, detail, _now())
+        self.streams_reset += 1
+        await reset_quietly(stream)
+        return f"broke the protocol ({detail})"
+
+    async def _on_message(self, peer: str, message: Message) -> None:
+        now = _now()
+        for action in self.engine.receive_message(peer, message, now):
+            self._engine_action(action)
+        if message.wantlist is not None:
+            self._engine_wake.set()
+        if not message.blocks and not message.presences:
+            return
+        ledger = self.ledgers.get(peer)
+        duplicates = ledger.duplicate_blocks
+        accepted = 0
+        fetches = list(self._fetches)
+        for fetch in fetches:
+            # poll at once: freed slots are refilled before the next message arrives
+            events = fetch.session.receive_message(peer, message, now, report_unsolicited=False)
+            events += fetch.session.poll(now)
+            accepted += sum(isinstance(e, BlockFetched) for e in events)
+            await self._session_events(fetch, events)
+            self._nudge(fetch)
+        if not message.blocks:
+            return
+        # A session accounts for every block it asked this peer for (accepted or a
+        # duplicate).  With one session that is exact, so only a shortfall needs the
+        # (hashing) check below; with several, every block is checked.
+        if len(fetches) == 1 and accepted + ledger.duplicate_blocks - duplicates == len(
+            message.blocks
+        ):
+            return
+        await self._judge_blocks(peer, message, fetches, now)
+
+    async def _judge_blocks(
+        self, peer: str, message: Message, fetches: list[_Fetch], now: float
+    ) -> None:
+        """A block is welcome only if this node asked THIS peer for it (and recently)."""
+        for payload in message.blocks:
+            key = payload.claimed_key()
+            if self._was_asked(peer, key):
+                continue
+            self.ledgers.record_misbehaviour(
+                peer,
+                WRONG_BLOCK,
+                f"sent {len(payload.data)} bytes hashing to {key}, a block this node did "
+                "not ask it for (corrupt or unsolicited)",
+                now,
+            )
+            for fetch in fetches:
+                if peer in fetch.session.providers():
+                    fetch.session.peer_disconnected(peer)
+                    await self._session_events(fetch, fetch.session.poll(now))
+                    fetch.wake.set()
+            return  # one offence per message is enough evidence
+
+    def _nudge(self, fetch: _Fetch) -> None:
+        """Wake the fetch loop if the session finished or now has an earlier deadline."""
+        next_deadline = fetch.session.next_deadline()
+        if fetch.session.done or (next_deadline is not None and next_deadline < fetch.sleep_until):
+            fetch.wake.set()
+
+    def _peer_gone(self, peer: str, reason: str) -> None:
+        """``peer`` cannot be reached (or left): forget its wants, ask elsewhere."""
+        logger.info("bitswap: peer %s gone: %s", peer, reason)
+        self.engine.peer_disconnected(peer)
+        out = self._outbound.get(peer)
+        if out is not None:
+            out.frames.clear()
+            out.queued = 0
+            out.broken = out.stream is not None
+            out.wake.set()
+        for fetch in list(self._fetches):
+            if peer in fetch.session.providers():
+                fetch.session.peer_disconnected(peer)
+                fetch.wake.set()  # the fetch loop's next poll asks elsewhere
+
+    # --- outbound -------------------------------------------------------------------------------
+    def _enqueue(self, peer: str, frame: bytes) -> None:
+        out = self._outbound.get(peer)
+        if out is None:
+            out = self._outbound[peer] = _Outbound(peer)
+            self._nursery.start_soon(self._sender, out)
+        if out.queued + len(frame) > self.config.max_queued_bytes:
+            self._peer_gone(
+                peer, f"more than {self.config.max_queued_bytes} bytes queued; it cannot keep up"
+            )
+            return
+        out.frames.append(frame)
+        out.queued += len(frame)
+        out.wake.set()
+
+    async def _sender(self, out: _Outbound) -> None:
+        """Writes everything queued for one peer on our long-lived stream to it.
+
+        A failed write is retried once on a fresh stream (the old connection may
+        be a dead one libp2p still lists); whole frames are resent, so the peer
+        never uses a cut one.  A second failure means the peer is gone.
+        """
+        cfg = self.config
+        try:
+            while True:
+                if out.broken and out.stream is not None:
+                    await reset_quietly(out.stream)
+                    out.stream = None
+                out.broken = False
+                if not out.frames:
+                    out.wake = trio.Event()  # (no checkpoint since the check: nothing missed)
+                    with trio.move_on_after(cfg.idle_timeout):
+                        await out.wake.wait()
+                    if not out.frames:
+                        if out.broken:
+                            continue
+                        return  # idle, or the peer is gone: close (finally) and forget it
+                batch = self._take_batch(out)
+                for attempt in (1, 2):
+                    try:
+                        if out.stream is None:
+                            out.stream = await self.host.open_stream(
+                                out.peer, PROTOCOL_ID, timeout=cfg.open_timeout
+                            )
+                        await write_all(
+                            out.stream, batch, timeout=cfg.write_timeout, what="bitswap"
+                        )
+                        break
+                    except (DialError, PeerTimeoutError, StreamClosedError) as exc:
+                        if out.stream is not None:
+                            await reset_quietly(out.stream)
+                            out.stream = None
+                        if attempt == 2 or isinstance(exc, DialError | PeerTimeoutError):
+                            self._peer_gone(out.peer, str(exc))
+                            break
+                        logger.debug("bitswap: stream to %s broke (%s); reopening", out.peer, exc)
+        finally:
+            if self._outbound.get(out.peer) is out:
+                del self._outbound[out.peer]
+            if out.stream is not None:
+                with trio.CancelScope(shield=True):
+                    if out.broken:
+                        await reset_quietly(out.stream)
+                    else:
+                        await close_quietly(out.stream)
+
+    def _take_batch(self, out: _Outbound) -> bytes:
+        """The next write: one big frame alone, or small frames joined (fewer writes)."""
+        first = out.frames.popleft()
+        parts = [first]
+        size = len(first)
+        while out.frames and size + len(out.frames[0]) <= self.config.coalesce_bytes:
+            frame = out.frames.popleft()
+            parts.append(frame)
+            size += len(frame)
+        out.queued -= size
+        return first if len(parts) == 1 else b"".join(parts)
+
+    # --- the engine -----------------------------------------------------------------------------
+    def _engine_action(self, action: EngineAction) -> None:
+        if isinstance(action, SendMessage):
+            self._enqueue(action.peer, action.frame())
+        elif isinstance(action, WantsDropped):
+            logger.info(
+                "bitswap: dropped %d wants from %s (%s limit)",
+                action.count,
+                action.peer,
+                action.reason,
+            )
+        elif isinstance(action, LocalBlockCorrupt):
+            logger.error("bitswap: stored block %s is corrupt; it was not served", action.cid)
+
+    async def _engine_loop(self) -> None:
+        """Sends what the engine owes peers, as the upload budget allows."""
+        while True:
+            self._engine_wake = trio.Event()
+            for action in self.engine.poll(_now()):
+                self._engine_action(action)
+            wake_at = self.engine.next_wakeup(_now())
+            if wake_at is not None and wake_at <= _now():
+                wake_at = _now() + 0.001  # never spin: the engine said "now" but sent nothing
+            with trio.move_on_at(math.inf if wake_at is None else wake_at):
+                await self._engine_wake.wait()
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+    def _record(self, event: Misbehaviour) -> None:
+        self.misbehaviour.append(event)
+        if self._hook is not None:
+            self._hook(event)
+
+    def _start(self) -> None:
+        self._nursery.start_soon(self._engine_loop)
+        self._nursery.start_soon(self._writer)
+        self.host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
+
+    async def _stop(self) -> None:
+        """Stop serving: no new streams, and the ones being read are reset (their readers
+        run in libp2p's tasks, not ours; a peer then reopens to whoever serves next)."""
+        self.host.remove_stream_handler(PROTOCOL_ID)
+        with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+            for stream in list(self._inbound_streams):
+                await reset_quietly(stream, timeout=1.0)
+
+
+@asynccontextmanager
+async def open_bitswap(
+    host: Host,
+    store: ContentStore,
+    config: BitswapConfig | None = None,
+    *,
+    source: BlockSource | None = None,
+    on_misbehaviour: Callable[[Misbehaviour], None] | None = None,
+) -> AsyncIterator[Bitswap]:
+    """Serve ``store`` (or ``source``) over Bitswap on ``host`` and fetch into ``store``.
+
+    ``source`` replaces the store as the origin of served blocks (a read-only
+    cache, or a test's faulty provider); ``on_misbehaviour`` is called for
+    every peer caught breaking the protocol.
+    """
+    async with trio.open_nursery() as nursery:
+        bitswap = Bitswap(
+            host, store, nursery, config, source=source, on_misbehaviour=on_misbehaviour
+        )
+        bitswap._start()
+        try:
+            yield bitswap
+        finally:
+            await bitswap._stop()
+            nursery.cancel_scope.cancel()
+
+
+def _now() -> float:
+    return trio.current_time()

@@ -1,0 +1,191 @@
+"""Bitswap over real libp2p hosts in one process: fetching, resuming, limits, hostile peers.
+
+Every node here is a real host on 127.0.0.1 (TCP, Noise, Yamux); faults that need
+a peer to die or freeze are in ``test_bitswap_procs.py`` with separate processes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from p2phier.bitswap import (
+    MALFORMED,
+    WRONG_BLOCK,
+    BlockPayload,
+    FetchFailedError,
+    Message,
+    encode_frame,
+)
+from p2phier.cid import CID, encode_varint
+from p2phier.errors import PeerTimeoutError, UsageError
+from p2phier.net import BitswapConfig
+from p2phier.net.testing import open_nodes
+from p2phier.store import MetaSpec
+from p2phier.unixfs import build_file
+
+from .helpers import FAST, data_of, raw_bitswap_stream, stream_was_reset
+
+MiB = 1 << 20
+
+
+async def test_fetch_from_two_providers_splits_the_dag_and_pins_only_when_complete() -> None:
+    data = data_of(3 * MiB, seed=1)
+    async with open_nodes(3, config=FAST) as (fetcher, p1, p2):
+        root = p1.store.add_bytes(data)
+        assert p2.store.add_bytes(data) == root
+        got = await fetcher.bitswap.fetch(
+            root, [p1.addr, p2.addr], timeout=60, meta=MetaSpec(kind="update", name="x")
+        )
+        assert got == root
+        assert fetcher.store.get_bytes(root) == data
+        assert fetcher.store.pins() == {root: "recursive"}
+        meta = fetcher.store.get_meta(root)
+        assert meta is not None and (meta.kind, meta.size, meta.name) == ("update", len(data), "x")
+        blocks = [fetcher.bitswap.ledger(p.peer_id).blocks_received for p in (p1, p2)]
+        assert all(n > 0 for n in blocks), blocks  # both providers served
+        assert sum(blocks) == len(build_file(data)[1])  # no block fetched twice
+        # the providers' ledgers agree with the fetcher's
+        for p in (p1, p2):
+            sent = p.bitswap.ledger(fetcher.peer_id)
+            got_ledger = fetcher.bitswap.ledger(p.peer_id)
+            assert (sent.blocks_sent, sent.bytes_sent) == (
+                got_ledger.blocks_received,
+                got_ledger.bytes_received,
+            )
+        assert fetcher.misbehaviour == [] and p1.misbehaviour == [] and p2.misbehaviour == []
+
+
+async def test_fetch_resumes_from_blocks_already_held() -> None:
+    data = data_of(2 * MiB + 1000, seed=2)
+    root, blocks = build_file(data)
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        provider.store.add_bytes(data)
+        held = blocks[: len(blocks) // 2]  # half the leaves, as an interrupted fetch leaves them
+        for cid, block in held:
+            fetcher.store.put_block(cid, block)
+        assert fetcher.store.pins() == {}
+        await fetcher.bitswap.fetch(root, [provider.addr], timeout=60)
+        ledger = fetcher.bitswap.ledger(provider.peer_id)
+        assert ledger.blocks_received == len(blocks) - len(held)
+        assert ledger.bytes_received == sum(len(b) for _, b in blocks[len(held) :])
+        assert fetcher.store.get_bytes(root) == data
+        # fetching a complete object again moves no block at all
+        await fetcher.bitswap.fetch(root, [provider.addr], timeout=60)
+        assert fetcher.bitswap.ledger(provider.peer_id).blocks_received == ledger.blocks_received
+
+
+async def test_an_object_no_provider_holds_fails_fast_and_leaves_nothing_visible() -> None:
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        absent = CID.raw(b"nobody has this")
+        with trio.fail_after(20):  # DONT_HAVE answers, not timeouts, end it
+            with pytest.raises(FetchFailedError, match="DONT_HAVE"):
+                await fetcher.bitswap.fetch(absent, [provider.addr], timeout=60)
+        assert fetcher.store.pins() == {} and fetcher.store.query() == []
+        with pytest.raises(UsageError):
+            await fetcher.bitswap.fetch(absent, [provider.addr], timeout=0)
+
+
+async def test_a_timed_out_fetch_keeps_its_blocks_unpinned_and_a_later_fetch_resumes() -> None:
+    data = data_of(2 * MiB, seed=3)
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        root = provider.store.add_bytes(data)
+        provider.bitswap.set_upload_rate(512 * 1024, 256 * 1024)
+        with pytest.raises(PeerTimeoutError, match="resumes"):
+            await fetcher.bitswap.fetch(root, [provider.addr], timeout=1.5)
+        first = fetcher.bitswap.ledger(provider.peer_id).bytes_received
+        assert 0 < first < len(data)
+        assert fetcher.store.pins() == {} and fetcher.store.query() == []
+        assert not fetcher.store.has_object(root)
+        provider.bitswap.set_upload_rate(None)
+        await fetcher.bitswap.fetch(root, [provider.addr], timeout=60)
+        assert fetcher.store.get_bytes(root) == data
+        total = fetcher.bitswap.ledger(provider.peer_id).bytes_received
+        # what arrived after the timeout (even blocks in flight then) is reused
+        assert total - first < len(data)
+
+
+async def test_the_upload_rate_limit_bounds_what_a_provider_sends() -> None:
+    data = data_of(2 * MiB, seed=4)
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        root = provider.store.add_bytes(data)
+        provider.bitswap.set_upload_rate(2 * MiB, 256 * 1024)
+        start = trio.current_time()
+        await fetcher.bitswap.fetch(root, [provider.addr], timeout=60)
+        elapsed = trio.current_time() - start
+        # a lower bound only (never flaky): 2 MiB minus the burst at 2 MiB/s
+        assert elapsed >= (len(data) - 256 * 1024) / (2 * MiB) * 0.95, elapsed
+
+
+async def test_a_provider_with_the_wrong_peer_id_is_refused_and_the_fetch_fails() -> None:
+    async with open_nodes(3, config=FAST) as (fetcher, provider, other):
+        root = provider.store.add_bytes(data_of(1000, seed=5))
+        wrong = f"{provider.host.listen_addrs[0]}/p2p/{other.peer_id}"
+        with pytest.raises(FetchFailedError, match="no provider"):
+            await fetcher.bitswap.fetch(root, [wrong], timeout=30)
+        assert not fetcher.host.is_connected(other.peer_id)
+        assert not fetcher.host.is_connected(provider.peer_id)
+        assert fetcher.peer_id not in provider.bitswap.ledgers.peers()
+        assert fetcher.store.pins() == {}
+
+
+async def test_a_garbage_frame_resets_the_stream_records_the_peer_and_the_node_serves_on() -> None:
+    data = data_of(MiB, seed=6)
+    async with open_nodes(2, config=FAST) as (node, honest):
+        root = node.store.add_bytes(data)
+        async with raw_bitswap_stream(node.addr) as (attacker, stream):
+            await stream.write(encode_frame(b"\xff\xfe this is not protobuf \x00\x01"))
+            assert await stream_was_reset(stream)
+            assert [(m.peer, m.reason) for m in node.misbehaviour] == [
+                (attacker.peer_id, MALFORMED)
+            ]
+            assert node.bitswap.ledger(attacker.peer_id).misbehaviour == 1
+        await honest.bitswap.fetch(root, [node.addr], timeout=60)
+        assert honest.store.get_bytes(root) == data
+
+
+async def test_an_oversized_frame_is_refused_from_its_header() -> None:
+    async with open_nodes(1, config=FAST) as (node,):
+        limit = node.bitswap.limits.max_message_size
+        async with raw_bitswap_stream(node.addr) as (attacker, stream):
+            # a header declaring one byte more than the limit, and a little of a body
+            await stream.write(encode_varint(limit + 1) + b"\x00" * 1000)
+            assert await stream_was_reset(stream)
+        assert node.bitswap.streams_reset == 1
+        (event,) = node.misbehaviour
+        assert (event.peer, event.reason) == (attacker.peer_id, MALFORMED)
+        assert str(limit) in event.detail
+
+
+async def test_a_frame_cut_short_by_the_peer_is_dropped_without_blame() -> None:
+    async with open_nodes(1, config=FAST) as (node,):
+        async with raw_bitswap_stream(node.addr) as (attacker, stream):
+            await stream.write(encode_varint(100) + b"\x00" * 10)
+            await stream.close()  # EOF inside the frame: what a killed peer looks like
+            await trio.sleep(0.5)
+        assert node.misbehaviour == []
+        assert node.bitswap.ledger(attacker.peer_id).misbehaviour == 0
+
+
+async def test_a_frame_that_stalls_is_cut_off_at_the_frame_deadline() -> None:
+    config = BitswapConfig(frame_timeout=0.5)
+    async with open_nodes(1, config=config) as (node,):
+        async with raw_bitswap_stream(node.addr) as (_, stream):
+            await stream.write(encode_varint(1000) + b"\x00" * 10)  # ...and nothing more
+            start = trio.current_time()
+            assert await stream_was_reset(stream, timeout=10)
+            assert trio.current_time() - start >= 0.5
+        assert node.misbehaviour == []
+
+
+async def test_an_unsolicited_block_is_recorded_and_never_stored() -> None:
+    async with open_nodes(1, config=FAST) as (node,):
+        block = b"nobody asked for this"
+        message = Message(blocks=(BlockPayload.of(CID.raw(block), block),))
+        async with raw_bitswap_stream(node.addr) as (attacker, stream):
+            await stream.write(encode_frame(message.encode()))
+            with trio.fail_after(10):
+                while not node.misbehaviour:
+                    await trio.sleep(0.05)
+        assert [(m.peer, m.reason) for m in node.misbehaviour] == [(attacker.peer_id, WRONG_BLOCK)]
+        assert not node.store.has_block(CID.raw(block))
