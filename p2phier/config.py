@@ -379,10 +379,16 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+#: Sections of the same file that belong to the CLI (p2phier.cli.config checks them).
+CLI_SECTIONS = frozenset({"store", "identity", "artifact"})
+
+
 def _flatten(doc: Mapping[str, Any], origin: str) -> dict[str, Any]:
     sections = sorted({k.split(".")[0] for k in _SCHEMA})
     out: dict[str, Any] = {}
     for section, table in doc.items():
+        if section in CLI_SECTIONS:
+            continue  # one config file serves the node and the CLI
         if section not in sections:
             raise ConfigError(
                 f"{origin}: unknown section [{section}] (known: {', '.join(sections)})"

@@ -130,8 +130,19 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _node_keys() -> set[tuple[str, str]]:
+    """Settings of the node daemon (p2phier.config validates them when a node runs)."""
+    from p2phier.config import settings as node_settings
+
+    return {(k.split(".")[0], k.split(".")[1]) for k in node_settings()}
+
+
 def _flatten(doc: Mapping[str, Any], origin: Path) -> dict[tuple[str, str], Any]:
-    known_sections = sorted({s for s, _ in _SCHEMA})
+    # One config file serves the CLI and the node: the node's sections and keys are
+    # skipped here (p2phier.config checks them); anything neither knows is an error.
+    node_keys = _node_keys()
+    node_sections = {s for s, _ in node_keys}
+    known_sections = sorted({s for s, _ in _SCHEMA} | node_sections)
     out: dict[tuple[str, str], Any] = {}
     for section, table in doc.items():
         if section not in known_sections:
@@ -141,8 +152,10 @@ def _flatten(doc: Mapping[str, Any], origin: Path) -> dict[tuple[str, str], Any]
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table")
         for key, value in table.items():
+            if (section, key) in node_keys and (section, key) not in _SCHEMA:
+                continue
             if (section, key) not in _SCHEMA:
-                known = sorted(k for s, k in _SCHEMA if s == section)
+                known = sorted(k for s, k in set(_SCHEMA) | node_keys if s == section)
                 raise ConfigError(
                     f"{origin}: unknown key {key!r} in [{section}] (known: {', '.join(known)})"
                 )

@@ -24,7 +24,9 @@ from p2phier.cli import output
 from p2phier.cli.artifact import artifact_app
 from p2phier.cli.config import CLIContext, debug_enabled
 from p2phier.cli.demo import demo_command
+from p2phier.cli.devnet import devnet_app
 from p2phier.cli.id import id_app
+from p2phier.cli.node import fetch_command, node_app, peers_command, publish_command
 from p2phier.cli.store import store_app
 from p2phier.errors import P2PHierError
 
@@ -44,6 +46,11 @@ app.add_typer(store_app, name="store")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(config_app, name="config")
 app.command("demo")(demo_command)
+app.add_typer(node_app, name="node")
+app.command("peers")(peers_command)
+app.command("publish")(publish_command)
+app.command("fetch")(fetch_command)
+app.add_typer(devnet_app, name="devnet")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,829 @@
+"""The p2phier node daemon: one running peer, wired from the pure cores and the network layer.
+
+Owns :class:`NodeDaemon`: it runs a libp2p host (:mod:`p2phier.net.host`),
+gossipsub (:mod:`p2phier.net.pubsub`), kad-dht (:mod:`p2phier.net.dht`),
+Bitswap over the on-disk store (:mod:`p2phier.net.bitswap`), child
+registration (:mod:`p2phier.net.register`) and the local control socket
+(:mod:`p2phier.net.control`), and feeds what arrives to the pure state
+machines: :class:`~p2phier.records.RecordBook`,
+:class:`~p2phier.hierarchy.HierarchyState` and
+:class:`~p2phier.announce.AnnouncementFilter`.  Their actions come back here
+and become network I/O.
+
+Rules it keeps (protocol/node.md):
+
+* everything from a peer is validated before use: records by the book,
+  announcements by the filter BEFORE any fetch; a fetched artifact is verified
+  fully (signature, content, lineage, announced base model and size budget)
+  before it is pinned and listed as accepted; a failed one is left unpinned;
+* gossip may drop anything, so the node re-publishes its record and its latest
+  announcements, pulls records from bootstrap peers and providers, and pulls
+  heads on every registration (both ways): a drop only delays;
+* state that must survive a restart (children, replay marks, sequence numbers,
+  head, accepted artifacts) is saved crash-safely under ``<home>/state``;
+* SIGTERM/SIGINT stop it cleanly within ``timeouts.shutdown_s``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2phier.announce import (
+    RECORDS_TOPIC,
+    Announcement,
+    AnnouncementFilter,
+    SenderContext,
+    down_topic,
+    open_announcement,
+    sign_announcement,
+    up_topic,
+)
+from p2phier.artifact import DEFAULT_LIMITS, Artifact, verify_artifact
+from p2phier.artifact.verify import read_artifact
+from p2phier.bitswap import Misbehaviour
+from p2phier.cid import CID
+from p2phier.config import NodeConfig
+from p2phier.errors import (
+    ArtifactError,
+    NetworkError,
+    P2PHierError,
+    ProtocolViolationError,
+    StoreError,
+    UsageError,
+)
+from p2phier.fsutil import write_atomic
+from p2phier.hierarchy import (
+    AcceptChild,
+    Action,
+    DropChild,
+    HierarchyError,
+    HierarchyState,
+    LatencyUptimeScore,
+    ParentLost,
+    RegisterWith,
+    RejectChild,
+    SelectParent,
+    WaitForParent,
+    discovery_key,
+    parent_search_keys,
+)
+from p2phier.identity import Identity, PeerId
+from p2phier.net.bitswap import BitswapConfig, open_bitswap
+from p2phier.net.control import serve_control
+from p2phier.net.dht import open_dht
+from p2phier.net.host import Host, HostConfig, PeerAddr, open_host
+from p2phier.net.pubsub import (
+    Gossip,
+    GossipConfig,
+    open_gossip,
+    pull_head,
+    pull_records,
+    serve_pulls,
+)
+from p2phier.net.register import register_with, serve_registrations
+from p2phier.records import (
+    Capabilities,
+    Layer,
+    NodeRecord,
+    RecordBook,
+    RecordStatus,
+    next_seq,
+    now_ms,
+    open_record,
+    sign_record,
+)
+from p2phier.store import DiskStore
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+STATE_FILE = "node.json"
+MAX_ACCEPTED = 256  # accepted artifacts listed in status (all stay pinned)
+MAX_PARALLEL_FETCHES = 4
+#: seconds between maintenance rounds (hierarchy timers, expiry, saves)
+TICK_S = 0.5
+
+
+class NodeDaemon:
+    """One p2phier peer.  ``await run()`` until SIGTERM/SIGINT or :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: Identity,
+        store: DiskStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.peer = identity.peer_id
+        self.store = store
+        self.clock = clock
+        self.started = clock()
+        self.started_ms = now_ms(self.started)
+        self.book = RecordBook()
+        self.latencies: dict[PeerId, float] = {}
+        self.hierarchy = HierarchyState(
+            self.peer,
+            config.layer,
+            config.domain,
+            config=config.hierarchy,
+            score=LatencyUptimeScore(self.latencies),
+        )
+        self.filter = AnnouncementFilter(self.peer, self.book.get)
+        self.head: CID | None = None
+        self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
+        self.rejected: Counter[str] = Counter()  # announcement drop reasons
+        self.fetch_failures: deque[dict[str, Any]] = deque(maxlen=64)
+        self.fetching: set[str] = set()
+        self.misbehaviour: deque[dict[str, Any]] = deque(maxlen=64)
+        self._record_seq: int | None = None
+        self._ann_seq: int | None = None
+        self._announcements: dict[str, bytes] = {}  # topic -> our latest signed announcement
+        self._signed_record = b""
+        self._record: NodeRecord | None = None
+        self._registering: set[PeerId] = set()
+        self._dirty = False
+        self._stop = trio.Event()
+        self._actions_send, self._actions_recv = trio.open_memory_channel[Action](4096)
+        self._fetch_send, self._fetch_recv = trio.open_memory_channel[Announcement](256)
+        self._host: Host | None = None
+        self._gossip: Gossip | None = None
+        self._state_path = config.home / STATE_DIR / STATE_FILE
+        self._load_state()
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+        cfg = self.config
+        host_cfg = HostConfig(
+            listen=cfg.listen,
+            dial_timeout=cfg.dial_timeout_s,
+            stream_open_timeout=cfg.dial_timeout_s,
+            shutdown_timeout=cfg.shutdown_timeout_s,
+        )
+        bs_cfg = BitswapConfig(write_timeout=cfg.stream_timeout_s, open_timeout=cfg.dial_timeout_s)
+        async with open_host(self.identity, config=host_cfg) as host:
+            self._host = host
+            async with (
+                open_gossip(host, GossipConfig(heartbeat_s=cfg.gossip_heartbeat_s)) as gossip,
+                open_dht(host, timeout=cfg.dial_timeout_s) as dht,
+                open_bitswap(
+                    host, self.store, bs_cfg, on_misbehaviour=self._on_misbehaviour
+                ) as bitswap,
+            ):
+                self._gossip = gossip
+                self.dht = dht
+                self.bitswap = bitswap
+                if cfg.upload_rate_limit:
+                    bitswap.set_upload_rate(float(cfg.upload_rate_limit))
+                timeout = cfg.stream_timeout_s
+                serve_pulls(host, self._announcements.get, self._all_records, timeout=timeout)
+                serve_registrations(
+                    host, self._decide_registration, lambda: self._signed_record, timeout=timeout
+                )
+                self._issue_record()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery_for_spawn = nursery
+                        await nursery.start(
+                            serve_control, cfg.control_socket, self._control_handlers()
+                        )
+                        await gossip.subscribe(RECORDS_TOPIC, self._validate_record, _ignore)
+                        if cfg.layer.below is not None:
+                            topic = up_topic(self.peer)
+                            await gossip.subscribe(
+                                topic, self._announcement_validator(topic), _ignore
+                            )
+                        nursery.start_soon(self._signals)
+                        nursery.start_soon(self._action_loop)
+                        nursery.start_soon(self._fetch_loop)
+                        nursery.start_soon(self._maintenance_loop)
+                        nursery.start_soon(self._bootstrap_loop)
+                        nursery.start_soon(self._discovery_loop)
+                        # Children restored from the last run: pull what they published meanwhile.
+                        for child in self.hierarchy.children:
+                            nursery.start_soon(self._pull_child_head, child)
+                        if on_ready is not None:
+                            on_ready(self.status())
+                        await self._stop.wait()
+                        logger.info("node %s stopping", self.peer)
+                        self._save_state()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    # Inbound stream handlers (registrations, pulls) run until the host is
+                    # down, after this nursery has closed: they must not spawn into it.
+                    self._nursery_for_spawn = None
+        self._save_state()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logger.info("signal %s: shutting down", signal.Signals(signum).name)
+                self._stop.set()
+                return
+
+    # --- node record --------------------------------------------------------------------------
+    def _advertised(self) -> tuple[str, ...]:
+        addrs = self.config.advertise or tuple(self._host.listen_addrs if self._host else ())
+        return tuple(dict.fromkeys(addrs))[:16]
+
+    def _issue_record(self) -> None:
+        now = self.clock()
+        self._record_seq = next_seq(self._record_seq, now)
+        ram = self.config.ram_bytes or _physical_memory()
+        record = NodeRecord(
+            peer_id=self.peer,
+            addrs=self._advertised(),
+            layer=self.config.layer,
+            domain=self.config.domain,
+            base_model_id=self.config.base_model_id,
+            capabilities=Capabilities(ram, self.config.max_params, self.config.hardware),
+            head=self.head,
+            seq=self._record_seq,
+            issued_ms=now_ms(now),
+            expires_ms=now_ms(now) + int(self.config.record_ttl_s * 1000),
+            started_ms=min(self.started_ms, now_ms(now)),
+        )
+        self._record = record
+        self._signed_record = sign_record(record, self.identity)
+        self.book.accept(self._signed_record, now)
+        self._dirty = True
+
+    async def _publish_record(self) -> None:
+        if self._gossip is None:
+            return
+        try:
+            await self._gossip.publish(RECORDS_TOPIC, self._signed_record)
+        except NetworkError as exc:
+            logger.debug("record publish: %s", exc)
+
+    def _all_records(self) -> list[bytes]:
+        now = self.clock()
+        out = []
+        for record in self.book.query(now=now):
+            signed = self.book.signed_bytes(record.peer_id)
+            if signed is not None:
+                out.append(signed)
+        return out
+
+    def offer_record(self, signed: bytes) -> RecordStatus:
+        """Offer a signed record from anywhere (gossip, pull, registration) to the book."""
+        now = self.clock()
+        result = self.book.accept(signed, now)
+        record = result.record
+        if record is not None and result.status in (
+            RecordStatus.NEW,
+            RecordStatus.REPLACED,
+            RecordStatus.DUPLICATE,
+        ):
+            if record.peer_id != self.peer and self._host is not None and record.addrs:
+                self._host.add_addrs(str(record.peer_id), record.addrs)
+            if record.peer_id == self.hierarchy.parent:
+                self._queue(self.hierarchy.parent_heard(record.peer_id, now))
+            if result.status is not RecordStatus.DUPLICATE:
+                self._queue(self.hierarchy.record_seen(record, now))
+        return result.status
+
+    def _validate_record(self, origin: str, data: bytes) -> bool:
+        status = self.offer_record(data)
+        return status in (RecordStatus.NEW, RecordStatus.REPLACED, RecordStatus.DUPLICATE)
+
+    # --- hierarchy actions ---------------------------------------------------------------------
+    def _queue(self, actions: list[Action]) -> None:
+        for action in actions:
+            try:
+                self._actions_send.send_nowait(action)
+            except trio.WouldBlock:
+                logger.warning("hierarchy action queue full; dropped %s", action)
+
+    async def _action_loop(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for action in self._actions_recv:
+                await self._do(action, nursery)
+
+    async def _do(self, action: Action, nursery: trio.Nursery) -> None:
+        assert self._gossip is not None
+        if isinstance(action, SelectParent):
+            logger.info("parent: %s (%s)", action.peer, action.reason)
+            if action.previous is not None:
+                await self._gossip.unsubscribe(down_topic(action.previous))
+            topic = down_topic(action.peer)
+            await self._gossip.subscribe(topic, self._announcement_validator(topic), _ignore)
+            self._dirty = True
+        elif isinstance(action, RegisterWith):
+            if action.peer not in self._registering:
+                self._registering.add(action.peer)
+                nursery.start_soon(self._register, action.peer)
+        elif isinstance(action, ParentLost):
+            logger.warning("parent %s lost: %s", action.peer, action.reason)
+            await self._gossip.unsubscribe(down_topic(action.peer))
+        elif isinstance(action, WaitForParent):
+            logger.info("waiting for a parent: %s", action.reason)
+        elif isinstance(action, AcceptChild | DropChild | RejectChild):
+            logger.info("child %s: %s", action.peer, type(action).__name__)
+            self._dirty = True
+
+    async def _register(self, parent: PeerId) -> None:
+        assert self._host is not None
+        began = trio.current_time()
+        try:
+            verdict = await register_with(
+                self._host, str(parent), self._signed_record, timeout=self.config.stream_timeout_s
+            )
+        except (NetworkError, ProtocolViolationError) as exc:
+            logger.info("registration with %s failed: %s", parent, exc)
+            self._queue(self.hierarchy.registration_failed(parent, self.clock(), str(exc)))
+            return
+        finally:
+            self._registering.discard(parent)
+        self.latencies[parent] = trio.current_time() - began
+        self.offer_record(verdict.parent_record)
+        now = self.clock()
+        if not verdict.accepted:
+            logger.warning("%s refused our registration: %s", parent, verdict.reason)
+            self._queue(self.hierarchy.registration_failed(parent, now, verdict.reason))
+            return
+        self._queue(self.hierarchy.parent_heard(parent, now))
+        # The pull fallback for gossip: what did the parent announce while we were away?
+        await self._pull_and_process(parent, down_topic(parent))
+
+    def _decide_registration(self, remote: str, signed: bytes) -> tuple[bool, str]:
+        now = self.clock()
+        status = self.offer_record(signed)
+        if not status.accepted and status is not RecordStatus.DUPLICATE:
+            return False, f"your node record was refused: {status.value}"
+        try:
+            record = open_record(signed)
+        except ProtocolViolationError as exc:
+            return False, f"your node record was refused: {exc}"
+        if str(record.peer_id) != remote:
+            return False, "the record is not the registering peer's own"
+        actions = self.hierarchy.child_registered(record, now)
+        self._queue(actions)
+        for action in actions:
+            if isinstance(action, RejectChild):
+                return False, action.reason
+        if self._host is not None:
+            self._spawn(self._pull_child_head, record.peer_id)
+        return True, "registered"
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start a background task, unless the node is shutting down (then: skip it)."""
+        nursery = self._nursery_for_spawn
+        if nursery is None or self._stop.is_set():
+            logger.debug("shutting down: %s not started", getattr(fn, "__name__", fn))
+            return
+        nursery.start_soon(fn, *args)
+
+    _nursery_for_spawn: trio.Nursery | None = None
+
+    async def _pull_child_head(self, child: PeerId) -> None:
+        await self._pull_and_process(child, up_topic(self.peer))
+
+    async def _pull_and_process(self, peer: PeerId, topic: str) -> None:
+        assert self._host is not None
+        try:
+            data = await pull_head(
+                self._host, str(peer), topic, timeout=self.config.stream_timeout_s
+            )
+        except NetworkError as exc:
+            logger.debug("head pull from %s on %s failed: %s", peer, topic, exc)
+            return
+        if data is not None:
+            self._check_announcement(topic, data)
+
+    # --- announcements --------------------------------------------------------------------------
+    def _announcement_validator(self, topic: str) -> Callable[[str, bytes], bool]:
+        def validate(origin: str, data: bytes) -> bool:
+            return self._check_announcement(topic, data)
+
+        return validate
+
+    def _check_announcement(self, topic: str, data: bytes) -> bool:
+        ctx = SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
+        result = self.filter.validate(data, ctx, self.clock())
+        if not result.accepted:
+            reason = result.reason.value if result.reason else "?"
+            self.rejected[reason] += 1
+            logger.info("announcement on %s dropped (%s): %s", topic, reason, result.detail)
+            return False
+        assert result.announcement is not None
+        self._dirty = True
+        try:
+            self._fetch_send.send_nowait(result.announcement)
+        except trio.WouldBlock:
+            logger.warning("fetch queue full; announcement of %s dropped", result.announcement.cid)
+        return True
+
+    async def _fetch_loop(self) -> None:
+        limiter = trio.CapacityLimiter(MAX_PARALLEL_FETCHES)
+        async with trio.open_nursery() as nursery:
+            async for ann in self._fetch_recv:
+                nursery.start_soon(self._fetch_announced, ann, limiter)
+
+    async def _fetch_announced(self, ann: Announcement, limiter: trio.CapacityLimiter) -> None:
+        key = str(ann.cid)
+        if key in self.fetching or any(a["cid"] == key for a in self.accepted):
+            return
+        self.fetching.add(key)
+        try:
+            async with limiter:
+                providers = [str(ann.author)] + await self._dht_providers(ann.cid)
+                art = await self._fetch_artifact(ann.cid, providers, ann)
+            await trio.to_thread.run_sync(self.store.pin, ann.cid)
+            self.accepted.append(
+                {
+                    "cid": key,
+                    "author": str(ann.author),
+                    "topic": ann.topic,
+                    "round": ann.round,
+                    "seq": ann.seq,
+                    "parent": str(ann.parent) if ann.parent else None,
+                    "bytes": art.stored_bytes,
+                    "accepted_ms": now_ms(self.clock()),
+                }
+            )
+            self._dirty = True
+            logger.info("accepted %s from %s (round %d)", key, ann.author, ann.round)
+        except (P2PHierError, trio.TooSlowError) as exc:
+            logger.warning("update %s from %s rejected: %s", key, ann.author, exc)
+            self.fetch_failures.append({"cid": key, "author": str(ann.author), "error": str(exc)})
+        finally:
+            self.fetching.discard(key)
+
+    async def _fetch_artifact(self, cid: CID, providers: list[str], ann: Announcement) -> Artifact:
+        """Fetch an artifact's envelope, content and lineage, then verify it fully."""
+        timeout = self.config.block_timeout_s * 6
+        current: CID | None = cid
+        for _ in range(DEFAULT_LIMITS.max_chain):
+            assert current is not None
+            await self.bitswap.fetch(current, providers, timeout=timeout, pin=False)
+            art = await trio.to_thread.run_sync(read_artifact, self.store.get_block, current)
+            m = art.manifest
+            if (
+                current == cid
+                and ann.size
+                and len(art.envelope_bytes) + m.config.size + (m.tensors.size) > ann.size
+            ):
+                raise ProtocolViolationError(
+                    f"artifact {cid} is larger than the {ann.size} bytes its announcement declared"
+                )
+            for ref in (m.config.cid, m.tensors.cid):
+                await self.bitswap.fetch(ref, providers, timeout=timeout, pin=False)
+            current = m.parent
+            if current is None:
+                break
+        art = await trio.to_thread.run_sync(
+            lambda: verify_artifact(self.store, cid, expected_base_model=ann.base_model_id)
+        )
+        if art.manifest.parent != ann.parent:
+            raise ArtifactError(f"artifact {cid}'s lineage differs from its announcement")
+        return art
+
+    async def _dht_providers(self, cid: CID) -> list[str]:
+        try:
+            found = await self.dht.find_providers(cid, count=5, timeout=5.0)
+        except NetworkError as exc:
+            logger.debug("no DHT providers for %s: %s", cid, exc)
+            return []
+        return [str(p) for p in found]
+
+    # --- publish / fetch (control commands) ------------------------------------------------------
+    async def publish(self, cid_text: str, to: str) -> dict[str, Any]:
+        """Pin, provide and announce an artifact already in the local store."""
+        assert self._gossip is not None
+        cid = CID.parse(cid_text)
+        if to == "parent":
+            parent = self.hierarchy.parent
+            if parent is None:
+                raise UsageError("this node has no parent yet; cannot publish --to parent")
+            topic = up_topic(parent)
+        elif to == "children":
+            if self.config.layer.below is None:
+                raise UsageError(f"a {self.config.layer.label} node has no children")
+            topic = down_topic(self.peer)
+        else:
+            raise UsageError(f"--to must be parent or children, not {to!r}")
+        art = await trio.to_thread.run_sync(
+            lambda: verify_artifact(self.store, cid, expected_base_model=self.config.base_model_id)
+        )
+        await trio.to_thread.run_sync(self.store.pin, cid)
+        now = self.clock()
+        self._ann_seq = next_seq(self._ann_seq, now)
+        m = art.manifest
+        ann = Announcement(
+            author=self.peer,
+            topic=topic,
+            cid=cid,
+            parent=m.parent,
+            layer=self.config.layer,
+            domain=self.config.domain,
+            base_model_id=self.config.base_model_id,
+            round=m.round,
+            seq=self._ann_seq,
+            created_ms=now_ms(now),
+            metrics=tuple(sorted((x.name, float(x.value)) for x in m.metrics))[:16],
+            size=art.stored_bytes,
+        )
+        signed = sign_announcement(ann, self.identity)
+        self._announcements[topic] = signed
+        self.head = cid
+        self._issue_record()
+        self._save_state()
+        provided = await self.dht.provide(cid, timeout=5.0)
+        await self._gossip_announcement(topic, signed)
+        await self._publish_record()
+        return {
+            "cid": str(cid),
+            "topic": topic,
+            "seq": ann.seq,
+            "round": ann.round,
+            "bytes": art.stored_bytes,
+            "provided": provided,
+            "subscribers": self._gossip.peers_on(topic),
+        }
+
+    async def _gossip_announcement(self, topic: str, signed: bytes) -> None:
+        assert self._gossip is not None
+        try:
+            await self._gossip.publish(topic, signed)
+        except NetworkError as exc:
+            logger.warning("announcement publish on %s: %s", topic, exc)
+
+    async def fetch(self, cid_text: str, timeout: float) -> dict[str, Any]:
+        """Fetch any object by CID from DHT providers and connected peers; pin it."""
+        assert self._host is not None
+        cid = CID.parse(cid_text)
+        providers = await self._dht_providers(cid)
+        for peer in self._host.connected_peers():
+            if peer not in providers:
+                providers.append(peer)
+        if not providers:
+            raise NetworkError(f"no provider of {cid} is known and no peer is connected")
+        began = trio.current_time()
+        before = {p: self.bitswap.ledger(p).bytes_received for p in providers}
+        await self.bitswap.fetch(cid, providers, timeout=timeout, pin=True)
+        return {
+            "cid": str(cid),
+            "providers": providers,
+            # bytes each provider delivered during this fetch (several: a parallel fetch)
+            "received": {p: self.bitswap.ledger(p).bytes_received - before[p] for p in providers},
+            "seconds": round(trio.current_time() - began, 3),
+        }
+
+    # --- loops --------------------------------------------------------------------------------
+    async def _maintenance_loop(self) -> None:
+        next_refresh = self.clock() + self.config.record_refresh_s
+        republish_every = max(2.0, 5 * self.config.gossip_heartbeat_s)
+        next_republish = 0.0
+        while True:
+            now = self.clock()
+            for record in self.book.expire(now):
+                self._queue(self.hierarchy.record_expired(record.peer_id, now))
+            self._queue(self.hierarchy.tick(now))
+            if now >= next_refresh:
+                self._issue_record()
+                next_refresh = now + self.config.record_refresh_s
+            if now >= next_republish:
+                # Gossip drops silently: re-publish our record and latest heads.
+                next_republish = now + republish_every
+                await self._publish_record()
+                for topic, signed in list(self._announcements.items()):
+                    await self._gossip_announcement(topic, signed)
+            if self._dirty:
+                await trio.to_thread.run_sync(self._save_state)
+            await trio.sleep(TICK_S)
+
+    async def _bootstrap_loop(self) -> None:
+        assert self._host is not None
+        targets = [PeerAddr.parse(a) for a in self.config.bootstrap]
+        provided = False
+        while True:
+            for target in targets:
+                if target.peer == self._host.peer_id or self._host.is_connected(target.peer):
+                    continue
+                try:
+                    await self._host.connect(target)
+                except NetworkError as exc:
+                    logger.info("bootstrap %s unreachable: %s", target, exc)
+                    continue
+                await self._joined(target.peer)
+            if not provided and (self._host.connected_peers() or not targets):
+                provided = await self.dht.provide(
+                    discovery_key(self.config.layer, self.config.domain)
+                )
+            await trio.sleep(2.0 if not provided else 5.0)
+
+    async def _joined(self, peer: str) -> None:
+        """A fresh connection: routing table, and pull the peer's records (gossip may lag)."""
+        assert self._host is not None
+        await self.dht.add_peer(peer)
+        try:
+            for signed in await pull_records(
+                self._host, peer, timeout=self.config.stream_timeout_s
+            ):
+                self.offer_record(signed)
+        except NetworkError as exc:
+            logger.debug("records pull from %s failed: %s", peer, exc)
+
+    async def _discovery_loop(self) -> None:
+        assert self._host is not None
+        if self.config.layer.above is None:
+            return
+        while True:
+            if self.hierarchy.parent is None:
+                for _layer, _domain, key in parent_search_keys(
+                    self.config.layer, self.config.domain
+                ):
+                    for found in await self._providers_of(key):
+                        if PeerId.parse(found.peer) in self.book:
+                            continue
+                        try:
+                            await self._host.connect(found)
+                        except NetworkError:
+                            continue
+                        await self._joined(found.peer)
+            await trio.sleep(2.0 if self.hierarchy.parent is None else 30.0)
+
+    async def _providers_of(self, key: CID) -> list[PeerAddr]:
+        try:
+            return await self.dht.find_providers(key, timeout=5.0)
+        except NetworkError:
+            return []
+
+    def _on_misbehaviour(self, event: Misbehaviour) -> None:
+        self.misbehaviour.append(
+            {"peer": event.peer, "reason": event.reason, "detail": event.detail}
+        )
+
+    # --- status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        host = self._host
+        return {
+            "peer_id": str(self.peer),
+            "layer": self.config.layer.label,
+            "domain": self.config.domain,
+            "base_model_id": self.config.base_model_id,
+            "parent": str(self.hierarchy.parent) if self.hierarchy.parent else None,
+            "children": sorted(str(p) for p in self.hierarchy.children),
+            "head": str(self.head) if self.head else None,
+            "peers": sorted(host.connected_peers()) if host else [],
+            "addresses": host.addrs if host else [],
+            "records": len(self.book),
+            "record_seq": self._record_seq,
+            "started_ms": self.started_ms,
+            "accepted": list(self.accepted),
+            "fetching": sorted(self.fetching),
+            "fetch_failures": list(self.fetch_failures),
+            "announcements_dropped": dict(self.rejected),
+            "misbehaviour": list(self.misbehaviour),
+            "topics": self._gossip.topics if self._gossip else [],
+            "control_socket": str(self.config.control_socket),
+        }
+
+    def peers(self, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
+        lay = Layer.parse(layer) if layer else None
+        out = []
+        connected = set(self._host.connected_peers()) if self._host else set()
+        for record in self.book.query(lay, domain_prefix=domain, now=self.clock()):
+            if record.peer_id == self.peer:
+                continue
+            entry = record.to_json()
+            entry["connected"] = str(record.peer_id) in connected
+            out.append(entry)
+        return out
+
+    def _control_handlers(self) -> dict[str, Callable[[Mapping[str, Any]], Any]]:
+        async def status(args: Mapping[str, Any]) -> Any:
+            return self.status()
+
+        async def peers(args: Mapping[str, Any]) -> Any:
+            return self.peers(_opt_str(args, "layer"), _opt_str(args, "domain"))
+
+        async def publish(args: Mapping[str, Any]) -> Any:
+            return await self.publish(_req_str(args, "cid"), _req_str(args, "to"))
+
+        async def fetch(args: Mapping[str, Any]) -> Any:
+            timeout = args.get("timeout", 120.0)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise UsageError("fetch timeout must be a positive number of seconds")
+            return await self.fetch(_req_str(args, "cid"), float(timeout))
+
+        async def stop(args: Mapping[str, Any]) -> Any:
+            self._stop.set()
+            return {"stopping": True}
+
+        return {"status": status, "peers": peers, "publish": publish, "fetch": fetch, "stop": stop}
+
+    # --- persistence ---------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        self._dirty = False
+        marks = [
+            [topic, str(author), mark.seq, mark.round]
+            for (topic, author), mark in self.filter.marks().items()
+        ]
+        state = {
+            "version": 1,
+            "peer_id": str(self.peer),
+            "record_seq": self._record_seq,
+            "announcement_seq": self._ann_seq,
+            "head": str(self.head) if self.head else None,
+            "hierarchy": self.hierarchy.snapshot(),
+            "marks": marks,
+            "announcements": {
+                t: base64.b64encode(b).decode("ascii") for t, b in self._announcements.items()
+            },
+            "accepted": list(self.accepted),
+        }
+        try:
+            self._state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self._state_path, json.dumps(state, indent=1).encode(), 0o600)
+        except OSError as exc:
+            logger.error("cannot save node state to %s: %s", self._state_path, exc)
+            self._dirty = True
+
+    def _load_state(self) -> None:
+        path = self._state_path
+        try:
+            raw = path.read_bytes() if path.stat().st_size <= 16 << 20 else b""
+        except FileNotFoundError:
+            return
+        try:
+            state = json.loads(raw)
+            if not isinstance(state, dict) or state.get("version") != 1:
+                raise ValueError("unknown version")
+            if state.get("peer_id") != str(self.peer):
+                raise ValueError("saved by another identity")
+            now = self.clock()
+            self._record_seq = _opt_int(state.get("record_seq"))
+            self._ann_seq = _opt_int(state.get("announcement_seq"))
+            head = state.get("head")
+            self.head = CID.parse(head) if isinstance(head, str) else None
+            self.hierarchy.restore(state.get("hierarchy", {}), now)
+            for topic, author, seq, round_ in state.get("marks", []):
+                self.filter.restore(topic, PeerId.parse(author), int(seq), int(round_))
+            for topic, b64 in state.get("announcements", {}).items():
+                signed = base64.b64decode(b64)
+                if open_announcement(signed).author == self.peer:
+                    self._announcements[str(topic)] = signed
+            for entry in state.get("accepted", [])[-MAX_ACCEPTED:]:
+                if isinstance(entry, dict):
+                    self.accepted.append(entry)
+        except (ValueError, TypeError, KeyError, P2PHierError, HierarchyError) as exc:
+            # Never lose the file: keep it aside for the operator, start fresh.
+            aside = path.with_suffix(f".bad-{int(time.time())}")
+            os.replace(path, aside)
+            logger.error("saved node state %s is unusable (%s); moved to %s", path, exc, aside)
+
+
+async def _ignore(origin: str, data: bytes) -> None:
+    """Subscription handler: everything was done by the validator."""
+
+
+def _physical_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError):
+        return 0
+
+
+def _opt_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _opt_str(args: Mapping[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key} must be a string")
+    return value
+
+
+def _req_str(args: Mapping[str, Any], key: str) -> str:
+    value = _opt_str(args, key)
+    if not value:
+        raise UsageError(f"{key} is required")
+    return value
+
+
+def open_node_store(config: NodeConfig) -> DiskStore:
+    return DiskStore(Path(config.store_path))
+
+
+__all__ = ["NodeDaemon", "StoreError", "open_node_store"]
