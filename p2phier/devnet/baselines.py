@@ -1,0 +1,318 @@
+"""Each node's data, and the baselines the hierarchy is judged against.
+
+Owns:
+
+* :func:`build_node_data`: every node's private shard (train and held-out test
+  examples, and the train examples' arrival per round), cut from the real
+  corpora of :mod:`p2phier.learn.data` exactly as the scenario says: ``skew``
+  of a node's examples from its home groups, the rest from its other groups,
+  no example ever given to two nodes, everything a pure function of the
+  scenario (seeds included);
+* :func:`run_baselines`: the isolated baseline (each training node trains its
+  own tier alone on its whole shard, with the hierarchy's compute:
+  ``steps_per_cycle x rounds`` steps) and the centralised one (one model of
+  the master's tier trained on the pooled shards of every training node, with
+  their summed steps), both scored on each node's held-out data.
+
+This module and the devnet runner are the only devnet modules that use
+:mod:`p2phier.learn`; it is imported inside the functions, so importing this
+module (as the light launcher does) loads neither torch nor the corpora.
+Training is blocking CPU work in this process: never call it on an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from p2phier.devnet.report import Baselines
+from p2phier.devnet.scenario import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    from p2phier.learn.data import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """One node's private data."""
+
+    node: str
+    train: tuple[Example, ...]
+    test: tuple[Example, ...]
+    arrivals: tuple[tuple[Example, ...], ...]  # arrivals[i]: train examples new in round i+1
+
+
+def _group_of(example: Example, dataset: str) -> str:
+    return example.label if dataset == "bbc" else example.subdomain
+
+
+def _load(dataset: str) -> list[Example]:
+    from p2phier.learn.data import load_bbc, load_drug_reviews
+
+    return load_bbc() if dataset == "bbc" else load_drug_reviews(split="all")
+
+
+def _shares(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
+    """Integers summing to ``total`` (<= sum of caps), proportional to ``weights``, capped.
+
+    Largest remainder, repeated: a capped group's shortfall goes to the others.
+    """
+    out = [0] * len(weights)
+    left = total
+    while left > 0:
+        open_ = [i for i in range(len(weights)) if out[i] < caps[i]]
+        wsum = sum(weights[i] for i in open_) or float(len(open_))
+        exact = {i: left * (weights[i] / wsum if wsum else 1.0) for i in open_}
+        give = {i: min(int(exact[i]), caps[i] - out[i]) for i in open_}
+        rest = left - sum(give.values())
+        for i in sorted(open_, key=lambda i: (-(exact[i] - int(exact[i])), i)):
+            if rest <= 0:
+                break
+            if out[i] + give[i] < caps[i]:
+                give[i] += 1
+                rest -= 1
+        for i, g in give.items():
+            out[i] += g
+        left = total - sum(out)
+    return out
+
+
+def build_node_data(
+    scenario: Scenario, corpora: Mapping[str, Sequence[Example]] | None = None
+) -> dict[str, NodeData]:
+    """Every node's shard (nodes without a shard are absent), deterministic for the scenario.
+
+    ``corpora`` maps a dataset name to its examples (default: the installed corpora).
+    """
+    corpora = dict(corpora or {})
+    pools: dict[str, dict[str, list[Example]]] = {}
+    out: dict[str, NodeData] = {}
+    for index, node in enumerate(scenario.nodes):
+        shard = node.shard
+        if shard is None:
+            continue
+        path = f"nodes[{index}].shard"
+        if shard.dataset not in pools:
+            examples = corpora.get(shard.dataset)
+            if examples is None:
+                examples = _load(shard.dataset)
+            groups: dict[str, list[Example]] = {}
+            for e in sorted(examples, key=lambda e: e.uid):
+                groups.setdefault(_group_of(e, shard.dataset), []).append(e)
+            for name, items in groups.items():
+                random.Random(f"{scenario.seed}/{shard.dataset}/{name}").shuffle(items)
+            pools[shard.dataset] = groups
+        groups = pools[shard.dataset]
+        for key, names in (("home", shard.home), ("others", shard.others)):
+            for i, g in enumerate(names):
+                if g not in groups:
+                    common = sorted(groups, key=lambda k: -len(groups[k]))[:8]
+                    raise ScenarioError(
+                        f"{path}.{key}[{i}]: the {shard.dataset} data has no group {g!r} "
+                        f"(largest groups: {', '.join(repr(c) for c in common)})"
+                    )
+        others = shard.others or tuple(sorted(set(groups) - set(shard.home)))
+        total = shard.train + shard.test
+        n_home = round(shard.skew * total) if others else total
+        rng = random.Random(f"{scenario.seed}/{node.name}/{shard.seed}")
+        chosen: list[Example] = []
+        for part, names, wanted in (
+            ("home", shard.home, n_home),
+            ("others", others, total - n_home),
+        ):
+            available = sum(len(groups[g]) for g in names)
+            if available < wanted:
+                raise ScenarioError(
+                    f"{path}: asks for {wanted} examples from its {part} groups "
+                    f"{list(names)[:6]} but only {available} remain after the nodes before it; "
+                    "lower train/test or change skew"
+                )
+            # Home groups give even shares; other groups give shares in proportion to their
+            # size, so a small condition is not drained by nodes that only see it in passing.
+            weights = [1.0 if part == "home" else float(len(groups[g])) for g in names]
+            for g, share in zip(
+                names, _shares(wanted, weights, [len(groups[g]) for g in names]), strict=True
+            ):
+                chosen.extend(groups[g][:share])
+                del groups[g][:share]
+        chosen.sort(key=lambda e: e.uid)
+        rng.shuffle(chosen)
+        test, train = chosen[: shard.test], chosen[shard.test :]
+        out[node.name] = NodeData(
+            node.name,
+            tuple(train),
+            tuple(sorted(test, key=lambda e: e.uid)),
+            _arrivals(train, scenario),
+        )
+    return out
+
+
+def _arrivals(train: list[Example], scenario: Scenario) -> tuple[tuple[Example, ...], ...]:
+    """Cut the (seeded-shuffled) train examples into the scenario's arrival fractions."""
+    order = list(train)
+    if scenario.arrival.order == "by_label":  # class-incremental: labels arrive in turn
+        labels = sorted({e.label for e in order})
+        order.sort(key=lambda e: labels.index(e.label))
+    fractions = scenario.arrival.fractions
+    sizes = [int(len(order) * f) for f in fractions]
+    for i in sorted(range(len(fractions)), key=lambda i: -(len(order) * fractions[i] - sizes[i]))[
+        : len(order) - sum(sizes)
+    ]:
+        sizes[i] += 1
+    out, start = [], 0
+    for size in sizes:
+        out.append(tuple(order[start : start + size]))
+        start += size
+    return tuple(out)
+
+
+def labels_of(data: Mapping[str, NodeData]) -> tuple[str, ...]:
+    """The label set of the devnet's shared head: every label in any node's data, sorted."""
+    return tuple(sorted({e.label for d in data.values() for e in (*d.train, *d.test)}))
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+
+def _root_tier(scenario: Scenario, data: Mapping[str, NodeData], out: Path) -> Path:
+    from p2phier.learn.models import build_master
+    from p2phier.learn.tiny import build_tiny_classifier_tier
+
+    labels = labels_of(data)
+    spec = scenario.tiers[scenario.tier_lineage(scenario.master.tier)[-1]]
+    if out.exists():
+        return out
+    if spec.kind == "minilm":
+        build_master(out, labels, tier_id=f"devnet/{spec.name}", seed=scenario.seed)
+    else:
+        texts = [e.text for d in data.values() for e in d.train]
+        build_tiny_classifier_tier(
+            out,
+            texts,
+            labels,
+            tier_id=f"devnet/{spec.name}",
+            max_vocab=spec.max_vocab or 2000,
+            hidden=spec.hidden,
+            layers=spec.n_layers,
+            seed=scenario.seed,
+        )
+    return out
+
+
+def _node_tier(
+    scenario: Scenario, tier: str, root: Path, examples: Sequence[Example], out: Path
+) -> Path:
+    """The node's tier built from the untrained root tier on the node's own data only."""
+    from p2phier.learn.distill import DistillConfig, build_int8_tier, build_student_tier
+    from p2phier.learn.models import load_tier
+    from p2phier.learn.train import Session
+
+    current = root
+    for name in reversed(scenario.tier_lineage(tier)[:-1]):
+        spec = scenario.tiers[name]
+        target = out / name
+        if spec.kind == "student":
+            build_student_tier(
+                Session(load_tier(current)),
+                target,
+                tier_id=f"devnet/{name}",
+                layers=spec.layers,
+                examples=list(examples),
+                max_vocab=spec.max_vocab,
+                config=DistillConfig(
+                    steps=spec.distill_steps,
+                    batch_size=scenario.training.batch_size,
+                    max_length=scenario.training.max_length,
+                    seed=scenario.seed,
+                ),
+            )
+        else:
+            build_int8_tier(current, target, tier_id=f"devnet/{name}")
+        current = target
+    return current
+
+
+def run_baselines(
+    scenario: Scenario,
+    work_dir: Path,
+    *,
+    data: Mapping[str, NodeData] | None = None,
+) -> Baselines:
+    """Train and score the isolated and centralised baselines (blocking; minutes for MiniLM)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from p2phier.learn import api
+    from p2phier.learn.models import configure_torch
+    from p2phier.learn.train import LoraSettings, TrainConfig
+
+    configure_torch(scenario.training.threads, seed=scenario.seed)
+    data = dict(data) if data is not None else build_node_data(scenario)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    t = scenario.training
+    lora = LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r)
+    steps = t.steps_per_cycle * scenario.rounds
+    trainers = [n for n in scenario.training_nodes() if n.name in data]
+    if not trainers:
+        raise ScenarioError("the scenario has no training node with data; nothing to compare")
+    root = _root_tier(scenario, data, work_dir / "root-tier")
+
+    isolated: dict[str, float] = {}
+    for node in trainers:
+        nd = data[node.name]
+        tier_dir = _node_tier(scenario, node.tier, root, nd.train, work_dir / "tiers" / node.name)
+        result = api.train_cycle(
+            tier_dir,
+            work_dir / "isolated" / node.name,
+            nd.train,
+            train=TrainConfig(
+                steps=steps,
+                batch_size=t.batch_size,
+                lr=t.lr,
+                max_length=t.max_length,
+                seed=scenario.seed + node.shard.seed if node.shard else scenario.seed,
+            ),
+            lora=lora,
+            eval_sets={"own": nd.test},
+            init_seed=scenario.seed,
+        )
+        isolated[node.name] = result.metrics.scores["accuracy.own"]
+        log.info("isolated baseline %s: %.3f", node.name, isolated[node.name])
+
+    pooled = [e for n in trainers for e in data[n.name].train]
+    central_steps = steps * len(trainers)
+    result = api.train_cycle(
+        root,
+        work_dir / "central",
+        pooled,
+        train=TrainConfig(
+            steps=central_steps,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            max_length=t.max_length,
+            seed=scenario.seed,
+        ),
+        lora=lora,
+        init_seed=scenario.seed,
+    )
+    scores = api.evaluate(
+        root,
+        {n.name: data[n.name].test for n in trainers},
+        adapter=result.adapter_dir,
+        max_length=t.max_length,
+    )
+    central = {n.name: scores[f"accuracy.{n.name}"] for n in trainers}
+    notes = (
+        f"Isolated: each node's tier built from the untrained master tier on its own data "
+        f"only, trained on its whole shard at once ({steps} steps). Central: the master tier "
+        f"trained on the pooled shards of {len(trainers)} nodes ({central_steps} steps)."
+    )
+    return Baselines(isolated, central, steps, central_steps, notes)

@@ -1,0 +1,722 @@
+"""The devnet scenario model: frozen dataclasses loaded from a TOML file (pure, reads one file).
+
+Owns :class:`Scenario` and :func:`load_scenario` / :func:`parse_scenario`.  A
+scenario says everything a devnet run needs before any process starts: the
+topology (nodes with their layer, domain path and optional explicit parent),
+the model tier of each node, each node's private data shard, the arrival
+schedule of new local data per round, the number of rounds, the aggregation
+rule, the timing-rule thresholds, faults at given rounds, the training budget,
+and an ``attackers`` table that is parsed and validated but **not yet acted
+on** (a later issue adds attacks).  ``devnet/README.md`` documents the format
+key by key.
+
+Every scenario file is hostile input: its size is capped before it is read,
+unknown keys are refused (a typo must not silently become a default), and
+every bad value raises :class:`ScenarioError` naming the field path, e.g.
+``nodes[3].domain: 'en/Health' is not a valid domain path: ...``.
+
+The hierarchy is checked with the rules of :mod:`p2phier.records` and
+:mod:`p2phier.hierarchy`: one master at the root, each other node has a
+possible parent exactly one layer up whose domain is a prefix of its own (the
+longest such prefix wins; a tie must be broken by an explicit ``parent``), and
+a node's tier is its parent's tier or one derived from it by distillation or
+quantisation (updates are aggregated between nodes of one tier lineage).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from p2phier.errors import ConfigError
+from p2phier.records import (
+    Layer,
+    RecordError,
+    check_layer_domain,
+    domain_depth,
+    is_domain_prefix,
+)
+
+FORMAT_VERSION = 1
+MAX_SCENARIO_BYTES = 1 << 20
+MAX_NODES = 256
+MAX_ROUNDS = 1000
+MAX_LIST = 256
+MAX_STEPS = 100_000
+MAX_SHARD = 100_000
+
+DATASETS = ("bbc", "drugs")
+#: The BBC News topics (dataset ``bbc``: group = topic = label).  Drug-review
+#: groups are conditions, checked against the data when shards are built.
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+TIER_KINDS = ("minilm", "student", "int8", "tiny")
+ROOT_TIER_KINDS = ("minilm", "tiny")  # built from nothing; the others derive from a teacher
+AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_scored")
+CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
+ARRIVAL_ORDERS = ("shuffled", "by_label")
+FAULT_ACTIONS = ("kill", "freeze", "restart")
+ATTACK_BEHAVIOURS = ("sign_flip", "scale", "noise", "label_flip", "stale", "free_ride")
+TRAINING_LAYERS = (Layer.SUBDOMAIN, Layer.DEVICE)  # they run local learning cycles
+
+_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+_GROUP_RE = re.compile(r"[a-z0-9][a-z0-9 ,'()/.-]{0,63}")
+
+
+class ScenarioError(ConfigError):
+    """A scenario file is missing, malformed or describes an impossible devnet."""
+
+
+# --- the model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """A model tier; ``teacher`` names the tier a student or int8 tier derives from."""
+
+    name: str
+    kind: str  # one of TIER_KINDS
+    teacher: str | None = None
+    layers: tuple[int, ...] = ()  # student: teacher blocks kept; tiny: () (see n_layers)
+    max_vocab: int | None = None  # student/tiny: pruned vocabulary size
+    distill_steps: int = 0  # student: distillation steps when the node joins
+    hidden: int = 64  # tiny only
+    n_layers: int = 2  # tiny only (TOML key ``depth``)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A node's private data: ``train`` + ``test`` examples, ``skew`` of them from ``home``."""
+
+    dataset: str  # "bbc" | "drugs"
+    home: tuple[str, ...]  # groups the node is skewed towards (BBC topics, drug conditions)
+    others: tuple[str, ...]  # groups the rest is drawn from (empty: every other group)
+    train: int
+    test: int
+    skew: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    layer: Layer
+    domain: str
+    tier: str
+    parent: str | None  # resolved: the parent's name (None only for the master)
+    explicit_parent: bool
+    shard: ShardSpec | None
+    #: Runs local learning cycles on arriving data: sub-domain and device nodes, and any
+    #: node without children (in a 3-layer devnet the domain nodes are the leaves).
+    trains: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The budget every training node gets per cycle (baselines get the same)."""
+
+    steps_per_cycle: int = 8
+    batch_size: int = 8
+    lr: float = 1e-3
+    max_length: int = 64
+    continual: str = "replay"
+    replay_per_label: int = 8
+    lora_r: int = 4
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class AggregationSpec:
+    rule: str = "fedavg"
+    trim_ratio: float = 0.2
+    clip_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class TimingSpec:
+    margin: float = 0.005
+    tolerance: float = 0.01
+    min_updates: int = 1
+
+
+@dataclass(frozen=True)
+class ArrivalSpec:
+    """Fraction of each node's training shard that arrives at the start of round i+1."""
+
+    fractions: tuple[float, ...]
+    order: str = "shuffled"
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    round: int
+    node: str
+    action: str  # kill | freeze | restart
+    at: str = "start"  # "start" | "end" of the round
+
+
+@dataclass(frozen=True)
+class AttackerSpec:
+    """Reserved: parsed and validated, not yet acted on by the devnet."""
+
+    node: str
+    behaviour: str
+    from_round: int = 1
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    seed: int
+    rounds: int
+    nodes: tuple[NodeSpec, ...]
+    tiers: Mapping[str, TierSpec]
+    training: TrainingSpec
+    aggregation: AggregationSpec
+    timing: TimingSpec
+    arrival: ArrivalSpec
+    faults: tuple[FaultSpec, ...] = ()
+    attackers: tuple[AttackerSpec, ...] = ()
+    format: int = FORMAT_VERSION
+
+    # views ------------------------------------------------------------------------------
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ScenarioError(f"no node named {name!r} in scenario {self.name!r}")
+
+    @property
+    def master(self) -> NodeSpec:
+        return next(n for n in self.nodes if n.layer is Layer.MASTER)
+
+    def children(self, name: str) -> list[NodeSpec]:
+        return [n for n in self.nodes if n.parent == name]
+
+    def descendants(self, name: str) -> list[NodeSpec]:
+        out: list[NodeSpec] = []
+        for child in self.children(name):
+            out.append(child)
+            out.extend(self.descendants(child.name))
+        return out
+
+    def training_nodes(self) -> list[NodeSpec]:
+        return [n for n in self.nodes if n.trains]
+
+    def tier_lineage(self, tier: str) -> list[str]:
+        """``tier`` and its teachers, nearest first, ending with a root tier."""
+        out = [tier]
+        while (teacher := self.tiers[out[-1]].teacher) is not None:
+            out.append(teacher)
+        return out
+
+    def with_rounds(self, rounds: int) -> Scenario:
+        """The scenario with another number of rounds (``devnet up --rounds``), re-checked."""
+        if not isinstance(rounds, int) or not 1 <= rounds <= MAX_ROUNDS:
+            raise ScenarioError(f"rounds: must be an integer in [1, {MAX_ROUNDS}], got {rounds!r}")
+        for i, fault in enumerate(self.faults):
+            if fault.round > rounds:
+                raise ScenarioError(
+                    f"faults[{i}].round: {fault.round} is past the last round ({rounds}); "
+                    "ask for more rounds or use a scenario without that fault"
+                )
+        return replace(self, rounds=rounds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (layers as labels); what ``report.json`` embeds."""
+        data = asdict(self)
+        data["tiers"] = {k: asdict(v) for k, v in sorted(self.tiers.items())}
+        for node in data["nodes"]:
+            node["layer"] = Layer(node["layer"]).label
+        return data
+
+
+# --- reading the file ----------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class _Table:
+    """A TOML table being read: every access names its path; leftovers are refused."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{path or 'the scenario'}: must be a table, got {_kind(data)}")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def get(self, key: str, conv: Callable[[Any, str], _T], default: _T | None = None) -> _T:
+        self.used.add(key)
+        if key not in self.data:
+            if default is None:
+                raise ScenarioError(f"{self.at(key)}: missing (required)")
+            return default
+        return conv(self.data[key], self.at(key))
+
+    def opt(self, key: str, conv: Callable[[Any, str], _T]) -> _T | None:
+        self.used.add(key)
+        return conv(self.data[key], self.at(key)) if key in self.data else None
+
+    def sub(self, key: str, required: bool = False) -> _Table:
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise ScenarioError(f"{self.at(key)}: missing (required table)")
+            return _Table({}, self.at(key))
+        return _Table(self.data[key], self.at(key))
+
+    def array(self, key: str) -> Iterator[_Table]:
+        self.used.add(key)
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise ScenarioError(f"{self.at(key)}: must be an array of tables ([[{key}]])")
+        if len(value) > MAX_NODES:
+            raise ScenarioError(f"{self.at(key)}: {len(value)} entries, over {MAX_NODES}")
+        for i, item in enumerate(value):
+            yield _Table(item, f"{self.at(key)}[{i}]")
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used)) or "none"
+            raise ScenarioError(f"{self.at(unknown[0])}: unknown key (known keys here: {known})")
+
+
+def _kind(value: object) -> str:
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise ScenarioError(f"{path}: must be a string, got {_kind(value)}")
+    if len(value) > 4096:
+        raise ScenarioError(f"{path}: longer than 4096 characters")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def conv(value: Any, path: str) -> str:
+        text = _str(value, path)
+        if text not in options:
+            raise ScenarioError(f"{path}: {text!r} is not one of {', '.join(options)}")
+        return text
+
+    return conv
+
+
+def _name(value: Any, path: str) -> str:
+    text = _str(value, path)
+    if not _NAME_RE.fullmatch(text):
+        raise ScenarioError(
+            f"{path}: {text!r} is not a valid name (1-32 lower-case letters, digits or "
+            "inner '-'; it names the node's directory)"
+        )
+    return text
+
+
+def _int(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def conv(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(f"{path}: must be an integer, got {_kind(value)}")
+        if not lo <= value <= hi:
+            raise ScenarioError(f"{path}: {value} is outside [{lo}, {hi}]")
+        return value
+
+    return conv
+
+
+def _float(lo: float, hi: float, *, open_lo: bool = False) -> Callable[[Any, str], float]:
+    def conv(value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ScenarioError(f"{path}: must be a number, got {_kind(value)}")
+        number = float(value)
+        if not math.isfinite(number) or number > hi or number < lo or (open_lo and number == lo):
+            interval = f"{'(' if open_lo else '['}{lo}, {hi}]"
+            raise ScenarioError(f"{path}: {value} is outside {interval}")
+        return number
+
+    return conv
+
+
+def _list(conv: Callable[[Any, str], _T]) -> Callable[[Any, str], tuple[_T, ...]]:
+    def convert(value: Any, path: str) -> tuple[_T, ...]:
+        if not isinstance(value, list):
+            raise ScenarioError(f"{path}: must be an array, got {_kind(value)}")
+        if len(value) > MAX_LIST:
+            raise ScenarioError(f"{path}: {len(value)} entries, over {MAX_LIST}")
+        return tuple(conv(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+    return convert
+
+
+def _group(value: Any, path: str) -> str:
+    text = _str(value, path)
+    if not _GROUP_RE.fullmatch(text):
+        raise ScenarioError(
+            f"{path}: {text!r} is not a data group (a BBC topic or a lower-case drug-review "
+            "condition such as 'birth control')"
+        )
+    return text
+
+
+# --- parsing the parts ---------------------------------------------------------------------
+
+
+def _parse_tier(name: str, t: _Table) -> TierSpec:
+    kind = t.get("kind", _choice(TIER_KINDS))
+    teacher = t.opt("teacher", _name)
+    if kind in ROOT_TIER_KINDS and teacher is not None:
+        raise ScenarioError(f"{t.at('teacher')}: a {kind} tier is built from nothing; remove it")
+    if kind not in ROOT_TIER_KINDS and teacher is None:
+        raise ScenarioError(f"{t.at('teacher')}: missing (a {kind} tier derives from a teacher)")
+    if teacher == name:
+        raise ScenarioError(f"{t.at('teacher')}: a tier cannot be its own teacher")
+    layers: tuple[int, ...] = ()
+    if kind == "student":
+        layers = t.get("layers", _list(_int(0, 63)))
+        if not layers or len(set(layers)) != len(layers):
+            raise ScenarioError(f"{t.at('layers')}: must be distinct block indices, at least one")
+    max_vocab = t.opt("max_vocab", _int(64, 250_000)) if kind in ("student", "tiny") else None
+    distill = t.get("distill_steps", _int(0, MAX_STEPS), 0) if kind == "student" else 0
+    hidden = t.get("hidden", _int(8, 4096), 64) if kind == "tiny" else 64
+    n_layers = t.get("depth", _int(1, 48), 2) if kind == "tiny" else 2
+    if kind == "tiny" and hidden % 4:
+        raise ScenarioError(f"{t.at('hidden')}: must be a multiple of 4 (4 attention heads)")
+    t.done()
+    return TierSpec(name, kind, teacher, layers, max_vocab, distill, hidden, n_layers)
+
+
+def _parse_shard(t: _Table) -> ShardSpec:
+    dataset = t.get("dataset", _choice(DATASETS))
+    home = t.get("home", _list(_group))
+    others = t.opt("others", _list(_group)) or ()
+    if not home:
+        raise ScenarioError(f"{t.at('home')}: name at least one group")
+    if dataset == "bbc":
+        for key, groups in (("home", home), ("others", others)):
+            for i, g in enumerate(groups):
+                if g not in BBC_TOPICS:
+                    raise ScenarioError(
+                        f"{t.at(key)}[{i}]: {g!r} is not a BBC topic ({', '.join(BBC_TOPICS)})"
+                    )
+    both = sorted(set(home) & set(others))
+    if both:
+        raise ScenarioError(f"{t.at('others')}: {both[0]!r} is already a home group")
+    train = t.get("train", _int(1, MAX_SHARD))
+    test = t.get("test", _int(1, MAX_SHARD))
+    skew = t.get("skew", _float(0.0, 1.0), 1.0)
+    seed = t.get("seed", _int(0, 2**31 - 1), 0)
+    t.done()
+    return ShardSpec(dataset, home, others, train, test, skew, seed)
+
+
+def _parse_node(t: _Table) -> tuple[NodeSpec, str]:
+    name = t.get("name", _name)
+    try:
+        layer = Layer.parse(t.get("layer", _str))
+    except RecordError as exc:
+        raise ScenarioError(f"{t.at('layer')}: {exc}") from None
+    domain = t.get("domain", _str, "")
+    try:
+        check_layer_domain(layer, domain)
+    except RecordError as exc:
+        raise ScenarioError(
+            f"{t.at('domain')}: {domain!r} is not a valid domain path: {exc}"
+        ) from None
+    tier = t.get("tier", _name)
+    parent = t.opt("parent", _name)
+    if layer is Layer.MASTER and parent is not None:
+        raise ScenarioError(f"{t.at('parent')}: the master has no parent")
+    shard = _parse_shard(t.sub("shard")) if t.has("shard") else None
+    t.raw("shard")
+    t.done()
+    return NodeSpec(name, layer, domain, tier, parent, parent is not None, shard), t.path
+
+
+def _resolve_parents(nodes: list[tuple[NodeSpec, str]]) -> tuple[NodeSpec, ...]:
+    by_name = {n.name: n for n, _ in nodes}
+    out: list[NodeSpec] = []
+    for node, path in nodes:
+        if node.layer is Layer.MASTER:
+            out.append(node)
+            continue
+        above = node.layer.above
+        assert above is not None
+        if node.parent is not None:
+            parent = by_name.get(node.parent)
+            if parent is None:
+                raise ScenarioError(f"{path}.parent: no node is named {node.parent!r}")
+            if not _may_parent(parent, node):
+                raise ScenarioError(
+                    f"{path}.parent: {parent.name!r} ({parent.layer.label} on "
+                    f"{parent.domain or 'the root'!r}) cannot be the parent of a "
+                    f"{node.layer.label} node on {node.domain!r}: a parent is one layer up "
+                    "with a domain that is a prefix of the child's"
+                )
+            out.append(node)
+            continue
+        candidates = [c for c, _ in nodes if _may_parent(c, node)]
+        if not candidates:
+            raise ScenarioError(
+                f"{path}: no possible parent for a {node.layer.label} node on {node.domain!r} "
+                f"(add a {above.label} node whose domain is a prefix of it, or fix the domain)"
+            )
+        deepest = max(domain_depth(c.domain) for c in candidates)
+        best = sorted(c.name for c in candidates if domain_depth(c.domain) == deepest)
+        if len(best) > 1:
+            raise ScenarioError(
+                f"{path}.parent: ambiguous, {', '.join(repr(b) for b in best)} could all be the "
+                'parent; name one with parent = "..."'
+            )
+        out.append(replace(node, parent=best[0]))
+    parents = {n.parent for n in out}
+    trained = [replace(n, trains=n.layer in TRAINING_LAYERS or n.name not in parents) for n in out]
+    for (_, path), node in zip(nodes, trained, strict=True):
+        if node.trains and node.shard is None:
+            why = "a leaf" if node.layer not in TRAINING_LAYERS else f"a {node.layer.label} node"
+            raise ScenarioError(f"{path}.shard: missing ({why} trains on its own data)")
+    return tuple(trained)
+
+
+def _may_parent(parent: NodeSpec, child: NodeSpec) -> bool:
+    """The hierarchy's rule (:func:`p2phier.hierarchy.is_parent_candidate`) on specs."""
+    return parent.layer is child.layer.above and is_domain_prefix(parent.domain, child.domain)
+
+
+def _check_tiers(tiers: Mapping[str, TierSpec]) -> None:
+    for name, spec in tiers.items():
+        seen = [name]
+        current = spec
+        while current.teacher is not None:
+            if current.teacher not in tiers:
+                raise ScenarioError(
+                    f"tiers.{current.name}.teacher: no tier is named {current.teacher!r}"
+                )
+            if current.teacher in seen:
+                raise ScenarioError(
+                    f"tiers.{name}.teacher: the teachers form a cycle "
+                    f"({' -> '.join([*seen, current.teacher])})"
+                )
+            seen.append(current.teacher)
+            current = tiers[current.teacher]
+        if spec.kind == "int8" and tiers[spec.teacher or name].kind == "int8":
+            raise ScenarioError(f"tiers.{name}.teacher: an int8 tier of an int8 tier is pointless")
+
+
+def _check_topology(scenario: Scenario, paths: Mapping[str, str]) -> None:
+    for node in scenario.nodes:
+        path = paths[node.name]
+        if node.tier not in scenario.tiers:
+            known = ", ".join(sorted(scenario.tiers)) or "none"
+            raise ScenarioError(f"{path}.tier: no tier is named {node.tier!r} (tiers: {known})")
+        if node.parent is None:
+            if scenario.tiers[node.tier].kind not in ROOT_TIER_KINDS:
+                raise ScenarioError(
+                    f"{path}.tier: the master needs a tier built from nothing "
+                    f"({', '.join(ROOT_TIER_KINDS)}), not a {scenario.tiers[node.tier].kind}"
+                )
+            continue
+        parent_tier = scenario.node(node.parent).tier
+        if parent_tier not in scenario.tier_lineage(node.tier):
+            raise ScenarioError(
+                f"{path}.tier: {node.tier!r} is neither the parent's tier {parent_tier!r} nor "
+                "derived from it; a child runs its parent's tier or a student/int8 tier of it"
+            )
+
+
+def _check_faults(scenario: Scenario, paths: Mapping[str, str]) -> None:
+    state: dict[str, str] = {n.name: "up" for n in scenario.nodes}
+    order = sorted(enumerate(scenario.faults), key=lambda f: (f[1].round, f[1].at == "end", f[0]))
+    for i, fault in order:
+        if fault.node not in state:
+            raise ScenarioError(f"faults[{i}].node: no node is named {fault.node!r}")
+        if fault.round > scenario.rounds:
+            raise ScenarioError(
+                f"faults[{i}].round: {fault.round} is past the last round ({scenario.rounds})"
+            )
+        now = state[fault.node]
+        if fault.action in ("kill", "freeze") and now != "up":
+            raise ScenarioError(
+                f"faults[{i}].action: cannot {fault.action} {fault.node!r} in round "
+                f"{fault.round}: it is already {'killed' if now == 'kill' else 'frozen'}"
+            )
+        if fault.action == "restart" and now == "up":
+            raise ScenarioError(
+                f"faults[{i}].action: cannot restart {fault.node!r} in round {fault.round}: "
+                "it is running (kill or freeze it in an earlier fault)"
+            )
+        state[fault.node] = "up" if fault.action == "restart" else fault.action
+
+
+def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenario:
+    """Build and validate a :class:`Scenario` from parsed TOML."""
+    root = _Table(dict(data), "")
+    fmt = root.get("format", _int(0, 2**31), FORMAT_VERSION)
+    if fmt != FORMAT_VERSION:
+        raise ScenarioError(
+            f"format: scenario format {fmt} is not known to this build (it reads {FORMAT_VERSION})"
+        )
+    scenario_name = root.get("name", _name, name if _NAME_RE.fullmatch(name) else "scenario")
+    description = root.get("description", _str, "")
+    seed = root.get("seed", _int(0, 2**31 - 1), 0)
+    rounds = root.get("rounds", _int(1, MAX_ROUNDS))
+
+    tiers_table = root.sub("tiers", required=True)
+    tiers: dict[str, TierSpec] = {}
+    for tier_name in sorted(tiers_table.data):
+        _name(tier_name, tiers_table.at(tier_name))
+        tiers[tier_name] = _parse_tier(tier_name, tiers_table.sub(tier_name))
+    if not tiers:
+        raise ScenarioError("tiers: define at least one tier")
+    _check_tiers(tiers)
+
+    parsed = [_parse_node(t) for t in root.array("nodes")]
+    if not parsed:
+        raise ScenarioError("nodes: define at least one node ([[nodes]])")
+    paths: dict[str, str] = {}
+    for node, path in parsed:
+        if node.name in paths:
+            raise ScenarioError(f"{path}.name: {node.name!r} is already used by {paths[node.name]}")
+        paths[node.name] = path
+    masters = [path for node, path in parsed if node.layer is Layer.MASTER]
+    if len(masters) != 1:
+        where = masters[1] + ".layer" if masters else "nodes"
+        raise ScenarioError(f"{where}: a scenario has exactly one master, found {len(masters)}")
+    nodes = _resolve_parents(parsed)
+
+    t = root.sub("training")
+    training = TrainingSpec(
+        steps_per_cycle=t.get("steps_per_cycle", _int(1, MAX_STEPS), 8),
+        batch_size=t.get("batch_size", _int(1, 1024), 8),
+        lr=t.get("lr", _float(0.0, 1.0, open_lo=True), 1e-3),
+        max_length=t.get("max_length", _int(8, 512), 64),
+        continual=t.get("continual", _choice(CONTINUAL), "replay"),
+        replay_per_label=t.get("replay_per_label", _int(0, 10_000), 8),
+        lora_r=t.get("lora_r", _int(1, 256), 4),
+        threads=t.get("threads", _int(1, 64), 1),
+    )
+    t.done()
+
+    a = root.sub("aggregation")
+    aggregation = AggregationSpec(
+        rule=a.get("rule", _choice(AGGREGATION_RULES), "fedavg"),
+        trim_ratio=a.get("trim_ratio", _float(0.0, 0.49), 0.2),
+        clip_norm=a.opt("clip_norm", _float(0.0, 1e6, open_lo=True)),
+    )
+    a.done()
+
+    tm = root.sub("timing")
+    timing = TimingSpec(
+        margin=tm.get("margin", _float(0.0, 1.0), 0.005),
+        tolerance=tm.get("tolerance", _float(0.0, 1.0), 0.01),
+        min_updates=tm.get("min_updates", _int(0, MAX_NODES), 1),
+    )
+    tm.done()
+
+    ar = root.sub("arrival")
+    fractions = ar.opt("fractions", _list(_float(0.0, 1.0)))
+    fractions = (1.0,) if fractions is None else fractions
+    if not fractions or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ScenarioError(
+            f"arrival.fractions: must sum to 1 (all of a shard arrives), got {sum(fractions):.6g}"
+        )
+    if len(fractions) > rounds:
+        raise ScenarioError(
+            f"arrival.fractions: {len(fractions)} entries for {rounds} rounds; "
+            "data arriving after the last round would never be used"
+        )
+    arrival = ArrivalSpec(fractions, ar.get("order", _choice(ARRIVAL_ORDERS), "shuffled"))
+    ar.done()
+
+    faults = []
+    for f in root.array("faults"):
+        faults.append(
+            FaultSpec(
+                round=f.get("round", _int(1, MAX_ROUNDS)),
+                node=f.get("node", _name),
+                action=f.get("action", _choice(FAULT_ACTIONS)),
+                at=f.get("at", _choice(("start", "end")), "start"),
+            )
+        )
+        f.done()
+
+    attackers = []
+    for i, at in enumerate(root.array("attackers")):
+        attacker = AttackerSpec(
+            node=at.get("node", _name),
+            behaviour=at.get("behaviour", _choice(ATTACK_BEHAVIOURS)),
+            from_round=at.get("from_round", _int(1, MAX_ROUNDS), 1),
+            strength=at.get("strength", _float(0.0, 1e6), 1.0),
+        )
+        at.done()
+        if attacker.node not in paths:
+            raise ScenarioError(f"attackers[{i}].node: no node is named {attacker.node!r}")
+        attackers.append(attacker)
+    root.done()
+
+    scenario = Scenario(
+        name=scenario_name,
+        description=description,
+        seed=seed,
+        rounds=rounds,
+        nodes=nodes,
+        tiers=tiers,
+        training=training,
+        aggregation=aggregation,
+        timing=timing,
+        arrival=arrival,
+        faults=tuple(faults),
+        attackers=tuple(attackers),
+        format=fmt,
+    )
+    _check_topology(scenario, paths)
+    _check_faults(scenario, paths)
+    return scenario
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read, size-check, parse and validate a scenario file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SCENARIO_BYTES + 1)
+    except FileNotFoundError:
+        raise ScenarioError(f"scenario file {path} does not exist") from None
+    except OSError as exc:
+        raise ScenarioError(f"cannot read scenario file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{path}: larger than {MAX_SCENARIO_BYTES} bytes; not a scenario")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_scenario(data, name=path.stem)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def scenarios_dir() -> Path:
+    """``devnet/scenarios`` of the source tree this package runs from."""
+    return Path(__file__).resolve().parents[2] / "devnet" / "scenarios"

@@ -1,0 +1,307 @@
+"""Scenario files: the shipped ones load; bad ones fail naming the field path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2phier.devnet.scenario import (
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    scenarios_dir,
+)
+from p2phier.errors import ConfigError
+from p2phier.records import Layer
+
+SMALL = """
+rounds = 2
+[tiers.tiny]
+kind = "tiny"
+[tiers.stud]
+kind = "student"
+teacher = "tiny"
+layers = [0]
+[[nodes]]
+name = "master"
+layer = "master"
+tier = "tiny"
+[[nodes]]
+name = "en"
+layer = "language"
+domain = "en"
+tier = "tiny"
+[[nodes]]
+name = "news"
+layer = "domain"
+domain = "en/news"
+tier = "tiny"
+[nodes.shard]
+dataset = "bbc"
+home = ["tech"]
+train = 4
+test = 2
+"""
+
+
+def parse(text: str) -> Scenario:
+    import tomllib
+
+    return parse_scenario(tomllib.loads(text))
+
+
+def test_the_default_scenario_is_the_twelve_node_hierarchy_of_the_issue() -> None:
+    s = load_scenario(scenarios_dir() / "default.toml")
+    by_layer = {layer: [n for n in s.nodes if n.layer is layer] for layer in Layer}
+    assert [len(by_layer[layer]) for layer in Layer] == [1, 1, 2, 4, 4]
+    assert s.master.domain == ""
+    assert {n.domain for n in by_layer[Layer.DOMAIN]} == {"en/news", "en/healthcare"}
+    assert {n.shard.dataset for n in by_layer[Layer.DEVICE] if n.shard} == {"bbc", "drugs"}
+    # every device hangs under its own sub-domain node, every sub-domain under its domain
+    for device in by_layer[Layer.DEVICE]:
+        parent = s.node(device.parent or "")
+        assert parent.layer is Layer.SUBDOMAIN and parent.domain == device.domain
+    assert sorted(n.name for n in s.training_nodes()) == sorted(
+        n.name for n in by_layer[Layer.SUBDOMAIN] + by_layer[Layer.DEVICE]
+    )
+    assert s.tier_lineage("device") == ["device", "student", "minilm"]
+    assert s.to_dict()["nodes"][0]["layer"] == "master"
+
+
+def test_the_ci_scenario_is_five_nodes_on_three_layers_for_two_rounds() -> None:
+    s = load_scenario(scenarios_dir() / "ci.toml")
+    assert len(s.nodes) == 5 and s.rounds == 2
+    assert {n.layer for n in s.nodes} == {Layer.MASTER, Layer.LANGUAGE, Layer.DOMAIN}
+    # the domain nodes are the leaves, so they train
+    assert {n.name for n in s.training_nodes()} == {"news-a", "news-b", "health"}
+    assert all(n.parent == "en" for n in s.training_nodes())
+
+
+def test_the_fault_scenario_kills_a_subdomain_node_in_round_1_and_restarts_it_in_round_2() -> None:
+    s = load_scenario(scenarios_dir() / "fault.toml")
+    assert [(f.round, f.action) for f in s.faults] == [(1, "kill"), (2, "restart")]
+    assert {f.node for f in s.faults} == {"news-tech"}
+    assert s.node("news-tech").layer is Layer.SUBDOMAIN
+    with pytest.raises(ScenarioError, match=r"faults\[1\]\.round: 2 is past the last round"):
+        s.with_rounds(1)
+    assert s.with_rounds(5).rounds == 5
+
+
+def test_loading_the_scenarios_does_not_import_torch_or_the_corpora() -> None:
+    import subprocess
+
+    code = (
+        "import sys; from p2phier.devnet.scenario import load_scenario, scenarios_dir;"
+        "import p2phier.devnet.baselines, p2phier.devnet.report;"
+        "load_scenario(scenarios_dir() / 'default.toml');"
+        "heavy = ('torch', 'transformers', 'matplotlib', 'trio');"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_parent_is_resolved_by_the_longest_domain_prefix_and_attackers_are_parsed() -> None:
+    text = (
+        SMALL
+        + """
+[[nodes]]
+name = "news-tech"
+layer = "subdomain"
+domain = "en/news/tech"
+tier = "stud"
+[nodes.shard]
+dataset = "bbc"
+home = ["tech"]
+others = ["business"]
+train = 3
+test = 1
+skew = 0.5
+[[attackers]]
+node = "news-tech"
+behaviour = "sign_flip"
+from_round = 2
+"""
+    )
+    s = parse(text)
+    assert s.node("news-tech").parent == "news"
+    assert not s.node("news").trains  # it has a child now
+    assert s.attackers[0].behaviour == "sign_flip"
+    assert s.node("news-tech").shard is not None
+
+
+# (description, TOML text appended to / replacing SMALL, expected start of the message)
+BAD: list[tuple[str, str, str]] = [
+    (
+        "bad domain",
+        SMALL.replace('domain = "en/news"', 'domain = "en/Health"'),
+        "nodes[2].domain: 'en/Health' is not a valid domain path",
+    ),
+    (
+        "domain too shallow",
+        SMALL.replace('domain = "en/news"', 'domain = "en"'),
+        "nodes[2].domain: 'en' is not a valid domain path",
+    ),
+    (
+        "unknown node key",
+        SMALL.replace('name = "en"', 'name = "en"\ndomian = "x"'),
+        "nodes[1].domian: unknown key",
+    ),
+    ("unknown top key", "roundz = 3\n" + SMALL, "roundz: unknown key"),
+    (
+        "duplicate name",
+        SMALL.replace('name = "news"', 'name = "en"'),
+        "nodes[2].name: 'en' is already used by nodes[1]",
+    ),
+    (
+        "bad layer",
+        SMALL.replace('layer = "language"', 'layer = "continent"'),
+        "nodes[1].layer: layer 'continent' is not one of",
+    ),
+    (
+        "no parent possible",
+        SMALL.replace('layer = "language"\ndomain = "en"', 'layer = "language"\ndomain = "fr"'),
+        "nodes[2]: no possible parent",
+    ),
+    (
+        "explicit parent wrong layer",
+        SMALL.replace(
+            'domain = "en/news"\ntier = "tiny"',
+            'domain = "en/news"\ntier = "tiny"\nparent = "master"',
+        ),
+        "nodes[2].parent: 'master'",
+    ),
+    (
+        "unknown tier",
+        SMALL.replace('domain = "en"\ntier = "tiny"', 'domain = "en"\ntier = "big"'),
+        "nodes[1].tier: no tier is named 'big'",
+    ),
+    ("leaf without shard", SMALL.split("[nodes.shard]", maxsplit=1)[0], "nodes[2].shard: missing"),
+    (
+        "bad topic",
+        SMALL.replace('home = ["tech"]', 'home = ["cooking"]'),
+        "nodes[2].shard.home[0]: 'cooking' is not a BBC topic",
+    ),
+    (
+        "skew out of range",
+        SMALL.replace("test = 2", "test = 2\nskew = 1.5"),
+        "nodes[2].shard.skew: 1.5 is outside [0.0, 1.0]",
+    ),
+    (
+        "negative shard",
+        SMALL.replace("train = 4", "train = -4"),
+        "nodes[2].shard.train: -4 is outside",
+    ),
+    ("string rounds", SMALL.replace("rounds = 2", 'rounds = "two"'), "rounds: must be an integer"),
+    (
+        "fault on unknown node",
+        SMALL + '[[faults]]\nround = 1\nnode = "ghost"\naction = "kill"\n',
+        "faults[0].node: no node is named 'ghost'",
+    ),
+    (
+        "fault past last round",
+        SMALL + '[[faults]]\nround = 3\nnode = "news"\naction = "kill"\n',
+        "faults[0].round: 3 is past the last round (2)",
+    ),
+    (
+        "restart of a running node",
+        SMALL + '[[faults]]\nround = 1\nnode = "news"\naction = "restart"\n',
+        "faults[0].action: cannot restart 'news'",
+    ),
+    (
+        "bad fault action",
+        SMALL + '[[faults]]\nround = 1\nnode = "news"\naction = "explode"\n',
+        "faults[0].action: 'explode' is not one of",
+    ),
+    (
+        "arrival not summing to 1",
+        SMALL + "[arrival]\nfractions = [0.5, 0.2]\n",
+        "arrival.fractions: must sum to 1",
+    ),
+    (
+        "arrival longer than rounds",
+        SMALL + "[arrival]\nfractions = [0.25, 0.25, 0.5]\n",
+        "arrival.fractions: 3 entries for 2 rounds",
+    ),
+    (
+        "bad aggregation rule",
+        SMALL + '[aggregation]\nrule = "mean"\n',
+        "aggregation.rule: 'mean' is not one of",
+    ),
+    ("bad timing margin", SMALL + "[timing]\nmargin = -0.1\n", "timing.margin: -0.1 is outside"),
+    ("unknown training key", SMALL + "[training]\nstep = 3\n", "training.step: unknown key"),
+    (
+        "student without teacher",
+        SMALL.replace('teacher = "tiny"\n', ""),
+        "tiers.stud.teacher: missing",
+    ),
+    (
+        "tier cycle",
+        SMALL.replace(
+            'kind = "tiny"\n[tiers.stud]',
+            'kind = "tiny"\n[tiers.a]\nkind = "int8"\nteacher = "b"\n[tiers.b]\nkind = "int8"\n'
+            'teacher = "a"\n[tiers.stud]',
+        ),
+        "tiers.a.teacher: the teachers form a cycle",
+    ),
+    (
+        "child on an unrelated tier",
+        SMALL.replace('domain = "en"\ntier = "tiny"', 'domain = "en"\ntier = "stud"'),
+        "nodes[2].tier: 'tiny' is neither the parent's tier",
+    ),
+    (
+        "two masters",
+        SMALL.replace(
+            'name = "en"\nlayer = "language"\ndomain = "en"',
+            'name = "en"\nlayer = "master"\ndomain = ""',
+        ),
+        "nodes[1].layer: a scenario has exactly one master, found 2",
+    ),
+    (
+        "attacker on unknown node",
+        SMALL + '[[attackers]]\nnode = "x"\nbehaviour = "noise"\n',
+        "attackers[0].node: no node is named 'x'",
+    ),
+    (
+        "bad attacker behaviour",
+        SMALL + '[[attackers]]\nnode = "news"\nbehaviour = "nice"\n',
+        "attackers[0].behaviour: 'nice' is not one of",
+    ),
+    ("newer format", "format = 2\n" + SMALL, "format: scenario format 2 is not known"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in BAD], ids=[d for d, _, _ in BAD]
+)
+def test_a_bad_scenario_names_the_field(text: str, expected: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse(text)
+    assert str(info.value).startswith(expected), str(info.value)
+    assert isinstance(info.value, ConfigError) and info.value.exit_code == 2
+
+
+def test_the_small_scenario_itself_is_valid() -> None:
+    s = parse(SMALL)  # the BAD table's failures come from their edits alone
+    assert [n.parent for n in s.nodes] == [None, "master", "en"]
+
+
+def test_a_bad_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ScenarioError, match="does not exist"):
+        load_scenario(missing)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("rounds = [\n")
+    with pytest.raises(ScenarioError, match=r"broken\.toml: not valid TOML"):
+        load_scenario(broken)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ScenarioError, match="larger than"):
+        load_scenario(big)
+    typo = tmp_path / "typo.toml"
+    typo.write_text(SMALL.replace('domain = "en/news"', 'domain = "en/News"'))
+    with pytest.raises(ScenarioError, match=r"typo\.toml: nodes\[2\]\.domain"):
+        load_scenario(typo)
