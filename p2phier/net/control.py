@@ -27,7 +27,6 @@ from typing import Any
 
 import trio
 
-
 from p2phier.errors import ConfigError, P2PHierError, PeerTimeoutError, ProtocolViolationError
 from p2phier.node.controlwire import (
     HEADER,
