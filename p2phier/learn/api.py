@@ -209,6 +209,7 @@ def _with_train(config: ContinualConfig, train: TrainConfig) -> ContinualConfig:
         replay_fraction=config.replay_fraction,
         ewc_lambda=config.ewc_lambda,
         ewc_samples=config.ewc_samples,
+        logit_replay_weight=config.logit_replay_weight,
     )
 
 

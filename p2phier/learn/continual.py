@@ -6,6 +6,12 @@ configurable forgetting-prevention mechanisms:
 
 * a replay buffer, class-balanced (``replay_per_label`` examples kept per label
   by seeded reservoir sampling), mixed into every batch at ``replay_fraction``;
+* logit replay (DER-style, "dark experience replay"): when an example enters
+  the buffer, the model's logits on it are kept, and replayed examples are
+  also pulled towards those logits (MSE, weight ``logit_replay_weight``).
+  Hard labels alone let the shared head drift towards the new classes; the
+  old logits keep the old decision margins (measured on BBC News
+  class-incremental: replay alone forgets ~8 points);
 * EWC (elastic weight consolidation): a quadratic penalty
   ``lambda/2 * sum F_i (theta_i - theta*_i)^2`` on the trainable parameters,
   with the diagonal Fisher ``F`` estimated from squared gradients on the data
@@ -16,8 +22,9 @@ earlier ones) and the forgetting on each (best accuracy seen minus now).
 Measured on BBC News class-incremental (see shared notes): naive fine-tuning
 collapses on old classes, EWC alone barely helps, replay keeps most of it.
 
-The buffer holds raw text and is private: it lives in the node's memory (and
-its ids in local state); it is never part of an adapter, artifact or message.
+The buffer holds raw text (and the logits kept for it) and is private: it lives in
+the node's memory (and its ids in local state); it is never part of an adapter,
+artifact or message.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class ContinualConfig:
     replay_fraction: float = 0.5
     ewc_lambda: float = 0.0
     ewc_samples: int = 64
+    logit_replay_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.replay_per_label < 0 or self.ewc_samples < 0:
@@ -54,12 +62,21 @@ class ContinualConfig:
             raise ModelError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if not (self.ewc_lambda >= 0 and math.isfinite(self.ewc_lambda)):
             raise ModelError(f"ewc_lambda must be a finite number >= 0, got {self.ewc_lambda}")
+        weight = self.logit_replay_weight
+        if not (weight >= 0 and math.isfinite(weight)):
+            raise ModelError(f"logit_replay_weight must be a finite number >= 0, got {weight}")
+        if weight > 0 and self.replay_per_label == 0:
+            raise ModelError("logit_replay_weight needs a replay buffer (replay_per_label > 0)")
 
     @property
     def strategy(self) -> str:
         parts = [
             n
-            for n, on in (("replay", self.replay_per_label > 0), ("ewc", self.ewc_lambda > 0))
+            for n, on in (
+                ("replay", self.replay_per_label > 0),
+                ("logits", self.logit_replay_weight > 0),
+                ("ewc", self.ewc_lambda > 0),
+            )
             if on
         ]
         return "+".join(parts) or "naive"
@@ -90,6 +107,7 @@ class ContinualLearner:
         self._rng = random.Random(seed)
         self._buffer: dict[str, list[Example]] = {}
         self._seen: dict[str, int] = {}
+        self._logits: dict[str, torch.Tensor] = {}  # uid -> logits when it entered the buffer
         self._fisher: dict[str, torch.Tensor] = {}
         self._anchor: dict[str, torch.Tensor] = {}
         self._best: dict[str, float] = {}
@@ -103,8 +121,27 @@ class ContinualLearner:
 
     def restore_buffer(self, examples: Sequence[Example]) -> None:
         """Refill the buffer (e.g. from ids kept in local state after a restart)."""
-        self._buffer, self._seen = {}, {}
+        self._buffer, self._seen, self._logits = {}, {}, {}
         self._remember(examples)
+        self._keep_logits()
+
+    def _keep_logits(self) -> None:
+        """Record the current model's logits for buffer examples that have none yet.
+
+        Called at the end of the stage that learned them (or on restore, with the
+        model that learned them), and evicted examples' logits are dropped.
+        """
+        if self.config.logit_replay_weight == 0:
+            return
+        buffer = self.buffer
+        self._logits = {
+            e.uid: t for e, t in ((e, self._logits.get(e.uid)) for e in buffer) if t is not None
+        }
+        missing = [e for e in buffer if e.uid not in self._logits]
+        if missing:
+            logits = self.session.logits([e.text for e in missing], self.config.train.max_length)
+            for e, row in zip(missing, logits, strict=True):
+                self._logits[e.uid] = row.detach().clone()
 
     def _remember(self, examples: Sequence[Example]) -> None:
         cap = self.config.replay_per_label
@@ -168,14 +205,21 @@ class ContinualLearner:
         n_new = tc.batch_size - n_replay
         new_sampler, replay_sampler = EpochSampler(len(new)), EpochSampler(max(1, len(replay)))
         use_ewc = cfg.ewc_lambda > 0 and bool(self._fisher)
+        use_logits = cfg.logit_replay_weight > 0 and n_replay > 0
 
         def loss(rng: random.Random) -> torch.Tensor:
             batch = [new[i] for i in new_sampler.take(n_new, rng)]
+            fresh = len(batch)
             if n_replay:
                 batch += [replay[i] for i in replay_sampler.take(n_replay, rng)]
             inputs = self.session.tier.encode([e.text for e in batch], tc.max_length)
             out = self.session.model(**inputs, labels=self.session.label_ids(batch))
             total: torch.Tensor = out.loss
+            if use_logits:
+                kept = torch.stack([self._logits[e.uid] for e in batch[fresh:]])
+                total = total + cfg.logit_replay_weight * torch.nn.functional.mse_loss(
+                    out.logits[fresh:].float(), kept
+                )
             if use_ewc:
                 total = total + self.ewc_penalty()
             return total
@@ -184,6 +228,7 @@ class ContinualLearner:
         if cfg.ewc_lambda > 0:
             self._update_fisher(new)
         self._remember(new)
+        self._keep_logits()
         accuracy = {
             name: self.session.accuracy(examples, tc.max_length)
             for name, examples in sorted(eval_sets.items())

@@ -104,3 +104,46 @@ def test_bad_configs_are_refused() -> None:
         ContinualConfig(replay_fraction=1.0)
     with pytest.raises(ModelError, match="ewc_lambda"):
         ContinualConfig(ewc_lambda=-1.0)
+
+
+def test_logit_replay_keeps_old_logits_and_pulls_replayed_examples_to_them(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    """DER-style logit replay: each buffered example keeps the logits the model gave it when
+    it entered the buffer; during later stages replayed examples drift less from them than
+    with plain (label-only) replay, from the same starting point and batches."""
+    tier = load_tier(tiny_cls_dir)
+    old, new = class_incremental(sample_per_label(bbc_split[0], 10, 0), [OLD, NEW])
+    train = TrainConfig(steps=8, batch_size=8, lr=5e-3, max_length=32)
+    drift = {}
+    for weight in (0.0, 20.0):
+        config = ContinualConfig(
+            train=train, replay_per_label=4, replay_fraction=0.5, logit_replay_weight=weight
+        )
+        assert config.strategy == ("replay+logits" if weight else "replay")
+        learner = ContinualLearner(Session(tier, seed=0), config, seed=0)
+        learner.learn(old, {"old": old})
+        buffer = learner.buffer
+        assert len(buffer) == 8
+        after_old = learner.session.logits([e.text for e in buffer], 32)
+        if weight:
+            assert set(learner._logits) == {e.uid for e in buffer}  # one entry per buffered uid
+            kept = torch.stack([learner._logits[e.uid] for e in buffer])
+            torch.testing.assert_close(kept, after_old)  # the logits when they entered
+        learner.learn(new, {"old": old, "new": new})
+        if weight:
+            assert set(learner._logits) == {e.uid for e in learner.buffer}  # evicted: dropped
+            torch.testing.assert_close(  # the old examples' kept logits did not move
+                torch.stack([learner._logits[e.uid] for e in buffer]), after_old
+            )
+        now = learner.session.logits([e.text for e in buffer], 32)
+        drift[weight] = float(((now - after_old) ** 2).mean())
+    assert drift[20.0] < 0.5 * drift[0.0]
+
+
+def test_logit_replay_needs_a_buffer_and_a_sane_weight() -> None:
+    with pytest.raises(ModelError, match="needs a replay buffer"):
+        ContinualConfig(replay_per_label=0, logit_replay_weight=1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ModelError, match="logit_replay_weight"):
+            ContinualConfig(logit_replay_weight=bad)
