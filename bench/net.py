@@ -17,6 +17,11 @@ raw-stream seconds / fetch seconds (goal >= 0.9), ``fetch_vs_tcp`` likewise.
 Then ``two_provider_speedup``: two provider processes, each capped at 8 MB/s by the node's own
 upload-rate limit, against one of them alone (goal >= 1.8x), on a 32 MiB object (16 MiB with
 ``--quick``).  ``idle_rss_mib`` is the RSS of an idle provider node process (goal <= 150).
+
+Last, ``announce_to_verified_p50_s`` / ``_p99_s``: a 1 MiB update announced by a node until its
+child lists it as fetched and verified, down a chain of real ``p2phier node run`` processes (one
+per layer, ``announce_chain_hops`` hops; see bench/_net_chain.py).  ``--parts`` picks parts
+(``transfers``, ``providers``, ``announce``; default all).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ RAW_GOAL = 0.9
 SPEEDUP_GOAL = 1.8
 RSS_GOAL_MIB = 150
 CAP = 8 * MB  # bytes/s per provider in the two-provider run
+PROPAGATION_P99_GOAL_S = 3.0  # the devnet's propagation_p99_s goal, shown for comparison
+PARTS = ("transfers", "providers", "announce")
 
 
 # --- the provider process ----------------------------------------------------------------------
@@ -240,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upload-burst", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--skip-two-providers", action="store_true")
+    p.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)",
+    )
+    p.add_argument("--announce-repeat", type=int, default=None, help="rounds down the chain")
     args = p.parse_args(argv)
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    if not parts or parts - set(PARTS):
+        p.error(f"--parts takes some of {', '.join(PARTS)}, not {args.parts!r}")
     if args.serve:
         trio.run(serve, args)
         return 0
@@ -251,77 +267,94 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="p2phier-bench-net-"))
     providers: list[Provider] = []
     try:
-        log(f"net: {size // MiB} MiB object, {args.repeat} rounds")
-        data = os.urandom(size)
-        obj = workdir / "object.bin"
-        obj.write_bytes(data)
-        provider = Provider(workdir / "provider", obj)
-        providers.append(provider)
-        s = trio.run(measure_transfers, provider, size, args.repeat, workdir)
-        med = {k: statistics.median(v) for k, v in s.items()}
-        result.update(
-            fetch_s=med["fetch"],
-            fetch_memory_store_s=med["fetch_mem"],
-            raw_stream_s=med["raw"],
-            tcp_s=med["tcp"],
-            fetch_mb_s=size / med["fetch"] / MB,
-            fetch_memory_store_mb_s=size / med["fetch_mem"] / MB,
-            raw_stream_mb_s=size / med["raw"] / MB,
-            tcp_mb_s=size / med["tcp"] / MB,
-            fetch_vs_raw_stream=med["raw"] / med["fetch"],
-            fetch_memory_store_vs_raw_stream=med["raw"] / med["fetch_mem"],
-            fetch_vs_tcp=med["tcp"] / med["fetch"],
-            samples=s,
-        )
-        provider.stop()
-        providers.remove(provider)
-
-        obj2 = workdir / "object2.bin"
-        obj2.write_bytes(data[:two_size])
-        capped = [Provider(workdir / f"capped-{i}", obj2, upload_rate=CAP) for i in range(2)]
-        providers.extend(capped)
-        time.sleep(2.0)  # let start-up work settle before reading an idle RSS
-        result["idle_rss_mib"] = capped[0].rss_mib()
-        if not args.skip_two_providers:
-            log(f"two providers capped at {CAP / MB:.0f} MB/s each, {two_size // MiB} MiB object")
-            t = trio.run(measure_two_providers, capped[0], capped[1], args.repeat, workdir)
-            one, two = statistics.median(t["one"]), statistics.median(t["two"])
+        data = os.urandom(max(size if "transfers" in parts else 0, two_size))
+        if "transfers" in parts:
+            log(f"net: {size // MiB} MiB object, {args.repeat} rounds")
+            obj = workdir / "object.bin"
+            obj.write_bytes(data[:size])
+            provider = Provider(workdir / "provider", obj)
+            providers.append(provider)
+            s = trio.run(measure_transfers, provider, size, args.repeat, workdir)
+            med = {k: statistics.median(v) for k, v in s.items()}
             result.update(
-                one_provider_s=one,
-                two_providers_s=two,
-                two_provider_speedup=one / two,
-                two_provider_samples=t,
+                fetch_s=med["fetch"],
+                fetch_memory_store_s=med["fetch_mem"],
+                raw_stream_s=med["raw"],
+                tcp_s=med["tcp"],
+                fetch_mb_s=size / med["fetch"] / MB,
+                fetch_memory_store_mb_s=size / med["fetch_mem"] / MB,
+                raw_stream_mb_s=size / med["raw"] / MB,
+                tcp_mb_s=size / med["tcp"] / MB,
+                fetch_vs_raw_stream=med["raw"] / med["fetch"],
+                fetch_memory_store_vs_raw_stream=med["raw"] / med["fetch_mem"],
+                fetch_vs_tcp=med["tcp"] / med["fetch"],
+                samples=s,
             )
+            provider.stop()
+            providers.remove(provider)
+
+        if "providers" in parts:
+            obj2 = workdir / "object2.bin"
+            obj2.write_bytes(data[:two_size])
+            capped = [Provider(workdir / f"capped-{i}", obj2, upload_rate=CAP) for i in range(2)]
+            providers.extend(capped)
+            time.sleep(2.0)  # let start-up work settle before reading an idle RSS
+            result["idle_rss_mib"] = capped[0].rss_mib()
+            if not args.skip_two_providers:
+                log(f"two providers capped at {CAP / MB:.0f} MB/s each, {two_size // MiB} MiB")
+                t = trio.run(measure_two_providers, capped[0], capped[1], args.repeat, workdir)
+                one, two = statistics.median(t["one"]), statistics.median(t["two"])
+                result.update(
+                    one_provider_s=one,
+                    two_providers_s=two,
+                    two_provider_speedup=one / two,
+                    two_provider_samples=t,
+                )
+            for prov in capped:
+                prov.stop()
+                providers.remove(prov)
+
+        if "announce" in parts:
+            from _net_chain import measure_chain
+
+            rounds = args.announce_repeat or (3 if args.quick else 10)
+            result.update(measure_chain(workdir, rounds))
+            result["announce_rounds"] = rounds
     finally:
         for prov in providers:
             prov.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    rows: list[list[object]] = [
-        ["bitswap fetch -> DiskStore", f"{result['fetch_mb_s']:.1f}", "", ""],
-        ["bitswap fetch -> MemoryStore", f"{result['fetch_memory_store_mb_s']:.1f}", "", ""],
-        ["raw noise+yamux stream", f"{result['raw_stream_mb_s']:.1f}", "", ""],
-        ["plain TCP", f"{result['tcp_mb_s']:.1f}", "", ""],
-        [
-            "fetch_vs_raw_stream",
-            f"{result['fetch_vs_raw_stream']:.2f}",
-            f">= {RAW_GOAL}",
-            verdict(result["fetch_vs_raw_stream"] >= RAW_GOAL),
-        ],
-        [
-            "  (into a MemoryStore)",
-            f"{result['fetch_memory_store_vs_raw_stream']:.2f}",
-            f">= {RAW_GOAL}",
-            verdict(result["fetch_memory_store_vs_raw_stream"] >= RAW_GOAL),
-        ],
-        ["fetch_vs_tcp", f"{result['fetch_vs_tcp']:.3f}", "", ""],
-        [
-            "idle_rss_mib",
-            f"{result['idle_rss_mib']:.0f}",
-            f"<= {RSS_GOAL_MIB}",
-            verdict(result["idle_rss_mib"] <= RSS_GOAL_MIB),
-        ],
-    ]
+    rows: list[list[object]] = []
+    if "transfers" in parts:
+        rows += [
+            ["bitswap fetch -> DiskStore", f"{result['fetch_mb_s']:.1f}", "", ""],
+            ["bitswap fetch -> MemoryStore", f"{result['fetch_memory_store_mb_s']:.1f}", "", ""],
+            ["raw noise+yamux stream", f"{result['raw_stream_mb_s']:.1f}", "", ""],
+            ["plain TCP", f"{result['tcp_mb_s']:.1f}", "", ""],
+            [
+                "fetch_vs_raw_stream",
+                f"{result['fetch_vs_raw_stream']:.2f}",
+                f">= {RAW_GOAL}",
+                verdict(result["fetch_vs_raw_stream"] >= RAW_GOAL),
+            ],
+            [
+                "  (into a MemoryStore)",
+                f"{result['fetch_memory_store_vs_raw_stream']:.2f}",
+                f">= {RAW_GOAL}",
+                verdict(result["fetch_memory_store_vs_raw_stream"] >= RAW_GOAL),
+            ],
+            ["fetch_vs_tcp", f"{result['fetch_vs_tcp']:.3f}", "", ""],
+        ]
+    if "idle_rss_mib" in result:
+        rows.append(
+            [
+                "idle_rss_mib",
+                f"{result['idle_rss_mib']:.0f}",
+                f"<= {RSS_GOAL_MIB}",
+                verdict(result["idle_rss_mib"] <= RSS_GOAL_MIB),
+            ]
+        )
     if "two_provider_speedup" in result:
         rows.append(
             [
@@ -331,11 +364,37 @@ def main(argv: list[str] | None = None) -> int:
                 verdict(result["two_provider_speedup"] >= SPEEDUP_GOAL),
             ]
         )
-    print_table(
-        f"Bitswap between two processes, {size // MiB} MiB (medians of {args.repeat})",
-        ["measure", "MB/s or ratio", "goal", ""],
-        rows,
-    )
+    if rows:
+        print_table(
+            f"Bitswap between processes, {size // MiB} MiB (medians of {args.repeat})",
+            ["measure", "MB/s or ratio", "goal", ""],
+            rows,
+        )
+    if "announce_chain_hops" in result:
+        hops = result["announce_chain_hops"]
+        n = result["announce_rounds"]
+        p99 = result["announce_to_verified_p99_s"]
+        arows: list[list[object]] = [
+            [f"announce_to_verified_p50_s (per hop, {hops} x {n} samples)",
+             f"{result['announce_to_verified_p50_s']:.3f}", "", ""],
+            [f"announce_to_verified_p99_s (per hop, {hops} x {n} samples)", f"{p99:.3f}",
+             f"< {PROPAGATION_P99_GOAL_S:g} (devnet propagation_p99_s)",
+             verdict(p99 < PROPAGATION_P99_GOAL_S)],
+            [f"chain total p50 ({hops} hops, sum of hops)",
+             f"{result['announce_chain_total_p50_s']:.3f}", "", ""],
+            [f"chain total p99 ({hops} hops, sum of hops)",
+             f"{result['announce_chain_total_p99_s']:.3f}", "", ""],
+        ]  # fmt: skip
+        for name, samples in result["announce_samples"].items():
+            arows.append([f"  hop {name} p50 / p99", f"{statistics.median(samples):.3f}",
+                          f"p99 {max(samples):.3f}", ""])  # fmt: skip
+        print_table(
+            f"Announce -> fetched+verified, ~1 MiB LoRA ({result['announce_artifact_stored_bytes']}"
+            f" bytes stored), {hops + 1}-node chain of real node processes, {hops} hops; no relay:"
+            " each node publishes to its children in turn",
+            ["measure", "seconds", "goal", ""],
+            arows,
+        )
     if args.json:
         emit_json(result)
     return 0
