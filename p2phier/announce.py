@@ -18,11 +18,19 @@ author's node record (layer, domain, base model), freshness (``created_ms`` not
 beyond the clock skew in the future and not older than ``max_age_s``), and
 finally that ``(seq, round)`` moves forward.  Every refusal is a
 :class:`FilterResult` with a reason, never an exception.
+
+An exact copy (the same signed bytes) of the announcement last accepted from
+an author on a topic is a ``duplicate``, not a ``replay``: authors re-publish
+their latest announcement periodically because gossip drops silently, so
+duplicates are the normal background and are ignored, never penalised.  Only
+an announcement whose seq is below the mark, or a *different* message whose
+seq is not above it, is a ``replay``.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import re
 from collections import OrderedDict
@@ -367,7 +375,8 @@ class Reject(enum.StrEnum):
     RECORD_MISMATCH = "record-mismatch"  # layer, domain or base model differ from the record
     FUTURE = "future"
     TOO_OLD = "too-old"
-    REPLAY = "replay"  # seq not above the last accepted from this author on this topic
+    DUPLICATE = "duplicate"  # the very signed bytes last accepted (a benign re-announcement)
+    REPLAY = "replay"  # seq not above the last accepted, and not that very announcement
     OLD_ROUND = "old-round"  # round below the last accepted one
 
     @property
@@ -381,7 +390,14 @@ class Reject(enum.StrEnum):
 
 
 _IGNORABLE = frozenset(
-    {Reject.NO_RECORD, Reject.FUTURE, Reject.TOO_OLD, Reject.REPLAY, Reject.OLD_ROUND}
+    {
+        Reject.NO_RECORD,
+        Reject.FUTURE,
+        Reject.TOO_OLD,
+        Reject.DUPLICATE,
+        Reject.REPLAY,
+        Reject.OLD_ROUND,
+    }
 )
 
 
@@ -411,6 +427,14 @@ class SenderContext:
 class HighWater:
     seq: int
     round: int
+    #: SHA-256 (hex) of the signed bytes accepted at this mark; "" when unknown
+    #: (a mark restored from state saved without it: a same-seq copy is then a replay)
+    digest: str = ""
+
+
+def announcement_digest(data: bytes) -> str:
+    """The identity of one signed announcement, as kept in a :class:`HighWater` mark."""
+    return hashlib.sha256(data).hexdigest()
 
 
 RecordLookup = Callable[[PeerId], NodeRecord | None]
@@ -442,13 +466,18 @@ class AnnouncementFilter:
     def high_water(self, topic: str, author: PeerId) -> HighWater | None:
         return self._marks.get((topic, author))
 
-    def restore(self, topic: str, author: PeerId, seq: int, round_: int) -> None:
+    def restore(self, topic: str, author: PeerId, seq: int, round_: int, digest: str = "") -> None:
         """Seed a high-water mark (from state saved before a restart); never lowers one."""
         key = (topic, author)
         old = self._marks.get(key)
         if old is not None:
+            # The digest belongs to the seq it was accepted at.
+            if old.seq > seq:
+                digest = old.digest
+            elif old.seq == seq:
+                digest = digest or old.digest
             seq, round_ = max(seq, old.seq), max(round_, old.round)
-        self._set(key, HighWater(seq, round_))
+        self._set(key, HighWater(seq, round_, digest))
 
     def marks(self) -> dict[tuple[str, PeerId], HighWater]:
         """Every high-water mark (to persist across restarts)."""
@@ -492,6 +521,13 @@ class AnnouncementFilter:
                 return _no(Reject.NOT_OUR_TOPIC, f"{ann.topic} is not our parent's topic", ann)
             if ann.author != ctx.parent:
                 return _no(Reject.STRANGER, f"{ann.author} is not this node's parent", ann)
+        key = (ann.topic, ann.author)
+        mark = self._marks.get(key)
+        digest = announcement_digest(data)
+        if mark is not None and ann.seq == mark.seq and digest == mark.digest:
+            # The very bytes accepted before (so their signature verified then): the
+            # author's periodic re-announcement, or a relay's late copy.  Benign.
+            return _no(Reject.DUPLICATE, f"seq {ann.seq} was already accepted", ann)
         try:
             envelope.check_signature(ann)
         except AnnouncementSignatureError as exc:
@@ -524,8 +560,6 @@ class AnnouncementFilter:
                 f"(limit {self.max_age_s:g} s)",
                 ann,
             )
-        key = (ann.topic, ann.author)
-        mark = self._marks.get(key)
         if mark is not None:
             if ann.seq <= mark.seq:
                 return _no(
@@ -537,7 +571,7 @@ class AnnouncementFilter:
                     f"round {ann.round} is older than the last accepted round {mark.round}",
                     ann,
                 )
-        self._set(key, HighWater(ann.seq, ann.round))
+        self._set(key, HighWater(ann.seq, ann.round, digest))
         return FilterResult(True, None, "accepted", ann)
 
 

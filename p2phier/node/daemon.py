@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from p2phier.announce import (
     RECORDS_TOPIC,
     Announcement,
     AnnouncementFilter,
+    Reject,
     SenderContext,
     down_topic,
     open_announcement,
@@ -111,6 +112,8 @@ STATE_DIR = "state"
 STATE_FILE = "node.json"
 MAX_ACCEPTED = 256  # accepted artifacts listed in status (all stay pinned)
 MAX_PARALLEL_FETCHES = 4
+#: peers whose announcement drops are counted one by one in status (least recent go first)
+MAX_DROP_PEERS = 256
 #: seconds between maintenance rounds (hierarchy timers, expiry, saves)
 TICK_S = 0.5
 
@@ -146,6 +149,8 @@ class NodeDaemon:
         self.head: CID | None = None
         self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
         self.rejected: Counter[str] = Counter()  # announcement drop reasons
+        # sending peer (gossip origin, or the peer a head was pulled from) -> drop reasons
+        self.rejected_by_peer: OrderedDict[str, Counter[str]] = OrderedDict()
         self.fetch_failures: deque[dict[str, Any]] = deque(maxlen=64)
         self.fetching: set[str] = set()
         self.misbehaviour: deque[dict[str, Any]] = deque(maxlen=64)
@@ -405,22 +410,40 @@ class NodeDaemon:
             logger.debug("head pull from %s on %s failed: %s", peer, topic, exc)
             return
         if data is not None:
-            self._check_announcement(topic, data)
+            self._check_announcement(topic, data, str(peer))
 
     # --- announcements --------------------------------------------------------------------------
     def _announcement_validator(self, topic: str) -> Callable[[str, bytes], bool]:
         def validate(origin: str, data: bytes) -> bool:
-            return self._check_announcement(topic, data)
+            return self._check_announcement(topic, data, origin)
 
         return validate
 
-    def _check_announcement(self, topic: str, data: bytes) -> bool:
+    def _check_announcement(self, topic: str, data: bytes, sender: str) -> bool:
+        """Filter one announcement from ``sender`` (the gossip message's signed origin,
+        or the peer its head was pulled from); count a drop under both."""
         ctx = SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
         result = self.filter.validate(data, ctx, self.clock())
         if not result.accepted:
             reason = result.reason.value if result.reason else "?"
             self.rejected[reason] += 1
-            logger.info("announcement on %s dropped (%s): %s", topic, reason, result.detail)
+            per_peer = self.rejected_by_peer.get(sender)
+            if per_peer is None:
+                per_peer = self.rejected_by_peer[sender] = Counter()
+                while len(self.rejected_by_peer) > MAX_DROP_PEERS:
+                    self.rejected_by_peer.popitem(last=False)
+            self.rejected_by_peer.move_to_end(sender)
+            per_peer[reason] += 1
+            # Duplicates are every child's periodic re-announcement: not worth a line each.
+            level = logging.DEBUG if result.reason is Reject.DUPLICATE else logging.INFO
+            logger.log(
+                level,
+                "announcement on %s from %s dropped (%s): %s",
+                topic,
+                sender,
+                reason,
+                result.detail,
+            )
             return False
         assert result.announcement is not None
         self._dirty = True
@@ -691,6 +714,9 @@ class NodeDaemon:
             "fetching": sorted(self.fetching),
             "fetch_failures": list(self.fetch_failures),
             "announcements_dropped": dict(self.rejected),
+            "announcements_dropped_by_peer": {
+                peer: dict(reasons) for peer, reasons in self.rejected_by_peer.items()
+            },
             "misbehaviour": list(self.misbehaviour),
             "topics": self._gossip.topics if self._gossip else [],
             "control_socket": str(self.config.control_socket),
@@ -734,7 +760,7 @@ class NodeDaemon:
     def _save_state(self) -> None:
         self._dirty = False
         marks = [
-            [topic, str(author), mark.seq, mark.round]
+            [topic, str(author), mark.seq, mark.round, mark.digest]
             for (topic, author), mark in self.filter.marks().items()
         ]
         state = {
@@ -775,8 +801,9 @@ class NodeDaemon:
             head = state.get("head")
             self.head = CID.parse(head) if isinstance(head, str) else None
             self.hierarchy.restore(state.get("hierarchy", {}), now)
-            for topic, author, seq, round_ in state.get("marks", []):
-                self.filter.restore(topic, PeerId.parse(author), int(seq), int(round_))
+            for topic, author, seq, round_, *rest in state.get("marks", []):
+                digest = str(rest[0]) if rest else ""  # older state files have none
+                self.filter.restore(topic, PeerId.parse(author), int(seq), int(round_), digest)
             for topic, b64 in state.get("announcements", {}).items():
                 signed = base64.b64decode(b64)
                 if open_announcement(signed).author == self.peer:

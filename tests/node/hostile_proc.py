@@ -3,11 +3,13 @@
 ``python -m tests.node.hostile_proc PARENT_ADDR CHILD_ADDR`` connects to the
 parent, pulls the child's latest (already accepted) announcement over the head
 protocol, waits until it knows the parent reads the up topic, prints one JSON
-line with the CIDs it will announce, and then publishes, over and over (gossip
-may drop any one message): that old announcement again (a replay), a copy with
-a broken signature, and an announcement of its own (a stranger: not a
-registered child).  It stops, exit status 0, when its stdin is closed: the test
-closes it once the parent has dropped all three kinds.  Every wait has a
+line (its own peer id and the CIDs it will announce), waits for a line on
+stdin (the test first makes the child publish something newer, so the copy
+held here becomes an *old* announcement), and then publishes, over and over
+(gossip may drop any one message): that old announcement again (a replay), a
+copy with a broken signature, and an announcement of its own (a stranger: not
+a registered child).  It stops, exit status 0, when its stdin is closed: the
+test closes it once the parent has dropped all three kinds.  Every wait has a
 deadline; it never outlives ``MAX_LIFETIME_S``.
 """
 
@@ -68,7 +70,14 @@ async def main(parent_addr: str, child_addr: str) -> None:
         )
         bad = [old, bytes(forged), sign_announcement(stranger, me)]
         sys.stdout.write(
-            json.dumps({"stranger_cid": str(stranger_cid), "replayed_cid": str(ann.cid)}) + "\n"
+            json.dumps(
+                {
+                    "peer_id": str(me.peer_id),
+                    "stranger_cid": str(stranger_cid),
+                    "replayed_cid": str(ann.cid),
+                }
+            )
+            + "\n"
         )
         sys.stdout.flush()
 
@@ -79,21 +88,24 @@ async def main(parent_addr: str, child_addr: str) -> None:
                     await trio.sleep(PUBLISH_EVERY_S)
 
         with trio.move_on_after(MAX_LIFETIME_S) as lifetime:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(publish_forever)
-                await _stdin_closed()
-                nursery.cancel_scope.cancel()
+            async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+                if await _stdin_line(stdin):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(publish_forever)
+                        while await stdin.receive_some(4096):  # until EOF
+                            pass
+                        nursery.cancel_scope.cancel()
     if lifetime.cancelled_caught:
         sys.stderr.write(f"hostile peer: stdin still open after {MAX_LIFETIME_S}s\n")
         raise SystemExit(3)
 
 
-async def _stdin_closed() -> None:
-    """Return at EOF on stdin (the test closes its end when it has seen enough)."""
-    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    async with stream:
-        while await stream.receive_some(4096):
-            pass
+async def _stdin_line(stdin: trio.lowlevel.FdStream) -> bool:
+    """Wait for the test's go-ahead (a newline); False at EOF (the test gave up)."""
+    while chunk := await stdin.receive_some(4096):
+        if b"\n" in chunk:
+            return True
+    return False
 
 
 if __name__ == "__main__":

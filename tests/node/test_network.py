@@ -174,7 +174,25 @@ def test_fetch_from_two_providers(net: dict[str, NodeProc]) -> None:
 def test_bad_announcements_are_dropped(net: dict[str, NodeProc], tmp_path: Path) -> None:
     en, news = net["en"], net["news"]
     assert news.status()["head"], "news has published nothing upstream (test_publish_upstream)"
-    before = en.status()
+    bad_reasons = ("replay", "bad-signature", "stranger")
+
+    def by_peer(status: dict[str, Any], peer: str) -> dict[str, int]:
+        reasons: dict[str, int] = status["announcements_dropped_by_peer"].get(peer, {})
+        return reasons
+
+    # Honest children re-announce their latest every few seconds: the parent must see
+    # those copies (as duplicates) and count not a single replay, from anyone.
+    start = en.status()
+    assert start["announcements_dropped"].get("replay", 0) == 0, start
+    wait_for(
+        "en to see news's periodic re-announcements",
+        lambda: (
+            by_peer(en.status(), news.peer_id).get("duplicate", 0)
+            >= by_peer(start, news.peer_id).get("duplicate", 0) + 2
+        ),
+    )
+    quiet = en.status()
+    assert quiet["announcements_dropped"].get("replay", 0) == 0, quiet["announcements_dropped"]
     stderr = tmp_path / "hostile.stderr"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
@@ -184,24 +202,28 @@ def test_bad_announcements_are_dropped(net: dict[str, NodeProc], tmp_path: Path)
         )  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        # One line once it holds the child's real announcement and sees the parent's
-        # subscription; it then re-publishes the bad messages until stdin closes.
+        # One line once it holds the child's current announcement and sees the parent's
+        # subscription; it then waits for our go-ahead.
         line = proc.stdout.readline()
         assert line, f"hostile peer exited {proc.wait(30)}: {stderr.read_text()}"
         sent = json.loads(line)
+        hostile = sent["peer_id"]
+        assert hostile not in (en.peer_id, news.peer_id)
+        # news publishes something newer: the copy the hostile peer holds is now old.
+        cid = pack_into(news, seed=4)
+        assert news.cli("publish", cid, "--to", "parent", "--json").returncode == 0
+        wait_for("en to accept news's newer update", lambda: cid in accepted(en))
+        before = en.status()
+        assert before["announcements_dropped"].get("replay", 0) == 0, before
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
 
         def dropped() -> Any:
-            d = en.status()["announcements_dropped"]
-            return (
-                all(
-                    d.get(r, 0) > before["announcements_dropped"].get(r, 0)
-                    for r in ("replay", "bad-signature", "stranger")
-                )
-                and d
-            )
+            mine = by_peer(en.status(), hostile)
+            return all(mine.get(r, 0) > 0 for r in bad_reasons) and mine
 
         wait_for(
-            "en to drop the replay, the forgery and the stranger's announcement",
+            "en to drop the hostile peer's replay, forgery and stranger's announcement",
             dropped,
             timeout=120,
         )
@@ -215,6 +237,12 @@ def test_bad_announcements_are_dropped(net: dict[str, NodeProc], tmp_path: Path)
             if pipe is not None:
                 pipe.close()
     after = en.status()
+    # Every bad drop is the hostile peer's: none is charged to an honest peer.
+    for reason in bad_reasons:
+        assert after["announcements_dropped"][reason] == by_peer(after, hostile)[reason], reason
+    for peer, reasons in after["announcements_dropped_by_peer"].items():
+        if peer != hostile:
+            assert not set(reasons) & set(bad_reasons), (peer, reasons)
     assert len(after["accepted"]) == len(before["accepted"])
     assert sent["stranger_cid"] not in {f["cid"] for f in after["fetch_failures"]}
     assert sent["stranger_cid"] not in after["fetching"]

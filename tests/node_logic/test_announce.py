@@ -23,6 +23,7 @@ from p2phier.announce import (
     SenderContext,
     SignedAnnouncement,
     TopicKind,
+    announcement_digest,
     down_topic,
     metrics_from_mapping,
     open_announcement,
@@ -342,6 +343,7 @@ def test_reject_actions_penalise_only_forgeries() -> None:
     assert Reject.STRANGER.action == "reject"
     assert Reject.MALFORMED.action == "reject"
     assert Reject.REPLAY.action == "ignore"
+    assert Reject.DUPLICATE.action == "ignore"
     assert Reject.TOO_OLD.action == "ignore"
 
 
@@ -350,7 +352,7 @@ def test_reject_actions_penalise_only_forgeries() -> None:
     [
         ((5, 3), (6, 3), None),  # same round, higher seq: a re-announcement
         ((5, 3), (6, 4), None),
-        ((5, 3), (5, 3), Reject.REPLAY),  # the very same announcement again
+        ((5, 3), (5, 3), Reject.DUPLICATE),  # the very same signed bytes again
         ((5, 3), (5, 4), Reject.REPLAY),  # seq must move
         ((5, 3), (4, 9), Reject.REPLAY),
         ((5, 3), (9, 2), Reject.OLD_ROUND),  # an old round with a fresh seq
@@ -362,6 +364,37 @@ def test_replay_table(
     f = _filter()
     _check(f.validate(_up(seq=first[0], round_=first[1]), _ctx(), T0), None)
     _check(f.validate(_up(seq=second[0], round_=second[1]), _ctx(), T0 + 1), reason)
+
+
+def test_duplicate_is_only_the_very_bytes_last_accepted() -> None:
+    """A re-announcement of the latest is a duplicate; anything else not ahead is a replay."""
+    f = _filter()
+    first, second = _up(seq=5, round_=3), _up(seq=6, round_=3, created=T0 + 1)
+    _check(f.validate(first, _ctx(), T0), None)
+    mark = f.high_water(UP, peer(CHILD))
+    assert mark is not None and mark.digest == announcement_digest(first)
+    result = f.validate(first, _ctx(), T0 + 1)
+    _check(result, Reject.DUPLICATE)
+    assert result.action == "ignore"
+    _check(f.validate(second, _ctx(), T0 + 2), None)
+    rows = [
+        ("the previous announcement (older seq)", first, Reject.REPLAY),
+        ("the latest again", second, Reject.DUPLICATE),
+        ("same seq, other content", _up(seq=6, round_=3, created=T0 + 2), Reject.REPLAY),
+        ("same seq, other round", _up(seq=6, round_=4, created=T0 + 1), Reject.REPLAY),
+    ]
+    for name, data, reason in rows:
+        result = f.validate(data, _ctx(), T0 + 3)
+        assert result.reason is reason, f"{name}: {result.reason} {result.detail}"
+    # the latest with its signature broken is a forgery, not a duplicate
+    forged = bytearray(second)
+    forged[-1] ^= 0xFF
+    _check(f.validate(bytes(forged), _ctx(), T0 + 3), Reject.BAD_SIGNATURE)
+    # a copy from someone who is not (or no longer) a child is still a stranger's
+    orphan = SenderContext(UP, peer(PARENT), frozenset({peer(CHILD2)}))
+    _check(f.validate(second, orphan, T0 + 3), Reject.STRANGER)
+    mark = f.high_water(UP, peer(CHILD))
+    assert mark is not None and (mark.seq, mark.round) == (6, 3)
 
 
 def test_marks_are_per_author_and_topic() -> None:
@@ -381,8 +414,25 @@ def test_restored_marks_survive_a_restart_and_never_go_down() -> None:
     for (topic, author), mark in before.marks().items():
         after.restore(topic, author, mark.seq, mark.round)
     after.restore(UP, peer(CHILD), 2, 1)  # lower: ignored
+    # restored without a digest: a same-seq copy cannot be told from another message
     _check(after.validate(_up(seq=8, round_=4), _ctx(), T0 + 1), Reject.REPLAY)
     _check(after.validate(_up(seq=9, round_=4), _ctx(), T0 + 1), None)
+
+
+def test_restored_digest_keeps_re_announcements_duplicates() -> None:
+    before = _filter()
+    latest = _up(seq=8, round_=4)
+    _check(before.validate(latest, _ctx(), T0), None)
+    after = _filter()
+    for (topic, author), mark in before.marks().items():
+        after.restore(topic, author, mark.seq, mark.round, mark.digest)
+    after.restore(UP, peer(CHILD), 8, 4)  # same mark without a digest: the digest stays
+    after.restore(UP, peer(CHILD), 2, 1)  # lower: ignored
+    _check(after.validate(latest, _ctx(), T0 + 1), Reject.DUPLICATE)
+    _check(after.validate(_up(seq=8, round_=4, created=T0 + 1), _ctx(), T0 + 1), Reject.REPLAY)
+    after.restore(UP, peer(CHILD), 9, 4)  # a higher seq: the old digest no longer applies
+    moved = after.high_water(UP, peer(CHILD))
+    assert moved is not None and (moved.seq, moved.digest) == (9, "")
 
 
 def test_forget_and_bounded_marks() -> None:
