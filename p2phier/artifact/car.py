@@ -32,7 +32,8 @@ from p2phier.artifact.pack import KIND_ARTIFACT, KIND_CONFIG, KIND_TENSORS
 from p2phier.artifact.verify import Artifact, BlockSource, resolve
 from p2phier.cid import CID, DAG_PB, RAW, SHA2_256, decode_varint, encode_varint
 from p2phier.errors import ArtifactError, CIDError, HashMismatchError, UsageError
-from p2phier.store.base import MAX_BLOCK_SIZE, ContentStore, MetaSpec, block_key, fsync_dir
+from p2phier.fsutil import fsync_dir
+from p2phier.store.base import MAX_BLOCK_SIZE, ContentStore, MetaSpec, block_key
 from p2phier.unixfs import iter_dag
 
 log = logging.getLogger(__name__)
