@@ -82,9 +82,9 @@ def measure_chain(workdir: Path, repeat: int) -> dict[str, Any]:
     """Per-hop and per-round announce -> verified seconds down the chain."""
     from p2phier.artifact import pack_adapter
     from p2phier.config import DEFAULT_BASE_MODEL
+    from p2phier.devnet.procs import NodeProc, open_cluster, wait_for
     from p2phier.identity import Identity
     from p2phier.store import DiskStore
-    from tests.node.cluster import NodeProc, open_cluster, wait_for
 
     def pack(node: NodeProc, seed: int, round_: int) -> tuple[str, int]:
         adapter = write_adapter(workdir / f"adapter-{node.name}-{seed}", seed)

@@ -26,8 +26,6 @@ Rules it keeps (protocol/node.md):
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import signal
@@ -46,7 +44,6 @@ from p2phier.announce import (
     Reject,
     SenderContext,
     down_topic,
-    open_announcement,
     sign_announcement,
     up_topic,
 )
@@ -63,12 +60,10 @@ from p2phier.errors import (
     StoreError,
     UsageError,
 )
-from p2phier.fsutil import write_atomic
 from p2phier.hierarchy import (
     AcceptChild,
     Action,
     DropChild,
-    HierarchyError,
     HierarchyState,
     LatencyUptimeScore,
     ParentLost,
@@ -93,6 +88,7 @@ from p2phier.net.pubsub import (
     serve_pulls,
 )
 from p2phier.net.register import register_with, serve_registrations
+from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
 from p2phier.records import (
     Capabilities,
     Layer,
@@ -108,8 +104,6 @@ from p2phier.store import DiskStore
 
 logger = logging.getLogger(__name__)
 
-STATE_DIR = "state"
-STATE_FILE = "node.json"
 MAX_ACCEPTED = 256  # accepted artifacts listed in status (all stay pinned)
 MAX_PARALLEL_FETCHES = 4
 #: peers whose announcement drops are counted one by one in status (least recent go first)
@@ -166,8 +160,8 @@ class NodeDaemon:
         self._fetch_send, self._fetch_recv = trio.open_memory_channel[Announcement](256)
         self._host: Host | None = None
         self._gossip: Gossip | None = None
-        self._state_path = config.home / STATE_DIR / STATE_FILE
-        self._load_state()
+        self._state_path = state_path(config.home)
+        load_node_state(self._state_path, self.peer, self._apply_state, max_accepted=MAX_ACCEPTED)
 
     # --- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -758,64 +752,29 @@ class NodeDaemon:
 
     # --- persistence ---------------------------------------------------------------------------
     def _save_state(self) -> None:
-        self._dirty = False
-        marks = [
-            [topic, str(author), mark.seq, mark.round, mark.digest]
-            for (topic, author), mark in self.filter.marks().items()
-        ]
-        state = {
-            "version": 1,
-            "peer_id": str(self.peer),
-            "record_seq": self._record_seq,
-            "announcement_seq": self._ann_seq,
-            "head": str(self.head) if self.head else None,
-            "hierarchy": self.hierarchy.snapshot(),
-            "marks": marks,
-            "announcements": {
-                t: base64.b64encode(b).decode("ascii") for t, b in self._announcements.items()
-            },
-            "accepted": list(self.accepted),
-        }
-        try:
-            self._state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(self._state_path, json.dumps(state, indent=1).encode(), 0o600)
-        except OSError as exc:
-            logger.error("cannot save node state to %s: %s", self._state_path, exc)
+        self._dirty = False  # first: a change made while this runs (in a thread) re-marks it
+        state = NodeState(
+            record_seq=self._record_seq,
+            announcement_seq=self._ann_seq,
+            head=self.head,
+            hierarchy=self.hierarchy.snapshot(),
+            marks=saved_marks(self.filter.marks()),
+            announcements=dict(self._announcements),
+            accepted=tuple(self.accepted),
+        )
+        if not save_node_state(self._state_path, self.peer, state):
             self._dirty = True
 
-    def _load_state(self) -> None:
-        path = self._state_path
-        try:
-            raw = path.read_bytes() if path.stat().st_size <= 16 << 20 else b""
-        except FileNotFoundError:
-            return
-        try:
-            state = json.loads(raw)
-            if not isinstance(state, dict) or state.get("version") != 1:
-                raise ValueError("unknown version")
-            if state.get("peer_id") != str(self.peer):
-                raise ValueError("saved by another identity")
-            now = self.clock()
-            self._record_seq = _opt_int(state.get("record_seq"))
-            self._ann_seq = _opt_int(state.get("announcement_seq"))
-            head = state.get("head")
-            self.head = CID.parse(head) if isinstance(head, str) else None
-            self.hierarchy.restore(state.get("hierarchy", {}), now)
-            for topic, author, seq, round_, *rest in state.get("marks", []):
-                digest = str(rest[0]) if rest else ""  # older state files have none
-                self.filter.restore(topic, PeerId.parse(author), int(seq), int(round_), digest)
-            for topic, b64 in state.get("announcements", {}).items():
-                signed = base64.b64decode(b64)
-                if open_announcement(signed).author == self.peer:
-                    self._announcements[str(topic)] = signed
-            for entry in state.get("accepted", [])[-MAX_ACCEPTED:]:
-                if isinstance(entry, dict):
-                    self.accepted.append(entry)
-        except (ValueError, TypeError, KeyError, P2PHierError, HierarchyError) as exc:
-            # Never lose the file: keep it aside for the operator, start fresh.
-            aside = path.with_suffix(f".bad-{int(time.time())}")
-            os.replace(path, aside)
-            logger.error("saved node state %s is unusable (%s); moved to %s", path, exc, aside)
+    def _apply_state(self, state: NodeState) -> None:
+        """Adopt saved state (on start); raising here moves the file aside."""
+        self._record_seq = state.record_seq
+        self._ann_seq = state.announcement_seq
+        self.head = state.head
+        self.hierarchy.restore(state.hierarchy, self.clock())
+        for m in state.marks:
+            self.filter.restore(m.topic, m.author, m.seq, m.round, m.digest)
+        self._announcements.update(state.announcements)
+        self.accepted.extend(state.accepted)
 
 
 async def _ignore(origin: str, data: bytes) -> None:
@@ -827,10 +786,6 @@ def _physical_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError):
         return 0
-
-
-def _opt_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _opt_str(args: Mapping[str, Any], key: str) -> str | None:
