@@ -17,15 +17,27 @@ without decompressing or allocating:
 Then the frame is decompressed *streaming*, in 1 MiB reads, and abandoned the
 moment output passes the cap, so a frame without a declared size (or one that
 lies about it) can never make us hold more than ``cap + 1 MiB``.
+
+:func:`compress_into_store` is the publishing path: it compresses in a worker
+thread (python-zstandard releases the GIL) while the calling thread chunks,
+hashes and writes the compressed bytes into a store, so the two overlap on two
+cores instead of running one after the other.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import zstandard
 
-from p2phier.errors import DecompressionError
+from p2phier.errors import DecompressionError, UsageError
+
+if TYPE_CHECKING:
+    from p2phier.cid import CID
+    from p2phier.store.base import ContentStore, MetaSpec
 
 LEVEL = 3
 MAGIC = b"\x28\xb5\x2f\xfd"
@@ -50,6 +62,104 @@ def compress(data: bytes, level: int = LEVEL) -> bytes:
     """One zstd frame with content size and checksum (deterministic for a given input)."""
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
     return cctx.compress(data)
+
+
+_QUEUE_DEPTH = 8  # compressed pieces in flight: bounds memory to ~8 x chunk output
+_PUT_POLL_S = 0.05  # how often a blocked worker checks whether the consumer gave up
+
+
+class _QueueReader:
+    """A blocking ``read(n)`` over the pieces the compressing worker queues.
+
+    ``read(n)`` returns exactly ``n`` bytes until the end, as a file would, so the
+    store chunks the stream at the same boundaries as ``add_bytes`` of the same
+    frame and the root CID does not depend on how the worker split its output.
+    """
+
+    def __init__(self, pieces: queue.Queue[bytes | BaseException | None]) -> None:
+        self._pieces = pieces
+        self._buf = bytearray()
+        self._eof = False
+        self.total = 0
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._buf) < n):
+            item = self._pieces.get()
+            if item is None:
+                self._eof = True
+            elif isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            else:
+                self._buf += item
+        take = len(self._buf) if n < 0 else min(n, len(self._buf))
+        out = bytes(self._buf[:take])
+        del self._buf[:take]
+        self.total += take
+        return out
+
+
+def compress_into_store(
+    store: ContentStore,
+    data: bytes | memoryview,
+    *,
+    level: int = LEVEL,
+    meta: MetaSpec | None = None,
+    pin: bool = True,
+    chunk: int = _READ_CHUNK,
+    max_size: int | None = None,
+) -> tuple[CID, int]:
+    """Compress ``data`` into one zstd frame and add it to ``store``; return (root, size).
+
+    The frame is the format :func:`compress` writes (content size declared,
+    checksum), produced in a worker thread ``chunk`` input bytes at a time while
+    this thread stores it; ``size`` is the frame's length in bytes.  An error in
+    either thread is raised here (the worker's with its own type) and the worker
+    has stopped before this returns or raises.  ``max_size`` caps the compressed
+    size, as :meth:`ContentStore.add_stream` does.
+    """
+    if chunk <= 0:
+        raise UsageError(f"chunk must be a positive number of bytes, not {chunk}")
+    view = memoryview(data).cast("B")
+    pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
+    stop = threading.Event()
+
+    def put(item: bytes | BaseException | None) -> bool:
+        # A bounded put that gives up once the consumer has stopped reading, so the
+        # worker can never hang on a full queue after the store raised.
+        while not stop.is_set():
+            try:
+                pieces.put(item, timeout=_PUT_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            cctx = zstandard.ZstdCompressor(
+                level=level, write_checksum=True, write_content_size=True
+            )
+            cobj = cctx.compressobj(size=len(view))
+            for off in range(0, len(view), chunk):
+                out = cobj.compress(view[off : off + chunk])
+                if out and not put(out):
+                    return
+            if put(cobj.flush()):
+                put(None)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    worker = threading.Thread(target=work, name="zstd-compress", daemon=True)
+    reader = _QueueReader(pieces)
+    worker.start()
+    try:
+        # add_stream only calls read(); the reader is file-like for that one method.
+        root = store.add_stream(cast(BinaryIO, reader), meta, pin, max_size=max_size)
+    finally:
+        stop.set()
+        worker.join()
+    return root, reader.total
 
 
 def frame_info(data: bytes | memoryview) -> FrameInfo:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from p2phier.artifact.compress import compress
+from p2phier.artifact.compress import compress_into_store
 from p2phier.artifact.encode import Encoding, encode_tensors
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.manifest import ContentRef, Manifest, metrics_from_mapping, sign_manifest
@@ -217,7 +217,6 @@ def pack_tensors(
             f"the encoded payload is {len(payload_raw)} bytes, over the limit of "
             f"{limits.max_decompressed} that readers accept"
         )
-    payload = compress(payload_raw)
     config_bytes = canonical_config_bytes(config, base_model_id)
     if len(config_bytes) > limits.max_config:
         raise UsageError(f"adapter config is {len(config_bytes)} bytes, over {limits.max_config}")
@@ -226,7 +225,10 @@ def pack_tensors(
     parent_str = str(parent_cid) if parent_cid else None
     common = {"layer": layer, "domain": domain, "author": author, "parent": parent_str}
     config_cid = store.add_bytes(config_bytes, MetaSpec(kind=KIND_CONFIG, **common))
-    tensors_cid = store.add_bytes(payload, MetaSpec(kind=KIND_TENSORS, **common))
+    # Compressed in a worker thread while this one chunks, hashes and writes the frame.
+    tensors_cid, payload_size = compress_into_store(
+        store, payload_raw, meta=MetaSpec(kind=KIND_TENSORS, **common)
+    )
     manifest = Manifest(
         base_model_id=base_model_id,
         base_model_cid=base_cid,
@@ -239,7 +241,7 @@ def pack_tensors(
         author=identity.peer_id,
         created_ms=created_ms,
         config=ContentRef(config_cid, len(config_bytes)),
-        tensors=ContentRef(tensors_cid, len(payload)),
+        tensors=ContentRef(tensors_cid, payload_size),
         tensors_raw_size=len(payload_raw),
     )
     envelope = sign_manifest(manifest, identity)
@@ -250,7 +252,7 @@ def pack_tensors(
         enc.value,
         len(weights),
         len(payload_raw),
-        len(payload),
+        payload_size,
     )
     return Artifact(cid, manifest, envelope.manifest_bytes, envelope.signature)
 
