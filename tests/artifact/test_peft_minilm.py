@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import peft
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
-
-from p2phier.artifact import Encoding, materialise, pack_adapter, verify_artifact  # noqa: E402
-from p2phier.identity import Identity  # noqa: E402
-from p2phier.store import MemoryStore  # noqa: E402
+# torch/peft/transformers are hard dependencies: a missing one must fail this test, not skip it.
+from p2phier.artifact import Encoding, materialise, pack_adapter, verify_artifact
+from p2phier.identity import Identity
+from p2phier.store import MemoryStore
 
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
