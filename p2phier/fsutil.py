@@ -93,6 +93,27 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def write_durable(path: str | os.PathLike[str], data: Data, mode: int = 0o644) -> None:
+    """Create ``path`` (which must not exist), write ``data`` and fsync it.
+
+    For files inside a private temporary directory that :func:`commit_dir` then
+    renames into place as a whole: the rename, not this write, makes them visible.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Make a fully written temporary directory durable and rename it to ``dest``."""
+    fsync_dir(tmp)
+    os.replace(tmp, dest)
+    fsync_dir(Path(dest).parent)
+
+
 def syncfs(path: str | os.PathLike[str]) -> bool:
     """Flush the whole file system holding ``path`` to stable storage.
 

@@ -216,3 +216,14 @@ def test_fallback_commit_fsyncs_files_and_directories(
     assert synced.index(str(out)) > max(synced.index(t) for t in temps)
     assert synced[-1] == str(out)  # the renames made durable last
     assert (out / "a").read_bytes() == b"a"
+
+
+def test_write_durable_refuses_to_overwrite_and_commit_dir_renames(tmp_path: Path) -> None:
+    tmp = tmp_path / ".staging"
+    tmp.mkdir()
+    fsutil.write_durable(tmp / "a", b"one")
+    with pytest.raises(FileExistsError):
+        fsutil.write_durable(tmp / "a", b"two")
+    fsutil.commit_dir(tmp, tmp_path / "final")
+    assert not tmp.exists()
+    assert (tmp_path / "final" / "a").read_bytes() == b"one"

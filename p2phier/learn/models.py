@@ -29,7 +29,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -45,6 +44,7 @@ from torch import nn
 
 from p2phier.artifact.tensors import parse_safetensors, write_safetensors
 from p2phier.errors import LearnError
+from p2phier.fsutil import commit_dir, write_durable
 from p2phier.learn.data import DataError, package_dir
 from p2phier.unixfs import build_file
 
@@ -400,12 +400,10 @@ def write_tier(
             weights_bytes=len(data),
             tokenizer_sha256=tok_digest,
         )
-        _write_file(tmp / info.weights_file, data)
-        _write_file(tmp / "config.json", (_canonical_json(config) + "\n").encode())
-        _write_file(tmp / TIER_FILE, (json.dumps(asdict(info), indent=1) + "\n").encode())
-        _fsync_dir(tmp)
-        os.replace(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        write_durable(tmp / info.weights_file, data)
+        write_durable(tmp / "config.json", (_canonical_json(config) + "\n").encode())
+        write_durable(tmp / TIER_FILE, (json.dumps(asdict(info), indent=1) + "\n").encode())
+        commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -428,21 +426,6 @@ def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
         backend.no_truncation()
         backend.no_padding()
     tokenizer.save_pretrained(str(directory))
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_tier_info(tier_dir: Path) -> TierInfo:

@@ -23,7 +23,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
@@ -38,6 +37,7 @@ import torch
 from numpy.typing import NDArray
 
 from p2phier.artifact.tensors import parse_safetensors, write_safetensors
+from p2phier.fsutil import commit_dir, write_durable
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
     LORA_A_SUFFIX,
@@ -131,16 +131,8 @@ def write_adapter(
             (tmp / ADAPTER_WEIGHTS, write_safetensors(tensors, {"format": "pt"})),
             (tmp / ADAPTER_CONFIG, (json.dumps(config, sort_keys=True, indent=1) + "\n").encode()),
         ):
-            with open(path, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, out_dir)
-        fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            write_durable(path, data)
+        commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
