@@ -163,6 +163,8 @@ class Manifest:
     config: ContentRef
     tensors: ContentRef
     tensors_raw_size: int
+    #: the parent node's version this adapter was trained on (its stack); not a delta base
+    base_version: CID | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -184,6 +186,8 @@ class Manifest:
             _content_cid(self.base_model_cid, "base model CID")
         if self.parent is not None:
             _content_cid(self.parent, "parent CID")
+        if self.base_version is not None:
+            _content_cid(self.base_version, "base version CID")
         validate_layer(self.layer)
         validate_domain(self.domain)
         if not isinstance(self.round, int) or not 0 <= self.round <= MAX_ROUND:
@@ -231,6 +235,7 @@ class Manifest:
             "config": {"cid": str(self.config.cid), "size": self.config.size},
             "tensors": {"cid": str(self.tensors.cid), "size": self.tensors.size},
             "tensors_raw_size": self.tensors_raw_size,
+            "base_version": str(self.base_version) if self.base_version else None,
         }
 
     # codec ----------------------------------------------------------------------------------
@@ -249,6 +254,7 @@ class Manifest:
             config=pb.ContentRef(cid=self.config.cid.to_bytes(), size=self.config.size),
             tensors=pb.ContentRef(cid=self.tensors.cid.to_bytes(), size=self.tensors.size),
             tensors_raw_size=self.tensors_raw_size,
+            base_version=self.base_version.to_bytes() if self.base_version else b"",
         )
         for m in self.metrics:
             msg.metrics.add(name=m.name, value=m.value)
@@ -294,6 +300,7 @@ class Manifest:
             config=ContentRef(_cid(msg.config.cid, "config CID"), msg.config.size),
             tensors=ContentRef(_cid(msg.tensors.cid, "tensors CID"), msg.tensors.size),
             tensors_raw_size=msg.tensors_raw_size,
+            base_version=_opt_cid(msg.base_version, "base version CID"),
             format_version=msg.format_version,
         )
 

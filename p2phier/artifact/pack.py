@@ -121,6 +121,7 @@ def pack_adapter(
     topk_fraction: float = 0.1,
     now: float,
     limits: Limits = DEFAULT_LIMITS,
+    base_version: CID | str | None = None,
 ) -> Artifact:
     """Pack a PEFT adapter directory as a signed artifact (a delta if ``parent`` is given).
 
@@ -143,6 +144,7 @@ def pack_adapter(
         topk_fraction=topk_fraction,
         now=now,
         limits=limits,
+        base_version=base_version,
     )
 
 
@@ -163,12 +165,16 @@ def pack_tensors(
     topk_fraction: float = 0.1,
     now: float,
     limits: Limits = DEFAULT_LIMITS,
+    base_version: CID | str | None = None,
 ) -> Artifact:
     """Pack adapter tensors (PEFT names, full weights) with their config.
 
     The in-memory twin of :func:`pack_adapter` for callers that hold tensors.
+    ``base_version`` names the parent node's version the adapter was trained on
+    (recorded in the manifest; unlike ``parent`` it is not a delta base).
     """
     parent_cid = CID.parse(parent) if parent is not None else None
+    version_cid = CID.parse(base_version) if base_version is not None else None
     base_cid = CID.parse(base_model_cid) if base_model_cid is not None else None
     enc = Encoding.parse(encoding) if encoding is not None else None
     if enc is None:
@@ -195,6 +201,7 @@ def pack_tensors(
         config=placeholder,
         tensors=placeholder,
         tensors_raw_size=0,
+        base_version=version_cid,
     )
     weights = {name: _f32(name, t) for name, t in tensors.items()}
     check_adapter_tensors(config, {n: t.shape for n, t in weights.items()})
@@ -243,6 +250,7 @@ def pack_tensors(
         config=ContentRef(config_cid, len(config_bytes)),
         tensors=ContentRef(tensors_cid, payload_size),
         tensors_raw_size=len(payload_raw),
+        base_version=version_cid,
     )
     envelope = sign_manifest(manifest, identity)
     cid = store.add_bytes(envelope.to_bytes(), MetaSpec(kind=KIND_ARTIFACT, **common))

@@ -72,6 +72,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
         config=ContentRef(draw(cids), draw(u63)),
         tensors=ContentRef(draw(cids), draw(u63)),
         tensors_raw_size=draw(u63),
+        base_version=draw(st.none() | cids),
     )
 
 
