@@ -164,6 +164,13 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _seconds_or_zero(value: Any) -> float:
+    """Like seconds, but 0 means "never" (e.g. rounds only on request)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return _seconds(value)
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -257,7 +264,8 @@ _SCHEMA: dict[str, _Field] = {
     "hierarchy.max_children": _Field(_uint, 1024),
     "log.level": _Field(_level, "info"),
     "learn.enabled": _Field(_bool, False),
-    "learn.round_interval_s": _Field(_seconds, 3600.0),
+    "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
+    "learn.plan": _Field(_path, "learn/plan.json"),
 }
 
 #: Every setting's default (``node.home`` None = the platform data directory).
@@ -305,6 +313,7 @@ class NodeConfig:
     log_level: str
     learn_enabled: bool
     learn_round_interval_s: float
+    learn_plan: Path
     # "section.key" -> "default" | "file" | "env" | "flag": where each value came from
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -347,6 +356,7 @@ class NodeConfig:
             "log.level": self.log_level,
             "learn.enabled": self.learn_enabled,
             "learn.round_interval_s": self.learn_round_interval_s,
+            "learn.plan": str(self.learn_plan),
         }
         return {
             "config_file": str(self.config_file) if self.config_file else None,
@@ -475,6 +485,7 @@ def load_config(
     elif not home.is_absolute():
         anchor = config_file.parent if sources["node.home"] == "file" and config_file else base
         home = anchor / home
+    plan = values["learn.plan"]
     socket = values["control.socket"]
     if not socket.is_absolute():
         socket = home / socket
@@ -538,5 +549,6 @@ def load_config(
         log_level=values["log.level"],
         learn_enabled=values["learn.enabled"],
         learn_round_interval_s=values["learn.round_interval_s"],
+        learn_plan=plan if plan.is_absolute() else home / plan,
         sources=sources,
     )

@@ -1,19 +1,34 @@
 """``p2phier devnet``: the whole hierarchy on one machine.
 
-Now: ``devnet report DIR`` regenerates ``report.json``, ``report.md`` and the
-PNG plots from ``DIR/run.json``.  The launcher commands (``up``, ``status``,
-``logs``, ``down``) come with the node daemon; they are not offered before
-they work.  matplotlib is imported only when the report is drawn.
+``devnet up`` prepares a scenario, starts every node as its own process on
+127.0.0.1, waits for the hierarchy, runs the rounds with a live view, stops
+and reaps every node, runs the baselines and writes the report.  ``status``,
+``logs`` and ``down`` work on a run directory from another terminal (``down``
+also after the launcher crashed).  ``report`` regenerates the report from
+``DIR/run.json``.  torch and matplotlib are imported only by the commands
+that need them.
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from p2phier.cli import output
+from p2phier.errors import UsageError
+
+DEFAULT_SCENARIO = Path("devnet/scenarios/default.toml")
+DEFAULT_DIR = Path("devnet/runs")
+DirOpt = Annotated[
+    Path | None,
+    typer.Option("--dir", help="Run directory (default: devnet/runs/<scenario name>)."),
+]
 
 devnet_app = typer.Typer(
     help="A whole hierarchy on one machine: scenarios, runs and their reports.",
@@ -39,3 +54,181 @@ def devnet_report(
         {"dir": str(directory), "files": [str(p) for p in paths], "verdict": verdict},
         "\n".join([verdict, f"report: {directory / 'report.md'}"] + [f"  {p}" for p in paths]),
     )
+
+
+def _run_dir(directory: Path | None, name: str) -> Path:
+    return (directory if directory is not None else DEFAULT_DIR / name).resolve()
+
+
+def _short(cid: object) -> str:
+    return f"…{str(cid)[-8:]}" if cid else "-"
+
+
+def node_rows(
+    st: Mapping[str, dict[str, Any] | None], names: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """One row per node for the live view and ``devnet status``."""
+    rows = []
+    for name, s in st.items():
+        learn = (s or {}).get("learn") or {}
+        accepted = (s or {}).get("accepted", [])
+        rows.append(
+            {
+                "node": name,
+                "up": s is not None,
+                "layer": (s or {}).get("layer"),
+                "domain": (s or {}).get("domain"),
+                "parent": names.get((s or {}).get("parent") or "", (s or {}).get("parent")),
+                "round": learn.get("round"),
+                "busy": learn.get("busy"),
+                "head": (learn.get("flat") or {}).get("cid") or (s or {}).get("head"),
+                "accuracy": learn.get("accuracy_own"),
+                "bytes_in": sum(int(a.get("bytes", 0)) for a in accepted),
+                "errors": len(learn.get("errors", [])),
+            }
+        )
+    return rows
+
+
+def render(phase: str, rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"p2phier devnet: {phase}", expand=False)
+    for col in ("node", "layer", "domain", "parent", "round", "head", "accuracy", "in", "doing"):
+        table.add_column(col)
+    for r in rows:
+        acc = f"{r['accuracy']:.3f}" if isinstance(r["accuracy"], float) else "-"
+        table.add_row(
+            r["node"] if r["up"] else f"[red]{r['node']} (down)[/red]",
+            r["layer"] or "-",
+            r["domain"] or "-",
+            r["parent"] or "-",
+            str(r["round"] if r["round"] is not None else "-"),
+            _short(r["head"]),
+            acc,
+            f"{r['bytes_in'] / 1e6:.2f} MB",
+            (r["busy"] or "idle") + (f" [red]{r['errors']} err[/red]" if r["errors"] else ""),
+        )
+    return table
+
+
+@devnet_app.command("up")
+def devnet_up(  # noqa: PLR0917 - typer options
+    scenario: Annotated[
+        Path, typer.Option("--scenario", help="Scenario TOML file.")
+    ] = DEFAULT_SCENARIO,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Override the rounds.")] = None,
+    directory: DirOpt = None,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Skip the isolated/central baselines.")
+    ] = False,
+    live: Annotated[bool, typer.Option("--live/--no-live", help="Live terminal view.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Launch every node of SCENARIO, run the rounds, stop everything, write the report."""
+    output.set_json(json_out)
+    from p2phier.devnet.report import summarise, write_report
+    from p2phier.devnet.runner import run_devnet
+    from p2phier.devnet.scenario import load_scenario
+
+    sc = load_scenario(scenario)
+    if rounds is not None:
+        sc = sc.with_rounds(rounds)
+    run_dir = _run_dir(directory, sc.name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir} is not empty: give another --dir or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    view: Any = None
+    names: dict[str, str] = {}
+    if live and not json_out and sys.stdout.isatty():
+        from rich.live import Live
+
+        view = Live(render("starting", []), console=output.console(), refresh_per_second=2)
+        view.start()
+
+    def on_poll(phase: str, st: Mapping[str, dict[str, Any] | None]) -> None:
+        for name, s in st.items():
+            if s is not None:
+                names[s["peer_id"]] = name
+        if view is not None:
+            view.update(render(phase, node_rows(st, names)))
+        elif not json_out:
+            done = sum(1 for s in st.values() if s is not None)
+            output.console(stderr=True).print(f"[{phase}] {done}/{len(st)} nodes answering")
+
+    # Ctrl-C or SIGTERM: the runner's finally-blocks stop and reap every node.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        record = run_devnet(sc, run_dir, on_poll=on_poll, baselines=not no_baselines)
+    finally:
+        if view is not None:
+            view.stop()
+    paths = write_report(record, run_dir)
+    summary = summarise(record)
+    output.emit(
+        {"dir": str(run_dir), "report": str(run_dir / "report.md"), "verdict": summary["verdict"],
+         "files": [str(p) for p in paths], "rounds": summary["rounds"]},
+        "\n".join([summary["verdict"], f"report: {run_dir / 'report.md'}"]),
+    )  # fmt: skip
+
+
+@devnet_app.command("status")
+def devnet_status(
+    directory: DirOpt = None,
+    name: Annotated[str, typer.Option("--scenario-name", help="Run name.")] = "default",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Ask every node of a running devnet for its status."""
+    output.set_json(json_out)
+    from p2phier.devnet.runner import RUN_STATE
+    from p2phier.node.controlwire import call
+
+    run_dir = _run_dir(directory, name)
+    try:
+        state = json.loads((run_dir / RUN_STATE).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{run_dir}: no devnet there ({exc})") from None
+    st: dict[str, dict[str, Any] | None] = {}
+    for node, info in state.get("nodes", {}).items():
+        try:
+            st[node] = call(Path(info["socket"]), "status", {}, timeout=10.0)
+        except Exception:  # a stopped or frozen node: shown as down
+            st[node] = None
+    names = {s["peer_id"]: n for n, s in st.items() if s}
+    rows = node_rows(st, names)
+    output.emit({"dir": str(run_dir), "nodes": rows}, render(str(run_dir), rows))
+
+
+@devnet_app.command("logs")
+def devnet_logs(
+    node: Annotated[str, typer.Argument(help="Node name from the scenario.")],
+    directory: DirOpt = None,
+    name: Annotated[str, typer.Option("--scenario-name", help="Run name.")] = "default",
+    lines: Annotated[int, typer.Option("-n", "--lines", help="Lines from the end.")] = 100,
+) -> None:
+    """Print the end of one node's log."""
+    from p2phier.devnet.runner import RUN_STATE
+
+    run_dir = _run_dir(directory, name)
+    try:
+        state = json.loads((run_dir / RUN_STATE).read_bytes())
+        log_path = Path(state["nodes"][node]["log"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{run_dir}: no node {node!r} there ({exc})") from None
+    text = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    typer.echo("\n".join(text[-lines:]))
+
+
+@devnet_app.command("down")
+def devnet_down(
+    directory: DirOpt = None,
+    name: Annotated[str, typer.Option("--scenario-name", help="Run name.")] = "default",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Stop and reap every node of a devnet (also after the launcher crashed)."""
+    output.set_json(json_out)
+    from p2phier.devnet.runner import down
+
+    run_dir = _run_dir(directory, name)
+    done = down(run_dir)
+    output.emit({"dir": str(run_dir), "stopped": done}, "\n".join(done) or "nothing was running")

@@ -181,7 +181,7 @@ def labels_of(data: Mapping[str, NodeData]) -> tuple[str, ...]:
 # --- baselines ------------------------------------------------------------------------------
 
 
-def _root_tier(scenario: Scenario, data: Mapping[str, NodeData], out: Path) -> Path:
+def root_tier(scenario: Scenario, data: Mapping[str, NodeData], out: Path) -> Path:
     from p2phier.learn.models import build_master
     from p2phier.learn.tiny import build_tiny_classifier_tier
 
@@ -263,7 +263,7 @@ def run_baselines(
     trainers = [n for n in scenario.training_nodes() if n.name in data]
     if not trainers:
         raise ScenarioError("the scenario has no training node with data; nothing to compare")
-    root = _root_tier(scenario, data, work_dir / "root-tier")
+    root = root_tier(scenario, data, work_dir / "root-tier")
 
     isolated: dict[str, float] = {}
     for node in trainers:

@@ -71,6 +71,7 @@ class NodeProc:
     ready: dict[str, Any] = field(default_factory=dict)
     listen: str = LOOPBACK_LISTEN
     env: Mapping[str, str] = field(default_factory=lambda: dict(FAST_ENV))
+    config: Path | None = None  # a node TOML file passed with --config
 
     @property
     def peer_id(self) -> str:
@@ -131,6 +132,8 @@ class NodeProc:
         ]  # fmt: skip
         for b in self.bootstrap:
             cmd += ["--bootstrap", b]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env}, cwd=REPO

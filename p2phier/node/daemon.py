@@ -75,6 +75,7 @@ from p2phier.hierarchy import (
     parent_search_keys,
 )
 from p2phier.identity import Identity, PeerId
+from p2phier.learnplan import load_plan
 from p2phier.net.bitswap import BitswapConfig, open_bitswap
 from p2phier.net.control import serve_control
 from p2phier.net.dht import open_dht
@@ -88,6 +89,7 @@ from p2phier.net.pubsub import (
     serve_pulls,
 )
 from p2phier.net.register import register_with, serve_registrations
+from p2phier.node.learner import Learner
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
 from p2phier.records import (
     Capabilities,
@@ -141,6 +143,10 @@ class NodeDaemon:
         )
         self.filter = AnnouncementFilter(self.peer, self.book.get)
         self.head: CID | None = None
+        self.base_model_id = config.base_model_id
+        self.learner: Learner | None = None
+        if config.learn_enabled:
+            self.learner = Learner(self, load_plan(config.learn_plan))
         self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
         self.rejected: Counter[str] = Counter()  # announcement drop reasons
         # sending peer (gossip origin, or the peer a head was pulled from) -> drop reasons
@@ -214,6 +220,8 @@ class NodeDaemon:
                         nursery.start_soon(self._maintenance_loop)
                         nursery.start_soon(self._bootstrap_loop)
                         nursery.start_soon(self._discovery_loop)
+                        if self.learner is not None:
+                            nursery.start_soon(self.learner.run)
                         # Children restored from the last run: pull what they published meanwhile.
                         for child in self.hierarchy.children:
                             nursery.start_soon(self._pull_child_head, child)
@@ -250,7 +258,7 @@ class NodeDaemon:
             addrs=self._advertised(),
             layer=self.config.layer,
             domain=self.config.domain,
-            base_model_id=self.config.base_model_id,
+            base_model_id=self.base_model_id,
             capabilities=Capabilities(ram, self.config.max_params, self.config.hardware),
             head=self.head,
             seq=self._record_seq,
@@ -477,6 +485,8 @@ class NodeDaemon:
             )
             self._dirty = True
             logger.info("accepted %s from %s (round %d)", key, ann.author, ann.round)
+            if self.learner is not None:
+                self.learner.on_accepted(ann, art)
         except (P2PHierError, trio.TooSlowError) as exc:
             logger.warning("update %s from %s rejected: %s", key, ann.author, exc)
             self.fetch_failures.append({"cid": key, "author": str(ann.author), "error": str(exc)})
@@ -512,6 +522,19 @@ class NodeDaemon:
             raise ArtifactError(f"artifact {cid}'s lineage differs from its announcement")
         return art
 
+    async def fetch_object(self, cid_text: str, providers: list[str]) -> None:
+        """Fetch and pin an object (e.g. a tier bundle) from ``providers`` and DHT providers."""
+        cid = CID.parse(cid_text)
+        found = providers + [p for p in await self._dht_providers(cid) if p not in providers]
+        await self.bitswap.fetch(cid, found, timeout=self.config.block_timeout_s * 60, pin=True)
+
+    def set_base_model(self, base_model_id: str) -> None:
+        """The learner built or loaded its tier: advertise it (a new signed record)."""
+        if base_model_id != self.base_model_id:
+            self.base_model_id = base_model_id
+            self._issue_record()
+            self._spawn(self._publish_record)
+
     async def _dht_providers(self, cid: CID) -> list[str]:
         try:
             found = await self.dht.find_providers(cid, count=5, timeout=5.0)
@@ -537,7 +560,7 @@ class NodeDaemon:
         else:
             raise UsageError(f"--to must be parent or children, not {to!r}")
         art = await trio.to_thread.run_sync(
-            lambda: verify_artifact(self.store, cid, expected_base_model=self.config.base_model_id)
+            lambda: verify_artifact(self.store, cid, expected_base_model=self.base_model_id)
         )
         await trio.to_thread.run_sync(self.store.pin, cid)
         now = self.clock()
@@ -550,7 +573,7 @@ class NodeDaemon:
             parent=m.parent,
             layer=self.config.layer,
             domain=self.config.domain,
-            base_model_id=self.config.base_model_id,
+            base_model_id=self.base_model_id,
             round=m.round,
             seq=self._ann_seq,
             created_ms=now_ms(now),
@@ -695,7 +718,7 @@ class NodeDaemon:
             "peer_id": str(self.peer),
             "layer": self.config.layer.label,
             "domain": self.config.domain,
-            "base_model_id": self.config.base_model_id,
+            "base_model_id": self.base_model_id,
             "parent": str(self.hierarchy.parent) if self.hierarchy.parent else None,
             "children": sorted(str(p) for p in self.hierarchy.children),
             "head": str(self.head) if self.head else None,
@@ -714,6 +737,7 @@ class NodeDaemon:
             "misbehaviour": list(self.misbehaviour),
             "topics": self._gossip.topics if self._gossip else [],
             "control_socket": str(self.config.control_socket),
+            "learn": self.learner.status() if self.learner is not None else None,
         }
 
     def peers(self, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
@@ -744,11 +768,26 @@ class NodeDaemon:
                 raise UsageError("fetch timeout must be a positive number of seconds")
             return await self.fetch(_req_str(args, "cid"), float(timeout))
 
+        async def learn_round(args: Mapping[str, Any]) -> Any:
+            if self.learner is None:
+                raise UsageError("learning is not enabled on this node (learn.enabled)")
+            value = args.get("round")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError("round must be an integer >= 1")
+            return self.learner.request_round(value)
+
         async def stop(args: Mapping[str, Any]) -> Any:
             self._stop.set()
             return {"stopping": True}
 
-        return {"status": status, "peers": peers, "publish": publish, "fetch": fetch, "stop": stop}
+        return {
+            "status": status,
+            "peers": peers,
+            "publish": publish,
+            "fetch": fetch,
+            "learn.round": learn_round,
+            "stop": stop,
+        }
 
     # --- persistence ---------------------------------------------------------------------------
     def _save_state(self) -> None:

@@ -1,0 +1,530 @@
+"""The devnet launcher: a whole scenario as real node processes, driven round by round.
+
+Owns :func:`prepare` (every node's private data, plan and config on disk, the
+root tier built once), :class:`Devnet` (start every node as its own process
+on 127.0.0.1, wait for the hierarchy, run rounds, apply faults, stop and reap)
+and :func:`run_devnet` (all of it, then the baselines and the report), plus
+:func:`down` for ``devnet down`` after a launcher crash (it reads the pids
+that ``devnet.json`` records).
+
+The launcher is the devnet's clock and referee, nothing more: it tells every
+node "round R" over its control socket and watches their status.  The nodes
+do the rest among themselves over libp2p: train on newly arrived data,
+publish updates by hash, fetch and verify, aggregate under the timing rule,
+publish versions downstream, rebase (:mod:`p2phier.node.learner`).  The
+referee's only privileged act is scoring: after each round it evaluates every
+parent's model on its children's held-out data, which no node could do.
+
+Blocking code (subprocesses, polling, torch for the root tier, the referee's
+scoring and the baselines): run it in a plain thread or process, not an event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2phier.devnet.baselines import NodeData, build_node_data
+from p2phier.devnet.procs import FAST_ENV, NodeProc
+from p2phier.devnet.report import NodeInfo, NodeRound, RoundInfo, RunRecord
+from p2phier.devnet.scenario import NodeSpec, Scenario
+from p2phier.errors import P2PHierError
+from p2phier.fsutil import write_atomic
+from p2phier.learnplan import dump_data
+from p2phier.node.controlwire import ControlError
+
+log = logging.getLogger(__name__)
+
+RUN_STATE = "devnet.json"
+ROUND_TIMEOUT_S = 1800.0
+FORM_TIMEOUT_S = 600.0
+
+
+class DevnetError(P2PHierError):
+    """The devnet could not start, form its hierarchy or finish a round."""
+
+
+@dataclass
+class Prepared:
+    scenario: Scenario
+    run_dir: Path
+    data: dict[str, NodeData]
+    root_tier: Path
+    model_bytes: dict[str, int]  # tier name -> full model bytes (estimate for derived tiers)
+    homes: dict[str, Path] = field(default_factory=dict)
+
+
+def _tier_plan(scenario: Scenario, node: NodeSpec, root: Path, root_cid: str) -> dict[str, Any]:
+    spec = scenario.tiers[node.tier]
+    if spec.teacher is None:
+        return {"source": "dir", "tier_id": f"devnet/{spec.name}", "dir": str(root),
+                "weights_cid": root_cid}  # fmt: skip
+    plan: dict[str, Any] = {"tier_id": f"devnet/{spec.name}/{node.name}"}
+    if spec.kind == "student":
+        plan.update(source="distil", layers=list(spec.layers), max_vocab=spec.max_vocab,
+                    distill_steps=spec.distill_steps)  # fmt: skip
+        if scenario.tiers[spec.teacher].teacher is None:  # the teacher is the root tier on disk
+            plan.update(teacher_dir=str(root), teacher_weights_cid=root_cid)
+    else:
+        plan["source"] = "int8"
+    return plan
+
+
+def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
+    """Write every node's home (data, plan, config) and build the root tier (blocking, torch)."""
+    from p2phier.devnet.baselines import root_tier
+    from p2phier.learn.models import read_tier_info
+
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = build_node_data(scenario)
+    root = root_tier(scenario, data, run_dir / "tiers" / "root")
+    info = read_tier_info(root)
+    t = scenario.training
+    prepared = Prepared(scenario, run_dir, data, root, {})
+    for name, spec in scenario.tiers.items():
+        prepared.model_bytes[name] = info.weights_bytes if spec.teacher is None else 0
+    for i, node in enumerate(scenario.nodes):
+        home = run_dir / "n" / f"{i:02d}"
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepared.homes[node.name] = home
+        learn = home / "learn"
+        learn.mkdir(exist_ok=True)
+        nd = data.get(node.name)
+        if nd is not None:
+            write_atomic(learn / "data.json", dump_data([list(a) for a in nd.arrivals],
+                                                        list(nd.test)))  # fmt: skip
+        plan = {
+            "tier": _tier_plan(scenario, node, root, info.weights_cid),
+            "data": "data.json" if nd is not None else None,
+            "train": node.trains,
+            "parent": bool(scenario.children(node.name)),
+            "steps_per_cycle": t.steps_per_cycle,
+            "batch_size": t.batch_size,
+            "lr": t.lr,
+            "max_length": t.max_length,
+            "continual": t.continual,
+            "replay_per_label": t.replay_per_label,
+            "lora_r": t.lora_r,
+            "threads": t.threads,
+            "rule": scenario.aggregation.rule,
+            "trim_ratio": scenario.aggregation.trim_ratio,
+            "clip_norm": scenario.aggregation.clip_norm,
+            "margin": scenario.timing.margin,
+            "tolerance": scenario.timing.tolerance,
+            "min_updates": scenario.timing.min_updates,
+            "collect_s": scenario.timing.collect_s,
+            "seed": scenario.seed + (node.shard.seed if node.shard else 0),
+        }
+        write_atomic(learn / "plan.json", json.dumps(plan, indent=1, sort_keys=True).encode())
+        write_atomic(
+            home / "node.toml",
+            b"[learn]\nenabled = true\nround_interval_s = 0.0\n",
+        )
+    # Derived tiers' sizes: the student keeps its blocks and vocabulary share (measured later).
+    return prepared
+
+
+# --- the running devnet ---------------------------------------------------------------------
+
+
+class Devnet:
+    """Every node of a prepared scenario as a child process; always reaped by :meth:`close`."""
+
+    def __init__(self, prepared: Prepared, *, env: Mapping[str, str] | None = None) -> None:
+        self.p = prepared
+        self.s = prepared.scenario
+        self.env = {**FAST_ENV, **(env or {})}
+        self.nodes: dict[str, NodeProc] = {}
+        self.frozen: set[str] = set()
+        self.peer_names: dict[str, str] = {}
+
+    # processes ---------------------------------------------------------------------------------
+    def _proc(self, node: NodeSpec, bootstrap: list[str]) -> NodeProc:
+        home = self.p.homes[node.name]
+        return NodeProc(
+            node.name, home, node.layer.label, node.domain, bootstrap, env=self.env,
+            config=home / "node.toml",
+        )  # fmt: skip
+
+    def _record(self) -> None:
+        nodes = {
+            name: {
+                "pid": proc.proc.pid if proc.proc else None,
+                "home": str(proc.home),
+                "socket": str(proc.socket),
+                "log": str(proc.log),
+                "peer_id": proc.ready.get("peer_id"),
+            }
+            for name, proc in self.nodes.items()
+        }
+        state = {"launcher_pid": os.getpid(), "scenario": self.s.name, "nodes": nodes}
+        write_atomic(self.p.run_dir / RUN_STATE, json.dumps(state, indent=1).encode())
+
+    def start(self) -> None:
+        master = self.s.master
+        first = self._proc(master, [])
+        self.nodes[master.name] = first
+        try:
+            first.start(120.0)
+            self._record()
+            rest = [n for n in self.s.nodes if n.name != master.name]
+            for node in rest:
+                self.nodes[node.name] = self._proc(node, [first.addr])
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for fut in [pool.submit(self.nodes[n.name].start, 180.0) for n in rest]:
+                    fut.result()
+        finally:
+            self._record()
+        self.peer_names = {p.peer_id: name for name, p in self.nodes.items()}
+
+    def close(self) -> None:
+        first: BaseException | None = None
+        for name in list(self.frozen):
+            self._signal(name, signal.SIGCONT)
+        for proc in self.nodes.values():
+            try:
+                proc.stop(grace=15.0)
+            except BaseException as exc:  # every child must still be reaped
+                first = first or exc
+        self._record()
+        if first is not None:
+            raise first
+
+    def _signal(self, name: str, sig: signal.Signals) -> None:
+        proc = self.nodes[name].proc
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, sig)
+
+    def alive(self, name: str) -> bool:
+        proc = self.nodes[name].proc
+        return proc is not None and proc.poll() is None and name not in self.frozen
+
+    def apply_faults(self, round_: int, at: str) -> list[str]:
+        done = []
+        for f in self.s.faults:
+            if f.round != round_ or f.at != at:
+                continue
+            if f.action == "kill":
+                self.nodes[f.node].kill()
+            elif f.action == "freeze":
+                self._signal(f.node, signal.SIGSTOP)
+                self.frozen.add(f.node)
+            elif f.action == "restart":
+                if f.node in self.frozen:
+                    self._signal(f.node, signal.SIGCONT)
+                    self.frozen.discard(f.node)
+                else:
+                    self.nodes[f.node].kill()
+                    boot = [self.nodes[self.s.master.name].addr]
+                    proc = self._proc(self.s.node(f.node), boot)
+                    self.nodes[f.node] = proc
+                    proc.start(180.0)
+            done.append(f"{f.action} {f.node}")
+            log.info("round %d (%s): %s %s", round_, at, f.action, f.node)
+        self._record()
+        return done
+
+    # observation ------------------------------------------------------------------------------
+    def statuses(self) -> dict[str, dict[str, Any] | None]:
+        out: dict[str, dict[str, Any] | None] = {}
+        for name in self.nodes:
+            if not self.alive(name):
+                out[name] = None
+                continue
+            try:
+                out[name] = self.nodes[name].call("status", timeout=20.0)
+            except (ControlError, OSError, P2PHierError) as exc:
+                log.debug("status of %s: %s", name, exc)
+                out[name] = None
+        return out
+
+    def formed(self, st: Mapping[str, dict[str, Any] | None]) -> list[str]:
+        """Nodes still waiting: for their parent, their tier, or their first version."""
+        waiting = []
+        for node in self.s.nodes:
+            s = st.get(node.name)
+            if s is None:
+                if self.alive(node.name):
+                    waiting.append(f"{node.name}: no status")
+                continue
+            learn = s.get("learn") or {}
+            if node.parent is not None:
+                want = self.nodes[node.parent].peer_id
+                if s.get("parent") != want:
+                    waiting.append(f"{node.name}: parent {s.get('parent')} != {node.parent}")
+                    continue
+                if not (learn.get("base") or {}).get("cid"):
+                    waiting.append(f"{node.name}: no parent version yet")
+                    continue
+            if not learn.get("tier"):
+                waiting.append(f"{node.name}: no tier yet")
+        return waiting
+
+    def settled(self, st: Mapping[str, dict[str, Any] | None], round_: int) -> list[str]:
+        """Why round ``round_`` is not over yet (empty: it is)."""
+        waiting = []
+        for node in self.s.nodes:
+            s = st.get(node.name)
+            if s is None:
+                continue
+            learn = s.get("learn") or {}
+            if learn.get("round", 0) < round_:
+                waiting.append(f"{node.name}: round {learn.get('round')} < {round_}")
+            elif learn.get("busy"):
+                waiting.append(f"{node.name}: {learn['busy']}")
+            elif node.parent is not None and (ps := st.get(node.parent)) is not None:
+                pflat = ((ps.get("learn") or {}).get("flat") or {}).get("cid")
+                if pflat and (learn.get("base") or {}).get("cid") != pflat:
+                    waiting.append(f"{node.name}: not on {node.parent}'s latest version")
+        return waiting
+
+    def wait(
+        self,
+        what: str,
+        check: Callable[[Mapping[str, dict[str, Any] | None]], list[str]],
+        timeout: float,
+        on_poll: Callable[[Mapping[str, dict[str, Any] | None]], None] | None = None,
+        stable: int = 2,
+    ) -> dict[str, dict[str, Any] | None]:
+        deadline = time.monotonic() + timeout
+        ok = 0
+        while True:
+            st = self.statuses()
+            if on_poll is not None:
+                on_poll(st)
+            waiting = check(st)
+            ok = ok + 1 if not waiting else 0
+            if ok >= stable:
+                return st
+            if time.monotonic() > deadline:
+                tails = "\n".join(self.nodes[w.split(":")[0]].log_tail(25) for w in waiting[:2])
+                raise DevnetError(f"timed out waiting for {what}: {waiting[:6]}\n{tails}")
+            time.sleep(1.0)
+
+    def request_round(self, round_: int) -> None:
+        for name in self.nodes:
+            if self.alive(name):
+                try:
+                    self.nodes[name].call("learn.round", {"round": round_}, timeout=20.0)
+                except (ControlError, OSError, P2PHierError) as exc:
+                    log.warning("round %d request to %s failed: %s", round_, name, exc)
+
+
+# --- one round's record -------------------------------------------------------------------
+
+
+def round_info(
+    devnet: Devnet,
+    st: Mapping[str, dict[str, Any] | None],
+    round_: int,
+    *,
+    window: tuple[float, float],
+    wall_s: float,
+    children_acc: Mapping[str, float],
+) -> RoundInfo:
+    """Per-node numbers of one round from the nodes' status (and the referee's scores)."""
+    lo_ms, hi_ms = window[0] * 1000.0, window[1] * 1000.0
+    received: dict[str, int] = {}
+    sent: dict[str, int] = {}
+    sent_n: dict[str, int] = {}
+    for name, s in st.items():
+        for entry in (s or {}).get("accepted", []):
+            if lo_ms <= entry.get("accepted_ms", 0) <= hi_ms:
+                author = devnet.peer_names.get(entry["author"], entry["author"])
+                received[name] = received.get(name, 0) + int(entry.get("bytes", 0))
+                sent[author] = sent.get(author, 0) + int(entry.get("bytes", 0))
+                sent_n[author] = sent_n.get(author, 0) + 1
+    nodes = []
+    for node in devnet.s.nodes:
+        s = st.get(node.name)
+        learn = (s or {}).get("learn") or {}
+        rec = (learn.get("rounds") or {}).get(str(round_), {})
+        props = [
+            a["propagation_s"]
+            for a in learn.get("applied", [])
+            if lo_ms <= a.get("applied_ms", 0) <= hi_ms and a.get("propagation_s") is not None
+        ]
+        nodes.append(
+            NodeRound(
+                node=node.name,
+                round=round_,
+                accuracy_own=learn.get("accuracy_own"),
+                accuracy_children=children_acc.get(node.name),
+                bytes_in=received.get(node.name, 0),
+                bytes_out=sent.get(node.name, 0),
+                updates_sent=sent_n.get(node.name, 0),
+                head_cid=(learn.get("flat") or learn.get("local") or {}).get("cid"),
+                decision=rec.get("decision"),
+                decision_reason=rec.get("reason"),
+                train_s=rec.get("train_s"),
+                aggregate_s=rec.get("aggregate_s"),
+                propagation_s=max(props) if props else None,
+                up=s is not None,
+            )
+        )
+    return RoundInfo(round_, round(wall_s, 3), tuple(nodes))
+
+
+def referee_scores(prepared: Prepared, st: Mapping[str, dict[str, Any] | None]) -> dict[str, float]:
+    """Each parent's current model scored on its children's pooled held-out data (blocking)."""
+    from p2phier.learn import api
+
+    scores: dict[str, float] = {}
+    s = prepared.scenario
+    for node in s.nodes:
+        learn = ((st.get(node.name) or {}).get("learn")) or {}
+        flat, tier = learn.get("flat"), learn.get("tier")
+        pooled = [
+            e for c in s.descendants(node.name) if c.name in prepared.data
+            for e in prepared.data[c.name].test
+        ]  # fmt: skip
+        if not flat or not tier or not pooled:
+            continue
+        result = api.evaluate(
+            Path(tier["dir"]), {"children": pooled}, adapter=Path(flat["dir"]),
+            max_length=s.training.max_length,
+        )  # fmt: skip
+        scores[node.name] = result["accuracy.children"]
+    return scores
+
+
+# --- the whole run ------------------------------------------------------------------------------
+
+
+def node_infos(devnet: Devnet, st: Mapping[str, dict[str, Any] | None]) -> tuple[NodeInfo, ...]:
+    out = []
+    for node in devnet.s.nodes:
+        learn = ((st.get(node.name) or {}).get("learn")) or {}
+        tier = learn.get("tier") or {}
+        out.append(
+            NodeInfo(
+                name=node.name,
+                layer=node.layer.label,
+                domain=node.domain,
+                parent=node.parent,
+                tier=node.tier,
+                model_bytes=int(
+                    tier.get("weights_bytes") or devnet.p.model_bytes.get(node.tier, 0)
+                ),
+                trains=node.trains,
+                peer_id=devnet.nodes[node.name].ready.get("peer_id"),
+            )
+        )
+    return tuple(out)
+
+
+def _settled(devnet: Devnet, round_: int, st: Mapping[str, dict[str, Any] | None]) -> list[str]:
+    return devnet.settled(st, round_)
+
+
+OnPoll = Callable[[str, Mapping[str, dict[str, Any] | None]], None]
+
+
+def run_devnet(
+    scenario: Scenario,
+    run_dir: Path,
+    *,
+    on_poll: OnPoll | None = None,
+    baselines: bool = True,
+    env: Mapping[str, str] | None = None,
+    keep_running: bool = False,
+) -> RunRecord:
+    """Prepare, start, form, run every round, stop; then baselines and ``run.json``."""
+    began = time.time()
+    prepared = prepare(scenario, run_dir)
+    devnet = Devnet(prepared, env=env)
+    rounds: list[RoundInfo] = []
+
+    def poll(phase: str) -> Callable[[Mapping[str, dict[str, Any] | None]], None]:
+        def call(st: Mapping[str, dict[str, Any] | None]) -> None:
+            if on_poll is not None:
+                on_poll(phase, st)
+
+        return call
+
+    try:
+        devnet.start()
+        st = devnet.wait("the hierarchy to form", devnet.formed, FORM_TIMEOUT_S, poll("forming"))
+        setup_s = time.time() - began
+        rounds.append(round_info(devnet, st, 0, window=(began, time.time()), wall_s=setup_s,
+                                 children_acc=referee_scores(prepared, st)))  # fmt: skip
+        for r in range(1, scenario.rounds + 1):
+            t0 = time.time()
+            devnet.apply_faults(r, "start")
+            devnet.request_round(r)
+            st = devnet.wait(
+                f"round {r}", functools.partial(_settled, devnet, r), ROUND_TIMEOUT_S,
+                poll(f"round {r}"),
+            )  # fmt: skip
+            t1 = time.time()
+            scores = referee_scores(prepared, st)
+            rounds.append(
+                round_info(devnet, st, r, window=(t0, t1), wall_s=t1 - t0, children_acc=scores)
+            )
+            devnet.apply_faults(r, "end")
+        infos = node_infos(devnet, st)
+    finally:
+        if not keep_running:
+            devnet.close()
+    base = None
+    if baselines:
+        from p2phier.devnet.baselines import run_baselines
+
+        base = run_baselines(scenario, prepared.run_dir / "baselines", data=prepared.data)
+    record = RunRecord(
+        scenario=scenario.name,
+        started=began,
+        nodes=infos,
+        rounds=tuple(rounds),
+        baselines=base,
+        setup_s=round(setup_s, 3),
+        scenario_detail=scenario.to_dict(),
+    )
+    record.save(prepared.run_dir)
+    return record
+
+
+def down(run_dir: Path, grace: float = 10.0) -> list[str]:
+    """Stop every node a (possibly crashed) launcher left in ``run_dir``; returns what it did."""
+    path = Path(run_dir) / RUN_STATE
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise DevnetError(f"{path}: no devnet state to stop ({exc})") from None
+    done = []
+    pids = {name: n.get("pid") for name, n in state.get("nodes", {}).items()}
+    for name, pid in pids.items():
+        if isinstance(pid, int) and _is_node(pid):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+            done.append(f"SIGTERM {name} ({pid})")
+    deadline = time.monotonic() + grace
+    for name, pid in pids.items():
+        while isinstance(pid, int) and _is_node(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if isinstance(pid, int) and _is_node(pid):
+            os.kill(pid, signal.SIGKILL)
+            done.append(f"SIGKILL {name} ({pid})")
+    return done
+
+
+def _is_node(pid: int) -> bool:
+    """True if ``pid`` is alive and is a p2phier node (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return b"p2phier" in cmdline and b"node\x00run" in cmdline

@@ -1,0 +1,360 @@
+"""The learning steps a node runs, as blocking functions on paths and plain records.
+
+Owns the bridge between a node's :class:`~p2phier.node.learnplan.LearnPlan`
+and :mod:`p2phier.learn.api`: it builds the training, continual-learning,
+aggregation and timing configs from the plan, turns the node's data records
+into :class:`~p2phier.learn.data.Example` s, and returns plain dicts of
+numbers, so the node (which never imports torch) can run a whole cycle with
+``trio.to_thread.run_sync(cycle.train, ...)``.  Every function here blocks
+for seconds to minutes: never call one on an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2phier.learn import api
+from p2phier.learn.aggregate import (
+    DELTA_SUFFIX,
+    AggregationConfig,
+    Rule,
+    effective_to_lora,
+    lossless_rank,
+)
+from p2phier.learn.continual import ContinualConfig
+from p2phier.learn.data import Example
+from p2phier.learn.models import configure_torch, load_tier, read_tier_info
+from p2phier.learn.timing import TimingPolicy
+from p2phier.learn.train import LoraSettings, TrainConfig, read_adapter, write_adapter
+from p2phier.learnplan import DataRecord, LearnPlan
+
+logger = logging.getLogger(__name__)
+
+_configured: list[bool] = []
+
+
+def setup(plan: LearnPlan) -> None:
+    """Once per process: offline hub, torch threads and seeds."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not _configured:
+        configure_torch(plan.threads, seed=plan.seed)
+        _configured.append(True)
+
+
+def examples(records: Sequence[DataRecord]) -> list[Example]:
+    return [Example(r.uid, r.text, r.label, r.domain, r.subdomain) for r in records]
+
+
+def _lora(plan: LearnPlan) -> LoraSettings:
+    return LoraSettings(r=plan.lora_r, alpha=2.0 * plan.lora_r)
+
+
+def _train(plan: LearnPlan, seed: int, steps: int | None = None) -> TrainConfig:
+    return TrainConfig(
+        steps=plan.steps_per_cycle if steps is None else steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        max_length=plan.max_length,
+        seed=seed,
+    )
+
+
+def _continual(plan: LearnPlan, seed: int) -> ContinualConfig | None:
+    if plan.continual == "naive":
+        return None
+    replay = plan.replay_per_label if "replay" in plan.continual else 0
+    ewc = 100.0 if "ewc" in plan.continual else 0.0
+    return ContinualConfig(train=_train(plan, seed), replay_per_label=replay, ewc_lambda=ewc)
+
+
+# --- tiers -------------------------------------------------------------------------------
+
+
+def tier_facts(tier_dir: Path) -> dict[str, Any]:
+    info = read_tier_info(tier_dir)
+    return {
+        "dir": str(tier_dir),
+        "tier_id": info.tier_id,
+        "weights_cid": info.weights_cid,
+        "weights_bytes": info.weights_bytes,
+        "params": info.n_params,
+        "teacher_cid": info.teacher_cid,
+    }
+
+
+def check_tier(tier_dir: Path, weights_cid: str) -> dict[str, Any]:
+    """Load a tier with its weights checked against ``weights_cid`` (a root tier on disk)."""
+    load_tier(tier_dir, expected_cid=weights_cid)
+    return tier_facts(tier_dir)
+
+
+def build_tier(
+    plan: LearnPlan, teacher_dir: Path, out_dir: Path, records: Sequence[DataRecord]
+) -> dict[str, Any]:
+    """Distil (or quantise) this node's tier from its parent's base tier, on its own data."""
+    began = time.monotonic()
+    if plan.tier.source == "distil":
+        api.distil_student(
+            teacher_dir,
+            out_dir,
+            examples(records),
+            tier_id=plan.tier.tier_id,
+            layers=plan.tier.layers,
+            max_vocab=plan.tier.max_vocab,
+            steps=plan.tier.distill_steps,
+            batch_size=plan.batch_size,
+            max_length=plan.max_length,
+            seed=plan.seed,
+        )
+    else:
+        api.quantise_tier(teacher_dir, out_dir, tier_id=plan.tier.tier_id)
+    facts = tier_facts(out_dir)
+    facts["build_s"] = round(time.monotonic() - began, 3)
+    return facts
+
+
+# --- versions and updates ------------------------------------------------------------------
+
+
+def map_stack(
+    adapter_dirs: Sequence[Path],
+    out_dirs: Sequence[Path],
+    *,
+    own_tier: Path,
+    their_tier: Path,
+) -> list[Path]:
+    """Adapters of the parent's tier mapped into this node's tier (layer map)."""
+    out = []
+    for src, dst in zip(adapter_dirs, out_dirs, strict=True):
+        if not dst.exists():
+            api.map_for_tier(
+                src, dst, child_tier_dir=own_tier, parent_tier_dir=their_tier, direction="down"
+            )
+        out.append(dst)
+    return out
+
+
+def map_up(adapter_dir: Path, out_dir: Path, *, child_tier: Path, own_tier: Path) -> Path:
+    """A child's adapter of a derived tier mapped into this (its parent's) tier."""
+    if not out_dir.exists():
+        api.map_for_tier(
+            adapter_dir,
+            out_dir,
+            child_tier_dir=child_tier,
+            parent_tier_dir=own_tier,
+            direction="up",
+        )
+    return out_dir
+
+
+def init_version(plan: LearnPlan, tier_dir: Path, stack: Sequence[Path], out_dir: Path) -> Path:
+    return api.init_version(tier_dir, out_dir, parents=stack, lora=_lora(plan), seed=plan.seed)
+
+
+def train(
+    plan: LearnPlan,
+    tier_dir: Path,
+    stack: Sequence[Path],
+    out_dir: Path,
+    new: Sequence[DataRecord],
+    *,
+    earlier: Sequence[DataRecord],
+    test: Sequence[DataRecord],
+    adapter: Path | None,
+    seed: int,
+) -> dict[str, Any]:
+    """One local continual-learning cycle on newly arrived data; returns numbers only."""
+    began = time.monotonic()
+    result = api.train_cycle(
+        tier_dir,
+        out_dir,
+        examples(new),
+        parents=stack,
+        adapter=adapter,
+        train=_train(plan, seed),
+        lora=_lora(plan),
+        continual=_continual(plan, seed),
+        replay=examples(earlier),
+        eval_sets={"own": examples(test)} if test else None,
+        seed=seed,
+        init_seed=plan.seed,
+    )
+    return {
+        "adapter": str(result.adapter_dir),
+        "metrics": result.metrics.for_manifest(),
+        "accuracy_own": result.metrics.scores.get("accuracy.own"),
+        "loss": result.metrics.final_loss,
+        "n_train": result.metrics.n_train,
+        "train_s": round(time.monotonic() - began, 3),
+    }
+
+
+def aggregate(
+    plan: LearnPlan,
+    tier_dir: Path,
+    stack: Sequence[Path],
+    version: Path,
+    *,
+    updates: Mapping[str, tuple[Path, float]],
+    out_dir: Path,
+    probe: Sequence[DataRecord],
+    validation: Sequence[DataRecord],
+    round_: int,
+    now: float,
+) -> dict[str, Any]:
+    """Aggregate children's adapters into a candidate and apply the timing rule.
+
+    ``version`` is the node's complete model (its flat adapter); ``stack`` is
+    normally empty for that reason.
+    """
+    began = time.monotonic()
+    rule = AggregationConfig(Rule(plan.rule), plan.trim_ratio, plan.clip_norm)
+    result = api.aggregate_round(
+        tier_dir,
+        version,
+        updates,
+        out_dir,
+        parents=stack,
+        rule=rule,
+        probe_examples=examples(probe) if plan.rule == "probe_scored" else (),
+        probe_train=_train(plan, plan.seed),
+        max_rank=plan.version_rank,
+        seed=plan.seed,
+        init_seed=plan.seed,
+    )
+    out: dict[str, Any] = {
+        "candidate": str(result.candidate_dir),
+        "rule": result.aggregation.rule.value,
+        "rank": result.rank,
+        "weights": {c.child: c.weight for c in result.aggregation.children},
+        "aggregate_s": 0.0,
+    }
+    valid = examples(validation)
+    if valid:
+        held: dict[str, list[Example]] = {}
+        for e in valid:
+            held.setdefault(e.subdomain or e.domain, []).append(e)
+        decision = api.decide_publish(
+            tier_dir,
+            version,
+            result.candidate_dir,
+            validation=valid,
+            held=held,
+            policy=TimingPolicy(plan.margin, plan.tolerance, True, plan.min_updates),
+            now=now,
+            round=round_,
+            n_updates=len(updates),
+            parents=stack,
+            max_length=plan.max_length,
+        )
+        out.update(
+            publish=decision.publish,
+            reason=decision.reason,
+            validation_before=decision.validation_before,
+            validation_after=decision.validation_after,
+            decision=decision.to_json(),
+        )
+    else:
+        ok = len(updates) >= max(plan.min_updates, 1)
+        out.update(
+            publish=ok,
+            reason=(
+                f"no validation set: published on {len(updates)} update(s)"
+                if ok
+                else f"{len(updates)} update(s), fewer than min_updates {plan.min_updates}"
+            ),
+            validation_before=None,
+            validation_after=None,
+            decision=None,
+        )
+    out["aggregate_s"] = round(time.monotonic() - began, 3)
+    logger.info("round %d aggregation: %s", round_, out["reason"])
+    return out
+
+
+def rebase(
+    plan: LearnPlan,
+    tier_dir: Path,
+    own: Path,
+    *,
+    old_stack: Sequence[Path],
+    new_stack: Sequence[Path],
+    out_dir: Path,
+    test: Sequence[DataRecord],
+    personal: Sequence[DataRecord],
+) -> dict[str, Any]:
+    """Move ``own`` from ``old_stack`` onto ``new_stack`` (fresh LoRA, own head kept)."""
+    began = time.monotonic()
+    if not old_stack:
+        raise ValueError("rebase needs the stack the adapter was trained on")
+    result = api.rebase(
+        tier_dir,
+        own,
+        old_stack[-1],
+        new_stack[-1],
+        out_dir,
+        eval_sets={"own": examples(test)} if test else {},
+        ancestors=list(new_stack[:-1]),
+        mode="reset",
+        personal_examples=examples(personal) if plan.personal_head_steps else (),
+        head_train=_train(plan, plan.seed, steps=plan.personal_head_steps),
+        max_length=plan.max_length,
+        seed=plan.seed,
+        init_seed=plan.seed,
+    )
+    return {
+        "adapter": str(result.adapter_dir),
+        "before": dict(result.before),
+        "after": dict(result.after),
+        "accuracy_own": result.after.get("accuracy.own"),
+        "rebase_s": round(time.monotonic() - began, 3),
+    }
+
+
+def evaluate(
+    plan: LearnPlan, tier_dir: Path, stack: Sequence[Path], adapter: Path | None,
+    test: Sequence[DataRecord],
+) -> float | None:  # fmt: skip
+    if not test:
+        return None
+    scores = api.evaluate(
+        tier_dir, {"own": examples(test)}, parents=stack, adapter=adapter,
+        max_length=plan.max_length,
+    )  # fmt: skip
+    return scores.get("accuracy.own")
+
+
+def update_since(flat: Path, base: Path | None, out_dir: Path, *, max_rank: int) -> Path:
+    """What a node learned since its last rebase: ``flat - base`` (LoRA parts), its own heads.
+
+    A parent sends this upstream; the grandparent aggregates it like any child's
+    update.  Re-factorised at the lossless rank (at most ``max_rank``).
+    """
+    if out_dir.exists():
+        return out_dir
+    own = read_adapter(flat)
+    eff = own.effective()
+    if base is not None:
+        below = read_adapter(base).effective()
+        for key in list(eff):
+            if key.endswith(DELTA_SUFFIX) and key in below:
+                eff[key] = (eff[key].astype(np.float64) - below[key]).astype(np.float32)
+    rank = max(1, lossless_rank(eff, max_rank))
+    ratio = float(own.config["lora_alpha"]) / float(own.config["r"])
+    ref = effective_to_lora(eff, rank, ratio * rank)
+    config = dict(own.config)
+    config.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
+    return write_adapter(out_dir, ref.state, config)
+
+
+def same_tier(a: Path, b: Path) -> bool:
+    return read_tier_info(a).weights_cid == read_tier_info(b).weights_cid

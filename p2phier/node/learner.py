@@ -1,0 +1,549 @@
+"""The node's learning worker: local cycles, aggregation, versions up and down the hierarchy.
+
+Owns :class:`Learner`, which the daemon runs when ``learn.enabled`` is set.
+It never imports torch: every model step is a blocking function of
+:mod:`p2phier.learn.cycle` run in a worker thread, one at a time.
+
+The model of one node (all adapters live in the node's own tier space):
+
+* ``base``: the parent's latest *flat* version (its complete model as one
+  adapter), mapped block by block into this node's tier when the tiers
+  differ; the master has none;
+* ``flat`` (nodes with children): this node's complete model, published to
+  its children (signed by this node, ``base_version`` = the parent's flat);
+* ``local`` (nodes that train): a LoRA adapter with a personal head, trained
+  on newly arrived private data on top of ``flat`` (or ``base`` for a leaf).
+
+A round (``learn.round R``): a training node runs a continual-learning cycle
+on the data that arrived by round R; a leaf publishes ``local`` to its parent.
+A parent collects its children's updates for round R (those trained on its
+current flat, until every registered child has sent one or ``collect_s``
+passes), adds its own ``local``, aggregates under the plan's rule and applies
+the timing rule; a published candidate becomes the new flat and goes to the
+children.  A non-root parent then sends ``flat - base`` upstream.  When a new
+parent version arrives, the node rebases: a parent's flat becomes the new base
+(its contribution went upstream), a training node's ``local`` restarts its
+LoRA on the new model and keeps its personal head, and the new flat is relayed
+to the children.  Known limit: an update the parent's timing rule held back is
+dropped at the next rebase; the node relearns it from its replay buffer.
+
+State (``learn/state.json``) is written atomically after every step, so a
+restarted node resumes from its store and catches up from its parent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2phier.announce import Announcement, down_topic, up_topic
+from p2phier.artifact import Artifact
+from p2phier.cid import CID
+from p2phier.errors import P2PHierError
+from p2phier.fsutil import write_atomic
+from p2phier.learnplan import LearnPlan, NodeData, load_data
+
+if TYPE_CHECKING:
+    from p2phier.node.daemon import NodeDaemon
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+MAX_STATE_BYTES = 4 << 20
+POLL_S = 0.25
+
+
+@dataclass
+class _Update:
+    author: str
+    cid: str
+    round: int
+    base_version: str | None
+    base_model_cid: str | None
+    created_ms: int
+
+
+def _empty_state() -> dict[str, Any]:
+    return {
+        "tier": None,
+        "tiers": {},  # bundle CID -> tier dir on disk (own, teacher, parents')
+        "base": None,
+        "flat": None,
+        "published": {},
+        "local": None,
+        "consumed": 0,
+        "round": 0,
+        "rounds": {},
+        "seq": 0,
+        "applied": [],
+    }
+
+
+class Learner:
+    """One node's learning worker (see the module docstring)."""
+
+    def __init__(self, node: NodeDaemon, plan: LearnPlan) -> None:
+        self.node = node
+        self.plan = plan
+        self.dir = node.config.home / "learn"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = self._load_state()
+        self.data: NodeData | None = None
+        self.requested_round = int(self.state["round"])
+        self.latest_version: _Update | None = None
+        self.updates: dict[str, _Update] = {}  # child peer id -> its latest update
+        self.busy = "starting"
+        self.errors: deque[str] = deque(maxlen=16)
+        self._wake = trio.Event()
+        self._limiter = trio.CapacityLimiter(1)
+
+    # --- persistence --------------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        path = self.dir / STATE_FILE
+        state = _empty_state()
+        if path.is_file() and path.stat().st_size <= MAX_STATE_BYTES:
+            try:
+                loaded = json.loads(path.read_bytes())
+                if isinstance(loaded, dict):
+                    state.update(loaded)
+            except ValueError:
+                logger.warning("learner state %s unreadable; starting afresh", path)
+        return state
+
+    def _save(self) -> None:
+        write_atomic(self.dir / STATE_FILE, json.dumps(self.state, sort_keys=True).encode())
+
+    def _new_dir(self, kind: str) -> Path:
+        self.state["seq"] += 1
+        return self.dir / kind / f"{self.state['seq']:05d}"
+
+    async def _work(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking learning step in the worker thread (one at a time)."""
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+
+    # --- intake (called by the daemon for every accepted artifact) ----------------------------
+    def on_accepted(self, ann: Announcement, art: Artifact) -> None:
+        m = art.manifest
+        update = _Update(
+            str(ann.author),
+            str(ann.cid),
+            m.round,
+            str(m.base_version) if m.base_version else None,
+            str(m.base_model_cid) if m.base_model_cid else None,
+            ann.created_ms,
+        )
+        parent = self.node.hierarchy.parent
+        if parent is not None and ann.author == parent and ann.topic == down_topic(parent):
+            self.latest_version = update
+        elif ann.topic == up_topic(self.node.peer):
+            self.updates[update.author] = update
+        self._wake.set()
+
+    def request_round(self, round_: int) -> dict[str, Any]:
+        if round_ < 1:
+            raise ValueError("rounds start at 1")
+        self.requested_round = max(self.requested_round, round_)
+        self._wake.set()
+        return {"requested": self.requested_round, "done": self.state["round"]}
+
+    # --- the worker loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        from p2phier.learn import cycle  # the worker's only torch import, off the event loop
+
+        self._cycle = cycle
+        await self._work(cycle.setup, self.plan)
+        if self.plan.data is not None:
+            self.data = await self._work(load_data, self.plan.data)
+        await self._guard("start", self._start)
+        # Catch up with what the daemon accepted before we (re)started.
+        for entry in self.node.accepted:
+            if entry.get("author") == str(self.node.hierarchy.parent) and entry["cid"] != (
+                self.state["base"] or {}
+            ).get("cid"):
+                self._wake.set()
+        interval = self.node.config.learn_round_interval_s
+        next_auto = time.monotonic() + interval
+        while True:
+            self.busy = ""
+            if interval > 0 and time.monotonic() >= next_auto:
+                next_auto = time.monotonic() + interval
+                self.request_round(self.state["round"] + 1)
+            with trio.move_on_after(1.0):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await self._step()
+
+    async def _guard(self, what: str, fn: Callable[[], Awaitable[None]]) -> bool:
+        try:
+            self.busy = what
+            await fn()
+            return True
+        except (P2PHierError, ValueError, OSError, trio.TooSlowError) as exc:
+            logger.warning("learning step %s failed: %s", what, exc, exc_info=True)
+            self.errors.append(f"{what}: {exc}")
+            return False
+
+    async def _step(self) -> None:
+        version = self.latest_version
+        if version is not None and version.cid != (self.state["base"] or {}).get("cid"):
+            if version.round >= 0 and await self._guard("rebase", lambda: self._apply(version)):
+                self._save()
+            return
+        if self.requested_round > self.state["round"] and self._ready():
+            r = self.state["round"] + 1
+            await self._guard(f"round {r}", lambda: self._round(r))
+            self.state["round"] = r
+            self._save()
+            self._wake.set()
+
+    def _ready(self) -> bool:
+        if self.state["tier"] is None:
+            return False
+        return self.node.config.layer.above is None or self.state["base"] is not None
+
+    # --- start: own tier, first version of the master -----------------------------------------
+    async def _start(self) -> None:
+        cycle, tp = self._cycle, self.plan.tier
+        if tp.teacher_dir is not None and tp.teacher_weights_cid:
+            facts = await self._work(cycle.check_tier, tp.teacher_dir, tp.teacher_weights_cid)
+            await self._remember_tier(Path(facts["dir"]))
+        if self.state["tier"] is None and tp.source == "dir":
+            assert tp.dir is not None and tp.weights_cid is not None
+            facts = await self._work(cycle.check_tier, tp.dir, tp.weights_cid)
+            await self._set_tier(facts)
+        if self.state["tier"] is not None:
+            self.node.set_base_model(self.state["tier"]["tier_id"])
+        if self.node.config.layer.above is None and self.state["flat"] is None and self.plan.parent:
+            tier = Path(self.state["tier"]["dir"])
+            flat = await self._work(cycle.init_version, self.plan, tier, [], self._new_dir("flat"))
+            await self._publish_flat(flat, base_cid=None, round_=0)
+        self._save()
+
+    async def _remember_tier(self, tier_dir: Path) -> str:
+        from p2phier.learn import api
+
+        bundle = await self._work(api.export_tier, self.node.store, tier_dir)
+        self.state["tiers"][str(bundle)] = str(tier_dir)
+        return str(bundle)
+
+    async def _set_tier(self, facts: dict[str, Any]) -> None:
+        facts["bundle_cid"] = await self._remember_tier(Path(facts["dir"]))
+        self.state["tier"] = facts
+        self.node.set_base_model(facts["tier_id"])
+        logger.info("tier %s ready (%s)", facts["tier_id"], facts["bundle_cid"])
+
+    async def _tier_of(self, bundle_cid: str | None, provider: str) -> Path:
+        """The parent's tier dir: known already, or fetched by its bundle CID and verified."""
+        if bundle_cid is None:
+            raise ValueError("the parent's version names no base model CID")
+        known = self.state["tiers"].get(bundle_cid)
+        if known and Path(known).is_dir():
+            return Path(known)
+        from p2phier.learn import api
+
+        await self.node.fetch_object(bundle_cid, [provider])
+        out = self.dir / "tiers" / bundle_cid
+        if not out.exists():
+            await self._work(api.import_tier, self.node.store, CID.parse(bundle_cid), out)
+        self.state["tiers"][bundle_cid] = str(out)
+        return out
+
+    # --- downstream: a new parent version -----------------------------------------------------
+    async def _apply(self, v: _Update) -> None:
+        cycle = self._cycle
+        began = time.time()
+        their_tier = await self._tier_of(v.base_model_cid, v.author)
+        raw = self.dir / "versions" / v.cid
+        if not raw.exists():
+            await self._work(self._unpack, v.cid, raw)
+        if self.state["tier"] is None:
+            records = self._arrived(1) if self.data else []
+            out = self.dir / "tier"
+            if out.exists():
+                shutil.rmtree(out)
+            facts = await self._work(cycle.build_tier, self.plan, their_tier, out, records)
+            await self._set_tier(facts)
+        tier = Path(self.state["tier"]["dir"])
+        if await self._work(cycle.same_tier, tier, their_tier):
+            base_dir = raw
+        else:
+            (mapped,) = await self._work(
+                cycle.map_stack,
+                [raw],
+                [self.dir / "mapped" / v.cid],
+                own_tier=tier,
+                their_tier=their_tier,
+            )
+            base_dir = mapped
+        old_base = self.state["base"]
+        self.state["base"] = {"cid": v.cid, "dir": str(base_dir), "round": v.round}
+        entry: dict[str, Any] = {"cid": v.cid, "round": v.round, "created_ms": v.created_ms}
+        if self.plan.parent:
+            # A parent: its contribution went upstream; the parent's model is its model now.
+            await self._publish_flat(base_dir, base_cid=v.cid, round_=v.round)
+        local = self.state["local"]
+        if local is not None and old_base is not None:
+            on = Path(self.state["flat"]["dir"]) if self.state["flat"] else base_dir
+            result = await self._work(
+                cycle.rebase,
+                self.plan,
+                tier,
+                Path(local["dir"]),
+                old_stack=[Path(local["on"])],
+                new_stack=[on],
+                out_dir=self._new_dir("local"),
+                test=self.data.test if self.data else (),
+                personal=self._arrived(self.state["consumed"]) if self.data else (),
+            )
+            self.state["local"] = {"dir": result["adapter"], "on": str(on)}
+            entry["accuracy_before"] = result["before"].get("accuracy.own")
+            entry["accuracy_own"] = result["accuracy_own"]
+        elif self.data is not None and self.data.test:
+            stack, adapter = self._model()
+            entry["accuracy_own"] = await self._work(
+                cycle.evaluate, self.plan, tier, stack, adapter, self.data.test
+            )
+        now = time.time()
+        entry["applied_ms"] = int(now * 1000)
+        entry["propagation_s"] = round(max(0.0, now - v.created_ms / 1000.0), 3)
+        entry["apply_s"] = round(now - began, 3)
+        self.state["applied"] = [*self.state["applied"][-31:], entry]
+        self.state["accuracy_own"] = entry.get("accuracy_own", self.state.get("accuracy_own"))
+        logger.info("applied parent version %s (round %d): %s", v.cid, v.round, entry)
+
+    def _unpack(self, cid: str, out: Path) -> None:
+        from p2phier.artifact import materialise
+
+        materialise(self.node.store, CID.parse(cid), out)
+
+    def _model(self) -> tuple[list[Path], Path | None]:
+        """This node's current model as (stack, adapter)."""
+        local = self.state["local"]
+        if local is not None:
+            return [Path(local["on"])], Path(local["dir"])
+        if self.state["flat"] is not None:
+            return [], Path(self.state["flat"]["dir"])
+        base = self.state["base"]
+        return ([Path(base["dir"])] if base else []), None
+
+    async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
+        art = await self._pack(flat, base_version=base_cid, round_=round_)
+        self.state["flat"] = {"cid": str(art.cid), "dir": str(flat), "round": round_}
+        self.state["published"][str(art.cid)] = str(flat)
+        if self.node.config.layer.below is not None:
+            try:
+                await self.node.publish(str(art.cid), "children")
+            except P2PHierError as exc:
+                self.errors.append(f"publish to children: {exc}")
+
+    async def _pack(
+        self, adapter: Path, *, base_version: str | None, round_: int, metrics: Any = None
+    ) -> Artifact:
+        from p2phier.artifact import pack_adapter
+
+        tier = self.state["tier"]
+        node = self.node
+        art: Artifact = await self._work(
+            lambda: pack_adapter(
+                node.store,
+                adapter,
+                node.identity,
+                layer=node.config.layer.label,
+                domain=node.config.domain,
+                base_model_id=tier["tier_id"],
+                base_model_cid=tier["bundle_cid"],
+                encoding="fp16",
+                round=round_,
+                metrics={k: float(v) for k, v in (metrics or {}).items() if _finite(v)},
+                now=node.clock(),
+                base_version=base_version,
+            )
+        )
+        return art
+
+    # --- a round ------------------------------------------------------------------------------
+    def _arrived(self, round_: int) -> list[Any]:
+        assert self.data is not None
+        return [e for a in self.data.arrivals[: max(0, round_)] for e in a]
+
+    async def _round(self, r: int) -> None:
+        cycle = self._cycle
+        began = time.time()
+        rec: dict[str, Any] = {"round": r, "started_ms": int(began * 1000)}
+        tier = Path(self.state["tier"]["dir"])
+        if self.plan.trains and self.data is not None:
+            new = self._arrived(r)[len(self._arrived(self.state["consumed"])) :]
+            stack, _ = self._model()
+            if self.state["flat"] is not None:
+                stack = [Path(self.state["flat"]["dir"])]
+            local = self.state["local"]
+            result = await self._work(
+                cycle.train,
+                self.plan,
+                tier,
+                stack,
+                self._new_dir("local"),
+                new,
+                earlier=self._arrived(self.state["consumed"]),
+                test=self.data.test,
+                adapter=Path(local["dir"]) if local else None,
+                seed=self.plan.seed + r,
+            )
+            self.state["consumed"] = r
+            self.state["local"] = {"dir": result["adapter"], "on": str(stack[0]) if stack else ""}
+            rec.update(
+                trained=len(new), train_s=result["train_s"], accuracy_own=result["accuracy_own"]
+            )
+            self.state["accuracy_own"] = result["accuracy_own"]
+            if self.state["flat"] is None and self.state["base"] is not None:
+                art = await self._pack(
+                    Path(result["adapter"]),
+                    base_version=self.state["base"]["cid"],
+                    round_=r,
+                    metrics=result["metrics"],
+                )
+                rec["sent"] = await self._send_up(art)
+        if self.state["flat"] is not None:
+            await self._aggregate(r, rec, began)
+        rec["wall_s"] = round(time.time() - began, 3)
+        self.state["rounds"][str(r)] = rec
+        logger.info("round %d done: %s", r, rec)
+
+    async def _send_up(self, art: Artifact) -> dict[str, Any] | str:
+        if self.node.hierarchy.parent is None:
+            return "no parent"
+        try:
+            return await self.node.publish(str(art.cid), "parent")
+        except P2PHierError as exc:
+            self.errors.append(f"publish to parent: {exc}")
+            return str(exc)
+
+    async def _collect(self, r: int, began: float) -> dict[str, _Update]:
+        """Children's round-r updates on the current flat: all registered children, or a timeout."""
+        deadline = began + self.plan.collect_s
+        while True:
+            current = self.state["flat"]["cid"]
+            fresh = {
+                a: u for a, u in self.updates.items() if u.round >= r and u.base_version == current
+            }
+            expected = {str(c) for c in self.node.hierarchy.children}
+            if expected and expected <= set(fresh):
+                return fresh
+            if time.time() >= deadline:
+                return fresh
+            await trio.sleep(POLL_S)
+
+    async def _aggregate(self, r: int, rec: dict[str, Any], began: float) -> None:
+        cycle = self._cycle
+        tier = Path(self.state["tier"]["dir"])
+        flat = Path(self.state["flat"]["dir"])
+        fresh = await self._collect(r, began)
+        rec["children_updates"] = sorted(fresh)
+        updates: dict[str, tuple[Path, float]] = {}
+        for author, u in sorted(fresh.items()):
+            raw = self.dir / "updates" / u.cid
+            if not raw.exists():
+                await self._work(self._unpack, u.cid, raw)
+            their = await self._tier_of(u.base_model_cid, author)
+            if await self._work(cycle.same_tier, tier, their):
+                path = raw
+            else:
+                path = await self._work(
+                    cycle.map_up, raw, self.dir / "mapped-up" / u.cid, child_tier=their,
+                    own_tier=tier,
+                )  # fmt: skip
+            updates[author] = (path, 1.0)
+        local = self.state["local"]
+        if self.plan.trains and local is not None and local["on"] == str(flat):
+            updates["self"] = (Path(local["dir"]), 1.0)
+        if updates:
+            out = await self._work(
+                cycle.aggregate,
+                self.plan,
+                tier,
+                [],
+                flat,
+                updates=updates,
+                out_dir=self._new_dir("candidate"),
+                probe=self._arrived(self.state["consumed"]) if self.data else [],
+                validation=self.data.test if self.data else [],
+                round_=r,
+                now=self.node.clock(),
+            )
+            rec.update(
+                decision="published" if out["publish"] else "held",
+                reason=out["reason"],
+                aggregate_s=out["aggregate_s"],
+                validation_before=out["validation_before"],
+                validation_after=out["validation_after"],
+                n_updates=len(updates),
+            )
+            if out["publish"]:
+                base = self.state["base"]
+                await self._publish_flat(
+                    Path(out["candidate"]), base_cid=base["cid"] if base else None, round_=r
+                )
+                self.updates.clear()
+                if out["validation_after"] is not None:
+                    self.state["accuracy_own"] = out["validation_after"]
+                if local is not None and self.plan.trains:
+                    result = await self._work(
+                        cycle.rebase,
+                        self.plan,
+                        tier,
+                        Path(local["dir"]),
+                        old_stack=[flat],
+                        new_stack=[Path(out["candidate"])],
+                        out_dir=self._new_dir("local"),
+                        test=self.data.test if self.data else (),
+                        personal=self._arrived(self.state["consumed"]) if self.data else (),
+                    )
+                    self.state["local"] = {"dir": result["adapter"], "on": out["candidate"]}
+                    self.state["accuracy_own"] = result["accuracy_own"]
+        else:
+            rec.update(decision="held", reason="no updates arrived", n_updates=0)
+        base = self.state["base"]
+        if base is not None:
+            up = await self._work(
+                cycle.update_since,
+                Path(self.state["flat"]["dir"]),
+                Path(base["dir"]),
+                self._new_dir("up"),
+                max_rank=self.plan.version_rank,
+            )
+            art = await self._pack(up, base_version=base["cid"], round_=r)
+            rec["sent"] = await self._send_up(art)
+
+    # --- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "busy": self.busy,
+            "requested_round": self.requested_round,
+            "round": s["round"],
+            "tier": s["tier"],
+            "base": s["base"],
+            "flat": s["flat"],
+            "local": s["local"],
+            "trains": self.plan.trains,
+            "consumed": s["consumed"],
+            "accuracy_own": s.get("accuracy_own"),
+            "rounds": s["rounds"],
+            "applied": s["applied"],
+            "pending_updates": sorted(self.updates),
+            "errors": list(self.errors),
+        }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
