@@ -8,7 +8,10 @@ What this module owns:
   (task heads saved through ``modules_to_save``) unchanged;
 * the aggregation rules, applied to *updates* (effective tensors minus the
   parent's current effective tensors): weighted FedAvg, coordinate-wise median,
-  trimmed mean, norm clipping, and probe-scored (FLTrust-style) weighting;
+  trimmed mean, norm clipping, and probe-scored (FLTrust-style) weighting; with
+  ``partial=True`` updates may cover different tensors (a shallower tier's
+  update covers only its blocks) and each tensor is aggregated over the updates
+  that have it, never counting a missing one as zero;
 * re-factorisation of an aggregated merged delta back to rank ``r`` by
   truncated SVD, reporting the relative error it costs.
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -326,8 +329,14 @@ class AggregationResult:
     note: str = ""
 
 
-def validate_updates(updates: Sequence[ChildUpdate]) -> tuple[str, ...]:
-    """Check that updates agree on keys and shapes and are finite; return the sorted keys."""
+def validate_updates(updates: Sequence[ChildUpdate], *, partial: bool = False) -> tuple[str, ...]:
+    """Check that updates agree on keys and shapes and are finite; return the sorted keys.
+
+    With ``partial`` the updates may cover different subsets of the tensors (a
+    shallower tier's update mapped up covers only its blocks): every update
+    must still be non-empty, and a tensor must have one shape in every update
+    that has it.  The keys returned are then the union.
+    """
     if not updates:
         raise AggregationError("no updates to aggregate")
     names = [u.child for u in updates]
@@ -335,15 +344,17 @@ def validate_updates(updates: Sequence[ChildUpdate]) -> tuple[str, ...]:
         raise AggregationError(f"duplicate child ids in updates: {sorted(names)}")
     first = updates[0]
     keys = tuple(sorted(first.delta))
-    if not keys:
-        raise AggregationError(f"update from {first.child} has no tensors")
-    total = sum(int(np.asarray(first.delta[k]).size) for k in keys)
-    if total > MAX_UPDATE_ELEMENTS:
-        raise AggregationError(
-            f"update from {first.child} has {total} elements (limit {MAX_UPDATE_ELEMENTS})"
-        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    union_total = 0
     for update in updates:
-        if tuple(sorted(update.delta)) != keys:
+        if not update.delta:
+            raise AggregationError(f"update from {update.child} has no tensors")
+        total = sum(int(np.asarray(v).size) for v in update.delta.values())
+        if total > MAX_UPDATE_ELEMENTS:
+            raise AggregationError(
+                f"update from {update.child} has {total} elements (limit {MAX_UPDATE_ELEMENTS})"
+            )
+        if not partial and tuple(sorted(update.delta)) != keys:
             missing = set(keys) - set(update.delta)
             extra = set(update.delta) - set(keys)
             raise AggregationError(
@@ -352,28 +363,52 @@ def validate_updates(updates: Sequence[ChildUpdate]) -> tuple[str, ...]:
             )
         if not (math.isfinite(update.weight) and update.weight >= 0):
             raise AggregationError(f"update from {update.child} has weight {update.weight}")
-        for key in keys:
+        for key in sorted(update.delta):
             tensor = np.asarray(update.delta[key])
-            ref = np.asarray(first.delta[key])
-            if tensor.shape != ref.shape:
+            if key not in shapes:
+                shapes[key] = tensor.shape
+                union_total += int(tensor.size)
+            elif tensor.shape != shapes[key]:
                 raise AggregationError(
                     f"update from {update.child}: {key} has shape {tensor.shape}, "
-                    f"expected {ref.shape}"
+                    f"expected {shapes[key]}"
                 )
             if not np.all(np.isfinite(tensor)):
                 raise AggregationError(f"update from {update.child}: {key} has NaN or inf")
-    return keys
+        if union_total > MAX_UPDATE_ELEMENTS:
+            raise AggregationError(
+                f"the updates hold {union_total} distinct elements (limit {MAX_UPDATE_ELEMENTS})"
+            )
+    return tuple(sorted(shapes))
 
 
-def _weighted_sum(
-    updates: Sequence[ChildUpdate], keys: Iterable[str], coefficients: Sequence[float]
+Holders = tuple[int, ...]
+
+
+def _holders(updates: Sequence[ChildUpdate], keys: Iterable[str]) -> dict[str, Holders]:
+    """For each tensor, the indices of the updates that have it (all of them unless partial)."""
+    return {k: tuple(i for i, u in enumerate(updates) if k in u.delta) for k in keys}
+
+
+def _combine(
+    updates: Sequence[ChildUpdate],
+    keys: Iterable[str],
+    coefficients: Callable[[Holders], Sequence[float]],
 ) -> dict[str, Array]:
+    """Per tensor, the sum of its holders' values times ``coefficients(holders)``.
+
+    Updates that lack a tensor take no part in it (never counted as zeros); the
+    coefficients are computed once per distinct set of holders.
+    """
+    cache: dict[Holders, Sequence[float]] = {}
     out: dict[str, Array] = {}
-    for key in keys:
-        acc = np.zeros(np.asarray(updates[0].delta[key]).shape, dtype=np.float64)
-        for update, c in zip(updates, coefficients, strict=True):
+    for key, holders in _holders(updates, keys).items():
+        if holders not in cache:
+            cache[holders] = coefficients(holders)
+        acc = np.zeros(np.asarray(updates[holders[0]].delta[key]).shape, dtype=np.float64)
+        for i, c in zip(holders, cache[holders], strict=True):
             if c != 0.0:
-                acc += c * np.asarray(update.delta[key], dtype=np.float64)
+                acc += c * np.asarray(updates[i].delta[key], dtype=np.float64)
         out[key] = acc.astype(np.float32)
     return out
 
@@ -385,77 +420,106 @@ def _normalised(weights: Sequence[float], what: str) -> list[float]:
     return [w / total for w in weights]
 
 
-def fedavg(updates: Sequence[ChildUpdate]) -> AggregationResult:
+def _stacked(updates: Sequence[ChildUpdate], key: str, holders: Holders) -> NDArray[np.float64]:
+    return np.stack([np.asarray(updates[i].delta[key], np.float64) for i in holders])
+
+
+def fedavg(updates: Sequence[ChildUpdate], *, partial: bool = False) -> AggregationResult:
     """Weighted mean of updates (weights = ``ChildUpdate.weight``). Not robust."""
-    keys = validate_updates(updates)
-    coeffs = _normalised([u.weight for u in updates], "fedavg")
+    keys = validate_updates(updates, partial=partial)
+    weights = [u.weight for u in updates]
+    coeffs = _normalised(weights, "fedavg")
     reports = tuple(
         ChildReport(u.child, global_norm(u.delta), c) for u, c in zip(updates, coeffs, strict=True)
     )
-    return AggregationResult(_weighted_sum(updates, keys, coeffs), Rule.FEDAVG, reports)
+    delta = _combine(updates, keys, lambda h: _normalised([weights[i] for i in h], "fedavg"))
+    return AggregationResult(delta, Rule.FEDAVG, reports)
 
 
-def coordinate_median(updates: Sequence[ChildUpdate]) -> AggregationResult:
+def coordinate_median(
+    updates: Sequence[ChildUpdate], *, partial: bool = False
+) -> AggregationResult:
     """Coordinate-wise median (unweighted): robust while fewer than half are bad."""
-    keys = validate_updates(updates)
+    keys = validate_updates(updates, partial=partial)
     out = {
-        k: np.median(
-            np.stack([np.asarray(u.delta[k], np.float64) for u in updates]), axis=0
-        ).astype(np.float32)
-        for k in keys
+        k: np.median(_stacked(updates, k, h), axis=0).astype(np.float32)
+        for k, h in _holders(updates, keys).items()
     }
     n = len(updates)
     reports = tuple(ChildReport(u.child, global_norm(u.delta), 1.0 / n) for u in updates)
     return AggregationResult(out, Rule.MEDIAN, reports)
 
 
-def trimmed_mean(updates: Sequence[ChildUpdate], trim_ratio: float) -> AggregationResult:
+def trimmed_mean(
+    updates: Sequence[ChildUpdate], trim_ratio: float, *, partial: bool = False
+) -> AggregationResult:
     """Per coordinate, drop the ``floor(trim_ratio * n)`` largest and smallest, average the rest.
 
-    With too few updates to trim anything the result is the plain mean, and the
-    note says so: the rule then gives no protection.
+    ``n`` counts the updates that have the tensor.  With too few updates to
+    trim anything the result is the plain mean, and the note says so: the rule
+    then gives no protection.
     """
-    keys = validate_updates(updates)
-    n = len(updates)
-    k = math.floor(trim_ratio * n)
-    note = "" if k > 0 else f"trimmed mean with n={n}, trim_ratio={trim_ratio} trims nothing"
+    keys = validate_updates(updates, partial=partial)
+    holders = _holders(updates, keys)
     out: dict[str, Array] = {}
-    for key in keys:
-        stacked = np.sort(np.stack([np.asarray(u.delta[key], np.float64) for u in updates]), axis=0)
-        out[key] = stacked[k : n - k].mean(axis=0).astype(np.float32)
+    for key, h in holders.items():
+        n_h = len(h)
+        k = math.floor(trim_ratio * n_h)
+        stacked = np.sort(_stacked(updates, key, h), axis=0)
+        out[key] = stacked[k : n_h - k].mean(axis=0).astype(np.float32)
+    fewest = min(len(h) for h in holders.values())
+    note = (
+        ""
+        if math.floor(trim_ratio * fewest) > 0
+        else f"trimmed mean with n={fewest}, trim_ratio={trim_ratio} trims nothing"
+    )
+    n = len(updates)
     reports = tuple(ChildReport(u.child, global_norm(u.delta), 1.0 / n) for u in updates)
     return AggregationResult(out, Rule.TRIMMED_MEAN, reports, note)
 
 
-def norm_clip(updates: Sequence[ChildUpdate], clip_norm: float | None) -> AggregationResult:
+def norm_clip(
+    updates: Sequence[ChildUpdate], clip_norm: float | None, *, partial: bool = False
+) -> AggregationResult:
     """Scale every update down to at most ``clip_norm`` (default: median norm), then FedAvg."""
-    keys = validate_updates(updates)
+    keys = validate_updates(updates, partial=partial)
     norms = [global_norm(u.delta) for u in updates]
     bound = float(np.median(norms)) if clip_norm is None else clip_norm
     factors = [1.0 if n <= bound or n == 0.0 else bound / n for n in norms]
-    shares = _normalised([u.weight for u in updates], "norm_clip")
-    coeffs = [s * f for s, f in zip(shares, factors, strict=True)]
+    weights = [u.weight for u in updates]
+    shares = _normalised(weights, "norm_clip")
     reports = tuple(
         ChildReport(u.child, n, s, clipped=f < 1.0)
         for u, n, s, f in zip(updates, norms, shares, factors, strict=True)
     )
+
+    def coefficients(h: Holders) -> list[float]:
+        held = _normalised([weights[i] for i in h], "norm_clip")
+        return [s * factors[i] for i, s in zip(h, held, strict=True)]
+
     return AggregationResult(
-        _weighted_sum(updates, keys, coeffs), Rule.NORM_CLIP, reports, f"clip norm {bound:.6g}"
+        _combine(updates, keys, coefficients), Rule.NORM_CLIP, reports, f"clip norm {bound:.6g}"
     )
 
 
-def probe_scored(updates: Sequence[ChildUpdate], probe: Tensors) -> AggregationResult:
+def probe_scored(
+    updates: Sequence[ChildUpdate], probe: Tensors, *, partial: bool = False
+) -> AggregationResult:
     """FLTrust-style: trust each update by ReLU(cosine) with the parent's probe update.
 
     Each update is rescaled to the probe update's norm (so no child wins by
     magnitude) and weighted by its score.  If no update points the probe's way
-    (every score 0) the aggregate is zero and the note says so.
+    (every score 0) the aggregate is zero and the note says so.  A partial
+    update is compared with, and rescaled to, the probe restricted to its tensors.
     """
-    keys = validate_updates(updates)
+    keys = validate_updates(updates, partial=partial)
     if tuple(sorted(probe)) != keys:
         raise AggregationError("the probe update does not have the same tensors as the children")
     for key in keys:
-        if np.asarray(probe[key]).shape != np.asarray(updates[0].delta[key]).shape:
+        if (
+            np.asarray(probe[key]).shape
+            != np.asarray(next(u.delta[key] for u in updates if key in u.delta)).shape
+        ):
             raise AggregationError(f"probe update: {key} has a different shape")
         if not np.all(np.isfinite(probe[key])):
             raise AggregationError(f"probe update: {key} has NaN or inf")
@@ -464,24 +528,32 @@ def probe_scored(updates: Sequence[ChildUpdate], probe: Tensors) -> AggregationR
         raise AggregationError(
             "the probe update is zero: train on the probe set before probe-scored aggregation"
         )
+    probes = [
+        probe if len(u.delta) == len(probe) else {k: probe[k] for k in u.delta} for u in updates
+    ]
     norms = [global_norm(u.delta) for u in updates]
-    scores = [max(0.0, cosine(u.delta, probe)) for u in updates]
+    scores = [max(0.0, cosine(u.delta, p)) for u, p in zip(updates, probes, strict=True)]
+    rescale = [(global_norm(p) / n if n > 0 else 0.0) for p, n in zip(probes, norms, strict=True)]
     total = sum(scores)
     note = ""
     if total == 0.0:
-        coeffs = [0.0] * len(updates)
         shares = [0.0] * len(updates)
         note = "no update agrees with the probe update; aggregate is zero"
     else:
         shares = [s / total for s in scores]
-        coeffs = [
-            sh * (probe_norm / n if n > 0 else 0.0) for sh, n in zip(shares, norms, strict=True)
-        ]
+
+    def coefficients(h: Holders) -> list[float]:
+        held = sum(scores[i] for i in h)
+        if held == 0.0:
+            return [0.0] * len(h)
+        return [scores[i] / held * rescale[i] for i in h]
+
     reports = tuple(
         ChildReport(u.child, n, sh, score=s)
         for u, n, sh, s in zip(updates, norms, shares, scores, strict=True)
     )
-    return AggregationResult(_weighted_sum(updates, keys, coeffs), Rule.PROBE_SCORED, reports, note)
+    delta = _combine(updates, keys, coefficients)
+    return AggregationResult(delta, Rule.PROBE_SCORED, reports, note)
 
 
 def aggregate(
@@ -489,21 +561,26 @@ def aggregate(
     config: AggregationConfig,
     *,
     probe: Tensors | None = None,
+    partial: bool = False,
 ) -> AggregationResult:
-    """Apply ``config.rule``; ``probe`` (the parent's own update) is needed for probe-scored."""
+    """Apply ``config.rule``; ``probe`` (the parent's own update) is needed for probe-scored.
+
+    ``partial``: updates may cover different tensors; each tensor is aggregated
+    over the updates that have it (see :func:`validate_updates`).
+    """
     rule = Rule(config.rule)
     if rule is Rule.FEDAVG:
-        result = fedavg(updates)
+        result = fedavg(updates, partial=partial)
     elif rule is Rule.MEDIAN:
-        result = coordinate_median(updates)
+        result = coordinate_median(updates, partial=partial)
     elif rule is Rule.TRIMMED_MEAN:
-        result = trimmed_mean(updates, config.trim_ratio)
+        result = trimmed_mean(updates, config.trim_ratio, partial=partial)
     elif rule is Rule.NORM_CLIP:
-        result = norm_clip(updates, config.clip_norm)
+        result = norm_clip(updates, config.clip_norm, partial=partial)
     else:
         if probe is None:
             raise AggregationError("probe-scored aggregation needs the parent's probe update")
-        result = probe_scored(updates, probe)
+        result = probe_scored(updates, probe, partial=partial)
     logger.info(
         "aggregated %d updates with %s: norm %.6g %s",
         len(updates),

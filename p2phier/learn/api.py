@@ -21,7 +21,14 @@ The version model (one level of the hierarchy):
   default their LoRA restarts from zero (its knowledge went upstream) and their
   personal head is kept (``mode="keep"`` keeps their LoRA too).
 
-Artifacts go through :mod:`p2phier.artifact` (``pack``/``unpack`` below).
+Across tiers (a student distilled from the parent's tier, an int8 copy of it),
+adapters are exchanged by layer mapping (:func:`map_for_tier`): ancestors and
+the version go *down* into the child's blocks before it trains, its adapter
+goes *up* before :func:`aggregate_round`, which aggregates each module over the
+children that have it, so a student moves only the blocks it kept (and the head).
+
+Artifacts go through :mod:`p2phier.artifact` (``pack``/``unpack`` below); tiers
+travel as bundles (``export_tier``/``import_tier``).
 Records carry numbers only: no raw text ever leaves the node through them.
 """
 
@@ -29,7 +36,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from p2phier.artifact import Artifact, materialise, pack_adapter
+from p2phier.artifact.bundle import pack_dir, unpack_dir
 from p2phier.cid import CID
 from p2phier.identity import Identity
 from p2phier.learn.aggregate import (
@@ -53,8 +63,18 @@ from p2phier.learn.aggregate import (
 )
 from p2phier.learn.continual import ContinualConfig, ContinualLearner, StageReport
 from p2phier.learn.data import Example
-from p2phier.learn.models import ModelError, Tier, TierInfo, load_tier, read_tier_info
+from p2phier.learn.distill import DistillConfig, build_int8_tier, build_student_tier
+from p2phier.learn.models import (
+    MAX_TIER_WEIGHTS,
+    ModelError,
+    Tier,
+    TierInfo,
+    TierIntegrityError,
+    load_tier,
+    read_tier_info,
+)
 from p2phier.learn.pareto import TierCandidate
+from p2phier.learn.tiermap import Direction, map_adapter, tier_block_map
 from p2phier.learn.timing import Evaluation, PublishDecision, TimingPolicy, decide
 from p2phier.learn.train import (
     Adapter,
@@ -65,6 +85,7 @@ from p2phier.learn.train import (
     write_adapter,
 )
 from p2phier.store.base import ContentStore
+from p2phier.unixfs import build_file
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +244,14 @@ def _heads(adapter: Adapter) -> dict[str, NDArray[np.float32]]:
 def child_update(child_adapter: Path, version: Path) -> dict[str, NDArray[np.float32]]:
     """A child's update against the version it trained on (LoRA deltas, head differences)."""
     child, base = read_adapter(child_adapter), read_adapter(version)
+    # Block names alone cannot tell a student's block 1 from the teacher's: an
+    # adapter of another tier must be mapped (map_for_tier, "up") before it counts.
+    own, theirs = (a.config.get("base_model_name_or_path") for a in (base, child))
+    if isinstance(own, str) and isinstance(theirs, str) and own != theirs:
+        raise ModelError(
+            f"child adapter {child_adapter} is for tier {theirs!r}, the version for {own!r}; "
+            "map it to the version's tier first (map_for_tier, direction='up')"
+        )
     eff = child.effective()
     base_heads = _heads(base)
     for key, value in base_heads.items():
@@ -267,6 +296,9 @@ def aggregate_round(
         ChildUpdate(child, child_update(path, version), weight)
         for child, (path, weight) in sorted(children.items())
     ]
+    current = read_adapter(version)
+    current_effective = current.effective()
+    covered = _check_coverage(updates, current_effective, version)
     probe = None
     if probe_examples:
         session = Session(load_tier(tier_dir), parents=[*parents, version], seed=init_seed)
@@ -279,13 +311,15 @@ def aggregate_round(
             session.train_classifier(probe_examples, probe_train or TrainConfig(seed=seed))
         probe_dir_state = session.effective()
         base_heads = _heads(read_adapter(version))
+        # Compared only on what the children cover (a student covers only its blocks).
         probe = {
             k: (v - base_heads[k]).astype(np.float32) if k in base_heads else v
             for k, v in probe_dir_state.items()
+            if k in covered
         }
-    result = aggregate(updates, rule, probe=probe)
-    current = read_adapter(version)
-    new_effective = add(current.effective(), result.delta)
+    # Per tensor over the children that have it: a module no child has stays as it is.
+    result = aggregate(updates, rule, probe=probe, partial=True)
+    new_effective = add(current_effective, result.delta)
     chosen = rank if rank is not None else lossless_rank(new_effective, max_rank)
     ratio = float(current.config["lora_alpha"]) / float(current.config["r"])
     refactored = effective_to_lora(new_effective, chosen, ratio * chosen)
@@ -300,6 +334,30 @@ def aggregate_round(
         refactored.max_relative_error,
     )
     return RoundResult(path, result, chosen, refactored.max_relative_error)
+
+
+def _check_coverage(
+    updates: Sequence[ChildUpdate], version: Mapping[str, NDArray[np.float32]], where: Path
+) -> set[str]:
+    """Every child tensor must be one of the version's (same shape); returns the covered keys."""
+    covered: set[str] = set()
+    for update in updates:
+        for key, value in update.delta.items():
+            if key not in version or version[key].shape != np.asarray(value).shape:
+                raise ModelError(
+                    f"child {update.child}'s update has {key} {np.asarray(value).shape}, "
+                    f"which version {where} does not have in that shape; map it to this tier"
+                )
+        covered.update(update.delta)
+    partial = sorted(k for k in covered if any(k not in u.delta for u in updates))
+    if partial or len(covered) < len(version):
+        logger.info(
+            "round: %d of %d version tensors covered, %d of them by only some children",
+            len(covered),
+            len(version),
+            len(partial),
+        )
+    return covered
 
 
 def decide_publish(
@@ -478,3 +536,110 @@ def tier_summary(tier_dir: Path) -> dict[str, Any]:
         "vocab": info.vocab_size,
         "quantisation": info.quantisation,
     }
+
+
+# --- across tiers: layer-mapped adapters, students, int8, bundles ------------------------------
+
+
+def map_for_tier(
+    adapter_dir: Path,
+    out_dir: Path,
+    *,
+    child_tier_dir: Path,
+    parent_tier_dir: Path,
+    direction: Direction,
+) -> Path:
+    """Map an adapter between a parent tier and a child tier derived from it (or the same).
+
+    ``down``: a parent-tier adapter (an ancestor's or the parent's version)
+    for the child to train on; ``up``: the child's adapter in the parent's
+    space, for :func:`aggregate_round`.  See :mod:`p2phier.learn.tiermap`.
+    """
+    mapping = tier_block_map(child_tier_dir, parent_tier_dir)
+    target = read_tier_info(child_tier_dir if direction == "down" else parent_tier_dir)
+    return map_adapter(
+        adapter_dir, out_dir, mapping, direction=direction, base_model=target.tier_id
+    )
+
+
+def distil_student(
+    teacher_tier_dir: Path,
+    out_dir: Path,
+    examples: Sequence[Example | str],
+    *,
+    tier_id: str,
+    layers: Sequence[int],
+    max_vocab: int | None = None,
+    steps: int = 40,
+    batch_size: int = 16,
+    max_length: int = 64,
+    seed: int = 0,
+) -> TierInfo:
+    """A student tier of the teacher's *base* (no adapters), distilled on the node's examples.
+
+    Adapters reach it later through :func:`map_for_tier`, like any other
+    version, so the student stays the same whatever the teacher learns.
+    """
+    # A fresh LoRA starts with B = 0: merging it leaves the base weights as they are.
+    teacher = Session(load_tier(teacher_tier_dir), seed=seed)
+    config = DistillConfig(steps=steps, batch_size=batch_size, max_length=max_length, seed=seed)
+    return build_student_tier(
+        teacher,
+        out_dir,
+        tier_id=tier_id,
+        layers=layers,
+        examples=examples,
+        max_vocab=max_vocab,
+        config=config,
+    )
+
+
+def quantise_tier(source_dir: Path, out_dir: Path, *, tier_id: str) -> TierInfo:
+    """The device tier: ``source_dir``'s tier with row-wise int8 weights."""
+    return build_int8_tier(source_dir, out_dir, tier_id=tier_id)
+
+
+def export_tier(store: ContentStore, tier_dir: Path) -> CID:
+    """Store a tier directory as one bundle (a canonical tar); its weights' CID is checked first."""
+    tier_dir = Path(tier_dir)
+    info = read_tier_info(tier_dir)
+    weights = tier_dir / info.weights_file
+    if not weights.is_file() or weights.stat().st_size > MAX_TIER_WEIGHTS:
+        raise ModelError(f"{weights} is missing or larger than {MAX_TIER_WEIGHTS} bytes")
+    if str(build_file(weights.read_bytes())[0]) != info.weights_cid:
+        raise TierIntegrityError(f"{weights} does not match {info.weights_cid}; not exported")
+    return pack_dir(store, tier_dir)
+
+
+def import_tier(
+    store: ContentStore, cid: CID | str, out_dir: Path, *, expected_weights_cid: str
+) -> TierInfo:
+    """Unpack a tier bundle to the new ``out_dir`` and verify it; a bad tier is removed again.
+
+    ``expected_weights_cid`` is the tier CID the caller trusts (from a signed
+    record): the weights must hash to it, and the files must match the
+    description bound to the weights (:func:`~p2phier.learn.models.load_tier`).
+    """
+    path = unpack_dir(store, cid, out_dir, max_total=MAX_TIER_WEIGHTS + _TIER_FILES_EXTRA)
+    try:
+        return load_tier(path, expected_cid=expected_weights_cid).info
+    except Exception as exc:
+        # Whatever fails (CID, description, tokenizer, config), the directory is
+        # not a usable tier: it goes away before anything can load it.
+        _discard(path)
+        if isinstance(exc, TierIntegrityError):
+            raise
+        raise TierIntegrityError(f"bundle {cid} does not hold a usable tier: {exc}") from exc
+
+
+_TIER_FILES_EXTRA = 256 * 1024 * 1024  # tokenizer and JSON files beside the weights
+
+
+def _discard(path: Path) -> None:
+    """Remove a directory, first renaming it so that it vanishes from its name at once."""
+    doomed = path.with_name(f".discard-{path.name}-{os.getpid()}")
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)

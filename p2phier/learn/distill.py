@@ -281,7 +281,9 @@ def build_student_tier(
         labels=teacher.tier.labels,
         teacher=teacher.tier.info,
         layers=layers,
-        kept_ids=kept,
+        # A teacher with a pruned vocabulary passes its token mapping on: the
+        # student copied its (pruned) embedding table.
+        kept_ids=kept if kept is not None else teacher.tier.kept_ids,
     )
 
 
