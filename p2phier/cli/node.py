@@ -154,6 +154,19 @@ def node_status(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFlag
     output.emit(st, human)
 
 
+@node_app.command("round")
+def node_round(
+    ctx: typer.Context,
+    round_: Annotated[int, typer.Argument(metavar="N", help="The round to run (>= 1).")],
+    socket: SocketOpt = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Ask the running node to run learning round N (needs [learn] enabled)."""
+    output.set_json(json_out)
+    out = _call(ctx, socket, "learn.round", {"round": round_})
+    output.emit(out, f"round {out['requested']} requested (last done: {out['done']})")
+
+
 @node_app.command("stop")
 def node_stop(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFlag = False) -> None:
     """Ask the running node to shut down (as SIGTERM would)."""

@@ -114,6 +114,9 @@ class RunRecord:
     baselines: Baselines | None = None
     setup_s: float = 0.0
     scenario_detail: Mapping[str, Any] = field(default_factory=dict)
+    #: measured by the launcher: "rss_max_mib" per node, "hop_delays_s" (parent's announcement
+    #: -> child fetched and verified it), "chain_s" per round (master's version -> last node)
+    resources: Mapping[str, Any] = field(default_factory=dict)
     format: int = RUN_FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -290,6 +293,7 @@ def _parse_run(data: object) -> RunRecord:
         baselines=baselines,
         setup_s=float(_check(top.get("setup_s", 0.0), _NUM, "run.setup_s")),
         scenario_detail=_check(detail, dict, "run.scenario_detail"),
+        resources=_check(top.get("resources", {}), dict, "run.resources"),
         format=fmt,
     )
 

@@ -45,6 +45,7 @@ from p2phier.node.controlwire import ControlError
 log = logging.getLogger(__name__)
 
 RUN_STATE = "devnet.json"
+DEVNET_ENV = {"P2PHIER_TIMEOUTS_STREAM_S": "30", "P2PHIER_TIMEOUTS_DIAL_S": "15"}
 ROUND_TIMEOUT_S = 1800.0
 FORM_TIMEOUT_S = 600.0
 
@@ -143,10 +144,13 @@ class Devnet:
     def __init__(self, prepared: Prepared, *, env: Mapping[str, str] | None = None) -> None:
         self.p = prepared
         self.s = prepared.scenario
-        self.env = {**FAST_ENV, **(env or {})}
+        # Twelve processes share two cores here, with torch busy in their worker threads:
+        # slower event loops need longer stream deadlines than the node tests use.
+        self.env = {**FAST_ENV, **DEVNET_ENV, **(env or {})}
         self.nodes: dict[str, NodeProc] = {}
         self.frozen: set[str] = set()
         self.peer_names: dict[str, str] = {}
+        self.rss_max: dict[str, int] = {}  # bytes, sampled at every status poll
 
     # processes ---------------------------------------------------------------------------------
     def _proc(self, node: NodeSpec, bootstrap: list[str]) -> NodeProc:
@@ -241,12 +245,24 @@ class Devnet:
             if not self.alive(name):
                 out[name] = None
                 continue
+            self._sample_rss(name)
             try:
                 out[name] = self.nodes[name].call("status", timeout=20.0)
             except (ControlError, OSError, P2PHierError) as exc:
                 log.debug("status of %s: %s", name, exc)
                 out[name] = None
         return out
+
+    def _sample_rss(self, name: str) -> None:
+        proc = self.nodes[name].proc
+        try:
+            text = Path(f"/proc/{proc.pid}/status").read_text() if proc else ""
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+                self.rss_max[name] = max(self.rss_max.get(name, 0), rss)
 
     def formed(self, st: Mapping[str, dict[str, Any] | None]) -> list[str]:
         """Nodes still waiting: for their parent, their tier, or their first version."""
@@ -375,6 +391,34 @@ def round_info(
     return RoundInfo(round_, round(wall_s, 3), tuple(nodes))
 
 
+def hop_delays(
+    devnet: Devnet, st: Mapping[str, dict[str, Any] | None], window: tuple[float, float]
+) -> tuple[list[float], float | None]:
+    """Per hop: parent's announcement -> the child fetched and verified it (s); and the
+    whole chain: first announcement from the master -> last version applied anywhere."""
+    lo_ms, hi_ms = window[0] * 1000.0, window[1] * 1000.0
+    delays: list[float] = []
+    first: float | None = None
+    last: float | None = None
+    master = devnet.nodes[devnet.s.master.name].ready.get("peer_id")
+    for node in devnet.s.nodes:
+        s = st.get(node.name)
+        if s is None or node.parent is None:
+            continue
+        parent = devnet.nodes[node.parent].ready.get("peer_id")
+        for entry in s.get("accepted", []):
+            at, created = entry.get("accepted_ms", 0), entry.get("created_ms")
+            if entry.get("author") == parent and created and lo_ms <= at <= hi_ms:
+                delays.append(max(0.0, (at - created) / 1000.0))
+                if entry.get("author") == master:
+                    first = created if first is None else min(first, created)
+        for a in (s.get("learn") or {}).get("applied", []):
+            if lo_ms <= a.get("applied_ms", 0) <= hi_ms:
+                last = a["applied_ms"] if last is None else max(last, a["applied_ms"])
+    chain = (last - first) / 1000.0 if first is not None and last is not None else None
+    return delays, chain
+
+
 def referee_scores(prepared: Prepared, st: Mapping[str, dict[str, Any] | None]) -> dict[str, float]:
     """Each parent's current model scored on its children's pooled held-out data (blocking)."""
     from p2phier.learn import api
@@ -444,6 +488,8 @@ def run_devnet(
     prepared = prepare(scenario, run_dir)
     devnet = Devnet(prepared, env=env)
     rounds: list[RoundInfo] = []
+    delays: dict[str, list[float]] = {}
+    chains: dict[str, float | None] = {}
 
     def poll(phase: str) -> Callable[[Mapping[str, dict[str, Any] | None]], None]:
         def call(st: Mapping[str, dict[str, Any] | None]) -> None:
@@ -467,6 +513,7 @@ def run_devnet(
                 poll(f"round {r}"),
             )  # fmt: skip
             t1 = time.time()
+            delays[str(r)], chains[str(r)] = hop_delays(devnet, st, (t0, t1))
             scores = referee_scores(prepared, st)
             rounds.append(
                 round_info(devnet, st, r, window=(t0, t1), wall_s=t1 - t0, children_acc=scores)
@@ -489,6 +536,11 @@ def run_devnet(
         baselines=base,
         setup_s=round(setup_s, 3),
         scenario_detail=scenario.to_dict(),
+        resources={
+            "rss_max_mib": {k: round(v / 2**20, 1) for k, v in sorted(devnet.rss_max.items())},
+            "hop_delays_s": delays,
+            "chain_s": chains,
+        },
     )
     record.save(prepared.run_dir)
     return record

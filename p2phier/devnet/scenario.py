@@ -141,7 +141,7 @@ class TimingSpec:
     margin: float = 0.005
     tolerance: float = 0.01
     min_updates: int = 1
-    collect_s: float = 120.0  # a parent's longest wait for its children's updates in a round
+    collect_s: float = 900.0  # a parent's longest wait for its children's updates in a round
 
 
 @dataclass(frozen=True)
@@ -630,7 +630,7 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
         margin=tm.get("margin", _float(0.0, 1.0), 0.005),
         tolerance=tm.get("tolerance", _float(0.0, 1.0), 0.01),
         min_updates=tm.get("min_updates", _int(0, MAX_NODES), 1),
-        collect_s=tm.get("collect_s", _float(1.0, 3600.0), 120.0),
+        collect_s=tm.get("collect_s", _float(1.0, 3600.0), 900.0),
     )
     tm.done()
 

@@ -612,13 +612,16 @@ def export_tier(store: ContentStore, tier_dir: Path) -> CID:
 
 
 def import_tier(
-    store: ContentStore, cid: CID | str, out_dir: Path, *, expected_weights_cid: str
+    store: ContentStore, cid: CID | str, out_dir: Path, *, expected_weights_cid: str | None
 ) -> TierInfo:
     """Unpack a tier bundle to the new ``out_dir`` and verify it; a bad tier is removed again.
 
     ``expected_weights_cid`` is the tier CID the caller trusts (from a signed
     record): the weights must hash to it, and the files must match the
     description bound to the weights (:func:`~p2phier.learn.models.load_tier`).
+    ``None`` when the bundle's own CID is the trust anchor (it came from a
+    signed manifest and every block was hash-checked on fetch): the files must
+    still match the description inside the bundle.
     """
     path = unpack_dir(store, cid, out_dir, max_total=MAX_TIER_WEIGHTS + _TIER_FILES_EXTRA)
     try:

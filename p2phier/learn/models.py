@@ -32,6 +32,7 @@ import logging
 import re
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -467,15 +468,44 @@ def _model_class(task: Task) -> Any:
     return AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
 
 
+#: Loaded tiers of this process, newest last: (dir, file stamps, expected CID) -> Tier.
+#: A node loads its tier for every learning step; the model is never mutated (sessions
+#: deep-copy it), so a tier whose files are unchanged is verified and built once.
+_TIER_CACHE: OrderedDict[tuple[Any, ...], Tier] = OrderedDict()
+TIER_CACHE_SIZE = 3
+
+
+def _stamp(tier_dir: Path) -> tuple[Any, ...]:
+    out: list[Any] = [str(tier_dir.resolve())]
+    for child in sorted(tier_dir.iterdir()) if tier_dir.is_dir() else ():
+        st = child.stat()
+        out.append((child.name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
 def load_tier(tier_dir: Path, *, expected_cid: str | None = None) -> Tier:
     """Load a tier after checking its weights' CID and embedded description.
 
     ``expected_cid`` is the CID the caller trusts (from a signed record); the
-    CID in ``p2phier_tier.json`` is always checked too.
+    CID in ``p2phier_tier.json`` is always checked too.  A tier whose files are
+    unchanged since this process last loaded it is returned from a small cache.
     """
+    tier_dir = Path(tier_dir)
+    key = (_stamp(tier_dir), expected_cid)
+    cached = _TIER_CACHE.get(key)
+    if cached is not None:
+        _TIER_CACHE.move_to_end(key)
+        return cached
+    tier = _load_tier(tier_dir, expected_cid)
+    _TIER_CACHE[key] = tier
+    while len(_TIER_CACHE) > TIER_CACHE_SIZE:
+        _TIER_CACHE.popitem(last=False)
+    return tier
+
+
+def _load_tier(tier_dir: Path, expected_cid: str | None) -> Tier:
     from transformers import AutoConfig, AutoTokenizer
 
-    tier_dir = Path(tier_dir)
     info = read_tier_info(tier_dir)
     weights = tier_dir / info.weights_file
     size = weights.stat().st_size if weights.is_file() else -1

@@ -372,12 +372,17 @@ class NodeDaemon:
     def _decide_registration(self, remote: str, signed: bytes) -> tuple[bool, str]:
         now = self.clock()
         status = self.offer_record(signed)
-        if not status.accepted and status is not RecordStatus.DUPLICATE:
-            return False, f"your node record was refused: {status.value}"
         try:
             record = open_record(signed)
         except ProtocolViolationError as exc:
             return False, f"your node record was refused: {exc}"
+        newer = self.book.get(record.peer_id) if status is RecordStatus.STALE_SEQ else None
+        if newer is not None:
+            # Its newer record reached us by gossip while this registration was in flight
+            # (e.g. it just loaded its tier): register it with the newest one we hold.
+            record = newer
+        elif not status.accepted and status is not RecordStatus.DUPLICATE:
+            return False, f"your node record was refused: {status.value}"
         if str(record.peer_id) != remote:
             return False, "the record is not the registering peer's own"
         actions = self.hierarchy.child_registered(record, now)
@@ -481,6 +486,7 @@ class NodeDaemon:
                     "parent": str(ann.parent) if ann.parent else None,
                     "bytes": art.stored_bytes,
                     "accepted_ms": now_ms(self.clock()),
+                    "created_ms": ann.created_ms,
                 }
             )
             self._dirty = True

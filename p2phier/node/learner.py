@@ -33,6 +33,7 @@ restarted node resumes from its store and catches up from its parent.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -42,7 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import trio
 
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 MAX_STATE_BYTES = 4 << 20
 POLL_S = 0.25
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -100,12 +103,13 @@ class Learner:
         self.state = self._load_state()
         self.data: NodeData | None = None
         self.requested_round = int(self.state["round"])
-        self.latest_version: _Update | None = None
+        self.versions: dict[str, _Update] = {}  # parent peer id -> its latest version
         self.updates: dict[str, _Update] = {}  # child peer id -> its latest update
         self.busy = "starting"
         self.errors: deque[str] = deque(maxlen=16)
         self._wake = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
+        self._retry_at = 0.0
 
     # --- persistence --------------------------------------------------------------------------
     def _load_state(self) -> dict[str, Any]:
@@ -127,7 +131,7 @@ class Learner:
         self.state["seq"] += 1
         return self.dir / kind / f"{self.state['seq']:05d}"
 
-    async def _work(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _work(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run a blocking learning step in the worker thread (one at a time)."""
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
 
@@ -142,9 +146,10 @@ class Learner:
             str(m.base_model_cid) if m.base_model_cid else None,
             ann.created_ms,
         )
-        parent = self.node.hierarchy.parent
-        if parent is not None and ann.author == parent and ann.topic == down_topic(parent):
-            self.latest_version = update
+        # Kept per author: the parent may be re-selected (after a lost registration) after its
+        # version was accepted; _step applies only the current parent's.
+        if ann.topic == down_topic(ann.author):
+            self.versions[update.author] = update
         elif ann.topic == up_topic(self.node.peer):
             self.updates[update.author] = update
         self._wake.set()
@@ -158,19 +163,16 @@ class Learner:
 
     # --- the worker loop ----------------------------------------------------------------------
     async def run(self) -> None:
-        from p2phier.learn import cycle  # the worker's only torch import, off the event loop
+        # torch is imported here, in a worker thread (seconds: the event loop keeps serving),
+        # never when the daemon module loads; later imports in this module are cache hits.
+        await trio.to_thread.run_sync(importlib.import_module, "p2phier.learn.cycle")
+        from p2phier.learn import cycle
 
-        self._cycle = cycle
         await self._work(cycle.setup, self.plan)
         if self.plan.data is not None:
             self.data = await self._work(load_data, self.plan.data)
         await self._guard("start", self._start)
-        # Catch up with what the daemon accepted before we (re)started.
-        for entry in self.node.accepted:
-            if entry.get("author") == str(self.node.hierarchy.parent) and entry["cid"] != (
-                self.state["base"] or {}
-            ).get("cid"):
-                self._wake.set()
+        await self._guard("catch up", self._catch_up)
         interval = self.node.config.learn_round_interval_s
         next_auto = time.monotonic() + interval
         while True:
@@ -183,24 +185,56 @@ class Learner:
             self._wake = trio.Event()
             await self._step()
 
+    async def _catch_up(self) -> None:
+        """After a restart: the parent's newest version the daemon accepted but we never applied."""
+        parent = self.node.hierarchy.parent
+        if parent is None:
+            return
+        topic = down_topic(parent)
+        mine = [e for e in self.node.accepted if e.get("author") == str(parent)
+                and e.get("topic") == topic]  # fmt: skip
+        if not mine or mine[-1]["cid"] == (self.state["base"] or {}).get("cid"):
+            return
+        entry = mine[-1]
+        from p2phier.artifact.verify import read_artifact
+
+        art = await self._work(read_artifact, self.node.store.get_block, CID.parse(entry["cid"]))
+        m = art.manifest
+        self.versions[str(parent)] = _Update(
+            str(parent),
+            entry["cid"],
+            m.round,
+            str(m.base_version) if m.base_version else None,
+            str(m.base_model_cid) if m.base_model_cid else None,
+            int(entry.get("created_ms") or m.created_ms),
+        )
+        logger.info("catching up with %s's version %s", parent, entry["cid"])
+
     async def _guard(self, what: str, fn: Callable[[], Awaitable[None]]) -> bool:
         try:
             self.busy = what
             await fn()
             return True
-        except (P2PHierError, ValueError, OSError, trio.TooSlowError) as exc:
+        except Exception as exc:  # a failed step is retried later; it must not stop the node
             logger.warning("learning step %s failed: %s", what, exc, exc_info=True)
             self.errors.append(f"{what}: {exc}")
             return False
 
     async def _step(self) -> None:
-        version = self.latest_version
+        parent = self.node.hierarchy.parent
+        version = self.versions.get(str(parent)) if parent is not None else None
         if version is not None and version.cid != (self.state["base"] or {}).get("cid"):
-            if version.round >= 0 and await self._guard("rebase", lambda: self._apply(version)):
+            if time.monotonic() < self._retry_at:
+                return
+            if await self._guard("rebase", lambda: self._apply(version)):
                 self._save()
+            else:  # e.g. the parent's tier could not be fetched yet: back off, then retry
+                self._retry_at = time.monotonic() + 5.0
             return
         if self.requested_round > self.state["round"] and self._ready():
-            r = self.state["round"] + 1
+            # A node that missed rounds (down, restarted) does one round on everything that
+            # arrived meanwhile rather than replaying each: it rejoins its parent's current round.
+            r = self.requested_round
             await self._guard(f"round {r}", lambda: self._round(r))
             self.state["round"] = r
             self._save()
@@ -213,7 +247,9 @@ class Learner:
 
     # --- start: own tier, first version of the master -----------------------------------------
     async def _start(self) -> None:
-        cycle, tp = self._cycle, self.plan.tier
+        from p2phier.learn import cycle
+
+        tp = self.plan.tier
         if tp.teacher_dir is not None and tp.teacher_weights_cid:
             facts = await self._work(cycle.check_tier, tp.teacher_dir, tp.teacher_weights_cid)
             await self._remember_tier(Path(facts["dir"]))
@@ -254,13 +290,22 @@ class Learner:
         await self.node.fetch_object(bundle_cid, [provider])
         out = self.dir / "tiers" / bundle_cid
         if not out.exists():
-            await self._work(api.import_tier, self.node.store, CID.parse(bundle_cid), out)
+            # The bundle CID comes from the parent's signed manifest and every block was
+            # hash-checked on fetch: it is the trust anchor for the tier inside.
+            await self._work(
+                api.import_tier,
+                self.node.store,
+                CID.parse(bundle_cid),
+                out,
+                expected_weights_cid=None,
+            )
         self.state["tiers"][bundle_cid] = str(out)
         return out
 
     # --- downstream: a new parent version -----------------------------------------------------
     async def _apply(self, v: _Update) -> None:
-        cycle = self._cycle
+        from p2phier.learn import cycle
+
         began = time.time()
         their_tier = await self._tier_of(v.base_model_cid, v.author)
         raw = self.dir / "versions" / v.cid
@@ -377,7 +422,8 @@ class Learner:
         return [e for a in self.data.arrivals[: max(0, round_)] for e in a]
 
     async def _round(self, r: int) -> None:
-        cycle = self._cycle
+        from p2phier.learn import cycle
+
         began = time.time()
         rec: dict[str, Any] = {"round": r, "started_ms": int(began * 1000)}
         tier = Path(self.state["tier"]["dir"])
@@ -429,22 +475,21 @@ class Learner:
             return str(exc)
 
     async def _collect(self, r: int, began: float) -> dict[str, _Update]:
-        """Children's round-r updates on the current flat: all registered children, or a timeout."""
+        """Children's updates on the current flat, once every registered child sent one for
+        round ``r`` (a dead child drops out of the registry after its TTL) or ``collect_s``."""
         deadline = began + self.plan.collect_s
         while True:
             current = self.state["flat"]["cid"]
-            fresh = {
-                a: u for a, u in self.updates.items() if u.round >= r and u.base_version == current
-            }
+            fresh = {a: u for a, u in self.updates.items() if u.base_version == current}
             expected = {str(c) for c in self.node.hierarchy.children}
-            if expected and expected <= set(fresh):
-                return fresh
-            if time.time() >= deadline:
+            done = {a for a, u in fresh.items() if u.round >= r}
+            if (expected and expected <= done) or time.time() >= deadline:
                 return fresh
             await trio.sleep(POLL_S)
 
     async def _aggregate(self, r: int, rec: dict[str, Any], began: float) -> None:
-        cycle = self._cycle
+        from p2phier.learn import cycle
+
         tier = Path(self.state["tier"]["dir"])
         flat = Path(self.state["flat"]["dir"])
         fresh = await self._collect(r, began)

@@ -267,3 +267,15 @@ def _llama_sized(vocab: int):  # type: ignore[no-untyped-def]
         pad_token_id=None,
     )
     return LlamaForCausalLM(cfg)
+
+
+def test_a_loaded_tier_is_cached_until_its_files_change(tmp_path: Path, bbc: list[Example]) -> None:
+    build_tiny_lm_tier(tmp_path / "t", _texts(bbc), pretrain_steps=0)
+    first = load_tier(tmp_path / "t")
+    assert load_tier(tmp_path / "t") is first  # verified and built once per process
+    # A file changed after the first load is noticed: the cache never hides tampering.
+    data = bytearray((tmp_path / "t" / "model.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (tmp_path / "t" / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(TierIntegrityError, match="hashes to"):
+        load_tier(tmp_path / "t")

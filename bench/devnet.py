@@ -1,0 +1,166 @@
+"""Devnet benchmark: the default scenario end to end, as real node processes on this machine.
+
+Run ``python bench/devnet.py`` (``--quick`` runs the 5-node CI scenario instead, ``--json`` ends
+stdout with one JSON object).  It runs exactly what ``p2phier devnet up`` runs (every node its
+own process on 127.0.0.1, rounds driven through the nodes, then the isolated and centralised
+baselines) and reports:
+
+* wall time per round (and the set-up: building the root tier, starting and forming);
+* model-update bytes on the wire per round as % of what exchanging full models would send over
+  the same transfers (goal <= 1%: ``round_bytes_pct_of_full``);
+* announcement -> fetched and verified at the receiving node, per hop, p99 (goal < 3 s:
+  ``propagation_p99_s``; rebase compute excluded), and the whole chain master -> last node
+  applied per round (training and rebases included);
+* peak RSS per node process;
+* accuracy per tier and the hierarchy's mean accuracy vs each node alone and vs one central model
+  on the pooled data (``hier_vs_isolated_acc_pts``, ``hier_vs_central_acc_pts``; positive = the
+  hierarchy is better).
+
+Every comparison is a ratio or difference against a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, emit_json, log, parser, print_table, verdict
+
+BYTES_GOAL_PCT = 1.0
+PROPAGATION_GOAL_S = 3.0
+
+
+def p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0] if __doc__ else "devnet benchmark")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--keep", action="store_true", help="keep the run directory")
+    args = p.parse_args(argv)
+    from p2phier.devnet.report import summarise, write_report
+    from p2phier.devnet.runner import run_devnet
+    from p2phier.devnet.scenario import load_scenario
+
+    name = "ci.toml" if args.quick else "default.toml"
+    scenario = load_scenario(ROOT / "devnet" / "scenarios" / name).with_rounds(args.rounds)
+    run_dir = Path(tempfile.mkdtemp(prefix="p2phier-bench-devnet-"))
+    t0 = time.perf_counter()
+    try:
+        log(f"devnet bench: scenario {scenario.name}, {args.rounds} rounds, in {run_dir}")
+        record = run_devnet(
+            scenario,
+            run_dir / "run",
+            on_poll=lambda phase, st: log(
+                f"  [{phase}] {sum(s is not None for s in st.values())}/{len(st)} nodes answering"
+            ),
+        )
+        write_report(record, run_dir / "run")
+        summary = summarise(record)
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    total_s = time.perf_counter() - t0
+
+    rounds = [r for r in summary["rounds"] if r["round"] >= 1]
+    wire = sum(r["wire_bytes"] for r in rounds)
+    full = sum(r["full_model_bytes"] for r in rounds)
+    pct = 100.0 * wire / full if full else None
+    res: dict[str, Any] = dict(record.resources)
+    hops = [d for r in rounds for d in res.get("hop_delays_s", {}).get(str(r["round"]), [])]
+    prop = p99(hops)
+    chains = {int(k): v for k, v in res.get("chain_s", {}).items()}
+    rss = res.get("rss_max_mib", {})
+    compare = summary["comparison"]
+    hier, alone, central = compare["hierarchy"], compare["isolated"], compare["central"]
+    vs_alone = 100.0 * (hier - alone) if hier is not None and alone is not None else None
+    vs_central = 100.0 * (hier - central) if hier is not None and central is not None else None
+
+    print_table(
+        f"Devnet {scenario.name}: {len(record.nodes)} node processes, {args.rounds} rounds "
+        f"(set-up {record.setup_s:.0f} s, total with baselines {total_s:.0f} s)",
+        ("round", "wall s", "update bytes", "full models", "% of full", "chain s", "published"),
+        [
+            (
+                r["round"],
+                f"{r['wall_s']:.1f}",
+                r["wire_bytes"],
+                r["full_model_bytes"],
+                f"{r['pct_of_full']:.3f}" if r["pct_of_full"] is not None else "-",
+                f"{chains[r['round']]:.1f}" if chains.get(r["round"]) is not None else "-",
+                ",".join(r["published"]) or "-",
+            )
+            for r in rounds
+        ],
+    )
+    print_table(
+        "Figures",
+        ("measure", "value", "goal", ""),
+        [
+            ("round_bytes_pct_of_full", f"{pct:.3f}%" if pct is not None else "-",
+             f"<= {BYTES_GOAL_PCT}%", verdict(pct is not None and pct <= BYTES_GOAL_PCT)),
+            ("propagation_p99_s (per hop)", f"{prop:.2f}" if prop is not None else "-",
+             f"< {PROPAGATION_GOAL_S}", verdict(prop is not None and prop < PROPAGATION_GOAL_S)),
+            ("hier_vs_isolated_acc_pts", f"{vs_alone:+.1f}" if vs_alone is not None else "-",
+             "> 0", verdict(vs_alone is not None and vs_alone > 0)),
+            ("hier_vs_central_acc_pts", f"{vs_central:+.1f}" if vs_central is not None else "-",
+             "", ""),
+            ("peak RSS per node (MiB, max)", f"{max(rss.values()):.0f}" if rss else "-", "", ""),
+        ],
+    )  # fmt: skip
+    print_table(
+        "Final accuracy per tier (own held-out data)",
+        ("tier", "accuracy"),
+        [(t, f"{a:.3f}" if a is not None else "-")
+         for t, a in summary["final_accuracy_per_tier"].items()],
+    )  # fmt: skip
+    print_table(
+        "Peak RSS per node process (MiB)", ("node", "MiB"), [(k, rss[k]) for k in sorted(rss)]
+    )
+    print(summary["verdict"])
+    if args.json:
+        emit_json(
+            {
+                "bench": "devnet",
+                "scenario": scenario.name,
+                "rounds": args.rounds,
+                "seconds": total_s,
+                "setup_s": record.setup_s,
+                "wall_per_round_s": {r["round"]: r["wall_s"] for r in rounds},
+                "round_bytes_pct_of_full": pct,
+                "round_bytes": {r["round"]: r["wire_bytes"] for r in rounds},
+                "propagation_p99_s": prop,
+                "chain_s": chains,
+                "rss_per_node_mib": rss,
+                "accuracy_per_tier": summary["final_accuracy_per_tier"],
+                "hier_acc": hier,
+                "isolated_acc": alone,
+                "central_acc": central,
+                "hier_vs_isolated_acc_pts": vs_alone,
+                "hier_vs_central_acc_pts": vs_central,
+                "verdict": summary["verdict"],
+                "goals": {
+                    "round_bytes_pct_of_full": {
+                        "goal": BYTES_GOAL_PCT,
+                        "met": pct is not None and pct <= BYTES_GOAL_PCT,
+                    },
+                    "propagation_p99_s": {
+                        "goal": PROPAGATION_GOAL_S,
+                        "met": prop is not None and prop < PROPAGATION_GOAL_S,
+                    },
+                },
+            }
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""The devnet end to end: real node processes on 127.0.0.1 driven through `p2phier devnet`.
+
+These run the CLI exactly as a user does (``devnet up``, ``devnet down``) and then
+check what the nodes left on disk: every node's learner state, its daemon's
+accepted artifacts, the run record.  They are the slowest tests of the suite
+(a minute or two each on 2 cores) and each is its own xdist group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2phier.devnet.procs import FAST_ENV, REPO
+from p2phier.devnet.runner import RUN_STATE, _is_node
+
+pytestmark = [pytest.mark.slow, pytest.mark.ml]
+
+SCENARIOS = REPO / "devnet" / "scenarios"
+
+
+def _cli(*args: str, timeout: float = 900.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2phier", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **FAST_ENV},
+        cwd=REPO,
+        check=False,
+    )
+
+
+def _state(run_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((run_dir / RUN_STATE).read_text()))
+
+
+def _learner(run_dir: Path, node: str) -> dict[str, Any]:
+    home = Path(_state(run_dir)["nodes"][node]["home"])
+    return dict(json.loads((home / "learn" / "state.json").read_text()))
+
+
+def _accepted(run_dir: Path, node: str) -> list[dict[str, Any]]:
+    """What the node's daemon accepted (fetched and verified), from its saved state."""
+    from p2phier.identity import PeerId
+    from p2phier.node.state import load_node_state, state_path
+
+    info = _state(run_dir)["nodes"][node]
+    out: list[dict[str, Any]] = []
+    load_node_state(
+        state_path(Path(info["home"])),
+        PeerId.parse(info["peer_id"]),
+        lambda s: out.extend(s.accepted),
+        max_accepted=256,
+    )
+    return out
+
+
+def _no_node_left(run_dir: Path) -> list[int]:
+    pids = [n["pid"] for n in _state(run_dir)["nodes"].values() if isinstance(n["pid"], int)]
+    return [p for p in pids if _is_node(p)]
+
+
+def _check_versions_applied(run_dir: Path, parents: dict[str, str]) -> None:
+    """Every node runs its parent's final version, which its daemon fetched and verified by CID."""
+    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
+    for child, parent in parents.items():
+        mine, theirs = _learner(run_dir, child), _learner(run_dir, parent)
+        final = theirs["flat"]["cid"]
+        assert mine["base"]["cid"] == final, f"{child} is not on {parent}'s final version"
+        assert final in theirs["published"]
+        got = [a for a in _accepted(run_dir, child) if a["cid"] == final]
+        assert got and got[0]["author"] == peers[parent], f"{child} never accepted {final}"
+
+
+@pytest.mark.xdist_group("devnet-ci")
+def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ci"
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci.toml"), "--dir", str(run_dir),
+                  "--no-live", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["verdict"].startswith("Verdict: ")
+    assert (run_dir / "report.md").is_file() and (run_dir / "accuracy.png").is_file()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [r["round"] for r in run["rounds"]] == [0, 1, 2]
+    # The hierarchy formed as the scenario says, with real peer ids.
+    nodes = {n["name"]: n for n in run["nodes"]}
+    assert all(n["peer_id"] for n in nodes.values())
+    parents = {n["name"]: n["parent"] for n in run["nodes"] if n["parent"]}
+    assert parents == {"en": "master", "news-a": "en", "news-b": "en", "health": "en"}
+    # Every training node trained on all its data and sent updates upstream each round.
+    for name in ("news-a", "news-b", "health"):
+        learner = _learner(run_dir, name)
+        assert learner["round"] == 2 and learner["consumed"] == 2
+        for r in ("1", "2"):
+            assert learner["rounds"][r]["trained"] > 0
+            assert learner["rounds"][r]["sent"]["topic"].startswith("/p2phier/up/")
+    _check_versions_applied(run_dir, parents)
+    # The language node aggregated its three children's updates and published.
+    en = _learner(run_dir, "en")
+    assert en["rounds"]["1"]["n_updates"] == 3 and en["rounds"]["1"]["decision"] == "published"
+    # The parent's accuracy on its children's held-out data improved over the run.
+    by_round = {r["round"]: {n["node"]: n for n in r["nodes"]} for r in run["rounds"]}
+    before, after = by_round[0]["en"]["accuracy_children"], by_round[2]["en"]["accuracy_children"]
+    assert after > before, (before, after)
+    # Model updates on the wire are a small fraction of what full models would cost.
+    assert all(r["bytes_out"] >= 0 for r in by_round[2].values())
+    # Nothing is left running, and `devnet down` agrees.
+    assert _no_node_left(run_dir) == []
+    down = _cli("devnet", "down", "--dir", str(run_dir), "--json", timeout=60)
+    assert down.returncode == 0 and json.loads(down.stdout)["stopped"] == []
+
+
+@pytest.mark.xdist_group("devnet-fault")
+def test_a_killed_subdomain_node_restarts_and_catches_up(tmp_path: Path) -> None:
+    run_dir = tmp_path / "fault"
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-fault.toml"), "--dir",
+                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    by_round = {r["round"]: {n["node"]: n for n in r["nodes"]} for r in run["rounds"]}
+    assert by_round[1]["news-tech"]["up"] is False  # killed for round 1
+    assert by_round[2]["news-tech"]["up"] is True  # restarted for round 2
+    # In round 1 the domain node aggregated without the dead child (after its collect timeout).
+    news = _learner(run_dir, "news")
+    assert news["rounds"]["1"]["children_updates"] != []
+    tech_peer = _state(run_dir)["nodes"]["news-tech"]["peer_id"]
+    assert tech_peer not in news["rounds"]["1"]["children_updates"]
+    # The restarted node kept its identity and tier from its store, caught up with its parent's
+    # latest version, and trained on everything that arrived while it was down.
+    tech = _learner(run_dir, "news-tech")
+    assert tech["round"] == 2 and tech["consumed"] == 2
+    assert tech["tier"]["tier_id"] == "devnet/student/news-tech"
+    assert tech_peer in news["rounds"]["2"]["children_updates"]
+    parents = {"news-business": "news", "news-tech": "news", "news": "en", "en": "master"}
+    _check_versions_applied(run_dir, parents)
+    assert _no_node_left(run_dir) == []
+
+
+@pytest.mark.xdist_group("devnet-crash")
+def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) -> None:
+    run_dir = tmp_path / "crash"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "p2phier", "devnet", "up", "--scenario", str(SCENARIOS / "ci.toml"),
+         "--dir", str(run_dir), "--no-live", "--no-baselines"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **FAST_ENV},
+        cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                nodes = _state(run_dir)["nodes"]
+            except (OSError, ValueError, KeyError):
+                nodes = {}
+            if len(nodes) == 5 and all(n["pid"] and _is_node(n["pid"]) for n in nodes.values()):
+                break
+            time.sleep(1.0)
+        else:
+            pytest.fail("the devnet did not start 5 nodes within 300 s")
+        launcher.send_signal(signal.SIGKILL)  # a crash: no finally-block runs
+        launcher.wait(30)
+        assert len(_no_node_left(run_dir)) == 5  # orphans: still running
+        down = _cli("devnet", "down", "--dir", str(run_dir), "--json", timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert len(json.loads(down.stdout)["stopped"]) >= 5
+        assert _no_node_left(run_dir) == []
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        for pid in _no_node_left(run_dir) if (run_dir / RUN_STATE).exists() else []:
+            os.kill(pid, signal.SIGKILL)
