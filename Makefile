@@ -29,8 +29,10 @@ test: $(STAMP)
 	@$(PY) -m pytest -n auto --dist loadgroup -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
+# The main job: the default 12-node devnet (every node its own process) doing real learning
+# rounds, ending with a report (devnet/runs/default-<time>/report.md).
 demo: $(STAMP)
-	$(VENV)/bin/p2phier demo
+	$(VENV)/bin/p2phier devnet up --scenario devnet/scenarios/default.toml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2phier tests bench

@@ -80,6 +80,7 @@ class LearnPlan:
     seed: int = 0
     personal_head_steps: int = 5  # head fine-tune on own data after a rebase (0: off)
     version_rank: int = 16  # most LoRA rank a published version keeps (bytes on the wire)
+    train_pooler: bool = False  # LoRA + task head only (PEFT's default): small updates
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,6 +196,7 @@ def parse_plan(data: object, base: Path) -> LearnPlan:
         seed=_int(data, "seed", 0, 0, 2**31 - 1),
         personal_head_steps=_int(data, "personal_head_steps", 5, 0, 100_000),
         version_rank=_int(data, "version_rank", 16, 1, 256),
+        train_pooler=bool(_opt(data, "train_pooler", bool, "plan")),
     )
 
 

@@ -27,7 +27,7 @@ DEFAULT_SCENARIO = Path("devnet/scenarios/default.toml")
 DEFAULT_DIR = Path("devnet/runs")
 DirOpt = Annotated[
     Path | None,
-    typer.Option("--dir", help="Run directory (default: devnet/runs/<scenario name>)."),
+    typer.Option("--dir", help="Run directory (default: the latest run started from here)."),
 ]
 
 devnet_app = typer.Typer(
@@ -56,8 +56,31 @@ def devnet_report(
     )
 
 
-def _run_dir(directory: Path | None, name: str) -> Path:
-    return (directory if directory is not None else DEFAULT_DIR / name).resolve()
+LATEST = DEFAULT_DIR / "LATEST"
+
+
+def _new_run_dir(directory: Path | None, name: str) -> Path:
+    """``--dir``, or a fresh ``devnet/runs/<name>-<time>`` remembered as the latest run."""
+    if directory is not None:
+        return directory.resolve()
+    import time
+
+    run_dir = (DEFAULT_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
+    LATEST.write_text(str(run_dir) + "\n")
+    return run_dir
+
+
+def _run_dir(directory: Path | None, name: str | None = None) -> Path:
+    """``--dir``, or the latest run ``devnet up`` started from this directory."""
+    if directory is not None:
+        return directory.resolve()
+    try:
+        return Path(LATEST.read_text().strip())
+    except OSError:
+        raise UsageError(
+            f"no devnet run recorded in {LATEST}; give --dir (the run directory)"
+        ) from None
 
 
 def _short(cid: object) -> str:
@@ -134,7 +157,7 @@ def devnet_up(  # noqa: PLR0917 - typer options
     sc = load_scenario(scenario)
     if rounds is not None:
         sc = sc.with_rounds(rounds)
-    run_dir = _run_dir(directory, sc.name)
+    run_dir = _new_run_dir(directory, sc.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} is not empty: give another --dir or remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +198,6 @@ def devnet_up(  # noqa: PLR0917 - typer options
 @devnet_app.command("status")
 def devnet_status(
     directory: DirOpt = None,
-    name: Annotated[str, typer.Option("--scenario-name", help="Run name.")] = "default",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Ask every node of a running devnet for its status."""
@@ -183,7 +205,7 @@ def devnet_status(
     from p2phier.devnet.runner import RUN_STATE
     from p2phier.node.controlwire import call
 
-    run_dir = _run_dir(directory, name)
+    run_dir = _run_dir(directory)
     try:
         state = json.loads((run_dir / RUN_STATE).read_bytes())
     except (OSError, ValueError) as exc:
@@ -203,13 +225,12 @@ def devnet_status(
 def devnet_logs(
     node: Annotated[str, typer.Argument(help="Node name from the scenario.")],
     directory: DirOpt = None,
-    name: Annotated[str, typer.Option("--scenario-name", help="Run name.")] = "default",
     lines: Annotated[int, typer.Option("-n", "--lines", help="Lines from the end.")] = 100,
 ) -> None:
     """Print the end of one node's log."""
     from p2phier.devnet.runner import RUN_STATE
 
-    run_dir = _run_dir(directory, name)
+    run_dir = _run_dir(directory)
     try:
         state = json.loads((run_dir / RUN_STATE).read_bytes())
         log_path = Path(state["nodes"][node]["log"])
@@ -222,13 +243,12 @@ def devnet_logs(
 @devnet_app.command("down")
 def devnet_down(
     directory: DirOpt = None,
-    name: Annotated[str, typer.Option("--scenario-name", help="Run name.")] = "default",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Stop and reap every node of a devnet (also after the launcher crashed)."""
     output.set_json(json_out)
     from p2phier.devnet.runner import down
 
-    run_dir = _run_dir(directory, name)
+    run_dir = _run_dir(directory)
     done = down(run_dir)
     output.emit({"dir": str(run_dir), "stopped": done}, "\n".join(done) or "nothing was running")

@@ -68,7 +68,7 @@ def _configure_logging(verbose: int, level_name: str) -> None:
         level = getattr(logging, level_name.upper())
     root = logging.getLogger("p2phier")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False

@@ -258,7 +258,8 @@ def run_baselines(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     t = scenario.training
-    lora = LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r)
+    # The nodes' budget exactly: LoRA + task head (the pooler stays frozen, as on the nodes).
+    lora = LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=False)
     steps = t.steps_per_cycle * scenario.rounds
     trainers = [n for n in scenario.training_nodes() if n.name in data]
     if not trainers:

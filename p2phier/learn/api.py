@@ -437,6 +437,7 @@ def rebase(
     max_length: int = 64,
     seed: int = 0,
     init_seed: int = 0,
+    lora: LoraSettings | None = None,
 ) -> RebaseResult:
     """Move a child from ``old_version`` to ``new_version`` and report its change in scores.
 
@@ -452,7 +453,9 @@ def rebase(
     if mode == "keep":
         session = Session(tier, parents=[*ancestors, new_version], adapter=own_adapter)
     elif mode == "reset":
-        session = Session(tier, parents=[*ancestors, new_version], seed=init_seed)
+        session = Session(
+            tier, parents=[*ancestors, new_version], settings=lora, seed=init_seed
+        )
         session.load_heads(own)
     else:
         raise ModelError(f"rebase mode must be 'reset' or 'keep', not {mode!r}")

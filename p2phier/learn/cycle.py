@@ -55,7 +55,7 @@ def examples(records: Sequence[DataRecord]) -> list[Example]:
 
 
 def _lora(plan: LearnPlan) -> LoraSettings:
-    return LoraSettings(r=plan.lora_r, alpha=2.0 * plan.lora_r)
+    return LoraSettings(r=plan.lora_r, alpha=2.0 * plan.lora_r, train_pooler=plan.train_pooler)
 
 
 def _train(plan: LearnPlan, seed: int, steps: int | None = None) -> TrainConfig:
@@ -240,9 +240,7 @@ def aggregate(
     }
     valid = examples(validation)
     if valid:
-        held: dict[str, list[Example]] = {}
-        for e in valid:
-            held.setdefault(e.subdomain or e.domain, []).append(e)
+        held = held_domains(valid)
         decision = api.decide_publish(
             tier_dir,
             version,
@@ -281,6 +279,26 @@ def aggregate(
     return out
 
 
+#: A held domain is judged on its own only with at least this many validation examples:
+#: with fewer, one example's flip moves its accuracy by more than any sane tolerance.
+MIN_HELD_EXAMPLES = 10
+
+
+def held_domains(valid: Sequence[Example]) -> dict[str, list[Example]]:
+    """Validation examples by sub-domain for the forgetting guard; small groups pooled."""
+    groups: dict[str, list[Example]] = {}
+    for e in valid:
+        groups.setdefault(e.subdomain or e.domain, []).append(e)
+    held = {k: v for k, v in groups.items() if len(v) >= MIN_HELD_EXAMPLES}
+    rest = [e for k, v in sorted(groups.items()) if k not in held for e in v]
+    if rest:
+        if len(rest) >= MIN_HELD_EXAMPLES or not held:
+            held["other"] = rest
+        else:  # too few to judge alone: they count in every kept group's check instead
+            held = {k: v + rest for k, v in held.items()}
+    return held
+
+
 def rebase(
     plan: LearnPlan,
     tier_dir: Path,
@@ -310,6 +328,7 @@ def rebase(
         max_length=plan.max_length,
         seed=plan.seed,
         init_seed=plan.seed,
+        lora=_lora(plan),
     )
     return {
         "adapter": str(result.adapter_dir),

@@ -84,7 +84,20 @@ class TierIntegrityError(ModelError):
 
 
 def configure_torch(threads: int = 1, seed: int | None = None) -> None:
-    """Bound torch's CPU threads (the node shares the machine) and optionally seed it."""
+    """Bound torch's CPU threads (the node shares the machine) and optionally seed it.
+
+    Also quiets transformers for long-running processes (nodes, the devnet launcher):
+    no weight-loading progress bars, and not the known-harmless deprecation warning
+    peft triggers on every adapter (see shared notes); real warnings stay.
+    """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    warnings.filterwarnings(
+        "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+    )
     torch.set_num_threads(max(1, threads))
     if seed is not None:
         torch.manual_seed(seed)

@@ -77,6 +77,9 @@ class LoraSettings:
     dropout: float = 0.0
     include_mlp: bool = False
     train_head: bool = True  # classifiers: the head is saved with the adapter
+    #: the backbone's pooler trains with the head (off: only the task head, as PEFT's default,
+    #: which keeps updates small: BERT's pooler alone is hidden x hidden values)
+    train_pooler: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,8 @@ class Session:
             if tier.info.task == "classifier" and self.settings.train_head
             else []
         )
+        if not self.settings.train_pooler:
+            heads = [h for h in heads if ".pooler." not in f".{h}."]
         s = self.settings
         if adapter is not None:
             loaded = read_adapter(adapter)
@@ -242,6 +247,9 @@ class Session:
                 dropout=float(loaded.config.get("lora_dropout", 0.0)),
                 include_mlp=s.include_mlp,
                 train_head=bool(loaded.config.get("modules_to_save")),
+                train_pooler=any(
+                    ".pooler." in f".{h}." for h in loaded.config.get("modules_to_save") or []
+                ),
             )
             targets = sorted(loaded.config.get("target_modules") or targets)
             heads = sorted(loaded.config.get("modules_to_save") or [])

@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from p2phier.cid import CID
 from p2phier.config import NodeConfig
 from p2phier.errors import (
     ArtifactError,
+    MissingBlocksError,
     NetworkError,
     P2PHierError,
     ProtocolViolationError,
@@ -89,11 +90,11 @@ from p2phier.net.pubsub import (
     serve_pulls,
 )
 from p2phier.net.register import register_with, serve_registrations
+from p2phier.node.control_api import control_handlers, node_peers, node_status
 from p2phier.node.learner import Learner
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
 from p2phier.records import (
     Capabilities,
-    Layer,
     NodeRecord,
     RecordBook,
     RecordStatus,
@@ -108,6 +109,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ACCEPTED = 256  # accepted artifacts listed in status (all stay pinned)
 MAX_PARALLEL_FETCHES = 4
+#: waits before re-fetching an announced update whose bytes did not arrive
+FETCH_RETRY_S = (5.0, 15.0, 30.0, 60.0, 120.0)
 #: peers whose announcement drops are counted one by one in status (least recent go first)
 MAX_DROP_PEERS = 256
 #: seconds between maintenance rounds (hierarchy timers, expiry, saves)
@@ -165,6 +168,7 @@ class NodeDaemon:
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](4096)
         self._fetch_send, self._fetch_recv = trio.open_memory_channel[Announcement](256)
         self._host: Host | None = None
+        self._fetch_limiter = trio.CapacityLimiter(MAX_PARALLEL_FETCHES)
         self._gossip: Gossip | None = None
         self._state_path = state_path(config.home)
         load_node_state(self._state_path, self.peer, self._apply_state, max_accepted=MAX_ACCEPTED)
@@ -206,7 +210,7 @@ class NodeDaemon:
                     async with trio.open_nursery() as nursery:
                         self._nursery_for_spawn = nursery
                         await nursery.start(
-                            serve_control, cfg.control_socket, self._control_handlers()
+                            serve_control, cfg.control_socket, control_handlers(self)
                         )
                         await gossip.subscribe(RECORDS_TOPIC, self._validate_record, _ignore)
                         if cfg.layer.below is not None:
@@ -461,19 +465,27 @@ class NodeDaemon:
         return True
 
     async def _fetch_loop(self) -> None:
-        limiter = trio.CapacityLimiter(MAX_PARALLEL_FETCHES)
+        limiter = self._fetch_limiter
         async with trio.open_nursery() as nursery:
             async for ann in self._fetch_recv:
                 nursery.start_soon(self._fetch_announced, ann, limiter)
 
-    async def _fetch_announced(self, ann: Announcement, limiter: trio.CapacityLimiter) -> None:
+    async def _fetch_announced(
+        self, ann: Announcement, limiter: trio.CapacityLimiter, attempt: int = 0
+    ) -> None:
         key = str(ann.cid)
         if key in self.fetching or any(a["cid"] == key for a in self.accepted):
             return
         self.fetching.add(key)
         try:
             async with limiter:
-                providers = [str(ann.author)] + await self._dht_providers(ann.cid)
+                # The author has it (it just announced it): ask it first, and the DHT's
+                # providers only when a retry is needed (a lookup costs seconds per hop).
+                providers = [str(ann.author)]
+                if attempt:
+                    providers += [
+                        p for p in await self._dht_providers(ann.cid) if p not in providers
+                    ]
                 art = await self._fetch_artifact(ann.cid, providers, ann)
             await trio.to_thread.run_sync(self.store.pin, ann.cid)
             self.accepted.append(
@@ -494,10 +506,28 @@ class NodeDaemon:
             if self.learner is not None:
                 self.learner.on_accepted(ann, art)
         except (P2PHierError, trio.TooSlowError) as exc:
-            logger.warning("update %s from %s rejected: %s", key, ann.author, exc)
             self.fetch_failures.append({"cid": key, "author": str(ann.author), "error": str(exc)})
+            # The announcement was valid: only its bytes did not arrive (a connection reset, a
+            # busy provider).  Its re-publications are duplicates and never fetched again, so
+            # retry it here while it is still the author's newest on that topic.
+            transient = isinstance(exc, NetworkError | MissingBlocksError | trio.TooSlowError)
+            if transient and attempt < len(FETCH_RETRY_S):
+                logger.info("update %s from %s not fetched (%s); retry in %.0f s", key,
+                            ann.author, exc, FETCH_RETRY_S[attempt])  # fmt: skip
+                self._spawn(self._retry_fetch, ann, limiter, attempt + 1)
+            else:
+                logger.warning("update %s from %s rejected: %s", key, ann.author, exc)
         finally:
             self.fetching.discard(key)
+
+    async def _retry_fetch(
+        self, ann: Announcement, limiter: trio.CapacityLimiter, attempt: int
+    ) -> None:
+        await trio.sleep(FETCH_RETRY_S[attempt - 1])
+        mark = self.filter.high_water(ann.topic, ann.author)
+        if mark is not None and mark.seq != ann.seq:
+            return  # superseded by a newer announcement, which is fetched instead
+        await self._fetch_announced(ann, limiter, attempt)
 
     async def _fetch_artifact(self, cid: CID, providers: list[str], ann: Announcement) -> Artifact:
         """Fetch an artifact's envelope, content and lineage, then verify it fully."""
@@ -591,8 +621,11 @@ class NodeDaemon:
         self.head = cid
         self._issue_record()
         self._save_state()
-        provided = await self.dht.provide(cid, timeout=5.0)
+        # Announce first: receivers fetch from the author at once. The DHT provider record
+        # (for other providers' fetches and later readers) follows in the background: a
+        # lookup can take seconds, and every hop of a round would wait for it.
         await self._gossip_announcement(topic, signed)
+        self._spawn(self._provide, cid)
         await self._publish_record()
         return {
             "cid": str(cid),
@@ -600,9 +633,12 @@ class NodeDaemon:
             "seq": ann.seq,
             "round": ann.round,
             "bytes": art.stored_bytes,
-            "provided": provided,
             "subscribers": self._gossip.peers_on(topic),
         }
+
+    async def _provide(self, cid: CID) -> None:
+        if not await self.dht.provide(cid, timeout=5.0):
+            logger.info("no DHT peer took the provider record of %s (yet)", cid)
 
     async def _gossip_announcement(self, topic: str, signed: bytes) -> None:
         assert self._gossip is not None
@@ -717,83 +753,12 @@ class NodeDaemon:
             {"peer": event.peer, "reason": event.reason, "detail": event.detail}
         )
 
-    # --- status ----------------------------------------------------------------------------
+    # --- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        host = self._host
-        return {
-            "peer_id": str(self.peer),
-            "layer": self.config.layer.label,
-            "domain": self.config.domain,
-            "base_model_id": self.base_model_id,
-            "parent": str(self.hierarchy.parent) if self.hierarchy.parent else None,
-            "children": sorted(str(p) for p in self.hierarchy.children),
-            "head": str(self.head) if self.head else None,
-            "peers": sorted(host.connected_peers()) if host else [],
-            "addresses": host.addrs if host else [],
-            "records": len(self.book),
-            "record_seq": self._record_seq,
-            "started_ms": self.started_ms,
-            "accepted": list(self.accepted),
-            "fetching": sorted(self.fetching),
-            "fetch_failures": list(self.fetch_failures),
-            "announcements_dropped": dict(self.rejected),
-            "announcements_dropped_by_peer": {
-                peer: dict(reasons) for peer, reasons in self.rejected_by_peer.items()
-            },
-            "misbehaviour": list(self.misbehaviour),
-            "topics": self._gossip.topics if self._gossip else [],
-            "control_socket": str(self.config.control_socket),
-            "learn": self.learner.status() if self.learner is not None else None,
-        }
+        return node_status(self)
 
     def peers(self, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
-        lay = Layer.parse(layer) if layer else None
-        out = []
-        connected = set(self._host.connected_peers()) if self._host else set()
-        for record in self.book.query(lay, domain_prefix=domain, now=self.clock()):
-            if record.peer_id == self.peer:
-                continue
-            entry = record.to_json()
-            entry["connected"] = str(record.peer_id) in connected
-            out.append(entry)
-        return out
-
-    def _control_handlers(self) -> dict[str, Callable[[Mapping[str, Any]], Any]]:
-        async def status(args: Mapping[str, Any]) -> Any:
-            return self.status()
-
-        async def peers(args: Mapping[str, Any]) -> Any:
-            return self.peers(_opt_str(args, "layer"), _opt_str(args, "domain"))
-
-        async def publish(args: Mapping[str, Any]) -> Any:
-            return await self.publish(_req_str(args, "cid"), _req_str(args, "to"))
-
-        async def fetch(args: Mapping[str, Any]) -> Any:
-            timeout = args.get("timeout", 120.0)
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-                raise UsageError("fetch timeout must be a positive number of seconds")
-            return await self.fetch(_req_str(args, "cid"), float(timeout))
-
-        async def learn_round(args: Mapping[str, Any]) -> Any:
-            if self.learner is None:
-                raise UsageError("learning is not enabled on this node (learn.enabled)")
-            value = args.get("round")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError("round must be an integer >= 1")
-            return self.learner.request_round(value)
-
-        async def stop(args: Mapping[str, Any]) -> Any:
-            self._stop.set()
-            return {"stopping": True}
-
-        return {
-            "status": status,
-            "peers": peers,
-            "publish": publish,
-            "fetch": fetch,
-            "learn.round": learn_round,
-            "stop": stop,
-        }
+        return node_peers(self, layer, domain)
 
     # --- persistence ---------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -831,22 +796,6 @@ def _physical_memory() -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError):
         return 0
-
-
-def _opt_str(args: Mapping[str, Any], key: str) -> str | None:
-    value = args.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise UsageError(f"{key} must be a string")
-    return value
-
-
-def _req_str(args: Mapping[str, Any], key: str) -> str:
-    value = _opt_str(args, key)
-    if not value:
-        raise UsageError(f"{key} is required")
-    return value
 
 
 def open_node_store(config: NodeConfig) -> DiskStore:

@@ -487,6 +487,20 @@ class Learner:
                 return fresh
             await trio.sleep(POLL_S)
 
+    async def _prepare_update(self, u: _Update, tier: Path) -> Path:
+        """A child's verified update as an adapter dir in this node's tier space."""
+        from p2phier.learn import cycle
+
+        raw = self.dir / "updates" / u.cid
+        if not raw.exists():
+            await self._work(self._unpack, u.cid, raw)
+        their = await self._tier_of(u.base_model_cid, u.author)
+        if await self._work(cycle.same_tier, tier, their):
+            return raw
+        return await self._work(
+            cycle.map_up, raw, self.dir / "mapped-up" / u.cid, child_tier=their, own_tier=tier
+        )
+
     async def _aggregate(self, r: int, rec: dict[str, Any], began: float) -> None:
         from p2phier.learn import cycle
 
@@ -495,19 +509,15 @@ class Learner:
         fresh = await self._collect(r, began)
         rec["children_updates"] = sorted(fresh)
         updates: dict[str, tuple[Path, float]] = {}
+        skipped = []
         for author, u in sorted(fresh.items()):
-            raw = self.dir / "updates" / u.cid
-            if not raw.exists():
-                await self._work(self._unpack, u.cid, raw)
-            their = await self._tier_of(u.base_model_cid, author)
-            if await self._work(cycle.same_tier, tier, their):
-                path = raw
-            else:
-                path = await self._work(
-                    cycle.map_up, raw, self.dir / "mapped-up" / u.cid, child_tier=their,
-                    own_tier=tier,
-                )  # fmt: skip
-            updates[author] = (path, 1.0)
+            try:
+                updates[author] = (await self._prepare_update(u, tier), 1.0)
+            except Exception as exc:  # one child's bad or unreachable update: skip that child
+                logger.warning("update %s from %s skipped: %s", u.cid, author, exc)
+                self.errors.append(f"update from {author}: {exc}")
+                skipped.append(author)
+        rec["skipped_updates"] = skipped
         local = self.state["local"]
         if self.plan.trains and local is not None and local["on"] == str(flat):
             updates["self"] = (Path(local["dir"]), 1.0)

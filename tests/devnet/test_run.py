@@ -167,6 +167,13 @@ def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) ->
             time.sleep(1.0)
         else:
             pytest.fail("the devnet did not start 5 nodes within 300 s")
+        status = _cli("devnet", "status", "--dir", str(run_dir), "--json", timeout=120)
+        assert status.returncode == 0, status.stderr
+        rows = {r["node"]: r for r in json.loads(status.stdout)["nodes"]}
+        assert set(rows) == {"master", "en", "news-a", "news-b", "health"}
+        assert rows["master"]["up"] and rows["master"]["layer"] == "master"
+        logs = _cli("devnet", "logs", "en", "--dir", str(run_dir), "-n", "50", timeout=60)
+        assert logs.returncode == 0 and "p2phier" in logs.stdout
         launcher.send_signal(signal.SIGKILL)  # a crash: no finally-block runs
         launcher.wait(30)
         assert len(_no_node_left(run_dir)) == 5  # orphans: still running

@@ -305,3 +305,15 @@ def test_a_bad_file_is_refused_with_its_path(tmp_path: Path) -> None:
     typo.write_text(SMALL.replace('domain = "en/news"', 'domain = "en/News"'))
     with pytest.raises(ScenarioError, match=r"typo\.toml: nodes\[2\]\.domain"):
         load_scenario(typo)
+
+
+def test_the_ci_fault_scenario_has_a_cross_tier_edge_and_a_kill_restart() -> None:
+    s = load_scenario(scenarios_dir() / "ci-fault.toml")
+    assert len(s.nodes) == 5 and s.rounds == 2
+    assert [(f.round, f.node, f.action) for f in s.faults] == [
+        (1, "news-tech", "kill"),
+        (2, "news-tech", "restart"),
+    ]
+    assert s.node("news-tech").layer is Layer.SUBDOMAIN and s.node("news-tech").tier == "student"
+    assert s.node("news").tier == "minilm"  # the student's parent runs its teacher tier
+    assert {n.name for n in s.training_nodes()} == {"news-business", "news-tech"}

@@ -1,0 +1,115 @@
+"""The node's local control API: status, peers and the commands its control socket serves.
+
+Owns :func:`node_status` (what ``node status --json`` and the devnet show),
+:func:`node_peers` and :func:`control_handlers`, the handler table for
+:func:`p2phier.net.control.serve_control`; kept apart from
+:mod:`p2phier.node.daemon`, which is about the node's life cycle and networking.
+Arguments from the socket are checked here (types, ranges) before use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from p2phier.errors import UsageError
+from p2phier.records import Layer
+
+if TYPE_CHECKING:
+    from p2phier.node.daemon import NodeDaemon
+
+
+def node_status(node: NodeDaemon) -> dict[str, Any]:
+    host = node._host
+    return {
+        "peer_id": str(node.peer),
+        "layer": node.config.layer.label,
+        "domain": node.config.domain,
+        "base_model_id": node.base_model_id,
+        "parent": str(node.hierarchy.parent) if node.hierarchy.parent else None,
+        "children": sorted(str(p) for p in node.hierarchy.children),
+        "head": str(node.head) if node.head else None,
+        "peers": sorted(host.connected_peers()) if host else [],
+        "addresses": host.addrs if host else [],
+        "records": len(node.book),
+        "record_seq": node._record_seq,
+        "started_ms": node.started_ms,
+        "accepted": list(node.accepted),
+        "fetching": sorted(node.fetching),
+        "fetch_failures": list(node.fetch_failures),
+        "announcements_dropped": dict(node.rejected),
+        "announcements_dropped_by_peer": {
+            peer: dict(reasons) for peer, reasons in node.rejected_by_peer.items()
+        },
+        "misbehaviour": list(node.misbehaviour),
+        "topics": node._gossip.topics if node._gossip else [],
+        "control_socket": str(node.config.control_socket),
+        "learn": node.learner.status() if node.learner is not None else None,
+    }
+
+
+def node_peers(node: NodeDaemon, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
+    lay = Layer.parse(layer) if layer else None
+    out = []
+    connected = set(node._host.connected_peers()) if node._host else set()
+    for record in node.book.query(lay, domain_prefix=domain, now=node.clock()):
+        if record.peer_id == node.peer:
+            continue
+        entry = record.to_json()
+        entry["connected"] = str(record.peer_id) in connected
+        out.append(entry)
+    return out
+
+
+def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]], Any]]:
+    async def status(args: Mapping[str, Any]) -> Any:
+        return node_status(node)
+
+    async def peers(args: Mapping[str, Any]) -> Any:
+        return node_peers(node, _opt_str(args, "layer"), _opt_str(args, "domain"))
+
+    async def publish(args: Mapping[str, Any]) -> Any:
+        return await node.publish(_req_str(args, "cid"), _req_str(args, "to"))
+
+    async def fetch(args: Mapping[str, Any]) -> Any:
+        timeout = args.get("timeout", 120.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise UsageError("fetch timeout must be a positive number of seconds")
+        return await node.fetch(_req_str(args, "cid"), float(timeout))
+
+    async def learn_round(args: Mapping[str, Any]) -> Any:
+        if node.learner is None:
+            raise UsageError("learning is not enabled on this node (learn.enabled)")
+        value = args.get("round")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError("round must be an integer >= 1")
+        return node.learner.request_round(value)
+
+    async def stop(args: Mapping[str, Any]) -> Any:
+        node._stop.set()
+        return {"stopping": True}
+
+    return {
+        "status": status,
+        "peers": peers,
+        "publish": publish,
+        "fetch": fetch,
+        "learn.round": learn_round,
+        "stop": stop,
+    }
+
+
+def _opt_str(args: Mapping[str, Any], key: str) -> str | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{key} must be a string")
+    return value
+
+
+def _req_str(args: Mapping[str, Any], key: str) -> str:
+    value = _opt_str(args, key)
+    if not value:
+        raise UsageError(f"{key} is required")
+    return value
