@@ -10,9 +10,14 @@ bytes in a DiskStore and serves it three ways; the fetcher is this process:
 2. ``raw stream``: the same bytes on one bare py-libp2p Noise + Yamux stream between the same two
    processes (the provider writes 1 MiB at a time; nothing is hashed or stored).
 3. ``tcp``: the same bytes over a plain trio TCP connection.
+4. ``raw stream, aligned writes`` (for information, not a goal): the raw stream again, written
+   in pieces of ``p2phier.net.streams.WRITE_PIECE`` bytes, the write size Bitswap uses (one
+   Yamux frame in one Noise message; 1 MiB writes become 64 KiB frames that Noise splits in
+   two).  It shows how much of Bitswap's speed comes from that write size alone.
 
 Rounds are interleaved (fetch, raw, tcp, ...), medians of 3.  ``fetch_vs_raw_stream`` =
-raw-stream seconds / fetch seconds (goal >= 0.9), ``fetch_vs_tcp`` likewise.
+raw-stream seconds / fetch seconds (goal >= 0.9), ``fetch_vs_tcp`` and
+``fetch_vs_raw_stream_aligned`` likewise.
 
 Then ``two_provider_speedup``: two provider processes, each capped at 8 MB/s by the node's own
 upload-rate limit, against one of them alone (goal >= 1.8x), on a 32 MiB object (16 MiB with
@@ -45,6 +50,7 @@ import trio
 from _common import ROOT, emit_json, log, parser, print_table, verdict
 
 RAW_PROTOCOL = "/p2phier-bench/raw/1.0.0"
+RAW_ALIGNED_PROTOCOL = "/p2phier-bench/raw-aligned/1.0.0"
 MiB = 1 << 20
 MB = 1e6
 RAW_GOAL = 0.9
@@ -73,6 +79,13 @@ async def serve(args: argparse.Namespace) -> None:
             await stream.write(payload[i : i + MiB])
         await stream.close()
 
+    async def raw_aligned_handler(stream: Any) -> None:
+        from p2phier.net.streams import WRITE_PIECE
+
+        for i in range(0, len(payload), WRITE_PIECE):
+            await stream.write(payload[i : i + WRITE_PIECE])
+        await stream.close()
+
     async def tcp_handler(conn: trio.SocketStream) -> None:
         async with conn:
             for i in range(0, len(payload), MiB):
@@ -86,6 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
         if args.upload_rate:
             bitswap.set_upload_rate(args.upload_rate, args.upload_burst)
         host.set_stream_handler(RAW_PROTOCOL, raw_handler)
+        host.set_stream_handler(RAW_ALIGNED_PROTOCOL, raw_aligned_handler)
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, tcp_handler, 0, host="127.0.0.1")
         )
@@ -149,7 +163,13 @@ async def measure_transfers(
     from p2phier.net import open_bitswap, open_host
     from p2phier.store import ContentStore, DiskStore, MemoryStore
 
-    samples: dict[str, list[float]] = {"fetch": [], "fetch_mem": [], "raw": [], "tcp": []}
+    samples: dict[str, list[float]] = {
+        "fetch": [],
+        "fetch_mem": [],
+        "raw": [],
+        "tcp": [],
+        "raw_aligned": [],
+    }
     root = CID.parse(provider.root)
     peer = provider.addr.rsplit("/p2p/", 1)[1]
     async with open_host(Identity.generate()) as host:
@@ -161,8 +181,8 @@ async def measure_transfers(
             assert store.pins() == {root: "recursive"}
             return size
 
-        async def raw() -> int:
-            stream = await host.open_stream(peer, RAW_PROTOCOL)
+        async def raw(protocol: str = RAW_PROTOCOL) -> int:
+            stream = await host.open_stream(peer, protocol)
             got = 0
             while True:
                 try:
@@ -202,10 +222,14 @@ async def measure_transfers(
             dt, got = await timed(tcp)
             assert got == size, (got, size)
             samples["tcp"].append(dt)
+            dt, got = await timed(functools.partial(raw, RAW_ALIGNED_PROTOCOL))
+            assert got == size, (got, size)
+            samples["raw_aligned"].append(dt)
             log(
                 f"  round {rep + 1}: fetch {samples['fetch'][-1]:.2f}s "
                 f"(memory store {samples['fetch_mem'][-1]:.2f}s), raw stream "
-                f"{samples['raw'][-1]:.2f}s, tcp {samples['tcp'][-1]:.3f}s"
+                f"{samples['raw'][-1]:.2f}s, tcp {samples['tcp'][-1]:.3f}s, raw stream with "
+                f"aligned writes {samples['raw_aligned'][-1]:.2f}s"
             )
     return samples
 
@@ -281,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 fetch_memory_store_s=med["fetch_mem"],
                 raw_stream_s=med["raw"],
                 tcp_s=med["tcp"],
+                raw_stream_aligned_s=med["raw_aligned"],
                 fetch_mb_s=size / med["fetch"] / MB,
                 fetch_memory_store_mb_s=size / med["fetch_mem"] / MB,
                 raw_stream_mb_s=size / med["raw"] / MB,
@@ -288,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 fetch_vs_raw_stream=med["raw"] / med["fetch"],
                 fetch_memory_store_vs_raw_stream=med["raw"] / med["fetch_mem"],
                 fetch_vs_tcp=med["tcp"] / med["fetch"],
+                fetch_vs_raw_stream_aligned=med["raw_aligned"] / med["fetch"],
                 samples=s,
             )
             provider.stop()
@@ -331,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
             ["bitswap fetch -> DiskStore", f"{result['fetch_mb_s']:.1f}", "", ""],
             ["bitswap fetch -> MemoryStore", f"{result['fetch_memory_store_mb_s']:.1f}", "", ""],
             ["raw noise+yamux stream", f"{result['raw_stream_mb_s']:.1f}", "", ""],
+            [
+                "  (aligned writes, info)",
+                f"{size / result['raw_stream_aligned_s'] / MB:.1f}",
+                "",
+                "",
+            ],
             ["plain TCP", f"{result['tcp_mb_s']:.1f}", "", ""],
             [
                 "fetch_vs_raw_stream",
@@ -345,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
                 verdict(result["fetch_memory_store_vs_raw_stream"] >= RAW_GOAL),
             ],
             ["fetch_vs_tcp", f"{result['fetch_vs_tcp']:.3f}", "", ""],
+            [
+                "fetch_vs_raw_stream_aligned (info)",
+                f"{result['fetch_vs_raw_stream_aligned']:.2f}",
+                "",
+                "",
+            ],
         ]
     if "idle_rss_mib" in result:
         rows.append(

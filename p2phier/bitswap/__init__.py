@@ -17,6 +17,8 @@ from .engine import (
     EngineAction,
     EngineConfig,
     LocalBlockCorrupt,
+    ReadAheadSource,
+    RoomFn,
     WantsDropped,
 )
 from .framing import FrameDecoder, encode_frame
@@ -87,6 +89,8 @@ __all__ = [
     "Misbehaviour",
     "PeerTimedOut",
     "PresenceType",
+    "ReadAheadSource",
+    "RoomFn",
     "SendMessage",
     "Session",
     "SessionConfig",

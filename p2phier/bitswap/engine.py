@@ -26,8 +26,12 @@ Behaviour (the rules, in one place):
 * Blocks are sent highest ``priority`` first, then oldest first.  Peers with
   pending blocks are served in turn (round robin), at most
   ``turn_bytes`` of blocks per turn, so one peer asking for a lot cannot starve
-  another.  The operator's ``upload_rate`` (bytes/s, token bucket) bounds all
-  block traffic; presences are small and are not charged to it.
+  another.  A caller that passes ``room`` to :meth:`Engine.poll` gets only as
+  many messages per peer as that peer's send queue can take: blocks are read
+  when they can be sent, not all at once, and :meth:`Engine.upcoming` names
+  the ones the next poll will read, so the caller can read them ahead.  The
+  operator's ``upload_rate`` (bytes/s, token bucket) bounds all block traffic;
+  presences are small and are not charged to it.
 * Every block is re-hashed against its CID before it is served
   (``verify_before_serving``); a corrupt local block is reported
   (:class:`LocalBlockCorrupt`) and treated as absent.
@@ -39,7 +43,7 @@ import enum
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -117,6 +121,76 @@ class EngineConfig:
             )
 
 
+class ReadAheadSource:
+    """A :class:`BlockSource` whose blocks a caller can read ahead, off its event loop.
+
+    Before each poll the caller asks :meth:`Engine.upcoming` which blocks are
+    next, :meth:`retain` s only those, runs :meth:`read` for the :meth:`missing`
+    ones in a worker thread (the source must allow that; a ContentStore does)
+    and hands the result to :meth:`keep`.  ``get_block`` answers from what was
+    kept (once), or reads the source itself; an error met while reading ahead
+    is kept and raised by ``get_block``, so the engine reports a corrupt block
+    exactly as if it had read it.  What is kept is bounded by what ``upcoming``
+    names.
+
+    It also remembers the sizes of the last ``sizes`` blocks found held (a
+    block's size never changes; a peer usually asks want-have, then want-block,
+    for the same block), forgetting one whenever reading it fails.
+    """
+
+    def __init__(self, source: BlockSource, sizes: int = 4096) -> None:
+        self.source = source
+        self._kept: dict[CID, bytes | StoreError] = {}
+        self._sizes: dict[CID, int] = {}
+        self._max_sizes = sizes
+
+    def block_size(self, cid: CID) -> int:
+        key = block_key(cid)
+        size = self._sizes.get(key)
+        if size is None:
+            size = self.source.block_size(cid)
+            if len(self._sizes) >= self._max_sizes:
+                del self._sizes[next(iter(self._sizes))]  # the oldest
+            self._sizes[key] = size
+        return size
+
+    def get_block(self, cid: CID) -> bytes:
+        got = self._kept.pop(block_key(cid), None)
+        if got is None:
+            try:
+                return self.source.get_block(cid)
+            except StoreError:
+                self._sizes.pop(block_key(cid), None)
+                raise
+        if isinstance(got, StoreError):
+            self._sizes.pop(block_key(cid), None)
+            raise got
+        return got
+
+    def missing(self, cids: Iterable[CID]) -> list[CID]:
+        """Those of ``cids`` not read ahead yet."""
+        return [c for c in cids if block_key(c) not in self._kept]
+
+    def read(self, cids: Iterable[CID]) -> dict[CID, bytes | StoreError]:
+        """Read blocks from the source (blocking: meant for a worker thread)."""
+        out: dict[CID, bytes | StoreError] = {}
+        for cid in cids:
+            try:
+                out[block_key(cid)] = self.source.get_block(cid)
+            except StoreError as exc:
+                out[block_key(cid)] = exc
+        return out
+
+    def keep(self, blocks: dict[CID, bytes | StoreError]) -> None:
+        self._kept.update(blocks)
+
+    def retain(self, cids: Iterable[CID]) -> None:
+        """Drop what was read ahead for blocks not in ``cids`` (no longer upcoming)."""
+        wanted = {block_key(c) for c in cids}
+        for key in [k for k in self._kept if k not in wanted]:
+            del self._kept[key]
+
+
 # --- actions out ----------------------------------------------------------------------
 
 
@@ -137,6 +211,10 @@ class LocalBlockCorrupt:
 
 
 EngineAction = SendMessage | WantsDropped | LocalBlockCorrupt
+
+#: ``room(peer)``: how many more messages ``peer`` can take now (the caller's send
+#: queue for it has space for that many); a peer without room keeps its turn
+RoomFn = Callable[[str], int]
 
 
 # --- per-peer state ----------------------------------------------------------------------
@@ -342,10 +420,13 @@ class Engine:
             st.tasks.pop(key, None)
 
     # --- output ---------------------------------------------------------------------------
-    def next_wakeup(self, now: float) -> float | None:
-        """When :meth:`poll` may next have something to send (None: only after new input)."""
+    def next_wakeup(self, now: float, *, room: RoomFn | None = None) -> float | None:
+        """When :meth:`poll` may next have something to send (None: only after new input,
+        or, with ``room``, once a peer without room gets some)."""
         best: float | None = None
         for peer in self._turns:
+            if room is not None and room(peer) <= 0:
+                continue
             st = self._peers[peer]
             for t in st.tasks.values():
                 if t.kind is not _Kind.BLOCK or self._upload is None:
@@ -354,15 +435,24 @@ class Engine:
                 best = at if best is None else min(best, at)
         return best
 
-    def poll(self, now: float) -> list[EngineAction]:
-        """Build the messages that can be sent now: one per peer per turn, round robin."""
+    def poll(self, now: float, *, room: RoomFn | None = None) -> list[EngineAction]:
+        """Build the messages that can be sent now: one per peer per turn, round robin,
+        and (with ``room``) no more per peer than it has room for."""
         actions: list[EngineAction] = []
+        left: dict[str, int] = {}
         rounds_without_progress = 0
         while self._turns and rounds_without_progress < len(self._turns):
             peer = self._turns.popleft()
             st = self._peers.get(peer)
             if st is None or not st.tasks:
                 continue
+            if room is not None:
+                if peer not in left:
+                    left[peer] = room(peer)
+                if left[peer] <= 0:
+                    self._turns.append(peer)
+                    rounds_without_progress += 1
+                    continue
             msg = self._build(peer, st, now, actions)
             if st.tasks:
                 self._turns.append(peer)
@@ -370,8 +460,37 @@ class Engine:
                 rounds_without_progress += 1
                 continue
             rounds_without_progress = 0
+            if room is not None:
+                left[peer] -= 1
             actions.append(SendMessage(peer, msg))
         return actions
+
+    def upcoming(self, room: RoomFn) -> list[CID]:
+        """The blocks the next polls with ``room`` will read, most urgent first (each
+        peer's next ``room(peer)`` turns, whether or not the upload budget allows
+        them yet); changes nothing.
+
+        For reading them ahead, off the caller's event loop, into a
+        :class:`ReadAheadSource`: an estimate, so a block named here may go
+        unsent (cancelled meanwhile), and one named no more must not be kept.
+        """
+        out: list[CID] = []
+        for peer in self._turns:
+            st = self._peers.get(peer)
+            if st is None:
+                continue
+            turns = room(peer)
+            if turns <= 0:
+                continue
+            cap = turns * self.config.turn_bytes
+            for task in sorted(st.tasks.values(), key=lambda t: (-t.priority, t.seq)):
+                if task.kind is not _Kind.BLOCK:
+                    continue
+                if cap <= 0:
+                    break
+                out.append(task.cid)
+                cap -= task.size
+        return out
 
     def _build(
         self, peer: str, st: _Peer, now: float, actions: list[EngineAction]

@@ -34,7 +34,14 @@ def encode_frame(payload: bytes, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder: ``feed(bytes) -> [frame bodies]``, ``close()`` at EOF."""
+    """Incremental decoder: ``feed(bytes) -> [frame bodies]``, ``close()`` at EOF.
+
+    A frame's pieces are held as views of the ``bytes`` objects fed in (other
+    buffer types are copied, since their owner may reuse them).
+    :meth:`feed_pieces` hands a complete frame over as those pieces, copying
+    nothing; :meth:`feed` joins them (a fed ``bytes`` that is exactly one frame
+    body is returned as is).
+    """
 
     def __init__(self, max_frame_size: int = MAX_MESSAGE_SIZE) -> None:
         if max_frame_size < 0:
@@ -43,14 +50,15 @@ class FrameDecoder:
         # the longest header a legal length can need
         self._max_header = len(encode_varint(max_frame_size))
         self._header = bytearray()
-        self._body = bytearray()
+        self._parts: list[bytes | memoryview] = []  # the body so far, in pieces
+        self._have = 0  # bytes in _parts
         self._need: int | None = None  # body length once the header is complete
         self._failed: str | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a complete frame."""
-        return len(self._header) + len(self._body)
+        return len(self._header) + self._have
 
     @property
     def at_boundary(self) -> bool:
@@ -60,7 +68,8 @@ class FrameDecoder:
     def _fail(self, reason: str) -> ProtocolViolationError:
         self._failed = reason
         self._header.clear()
-        self._body.clear()
+        self._parts.clear()
+        self._have = 0
         self._need = None
         return ProtocolViolationError(reason)
 
@@ -88,9 +97,17 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Take newly received bytes; return every frame they complete, in order."""
+        return [b"".join(pieces) for pieces in self.feed_pieces(data)]
+
+    def feed_pieces(self, data: bytes | bytearray | memoryview) -> list[list[bytes | memoryview]]:
+        """As :meth:`feed`, each frame as the consecutive pieces it arrived in (read-only
+        views of what was fed, or copies of it; joined, they are the frame body)."""
         if self._failed is not None:
             raise ProtocolViolationError(f"bitswap stream already failed: {self._failed}")
-        frames: list[bytes] = []
+        frames: list[list[bytes | memoryview]] = []
+        # Views of an immutable bytes object stay valid; anything else is copied when
+        # held past this call (its owner may reuse the buffer).
+        owned = isinstance(data, bytes)
         view = memoryview(data).cast("B")
         pos, end = 0, len(view)
         while True:
@@ -99,15 +116,23 @@ class FrameDecoder:
             while self._need is None and pos < end:
                 self._header_byte(view[pos])
                 pos += 1
-            if self._need is None:
+            need = self._need
+            if need is None:
                 return frames
-            take = min(end - pos, self._need - len(self._body))
-            self._body += view[pos : pos + take]
-            pos += take
-            if len(self._body) < self._need:
+            take = min(end - pos, need - self._have)
+            if take:
+                piece = view[pos : pos + take]
+                if isinstance(data, bytes) and take == end:
+                    self._parts.append(data)  # the whole chunk is body: no view needed
+                else:
+                    self._parts.append(piece if owned else piece.tobytes())
+                self._have += take
+                pos += take
+            if self._have < need:  # the frame goes on in a later feed
                 return frames
-            frames.append(bytes(self._body))
-            self._body.clear()
+            frames.append(self._parts)
+            self._parts = []
+            self._have = 0
             self._need = None
             if pos == end:
                 return frames
@@ -117,7 +142,7 @@ class FrameDecoder:
         if self._failed is not None:
             raise ProtocolViolationError(f"bitswap stream already failed: {self._failed}")
         if not self.at_boundary:
-            held = len(self._body)
+            held = self._have
             need = self._need
             raise self._fail(
                 "bitswap stream ended inside a frame "

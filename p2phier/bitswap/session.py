@@ -171,6 +171,9 @@ class _Provider:
     inflight: set[CID] = field(default_factory=set)  # keys with a want-block here
     asked: set[CID] = field(default_factory=set)  # keys ever asked here
     banned: bool = False
+    #: (-priority, tie, key) of blocks this peer said HAVE to that wait for a free
+    #: slot; entries go stale (want settled, asked elsewhere) and are dropped when seen
+    ready: list[tuple[int, int, CID]] = field(default_factory=list)
 
 
 class Session:
@@ -197,7 +200,6 @@ class Session:
         self._wants: dict[CID, _Want] = {}
         self._known: set[CID] = set()
         self._dirty: set[CID] = set()
-        self._waiting: set[CID] = set()  # a HAVE is known but every holder is at capacity
         self._heap: list[tuple[float, int, CID, str, WantType]] = []
         self._tie = itertools.count()
         self._outbox: dict[str, dict[CID, WantEntry]] = {}
@@ -274,26 +276,37 @@ class Session:
         self._maybe_complete()
 
     def receive_message(
-        self, peer: str, message: Message, now: float, *, report_unsolicited: bool = True
+        self,
+        peer: str,
+        message: Message,
+        now: float,
+        *,
+        report_unsolicited: bool = True,
+        claimed: Sequence[CID] | None = None,
     ) -> list[SessionEvent]:
         """Apply the blocks and presences ``peer`` sent.
 
         ``report_unsolicited=False`` is for a node running several sessions: a
         block this session did not ask ``peer`` for is then ignored instead of
         being reported (the node judges it against all its sessions).
+        ``claimed`` is, when given, ``[b.claimed_key() for b in message.blocks]``
+        computed by the caller (a driver hashes in a worker thread, once for all
+        its sessions); the caller vouches that it was computed from these bytes.
         """
+        if claimed is not None and len(claimed) != len(message.blocks):
+            raise UsageError("claimed must hold one key per block of the message")
         ledger = self.ledgers.get(peer)
         ledger.last_seen = now
         st = self._providers.get(peer)
         max_block = self.config.limits.max_block_size
-        for payload in message.blocks:
+        for n, payload in enumerate(message.blocks):
             if len(payload.data) > max_block:
                 self._misbehaved(peer, st, f"sent a {len(payload.data)}-byte block", now)
                 continue
             # Hash the received bytes once; the result is only ever compared with
             # the CIDs this session wanted from this peer.  The CID handed over is
             # the wanted one: the sender's prefix never names what we store.
-            key = payload.claimed_key()
+            key = payload.claimed_key() if claimed is None else claimed[n]
             if st is None or key not in st.asked:
                 if report_unsolicited:  # every wrong block is recorded: each is evidence
                     self._misbehaved(
@@ -409,7 +422,6 @@ class Session:
         """``key`` is no longer needed: free its peer slots and cancel it elsewhere."""
         del self._wants[key]
         self._dirty.discard(key)
-        self._waiting.discard(key)
         asked_elsewhere = set(want.have_pending)
         if want.holder is not None:
             asked_elsewhere.add(want.holder)
@@ -499,17 +511,41 @@ class Session:
             self._dirty.add(key)
 
     def _schedule(self, now: float) -> None:
-        dirty = self._dirty | self._waiting
-        self._dirty, self._waiting = set(), set()
-        for key in sorted(dirty, key=lambda k: -self._wants[k].priority if k in self._wants else 0):
-            want = self._wants.get(key)
+        """Ask for what can be asked now, highest priority first.
+
+        Two sources, merged by priority: the keys whose state changed since the
+        last call (``_dirty``), and, for every provider with a free slot, the
+        blocks it said HAVE to that were waiting for one (its ``ready`` heap).
+        Each step costs O(providers + log n), so a large DAG is not re-sorted on
+        every message.
+        """
+        wants = self._wants
+        dirty = sorted(
+            (k for k in self._dirty if k in wants), key=lambda k: wants[k].priority, reverse=True
+        )
+        self._dirty = set()
+        i = 0
+        while not self._finished:
+            best = self._best_ready()
+            if best is not None and (i >= len(dirty) or best[0] > wants[dirty[i]].priority):
+                key = best[1]
+            elif i < len(dirty):
+                key = dirty[i]
+                i += 1
+            else:
+                return
+            want = wants.get(key)
             if want is None or want.holder is not None:
                 continue
             holders = [p for p in want.haves if self._usable(p) and p not in want.ruled_out]
             if holders:
-                free = [p for p in holders if len(self._providers[p].inflight) < self._cap()]
+                cap = self._cap()
+                free = [p for p in holders if len(self._providers[p].inflight) < cap]
                 if not free:
-                    self._waiting.add(key)
+                    # every holder is busy: wait in their queues (seen again when a slot frees)
+                    entry = (-want.priority, next(self._tie), key)
+                    for p in holders:
+                        heapq.heappush(self._providers[p].ready, entry)
                     continue
                 peer = min(
                     free, key=lambda p: (len(self._providers[p].inflight), self._providers[p].order)
@@ -523,6 +559,30 @@ class Session:
             if not want.have_pending:
                 self._fail(want.cid, self._why_unavailable(want))
                 return
+
+    def _best_ready(self) -> tuple[int, CID] | None:
+        """``(priority, key)`` of the most urgent block waiting for a provider that now
+        has a free slot (stale queue entries are dropped on the way)."""
+        best: tuple[int, CID] | None = None
+        cap = self._cap()
+        for peer, st in self._providers.items():
+            if st.banned or len(st.inflight) >= cap:
+                continue
+            heap = st.ready
+            while heap:
+                key = heap[0][2]
+                want = self._wants.get(key)
+                if (
+                    want is not None
+                    and want.holder is None
+                    and peer in want.haves
+                    and peer not in want.ruled_out
+                ):
+                    break
+                heapq.heappop(heap)
+            if heap and (best is None or -heap[0][0] > best[0]):
+                best = (-heap[0][0], heap[0][2])
+        return best
 
     def _cap(self) -> int:
         return self.config.max_inflight_per_peer

@@ -11,18 +11,24 @@ one DAG); this module moves its bytes, keeps its clocks and does its I/O:
   opened, each read by its own task (libp2p's handler task).  Every stream
   operation has a deadline (:mod:`.streams`); a stream that breaks a rule is
   reset.
-* Inbound: frame -> ``Message.decode`` -> the engine (wants) and every active
-  fetch session (blocks, presences).  A frame that does not decode, or a
+* Inbound: frame -> ``Message.decode_pieces`` -> the engine (wants) and every
+  active fetch session (blocks, presences).  A frame that does not decode, or a
   declared length over the limit, is ``malformed-message`` misbehaviour; the
-  stream is reset and the node carries on.
+  stream is reset and the node carries on.  The blocks of a message are hashed
+  once for all sessions, in a worker thread, and so are the store lookups of
+  the children a DAG node names (``_prepare``).
 * Wrong blocks: a received block is judged against what THIS NODE asked that
   peer for (any session, until ``late_block_grace`` after the fetch ended).
   Bytes that hash to nothing we asked it for (corrupt data, unsolicited
   blocks) are ``wrong-block`` misbehaviour, and the peer is dropped from every
   fetch in progress; what it held is asked elsewhere.
+* Serving: the engine builds a peer's next messages only while our send queue
+  to it has room (``serve_ahead``), and their blocks are read from the store
+  (which re-hashes them) in a worker thread just before (``ReadAheadSource``).
 * Fetch (:meth:`Bitswap.fetch`): a ``Session`` against several providers at
   once; every block it hands over was hashed against the CID wanted, and is
-  put in the store (which hashes again) by a writer task in a worker thread.
+  put in the store (which hashes again) by a writer task in a worker thread,
+  in batches of a few MiB (each batch is one durability step of the store).
   The object is pinned and recorded only when every block of its DAG is in
   the store, so no partial object is ever visible in the index or the pins;
   blocks already present are skipped, so a fetch interrupted by a crash
@@ -53,6 +59,7 @@ from p2phier.bitswap import (
     PROTOCOL_ID,
     WRONG_BLOCK,
     BlockFetched,
+    BlockPayload,
     BlockSource,
     Engine,
     EngineAction,
@@ -66,6 +73,7 @@ from p2phier.bitswap import (
     Message,
     Misbehaviour,
     PeerTimedOut,
+    ReadAheadSource,
     SendMessage,
     Session,
     SessionConfig,
@@ -73,11 +81,12 @@ from p2phier.bitswap import (
     WantsDropped,
     block_key,
 )
-from p2phier.cid import CID
+from p2phier.cid import CID, DAG_PB, IDENTITY
 from p2phier.errors import (
     BlockNotFoundError,
     HashMismatchError,
     NetworkError,
+    P2PHierError,
     PeerTimeoutError,
     ProtocolViolationError,
     StoreError,
@@ -123,10 +132,20 @@ class BitswapConfig:
     coalesce_bytes: int = 256 << 10
     #: received blocks waiting to be written to the store (backpressure beyond)
     store_queue: int = 64
+    #: a batch written to the store with one durability step grows to this many bytes
+    #: while blocks keep arriving, waiting at most ``store_batch_wait`` for the next
+    store_batch_bytes: int = 4 << 20
+    store_batch_wait: float = 0.02
     #: a block asked of a peer is still welcome this long after its fetch ended
     late_block_grace: float = 120.0
     #: misbehaviour events kept in ``Bitswap.misbehaviour``
     keep_misbehaviour: int = 1000
+    #: messages of blocks the engine builds ahead for one peer (beyond the one being
+    #: written); blocks are read from the store only as this queue drains
+    serve_ahead: int = 2
+    #: a received message with at least this many bytes of blocks is hashed in a
+    #: worker thread (below it, the thread hand-off costs more than it saves)
+    hash_in_thread_bytes: int = 128 << 10
 
     def __post_init__(self) -> None:
         for name in (
@@ -135,11 +154,18 @@ class BitswapConfig:
             "idle_timeout",
             "open_timeout",
             "late_block_grace",
+            "store_batch_wait",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise UsageError(f"bitswap {name} must be a positive number of seconds")
-        if self.max_queued_bytes < (4 << 20) or self.coalesce_bytes < 1 or self.store_queue < 1:
+        if (
+            self.max_queued_bytes < (4 << 20)
+            or self.coalesce_bytes < 1
+            or self.store_queue < 1
+            or self.store_batch_bytes < 1
+            or self.serve_ahead < 1
+        ):
             raise UsageError("bitswap queue limits are too small (max_queued_bytes >= 4 MiB)")
 
 
@@ -151,7 +177,7 @@ class _Outbound:
     """Our one stream to a peer and the frames waiting for it."""
 
     peer: str
-    frames: deque[bytes] = field(default_factory=deque)
+    frames: deque[tuple[list[bytes], int]] = field(default_factory=deque)  # (pieces, size)
     queued: int = 0
     wake: trio.Event = field(default_factory=trio.Event)
     stream: INetStream | None = None
@@ -169,6 +195,23 @@ class _Fetch:
     pending_puts: int = 0
     flushed: trio.Event = field(default_factory=trio.Event)
     error: NetworkError | StoreError | None = None
+
+
+#: a store lookup done ahead: the block, None (absent), or the store's error
+_Local = bytes | None | StoreError
+_NOT_LOOKED_UP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """Work done for a received message in a worker thread (see ``Bitswap._prepare``)."""
+
+    claimed: list[CID]  # what each block hashes to
+    links: dict[CID, list[CID]] = field(default_factory=dict)  # each DAG node's children
+    local: dict[CID, _Local] = field(default_factory=dict)  # the store's answer per child
+
+
+_NOTHING_AHEAD = _Ahead([])
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +244,8 @@ class Bitswap:
         engine_config = self.config.engine or EngineConfig(
             verify_before_serving=not (source is None or isinstance(source, ContentStore))
         )
-        self.engine = Engine(source or store, engine_config, self.ledgers, now=_now())
+        self._source = ReadAheadSource(source or store)
+        self.engine = Engine(self._source, engine_config, self.ledgers, now=_now())
         self.limits = engine_config.limits
         self._outbound: dict[str, _Outbound] = {}
         self._inbound: dict[str, int] = {}
@@ -209,6 +253,8 @@ class Bitswap:
         self._fetches: set[_Fetch] = set()
         #: peer -> {block key -> trio time until which a block from it is welcome}
         self._asked: dict[str, dict[CID, float]] = {}
+        #: what was worked out ahead for the message being applied (see ``_prepare``)
+        self._ahead = _NOTHING_AHEAD
         self._engine_wake = trio.Event()
         self._put_send, self._put_recv = trio.open_memory_channel[_Put](self.config.store_queue)
         self.streams_reset = 0  # inbound streams we reset for a protocol violation
@@ -285,7 +331,7 @@ class Bitswap:
             lambda: Session(
                 root,
                 peers,
-                links=child_links,
+                links=self._child_links,
                 local=self._local_block,
                 config=self.config.session,
                 ledgers=self.ledgers,
@@ -311,14 +357,29 @@ class Bitswap:
             if not session.done:  # timed out or failed: withdraw every want still out
                 for event in session.cancel():
                     if isinstance(event, SendMessage):
-                        self._enqueue(event.peer, event.frame())
+                        self._enqueue(event.peer, event.frame_parts())
             self._prune_asked()
         if fetch.error is not None:
             raise fetch.error
         if session.error is not None:
             raise session.error
 
+    def _child_links(self, cid: CID, block: bytes) -> list[CID]:
+        ahead = self._ahead.links.get(block_key(cid))  # parsed in a worker thread just now
+        return list(ahead) if ahead is not None else child_links(cid, block)
+
     def _local_block(self, cid: CID) -> bytes | None:
+        ahead = self._ahead.local.get(block_key(cid), _NOT_LOOKED_UP)
+        if ahead is not _NOT_LOOKED_UP:  # looked up in a worker thread just now
+            if ahead is None:
+                raise BlockNotFoundError(f"block {cid} is not in the store")
+            if isinstance(ahead, BlockNotFoundError | HashMismatchError):
+                raise ahead
+            if isinstance(ahead, StoreError):
+                logger.warning("bitswap: cannot read local block %s (%s); fetching it", cid, ahead)
+                return None
+            assert isinstance(ahead, bytes)
+            return ahead
         try:
             return self.store.get_block(cid)
         except (BlockNotFoundError, HashMismatchError):
@@ -355,7 +416,7 @@ class Bitswap:
         for event in events:
             if isinstance(event, SendMessage):
                 self._note_asked(event, fetch.deadline)
-                self._enqueue(event.peer, event.frame())
+                self._enqueue(event.peer, event.frame_parts())
             elif isinstance(event, BlockFetched):
                 fetch.pending_puts += 1
                 fetch.flushed = trio.Event()
@@ -399,14 +460,32 @@ class Bitswap:
 
     # --- the store writer ---------------------------------------------------------------------
     async def _writer(self) -> None:
-        """Puts received blocks in the store, in a worker thread, a batch at a time."""
+        """Puts received blocks in the store, in a worker thread, a batch at a time.
+
+        Each batch costs the store one durability step (file-system syncs), so a
+        batch is filled up to ``store_batch_bytes`` while blocks keep coming: the
+        writer waits up to ``store_batch_wait`` for the next one, but not when
+        every fetch in the batch has received all its blocks (none is coming).
+        """
+        cfg = self.config
         while True:
             batch = [await self._put_recv.receive()]
-            while len(batch) < self.config.store_queue:
+            size = len(batch[0].data)
+            deadline = _now() + cfg.store_batch_wait
+            while len(batch) < cfg.store_queue and size < cfg.store_batch_bytes:
                 try:
-                    batch.append(self._put_recv.receive_nowait())
+                    put = self._put_recv.receive_nowait()
                 except trio.WouldBlock:
-                    break
+                    if all(p.fetch.session.done for p in batch):
+                        break
+                    got: _Put | None = None
+                    with trio.move_on_at(deadline):
+                        got = await self._put_recv.receive()
+                    if got is None:
+                        break
+                    put = got
+                batch.append(put)
+                size += len(put.data)
             results = await trio.to_thread.run_sync(self._put_batch, batch)
             stored: list[CID] = []
             for put, error in zip(batch, results, strict=True):
@@ -466,12 +545,13 @@ class Bitswap:
         reason = "closed its stream"
         try:
             while True:
-                frame = await reader.next_frame()
-                if frame is None:
+                pieces = await reader.next_frame_pieces()
+                if pieces is None:
                     await close_quietly(stream)
                     return
                 try:
-                    message = Message.decode(frame, self.limits)
+                    # not joined: each block is copied out of the pieces once
+                    message = Message.decode_pieces(pieces, self.limits)
                 except ProtocolViolationError as exc:
                     reason = await self._violation(stream, peer, str(exc))
                     return
@@ -504,14 +584,22 @@ class Bitswap:
             self._engine_wake.set()
         if not message.blocks and not message.presences:
             return
+        ahead = await self._prepare(message)
+        now = _now()
         ledger = self.ledgers.get(peer)
         duplicates = ledger.duplicate_blocks
         accepted = 0
         fetches = list(self._fetches)
         for fetch in fetches:
             # poll at once: freed slots are refilled before the next message arrives
-            events = fetch.session.receive_message(peer, message, now, report_unsolicited=False)
-            events += fetch.session.poll(now)
+            self._ahead = ahead  # (no checkpoint until it is cleared)
+            try:
+                events = fetch.session.receive_message(
+                    peer, message, now, report_unsolicited=False, claimed=ahead.claimed
+                )
+                events += fetch.session.poll(now)
+            finally:
+                self._ahead = _NOTHING_AHEAD
             accepted += sum(isinstance(e, BlockFetched) for e in events)
             await self._session_events(fetch, events)
             self._nudge(fetch)
@@ -524,14 +612,57 @@ class Bitswap:
             message.blocks
         ):
             return
-        await self._judge_blocks(peer, message, fetches, now)
+        await self._judge_blocks(peer, message, ahead.claimed, fetches, now)
+
+    async def _prepare(self, message: Message) -> _Ahead:
+        """What each block of ``message`` hashes to (once for every session), and for
+        each DAG node in it, its children and the store's answer for each.
+
+        Hashing a message's worth of blocks (up to a few MiB) is the largest piece
+        of work per message, and a session that accepts a DAG node parses it and
+        looks up each child in the store (a file-system lookup each, hundreds in a
+        row).  All of it goes to a worker thread (hashlib releases the GIL), so the
+        event loop keeps receiving meanwhile; the sessions then find it here.
+        """
+        blocks = message.blocks
+        nodes = self._fetches and any(b.codec == DAG_PB for b in blocks)
+        if not nodes and sum(len(b.data) for b in blocks) < self.config.hash_in_thread_bytes:
+            return _Ahead([b.claimed_key() for b in blocks])
+        return await trio.to_thread.run_sync(self._work_ahead, blocks, bool(nodes))
+
+    def _work_ahead(self, blocks: Sequence[BlockPayload], nodes: bool) -> _Ahead:
+        """In a worker thread (see :meth:`_prepare`)."""
+        ahead = _Ahead([b.claimed_key() for b in blocks])
+        local = ahead.local
+        for payload, key in zip(blocks, ahead.claimed, strict=True) if nodes else ():
+            if key.codec != DAG_PB:
+                continue
+            try:
+                children = ahead.links[key] = child_links(key, payload.data)
+            except P2PHierError:
+                continue  # not a valid node: the session says so when it gets there
+            for child in children:
+                ckey = block_key(child)
+                if ckey in local or ckey.multihash.code == IDENTITY:
+                    continue
+                try:
+                    local[ckey] = self.store.get_block(ckey)
+                except BlockNotFoundError:
+                    local[ckey] = None
+                except StoreError as exc:
+                    local[ckey] = exc
+        return ahead
 
     async def _judge_blocks(
-        self, peer: str, message: Message, fetches: list[_Fetch], now: float
+        self,
+        peer: str,
+        message: Message,
+        claimed: Sequence[CID],
+        fetches: list[_Fetch],
+        now: float,
     ) -> None:
         """A block is welcome only if this node asked THIS peer for it (and recently)."""
-        for payload in message.blocks:
-            key = payload.claimed_key()
+        for payload, key in zip(message.blocks, claimed, strict=True):
             if self._was_asked(peer, key):
                 continue
             self.ledgers.record_misbehaviour(
@@ -570,18 +701,20 @@ class Bitswap:
                 fetch.wake.set()  # the fetch loop's next poll asks elsewhere
 
     # --- outbound -------------------------------------------------------------------------------
-    def _enqueue(self, peer: str, frame: bytes) -> None:
+    def _enqueue(self, peer: str, frame: list[bytes]) -> None:
+        """Queue one frame (as the pieces ``SendMessage.frame_parts`` gives) for ``peer``."""
         out = self._outbound.get(peer)
         if out is None:
             out = self._outbound[peer] = _Outbound(peer)
             self._nursery.start_soon(self._sender, out)
-        if out.queued + len(frame) > self.config.max_queued_bytes:
+        size = sum(len(part) for part in frame)
+        if out.queued + size > self.config.max_queued_bytes:
             self._peer_gone(
                 peer, f"more than {self.config.max_queued_bytes} bytes queued; it cannot keep up"
             )
             return
-        out.frames.append(frame)
-        out.queued += len(frame)
+        out.frames.append((frame, size))
+        out.queued += size
         out.wake.set()
 
     async def _sender(self, out: _Outbound) -> None:
@@ -613,9 +746,13 @@ class Bitswap:
                             out.stream = await self.host.open_stream(
                                 out.peer, PROTOCOL_ID, timeout=cfg.open_timeout
                             )
-                        await write_all(
-                            out.stream, batch, timeout=cfg.write_timeout, what="bitswap"
-                        )
+                        # Shielded: a write cut by a cancellation (this Bitswap closing)
+                        # would leave half a Noise message on the connection and break
+                        # every stream on it; write_all's own deadline still bounds it.
+                        with trio.CancelScope(shield=True):
+                            await write_all(
+                                out.stream, batch, timeout=cfg.write_timeout, what="bitswap"
+                            )
                         break
                     except (DialError, PeerTimeoutError, StreamClosedError) as exc:
                         if out.stream is not None:
@@ -635,22 +772,23 @@ class Bitswap:
                     else:
                         await close_quietly(out.stream)
 
-    def _take_batch(self, out: _Outbound) -> bytes:
-        """The next write: one big frame alone, or small frames joined (fewer writes)."""
-        first = out.frames.popleft()
-        parts = [first]
-        size = len(first)
-        while out.frames and size + len(out.frames[0]) <= self.config.coalesce_bytes:
-            frame = out.frames.popleft()
-            parts.append(frame)
-            size += len(frame)
+    def _take_batch(self, out: _Outbound) -> list[bytes]:
+        """The next write: one big frame alone, or small frames together (fewer writes),
+        as pieces (``write_all`` copies each byte once, into its own write size)."""
+        parts, size = out.frames.popleft()
+        self._engine_wake.set()  # room for the next message of blocks, if one is owed
+        parts = list(parts)
+        while out.frames and size + out.frames[0][1] <= self.config.coalesce_bytes:
+            more, more_size = out.frames.popleft()
+            parts += more
+            size += more_size
         out.queued -= size
-        return first if len(parts) == 1 else b"".join(parts)
+        return parts
 
     # --- the engine -----------------------------------------------------------------------------
     def _engine_action(self, action: EngineAction) -> None:
         if isinstance(action, SendMessage):
-            self._enqueue(action.peer, action.frame())
+            self._enqueue(action.peer, action.frame_parts())
         elif isinstance(action, WantsDropped):
             logger.info(
                 "bitswap: dropped %d wants from %s (%s limit)",
@@ -661,13 +799,30 @@ class Bitswap:
         elif isinstance(action, LocalBlockCorrupt):
             logger.error("bitswap: stored block %s is corrupt; it was not served", action.cid)
 
+    def _room(self, peer: str) -> int:
+        """Messages the engine may queue for ``peer`` now (see ``serve_ahead``)."""
+        out = self._outbound.get(peer)
+        return self.config.serve_ahead - (len(out.frames) if out is not None else 0)
+
     async def _engine_loop(self) -> None:
-        """Sends what the engine owes peers, as the upload budget allows."""
+        """Sends what the engine owes peers, as the upload budget and the send queues allow.
+
+        The blocks of the next messages are read (and re-hashed by the store) in a
+        worker thread first, so the event loop only frames them (under an upload
+        limit, while it waits for the budget); a peer's blocks are read only when
+        its send queue has room, never all it asked for at once.
+        """
         while True:
             self._engine_wake = trio.Event()
-            for action in self.engine.poll(_now()):
+            upcoming = self.engine.upcoming(self._room)
+            self._source.retain(upcoming)  # (a want cancelled meanwhile: not kept)
+            ahead = self._source.missing(upcoming)
+            if ahead:
+                self._source.keep(await trio.to_thread.run_sync(self._source.read, ahead))
+            actions = self.engine.poll(_now(), room=self._room)
+            for action in actions:
                 self._engine_action(action)
-            wake_at = self.engine.next_wakeup(_now())
+            wake_at = self.engine.next_wakeup(_now(), room=self._room)
             if wake_at is not None and wake_at <= _now():
                 wake_at = _now() + 0.001  # never spin: the engine said "now" but sent nothing
             with trio.move_on_at(math.inf if wake_at is None else wake_at):

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
+from collections.abc import Iterator, Sequence
 
 import trio
 from libp2p.abc import INetStream
@@ -38,6 +40,13 @@ logger = logging.getLogger(__name__)
 
 #: bytes asked of the muxer per read (it returns what is buffered, up to this)
 READ_SIZE = 1 << 20
+
+#: the largest write py-libp2p 0.8.1 sends as ONE Yamux frame in ONE Noise message: a
+#: Noise transport message carries at most 65535 - 16 (tag) = 65519 bytes and a Yamux
+#: frame header takes 12.  Yamux cuts a larger write into 65536-byte frames, which
+#: Noise then sends as two messages each (65519 + 17 bytes): twice the encryptions,
+#: system calls and reads on both sides.  Writing in pieces of this size halves them.
+WRITE_PIECE = 65519 - 12
 
 #: what a broken stream or connection can raise out of py-libp2p and trio
 STREAM_ERRORS: tuple[type[BaseException], ...] = (
@@ -65,20 +74,51 @@ def stream_peer(stream: INetStream) -> str:
     return str(stream.muxed_conn.peer_id)
 
 
-async def write_all(stream: INetStream, data: bytes, *, timeout: float, what: str = "") -> None:
-    """Write ``data`` within ``timeout`` seconds; after any error the stream is unusable."""
+async def write_all(
+    stream: INetStream, data: bytes | Sequence[bytes], *, timeout: float, what: str = ""
+) -> None:
+    """Write ``data`` (bytes, or consecutive pieces of it) within ``timeout`` seconds;
+    after any error the stream is unusable.
+
+    It goes in :data:`WRITE_PIECE`-byte writes (one Noise message each), each
+    byte copied once into its write.
+    """
+    size = len(data) if isinstance(data, bytes) else sum(len(part) for part in data)
     try:
         with trio.fail_after(timeout):
-            await stream.write(data)
+            for piece in _pieces([data] if isinstance(data, bytes) else data):
+                await stream.write(piece)
     except trio.TooSlowError:
         raise PeerTimeoutError(
-            f"writing {len(data)} bytes{_what(what)} to {stream_peer(stream)} took more than "
+            f"writing {size} bytes{_what(what)} to {stream_peer(stream)} took more than "
             f"{timeout}s (peer stalled or overloaded)"
         ) from None
     except STREAM_ERRORS as exc:
         raise StreamClosedError(
             f"cannot write{_what(what)} to {stream_peer(stream)}: {_describe(exc)}"
         ) from None
+
+
+def _pieces(parts: Sequence[bytes]) -> Iterator[bytes]:
+    """``parts`` re-cut into writes of at most WRITE_PIECE bytes (small parts joined)."""
+    if len(parts) == 1 and len(parts[0]) <= WRITE_PIECE:
+        yield parts[0]  # one small write: no copy
+        return
+    held: list[memoryview] = []
+    have = 0
+    for part in parts:
+        view = memoryview(part)
+        pos = 0
+        while pos < len(view):
+            take = min(len(view) - pos, WRITE_PIECE - have)
+            held.append(view[pos : pos + take])
+            have += take
+            pos += take
+            if have == WRITE_PIECE:
+                yield b"".join(held)
+                held, have = [], 0
+    if held:
+        yield b"".join(held)
 
 
 async def write_frame(
@@ -117,15 +157,21 @@ class FrameReader:
         self.read_size = read_size
         self.bytes_read = 0
         self._decoder = FrameDecoder(max_frame_size)
-        self._ready: list[bytes] = []
+        self._ready: deque[list[bytes | memoryview]] = deque()
         self._eof = False
 
     async def next_frame(self) -> bytes | None:
+        pieces = await self.next_frame_pieces()
+        return None if pieces is None else b"".join(pieces)
+
+    async def next_frame_pieces(self) -> list[bytes | memoryview] | None:
+        """As :meth:`next_frame`, the body as the pieces it arrived in (not joined:
+        see :meth:`p2phier.bitswap.FrameDecoder.feed_pieces`)."""
         while not self._ready:
             if self._eof:
                 return None
             await self._read_more()
-        return self._ready.pop(0)
+        return self._ready.popleft()
 
     async def _read_more(self) -> None:
         idle = self._decoder.at_boundary
@@ -153,7 +199,7 @@ class FrameReader:
                 raise StreamTruncatedError(f"stream from {self.peer}: {exc}") from None
             return
         self.bytes_read += len(data)
-        self._ready.extend(self._decoder.feed(data))
+        self._ready.extend(self._decoder.feed_pieces(data))
 
 
 async def read_frame(stream: INetStream, *, max_frame_size: int, timeout: float) -> bytes:

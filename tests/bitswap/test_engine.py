@@ -12,6 +12,7 @@ from p2phier.bitswap import (
     LocalBlockCorrupt,
     Message,
     PresenceType,
+    ReadAheadSource,
     SendMessage,
     WantEntry,
     Wantlist,
@@ -40,6 +41,10 @@ def want(*entries: WantEntry, full: bool = False) -> Message:
 
 def sent(actions: list, peer: str | None = None) -> list[Message]:  # type: ignore[type-arg]
     return [a.message for a in actions if isinstance(a, SendMessage) and peer in (None, a.peer)]
+
+
+def sent_actions(actions: list) -> list[SendMessage]:  # type: ignore[type-arg]
+    return [a for a in actions if isinstance(a, SendMessage)]
 
 
 def presences(actions: list) -> list[tuple[CID, PresenceType]]:  # type: ignore[type-arg]
@@ -228,6 +233,41 @@ def test_upload_rate_is_enforced_and_next_wakeup_says_when_to_poll() -> None:
     assert len(served(e.poll(t))) == 10 - total
 
 
+def test_room_limits_the_messages_built_per_peer_and_upcoming_names_their_blocks() -> None:
+    a_blocks, b_blocks = blocks(12, 1000, "a"), blocks(12, 1000, "b")
+    src = DictSource({**a_blocks, **b_blocks})
+    e = Engine(src, EngineConfig(turn_bytes=2000))  # two blocks per message
+    e.receive_message("A", want(*(WantEntry(c, 100 - i) for i, c in enumerate(a_blocks))), 0.0)
+    e.receive_message("B", want(*(WantEntry(c) for c in b_blocks)), 0.0)
+    room = {"A": 2, "B": 0}
+    ahead = e.upcoming(room.__getitem__)
+    assert ahead == list(a_blocks)[:4]  # A's next two turns, most urgent first; none of B's
+    src.reads = 0
+    out = e.poll(0.0, room=room.__getitem__)
+    assert [a.peer for a in sent_actions(out)] == ["A", "A"]
+    assert served(out) == [a_blocks[c] for c in ahead]  # exactly what upcoming named
+    assert src.reads == 4  # only the blocks that were sent were read
+    assert e.upcoming(room.__getitem__) == list(a_blocks)[4:8]  # nothing was changed
+    # a peer without room is not a reason to wake up; one with room is
+    assert e.next_wakeup(0.0, room=lambda peer: 0) is None
+    assert e.next_wakeup(0.0, room=room.__getitem__) == 0.0
+    # B keeps its turn and is served as soon as it has room, before A's third message
+    room = {"A": 1, "B": 1}
+    assert [a.peer for a in sent_actions(e.poll(1.0, room=room.__getitem__))] == ["B", "A"]
+    # without room, everything owed is built at once (the sans-IO default)
+    assert len(served(e.poll(2.0))) == 24 - 4 - 2 - 2
+
+
+def test_upcoming_names_the_next_turn_before_the_upload_budget_allows_it() -> None:
+    bs = blocks(6, 1000)
+    e = Engine(DictSource(bs), EngineConfig(upload_rate=1000.0, upload_burst=1000, turn_bytes=2000))
+    e.receive_message("A", want(*(WantEntry(c) for c in bs)), 0.0)
+    assert len(served(e.poll(0.0))) == 1  # the burst is spent
+    assert e.poll(0.5) == []
+    # read ahead while waiting for the budget: the next turn, not the whole want list
+    assert e.upcoming(lambda peer: 1) == list(bs)[1:3]
+
+
 def test_presences_are_not_held_back_by_the_upload_limit() -> None:
     big = b"x" * 1000
     e = Engine(DictSource({CID.raw(big): big}), EngineConfig(upload_rate=1.0, upload_burst=1000))
@@ -337,3 +377,63 @@ def test_a_block_removed_between_lookup_and_read_is_answered_as_absent() -> None
     out = e.poll(0.0)
     assert served(out) == [] and not [a for a in out if isinstance(a, LocalBlockCorrupt)]
     assert presences(out) == [(HELD, PresenceType.DONT_HAVE)]
+
+
+class CorruptOnRead(DictSource):
+    def get_block(self, cid: CID) -> bytes:
+        if cid == HELD:
+            self.reads += 1
+            raise CorruptBlockError("rotten")
+        return super().get_block(cid)
+
+
+def test_blocks_read_ahead_are_served_from_memory_and_errors_are_kept() -> None:
+    bs = blocks(4, 100)
+    src = CorruptOnRead({**bs, HELD: b"held"})
+    ahead = ReadAheadSource(src)
+    e = Engine(ahead)
+    e.receive_message("A", want(WantEntry(HELD, 9), *(WantEntry(c) for c in bs)), 0.0)
+    upcoming = e.upcoming(lambda peer: 1)
+    assert upcoming[0] == HELD and set(upcoming[1:]) == set(bs)
+    assert ahead.missing(upcoming) == upcoming
+    ahead.keep(ahead.read(upcoming))  # what a driver runs in a worker thread
+    assert ahead.missing(upcoming) == [] and src.reads == 5
+    out = e.poll(0.0)
+    assert src.reads == 5  # nothing was read again
+    assert sorted(served(out)) == sorted(bs.values())
+    # the error met while reading ahead was raised in the engine's read: reported
+    assert LocalBlockCorrupt(HELD) in out
+    # what is no longer upcoming is dropped; a block kept and not yet sent stays
+    first, second = list(bs)[:2]
+    ahead.keep(ahead.read([first, second]))
+    ahead.retain([second])
+    assert ahead.missing([first, second]) == [first]
+    assert ahead.get_block(first) == bs[first]  # read from the source again
+    assert src.reads == 5 + 2 + 1
+
+
+class SizeCounting(DictSource):
+    def __init__(self, blocks: dict[CID, bytes]) -> None:
+        super().__init__(blocks)
+        self.size_calls = 0
+
+    def block_size(self, cid: CID) -> int:
+        self.size_calls += 1
+        return super().block_size(cid)
+
+
+def test_a_read_ahead_source_remembers_sizes_until_a_read_fails() -> None:
+    src = SizeCounting({HELD: b"held"})
+    e = Engine(ReadAheadSource(src, sizes=2))
+    e.receive_message("A", want(WantEntry(HELD, 1, False, HAVE, True)), 0.0)
+    assert presences(e.poll(0.0)) == [(HELD, PresenceType.HAVE)]
+    e.receive_message("A", want(WantEntry(HELD)), 0.1)  # then the block itself
+    assert served(e.poll(0.1)) == [b"held"]
+    assert src.size_calls == 1
+    # the block is gone: its read fails, the size is forgotten, the next want finds it absent
+    del src.blocks[HELD]
+    e.receive_message("B", want(WantEntry(HELD, 1, False, BLOCK, True)), 0.2)
+    assert presences(e.poll(0.2)) == [(HELD, PresenceType.DONT_HAVE)]
+    e.receive_message("C", want(WantEntry(HELD, 1, False, HAVE, True)), 0.3)
+    assert presences(e.poll(0.3)) == [(HELD, PresenceType.DONT_HAVE)]
+    assert src.size_calls == 2

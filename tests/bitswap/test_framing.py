@@ -109,3 +109,32 @@ def test_encode_frame_refuses_oversize_payloads() -> None:
     with pytest.raises(LocalProtocolError):
         encode_frame(b"x" * 11, max_size=10)
     assert encode_frame(b"x" * 300)[:2] == bytes.fromhex("ac02")
+
+
+def test_a_frame_spread_over_many_feeds_is_joined_intact() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    wire = encode_frame(body) + encode_frame(b"next")
+    dec = FrameDecoder()
+    got: list[bytes] = []
+    for i in range(0, len(wire), 65536 - 7):  # chunks that do not line up with anything
+        got += dec.feed(wire[i : i + 65536 - 7])
+    assert got == [body, b"next"]
+    assert all(type(f) is bytes for f in got)
+
+
+def test_fed_bytes_that_are_exactly_one_body_are_returned_without_a_copy() -> None:
+    body = b"x" * 1000
+    dec = FrameDecoder()
+    assert dec.feed(encode_frame(body)[:2]) == []  # the two header bytes
+    (frame,) = dec.feed(body)
+    assert frame is body
+
+
+def test_a_reused_caller_buffer_does_not_change_a_held_partial_frame() -> None:
+    dec = FrameDecoder()
+    buf = bytearray(encode_frame(b"hello world")[:6])  # header + "hello"
+    assert dec.feed(buf) == []
+    buf[:] = b"XXXXXX"  # the caller reuses its buffer
+    view = memoryview(bytearray(b" world"))
+    assert dec.feed(view) == [b"hello world"]
+    assert dec.buffered == 0

@@ -38,6 +38,41 @@ def test_round_trip_is_exact(msg: Message) -> None:
     assert back.encode() == data
 
 
+@given(messages())
+def test_encoding_is_byte_for_byte_what_protobuf_produces(msg: Message) -> None:
+    expected = msg.to_protobuf().SerializeToString()
+    assert msg.encode() == expected
+    assert msg.encode_frame() == encode_varint(len(expected)) + expected
+
+
+def test_encoder_edge_values_match_protobuf() -> None:
+    big = b"\x5a" * 300_000  # a multi-byte length header
+    msg = Message(
+        Wantlist(
+            (
+                WantEntry(A, priority=-1, want_type=WantType.HAVE),  # 10-byte varint
+                WantEntry(B, priority=0, cancel=True),
+                WantEntry(CID.raw(b"c"), priority=-(1 << 31), send_dont_have=True),
+            ),
+            full=True,
+        ),
+        (BlockPayload.of(CID.raw(big), big), BlockPayload.of(CID.raw(b""), b"")),
+        (BlockPresence(A, PresenceType.DONT_HAVE), BlockPresence(B0, PresenceType.HAVE)),
+        (1 << 31) - 1,
+    )
+    assert msg.encode() == msg.to_protobuf().SerializeToString()
+    assert Message.decode(msg.encode()) == msg
+    assert Message(Wantlist()).encode() == b"\x0a\x00"  # present but empty stays present
+    assert Message().encode() == b""
+
+
+def test_encode_frame_refuses_an_oversized_message() -> None:
+    data = b"x" * 2000
+    msg = Message(blocks=(BlockPayload.of(CID.raw(data), data),))
+    with pytest.raises(LocalProtocolError):
+        msg.encode_frame(max_size=1000)
+
+
 @given(st.binary(max_size=400))
 def test_random_bytes_only_ever_raise_protocol_violation(data: bytes) -> None:
     try:
@@ -235,3 +270,118 @@ def test_claimed_key_hashes_the_data_under_the_senders_prefix() -> None:
     payload = BlockPayload(A.prefix(), data)
     assert payload.claimed_key() == CID.raw(data)
     assert payload.claimed_key().multihash == Multihash.sha256(data)
+
+
+# --- blocks are read by the scanner: same result as protobuf, data as views ------------
+
+
+def _decode_with_protobuf_only(data: bytes) -> Message:
+    """The decoder before blocks were read by the scanner: protobuf parses everything."""
+    from p2phier.bitswap.message import DEFAULT_LIMITS, _from_protobuf, _parse_prefix, _scan
+
+    _scan(data, DEFAULT_LIMITS)
+    msg = pb.Message()
+    try:
+        msg.ParseFromString(data)
+    except Exception as exc:  # any parse failure is a refusal
+        raise ProtocolViolationError(str(exc)) from None
+    blocks = []
+    for b in msg.payload:
+        if len(b.data) > DEFAULT_LIMITS.max_block_size:
+            raise ProtocolViolationError("block limit")
+        _parse_prefix(b.prefix)
+        blocks.append(BlockPayload(b.prefix, b.data))
+    return _from_protobuf(msg, DEFAULT_LIMITS, tuple(blocks))
+
+
+def _both(data: bytes) -> tuple[Message | str, Message | str]:
+    out: list[Message | str] = []
+    for decode in (Message.decode, _decode_with_protobuf_only):
+        try:
+            out.append(decode(data))
+        except ProtocolViolationError as exc:
+            out.append(f"refused: {exc}")
+    return out[0], out[1]
+
+
+# What only the scanner refuses inside a Block: groups and out-of-range field numbers
+# (protobuf refuses those too when they collide with a known field), and a flood of fields.
+_STRICTER = ("wire type", "out of range", "block has more than")
+
+
+@given(
+    messages(),
+    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255), st.booleans()), max_size=4),
+)
+def test_blocks_decode_exactly_as_protobuf_would(
+    msg: Message, edits: list[tuple[int, int, bool]]
+) -> None:
+    data = bytearray(msg.encode())
+    for where, value, insert in edits:
+        pos = where % (len(data) + 1)
+        if insert or pos == len(data):
+            data.insert(pos, value)
+        else:
+            data[pos] = value
+    ours, reference = _both(bytes(data))
+    if isinstance(ours, Message):
+        assert ours == reference
+    elif isinstance(reference, Message):
+        assert any(reason in ours for reason in _STRICTER), (ours, reference)
+
+
+def test_block_fields_follow_protobuf_rules() -> None:
+    data = b"abc"
+    prefix = A.prefix()
+    blk = (
+        b"\x12\x01Z"  # a data field, overridden below (last one wins)
+        + b"\x08\x07"  # field 1 as a varint: not the prefix, skipped
+        + b"\x0a" + bytes([len(prefix)]) + prefix
+        + b"\x12\x03" + data
+        + b"\x35\x00\x00\x00\x00"  # an unknown fixed32 field
+    )  # fmt: skip
+    msg = b"\x28\x05" + b"\x1a" + bytes([len(blk)]) + blk + b"\x18\x01"  # field 3 as varint
+    ours, reference = _both(msg)
+    assert isinstance(ours, Message) and ours == reference
+    assert ours.blocks == (BlockPayload(prefix, data),) and ours.pending_bytes == 5
+    flood = b"\x30\x01" * 70 + b"\x0a" + bytes([len(prefix)]) + prefix
+    with pytest.raises(ProtocolViolationError, match="block has more than"):
+        Message.decode(b"\x1a" + encode_varint(len(flood)) + flood)
+
+
+@given(messages(), st.lists(st.integers(min_value=0), max_size=12))
+def test_a_message_in_pieces_decodes_as_the_joined_message(msg: Message, cuts: list[int]) -> None:
+    data = msg.encode()
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    decoded = Message.decode_pieces(pieces)
+    assert decoded == Message.decode(data) == msg
+    assert all(type(b.data) is bytes for b in decoded.blocks)
+
+
+@given(messages(), st.integers(min_value=0), st.integers(0, 255), st.integers(min_value=1))
+def test_mutated_messages_in_pieces_fail_or_decode_as_joined(
+    msg: Message, where: int, value: int, cut: int
+) -> None:
+    data = bytearray(msg.encode())
+    if data:
+        data[where % len(data)] = value
+    raw = bytes(data)
+    point = cut % (len(raw) + 1)
+    results: list[Message | str] = []
+    for pieces in ([raw], [raw[:point], raw[point:]]):
+        try:
+            results.append(Message.decode_pieces(pieces))
+        except ProtocolViolationError as exc:
+            results.append(str(exc))
+    try:
+        joined: Message | str = Message.decode(raw)
+    except ProtocolViolationError as exc:
+        joined = str(exc)
+    assert results[0] == results[1] == joined
+
+
+def test_pieces_are_checked_against_the_size_limit_as_a_whole() -> None:
+    limits = Limits(max_block_size=10, max_message_size=100)
+    with pytest.raises(ProtocolViolationError, match="101 bytes exceeds the 100-byte limit"):
+        Message.decode_pieces([bytes(50), bytes(51)], limits)

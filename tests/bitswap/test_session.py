@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ from p2phier.bitswap import (
     WantType,
 )
 from p2phier.cid import CID, Multihash
-from p2phier.errors import CorruptBlockError
+from p2phier.errors import CorruptBlockError, UsageError
 
 from .helpers import DictSource, build_dag, events_of, links, make_node
 
@@ -202,6 +203,87 @@ def test_two_providers_share_the_blocks() -> None:
         t += 0.1
     assert s.complete and s.fetched == 17
     assert s.ledgers.get("A").blocks_received >= 8 and s.ledgers.get("B").blocks_received >= 8
+
+
+def test_a_freed_slot_goes_to_the_most_urgent_waiting_block_the_freed_peer_has() -> None:
+    root, blocks = build_dag(12, 64, fanout=12)
+    leaves = [c for c in blocks if c != root]  # discovery order = priority order
+    s = session(root, ["A", "B"], config=SessionConfig(max_inflight_per_peer=2))
+    s.poll(0.0)
+    s.receive_message("A", presence((root, HAVE)), 0.1)
+    s.poll(0.1)
+    s.receive_message("A", block(root, blocks[root]), 0.2)
+    s.poll(0.2)
+    # A has every leaf, B only the last two
+    s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
+    s.receive_message("B", presence(*((c, HAVE) for c in leaves[-2:])), 0.3)
+    s.receive_message("B", presence(*((c, DONT) for c in leaves[:-2])), 0.3)
+    ev = s.poll(0.3)
+    assert [c for c, k in kinds(ev, "A").items() if k == "block"] == leaves[:2]
+    # B's free slots go to the blocks it has, though more urgent ones wait for A
+    assert [c for c, k in kinds(ev, "B").items() if k == "block"] == leaves[-2:]
+    assert s.poll(0.3) == []  # everyone is busy: nothing to do, nothing re-sent
+    s.receive_message("A", block(leaves[1], blocks[leaves[1]]), 0.4)
+    ev = s.poll(0.4)
+    assert [c for c, k in kinds(ev, "A").items() if k == "block"] == [leaves[2]]
+    assert "B" not in {e.peer for e in events_of(ev, SendMessage)}
+    # a slot freed at B finds nothing B has: it stays idle, and A's queue is untouched
+    s.receive_message("B", block(leaves[-1], blocks[leaves[-1]]), 0.5)
+    ev = s.poll(0.5)
+    assert not [c for c, k in kinds(ev, "B").items() if k == "block"]
+    s.receive_message("A", block(leaves[0], blocks[leaves[0]]), 0.6)
+    assert [c for c, k in kinds(s.poll(0.6), "A").items() if k == "block"] == [leaves[3]]
+
+
+def test_scheduling_a_large_dag_does_not_rescan_every_waiting_block() -> None:
+    root, blocks = build_dag(3000, 8, fanout=3000)
+    leaves = [c for c in blocks if c != root]
+    s = session(root, ["A"], config=SessionConfig(max_inflight_per_peer=4))
+    s.poll(0.0)
+    s.receive_message("A", presence((root, HAVE)), 0.1)
+    s.poll(0.1)
+    s.receive_message("A", block(root, blocks[root]), 0.2)
+    s.poll(0.2)
+    s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
+    asked = [c for c, k in kinds(s.poll(0.3), "A").items() if k == "block"]
+    order: list[CID] = []
+    calls = 0
+    original = s._best_ready
+
+    def counted() -> tuple[int, CID] | None:
+        nonlocal calls
+        calls += 1
+        return original()
+
+    s._best_ready = counted  # type: ignore[method-assign]
+    t = 0.4
+    while not s.done:
+        order += asked
+        for c in asked:
+            s.receive_message("A", block(c, blocks[c]), t)
+        asked = [c for c, k in kinds(s.poll(t), "A").items() if k == "block"]
+        t += 0.01
+    assert s.complete and order == leaves  # strictly in priority order
+    assert calls < 3 * len(leaves)  # a few steps per block, not one per waiting block
+
+
+def test_claimed_keys_from_the_caller_replace_hashing() -> None:
+    s = session(SINGLE, ["A"])
+    s.poll(0.0)
+    s.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    s.poll(0.1)
+    msg = block(SINGLE, b"single block")
+    with pytest.raises(UsageError):
+        s.receive_message("A", msg, 0.2, claimed=[])
+    # a caller that hashed to something else: the block is judged by that key
+    ev = s.receive_message("A", msg, 0.2, claimed=[CID.raw(b"other")])
+    assert fetched(ev) == [] and events_of(ev, Misbehaviour)
+    s2 = session(SINGLE, ["A"])
+    s2.poll(0.0)
+    s2.receive_message("A", presence((SINGLE, HAVE)), 0.1)
+    s2.poll(0.1)
+    ev = s2.receive_message("A", msg, 0.2, claimed=[msg.blocks[0].claimed_key()])
+    assert fetched(ev) == [SINGLE] and s2.complete
 
 
 def test_resume_skips_blocks_already_present() -> None:

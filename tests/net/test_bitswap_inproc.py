@@ -6,22 +6,28 @@ a peer to die or freeze are in ``test_bitswap_procs.py`` with separate processes
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
 from p2phier.bitswap import (
     MALFORMED,
+    PROTOCOL_ID,
     WRONG_BLOCK,
     BlockPayload,
     FetchFailedError,
     Message,
+    WantEntry,
+    Wantlist,
+    WantType,
     encode_frame,
 )
 from p2phier.cid import CID, encode_varint
 from p2phier.errors import PeerTimeoutError, UsageError
 from p2phier.net import BitswapConfig
 from p2phier.net.testing import open_nodes
-from p2phier.store import MetaSpec
+from p2phier.store import DiskStore, MemoryStore, MetaSpec
 from p2phier.unixfs import build_file
 
 from .helpers import FAST, data_of, raw_bitswap_stream, stream_was_reset
@@ -189,3 +195,61 @@ async def test_an_unsolicited_block_is_recorded_and_never_stored() -> None:
                     await trio.sleep(0.05)
         assert [(m.peer, m.reason) for m in node.misbehaviour] == [(attacker.peer_id, WRONG_BLOCK)]
         assert not node.store.has_block(CID.raw(block))
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts the blocks read from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get_block(self, cid: CID | str) -> bytes:
+        self.reads += 1
+        return super().get_block(cid)
+
+
+async def test_a_provider_reads_blocks_only_as_its_send_queue_to_the_peer_drains() -> None:
+    store = CountingStore()
+    chunk = 256 * 1024
+    data = data_of(80 * chunk, seed=9)
+    root, blocks = build_file(data)
+    leaves = [cid for cid, _ in blocks if cid != root]
+    assert len(leaves) == 80
+    async with open_nodes(1, config=FAST, stores=[store]) as (provider,):
+        store.add_bytes(data)
+        async with raw_bitswap_stream(provider.addr) as (reader, stream):
+            # the peer accepts the provider's stream and then never reads from it
+            async def never_read(s: object) -> None:
+                await trio.sleep_forever()
+
+            reader.set_stream_handler(PROTOCOL_ID, never_read)
+            store.reads = 0
+            wants = Wantlist(tuple(WantEntry(c, want_type=WantType.BLOCK) for c in leaves))
+            await stream.write(encode_frame(Message(wantlist=wants).encode()))
+            await trio.sleep(1.0)  # the provider's writes are stuck on the Yamux window
+            stuck = store.reads
+            await trio.sleep(0.5)
+            # what Yamux took before the window closed, plus the message being written
+            # and serve_ahead queued ones (4 blocks each): not all 80 blocks at once
+            assert 0 < stuck == store.reads <= 40, stuck
+
+
+async def test_a_corrupt_local_child_is_fetched_again(tmp_path: Path) -> None:
+    data = data_of(2 * MiB, seed=10)
+    root, blocks = build_file(data)
+    store = DiskStore(tmp_path / "store")
+    try:
+        leaf, leaf_data = next((c, b) for c, b in blocks if c != root)
+        store.put_block(leaf, leaf_data)
+        (path,) = (tmp_path / "store").rglob(str(leaf))
+        path.write_bytes(b"rot" + leaf_data[3:])  # corruption at rest
+        async with open_nodes(2, config=FAST, stores=[store, MemoryStore()]) as (fetcher, p):
+            p.store.add_bytes(data)
+            await fetcher.bitswap.fetch(root, [p.addr], timeout=60)
+            assert fetcher.store.get_bytes(root) == data
+            # every block came over the wire, the corrupt one included
+            assert fetcher.bitswap.ledger(p.peer_id).blocks_received == len(blocks)
+            p.store.close()
+    finally:
+        store.close()

@@ -14,7 +14,7 @@ from p2phier.cid import encode_varint
 from p2phier.errors import PeerTimeoutError, ProtocolViolationError
 from p2phier.identity import Identity
 from p2phier.net import StreamClosedError, StreamTruncatedError, open_host
-from p2phier.net.streams import FrameReader, read_frame, write_all, write_frame
+from p2phier.net.streams import WRITE_PIECE, FrameReader, read_frame, write_all, write_frame
 
 PROTO = "/p2phier-test/frames/1"
 
@@ -106,3 +106,30 @@ async def test_read_frame_wants_exactly_one_frame() -> None:
         await ours.close()
         with pytest.raises(StreamClosedError, match="closed the stream"):
             await read_frame(theirs, max_frame_size=100, timeout=5)
+
+
+async def test_data_in_pieces_goes_in_writes_of_one_noise_message_each() -> None:
+    parts = [b"h", bytes(range(256)) * 800, b"xyz", bytes(70_000), b"tail"]
+    body = b"".join(parts)
+    async with stream_pair() as (ours, theirs):
+        writes: list[int] = []
+        original = ours.write
+
+        async def recording(data: bytes) -> None:
+            writes.append(len(data))
+            await original(data)
+
+        ours.write = recording  # type: ignore[method-assign]
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(body):
+                got.extend(await theirs.read(1 << 20))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await write_all(ours, parts, timeout=10)
+        assert bytes(got) == body
+        # full writes of WRITE_PIECE bytes (one Yamux frame in one Noise message), then the rest
+        assert writes[:-1] == [WRITE_PIECE] * (len(body) // WRITE_PIECE)
+        assert sum(writes) == len(body) and 0 < writes[-1] <= WRITE_PIECE
