@@ -45,7 +45,18 @@ from p2phier.node.controlwire import ControlError
 log = logging.getLogger(__name__)
 
 RUN_STATE = "devnet.json"
-DEVNET_ENV = {"P2PHIER_TIMEOUTS_STREAM_S": "30", "P2PHIER_TIMEOUTS_DIAL_S": "15"}
+#: Twelve processes on two cores, torch busy in each: deadlines and hierarchy timers that
+#: tolerate a slow event loop (FAST_ENV suits the idle node tests).  A killed child is noticed
+#: by its closed connection, not by its registration expiring.
+DEVNET_ENV = {
+    "P2PHIER_TIMEOUTS_STREAM_S": "30",
+    "P2PHIER_TIMEOUTS_DIAL_S": "15",
+    "P2PHIER_GOSSIP_HEARTBEAT_S": "1.0",
+    "P2PHIER_HIERARCHY_REGISTER_INTERVAL_S": "10",
+    "P2PHIER_HIERARCHY_CHILD_TTL_S": "120",
+    "P2PHIER_HIERARCHY_PARENT_TIMEOUT_S": "60",
+    "P2PHIER_HIERARCHY_LOST_BACKOFF_S": "5",
+}
 ROUND_TIMEOUT_S = 1800.0
 FORM_TIMEOUT_S = 600.0
 

@@ -386,21 +386,25 @@ def decide_publish(
 
     def measure(adapter: Path) -> Evaluation:
         session = Session(tier, parents=[*parents, adapter])
-        texts = [e.text for e in validation]
-        score = (
-            session.perplexity(texts, max_length)
-            if lm
-            else session.accuracy(validation, max_length)
+        if lm:
+            return Evaluation(session.perplexity([e.text for e in validation], max_length), {})
+        # One forward pass per distinct example: the held domains usually regroup the
+        # validation set, and a node's CPU is the round's bottleneck.
+        distinct = list(
+            {e.uid: e for e in [*validation, *(x for v in held.values() for x in v)]}.values()
         )
-        domains = (
-            {
-                name: session.accuracy(examples, max_length)
-                for name, examples in sorted(held.items())
-            }
-            if not lm
-            else {}
-        )
-        return Evaluation(score, domains)
+        predicted = dict(
+            zip((e.uid for e in distinct), session.predict([e.text for e in distinct], max_length),
+                strict=True)
+        )  # fmt: skip
+
+        def accuracy(examples: Sequence[Example]) -> float:
+            if not examples:
+                raise ModelError("cannot measure accuracy on no examples")
+            return sum(predicted[e.uid] == e.label for e in examples) / len(examples)
+
+        domains = {name: accuracy(examples) for name, examples in sorted(held.items())}
+        return Evaluation(accuracy(validation), domains)
 
     return decide(
         policy, measure(version), measure(candidate), now=now, round=round, n_updates=n_updates
@@ -438,6 +442,7 @@ def rebase(
     seed: int = 0,
     init_seed: int = 0,
     lora: LoraSettings | None = None,
+    before: Mapping[str, float] | None = None,
 ) -> RebaseResult:
     """Move a child from ``old_version`` to ``new_version`` and report its change in scores.
 
@@ -447,15 +452,14 @@ def rebase(
     backbone, adapted to the child's own label distribution.
     """
     tier = load_tier(tier_dir)
-    before_session = Session(tier, parents=[*ancestors, old_version], adapter=own_adapter)
-    before = _scores(before_session, eval_sets, max_length)
+    if before is None:  # the caller may know them already (its last evaluation)
+        before_session = Session(tier, parents=[*ancestors, old_version], adapter=own_adapter)
+        before = _scores(before_session, eval_sets, max_length)
     own = read_adapter(own_adapter)
     if mode == "keep":
         session = Session(tier, parents=[*ancestors, new_version], adapter=own_adapter)
     elif mode == "reset":
-        session = Session(
-            tier, parents=[*ancestors, new_version], settings=lora, seed=init_seed
-        )
+        session = Session(tier, parents=[*ancestors, new_version], settings=lora, seed=init_seed)
         session.load_heads(own)
     else:
         raise ModelError(f"rebase mode must be 'reset' or 'keep', not {mode!r}")

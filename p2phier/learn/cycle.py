@@ -309,8 +309,12 @@ def rebase(
     out_dir: Path,
     test: Sequence[DataRecord],
     personal: Sequence[DataRecord],
+    accuracy_before: float | None = None,
 ) -> dict[str, Any]:
-    """Move ``own`` from ``old_stack`` onto ``new_stack`` (fresh LoRA, own head kept)."""
+    """Move ``own`` from ``old_stack`` onto ``new_stack`` (fresh LoRA, own head kept).
+
+    ``accuracy_before``: the node's last accuracy on ``test`` with ``own`` (saves a pass).
+    """
     began = time.monotonic()
     if not old_stack:
         raise ValueError("rebase needs the stack the adapter was trained on")
@@ -329,6 +333,7 @@ def rebase(
         seed=plan.seed,
         init_seed=plan.seed,
         lora=_lora(plan),
+        before={"accuracy.own": accuracy_before} if accuracy_before is not None and test else None,
     )
     return {
         "adapter": str(result.adapter_dir),

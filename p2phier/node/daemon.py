@@ -564,6 +564,9 @@ class NodeDaemon:
         found = providers + [p for p in await self._dht_providers(cid) if p not in providers]
         await self.bitswap.fetch(cid, found, timeout=self.config.block_timeout_s * 60, pin=True)
 
+    def connected(self, peer: PeerId) -> bool:
+        return self._host is not None and self._host.is_connected(str(peer))
+
     def set_base_model(self, base_model_id: str) -> None:
         """The learner built or loaded its tier: advertise it (a new signed record)."""
         if base_model_id != self.base_model_id:

@@ -335,7 +335,11 @@ class Learner:
         entry: dict[str, Any] = {"cid": v.cid, "round": v.round, "created_ms": v.created_ms}
         if self.plan.parent:
             # A parent: its contribution went upstream; the parent's model is its model now.
-            await self._publish_flat(base_dir, base_cid=v.cid, round_=v.round)
+            # Announcement rounds never go back (receivers refuse it): a node ahead of a slow
+            # parent relays its version under its own round.
+            await self._publish_flat(
+                base_dir, base_cid=v.cid, round_=max(v.round, int(self.state["round"]))
+            )
         local = self.state["local"]
         if local is not None and old_base is not None:
             on = Path(self.state["flat"]["dir"]) if self.state["flat"] else base_dir
@@ -349,6 +353,7 @@ class Learner:
                 out_dir=self._new_dir("local"),
                 test=self.data.test if self.data else (),
                 personal=self._arrived(self.state["consumed"]) if self.data else (),
+                accuracy_before=self.state.get("accuracy_own"),
             )
             self.state["local"] = {"dir": result["adapter"], "on": str(on)}
             entry["accuracy_before"] = result["before"].get("accuracy.own")
@@ -476,12 +481,14 @@ class Learner:
 
     async def _collect(self, r: int, began: float) -> dict[str, _Update]:
         """Children's updates on the current flat, once every registered child sent one for
-        round ``r`` (a dead child drops out of the registry after its TTL) or ``collect_s``."""
+        round ``r`` (a child whose connection is gone is not waited for) or ``collect_s``."""
         deadline = began + self.plan.collect_s
         while True:
             current = self.state["flat"]["cid"]
             fresh = {a: u for a, u in self.updates.items() if u.base_version == current}
-            expected = {str(c) for c in self.node.hierarchy.children}
+            # A registered child whose connection is gone (killed, crashed) is not waited for;
+            # one that is merely slow (a busy CPU) keeps its connection and is.
+            expected = {str(c) for c in self.node.hierarchy.children if self.node.connected(c)}
             done = {a for a, u in fresh.items() if u.round >= r}
             if (expected and expected <= done) or time.time() >= deadline:
                 return fresh
@@ -549,7 +556,8 @@ class Learner:
                     Path(out["candidate"]), base_cid=base["cid"] if base else None, round_=r
                 )
                 self.updates.clear()
-                if out["validation_after"] is not None:
+                if out["validation_after"] is not None and not self.plan.trains:
+                    # a trainer's own accuracy is its local (personal) model's, set below
                     self.state["accuracy_own"] = out["validation_after"]
                 if local is not None and self.plan.trains:
                     result = await self._work(
@@ -562,6 +570,7 @@ class Learner:
                         out_dir=self._new_dir("local"),
                         test=self.data.test if self.data else (),
                         personal=self._arrived(self.state["consumed"]) if self.data else (),
+                        accuracy_before=self.state.get("accuracy_own"),
                     )
                     self.state["local"] = {"dir": result["adapter"], "on": out["candidate"]}
                     self.state["accuracy_own"] = result["accuracy_own"]

@@ -103,7 +103,7 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
         assert learner["round"] == 2 and learner["consumed"] == 2
         for r in ("1", "2"):
             assert learner["rounds"][r]["trained"] > 0
-            assert learner["rounds"][r]["sent"]["topic"].startswith("/p2phier/up/")
+            assert learner["rounds"][r]["sent"]["topic"].startswith("/p2phier/1/up/")
     _check_versions_applied(run_dir, parents)
     # The language node aggregated its three children's updates and published.
     en = _learner(run_dir, "en")
