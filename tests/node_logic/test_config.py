@@ -45,13 +45,14 @@ def test_example_config_loads_and_matches_its_comments() -> None:
     assert cfg.layer is Layer.DOMAIN and cfg.domain == "en/healthcare"
     assert cfg.home == Path("/var/lib/p2phier")
     assert cfg.control_socket == Path("/var/lib/p2phier/control.sock")
+    assert cfg.learn_plan == Path("/var/lib/p2phier/learn/plan.json")  # relative to home
     assert cfg.store_path == Path("/var/lib/p2phier/store")
     assert cfg.key_file == Path("/var/lib/p2phier/identity.key")
     assert cfg.listen == ("/ip4/0.0.0.0/tcp/4001",)
     # every value the example shows without "example" is the built-in default
     shown = cfg.as_dict()["settings"]
     for key, default in DEFAULTS.items():
-        if key in ("node.home", "node.layer", "node.domain", "control.socket"):
+        if key in ("node.home", "node.layer", "node.domain", "control.socket", "learn.plan"):
             continue
         want = list(default) if isinstance(default, tuple) else default
         want = want.value if isinstance(want, HardwareClass) else want
