@@ -106,7 +106,9 @@ def node_rows(
                 "busy": learn.get("busy"),
                 "head": (learn.get("flat") or {}).get("cid") or (s or {}).get("head"),
                 "accuracy": learn.get("accuracy_own"),
-                "bytes_in": sum(int(a.get("bytes", 0)) for a in accepted),
+                "bytes_in": ((s or {}).get("bitswap") or {}).get("bytes_received", 0),
+                "bytes_out": ((s or {}).get("bitswap") or {}).get("bytes_sent", 0),
+                "updates_accepted": len(accepted),
                 "errors": len(learn.get("errors", [])),
             }
         )
@@ -117,8 +119,9 @@ def render(phase: str, rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"p2phier devnet: {phase}", expand=False)
-    for col in ("node", "layer", "domain", "parent", "round", "head", "accuracy", "in", "doing"):
-        table.add_column(col)
+    cols = ("node", "layer", "domain", "parent", "round", "head", "accuracy", "in", "out", "doing")
+    for col in cols:
+        table.add_column(col, no_wrap=col in ("node", "head", "in", "out"))
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if isinstance(r["accuracy"], float) else "-"
         table.add_row(
@@ -129,7 +132,8 @@ def render(phase: str, rows: list[dict[str, Any]]) -> Any:
             str(r["round"] if r["round"] is not None else "-"),
             _short(r["head"]),
             acc,
-            f"{r['bytes_in'] / 1e6:.2f} MB",
+            f"{r['bytes_in'] / 1e6:.1f}M",
+            f"{r['bytes_out'] / 1e6:.1f}M",
             (r["busy"] or "idle") + (f" [red]{r['errors']} err[/red]" if r["errors"] else ""),
         )
     return table

@@ -42,9 +42,22 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
             peer: dict(reasons) for peer, reasons in node.rejected_by_peer.items()
         },
         "misbehaviour": list(node.misbehaviour),
+        "bitswap": _wire_totals(node),
         "topics": node._gossip.topics if node._gossip else [],
         "control_socket": str(node.config.control_socket),
         "learn": node.learner.status() if node.learner is not None else None,
+    }
+
+
+def _wire_totals(node: NodeDaemon) -> dict[str, int]:
+    """Block bytes this node sent and received over Bitswap (peers it still has a ledger for)."""
+    bitswap = getattr(node, "bitswap", None)
+    if bitswap is None:
+        return {"bytes_sent": 0, "bytes_received": 0}
+    ledgers = [bitswap.ledgers.get(p) for p in bitswap.ledgers.peers()]
+    return {
+        "bytes_sent": sum(x.bytes_sent for x in ledgers),
+        "bytes_received": sum(x.bytes_received for x in ledgers),
     }
 
 
