@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,8 +64,6 @@ def _new_run_dir(directory: Path | None, name: str) -> Path:
     """``--dir``, or a fresh ``devnet/runs/<name>-<time>`` remembered as the latest run."""
     if directory is not None:
         return directory.resolve()
-    import time
-
     run_dir = (DEFAULT_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
     LATEST.write_text(str(run_dir) + "\n")
@@ -173,15 +172,25 @@ def devnet_up(  # noqa: PLR0917 - typer options
         view = Live(render("starting", []), console=output.console(), refresh_per_second=2)
         view.start()
 
+    last: list[Any] = ["", 0.0]
+
     def on_poll(phase: str, st: Mapping[str, dict[str, Any] | None]) -> None:
         for name, s in st.items():
             if s is not None:
                 names[s["peer_id"]] = name
         if view is not None:
             view.update(render(phase, node_rows(st, names)))
-        elif not json_out:
-            done = sum(1 for s in st.values() if s is not None)
-            output.console(stderr=True).print(f"[{phase}] {done}/{len(st)} nodes answering")
+            return
+        # No terminal (CI, a pipe): a line when the phase changes, else every 30 s.
+        now = time.monotonic()
+        if not json_out and (phase != last[0] or now - last[1] >= 30.0):
+            last[:] = [phase, now]
+            rows = node_rows(st, names)
+            rounds = sorted({r["round"] for r in rows if r["round"] is not None})
+            output.console(stderr=True).print(
+                f"[{phase}] {sum(r['up'] for r in rows)}/{len(rows)} nodes up, "
+                f"rounds done {rounds}, busy: {sorted(r['node'] for r in rows if r['busy'])}"
+            )
 
     # Ctrl-C or SIGTERM: the runner's finally-blocks stop and reap every node.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
