@@ -53,15 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     name = "ci.toml" if args.quick else "default.toml"
     scenario = load_scenario(ROOT / "devnet" / "scenarios" / name).with_rounds(args.rounds)
     run_dir = Path(tempfile.mkdtemp(prefix="p2phier-bench-devnet-"))
+    phases: list[str] = []
+
+    def on_poll(phase: str, st: Any) -> None:
+        if not phases or phases[-1] != phase:  # one progress line per phase
+            phases.append(phase)
+            log(f"  [{phase}] {sum(s is not None for s in st.values())}/{len(st)} nodes answering")
+
     t0 = time.perf_counter()
     try:
         log(f"devnet bench: scenario {scenario.name}, {args.rounds} rounds, in {run_dir}")
         record = run_devnet(
             scenario,
             run_dir / "run",
-            on_poll=lambda phase, st: log(
-                f"  [{phase}] {sum(s is not None for s in st.values())}/{len(st)} nodes answering"
-            ),
+            on_poll=on_poll,
         )
         write_report(record, run_dir / "run")
         summary = summarise(record)
