@@ -200,19 +200,23 @@ def parse_plan(data: object, base: Path) -> LearnPlan:
     )
 
 
-def load_plan(path: Path) -> LearnPlan:
-    path = Path(path)
+def _read_json(path: Path, limit: int, what: str) -> object:
+    """A JSON file read as hostile input: size checked before reading, errors name the file."""
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise PlanError(f"learning plan {path}: {exc.strerror or exc}") from None
-    if size > MAX_PLAN_BYTES:
-        raise PlanError(f"learning plan {path} is {size} bytes, over {MAX_PLAN_BYTES}")
+        raise PlanError(f"{what} {path}: {exc.strerror or exc}") from None
+    if size > limit:
+        raise PlanError(f"{what} {path} is {size} bytes, over {limit}")
     try:
-        data = json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except ValueError as exc:
-        raise PlanError(f"learning plan {path} is not JSON: {exc}") from None
-    return parse_plan(data, path.parent)
+        raise PlanError(f"{what} {path} is not JSON: {exc}") from None
+
+
+def load_plan(path: Path) -> LearnPlan:
+    path = Path(path)
+    return parse_plan(_read_json(path, MAX_PLAN_BYTES, "learning plan"), path.parent)
 
 
 # --- the node's private data ---------------------------------------------------------------
@@ -256,16 +260,7 @@ def _records(items: object, path: str) -> tuple[DataRecord, ...]:
 
 def load_data(path: Path) -> NodeData:
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise PlanError(f"data file {path}: {exc.strerror or exc}") from None
-    if size > MAX_DATA_BYTES:
-        raise PlanError(f"data file {path} is {size} bytes, over {MAX_DATA_BYTES}")
-    try:
-        data = json.loads(path.read_bytes())
-    except ValueError as exc:
-        raise PlanError(f"data file {path} is not JSON: {exc}") from None
+    data = _read_json(path, MAX_DATA_BYTES, "data file")
     if not isinstance(data, dict) or not isinstance(data.get("arrivals"), list):
         raise PlanError(f"data file {path}: expected an object with 'arrivals' and 'test'")
     arrivals = tuple(

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from p2phier.cli import output
-from p2phier.errors import UsageError
+from p2phier.errors import P2PHierError, UsageError
 
 DEFAULT_SCENARIO = Path("devnet/scenarios/default.toml")
 DEFAULT_DIR = Path("devnet/runs")
@@ -227,7 +227,7 @@ def devnet_status(
     for node, info in state.get("nodes", {}).items():
         try:
             st[node] = call(Path(info["socket"]), "status", {}, timeout=10.0)
-        except Exception:  # a stopped or frozen node: shown as down
+        except (P2PHierError, OSError):  # a stopped or frozen node: shown as down
             st[node] = None
     names = {s["peer_id"]: n for n, s in st.items() if s}
     rows = node_rows(st, names)

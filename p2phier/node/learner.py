@@ -343,19 +343,7 @@ class Learner:
         local = self.state["local"]
         if local is not None and old_base is not None:
             on = Path(self.state["flat"]["dir"]) if self.state["flat"] else base_dir
-            result = await self._work(
-                cycle.rebase,
-                self.plan,
-                tier,
-                Path(local["dir"]),
-                old_stack=[Path(local["on"])],
-                new_stack=[on],
-                out_dir=self._new_dir("local"),
-                test=self.data.test if self.data else (),
-                personal=self._arrived(self.state["consumed"]) if self.data else (),
-                accuracy_before=self.state.get("accuracy_own"),
-            )
-            self.state["local"] = {"dir": result["adapter"], "on": str(on)}
+            result = await self._rebase_local(tier, Path(local["on"]), on)
             entry["accuracy_before"] = result["before"].get("accuracy.own")
             entry["accuracy_own"] = result["accuracy_own"]
         elif self.data is not None and self.data.test:
@@ -494,6 +482,26 @@ class Learner:
                 return fresh
             await trio.sleep(POLL_S)
 
+    async def _rebase_local(self, tier: Path, old_on: Path, new_on: Path) -> dict[str, Any]:
+        """Move the local adapter from ``old_on`` onto ``new_on`` (fresh LoRA, personal head)."""
+        from p2phier.learn import cycle
+
+        local = self.state["local"]
+        result = await self._work(
+            cycle.rebase,
+            self.plan,
+            tier,
+            Path(local["dir"]),
+            old_stack=[old_on],
+            new_stack=[new_on],
+            out_dir=self._new_dir("local"),
+            test=self.data.test if self.data else (),
+            personal=self._arrived(self.state["consumed"]) if self.data else (),
+            accuracy_before=self.state.get("accuracy_own"),
+        )
+        self.state["local"] = {"dir": result["adapter"], "on": str(new_on)}
+        return result
+
     async def _prepare_update(self, u: _Update, tier: Path) -> Path:
         """A child's verified update as an adapter dir in this node's tier space."""
         from p2phier.learn import cycle
@@ -560,19 +568,7 @@ class Learner:
                     # a trainer's own accuracy is its local (personal) model's, set below
                     self.state["accuracy_own"] = out["validation_after"]
                 if local is not None and self.plan.trains:
-                    result = await self._work(
-                        cycle.rebase,
-                        self.plan,
-                        tier,
-                        Path(local["dir"]),
-                        old_stack=[flat],
-                        new_stack=[Path(out["candidate"])],
-                        out_dir=self._new_dir("local"),
-                        test=self.data.test if self.data else (),
-                        personal=self._arrived(self.state["consumed"]) if self.data else (),
-                        accuracy_before=self.state.get("accuracy_own"),
-                    )
-                    self.state["local"] = {"dir": result["adapter"], "on": out["candidate"]}
+                    result = await self._rebase_local(tier, flat, Path(out["candidate"]))
                     self.state["accuracy_own"] = result["accuracy_own"]
         else:
             rec.update(decision="held", reason="no updates arrived", n_updates=0)
