@@ -164,6 +164,14 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _nice(value: Any) -> int:
+    """A niceness increment, 0 (normal priority) to 19 (only idle CPU)."""
+    n = _uint(value)
+    if n > 19:
+        raise _BadValueError(f"must be 0..19, not {n}")
+    return n
+
+
 def _seconds_or_zero(value: Any) -> float:
     """Like seconds, but 0 means "never" (e.g. rounds only on request)."""
     if value == 0 and not isinstance(value, bool):
@@ -266,6 +274,7 @@ _SCHEMA: dict[str, _Field] = {
     "learn.enabled": _Field(_bool, False),
     "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
     "learn.plan": _Field(_path, "learn/plan.json"),
+    "learn.worker_nice": _Field(_nice, 10),
 }
 
 #: Every setting's default (``node.home`` None = the platform data directory).
@@ -314,6 +323,7 @@ class NodeConfig:
     learn_enabled: bool
     learn_round_interval_s: float
     learn_plan: Path
+    learn_worker_nice: int
     # "section.key" -> "default" | "file" | "env" | "flag": where each value came from
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -357,6 +367,7 @@ class NodeConfig:
             "learn.enabled": self.learn_enabled,
             "learn.round_interval_s": self.learn_round_interval_s,
             "learn.plan": str(self.learn_plan),
+            "learn.worker_nice": self.learn_worker_nice,
         }
         return {
             "config_file": str(self.config_file) if self.config_file else None,
@@ -550,5 +561,6 @@ def load_config(
         learn_enabled=values["learn.enabled"],
         learn_round_interval_s=values["learn.round_interval_s"],
         learn_plan=plan if plan.is_absolute() else home / plan,
+        learn_worker_nice=values["learn.worker_nice"],
         sources=sources,
     )

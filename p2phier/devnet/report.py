@@ -272,18 +272,7 @@ def _parse_run(data: object) -> RunRecord:
         )
     baselines = None
     if top.get("baselines") is not None:
-        b = _check(top["baselines"], dict, "run.baselines")
-        baselines = Baselines(
-            isolated=_accuracy_map(b.get("isolated", {}), "run.baselines.isolated"),
-            central=_accuracy_map(b.get("central", {}), "run.baselines.central"),
-            isolated_steps=int(
-                _check(b.get("isolated_steps", 0), int, "run.baselines.isolated_steps")
-            ),
-            central_steps=int(
-                _check(b.get("central_steps", 0), int, "run.baselines.central_steps")
-            ),
-            notes=str(_check(b.get("notes", ""), str, "run.baselines.notes")),
-        )
+        baselines = baselines_from_json(top["baselines"], "run.baselines")
     detail = top.get("scenario_detail", {})
     return RunRecord(
         scenario=_need(top, "scenario", str, "run"),
@@ -295,6 +284,18 @@ def _parse_run(data: object) -> RunRecord:
         scenario_detail=_check(detail, dict, "run.scenario_detail"),
         resources=_check(top.get("resources", {}), dict, "run.resources"),
         format=fmt,
+    )
+
+
+def baselines_from_json(value: Any, path: str = "baselines") -> Baselines:
+    """Check and build :class:`Baselines` from its JSON form (``asdict``)."""
+    b = _check(value, dict, path)
+    return Baselines(
+        isolated=_accuracy_map(b.get("isolated", {}), f"{path}.isolated"),
+        central=_accuracy_map(b.get("central", {}), f"{path}.central"),
+        isolated_steps=int(_check(b.get("isolated_steps", 0), int, f"{path}.isolated_steps")),
+        central_steps=int(_check(b.get("central_steps", 0), int, f"{path}.central_steps")),
+        notes=str(_check(b.get("notes", ""), str, f"{path}.notes")),
     )
 
 

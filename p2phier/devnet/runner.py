@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2phier.devnet.baseline_job import BaselineJob, is_baseline_job
 from p2phier.devnet.baselines import NodeData, build_node_data
 from p2phier.devnet.procs import FAST_ENV, NodeProc
 from p2phier.devnet.report import NodeInfo, NodeRound, RoundInfo, RunRecord
@@ -59,6 +60,7 @@ DEVNET_ENV = {
 }
 ROUND_TIMEOUT_S = 1800.0
 FORM_TIMEOUT_S = 600.0
+BASELINE_TIMEOUT_S = 3600.0  # after the last round
 
 
 class DevnetError(P2PHierError):
@@ -164,6 +166,7 @@ class Devnet:
         self.frozen: set[str] = set()
         self.peer_names: dict[str, str] = {}
         self.rss_max: dict[str, int] = {}  # bytes, sampled at every status poll
+        self.helpers: dict[str, int] = {}  # other children to stop on `devnet down` (pids)
 
     # processes ---------------------------------------------------------------------------------
     def _proc(self, node: NodeSpec, bootstrap: list[str]) -> NodeProc:
@@ -184,7 +187,8 @@ class Devnet:
             }
             for name, proc in self.nodes.items()
         }
-        state = {"launcher_pid": os.getpid(), "scenario": self.s.name, "nodes": nodes}
+        state = {"launcher_pid": os.getpid(), "scenario": self.s.name, "nodes": nodes,
+                 "helpers": self.helpers}  # fmt: skip
         write_atomic(self.p.run_dir / RUN_STATE, json.dumps(state, indent=1).encode())
 
     def start(self) -> None:
@@ -500,6 +504,12 @@ def run_devnet(
     began = time.time()
     prepared = prepare(scenario, run_dir)
     devnet = Devnet(prepared, env=env)
+    job: BaselineJob | None = None
+    if baselines:  # in the idle CPU the rounds leave (see p2phier.devnet.baseline_job)
+        job = BaselineJob(
+            scenario, prepared.run_dir / "baselines", prepared.data, log_dir=prepared.run_dir
+        )
+        devnet.helpers["baselines"] = job.pid
     rounds: list[RoundInfo] = []
     delays: dict[str, list[float]] = {}
     chains: dict[str, float | None] = {}
@@ -535,14 +545,21 @@ def run_devnet(
             )
             devnet.apply_faults(r, "end")
         infos = node_infos(devnet, st)
+    except BaseException:
+        if job is not None:
+            job.stop()
+        raise
     finally:
         if not keep_running:
             devnet.close()
     base = None
-    if baselines:
-        from p2phier.devnet.baselines import run_baselines
-
-        base = run_baselines(scenario, prepared.run_dir / "baselines", data=prepared.data)
+    if job is not None:
+        if on_poll is not None and job.running():
+            on_poll("baselines", {})
+        try:
+            base = job.result(BASELINE_TIMEOUT_S)
+        finally:
+            job.stop()
     record = RunRecord(
         scenario=scenario.name,
         started=began,
@@ -570,23 +587,27 @@ def down(run_dir: Path, grace: float = 10.0) -> list[str]:
         raise DevnetError(f"{path}: no devnet state to stop ({exc})") from None
     done = []
     pids = {name: n.get("pid") for name, n in state.get("nodes", {}).items()}
+    helpers = state.get("helpers", {})
+    if isinstance(helpers, dict):
+        pids.update({f"{name} (helper)": pid for name, pid in helpers.items()})
     for name, pid in pids.items():
-        if isinstance(pid, int) and _is_node(pid):
+        if isinstance(pid, int) and _is_ours(pid):
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGTERM)
             done.append(f"SIGTERM {name} ({pid})")
     deadline = time.monotonic() + grace
     for name, pid in pids.items():
-        while isinstance(pid, int) and _is_node(pid) and time.monotonic() < deadline:
+        while isinstance(pid, int) and _is_ours(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if isinstance(pid, int) and _is_node(pid):
+        if isinstance(pid, int) and _is_ours(pid):
             os.kill(pid, signal.SIGKILL)
             done.append(f"SIGKILL {name} ({pid})")
     return done
 
 
-def _is_node(pid: int) -> bool:
-    """True if ``pid`` is alive and is a p2phier node (not a recycled pid)."""
+def _is_ours(pid: int) -> bool:
+    """True if ``pid`` is alive and is a p2phier node or the baselines child (not a recycled
+    pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -594,4 +615,4 @@ def _is_node(pid: int) -> bool:
         return False
     if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
-    return b"p2phier" in cmdline and b"node\x00run" in cmdline
+    return (b"p2phier" in cmdline and b"node\x00run" in cmdline) or is_baseline_job(cmdline)

@@ -2,7 +2,9 @@
 
 Owns :class:`Learner`, which the daemon runs when ``learn.enabled`` is set.
 It never imports torch: every model step is a blocking function of
-:mod:`p2phier.learn.cycle` run in a worker thread, one at a time.
+:mod:`p2phier.learn.cycle` run in a worker thread, one at a time, at the
+lowered CPU priority ``learn.worker_nice`` (:mod:`p2phier.node.worker`), so
+that training never delays what the node serves to its peers.
 
 The model of one node (all adapters live in the node's own tier space):
 
@@ -53,6 +55,7 @@ from p2phier.cid import CID
 from p2phier.errors import P2PHierError
 from p2phier.fsutil import write_atomic
 from p2phier.learnplan import LearnPlan, NodeData, load_data
+from p2phier.node.worker import PriorityWorker
 
 if TYPE_CHECKING:
     from p2phier.node.daemon import NodeDaemon
@@ -108,7 +111,7 @@ class Learner:
         self.busy = "starting"
         self.errors: deque[str] = deque(maxlen=16)
         self._wake = trio.Event()
-        self._limiter = trio.CapacityLimiter(1)
+        self._worker = PriorityWorker(node.config.learn_worker_nice, name="p2phier-learn")
         self._retry_at = 0.0
 
     # --- persistence --------------------------------------------------------------------------
@@ -133,7 +136,7 @@ class Learner:
 
     async def _work(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run a blocking learning step in the worker thread (one at a time)."""
-        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._limiter)
+        return await self._worker.run(lambda: fn(*args, **kwargs))
 
     # --- intake (called by the daemon for every accepted artifact) ----------------------------
     def on_accepted(self, ann: Announcement, art: Artifact) -> None:
@@ -163,9 +166,15 @@ class Learner:
 
     # --- the worker loop ----------------------------------------------------------------------
     async def run(self) -> None:
-        # torch is imported here, in a worker thread (seconds: the event loop keeps serving),
+        try:
+            await self._run()
+        finally:
+            self._worker.close()
+
+    async def _run(self) -> None:
+        # torch is imported here, in the worker thread (seconds: the event loop keeps serving),
         # never when the daemon module loads; later imports in this module are cache hits.
-        await trio.to_thread.run_sync(importlib.import_module, "p2phier.learn.cycle")
+        await self._work(importlib.import_module, "p2phier.learn.cycle")
         from p2phier.learn import cycle
 
         await self._work(cycle.setup, self.plan)

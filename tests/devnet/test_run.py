@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from p2phier.devnet.procs import FAST_ENV, REPO
-from p2phier.devnet.runner import RUN_STATE, _is_node
+from p2phier.devnet.runner import RUN_STATE, _is_ours
 
 pytestmark = [pytest.mark.slow, pytest.mark.ml]
 
@@ -65,8 +65,11 @@ def _accepted(run_dir: Path, node: str) -> list[dict[str, Any]]:
 
 
 def _no_node_left(run_dir: Path) -> list[int]:
-    pids = [n["pid"] for n in _state(run_dir)["nodes"].values() if isinstance(n["pid"], int)]
-    return [p for p in pids if _is_node(p)]
+    """Node processes and the baselines child of the run that are still alive."""
+    state = _state(run_dir)
+    pids = [n["pid"] for n in state["nodes"].values() if isinstance(n["pid"], int)]
+    pids += [p for p in state.get("helpers", {}).values() if isinstance(p, int)]
+    return [p for p in pids if _is_ours(p)]
 
 
 def _check_versions_applied(run_dir: Path, parents: dict[str, str]) -> None:
@@ -92,6 +95,11 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     assert (run_dir / "report.md").is_file() and (run_dir / "accuracy.png").is_file()
     run = json.loads((run_dir / "run.json").read_text())
     assert [r["round"] for r in run["rounds"]] == [0, 1, 2]
+    # The baselines ran in their own child process, scored every training node.
+    assert set(run["baselines"]["isolated"]) == set(run["baselines"]["central"]) == {
+        "news-a", "news-b", "health"}  # fmt: skip
+    assert "baselines" in _state(run_dir)["helpers"]
+    assert "baselines start at niceness 19" in (run_dir / "baselines.log").read_text()
     # The hierarchy formed as the scenario says, with real peer ids.
     nodes = {n["name"]: n for n in run["nodes"]}
     assert all(n["peer_id"] for n in nodes.values())
@@ -151,7 +159,7 @@ def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) ->
     run_dir = tmp_path / "crash"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "p2phier", "devnet", "up", "--scenario", str(SCENARIOS / "ci.toml"),
-         "--dir", str(run_dir), "--no-live", "--no-baselines"],
+         "--dir", str(run_dir), "--no-live"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **FAST_ENV},
         cwd=REPO, start_new_session=True,
     )  # fmt: skip
@@ -162,7 +170,7 @@ def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) ->
                 nodes = _state(run_dir)["nodes"]
             except (OSError, ValueError, KeyError):
                 nodes = {}
-            if len(nodes) == 5 and all(n["pid"] and _is_node(n["pid"]) for n in nodes.values()):
+            if len(nodes) == 5 and all(n["pid"] and _is_ours(n["pid"]) for n in nodes.values()):
                 break
             time.sleep(1.0)
         else:
@@ -176,10 +184,10 @@ def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) ->
         assert logs.returncode == 0 and "p2phier" in logs.stdout
         launcher.send_signal(signal.SIGKILL)  # a crash: no finally-block runs
         launcher.wait(30)
-        assert len(_no_node_left(run_dir)) == 5  # orphans: still running
+        assert len(_no_node_left(run_dir)) == 6  # orphans: 5 nodes and the baselines child
         down = _cli("devnet", "down", "--dir", str(run_dir), "--json", timeout=120)
         assert down.returncode == 0, down.stderr
-        assert len(json.loads(down.stdout)["stopped"]) >= 5
+        assert len(json.loads(down.stdout)["stopped"]) >= 6
         assert _no_node_left(run_dir) == []
     finally:
         if launcher.poll() is None:

@@ -291,6 +291,12 @@ def test_upload_rate_units(value: Any, want: int) -> None:
             r"learn\.enabled: must be true or false",
         ),
         (
+            '[node]\nlayer = "master"\n[learn]\nworker_nice = 20\n',
+            {},
+            {},
+            r"learn\.worker_nice: must be 0\.\.19",
+        ),
+        (
             '[node]\nlayer = "master"\nbase_model = "a b"\n',
             {},
             {},
