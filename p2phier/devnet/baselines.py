@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2phier.devnet.report import Baselines
-from p2phier.devnet.scenario import Scenario, ScenarioError
+from p2phier.devnet.scenario import NodeSpec, Scenario, ScenarioError
 
 if TYPE_CHECKING:
     from p2phier.learn.data import Example
+    from p2phier.learn.train import LoraSettings
 
 log = logging.getLogger(__name__)
 
@@ -240,35 +241,66 @@ def _node_tier(
     return current
 
 
-def run_baselines(
-    scenario: Scenario,
-    work_dir: Path,
-    *,
-    data: Mapping[str, NodeData] | None = None,
-) -> Baselines:
-    """Train and score the isolated and centralised baselines (blocking; minutes for MiniLM)."""
+@dataclass(frozen=True)
+class CentralCandidate:
+    """The central model trained at one learning rate: validation and per-node test accuracy."""
+
+    lr: float
+    valid: float
+    scores: Mapping[str, float]
+    adapter_dir: Path
+
+
+def _setup(scenario: Scenario) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from p2phier.learn import api
     from p2phier.learn.models import configure_torch
-    from p2phier.learn.train import LoraSettings, TrainConfig
 
     configure_torch(scenario.training.threads, seed=scenario.seed)
-    data = dict(data) if data is not None else build_node_data(scenario)
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    t = scenario.training
-    # The nodes' budget exactly: LoRA + task head (the pooler stays frozen, as on the nodes).
-    lora = LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=False)
-    steps = t.steps_per_cycle * scenario.rounds
+
+
+def _trainers(scenario: Scenario, data: Mapping[str, NodeData]) -> list[NodeSpec]:
     trainers = [n for n in scenario.training_nodes() if n.name in data]
     if not trainers:
         raise ScenarioError("the scenario has no training node with data; nothing to compare")
-    root = root_tier(scenario, data, work_dir / "root-tier")
+    return trainers
 
+
+def _lora(scenario: Scenario) -> LoraSettings:
+    from p2phier.learn.train import LoraSettings
+
+    t = scenario.training
+    # The nodes' budget exactly: LoRA + task head (the pooler stays frozen, as on the nodes).
+    return LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=False)
+
+
+def central_rates(scenario: Scenario) -> tuple[float, float]:
+    """The learning rates the central baseline tries: the nodes' and a quarter of it.
+
+    The central model runs ``len(trainers)`` times the nodes' steps: the nodes' rate (chosen
+    for short local cycles) can be too high for that many.
+    """
+    return (scenario.training.lr, scenario.training.lr / 4)
+
+
+def isolated_baseline(
+    scenario: Scenario, work_dir: Path, data: Mapping[str, NodeData], root: Path | None = None
+) -> dict[str, float]:
+    """Each training node alone: its tier built from the untrained root tier on its own data,
+    trained on its whole shard with the hierarchy's steps; accuracy on its held-out data.
+
+    ``root``: the root tier already built (the devnet's; it is deterministic), else built
+    under ``work_dir``."""
+    from p2phier.learn import api
+    from p2phier.learn.train import TrainConfig
+
+    _setup(scenario)
+    t = scenario.training
+    steps = t.steps_per_cycle * scenario.rounds
+    root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     isolated: dict[str, float] = {}
-    for node in trainers:
+    for node in _trainers(scenario, data):
         nd = data[node.name]
         tier_dir = _node_tier(scenario, node.tier, root, nd.train, work_dir / "tiers" / node.name)
         result = api.train_cycle(
@@ -282,58 +314,112 @@ def run_baselines(
                 max_length=t.max_length,
                 seed=scenario.seed + node.shard.seed if node.shard else scenario.seed,
             ),
-            lora=lora,
+            lora=_lora(scenario),
             eval_sets={"own": nd.test},
             init_seed=scenario.seed,
         )
         isolated[node.name] = result.metrics.scores["accuracy.own"]
         log.info("isolated baseline %s: %.3f", node.name, isolated[node.name])
+    return isolated
 
+
+def central_candidate(
+    scenario: Scenario,
+    work_dir: Path,
+    data: Mapping[str, NodeData],
+    lr: float,
+    root: Path | None = None,
+) -> CentralCandidate:
+    """One central model (the root tier on the pooled training shards, the summed steps) at
+    learning rate ``lr``: its accuracy on a validation split of the pooled TRAINING data
+    (every 10th example; it trains on the other 90%) and on each node's held-out data."""
+    from p2phier.learn import api
+    from p2phier.learn.train import TrainConfig
+
+    _setup(scenario)
+    t = scenario.training
+    trainers = _trainers(scenario, data)
+    root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     pooled = [e for n in trainers for e in data[n.name].train]
-    central_steps = steps * len(trainers)
-    # The central model runs len(trainers) times the nodes' steps: the nodes' learning rate
-    # (chosen for short local cycles) can be too high for that many.  Two rates are tried,
-    # chosen on a validation split of the pooled TRAINING data (every 10th example), never
-    # on the test sets the comparison uses.
     valid = pooled[::10]
     fit = [e for i, e in enumerate(pooled) if i % 10]
-    best: tuple[float, float, Path] | None = None
-    for lr in (t.lr, t.lr / 4):
-        result = api.train_cycle(
-            root,
-            work_dir / f"central-lr{lr:g}",
-            fit,
-            train=TrainConfig(
-                steps=central_steps,
-                batch_size=t.batch_size,
-                lr=lr,
-                max_length=t.max_length,
-                seed=scenario.seed,
-            ),
-            lora=lora,
-            eval_sets={"valid": valid},
-            init_seed=scenario.seed,
-        )
-        acc = result.metrics.scores["accuracy.valid"]
-        log.info("central baseline at lr %g: validation accuracy %.3f", lr, acc)
-        if best is None or acc > best[0]:
-            best = (acc, lr, result.adapter_dir)
-    assert best is not None
-    central_dir = work_dir / "central"
-    if not central_dir.exists():
-        shutil.copytree(best[2], central_dir)
+    out = Path(work_dir) / f"central-lr{lr:g}"
+    result = api.train_cycle(
+        root,
+        out,
+        fit,
+        train=TrainConfig(
+            steps=t.steps_per_cycle * scenario.rounds * len(trainers),
+            batch_size=t.batch_size,
+            lr=lr,
+            max_length=t.max_length,
+            seed=scenario.seed,
+        ),
+        lora=_lora(scenario),
+        eval_sets={"valid": valid},
+        init_seed=scenario.seed,
+    )
+    acc = result.metrics.scores["accuracy.valid"]
+    log.info("central baseline at lr %g: validation accuracy %.3f", lr, acc)
     scores = api.evaluate(
         root,
         {n.name: data[n.name].test for n in trainers},
-        adapter=central_dir,
+        adapter=result.adapter_dir,
         max_length=t.max_length,
     )
-    central = {n.name: scores[f"accuracy.{n.name}"] for n in trainers}
+    return CentralCandidate(
+        lr, acc, {n.name: scores[f"accuracy.{n.name}"] for n in trainers}, result.adapter_dir
+    )
+
+
+def combine_baselines(
+    scenario: Scenario,
+    work_dir: Path,
+    data: Mapping[str, NodeData],
+    isolated: Mapping[str, float],
+    candidates: Sequence[CentralCandidate],
+) -> Baselines:
+    """The baselines record: the central candidate with the best validation accuracy (the
+    first on a tie, in :func:`central_rates` order), copied to ``work_dir/central``."""
+    if not candidates:
+        raise ScenarioError("no central candidate to choose from")
+    best = candidates[0]
+    for c in candidates[1:]:
+        if c.valid > best.valid:
+            best = c
+    central_dir = Path(work_dir) / "central"
+    if not central_dir.exists():
+        shutil.copytree(best.adapter_dir, central_dir)
+    t = scenario.training
+    steps = t.steps_per_cycle * scenario.rounds
+    n = len(_trainers(scenario, data))
+    rates = " and ".join(f"{c.lr:g}" for c in candidates)
     notes = (
         f"Isolated: each node's tier built from the untrained master tier on its own data "
         f"only, trained on its whole shard at once ({steps} steps). Central: the master tier "
-        f"trained on the pooled shards of {len(trainers)} nodes ({central_steps} steps; "
-        f"learning rate {best[1]:g}, the better of {t.lr:g} and {t.lr / 4:g} on a validation "
-        f"split of the pooled training data, trained on the other 90%)."
+        f"trained on the pooled shards of {n} nodes ({steps * n} steps; learning rate "
+        f"{best.lr:g}, the better of {rates} on a validation split of the pooled training "
+        f"data, trained on the other 90%)."
     )
-    return Baselines(isolated, central, steps, central_steps, notes)
+    return Baselines(dict(isolated), dict(best.scores), steps, steps * n, notes)
+
+
+def run_baselines(
+    scenario: Scenario,
+    work_dir: Path,
+    *,
+    data: Mapping[str, NodeData] | None = None,
+) -> Baselines:
+    """Train and score the isolated and centralised baselines, one after the other (blocking;
+    minutes for MiniLM).  The devnet runs the same parts in parallel child processes
+    (:mod:`p2phier.devnet.baseline_job`)."""
+    data = dict(data) if data is not None else build_node_data(scenario)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    _setup(scenario)
+    root = root_tier(scenario, data, work_dir / "root-tier")
+    isolated = isolated_baseline(scenario, work_dir, data, root)
+    candidates = [
+        central_candidate(scenario, work_dir, data, lr, root) for lr in central_rates(scenario)
+    ]
+    return combine_baselines(scenario, work_dir, data, isolated, candidates)

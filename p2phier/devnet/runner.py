@@ -506,10 +506,9 @@ def run_devnet(
     devnet = Devnet(prepared, env=env)
     job: BaselineJob | None = None
     if baselines:  # in the idle CPU the rounds leave (see p2phier.devnet.baseline_job)
-        job = BaselineJob(
-            scenario, prepared.run_dir / "baselines", prepared.data, log_dir=prepared.run_dir
-        )
-        devnet.helpers["baselines"] = job.pid
+        job = BaselineJob(scenario, prepared.run_dir / "baselines", prepared.data,
+                          prepared.root_tier, log_dir=prepared.run_dir)  # fmt: skip
+        devnet.helpers.update(job.pids)
     rounds: list[RoundInfo] = []
     delays: dict[str, list[float]] = {}
     chains: dict[str, float | None] = {}

@@ -98,8 +98,10 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     # The baselines ran in their own child process, scored every training node.
     assert set(run["baselines"]["isolated"]) == set(run["baselines"]["central"]) == {
         "news-a", "news-b", "health"}  # fmt: skip
-    assert "baselines" in _state(run_dir)["helpers"]
-    assert "baselines start at niceness 19" in (run_dir / "baselines.log").read_text()
+    assert set(_state(run_dir)["helpers"]) == {
+        "baselines-isolated", "baselines-central-0.005", "baselines-central-0.00125"}  # fmt: skip
+    log = (run_dir / "baselines-isolated.log").read_text()
+    assert "baselines part isolated starts at niceness 19" in log
     # The hierarchy formed as the scenario says, with real peer ids.
     nodes = {n["name"]: n for n in run["nodes"]}
     assert all(n["peer_id"] for n in nodes.values())
@@ -184,10 +186,10 @@ def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) ->
         assert logs.returncode == 0 and "p2phier" in logs.stdout
         launcher.send_signal(signal.SIGKILL)  # a crash: no finally-block runs
         launcher.wait(30)
-        assert len(_no_node_left(run_dir)) == 6  # orphans: 5 nodes and the baselines child
+        assert len(_no_node_left(run_dir)) == 8  # orphans: 5 nodes and 3 baselines children
         down = _cli("devnet", "down", "--dir", str(run_dir), "--json", timeout=120)
         assert down.returncode == 0, down.stderr
-        assert len(json.loads(down.stdout)["stopped"]) >= 6
+        assert len(json.loads(down.stdout)["stopped"]) >= 8
         assert _no_node_left(run_dir) == []
     finally:
         if launcher.poll() is None:
