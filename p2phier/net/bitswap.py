@@ -49,7 +49,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import INetStream
@@ -76,7 +75,6 @@ from p2phier.bitswap import (
     ReadAheadSource,
     SendMessage,
     Session,
-    SessionConfig,
     SessionEvent,
     WantsDropped,
     block_key,
@@ -85,7 +83,6 @@ from p2phier.cid import CID, DAG_PB, IDENTITY
 from p2phier.errors import (
     BlockNotFoundError,
     HashMismatchError,
-    NetworkError,
     P2PHierError,
     PeerTimeoutError,
     ProtocolViolationError,
@@ -96,6 +93,15 @@ from p2phier.errors import (
 from p2phier.store import ContentStore, MetaSpec
 from p2phier.unixfs import child_links, file_size, iter_dag
 
+from .bitswap_state import (
+    NOT_LOOKED_UP,
+    NOTHING_AHEAD,
+    Ahead,
+    BitswapConfig,
+    Fetch,
+    Outbound,
+    Put,
+)
 from .host import DialError, Host, PeerAddr
 from .streams import (
     FrameReader,
@@ -107,118 +113,9 @@ from .streams import (
     write_all,
 )
 
+__all__ = ["Bitswap", "BitswapConfig", "open_bitswap"]
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BitswapConfig:
-    """Settings of the Bitswap driver; protocol limits live in ``engine`` and ``session``."""
-
-    #: server settings; None: defaults, with ``verify_before_serving`` off when the
-    #: blocks come from a ContentStore (it re-hashes every block it returns)
-    engine: EngineConfig | None = None
-    session: SessionConfig = field(default_factory=SessionConfig)
-    #: one write (a batch of frames) must complete within this
-    write_timeout: float = 10.0
-    #: a frame that has begun must be received completely within this
-    frame_timeout: float = 30.0
-    #: an inbound stream silent this long is closed; an idle outbound one too
-    idle_timeout: float = 600.0
-    #: dial + open + negotiate an outbound stream
-    open_timeout: float = 10.0
-    #: bytes queued for one peer beyond which it is cut off (it cannot keep up)
-    max_queued_bytes: int = 64 << 20
-    #: small frames are coalesced into writes of up to this many bytes
-    coalesce_bytes: int = 256 << 10
-    #: received blocks waiting to be written to the store (backpressure beyond)
-    store_queue: int = 64
-    #: a batch written to the store with one durability step grows to this many bytes
-    #: while blocks keep arriving, waiting at most ``store_batch_wait`` for the next
-    store_batch_bytes: int = 4 << 20
-    store_batch_wait: float = 0.02
-    #: a block asked of a peer is still welcome this long after its fetch ended
-    late_block_grace: float = 120.0
-    #: misbehaviour events kept in ``Bitswap.misbehaviour``
-    keep_misbehaviour: int = 1000
-    #: messages of blocks the engine builds ahead for one peer (beyond the one being
-    #: written); blocks are read from the store only as this queue drains
-    serve_ahead: int = 2
-    #: a received message with at least this many bytes of blocks is hashed in a
-    #: worker thread (below it, the thread hand-off costs more than it saves)
-    hash_in_thread_bytes: int = 128 << 10
-
-    def __post_init__(self) -> None:
-        for name in (
-            "write_timeout",
-            "frame_timeout",
-            "idle_timeout",
-            "open_timeout",
-            "late_block_grace",
-            "store_batch_wait",
-        ):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0 < value < math.inf):
-                raise UsageError(f"bitswap {name} must be a positive number of seconds")
-        if (
-            self.max_queued_bytes < (4 << 20)
-            or self.coalesce_bytes < 1
-            or self.store_queue < 1
-            or self.store_batch_bytes < 1
-            or self.serve_ahead < 1
-        ):
-            raise UsageError("bitswap queue limits are too small (max_queued_bytes >= 4 MiB)")
-
-
-# --- internal state --------------------------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class _Outbound:
-    """Our one stream to a peer and the frames waiting for it."""
-
-    peer: str
-    frames: deque[tuple[list[bytes], int]] = field(default_factory=deque)  # (pieces, size)
-    queued: int = 0
-    wake: trio.Event = field(default_factory=trio.Event)
-    stream: INetStream | None = None
-    broken: bool = False  # reset the stream before the next write
-
-
-@dataclass(eq=False, slots=True)
-class _Fetch:
-    """One running :meth:`Bitswap.fetch`."""
-
-    session: Session
-    deadline: float  # trio clock; asks made for it are honoured until deadline + grace
-    sleep_until: float = math.inf  # when the fetch loop wakes on its own next
-    wake: trio.Event = field(default_factory=trio.Event)
-    pending_puts: int = 0
-    flushed: trio.Event = field(default_factory=trio.Event)
-    error: NetworkError | StoreError | None = None
-
-
-#: a store lookup done ahead: the block, None (absent), or the store's error
-_Local = bytes | None | StoreError
-_NOT_LOOKED_UP = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Ahead:
-    """Work done for a received message in a worker thread (see ``Bitswap._prepare``)."""
-
-    claimed: list[CID]  # what each block hashes to
-    links: dict[CID, list[CID]] = field(default_factory=dict)  # each DAG node's children
-    local: dict[CID, _Local] = field(default_factory=dict)  # the store's answer per child
-
-
-_NOTHING_AHEAD = _Ahead([])
-
-
-@dataclass(frozen=True, slots=True)
-class _Put:
-    cid: CID
-    data: bytes = field(repr=False)
-    fetch: _Fetch
 
 
 class Bitswap:
@@ -247,16 +144,16 @@ class Bitswap:
         self._source = ReadAheadSource(source or store)
         self.engine = Engine(self._source, engine_config, self.ledgers, now=_now())
         self.limits = engine_config.limits
-        self._outbound: dict[str, _Outbound] = {}
+        self._outbound: dict[str, Outbound] = {}
         self._inbound: dict[str, int] = {}
         self._inbound_streams: set[INetStream] = set()
-        self._fetches: set[_Fetch] = set()
+        self._fetches: set[Fetch] = set()
         #: peer -> {block key -> trio time until which a block from it is welcome}
         self._asked: dict[str, dict[CID, float]] = {}
         #: what was worked out ahead for the message being applied (see ``_prepare``)
-        self._ahead = _NOTHING_AHEAD
+        self._ahead = NOTHING_AHEAD
         self._engine_wake = trio.Event()
-        self._put_send, self._put_recv = trio.open_memory_channel[_Put](self.config.store_queue)
+        self._put_send, self._put_recv = trio.open_memory_channel[Put](self.config.store_queue)
         self.streams_reset = 0  # inbound streams we reset for a protocol violation
 
     # --- public API ---------------------------------------------------------------------------
@@ -338,7 +235,7 @@ class Bitswap:
                 now=now,
             )
         )
-        fetch = _Fetch(session, deadline)
+        fetch = Fetch(session, deadline)
         fetch.flushed.set()
         self._fetches.add(fetch)
         try:
@@ -369,8 +266,8 @@ class Bitswap:
         return list(ahead) if ahead is not None else child_links(cid, block)
 
     def _local_block(self, cid: CID) -> bytes | None:
-        ahead = self._ahead.local.get(block_key(cid), _NOT_LOOKED_UP)
-        if ahead is not _NOT_LOOKED_UP:  # looked up in a worker thread just now
+        ahead = self._ahead.local.get(block_key(cid), NOT_LOOKED_UP)
+        if ahead is not NOT_LOOKED_UP:  # looked up in a worker thread just now
             if ahead is None:
                 raise BlockNotFoundError(f"block {cid} is not in the store")
             if isinstance(ahead, BlockNotFoundError | HashMismatchError):
@@ -412,7 +309,7 @@ class Bitswap:
         except UnixFSError:  # not a UnixFS file: count its blocks' bytes
             return sum(len(block) for _, block in iter_dag(root, self.store.get_block))
 
-    async def _session_events(self, fetch: _Fetch, events: list[SessionEvent]) -> None:
+    async def _session_events(self, fetch: Fetch, events: list[SessionEvent]) -> None:
         for event in events:
             if isinstance(event, SendMessage):
                 self._note_asked(event, fetch.deadline)
@@ -420,7 +317,7 @@ class Bitswap:
             elif isinstance(event, BlockFetched):
                 fetch.pending_puts += 1
                 fetch.flushed = trio.Event()
-                await self._put_send.send(_Put(event.cid, event.data, fetch))
+                await self._put_send.send(Put(event.cid, event.data, fetch))
             elif isinstance(event, FetchComplete | FetchFailed):
                 fetch.wake.set()
             elif isinstance(event, PeerTimedOut):
@@ -478,7 +375,7 @@ class Bitswap:
                 except trio.WouldBlock:
                     if all(p.fetch.session.done for p in batch):
                         break
-                    got: _Put | None = None
+                    got: Put | None = None
                     with trio.move_on_at(deadline):
                         got = await self._put_recv.receive()
                     if got is None:
@@ -501,7 +398,7 @@ class Bitswap:
                 self.blocks_added(stored)
                 await self._announce_stored(stored, batch)
 
-    def _put_batch(self, batch: list[_Put]) -> list[StoreError | None]:
+    def _put_batch(self, batch: list[Put]) -> list[StoreError | None]:
         """In a worker thread: store a batch with one durability step (``put_blocks``);
         if the store refuses one, retry them singly to know which fetch failed."""
         try:
@@ -520,7 +417,7 @@ class Bitswap:
                 results.append(None)
         return results
 
-    async def _announce_stored(self, stored: list[CID], batch: list[_Put]) -> None:
+    async def _announce_stored(self, stored: list[CID], batch: list[Put]) -> None:
         """Other fetches wanting a block just stored take it from the store."""
         origins = {id(put.fetch) for put in batch}
         for fetch in list(self._fetches):
@@ -599,7 +496,7 @@ class Bitswap:
                 )
                 events += fetch.session.poll(now)
             finally:
-                self._ahead = _NOTHING_AHEAD
+                self._ahead = NOTHING_AHEAD
             accepted += sum(isinstance(e, BlockFetched) for e in events)
             await self._session_events(fetch, events)
             self._nudge(fetch)
@@ -614,7 +511,7 @@ class Bitswap:
             return
         await self._judge_blocks(peer, message, ahead.claimed, fetches, now)
 
-    async def _prepare(self, message: Message) -> _Ahead:
+    async def _prepare(self, message: Message) -> Ahead:
         """What each block of ``message`` hashes to (once for every session), and for
         each DAG node in it, its children and the store's answer for each.
 
@@ -627,12 +524,12 @@ class Bitswap:
         blocks = message.blocks
         nodes = self._fetches and any(b.codec == DAG_PB for b in blocks)
         if not nodes and sum(len(b.data) for b in blocks) < self.config.hash_in_thread_bytes:
-            return _Ahead([b.claimed_key() for b in blocks])
+            return Ahead([b.claimed_key() for b in blocks])
         return await trio.to_thread.run_sync(self._work_ahead, blocks, bool(nodes))
 
-    def _work_ahead(self, blocks: Sequence[BlockPayload], nodes: bool) -> _Ahead:
+    def _work_ahead(self, blocks: Sequence[BlockPayload], nodes: bool) -> Ahead:
         """In a worker thread (see :meth:`_prepare`)."""
-        ahead = _Ahead([b.claimed_key() for b in blocks])
+        ahead = Ahead([b.claimed_key() for b in blocks])
         local = ahead.local
         for payload, key in zip(blocks, ahead.claimed, strict=True) if nodes else ():
             if key.codec != DAG_PB:
@@ -658,7 +555,7 @@ class Bitswap:
         peer: str,
         message: Message,
         claimed: Sequence[CID],
-        fetches: list[_Fetch],
+        fetches: list[Fetch],
         now: float,
     ) -> None:
         """A block is welcome only if this node asked THIS peer for it (and recently)."""
@@ -679,7 +576,7 @@ class Bitswap:
                     fetch.wake.set()
             return  # one offence per message is enough evidence
 
-    def _nudge(self, fetch: _Fetch) -> None:
+    def _nudge(self, fetch: Fetch) -> None:
         """Wake the fetch loop if the session finished or now has an earlier deadline."""
         next_deadline = fetch.session.next_deadline()
         if fetch.session.done or (next_deadline is not None and next_deadline < fetch.sleep_until):
@@ -705,7 +602,7 @@ class Bitswap:
         """Queue one frame (as the pieces ``SendMessage.frame_parts`` gives) for ``peer``."""
         out = self._outbound.get(peer)
         if out is None:
-            out = self._outbound[peer] = _Outbound(peer)
+            out = self._outbound[peer] = Outbound(peer)
             self._nursery.start_soon(self._sender, out)
         size = sum(len(part) for part in frame)
         if out.queued + size > self.config.max_queued_bytes:
@@ -717,7 +614,7 @@ class Bitswap:
         out.queued += size
         out.wake.set()
 
-    async def _sender(self, out: _Outbound) -> None:
+    async def _sender(self, out: Outbound) -> None:
         """Writes everything queued for one peer on our long-lived stream to it.
 
         A failed write is retried once on a fresh stream (the old connection may
@@ -772,7 +669,7 @@ class Bitswap:
                     else:
                         await close_quietly(out.stream)
 
-    def _take_batch(self, out: _Outbound) -> list[bytes]:
+    def _take_batch(self, out: Outbound) -> list[bytes]:
         """The next write: one big frame alone, or small frames together (fewer writes),
         as pieces (``write_all`` copies each byte once, into its own write size)."""
         parts, size = out.frames.popleft()
