@@ -173,18 +173,27 @@ def devnet_up(  # noqa: PLR0917 - typer options
         view.start()
 
     last: list[Any] = ["", 0.0]
+    shown: list[dict[str, Any]] = []
 
     def on_poll(phase: str, st: Mapping[str, dict[str, Any] | None]) -> None:
         for name, s in st.items():
             if s is not None:
                 names[s["peer_id"]] = name
         if view is not None:
-            view.update(render(phase, node_rows(st, names)))
+            if st:
+                shown[:] = node_rows(st, names)
+                view.update(render(phase, shown))
+            else:  # after the rounds: the nodes are stopped; keep their last row
+                view.update(render(f"{phase} (nodes stopped; waiting for the baselines)", shown))
             return
         # No terminal (CI, a pipe): a line when the phase changes, else every 30 s.
         now = time.monotonic()
         if not json_out and (phase != last[0] or now - last[1] >= 30.0):
             last[:] = [phase, now]
+            if not st:  # after the rounds: the nodes are stopped
+                msg = f"[{phase}] nodes stopped; waiting for the baselines"
+                output.console(stderr=True).print(msg)
+                return
             rows = node_rows(st, names)
             rounds = sorted({r["round"] for r in rows if r["round"] is not None})
             output.console(stderr=True).print(
