@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from _common import log
-from safetensors.numpy import save_file
+
+from p2phier.artifact.synthetic import write_synthetic_adapter
 
 CHAIN = [
     ("master", "master", ""),
@@ -36,40 +35,14 @@ POLL_S = 0.02
 HIDDEN = 512
 RANK = 32
 LAYERS = 4
-TARGETS = ("query", "value")
 # 4 layers x 2 targets x (A [32, 512] + B [512, 32]) float32 = exactly 1 MiB of tensors.
 
 
 def write_adapter(directory: Path, seed: int) -> Path:
     """A synthetic PEFT LoRA adapter directory with 1 MiB of random float32 tensors."""
-    rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray[Any, Any]] = {}
-    for layer in range(LAYERS):
-        for target in TARGETS:
-            base = f"base_model.model.encoder.layer.{layer}.attention.self.{target}"
-            a = rng.standard_normal((RANK, HIDDEN), dtype=np.float32)
-            b = rng.standard_normal((HIDDEN, RANK), dtype=np.float32) * 0.1
-            tensors[f"{base}.lora_A.weight"] = a
-            tensors[f"{base}.lora_B.weight"] = b.astype(np.float32)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {
-        "peft_type": "LORA",
-        "task_type": "FEATURE_EXTRACTION",
-        "r": RANK,
-        "lora_alpha": 2 * RANK,
-        "lora_dropout": 0.0,
-        "target_modules": list(TARGETS),
-        "base_model_name_or_path": "bench/synthetic",
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "modules_to_save": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    save_file(tensors, str(directory / "adapter_model.safetensors"))
-    return directory
+    return write_synthetic_adapter(
+        directory, seed=seed, r=RANK, hidden=HIDDEN, layers=LAYERS, base_model="bench/synthetic"
+    )
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file
 
-from tests.cli.adapters import adapter_tensors, write_adapter
+from p2phier.artifact.synthetic import synthetic_lora_tensors as adapter_tensors
+from p2phier.artifact.synthetic import write_synthetic_adapter as write_adapter
 from tests.cli.conftest import Runner, run_p2phier
 
 PACK = ("--layer", "device", "--domain", "news/bbc")

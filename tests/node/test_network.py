@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from p2phier.artifact import pack_adapter
+from p2phier.artifact.synthetic import write_synthetic_adapter as write_adapter
 from p2phier.config import DEFAULT_BASE_MODEL
 from p2phier.devnet.procs import FAST_ENV, REPO, NodeProc, open_cluster, wait_for
 from p2phier.identity import Identity
 from p2phier.store import DiskStore
-from tests.cli.adapters import write_adapter
 
 # The tests share one network and build on each other's state: under
 # ``pytest -n N --dist loadgroup`` they must all run, in order, in one worker
