@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import pickle
 import signal
@@ -49,7 +48,7 @@ from p2phier.devnet.baselines import (
     isolated_baseline,
 )
 from p2phier.devnet.procs import REPO
-from p2phier.devnet.report import Baselines
+from p2phier.devnet.report import Baselines, RunRecordError, accuracy, accuracy_map
 from p2phier.devnet.scenario import Scenario
 from p2phier.errors import P2PHierError
 
@@ -129,18 +128,11 @@ class _Child:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _unit(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BaselineError(f"{what}: not a number")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise BaselineError(f"{what}: {value} is outside [0, 1]")
-    return float(value)
-
-
 def _scores(value: Any, names: set[str], what: str) -> dict[str, float]:
-    if not isinstance(value, dict) or set(value) != names:
+    scores = accuracy_map(value, what)
+    if set(scores) != names:
         raise BaselineError(f"{what}: must score exactly the training nodes {sorted(names)}")
-    return {k: _unit(v, f"{what}.{k}") for k, v in value.items()}
+    return scores
 
 
 class BaselineJob:
@@ -190,10 +182,12 @@ class BaselineJob:
                     raise BaselineError(f"baselines part {child.part!r}: not an object")
                 lr = float(child.part.split(":", 1)[1])
                 candidates.append(CentralCandidate(
-                    lr, _unit(got.get("valid"), f"{child.part}.valid"),
+                    lr, accuracy(got.get("valid"), f"{child.part}.valid"),
                     _scores(got.get("scores"), names, f"{child.part}.scores"),
                     self.work_dir / f"central-lr{lr:g}",
                 ))  # fmt: skip
+        except RunRecordError as exc:
+            raise BaselineError(f"a baselines part answered something unreadable: {exc}") from None
         finally:
             self.stop()
         return combine_baselines(self.scenario, self.work_dir, self.data, isolated, candidates)

@@ -218,15 +218,18 @@ _NODE_ROUND = {
 }
 
 
-def _accuracy_map(data: Any, path: str) -> dict[str, float]:
+def accuracy(value: Any, path: str) -> float:
+    """A checked accuracy: a finite number in [0, 1] (RunRecordError naming ``path``)."""
+    acc = float(_check(value, _NUM, path))
+    if not 0.0 <= acc <= 1.0:
+        raise RunRecordError(f"{path}: accuracy {acc} is outside [0, 1]")
+    return acc
+
+
+def accuracy_map(data: Any, path: str) -> dict[str, float]:
+    """A checked ``{name: accuracy}`` object."""
     data = _check(data, dict, path)
-    out: dict[str, float] = {}
-    for key, value in data.items():
-        acc = float(_check(value, _NUM, f"{path}.{key}"))
-        if not 0.0 <= acc <= 1.0:
-            raise RunRecordError(f"{path}.{key}: accuracy {acc} is outside [0, 1]")
-        out[str(key)] = acc
-    return out
+    return {str(key): accuracy(value, f"{path}.{key}") for key, value in data.items()}
 
 
 def _parse_run(data: object) -> RunRecord:
@@ -291,8 +294,8 @@ def baselines_from_json(value: Any, path: str = "baselines") -> Baselines:
     """Check and build :class:`Baselines` from its JSON form (``asdict``)."""
     b = _check(value, dict, path)
     return Baselines(
-        isolated=_accuracy_map(b.get("isolated", {}), f"{path}.isolated"),
-        central=_accuracy_map(b.get("central", {}), f"{path}.central"),
+        isolated=accuracy_map(b.get("isolated", {}), f"{path}.isolated"),
+        central=accuracy_map(b.get("central", {}), f"{path}.central"),
         isolated_steps=int(_check(b.get("isolated_steps", 0), int, f"{path}.isolated_steps")),
         central_steps=int(_check(b.get("central_steps", 0), int, f"{path}.central_steps")),
         notes=str(_check(b.get("notes", ""), str, f"{path}.notes")),

@@ -555,10 +555,7 @@ def run_devnet(
     if job is not None:
         if on_poll is not None and job.running():
             on_poll("baselines", {})
-        try:
-            base = job.result(BASELINE_TIMEOUT_S)
-        finally:
-            job.stop()
+        base = job.result(BASELINE_TIMEOUT_S)  # reaps every child, also on failure
     record = RunRecord(
         scenario=scenario.name,
         started=began,

@@ -205,15 +205,23 @@ def test_two_providers_share_the_blocks() -> None:
     assert s.ledgers.get("A").blocks_received >= 8 and s.ledgers.get("B").blocks_received >= 8
 
 
-def test_a_freed_slot_goes_to_the_most_urgent_waiting_block_the_freed_peer_has() -> None:
-    root, blocks = build_dag(12, 64, fanout=12)
-    leaves = [c for c in blocks if c != root]  # discovery order = priority order
-    s = session(root, ["A", "B"], config=SessionConfig(max_inflight_per_peer=2))
+def root_fetched_from_a(
+    root: CID, blocks: dict[CID, bytes], peers: list[str], *, max_inflight_per_peer: int
+) -> Session:
+    """A session over ``peers`` that has asked for and received the root block from A."""
+    s = session(root, peers, config=SessionConfig(max_inflight_per_peer=max_inflight_per_peer))
     s.poll(0.0)
     s.receive_message("A", presence((root, HAVE)), 0.1)
     s.poll(0.1)
     s.receive_message("A", block(root, blocks[root]), 0.2)
     s.poll(0.2)
+    return s
+
+
+def test_a_freed_slot_goes_to_the_most_urgent_waiting_block_the_freed_peer_has() -> None:
+    root, blocks = build_dag(12, 64, fanout=12)
+    leaves = [c for c in blocks if c != root]  # discovery order = priority order
+    s = root_fetched_from_a(root, blocks, ["A", "B"], max_inflight_per_peer=2)
     # A has every leaf, B only the last two
     s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
     s.receive_message("B", presence(*((c, HAVE) for c in leaves[-2:])), 0.3)
@@ -238,12 +246,7 @@ def test_a_freed_slot_goes_to_the_most_urgent_waiting_block_the_freed_peer_has()
 def test_scheduling_a_large_dag_does_not_rescan_every_waiting_block() -> None:
     root, blocks = build_dag(3000, 8, fanout=3000)
     leaves = [c for c in blocks if c != root]
-    s = session(root, ["A"], config=SessionConfig(max_inflight_per_peer=4))
-    s.poll(0.0)
-    s.receive_message("A", presence((root, HAVE)), 0.1)
-    s.poll(0.1)
-    s.receive_message("A", block(root, blocks[root]), 0.2)
-    s.poll(0.2)
+    s = root_fetched_from_a(root, blocks, ["A"], max_inflight_per_peer=4)
     s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
     asked = [c for c, k in kinds(s.poll(0.3), "A").items() if k == "block"]
     order: list[CID] = []

@@ -12,6 +12,8 @@ import trio
 
 from p2phier.node.worker import PriorityWorker
 
+# Only Linux schedules threads one by one (elsewhere the worker deliberately keeps normal
+# priority, and setpriority on a thread id would renice the whole process).
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice")
 
 
