@@ -133,6 +133,12 @@ class TokenBucket:
         self._tokens -= amount
         return True
 
+    def charge(self, amount: float, now: float) -> None:
+        """Take ``amount`` tokens unconditionally; the bucket may go into debt, which
+        :meth:`ready_at` (``amount=0``) says when it is paid off."""
+        self._refill(now)
+        self._tokens -= amount
+
     def take_up_to(self, amount: int, now: float) -> int:
         """Take as many whole tokens as available, at most ``amount``; return how many."""
         self._refill(now)

@@ -453,6 +453,11 @@ class Bitswap:
                     reason = await self._violation(stream, peer, str(exc))
                     return
                 await self._on_message(peer, message)
+                # request-rate pacing: a peer whose wants ran over its budget is
+                # not read again until it is paid off (its writes wait meanwhile)
+                ready = self.engine.read_ready_at(peer, _now())
+                if ready > _now():
+                    await trio.sleep_until(ready)
         except StreamTruncatedError as exc:
             reason = str(exc)  # a killed peer looks like this; not an offence
         except ProtocolViolationError as exc:  # framing: oversized or malformed length

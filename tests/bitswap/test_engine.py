@@ -170,25 +170,29 @@ def test_wants_over_the_per_peer_capacity_are_dropped_and_counted() -> None:
     assert {w.cid for w in e.wantlist("A")} == {cids[1], cids[2], cids[4]}
 
 
-def test_the_per_peer_request_rate_is_a_token_bucket_on_want_entries() -> None:
+def test_the_per_peer_request_rate_paces_a_peer_without_dropping_its_wants() -> None:
     e = Engine(DictSource(), EngineConfig(request_rate=1.0, request_burst=5))
     cids = list(blocks(12))
-    actions = e.receive_message("A", want(*(WantEntry(c) for c in cids[:8])), 0.0)
-    assert actions == [WantsDropped("A", 3, "rate")]
+    assert e.read_ready_at("A", 0.0) == 0.0  # a peer never heard from is read at once
+    assert e.receive_message("A", want(*(WantEntry(c) for c in cids[:8])), 0.0) == []
+    assert len(e.wantlist("A")) == 8  # nothing dropped: 3 entries over the burst...
+    assert e.read_ready_at("A", 0.0) == pytest.approx(3.0)  # ...are paid by waiting
+    assert e.read_ready_at("A", 2.0) == pytest.approx(3.0)
+    assert e.read_ready_at("A", 3.0) == 3.0
     # another peer has its own bucket
     assert e.receive_message("B", want(*(WantEntry(c) for c in cids[:5])), 0.0) == []
-    # two seconds later A may send two more; cancels are always free
-    actions = e.receive_message(
-        "A", want(WantEntry.cancel_of(cids[0]), *(WantEntry(c) for c in cids[8:11])), 2.0
-    )
-    assert actions == [WantsDropped("A", 1, "rate")]
-    assert len(e.wantlist("A")) == 4 + 2
+    assert e.read_ready_at("B", 0.0) == 0.0
+    # cancels are free: A's bucket is back at 0 at t=3, two cancels leave it there
+    cancels = want(WantEntry.cancel_of(cids[0]), WantEntry.cancel_of(cids[1]))
+    e.receive_message("A", cancels, 3.0)
+    assert e.read_ready_at("A", 3.0) == 3.0
+    assert len(e.wantlist("A")) == 6
     # reconnecting does not refill the bucket
+    e.receive_message("A", want(*(WantEntry(c) for c in cids[8:12])), 3.0)
     e.peer_disconnected("A")
-    actions = e.receive_message("A", want(*(WantEntry(c) for c in cids[:3])), 2.0)
-    assert actions == [WantsDropped("A", 3, "rate")]
+    assert e.read_ready_at("A", 3.0) == pytest.approx(7.0)
     e.forget_peer("A")
-    assert e.receive_message("A", want(*(WantEntry(c) for c in cids[:3])), 2.0) == []
+    assert e.read_ready_at("A", 3.0) == 3.0
 
 
 def test_two_peers_share_a_limited_upload_fairly() -> None:

@@ -39,6 +39,16 @@ def test_take_up_to_grants_whole_tokens() -> None:
     assert b.take_up_to(5, 1.5) == 1
 
 
+def test_a_charge_puts_the_bucket_into_debt_that_time_pays_off() -> None:
+    b = TokenBucket(rate=2, burst=4, now=0.0)
+    b.charge(10, 0.0)  # 6 over the burst: allowed, and owed
+    assert b.available(0.0) == pytest.approx(-6)
+    assert b.ready_at(0, 0.0) == pytest.approx(3.0)
+    assert not b.try_take(1, 2.0)
+    assert b.ready_at(0, 3.0) == 3.0
+    assert b.available(5.0) == pytest.approx(4)  # refills up to the burst, no further
+
+
 def test_bucket_rejects_nonsense() -> None:
     with pytest.raises(UsageError):
         TokenBucket(rate=0, burst=1, now=0)

@@ -6,6 +6,7 @@ a peer to die or freeze are in ``test_bitswap_procs.py`` with separate processes
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from p2phier.bitswap import (
     PROTOCOL_ID,
     WRONG_BLOCK,
     BlockPayload,
+    EngineConfig,
     FetchFailedError,
     Message,
     WantEntry,
@@ -121,6 +123,25 @@ async def test_the_upload_rate_limit_bounds_what_a_provider_sends() -> None:
         elapsed = trio.current_time() - start
         # a lower bound only (never flaky): 2 MiB minus the burst at 2 MiB/s
         assert elapsed >= (len(data) - 256 * 1024) / (2 * MiB) * 0.95, elapsed
+
+
+async def test_a_peer_over_its_request_rate_is_paced_not_failed() -> None:
+    # Two 4 MiB objects (17 blocks each, a want-have and a want-block per block) in a
+    # row, from a provider that allows 10 want entries at once and 20 per second.
+    # Dropping the wants over the limit (the old rule) left the fetcher waiting for
+    # answers that never came: its fetch failed at the have-timeout.
+    engine = EngineConfig(request_rate=20.0, request_burst=10.0, verify_before_serving=False)
+    config = dataclasses.replace(FAST, engine=engine)
+    async with open_nodes(2, config=config) as (fetcher, provider):
+        roots = [provider.store.add_bytes(data_of(4 * MiB, seed=s)) for s in (20, 21)]
+        start = trio.current_time()
+        for root in roots:
+            await fetcher.bitswap.fetch(root, [provider.addr], timeout=60)
+            assert fetcher.store.pins().get(root) == "recursive"
+        elapsed = trio.current_time() - start
+        assert provider.bitswap.ledger(fetcher.peer_id).wants_dropped == 0
+        # paced: at least one entry per block, 34 entries, 10 at once, then 20/s
+        assert elapsed >= (34 - 10) / 20 * 0.95, elapsed
 
 
 async def test_a_provider_with_the_wrong_peer_id_is_refused_and_the_fetch_fails() -> None:
