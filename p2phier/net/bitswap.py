@@ -402,7 +402,8 @@ class Bitswap:
         """In a worker thread: store a batch with one durability step (``put_blocks``);
         if the store refuses one, retry them singly to know which fetch failed."""
         try:
-            self.store.put_blocks([(put.cid, put.data) for put in batch])
+            # each block was hashed against its CID on arrival (``_prepare``)
+            self.store.put_blocks([(put.cid, put.data) for put in batch], verified=True)
             return [None] * len(batch)
         except StoreError as exc:
             logger.debug("bitswap: batch put failed (%s); storing blocks one by one", exc)

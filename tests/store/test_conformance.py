@@ -155,6 +155,28 @@ def test_put_block_with_wrong_hash_is_refused(store: ContentStore) -> None:
     assert not store.has_block(CID.raw(b"actual"))
 
 
+def test_put_blocks_hashes_each_block_unless_the_caller_just_did(
+    store: ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = [(CID.raw(b), b) for b in (b"one", b"two", b"three")]
+    hashed: list[int] = []
+    real = CID.verify
+    monkeypatch.setattr(CID, "verify", lambda self, data: hashed.append(1) or real(self, data))
+    assert store.put_blocks(blocks[:2]) == [True, True]
+    assert len(hashed) == 2
+    # the Bitswap driver hashed them on arrival: no second hash, same result
+    assert store.put_blocks(blocks[1:], verified=True) == [False, True]
+    assert len(hashed) == 2
+    assert [store.get_block(c) for c, _ in blocks] == [b for _, b in blocks]
+    # without the flag a forged block is still refused
+    with pytest.raises(HashMismatchError):
+        store.put_blocks([(CID.raw(b"claimed"), b"forged")])
+    # sizes are checked either way
+    big = b"\0" * (MAX_BLOCK_SIZE + 1)
+    with pytest.raises(BlockTooLargeError):
+        store.put_blocks([(CID.raw(big), big)], verified=True)
+
+
 def test_oversize_block_is_refused_before_hashing(store: ContentStore) -> None:
     big = b"\0" * (MAX_BLOCK_SIZE + 1)
     with pytest.raises(BlockTooLargeError):
