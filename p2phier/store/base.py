@@ -369,8 +369,7 @@ class ContentStore(ABC):
         """
         with self.ingest():
             return [
-                self._put_checked(self._key(cid), data, verify=not verified)
-                for cid, data in blocks
+                self._put_checked(self._key(cid), data, verify=not verified) for cid, data in blocks
             ]
 
     def get_block(self, cid: CID | str) -> bytes:
