@@ -14,6 +14,16 @@ bytes in a DiskStore and serves it three ways; the fetcher is this process:
    in pieces of ``p2phier.net.streams.WRITE_PIECE`` bytes, the write size Bitswap uses (one
    Yamux frame in one Noise message; 1 MiB writes become 64 KiB frames that Noise splits in
    two).  It shows how much of Bitswap's speed comes from that write size alone.
+5. ``verified stream`` (for information, not a goal): no protocol at all, only the work any
+   verified, durable fetch of the object must add to the aligned raw stream.  The provider
+   reads each block of the object's DAG from its DiskStore (re-hashed, as when Bitswap serves
+   it) and writes the blocks back to back in aligned pieces; the fetcher, which knows every
+   block's CID and size in advance, cuts the stream into blocks, hashes each against its CID
+   and writes them into a fresh DiskStore in 4 MiB batches, in a worker thread while it keeps
+   reading (as Bitswap does), then pins the root.  ``verified_stream_vs_raw_stream`` is thus
+   a ceiling for ``fetch_vs_raw_stream`` on the machine it runs on: what is left after the
+   hashing and storing that the project's rules (hash on receive and before serving,
+   crash-safe writes) require, whatever the protocol.
 
 Rounds are interleaved (fetch, raw, tcp, ...), medians of 3.  ``fetch_vs_raw_stream`` =
 raw-stream seconds / fetch seconds (goal >= 0.9), ``fetch_vs_tcp`` and
@@ -51,6 +61,8 @@ from _common import ROOT, emit_json, log, parser, print_table, verdict
 
 RAW_PROTOCOL = "/p2phier-bench/raw/1.0.0"
 RAW_ALIGNED_PROTOCOL = "/p2phier-bench/raw-aligned/1.0.0"
+VERIFIED_PROTOCOL = "/p2phier-bench/verified/1.0.0"
+VERIFIED_BATCH = 4 * (1 << 20)  # as Bitswap's store_batch_bytes
 MiB = 1 << 20
 MB = 1e6
 RAW_GOAL = 0.9
@@ -86,6 +98,32 @@ async def serve(args: argparse.Namespace) -> None:
             await stream.write(payload[i : i + WRITE_PIECE])
         await stream.close()
 
+    async def verified_handler(stream: Any) -> None:
+        from p2phier.net.streams import WRITE_PIECE
+        from p2phier.unixfs import build_file
+
+        cids = [cid for cid, _ in build_file(payload)[1]]
+        per_read = VERIFIED_BATCH // (256 << 10)
+
+        def read(batch: list[Any]) -> bytes:
+            # each block re-hashed by the store; joined so that every write is a full piece
+            return b"".join([store.get_block(cid) for cid in batch])
+
+        async def reader(send: Any) -> None:
+            # reads the next blocks in a worker thread while the last are written
+            async with send:
+                for i in range(0, len(cids), per_read):
+                    await send.send(await trio.to_thread.run_sync(read, cids[i : i + per_read]))
+
+        send, recv = trio.open_memory_channel[bytes](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, send)
+            async with recv:
+                async for blocks in recv:
+                    for i in range(0, len(blocks), WRITE_PIECE):
+                        await stream.write(blocks[i : i + WRITE_PIECE])
+        await stream.close()
+
     async def tcp_handler(conn: trio.SocketStream) -> None:
         async with conn:
             for i in range(0, len(payload), MiB):
@@ -100,6 +138,7 @@ async def serve(args: argparse.Namespace) -> None:
             bitswap.set_upload_rate(args.upload_rate, args.upload_burst)
         host.set_stream_handler(RAW_PROTOCOL, raw_handler)
         host.set_stream_handler(RAW_ALIGNED_PROTOCOL, raw_aligned_handler)
+        host.set_stream_handler(VERIFIED_PROTOCOL, verified_handler)
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, tcp_handler, 0, host="127.0.0.1")
         )
@@ -153,8 +192,63 @@ async def timed(fn: Callable[[], Awaitable[int]]) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
+async def verified_stream(
+    host: Any, peer: str, root: Any, blocks: list[tuple[Any, bytes]], store: Any
+) -> int:
+    """The fetcher's side of the ``verified stream`` floor (see the module docstring)."""
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    def hash_and_store(batch: list[tuple[Any, bytes]]) -> None:
+        for cid, data in batch:
+            if not cid.verify(data):
+                raise RuntimeError(f"block {cid} does not hash to its CID")
+        store.put_blocks(batch, verified=True)
+
+    async def writer(recv: Any) -> None:
+        async with recv:
+            async for batch in recv:
+                await trio.to_thread.run_sync(hash_and_store, batch)
+
+    stream = await host.open_stream(peer, VERIFIED_PROTOCOL)
+    pieces: list[bytes] = []  # received, not yet cut into blocks
+    held = 0
+    got = 0
+    todo = iter(blocks)
+    cid, expected = next(todo)
+    batch: list[tuple[Any, bytes]] = []
+    batch_bytes = 0
+    send, recv = trio.open_memory_channel[list[tuple[Any, bytes]]](2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer, recv)
+        async with send:
+            while cid is not None:
+                try:
+                    data = await stream.read(MiB)
+                except StreamEOF:
+                    data = b""
+                if not data:
+                    raise RuntimeError("verified stream ended early")
+                got += len(data)
+                pieces.append(data)
+                held += len(data)
+                while cid is not None and held >= len(expected):
+                    # one join per block, of the pieces it spans
+                    joined = b"".join(pieces) if len(pieces) > 1 else pieces[0]
+                    batch.append((cid, joined[: len(expected)]))
+                    rest = joined[len(expected) :]
+                    pieces = [rest] if rest else []
+                    held = len(rest)
+                    batch_bytes += len(expected)
+                    cid, expected = next(todo, (None, b""))
+                    if batch_bytes >= VERIFIED_BATCH or cid is None:
+                        await send.send(batch)
+                        batch, batch_bytes = [], 0
+    await trio.to_thread.run_sync(store.pin, root)
+    return got
+
+
 async def measure_transfers(
-    provider: Provider, size: int, repeat: int, workdir: Path
+    provider: Provider, size: int, repeat: int, workdir: Path, data: bytes
 ) -> dict[str, list[float]]:
     from libp2p.network.stream.exceptions import StreamEOF
 
@@ -169,7 +263,11 @@ async def measure_transfers(
         "raw": [],
         "tcp": [],
         "raw_aligned": [],
+        "verified": [],
     }
+    from p2phier.unixfs import build_file
+
+    dag_root, dag_blocks = build_file(data)
     root = CID.parse(provider.root)
     peer = provider.addr.rsplit("/p2p/", 1)[1]
     async with open_host(Identity.generate()) as host:
@@ -225,11 +323,23 @@ async def measure_transfers(
             dt, got = await timed(functools.partial(raw, RAW_ALIGNED_PROTOCOL))
             assert got == size, (got, size)
             samples["raw_aligned"].append(dt)
+            verified_dir = workdir / f"verified-{rep}"
+            verified = DiskStore(verified_dir)
+            try:
+                dt, _ = await timed(
+                    functools.partial(verified_stream, host, peer, dag_root, dag_blocks, verified)
+                )
+                assert verified.pins() == {dag_root: "recursive"}
+            finally:
+                verified.close()
+                shutil.rmtree(verified_dir)
+            samples["verified"].append(dt)
             log(
                 f"  round {rep + 1}: fetch {samples['fetch'][-1]:.2f}s "
                 f"(memory store {samples['fetch_mem'][-1]:.2f}s), raw stream "
                 f"{samples['raw'][-1]:.2f}s, tcp {samples['tcp'][-1]:.3f}s, raw stream with "
-                f"aligned writes {samples['raw_aligned'][-1]:.2f}s"
+                f"aligned writes {samples['raw_aligned'][-1]:.2f}s, verified stream "
+                f"{samples['verified'][-1]:.2f}s"
             )
     return samples
 
@@ -298,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             obj.write_bytes(data[:size])
             provider = Provider(workdir / "provider", obj)
             providers.append(provider)
-            s = trio.run(measure_transfers, provider, size, args.repeat, workdir)
+            s = trio.run(measure_transfers, provider, size, args.repeat, workdir, data[:size])
             med = {k: statistics.median(v) for k, v in s.items()}
             result.update(
                 fetch_s=med["fetch"],
@@ -314,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                 fetch_memory_store_vs_raw_stream=med["raw"] / med["fetch_mem"],
                 fetch_vs_tcp=med["tcp"] / med["fetch"],
                 fetch_vs_raw_stream_aligned=med["raw_aligned"] / med["fetch"],
+                verified_stream_s=med["verified"],
+                verified_stream_vs_raw_stream=med["raw"] / med["verified"],
                 samples=s,
             )
             provider.stop()
@@ -363,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 "",
             ],
+            [
+                "  (verified stream: hash + store, no protocol, info)",
+                f"{size / result['verified_stream_s'] / MB:.1f}",
+                "",
+                "",
+            ],
             ["plain TCP", f"{result['tcp_mb_s']:.1f}", "", ""],
             [
                 "fetch_vs_raw_stream",
@@ -375,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['fetch_memory_store_vs_raw_stream']:.2f}",
                 f">= {RAW_GOAL}",
                 verdict(result["fetch_memory_store_vs_raw_stream"] >= RAW_GOAL),
+            ],
+            [
+                "verified_stream_vs_raw_stream (ceiling, info)",
+                f"{result['verified_stream_vs_raw_stream']:.2f}",
+                "",
+                "",
             ],
             ["fetch_vs_tcp", f"{result['fetch_vs_tcp']:.3f}", "", ""],
             [
