@@ -44,10 +44,12 @@ class Ledger:
 
     peer: str
     bytes_sent: int = 0
+    #: blocks (and their bytes) received that we had asked this peer for, each once,
+    #: duplicates included; a block nobody asked for earns the sender no credit
     bytes_received: int = 0
     blocks_sent: int = 0
     blocks_received: int = 0
-    #: blocks received that we already had or no longer wanted (waste, not misbehaviour)
+    #: of those, blocks we already had or no longer wanted (waste, not misbehaviour)
     duplicate_blocks: int = 0
     #: want entries refused by rate or size limits
     wants_dropped: int = 0

@@ -283,12 +283,16 @@ class Session:
         *,
         report_unsolicited: bool = True,
         claimed: Sequence[CID] | None = None,
+        account: bool = True,
     ) -> list[SessionEvent]:
         """Apply the blocks and presences ``peer`` sent.
 
         ``report_unsolicited=False`` is for a node running several sessions: a
         block this session did not ask ``peer`` for is then ignored instead of
         being reported (the node judges it against all its sessions).
+        ``account=False`` is for the same node: the peer's ledger counts of blocks
+        received and duplicates are left to it, since several sessions taking the
+        same block would each count it.
         ``claimed`` is, when given, ``[b.claimed_key() for b in message.blocks]``
         computed by the caller (a driver hashes in a worker thread, once for all
         its sessions); the caller vouches that it was computed from these bytes.
@@ -321,11 +325,14 @@ class Session:
                 continue  # nothing from a peer caught sending wrong bytes is used
             want = self._wants.get(key)
             if want is None:
-                ledger.duplicate_blocks += 1  # already had it: a race, not an offence
+                if account:  # already had it: a race, not an offence
+                    ledger.duplicate_blocks += 1
+                    ledger.blocks_received += 1
+                    ledger.bytes_received += len(payload.data)
                 continue
             if want.cid.multihash != key.multihash:  # pragma: no cover - same key, same digest
                 raise AssertionError("bitswap session key mismatch")
-            self._accept(key, want, payload.data, peer)
+            self._accept(key, want, payload.data, peer, account)
         if st is not None and not st.banned and not self._finished:
             for presence in message.presences:
                 self._presence(peer, st, presence.cid, presence.type)
@@ -404,11 +411,12 @@ class Session:
             stack.extend(reversed(children))
 
     # --- internals: messages in ---------------------------------------------------------------
-    def _accept(self, key: CID, want: _Want, data: bytes, peer: str) -> None:
+    def _accept(self, key: CID, want: _Want, data: bytes, peer: str, account: bool) -> None:
         self._settle(key, want, sender=peer)
-        ledger = self.ledgers.get(peer)
-        ledger.blocks_received += 1
-        ledger.bytes_received += len(data)
+        if account:
+            ledger = self.ledgers.get(peer)
+            ledger.blocks_received += 1
+            ledger.bytes_received += len(data)
         self.fetched += 1
         self.bytes_fetched += len(data)
         self._events.append(BlockFetched(want.cid, data, peer))

@@ -489,33 +489,46 @@ class Bitswap:
             return
         ahead = await self._prepare(message)
         now = _now()
-        ledger = self.ledgers.get(peer)
-        duplicates = ledger.duplicate_blocks
-        accepted = 0
+        taken: set[CID] = set()  # blocks of this message some session accepted
         fetches = list(self._fetches)
         for fetch in fetches:
             # poll at once: freed slots are refilled before the next message arrives
             self._ahead = ahead  # (no checkpoint until it is cleared)
             try:
                 events = fetch.session.receive_message(
-                    peer, message, now, report_unsolicited=False, claimed=ahead.claimed
+                    peer,
+                    message,
+                    now,
+                    report_unsolicited=False,
+                    claimed=ahead.claimed,
+                    account=False,
                 )
                 events += fetch.session.poll(now)
             finally:
                 self._ahead = NOTHING_AHEAD
-            accepted += sum(isinstance(e, BlockFetched) for e in events)
+            taken.update(block_key(e.cid) for e in events if isinstance(e, BlockFetched))
             await self._session_events(fetch, events)
             self._nudge(fetch)
         if not message.blocks:
             return
-        # A session accounts for every block it asked this peer for (accepted or a
-        # duplicate).  With one session that is exact, so only a shortfall needs the
-        # (hashing) check below; with several, every block is checked.
-        if len(fetches) == 1 and accepted + ledger.duplicate_blocks - duplicates == len(
-            message.blocks
-        ):
-            return
-        await self._judge_blocks(peer, message, ahead.claimed, fetches, now)
+        # The peer's ledger counts each block it sent once, however many fetches
+        # took it (each session would count it): a block asked of this peer is
+        # received -- a duplicate (waste, not an offence) if no fetch needed it any
+        # more -- and any other is judged below (it earns the sender no credit).
+        ledger = self.ledgers.get(peer)
+        unasked = False
+        for payload, key in zip(message.blocks, ahead.claimed, strict=True):
+            if key in taken:
+                taken.discard(key)  # the same block twice in a message: then a duplicate
+            elif self._was_asked(peer, key):
+                ledger.duplicate_blocks += 1
+            else:
+                unasked = True
+                continue
+            ledger.blocks_received += 1
+            ledger.bytes_received += len(payload.data)
+        if unasked:
+            await self._judge_blocks(peer, message, ahead.claimed, fetches, now)
 
     async def _prepare(self, message: Message) -> Ahead:
         """What each block of ``message`` hashes to (once for every session), and for

@@ -7,6 +7,7 @@ a peer to die or freeze are in ``test_bitswap_procs.py`` with separate processes
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,30 @@ async def test_a_peer_over_its_request_rate_is_paced_not_failed() -> None:
         assert provider.bitswap.ledger(fetcher.peer_id).wants_dropped == 0
         # paced: at least one entry per block, 34 entries, 10 at once, then 20/s
         assert elapsed >= (34 - 10) / 20 * 0.95, elapsed
+
+
+async def test_ledgers_count_a_block_once_when_two_fetches_take_it() -> None:
+    # The same object fetched twice at once, and another beside it: the fetcher's
+    # ledger must agree with what the provider sent (it counted each block once
+    # per fetch that took it: inflated "received" figures for free-rider checks),
+    # blocks the two fetches both asked for included, as duplicates.
+    data, other = data_of(3 * MiB, seed=30), data_of(2 * MiB, seed=31)
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        root, root2 = provider.store.add_bytes(data), provider.store.add_bytes(other)
+        async with trio.open_nursery() as nursery:
+            for r in (root, root, root2):
+                nursery.start_soon(
+                    functools.partial(fetcher.bitswap.fetch, r, [provider.addr], timeout=60)
+                )
+        assert set(fetcher.store.pins()) == {root, root2}
+        sent = provider.bitswap.ledger(fetcher.peer_id)
+        got = fetcher.bitswap.ledger(provider.peer_id)
+        assert sent.bytes_sent >= len(data) + len(other)
+        assert (got.blocks_received, got.bytes_received) == (sent.blocks_sent, sent.bytes_sent)
+        assert got.blocks_received - got.duplicate_blocks == len(
+            set(fetcher.store.iter_block_cids())
+        )
+        assert got.misbehaviour == 0
 
 
 async def test_a_provider_with_the_wrong_peer_id_is_refused_and_the_fetch_fails() -> None:
