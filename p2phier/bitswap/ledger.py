@@ -51,7 +51,7 @@ class Ledger:
     blocks_received: int = 0
     #: of those, blocks we already had or no longer wanted (waste, not misbehaviour)
     duplicate_blocks: int = 0
-    #: want entries refused by rate or size limits
+    #: want entries refused because the peer already had max_wants_per_peer held
     wants_dropped: int = 0
     #: want-blocks this peer failed to answer before their deadline
     timeouts: int = 0
