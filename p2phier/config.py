@@ -35,7 +35,7 @@ from typing import Any
 
 from p2phier.errors import ConfigError, InvalidPeerIdError, P2PHierError
 from p2phier.hierarchy import HierarchyConfig, HierarchyError
-from p2phier.identity import PeerId
+from p2phier.identity import parse_network_peer_id
 from p2phier.records import (
     MAX_RECORD_LIFETIME_MS,
     HardwareClass,
@@ -228,7 +228,7 @@ def _bootstrap(value: Any) -> tuple[str, ...]:
                 "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."
             )
         try:
-            PeerId.parse(peer)
+            parse_network_peer_id(peer)  # any key type: an IPFS node may be a bootstrap peer
         except InvalidPeerIdError as exc:
             raise _BadValueError(f"{addr!r}: {exc}") from None
     return addrs

@@ -13,6 +13,13 @@ Signatures never cover bare payloads: every signed message is framed as
 of libp2p's signed envelopes), so a signature made for one purpose can never be
 replayed as another.
 
+Transport peers are another matter: any libp2p peer may connect to a node,
+whatever its key type (RSA and ECDSA keys are too large to inline, so their
+peer ids are sha2-256 multihashes, ``Qm...``; secp256k1 keys are inlined like
+Ed25519).  :func:`parse_network_peer_id` accepts every peer id the peer-id spec
+allows, for dialing, serving and bookkeeping; only p2phier's own signed objects
+(records, announcements, manifests) need an Ed25519 author (:class:`PeerId`).
+
 Key files hold the libp2p ``PrivateKey`` protobuf (Type = Ed25519, Data = the
 64-byte seed||public key, as go-libp2p writes it), written atomically with mode
 0600; a key file any other user can read is refused.
@@ -32,7 +39,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from p2phier.cid import IDENTITY, Multihash, b58decode, b58encode, encode_varint
+from p2phier.cid import (
+    CID,
+    IDENTITY,
+    LIBP2P_KEY,
+    SHA2_256,
+    Multihash,
+    b58decode,
+    b58encode,
+    decode_varint,
+    encode_varint,
+)
 from p2phier.errors import (
     CIDError,
     InsecureKeyFileError,
@@ -49,6 +66,13 @@ _PUB_PREFIX = bytes([0x08, KEY_TYPE_ED25519, 0x12, 0x20])
 _PRIV_PREFIX = bytes([0x08, KEY_TYPE_ED25519, 0x12, 0x40])
 MAX_KEY_FILE = 4096
 
+#: libp2p ``KeyType`` values (peer-id spec): RSA, Ed25519, Secp256k1, ECDSA
+KEY_TYPE_NAMES = {0: "RSA", 1: "Ed25519", 2: "Secp256k1", 3: "ECDSA"}
+#: the peer-id spec inlines a public key (identity multihash) only up to this size
+MAX_INLINE_KEY = 42
+#: the longest peer id text accepted (a CIDv1 of an inlined key is ~62 characters)
+MAX_PEER_ID_TEXT = 128
+
 
 def _raw_public(pub: Ed25519PublicKey) -> bytes:
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -59,6 +83,57 @@ def public_key_protobuf(raw_public: bytes) -> bytes:
     if len(raw_public) != 32:
         raise InvalidPeerIdError("an Ed25519 public key is 32 bytes")
     return _PUB_PREFIX + raw_public
+
+
+def parse_network_peer_id(text: str) -> str:
+    """Check a peer id of ANY libp2p key type and return its canonical base58btc text.
+
+    Accepts the two forms of the peer-id spec: a base58btc multihash
+    (``12D3KooW...``, ``16Uiu2...``, ``Qm...``) and a CIDv1 with the
+    ``libp2p-key`` codec (``bafz...``).  The multihash is either a sha2-256 hash
+    of the key (RSA, ECDSA: keys over 42 bytes) or an identity multihash that
+    inlines a ``PublicKey`` protobuf of a known key type.  Raises
+    :class:`InvalidPeerIdError`; nothing here requires Ed25519.
+    """
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_PEER_ID_TEXT:
+        raise InvalidPeerIdError("a peer id must be a short base58 or CIDv1 string")
+    try:
+        if text[0] in "1Q":  # base58btc multihash (identity: "1...", sha2-256: "Qm...")
+            data = b58decode(text)
+        else:
+            cid = CID.parse(text)
+            if cid.version != 1 or cid.codec != LIBP2P_KEY:
+                raise InvalidPeerIdError(f"{text!r} is a CID, but not of a libp2p key")
+            data = cid.multihash.to_bytes()
+        mh, end = Multihash.from_bytes(data)
+    except CIDError as exc:
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: {exc}") from None
+    if end != len(data):
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: trailing bytes")
+    if mh.code == IDENTITY:
+        _check_public_key_protobuf(mh.digest, text)
+    elif mh.code != SHA2_256:  # pragma: no cover - Multihash.from_bytes allows no other
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: unsupported hash")
+    return b58encode(data)
+
+
+def _check_public_key_protobuf(body: bytes, text: str) -> None:
+    """``PublicKey{Type = 1 (varint), Data = 2 (bytes)}``, both required, in that order."""
+    if len(body) > MAX_INLINE_KEY:
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: an inlined key is at most 42 bytes")
+    try:
+        if body[:1] != b"\x08":
+            raise CIDError("no key type")
+        key_type, off = decode_varint(body, 1)
+        if body[off : off + 1] != b"\x12":
+            raise CIDError("no key data")
+        length, off = decode_varint(body, off + 1)
+    except (CIDError, IndexError) as exc:
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: bad inlined key ({exc})") from None
+    if key_type not in KEY_TYPE_NAMES:
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: unknown key type {key_type}")
+    if length == 0 or off + length != len(body):
+        raise InvalidPeerIdError(f"invalid peer id {text!r}: inlined key has the wrong length")
 
 
 def signing_bytes(domain: bytes, payload: bytes) -> bytes:

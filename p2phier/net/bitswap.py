@@ -33,9 +33,11 @@ one DAG); this module moves its bytes, keeps its clocks and does its I/O:
   the store, so no partial object is ever visible in the index or the pins;
   blocks already present are skipped, so a fetch interrupted by a crash
   resumes where it stopped.
-* A peer is "gone" when our stream to it fails (dial, timeout, reset) or its
-  last stream to us ends: the engine forgets its wants and sessions ask
-  elsewhere what it held.
+* A peer is "gone" when our stream to it fails (dial, timeout, reset), when
+  our last connection to it closes, or when it breaks the protocol: the engine
+  forgets its wants and sessions ask elsewhere what it held.  The end of one of
+  its streams is not the peer leaving: boxo (kubo) and helia open a stream per
+  message and close it (``protocol/bitswap.md``).
 * Per-peer ledgers (``Bitswap.ledgers``), misbehaviour hook
   (``on_misbehaviour``), and the operator's upload-rate limit
   (:meth:`Bitswap.set_upload_rate`, enforced by the engine).
@@ -102,7 +104,8 @@ from .bitswap_state import (
     Outbound,
     Put,
 )
-from .host import DialError, Host, PeerAddr
+from .bitswap_writer import StoreWriter
+from .host import Host, PeerAddr
 from .streams import (
     FrameReader,
     StreamClosedError,
@@ -145,7 +148,6 @@ class Bitswap:
         self.engine = Engine(self._source, engine_config, self.ledgers, now=_now())
         self.limits = engine_config.limits
         self._outbound: dict[str, Outbound] = {}
-        self._inbound: dict[str, int] = {}
         self._inbound_streams: set[INetStream] = set()
         self._fetches: set[Fetch] = set()
         #: peer -> {block key -> trio time until which a block from it is welcome}
@@ -153,7 +155,8 @@ class Bitswap:
         #: what was worked out ahead for the message being applied (see ``_prepare``)
         self._ahead = NOTHING_AHEAD
         self._engine_wake = trio.Event()
-        self._put_send, self._put_recv = trio.open_memory_channel[Put](self.config.store_queue)
+        self._writer = StoreWriter(store, self.config, self._announce_stored)
+        self._forget_disconnects: Callable[[], None] = lambda: None
         self.streams_reset = 0  # inbound streams we reset for a protocol violation
 
     # --- public API ---------------------------------------------------------------------------
@@ -256,6 +259,9 @@ class Bitswap:
                     if isinstance(event, SendMessage):
                         self._enqueue(event.peer, event.frame_parts())
             self._prune_asked()
+            # Even a timed-out fetch returns only once the blocks it received are in
+            # the store, so that the next fetch resumes from them (shielded, bounded).
+            await self._writer.drain(fetch, self.config.drain_timeout)
         if fetch.error is not None:
             raise fetch.error
         if session.error is not None:
@@ -315,9 +321,7 @@ class Bitswap:
                 self._note_asked(event, fetch.deadline)
                 self._enqueue(event.peer, event.frame_parts())
             elif isinstance(event, BlockFetched):
-                fetch.pending_puts += 1
-                fetch.flushed = trio.Event()
-                await self._put_send.send(Put(event.cid, event.data, fetch))
+                await self._writer.put(fetch, event.cid, event.data)
             elif isinstance(event, FetchComplete | FetchFailed):
                 fetch.wake.set()
             elif isinstance(event, PeerTimedOut):
@@ -355,69 +359,6 @@ class Bitswap:
         until = self._asked.get(peer, {}).get(key)
         return until is not None and until >= _now()
 
-    # --- the store writer ---------------------------------------------------------------------
-    async def _writer(self) -> None:
-        """Puts received blocks in the store, in a worker thread, a batch at a time.
-
-        Each batch costs the store one durability step (file-system syncs), so a
-        batch is filled up to ``store_batch_bytes`` while blocks keep coming: the
-        writer waits up to ``store_batch_wait`` for the next one, but not when
-        every fetch in the batch has received all its blocks (none is coming).
-        """
-        cfg = self.config
-        while True:
-            batch = [await self._put_recv.receive()]
-            size = len(batch[0].data)
-            deadline = _now() + cfg.store_batch_wait
-            while len(batch) < cfg.store_queue and size < cfg.store_batch_bytes:
-                try:
-                    put = self._put_recv.receive_nowait()
-                except trio.WouldBlock:
-                    if all(p.fetch.session.done for p in batch):
-                        break
-                    got: Put | None = None
-                    with trio.move_on_at(deadline):
-                        got = await self._put_recv.receive()
-                    if got is None:
-                        break
-                    put = got
-                batch.append(put)
-                size += len(put.data)
-            results = await trio.to_thread.run_sync(self._put_batch, batch)
-            stored: list[CID] = []
-            for put, error in zip(batch, results, strict=True):
-                if error is not None:
-                    put.fetch.error = error
-                    put.fetch.wake.set()
-                else:
-                    stored.append(put.cid)
-                put.fetch.pending_puts -= 1
-                if not put.fetch.pending_puts:
-                    put.fetch.flushed.set()
-            if stored:
-                self.blocks_added(stored)
-                await self._announce_stored(stored, batch)
-
-    def _put_batch(self, batch: list[Put]) -> list[StoreError | None]:
-        """In a worker thread: store a batch with one durability step (``put_blocks``);
-        if the store refuses one, retry them singly to know which fetch failed."""
-        try:
-            # each block was hashed against its CID on arrival (``_prepare``)
-            self.store.put_blocks([(put.cid, put.data) for put in batch], verified=True)
-            return [None] * len(batch)
-        except StoreError as exc:
-            logger.debug("bitswap: batch put failed (%s); storing blocks one by one", exc)
-        results: list[StoreError | None] = []
-        for put in batch:
-            try:
-                self.store.put_block(put.cid, put.data)
-            except StoreError as exc:
-                logger.error("bitswap: cannot store block %s: %s", put.cid, exc)
-                results.append(exc)
-            else:
-                results.append(None)
-        return results
-
     async def _announce_stored(self, stored: list[CID], batch: list[Put]) -> None:
         """Other fetches wanting a block just stored take it from the store."""
         origins = {id(put.fetch) for put in batch}
@@ -430,9 +371,13 @@ class Bitswap:
 
     # --- inbound --------------------------------------------------------------------------------
     async def _handle_stream(self, stream: INetStream) -> None:
-        """libp2p runs this in its own task for every inbound Bitswap stream."""
+        """libp2p runs this in its own task for every inbound Bitswap stream.
+
+        The end of a stream is NOT the peer leaving: boxo (kubo) and helia open
+        a stream per message and close it.  A peer is gone when its connection
+        closes (:meth:`_disconnected`) or our stream to it cannot be opened.
+        """
         peer = stream_peer(stream)
-        self._inbound[peer] = self._inbound.get(peer, 0) + 1
         self._inbound_streams.add(stream)
         reader = FrameReader(
             stream,
@@ -440,9 +385,14 @@ class Bitswap:
             frame_timeout=self.config.frame_timeout,
             idle_timeout=self.config.idle_timeout,
         )
-        reason = "closed its stream"
         try:
             while True:
+                # request-rate pacing: a peer whose wants ran over its budget is
+                # not read again, on any of its streams, until it is paid off (its
+                # writes wait meanwhile)
+                ready = self.engine.read_ready_at(peer, _now())
+                if ready > _now():
+                    await trio.sleep_until(ready)
                 pieces = await reader.next_frame_pieces()
                 if pieces is None:
                     await close_quietly(stream)
@@ -451,33 +401,31 @@ class Bitswap:
                     # not joined: each block is copied out of the pieces once
                     message = Message.decode_pieces(pieces, self.limits)
                 except ProtocolViolationError as exc:
-                    reason = await self._violation(stream, peer, str(exc))
+                    await self._violation(stream, peer, str(exc))
                     return
                 await self._on_message(peer, message)
-                # request-rate pacing: a peer whose wants ran over its budget is
-                # not read again until it is paid off (its writes wait meanwhile)
-                ready = self.engine.read_ready_at(peer, _now())
-                if ready > _now():
-                    await trio.sleep_until(ready)
         except StreamTruncatedError as exc:
-            reason = str(exc)  # a killed peer looks like this; not an offence
+            # a killed peer looks like this; not an offence (its connection's end,
+            # if it died, makes it gone)
+            logger.debug("bitswap: stream from %s cut: %s", peer, exc)
         except ProtocolViolationError as exc:  # framing: oversized or malformed length
-            reason = await self._violation(stream, peer, str(exc))
+            await self._violation(stream, peer, str(exc))
         except (PeerTimeoutError, StreamClosedError) as exc:
-            reason = str(exc)
+            logger.debug("bitswap: stream from %s ended: %s", peer, exc)
             await reset_quietly(stream)
         finally:
             self._inbound_streams.discard(stream)
-            left = self._inbound[peer] = self._inbound[peer] - 1
-            if not left:
-                del self._inbound[peer]
-                self._peer_gone(peer, reason)
 
-    async def _violation(self, stream: INetStream, peer: str, detail: str) -> str:
+    def _disconnected(self, peer: str) -> None:
+        """The host's last connection to ``peer`` closed: it is gone."""
+        self._peer_gone(peer, "disconnected")
+
+    async def _violation(self, stream: INetStream, peer: str, detail: str) -> None:
+        """A peer broke the protocol: its stream is reset, its wants forgotten."""
         self.ledgers.record_misbehaviour(peer, MALFORMED, detail, _now())
         self.streams_reset += 1
         await reset_quietly(stream)
-        return f"broke the protocol ({detail})"
+        self._peer_gone(peer, f"broke the protocol ({detail})")
 
     async def _on_message(self, peer: str, message: Message) -> None:
         now = _now()
@@ -670,11 +618,11 @@ class Bitswap:
                                 out.stream, batch, timeout=cfg.write_timeout, what="bitswap"
                             )
                         break
-                    except (DialError, PeerTimeoutError, StreamClosedError) as exc:
+                    except P2PHierError as exc:  # dial, timeout, broken stream, bad peer id
                         if out.stream is not None:
                             await reset_quietly(out.stream)
                             out.stream = None
-                        if attempt == 2 or isinstance(exc, DialError | PeerTimeoutError):
+                        if attempt == 2 or not isinstance(exc, StreamClosedError):
                             self._peer_gone(out.peer, str(exc))
                             break
                         logger.debug("bitswap: stream to %s broke (%s); reopening", out.peer, exc)
@@ -752,13 +700,15 @@ class Bitswap:
 
     def _start(self) -> None:
         self._nursery.start_soon(self._engine_loop)
-        self._nursery.start_soon(self._writer)
+        self._nursery.start_soon(self._writer.run)
         self.host.set_stream_handler(PROTOCOL_ID, self._handle_stream)
+        self._forget_disconnects = self.host.on_disconnected(self._disconnected)
 
     async def _stop(self) -> None:
         """Stop serving: no new streams, and the ones being read are reset (their readers
         run in libp2p's tasks, not ours; a peer then reopens to whoever serves next)."""
         self.host.remove_stream_handler(PROTOCOL_ID)
+        self._forget_disconnects()
         with trio.CancelScope(shield=True), trio.move_on_after(5.0):
             for stream in list(self._inbound_streams):
                 await reset_quietly(stream, timeout=1.0)

@@ -48,6 +48,9 @@ class BitswapConfig:
     #: while blocks keep arriving, waiting at most ``store_batch_wait`` for the next
     store_batch_bytes: int = 4 << 20
     store_batch_wait: float = 0.02
+    #: a fetch that ends (even by timeout) waits up to this for the blocks it received
+    #: to be written, so that a later fetch resumes from them
+    drain_timeout: float = 30.0
     #: a block asked of a peer is still welcome this long after its fetch ended
     late_block_grace: float = 120.0
     #: misbehaviour events kept in ``Bitswap.misbehaviour``
@@ -67,6 +70,7 @@ class BitswapConfig:
             "open_timeout",
             "late_block_grace",
             "store_batch_wait",
+            "drain_timeout",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):

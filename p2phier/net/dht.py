@@ -7,16 +7,28 @@ returns the same provider several times (``shared/notes/libp2p.md``), so every
 call here runs under a deadline and answers are de-duplicated and capped.
 Values (``put_value``/``get_value``) are not used: app keys there have no
 validator and log warnings.
+
+Protocol ids: a node serves and asks the DHT both as ``/ipfs/kad/1.0.0`` and
+as ``/ipfs/lan/kad/1.0.0``.  kubo runs two DHTs: the WAN one admits only peers
+with public addresses (and kubo runs it as a client until it is publicly
+reachable), so on a LAN or one machine kubo nodes find and are found only
+through the LAN one.  A p2phier network is one keyspace, so both ids reach the
+same routing table and provider store; a dial offers ``/ipfs/kad/1.0.0`` first.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import StreamHandlerFn, TProtocol
+from libp2p.kad_dht.common import PROTOCOL_ID as WAN_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2phier.cid import CID
@@ -30,6 +42,34 @@ logger = logging.getLogger(__name__)
 
 #: providers asked for per lookup, and the most returned
 MAX_PROVIDERS = 20
+#: kubo's LAN DHT (see the module docstring)
+LAN_PROTOCOL_ID = TProtocol("/ipfs/lan/kad/1.0.0")
+DHT_PROTOCOLS = (WAN_PROTOCOL_ID, LAN_PROTOCOL_ID)
+
+
+class _BothKadIds:
+    """The libp2p host as py-libp2p's KadDHT sees it: its handler is registered
+    under both DHT protocol ids and its dials offer both (WAN id first)."""
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+    def set_stream_handler(self, protocol: TProtocol, handler: StreamHandlerFn) -> None:
+        for pid in DHT_PROTOCOLS if protocol == WAN_PROTOCOL_ID else (protocol,):
+            self._host.set_stream_handler(pid, handler)
+
+    def remove_stream_handler(self, protocol: TProtocol) -> None:
+        for pid in DHT_PROTOCOLS if protocol == WAN_PROTOCOL_ID else (protocol,):
+            self._host.remove_stream_handler(pid)
+
+    async def new_stream(self, peer_id: ID, protocol_ids: Sequence[TProtocol]) -> INetStream:
+        wanted = list(protocol_ids)
+        if wanted == [WAN_PROTOCOL_ID]:
+            wanted = list(DHT_PROTOCOLS)
+        return await self._host.new_stream(peer_id, wanted)
 
 
 class Dht:
@@ -104,6 +144,7 @@ class Dht:
 @asynccontextmanager
 async def open_dht(host: Host, *, timeout: float = 10.0) -> AsyncIterator[Dht]:
     """Run kad-dht in server mode on ``host`` until the block exits."""
-    kad = KadDHT(host.libp2p, DHTMode.SERVER, enable_random_walk=False)
+    both: Any = _BothKadIds(host.libp2p)  # duck-typed IHost
+    kad = KadDHT(both, DHTMode.SERVER, enable_random_walk=False)
     async with background_trio_service(kad):
         yield Dht(host, kad, timeout)

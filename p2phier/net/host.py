@@ -27,7 +27,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import create_yamux_muxer_option, new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
@@ -38,12 +38,14 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from p2phier.errors import ConfigError, NetworkError, PeerTimeoutError
 from p2phier.identity import Identity
 
-from .keys import keypair_from_identity, libp2p_peer_id
+from .keys import keypair_from_identity, libp2p_peer_id, peer_id_str
 from .streams import STREAM_ERRORS, reset_quietly, stream_peer
 
 logger = logging.getLogger(__name__)
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
+#: ``callback(peer id)``: the last connection to that peer closed
+DisconnectHandler = Callable[[str], None]
 
 #: how long dialled addresses stay in the peerstore (seconds)
 ADDR_TTL = 3600
@@ -93,17 +95,17 @@ class PeerAddr:
 
     @classmethod
     def parse(cls, text: str) -> PeerAddr:
-        """``/ip4/1.2.3.4/tcp/4001/p2p/12D3KooW...`` or a bare ``12D3KooW...`` peer id."""
+        """``/ip4/1.2.3.4/tcp/4001/p2p/<id>`` or a bare peer id, of any key type
+        (``12D3KooW...``, RSA ``Qm...``); the id is kept in canonical base58btc."""
         if not text.startswith("/"):
-            libp2p_peer_id(text)  # validates
-            return cls(text)
+            return cls(peer_id_str(libp2p_peer_id(text)))  # validated, any key type
         addr = _multiaddr(text)
         peer = addr.get_peer_id()
         if peer is None:
             raise ConfigError(f"address {text!r} has no /p2p/<peer id> part; it names no peer")
-        libp2p_peer_id(peer)
+        canonical = peer_id_str(libp2p_peer_id(peer))
         transport = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}"))
-        return cls(peer, (str(transport),) if str(transport) else ())
+        return cls(canonical, (str(transport),) if str(transport) else ())
 
     def __str__(self) -> str:
         return f"{self.addrs[0]}/p2p/{self.peer}" if self.addrs else self.peer
@@ -117,6 +119,33 @@ class Host:
         self.libp2p = libp2p_host
         self.config = config
         self.peer_id = str(identity.peer_id)
+        self._disconnect_handlers: list[DisconnectHandler] = []
+        libp2p_host.get_network().register_notifee(_Notifee(self))
+
+    def on_disconnected(self, handler: DisconnectHandler) -> Callable[[], None]:
+        """Call ``handler(peer)`` whenever our last connection to ``peer`` closes.
+
+        This, not the end of one stream, is a peer leaving: IPFS peers (boxo,
+        helia) open a stream per message and close it.  Returns a function that
+        unregisters the handler.  Handlers run on the event loop and must not block.
+        """
+        self._disconnect_handlers.append(handler)
+
+        def remove() -> None:
+            if handler in self._disconnect_handlers:
+                self._disconnect_handlers.remove(handler)
+
+        return remove
+
+    def _disconnected(self, conn: INetConn) -> None:
+        peer = peer_id_str(conn.muxed_conn.peer_id)
+        if self.is_connected(peer):
+            return  # another connection to it is still up
+        for handler in list(self._disconnect_handlers):
+            try:
+                handler(peer)
+            except Exception:  # a handler bug must not stop the others
+                logger.exception("disconnect handler for %s failed", peer)
 
     @property
     def listen_addrs(self) -> list[str]:
@@ -230,6 +259,31 @@ class Host:
                 await self.libp2p.disconnect(libp2p_peer_id(peer))
             except STREAM_ERRORS as exc:
                 logger.debug("disconnect from %s: %s", peer, exc)
+
+
+class _Notifee(INotifee):
+    """Forwards py-libp2p's connection-closed events to :meth:`Host._disconnected`."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._host._disconnected(conn)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def listen(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
+        pass
 
 
 def build_libp2p_host(identity: Identity, config: HostConfig) -> IHost:

@@ -3,7 +3,8 @@
 Owns the conversions: a :class:`~p2phier.identity.Identity` becomes the libp2p
 Ed25519 ``KeyPair`` built from the same 32-byte seed (so the node's libp2p peer
 id IS its p2phier author id), and peer ids move between p2phier's
-:class:`~p2phier.identity.PeerId` / strings and libp2p's ``ID``.  Every
+:class:`~p2phier.identity.PeerId` / strings and libp2p's ``ID`` (remote peers'
+ids of every key type: the node itself is Ed25519, its peers need not be).  Every
 conversion is checked both ways: a key pair whose libp2p peer id differs from
 ``str(identity.peer_id)`` is refused, because signatures and connections would
 then name two different nodes.
@@ -17,7 +18,7 @@ from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.peer.id import ID
 
 from p2phier.errors import IdentityError, InvalidPeerIdError
-from p2phier.identity import Identity, PeerId
+from p2phier.identity import Identity, PeerId, parse_network_peer_id
 
 __all__ = [
     "KeyPair",
@@ -59,17 +60,22 @@ def identity_from_keypair(pair: KeyPair) -> Identity:
 
 
 def libp2p_peer_id(peer: str | PeerId | ID) -> ID:
-    """libp2p's ``ID`` for a peer id string (checked: only Ed25519 peer ids are accepted)."""
+    """libp2p's ``ID`` for a peer id of any key type (checked; InvalidPeerIdError).
+
+    Transport-level work (dial, serve, fetch, ledgers) talks to every libp2p
+    peer: RSA (``Qm...``), Ed25519, secp256k1 and ECDSA ids are all accepted
+    here.  Only p2phier's signed objects require an Ed25519 author
+    (:class:`~p2phier.identity.PeerId`).
+    """
     if isinstance(peer, ID):
         return peer
-    text = str(peer)
-    PeerId.parse(text)  # raises InvalidPeerIdError with a clear message
+    text = parse_network_peer_id(str(peer))  # raises InvalidPeerIdError with a clear message
     try:
         return ID.from_base58(text)
-    except ValueError as exc:  # pragma: no cover - PeerId.parse accepted it
+    except ValueError as exc:  # pragma: no cover - parse_network_peer_id accepted it
         raise InvalidPeerIdError(f"invalid peer id {text!r}: {exc}") from None
 
 
 def peer_id_str(peer: ID | PeerId | str) -> str:
-    """The canonical ``12D3KooW...`` string of a peer id, whatever its type."""
+    """The canonical base58btc string of a peer id (``12D3KooW...``, ``Qm...``)."""
     return peer.to_base58() if isinstance(peer, ID) else str(peer)

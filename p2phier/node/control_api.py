@@ -41,6 +41,7 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         "announcements_dropped_by_peer": {
             peer: dict(reasons) for peer, reasons in node.rejected_by_peer.items()
         },
+        "peers_refused": dict(node.refused),
         "misbehaviour": list(node.misbehaviour),
         "bitswap": _wire_totals(node),
         "topics": node._gossip.topics if node._gossip else [],

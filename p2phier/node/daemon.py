@@ -54,6 +54,7 @@ from p2phier.cid import CID
 from p2phier.config import NodeConfig
 from p2phier.errors import (
     ArtifactError,
+    InvalidPeerIdError,
     MissingBlocksError,
     NetworkError,
     P2PHierError,
@@ -152,6 +153,8 @@ class NodeDaemon:
             self.learner = Learner(self, load_plan(config.learn_plan))
         self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
         self.rejected: Counter[str] = Counter()  # announcement drop reasons
+        #: peers refused as p2phier nodes (not as transport peers), by reason
+        self.refused: Counter[str] = Counter()
         # sending peer (gossip origin, or the peer a head was pulled from) -> drop reasons
         self.rejected_by_peer: OrderedDict[str, Counter[str]] = OrderedDict()
         self.fetch_failures: deque[dict[str, Any]] = deque(maxlen=64)
@@ -374,6 +377,13 @@ class NodeDaemon:
         await self._pull_and_process(parent, down_topic(parent))
 
     def _decide_registration(self, remote: str, signed: bytes) -> tuple[bool, str]:
+        accepted, reason = self._registration_verdict(remote, signed)
+        if not accepted:
+            self.refused["registration"] += 1
+            logger.info("registration from %s refused: %s", remote, reason)
+        return accepted, reason
+
+    def _registration_verdict(self, remote: str, signed: bytes) -> tuple[bool, str]:
         now = self.clock()
         status = self.offer_record(signed)
         try:
@@ -736,7 +746,14 @@ class NodeDaemon:
                     self.config.layer, self.config.domain
                 ):
                     for found in await self._providers_of(key):
-                        if PeerId.parse(found.peer) in self.book:
+                        try:
+                            known = PeerId.parse(found.peer) in self.book
+                        except InvalidPeerIdError:
+                            # any peer may put itself under a discovery key; one with a
+                            # non-Ed25519 key can sign no node record: not a parent
+                            self.refused["provider-not-ed25519"] += 1
+                            continue
+                        if known:
                             continue
                         try:
                             await self._host.connect(found)

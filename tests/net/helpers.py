@@ -1,4 +1,5 @@
-"""Shared helpers of the network tests: deterministic data, a raw Bitswap attacker."""
+"""Shared helpers of the network tests: deterministic data, a raw Bitswap attacker,
+a bare py-libp2p host with any key type (RSA, secp256k1: what IPFS peers have)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import multiaddr
 import trio
-from libp2p.abc import INetStream
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from p2phier.bitswap import PROTOCOL_ID, SessionConfig
 from p2phier.identity import Identity
@@ -37,6 +44,30 @@ async def raw_bitswap_stream(target_addr: str) -> AsyncIterator[tuple[Host, INet
         target = target_addr.rsplit("/p2p/", 1)[1]
         stream = await host.open_stream(target, PROTOCOL_ID)
         yield host, stream
+
+
+@asynccontextmanager
+async def foreign_host(key_pair: KeyPair) -> AsyncIterator[IHost]:
+    """A bare py-libp2p host (TCP + Noise + Yamux, as kubo and helia speak) with
+    ``key_pair`` of any type, listening on 127.0.0.1: a peer p2phier did not make."""
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt=create_yamux_muxer_option(),
+        listen_addrs=listen,
+        enable_quic=False,
+        enable_websocket=False,
+    )
+    async with host.run(listen):
+        await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
+        try:
+            yield host
+        finally:
+            with trio.move_on_after(5):
+                for peer in host.get_connected_peers():
+                    await host.disconnect(peer)
 
 
 async def stream_was_reset(stream: INetStream, timeout: float = 10.0) -> bool:
