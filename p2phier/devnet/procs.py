@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +72,10 @@ class NodeProc:
     listen: str = LOOPBACK_LISTEN
     env: Mapping[str, str] = field(default_factory=lambda: dict(FAST_ENV))
     config: Path | None = None  # a node TOML file passed with --config
+    #: words put before the command, e.g. ``("ip", "netns", "exec", "ns1")`` to run the node
+    #: in a network namespace (empty by default: the node runs as a plain child).  The prefix
+    #: must exec the node in place (as ``ip netns exec`` does), so that :meth:`stop` signals it.
+    prefix: Sequence[str] = ()
 
     @property
     def peer_id(self) -> str:
@@ -124,6 +128,7 @@ class NodeProc:
         :meth:`stop` (or :func:`open_cluster`) still reaps it.
         """
         cmd = [
+            *self.prefix,
             sys.executable, "-m", "p2phier", "node", "run",
             "--home", str(self.home),
             "--listen", self.listen,

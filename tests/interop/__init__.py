@@ -1,0 +1,1 @@
+"""Interop tests against independent IPFS implementations."""
