@@ -174,6 +174,18 @@ class Bitswap:
         self.engine.blocks_added(list(cids))
         self._engine_wake.set()
 
+    def add_providers(self, root: CID, peers: Sequence[str]) -> None:
+        """More peers that may hold ``root``'s DAG (e.g. found in the DHT while a fetch
+        of it already runs): every running fetch of ``root`` asks them too."""
+        key = block_key(root)
+        for fetch in list(self._fetches):
+            if block_key(fetch.session.root) != key:
+                continue
+            for peer in peers:
+                if peer != self.host.peer_id:
+                    fetch.session.add_provider(peer)
+            fetch.wake.set()
+
     async def fetch(
         self,
         root: CID | str,

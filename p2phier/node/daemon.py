@@ -93,6 +93,7 @@ from p2phier.net.pubsub import (
 from p2phier.net.register import register_with, serve_registrations
 from p2phier.node.control_api import control_handlers, node_peers, node_status
 from p2phier.node.learner import Learner
+from p2phier.node.objfetch import fetch_any
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
 from p2phier.records import (
     Capabilities,
@@ -570,9 +571,13 @@ class NodeDaemon:
 
     async def fetch_object(self, cid_text: str, providers: list[str]) -> None:
         """Fetch and pin an object (e.g. a tier bundle) from ``providers`` and DHT providers."""
-        cid = CID.parse(cid_text)
-        found = providers + [p for p in await self._dht_providers(cid) if p not in providers]
-        await self.bitswap.fetch(cid, found, timeout=self.config.block_timeout_s * 60, pin=True)
+        await fetch_any(
+            self.bitswap,
+            CID.parse(cid_text),
+            providers,
+            self._dht_providers,
+            timeout=self.config.block_timeout_s * 60,
+        )
 
     def connected(self, peer: PeerId) -> bool:
         return self._host is not None and self._host.is_connected(str(peer))
@@ -661,25 +666,15 @@ class NodeDaemon:
             logger.warning("announcement publish on %s: %s", topic, exc)
 
     async def fetch(self, cid_text: str, timeout: float) -> dict[str, Any]:
-        """Fetch any object by CID from DHT providers and connected peers; pin it."""
+        """Fetch any object by CID from connected peers and DHT providers; pin it."""
         assert self._host is not None
-        cid = CID.parse(cid_text)
-        providers = await self._dht_providers(cid)
-        for peer in self._host.connected_peers():
-            if peer not in providers:
-                providers.append(peer)
-        if not providers:
-            raise NetworkError(f"no provider of {cid} is known and no peer is connected")
-        began = trio.current_time()
-        before = {p: self.bitswap.ledger(p).bytes_received for p in providers}
-        await self.bitswap.fetch(cid, providers, timeout=timeout, pin=True)
-        return {
-            "cid": str(cid),
-            "providers": providers,
-            # bytes each provider delivered during this fetch (several: a parallel fetch)
-            "received": {p: self.bitswap.ledger(p).bytes_received - before[p] for p in providers},
-            "seconds": round(trio.current_time() - began, 3),
-        }
+        return await fetch_any(
+            self.bitswap,
+            CID.parse(cid_text),
+            self._host.connected_peers(),
+            self._dht_providers,
+            timeout=timeout,
+        )
 
     # --- loops --------------------------------------------------------------------------------
     async def _maintenance_loop(self) -> None:
