@@ -399,16 +399,17 @@ class Bitswap:
         )
         try:
             while True:
-                # request-rate pacing: a peer whose wants ran over its budget is
-                # not read again, on any of its streams, until it is paid off (its
-                # writes wait meanwhile)
-                ready = self.engine.read_ready_at(peer, _now())
-                if ready > _now():
-                    await trio.sleep_until(ready)
                 pieces = await reader.next_frame_pieces()
                 if pieces is None:
                     await close_quietly(stream)
                     return
+                # Request-rate pacing: while a peer's wants have run over its budget,
+                # no message of it is taken in, on ANY of its streams (a peer opening
+                # a stream per message must not escape it), and this stream is not
+                # read meanwhile (its writes wait).  Re-checked after every wake:
+                # messages waiting on other streams charge the budget first.
+                while (ready := self.engine.read_ready_at(peer, _now())) > _now():
+                    await trio.sleep_until(ready)
                 try:
                     # not joined: each block is copied out of the pieces once
                     message = Message.decode_pieces(pieces, self.limits)

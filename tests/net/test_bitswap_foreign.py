@@ -10,6 +10,7 @@ py-libp2p hosts (TCP + Noise + Yamux) with such keys, written to behave that way
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from p2phier.bitswap import (
     PROTOCOL_ID,
     BlockPayload,
     BlockPresence,
+    EngineConfig,
     Message,
     PresenceType,
     WantEntry,
@@ -195,3 +197,31 @@ async def test_a_timed_out_fetch_returns_only_once_its_received_blocks_are_store
         assert fetcher.store.get_bytes(root) == data
         assert ledger.blocks_received == len(blocks)  # none fetched twice
     slow.close()
+
+
+async def test_a_stream_per_message_does_not_escape_request_rate_pacing() -> None:
+    # 40 want-haves, each on a new stream: the pacing (10 at once, then 20/s) must hold
+    # across the peer's streams.  Pacing only the stream that ran over (the old rule) let
+    # a peer that opens a stream per message escape it: every new stream was read at once.
+    engine = EngineConfig(request_rate=20.0, request_burst=10.0, verify_before_serving=False)
+    config = dataclasses.replace(FAST, engine=engine)
+    data = data_of(40 * 1024, seed=43)
+    async with open_nodes(1, config=config) as (node,), foreign_host(_rsa()) as peer:
+        node.store.add_bytes(data)
+        cids = [CID.raw(data[i * 1024 : (i + 1) * 1024]) for i in range(40)]
+        for cid, i in zip(cids, range(40), strict=True):
+            node.store.put_block(cid, data[i * 1024 : (i + 1) * 1024])
+        send, inbox = trio.open_memory_channel[Message](math.inf)
+        peer.set_stream_handler(PROTOCOL_ID, _inbox_handler(send))  # type: ignore[arg-type]
+        node_id = await _connect(peer, node)
+        start = trio.current_time()
+        for cid in cids:
+            want = WantEntry(cid, want_type=WantType.HAVE, send_dont_have=True)
+            await _send_once(peer, node_id, Message(wantlist=Wantlist((want,))))
+        answered: set[CID] = set()
+        with trio.fail_after(30):
+            while len(answered) < len(cids):
+                answered.update(p.cid for p in (await inbox.receive()).presences)
+        elapsed = trio.current_time() - start
+        assert elapsed >= (40 - 10) / 20 * 0.95, elapsed  # a lower bound: never flaky
+        assert node.bitswap.ledger(str(peer.get_id())).wants_dropped == 0
