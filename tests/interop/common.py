@@ -20,7 +20,7 @@ from p2phier.artifact import pack_adapter
 from p2phier.artifact.synthetic import write_synthetic_adapter
 from p2phier.artifact.verify import verify_artifact
 from p2phier.config import DEFAULT_BASE_MODEL
-from p2phier.devnet.procs import NodeProc
+from p2phier.devnet.procs import NodeProc, wait_for
 from p2phier.identity import Identity
 from p2phier.store import DiskStore
 from p2phier.unixfs import build_file
@@ -92,6 +92,13 @@ def node_fetches_from_foreign(
 ) -> dict[str, Any]:
     """``node`` fetches ``cid`` with ``foreign`` connected (it dials the node first)."""
     foreign.connect(node.addr)
+    # the dialler may see the connection up before the node has registered it
+    wait_for(
+        "the node to list the foreign peer as connected",
+        lambda: foreign.peer_id in node.status()["peers"],
+        timeout=30,
+        every=0.05,
+    )
     reply: dict[str, Any] = node.call("fetch", {"cid": cid, "timeout": timeout}, timeout + 30)
     return reply
 

@@ -24,16 +24,10 @@ from .common import (
     node_bytes,
     node_fetches_from_foreign,
     p2phier_cid,
-    start_node,
 )
 from .helia_peer import HeliaPeer, ensure_helia_installed
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("interop-helia")]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("helia")
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +37,6 @@ def helia(root: Path) -> Iterator[HeliaPeer]:
     work.mkdir()
     with HeliaPeer(work) as peer:
         yield peer
-
-
-@pytest.fixture(scope="module")
-def node(root: Path) -> Iterator[NodeProc]:
-    node = start_node(root, "p2phier")
-    try:
-        yield node
-    finally:
-        assert node.stop() == 0, node.log_tail()
 
 
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())

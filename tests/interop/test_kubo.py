@@ -42,11 +42,6 @@ pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("interop-kubo")]
 KEY_TYPES = ["rsa", "ed25519"]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("kubo")
-
-
 @pytest.fixture(scope="module", params=KEY_TYPES)
 def kubo(request: pytest.FixtureRequest, root: Path) -> Iterator[KuboPeer]:
     reason = kubo_available()
@@ -56,15 +51,6 @@ def kubo(request: pytest.FixtureRequest, root: Path) -> Iterator[KuboPeer]:
     with KuboPeer(work, key_type=request.param) as peer:
         assert peer.peer_id.startswith("Qm" if request.param == "rsa" else "12D3KooW")
         yield peer
-
-
-@pytest.fixture(scope="module")
-def node(root: Path) -> Iterator[NodeProc]:
-    node = start_node(root, "p2phier")
-    try:
-        yield node
-    finally:
-        assert node.stop() == 0, node.log_tail()
 
 
 def _seed(kubo: KuboPeer, size: int, direction: int) -> int:
