@@ -54,6 +54,9 @@ replies ``{"ok": false, "error": ...}`` and the node keeps running):
 ``{"cmd": "has", "cid": C}``
     Offline: is the root block in the local flatfs blockstore; ``complete`` says whether every
     block of the DAG is.
+``{"cmd": "findpeer", "peer": ID, "timeout_s": 10}``
+    FindPeer: kubo's routing (its dual DHT: the WAN and the LAN one) looks up the addresses of
+    a peer it is not connected to.  Reply ``{"ok", "addrs"}``.
 ``{"cmd": "connect", "addr": A}``, ``{"cmd": "peers"}``, ``{"cmd": "id"}``, ``{"cmd": "stop"}``.
 
 Protocol lines go to a private copy of the original stdout; file descriptor 1 is pointed at
@@ -459,6 +462,26 @@ class KuboNode:
                 stack.extend(link.cid for link in decode_pbnode(p.read_bytes()).links)
         return {"ok": True, "has": has, "complete": complete, "blocks": len(seen)}
 
+    def cmd_findpeer(self, req: dict[str, Any]) -> dict[str, Any]:
+        peer = req.get("peer")
+        if not isinstance(peer, str):
+            raise CommandError("peer must be a peer id string")
+        timeout = int(req.get("timeout_s", 10))
+        raw = self._string(
+            run_bounded(
+                lambda: self.lib.FindPeer(self._crepo, self._c(peer), timeout),
+                timeout + 10,
+                "FindPeer",
+            )
+        )
+        try:
+            addrs = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            raise CommandError(f"FindPeer failed: {raw[:300]}") from None
+        if not isinstance(addrs, list) or not addrs:
+            raise CommandError(f"FindPeer found no address for {peer}: {raw[:300]}")
+        return {"ok": True, "addrs": [str(a) for a in addrs]}
+
     def cmd_peers(self, req: dict[str, Any]) -> dict[str, Any]:
         ids = json.loads(
             self._string(run_bounded(lambda: self.lib.ListPeersIDs(self._crepo), 30, "peers"))
@@ -482,6 +505,7 @@ def serve(node: KuboNode, inp: TextIO, out: TextIO) -> None:
         "fetch": node.cmd_fetch,
         "has": node.cmd_has,
         "connect": node.cmd_connect,
+        "findpeer": node.cmd_findpeer,
         "peers": node.cmd_peers,
         "id": node.cmd_id,
     }

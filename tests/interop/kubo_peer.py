@@ -235,6 +235,11 @@ class KuboPeer:
         """Is every block of the DAG under ``cid`` in this node's blockstore (offline check)."""
         return bool(self._check(self._call({"cmd": "has", "cid": cid}), "has")["complete"])
 
+    def find_peer(self, peer: str, timeout: int = 10) -> list[str]:
+        """Addresses of ``peer`` as kubo's routing (its dual DHT) finds them."""
+        reply = self._call({"cmd": "findpeer", "peer": peer, "timeout_s": timeout}, timeout + 40)
+        return [str(a) for a in self._check(reply, "findpeer")["addrs"]]
+
     def connect(self, addr: str) -> None:
         self._check(self._call({"cmd": "connect", "addr": addr}), "connect")
 
