@@ -174,10 +174,23 @@ def store_unpin(ctx: typer.Context, cid: CidArg, json_out: JsonFlag = False) -> 
 
 
 @store_app.command("gc")
-def store_gc(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Remove every block no pin protects."""
+def store_gc(
+    ctx: typer.Context,
+    json_out: JsonFlag = False,
+    trust_index: Annotated[
+        bool,
+        typer.Option(
+            "--trust-index",
+            help="After the index was lost in a store without a pin journal: declare the "
+            "pins it holds now (pin again what to keep first) complete, and collect.",
+        ),
+    ] = False,
+) -> None:
+    """Remove every block no pin protects (refused while the pins cannot be proven)."""
     output.set_json(json_out)
     with open_store(_settings(ctx)) as store:
+        if trust_index:
+            store.trust_index()
         # Sizes are read before GC: afterwards the files are gone.
         sizes = {c: store.block_size(c) for c in store.iter_block_cids()}
         removed = store.gc()

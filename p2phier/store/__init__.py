@@ -12,6 +12,7 @@ from p2phier.store.base import (
     MetaSpec,
     NotPinnedError,
     ObjectTooLargeError,
+    UnprovenPinsError,
     UnreadablePinError,
     block_key,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "NotPinnedError",
     "ObjectMeta",
     "ObjectTooLargeError",
+    "UnprovenPinsError",
     "UnreadablePinError",
     "block_key",
 ]

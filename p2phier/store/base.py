@@ -85,6 +85,11 @@ class UnreadablePinError(StoreError):
     """
 
 
+class UnprovenPinsError(StoreError):
+    """The store cannot prove which blocks are pinned (its index was lost and no pin
+    journal survives), so GC refuses to delete anything."""
+
+
 class ObjectTooLargeError(StoreError, ValueError):
     """An object exceeds the size the caller allowed."""
 
@@ -408,6 +413,9 @@ class ContentStore(ABC):
         """
         key = self._key(cid)
         with self._gc_lock.exclusive():
+            unproven = self._pins_unproven()
+            if unproven is not None:
+                raise UnprovenPinsError(f"block {key} not deleted: {unproven}")
             if key in self._live_set(strict=True):
                 raise PinnedError(
                     f"block {key} is pinned (directly or by a recursive pin); unpin first"
@@ -491,7 +499,7 @@ class ContentStore(ABC):
             # Blocks are durable before any index row names them (crash safety).
             self._commit_staged()
             if pin:
-                self._index.set_pin(root, PIN_RECURSIVE)
+                self._set_pin(root, PIN_RECURSIVE)
             existing = self._index.get(root)
             if meta is not None:
                 created = existing.created if existing is not None else self._clock()
@@ -583,12 +591,32 @@ class ContentStore(ABC):
                     )
             elif not self.has_block(key):
                 raise BlockNotFoundError(f"cannot pin {key}: the block is not in the store")
-            self._index.set_pin(key, PIN_RECURSIVE if recursive else PIN_DIRECT)
+            self._set_pin(key, PIN_RECURSIVE if recursive else PIN_DIRECT)
+
+    def _set_pin(self, key: CID, mode: str) -> None:
+        # The journal first: after a crash in between, a pin is kept, never lost.
+        self._journal_pin(key, mode)
+        self._index.set_pin(key, mode)
 
     def unpin(self, root: CID | str) -> None:
         key = self._key(root)
-        if not self._index.remove_pin(key):
+        # The index first: after a crash in between, the journal brings the pin back
+        # (an unpin may have to be repeated; nothing pinned is ever collected).
+        removed = self._index.remove_pin(key)
+        self._journal_unpin(key)
+        if not removed:
             raise NotPinnedError(f"{key} is not pinned (blocks pinned only through a parent stay)")
+
+    # --- the pin journal (a store that keeps pins apart from its index overrides these) ---
+    def _journal_pin(self, key: CID, mode: str) -> None:  # noqa: B027 - optional hook
+        """Record a pin durably outside the index (before the index row)."""
+
+    def _journal_unpin(self, key: CID) -> None:  # noqa: B027 - optional hook
+        """Remove a pin's journal entry (after the index row)."""
+
+    def _pins_unproven(self) -> str | None:
+        """Why this store cannot prove which blocks are pinned (then GC refuses), or None."""
+        return None
 
     def pins(self) -> dict[CID, str]:
         """Explicit pins: CID -> ``"recursive"`` or ``"direct"``."""
@@ -639,6 +667,9 @@ class ContentStore(ABC):
         if self._closed:
             raise StoreError("the store is closed")
         with self._gc_lock.exclusive():
+            unproven = self._pins_unproven()
+            if unproven is not None:
+                raise UnprovenPinsError(f"garbage collection refused, nothing deleted: {unproven}")
             live = self._live_set(strict=True)
             doomed = [key for key in list(self._keys()) if key not in live]
             # Metadata first: after a crash mid-GC an index row never names a

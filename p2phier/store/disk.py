@@ -8,7 +8,20 @@ Layout under the store's root directory::
     tmp/                   temp files of writes in progress (same file system)
     quarantine/            corrupt blocks moved aside, never served
     index.sqlite           pins and object metadata (see p2phier.store.index)
+    pins/                  the pin journal: one file per pin, named by the pinned
+                           CID, holding its mode; ``pins/FORMAT`` its version
     lock                   flock: shared while writing, exclusive for GC
+
+Pins live in two places, as kubo keeps its pins in the datastore apart from the
+blockstore: the index (for queries) and the pin journal ``pins/`` (for
+survival).  A pin is written to the journal (atomically, fsynced) before the
+index row; an unpin removes the index row first.  When the store is opened the
+two are reconciled as their union (a crash in between keeps a pin, never loses
+one), so a lost, truncated or replaced index gets its pins back from the
+journal.  A store whose index was lost and that has no journal (it predates
+it) cannot prove what is pinned: GC and ``delete_block`` refuse
+(:class:`~p2phier.store.base.UnprovenPinsError`) until the operator has
+re-pinned what to keep and runs ``store gc --trust-index``.
 
 Every write is crash-safe, so a block file is either absent or complete.  A
 single ``put_block`` writes a temp file in ``tmp/``, fsyncs it, renames it into
@@ -45,20 +58,33 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from p2phier.cid import CID
-from p2phier.errors import BlockNotFoundError, CIDError, CorruptBlockError, StoreIOError
+from p2phier.errors import (
+    BlockNotFoundError,
+    CIDError,
+    CorruptBlockError,
+    StoreError,
+    StoreIOError,
+)
 from p2phier.fsutil import WriteBatch, fsync_dir, write_atomic
 from p2phier.store.base import (
     MAX_BLOCK_SIZE,
     OS_EXCLUSIVE,
     OS_SHARED,
     ContentStore,
+    MetaSpec,
+    block_key,
 )
-from p2phier.store.index import Index
+from p2phier.store.index import PIN_DIRECT, PIN_RECURSIVE, Index
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"b[a-z2-7]{8,250}")
 _READ_CHUNK = 1 << 16
+
+#: first line of ``pins/FORMAT``: the journal's format version
+PINS_FORMAT = b"p2phier-pins 1\n"
+#: a journal entry is a mode word; anything larger is not one
+MAX_PIN_ENTRY = 64
 
 BATCH_MAX_BLOCKS = 4096
 """An ingest commits its staged blocks at least every this many blocks..."""
@@ -94,6 +120,8 @@ class DiskStore(ContentStore):
         self._blocks_dir = self.root / "blocks"
         self._tmp_dir = self.root / "tmp"
         self._quarantine_dir = self.root / "quarantine"
+        self._pins_dir = self.root / "pins"
+        self._unproven: str | None = None
         try:
             for directory in (self.root, self._blocks_dir, self._tmp_dir, self._quarantine_dir):
                 directory.mkdir(mode=0o755, parents=directory is self.root, exist_ok=True)
@@ -118,6 +146,126 @@ class DiskStore(ContentStore):
         self.batch_max_blocks = BATCH_MAX_BLOCKS
         self.batch_max_bytes = BATCH_MAX_BYTES
         self._remove_temp_files_if_idle()
+        try:
+            self._reconcile_pins(fresh_index=index.created_fresh)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- the pin journal -------------------------------------------------------------------------
+    def _journal_path(self, key: CID) -> Path:
+        name = str(key)
+        if key.version != 1 or not _NAME_RE.fullmatch(name):
+            raise CIDError(f"refusing to build a pin path from {name[:40]!r}")
+        return self._pins_dir / name
+
+    def _journal_pin(self, key: CID, mode: str) -> None:
+        if self._unproven is not None:
+            return  # no journal yet: ``trust_index`` starts it from the index
+        try:
+            write_atomic(self._journal_path(key), mode.encode("ascii"), tmp_dir=self._tmp_dir)
+        except OSError as exc:
+            raise _io_error(f"record the pin of {key}", exc) from exc
+
+    def _journal_unpin(self, key: CID) -> None:
+        try:
+            self._journal_path(key).unlink(missing_ok=True)
+            fsync_dir(self._pins_dir)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _io_error(f"remove the pin of {key}", exc) from exc
+
+    def _pins_unproven(self) -> str | None:
+        return self._unproven
+
+    def _read_journal(self) -> dict[CID, str]:
+        pins: dict[CID, str] = {}
+        try:
+            entries = list(os.scandir(self._pins_dir))
+        except OSError as exc:
+            raise _io_error(f"read the pin journal {self._pins_dir}", exc) from exc
+        for entry in entries:
+            if entry.name == "FORMAT":
+                continue
+            try:
+                key = CID.parse(entry.name)
+                if not entry.is_file(follow_symlinks=False) or entry.stat().st_size > MAX_PIN_ENTRY:
+                    raise CIDError("not a small regular file")
+                mode = Path(entry.path).read_bytes().decode("ascii")
+            except (CIDError, OSError, UnicodeDecodeError) as exc:
+                raise StoreError(
+                    f"the pin journal {self._pins_dir} holds {entry.name[:60]!r}, which is not a "
+                    f"pin ({exc}); move it away (nothing was changed)"
+                ) from None
+            if mode not in (PIN_RECURSIVE, PIN_DIRECT) or key.version != 1:
+                raise StoreError(
+                    f"pin journal entry {entry.path} is not a valid pin ({mode!r:.20})"
+                )
+            pins[key] = mode
+        return pins
+
+    def _reconcile_pins(self, *, fresh_index: bool) -> None:
+        """Make the index and the pin journal agree (their union); see the module docstring."""
+        marker = self._pins_dir / "FORMAT"
+        index_pins = {block_key(c): m for c, m in self._index.pins().items()}
+        try:
+            head = marker.read_bytes()[: len(PINS_FORMAT) + 1]
+        except FileNotFoundError:
+            head = None
+        except OSError as exc:
+            raise _io_error(f"read {marker}", exc) from exc
+        if head is None:
+            if fresh_index and next(self._keys(), None) is not None:
+                self._unproven = (
+                    f"the store index was missing or empty, and this store has no pin journal "
+                    f"({self._pins_dir}: it predates it), so which blocks are pinned cannot be "
+                    "proven. Pin again what must be kept (store pin CID), then run "
+                    "`p2phier store gc --trust-index`"
+                )
+                log.error("store %s: %s", self.root, self._unproven)
+                return
+            self._start_journal(index_pins)
+            return
+        if head != PINS_FORMAT:
+            raise StoreError(
+                f"{marker} names an unknown pin journal format {head[:32]!r}; upgrade p2phier"
+            )
+        journal = self._read_journal()
+        restored = {c: m for c, m in journal.items() if index_pins.get(c) != m}
+        for cid, mode in restored.items():
+            self._index.set_pin(cid, mode)
+            if self._index.get(cid) is None:
+                self._index.record(MetaSpec(name="(restored pin)").to_meta(cid, 0, self._clock()))
+        for cid, mode in index_pins.items():
+            if cid not in journal:
+                self._journal_pin(cid, mode)
+        if restored:
+            log.warning(
+                "store %s: %d pin(s) restored from the pin journal%s",
+                self.root,
+                len(restored),
+                " (the index was missing or empty)" if fresh_index else "",
+            )
+
+    def _start_journal(self, pins: dict[CID, str]) -> None:
+        try:
+            self._pins_dir.mkdir(mode=0o755, exist_ok=True)
+            for cid, mode in pins.items():
+                write_atomic(self._journal_path(cid), mode.encode("ascii"), tmp_dir=self._tmp_dir)
+            write_atomic(self._pins_dir / "FORMAT", PINS_FORMAT, tmp_dir=self._tmp_dir)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise _io_error(f"start the pin journal {self._pins_dir}", exc) from exc
+        self._unproven = None
+
+    def trust_index(self) -> int:
+        """Declare the index's pins complete (after its loss, once the operator has
+        pinned again what to keep): start the journal from them; GC works again.
+        Returns the number of pins."""
+        pins = {block_key(c): m for c, m in self._index.pins().items()}
+        self._start_journal(pins)
+        return len(pins)
 
     # --- paths -----------------------------------------------------------------------------------
     def _path(self, key: CID) -> str:

@@ -140,6 +140,7 @@ class Index:
         except sqlite3.Error as exc:
             raise StoreIOError(f"cannot open the store index {self._path}: {exc}") from exc
         self._closed = False
+        self.created_fresh = False
 
         def configure(db: sqlite3.Connection) -> None:
             db.execute("PRAGMA busy_timeout = 30000")
@@ -182,6 +183,9 @@ class Index:
         def go(db: sqlite3.Connection) -> None:
             with self._transaction(db):
                 (version,) = db.execute("PRAGMA user_version").fetchone()
+                #: the index was created just now (missing, or an empty file): it
+                #: knows no pin, whatever the store holds (see DiskStore's pin journal)
+                self.created_fresh = version == 0
                 if version > SCHEMA_VERSION:
                     raise IndexSchemaError(
                         f"store index {self._path} has schema version {version}, newer than "

@@ -120,3 +120,18 @@ def test_verify_finds_corrupt_block_and_exits_nonzero(
     # ...so the object is now incomplete, and reading it fails cleanly instead of serving bad bytes
     cat = cli("store", "cat", cid)
     assert cat.returncode == 5 and cat.stdout == b""
+
+
+def test_a_lost_index_loses_no_pinned_data(cli: Runner, tmp_path: Path, home: Path) -> None:
+    # Regression: with index.sqlite gone, `store ls` showed nothing and `store gc`
+    # deleted every block, pinned content included.
+    a = tmp_path / "a.bin"
+    a.write_bytes(os.urandom(600_000))
+    ca = cli("store", "add", a, "--json").json()["cid"]
+    store_dir = next(p.parent for p in home.rglob("index.sqlite"))
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (store_dir / name).unlink(missing_ok=True)
+    assert cli("store", "ls", "--json").json()["pins"] == {ca: "recursive"}
+    assert cli("store", "gc", "--json").json()["removed"] == 0
+    got = cli("store", "cat", ca)
+    assert got.returncode == 0 and got.stdout == a.read_bytes()

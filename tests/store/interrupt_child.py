@@ -6,7 +6,8 @@ It adds :data:`DATA` to the store and kills itself with SIGKILL:
 * ``before-sync``: when the commit starts, every block staged in a temp file, nothing
   synced or renamed;
 * ``mid-rename``: after the data sync, once :data:`RENAMED` blocks were renamed into place;
-* ``before-pin``: after the renames were made durable, before the pin and index rows.
+* ``before-pin``: after the renames were made durable, before the pin (its journal entry,
+  then its index row) and the index rows.
 
 It never returns normally: an exit status other than -SIGKILL means the hook was not reached.
 """
@@ -20,7 +21,6 @@ from typing import Any
 
 from p2phier import fsutil
 from p2phier.store import DiskStore, MetaSpec
-from p2phier.store.index import Index
 from p2phier.unixfs import CHUNK_SIZE
 from tests.store.helpers import data_of
 
@@ -55,10 +55,10 @@ def main() -> None:
         setattr(fsutil.WriteBatch, "_rename", staticmethod(rename))  # noqa: B010
     elif mode == "before-pin":
 
-        def set_pin(self: Index, cid: Any, pin_mode: str) -> None:
+        def journal_pin(self: DiskStore, cid: Any, pin_mode: str) -> None:
             _die()
 
-        setattr(Index, "set_pin", set_pin)  # noqa: B010
+        setattr(DiskStore, "_journal_pin", journal_pin)  # noqa: B010
     else:
         raise SystemExit(f"unknown mode {mode}")
     store = DiskStore(store_dir)
