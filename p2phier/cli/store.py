@@ -115,6 +115,11 @@ def store_get(
 
     root = CID.parse(cid)
     dest = out.expanduser().absolute()
+    if dest.is_symlink():
+        # Writing atomically would replace the link itself, not the file it names.
+        raise output.InputFileError(
+            f"{dest} is a symbolic link; give the path of the file itself with --out"
+        )
     if dest.is_dir():
         raise output.InputFileError(f"{dest} is a directory; give a file name with --out")
     with open_store(_settings(ctx)) as store:

@@ -96,7 +96,10 @@ def _io_error(action: str, exc: OSError) -> StoreIOError:
     """A StoreIOError whose message says what to do about the OS error."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        hint = "the disk is full or a file size limit was reached: free space and retry"
+        hint = (
+            "the disk is full or a file size limit was reached: free space and retry; "
+            "blocks already written stay, unpinned, until `p2phier store gc` removes them"
+        )
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         hint = "check the owner and permissions of the store directory"
     else:

@@ -135,3 +135,17 @@ def test_a_lost_index_loses_no_pinned_data(cli: Runner, tmp_path: Path, home: Pa
     assert cli("store", "gc", "--json").json()["removed"] == 0
     got = cli("store", "cat", ca)
     assert got.returncode == 0 and got.stdout == a.read_bytes()
+
+
+def test_get_onto_a_symlink_is_refused_and_the_link_kept(cli: Runner, tmp_path: Path) -> None:
+    # Regression: the atomic write replaced the link itself with the content.
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(1000))
+    cid = cli("store", "add", src, "--json").json()["cid"]
+    target = tmp_path / "target.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    got = cli("store", "get", cid, "--out", link, "--json")
+    assert got.returncode != 0 and "symbolic link" in got.json()["error"]
+    assert link.is_symlink() and target.read_text() == "keep me"

@@ -348,6 +348,7 @@ def test_file_size_limit_is_a_clean_store_io_error(tmp_path: Path) -> None:
     assert result["error"] == "StoreIOError"
     assert result["errno"] == errno.EFBIG
     assert "disk is full" in str(result["message"])
+    assert "store gc" in str(result["message"])  # says what becomes of the partial blocks
     _assert_previous_state_intact(root_dir, cid, data)
 
 
