@@ -30,6 +30,10 @@ class ConfigError(UsageError):
     """A configuration file, environment variable or flag is invalid."""
 
 
+class NotRegularFileError(UsageError):
+    """A path that must name a regular file names a FIFO, device, socket or directory."""
+
+
 # --- identity ----------------------------------------------------------------
 
 

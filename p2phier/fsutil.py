@@ -15,6 +15,8 @@ Owns every way p2phier makes a file durable:
   renames durable.  A crash before the commit finishes leaves temp files (the
   owner removes them on its next start) and, at most, some destination files
   that are complete -- never a torn one.
+* :func:`open_regular` -- open an input file read-only, refusing a FIFO,
+  device, socket or directory without blocking on it.
 * :func:`syncfs` -- Linux ``syncfs(2)`` through ctypes (one call syncs a whole
   file system; per-file fsync is the fallback where it does not exist).
 
@@ -39,6 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from p2phier.errors import NotRegularFileError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,43 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def open_regular(path: str | os.PathLike[str], what: str = "file") -> int:
+    """Open ``path`` read-only and return the descriptor; anything but a regular file is refused.
+
+    A plain ``open()`` of a FIFO waits for a writer for ever, and a device may
+    block or never end.  So the open is ``O_NONBLOCK`` (at once for a FIFO, no
+    effect on a regular file) and the kind is checked with ``fstat`` on the open
+    descriptor, not by a ``stat`` before it that a rename could outdate.
+    Symbolic links are followed (a Hugging Face snapshot is made of links).
+    Raises :class:`NotRegularFileError` naming ``what``, or the OSError of the
+    open.  The caller closes the descriptor, which reads as a blocking one.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(
+                f"{what} {os.fspath(path)} is {_kind(mode)}, not a regular file"
+            )
+        os.set_blocking(fd, True)  # so that the caller gets the usual semantics
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write_durable(path: str | os.PathLike[str], data: Data, mode: int = 0o644) -> None:

@@ -227,3 +227,25 @@ def test_write_durable_refuses_to_overwrite_and_commit_dir_renames(tmp_path: Pat
     fsutil.commit_dir(tmp, tmp_path / "final")
     assert not tmp.exists()
     assert (tmp_path / "final" / "a").read_bytes() == b"one"
+
+
+# --- open_regular --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)  # a plain open() of the FIFO would block for ever
+def test_open_regular_refuses_fifos_and_directories_without_blocking(tmp_path: Path) -> None:
+    from p2phier.errors import NotRegularFileError
+    from p2phier.fsutil import open_regular
+
+    (tmp_path / "f").write_bytes(b"content")
+    (tmp_path / "link").symlink_to(tmp_path / "f")  # links are followed (HF snapshots)
+    for name in ("f", "link"):
+        with open(open_regular(tmp_path / name), "rb") as fh:
+            assert fh.read() == b"content"
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(NotRegularFileError, match=r"weights .*fifo is a FIFO, not a regular file"):
+        open_regular(tmp_path / "fifo", "weights")
+    with pytest.raises(NotRegularFileError, match="is a directory"):
+        open_regular(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        open_regular(tmp_path / "missing")

@@ -4,25 +4,30 @@ Owns :func:`pack_adapter` and :func:`pack_tensors`.  Packing:
 
 1. reads ``adapter_config.json`` and ``adapter_model.safetensors`` with the
    same hostile-input checks used on a peer's payload (a pickled
-   ``adapter_model.bin`` is refused, never loaded);
+   ``adapter_model.bin`` is refused, never loaded; a FIFO, device or other
+   non-regular file is refused without being read);
 2. for a delta, verifies and materialises the parent chain from the store and
    subtracts it (so the delta is relative to what readers will reconstruct:
    quantisation or top-k error of earlier updates is corrected, not compounded);
+   a parent whose lineage is already ``max_chain`` long is refused;
 3. encodes, writes a deterministic safetensors payload, compresses it with
    zstd level 3;
 4. stores the canonical config JSON (base model named by id, never by a local
-   path), the payload and last the signed envelope, each a pinned UnixFS file
-   with index metadata.  The envelope's CID is the artifact's CID.
+   path), the payload and last the signed envelope, each a UnixFS file with
+   index metadata, and only then pins all three.  The envelope's CID is the
+   artifact's CID.
 
 All fields are validated before anything is written, so a bad argument leaves
-the store untouched.
+the store untouched.  A failure while storing (disk full) leaves nothing
+pinned: the blocks already written go at the next GC.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +56,10 @@ from p2phier.artifact.verify import (
     resolve,
 )
 from p2phier.cid import CID
-from p2phier.errors import LineageError, TensorFileError, UsageError
+from p2phier.errors import LineageError, P2PHierError, TensorFileError, UsageError
+from p2phier.fsutil import open_regular
 from p2phier.identity import Identity
-from p2phier.store.base import ContentStore, MetaSpec
+from p2phier.store.base import ContentStore, MetaSpec, block_key
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +74,14 @@ KIND_TENSORS = "adapter-tensors"
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     try:
-        with open(path, "rb") as fh:
+        # Never a plain open(): on a FIFO it would wait for a writer for ever.
+        with open(open_regular(path, what), "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > limit:
                 raise UsageError(f"{what} {path} is {size} bytes, over the limit of {limit}")
             return fh.read(limit + 1)
     except FileNotFoundError:
         raise UsageError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"{what} {path} is a directory") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
@@ -214,6 +219,7 @@ def pack_tensors(
             limits=limits,
             expected_base_model=base_model_id,
         )
+        check_room_for_child(resolved.chain, limits=limits)
         values = _subtract(weights, resolved.tensors, parent_cid)
     encoded = encode_tensors(values, enc, topk_fraction=topk_fraction)
     payload_raw = write_safetensors(
@@ -231,38 +237,86 @@ def pack_tensors(
     author = str(identity.peer_id)
     parent_str = str(parent_cid) if parent_cid else None
     common = {"layer": layer, "domain": domain, "author": author, "parent": parent_str}
-    config_cid = store.add_bytes(config_bytes, MetaSpec(kind=KIND_CONFIG, **common))
-    # Compressed in a worker thread while this one chunks, hashes and writes the frame.
-    tensors_cid, payload_size = compress_into_store(
-        store, payload_raw, meta=MetaSpec(kind=KIND_TENSORS, **common)
-    )
-    manifest = Manifest(
-        base_model_id=base_model_id,
-        base_model_cid=base_cid,
-        parent=parent_cid,
-        layer=layer,
-        domain=domain,
-        round=round,
-        encoding=enc,
-        metrics=metric_list,
-        author=identity.peer_id,
-        created_ms=created_ms,
-        config=ContentRef(config_cid, len(config_bytes)),
-        tensors=ContentRef(tensors_cid, payload_size),
-        tensors_raw_size=len(payload_raw),
-        base_version=version_cid,
-    )
-    envelope = sign_manifest(manifest, identity)
-    cid = store.add_bytes(envelope.to_bytes(), MetaSpec(kind=KIND_ARTIFACT, **common))
+    # Nothing is pinned until all three files are stored: a pack that fails half way must not
+    # leave a pinned config or payload that no artifact names (GC could never reclaim it).
+    # The ingest makes GC wait, so the unpinned files cannot be collected before the pins.
+    with store.ingest():
+        config_cid = store.add_bytes(config_bytes, MetaSpec(kind=KIND_CONFIG, **common), pin=False)
+        # Compressed in a worker thread while this one chunks, hashes and writes the frame.
+        tensors_cid, payload_size = compress_into_store(
+            store, payload_raw, meta=MetaSpec(kind=KIND_TENSORS, **common), pin=False
+        )
+        art = _store_envelope(
+            store,
+            identity,
+            Manifest(
+                base_model_id=base_model_id,
+                base_model_cid=base_cid,
+                parent=parent_cid,
+                layer=layer,
+                domain=domain,
+                round=round,
+                encoding=enc,
+                metrics=metric_list,
+                author=identity.peer_id,
+                created_ms=created_ms,
+                config=ContentRef(config_cid, len(config_bytes)),
+                tensors=ContentRef(tensors_cid, payload_size),
+                tensors_raw_size=len(payload_raw),
+                base_version=version_cid,
+            ),
+            MetaSpec(kind=KIND_ARTIFACT, **common),
+        )
+        _pin_all(store, (config_cid, tensors_cid, art.cid))
     log.info(
         "packed %s (%s, %d tensors, payload %d -> %d bytes)",
-        cid,
+        art.cid,
         enc.value,
         len(weights),
         len(payload_raw),
         payload_size,
     )
+    return art
+
+
+def check_room_for_child(chain: Sequence[Artifact], *, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse a parent whose lineage (``chain``, leaf first) has no room for one more update.
+
+    A child of a chain already ``max_chain`` long could be signed and stored, but no
+    reader (the same limit in :func:`~p2phier.artifact.verify.walk_lineage`) would
+    ever accept it.
+    """
+    if len(chain) >= limits.max_chain:
+        raise LineageError(
+            f"parent {chain[0].cid} already has a lineage of {len(chain)} updates, the limit of "
+            f"{limits.max_chain}: a child of it would never verify; pack a full adapter "
+            "(without --parent) instead"
+        )
+
+
+def _store_envelope(
+    store: ContentStore, identity: Identity, manifest: Manifest, meta: MetaSpec
+) -> Artifact:
+    envelope = sign_manifest(manifest, identity)
+    cid = store.add_bytes(envelope.to_bytes(), meta, pin=False)
     return Artifact(cid, manifest, envelope.manifest_bytes, envelope.signature)
+
+
+def _pin_all(store: ContentStore, cids: Sequence[CID]) -> None:
+    """Pin every one of ``cids``, or (when a pin fails) none that this call pinned."""
+    before = store.pins()
+    done: list[CID] = []
+    try:
+        for cid in cids:
+            store.pin(cid)
+            done.append(cid)
+    except BaseException:
+        for cid in done:
+            # A file another artifact already pinned (an identical config) keeps its pin.
+            if block_key(cid) not in before:
+                with contextlib.suppress(P2PHierError):
+                    store.unpin(cid)
+        raise
 
 
 def round_ms(now: float) -> int:

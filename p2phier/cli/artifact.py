@@ -66,10 +66,16 @@ def parse_metrics(items: list[str]) -> dict[str, float]:
 def _adapter_base_model(adapter_dir: Path) -> str | None:
     import json
 
+    from p2phier.errors import NotRegularFileError
+    from p2phier.fsutil import open_regular
+
     path = adapter_dir / "adapter_config.json"
     try:
-        with path.open("rb") as fh:
+        # Never a plain open(): on a FIFO it would wait for a writer for ever.
+        with open(open_regular(path, "adapter config"), "rb") as fh:
             raw = json.loads(fh.read(64 * 1024))
+    except NotRegularFileError:
+        raise  # the real problem, clearer than the "no base model id" that would follow
     except (OSError, ValueError):
         return None  # pack_adapter reads it again and reports the problem properly
     value = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
@@ -130,7 +136,10 @@ def artifact_pack(
 ) -> None:
     """Pack a PEFT LoRA adapter directory as a signed artifact; print its CID."""
     output.set_json(json_out)
-    from p2phier.artifact import pack_adapter, verify_artifact
+    from p2phier.artifact import pack_adapter, resolve
+    from p2phier.artifact.pack import check_room_for_child
+    from p2phier.artifact.verify import BlockSource
+    from p2phier.cid import CID
 
     settings = _settings(ctx)
     src = output.input_dir(adapter_dir)
@@ -139,7 +148,12 @@ def artifact_pack(
         raise UsageError(f"--encoding {enc!r}: use one of {', '.join(ENCODINGS)}")
     metrics = parse_metrics(metric or [])
     with open_store(settings) as store:
-        parent_art = verify_artifact(store, parent) if parent is not None else None
+        parent_art = None
+        if parent is not None:
+            lineage = resolve(BlockSource(store).get_block, CID.parse(parent)).chain
+            # Refused here too (pack_adapter checks again) so that no key is created for it.
+            check_room_for_child(lineage)
+            parent_art = lineage[0]
         base_id = (
             base_model
             or settings.artifact_base_model
@@ -196,8 +210,16 @@ def artifact_verify(
     from p2phier.artifact import inspect
 
     path = Path(target)
-    source = "car" if path.is_file() else "store"
-    if source == "store" and (target.endswith(".car") or "/" in target):
+    names_a_file = target.endswith(".car") or "/" in target
+    try:
+        source = "car" if path.is_file() else "store"
+    except OSError as exc:
+        if names_a_file:
+            raise output.InputFileError(f"{target}: {exc.strerror or exc}") from None
+        # ENAMETOOLONG and the like: no file has this name, so it is meant as a CID (a
+        # malformed one, which CID.parse below reports with the CID exit code).
+        source = "store"
+    if source == "store" and names_a_file:
         raise output.InputFileError(f"{target}: no such file")
     try:
         if source == "car":

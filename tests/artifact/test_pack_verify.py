@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -347,3 +348,69 @@ def test_oversized_local_files(store: MemoryStore, author: Identity, tmp_path: P
 def test_limits_are_validated(bad: dict[str, int]) -> None:
     with pytest.raises(UsageError, match="max_"):
         Limits(**bad)
+
+
+def test_parent_at_the_chain_limit_is_refused_before_writing(
+    store: MemoryStore, author: Identity, tmp_path: Path
+) -> None:
+    limits = Limits(max_chain=3)
+    parent = pack(store, write_adapter(tmp_path / "a0", adapter_tensors(0)), author, limits=limits)
+    for i in (1, 2):
+        d = write_adapter(tmp_path / f"a{i}", adapter_tensors(i))
+        parent = pack(store, d, author, parent=parent.cid, limits=limits)
+    verify_artifact(store, parent.cid, limits=limits)  # a chain of exactly max_chain is fine
+    before = snapshot(store)
+    # A child would make a lineage of 4 that no reader with these limits accepts.
+    with pytest.raises(LineageError, match="limit of 3"):
+        pack(
+            store,
+            write_adapter(tmp_path / "a3", adapter_tensors(3)),
+            author,
+            parent=parent.cid,
+            limits=limits,
+        )
+    assert snapshot(store) == before
+
+
+@pytest.mark.timeout(30)  # before the fix, open() of a FIFO blocked for ever
+@pytest.mark.parametrize("name", ["adapter_config.json", "adapter_model.safetensors"])
+def test_fifo_in_the_adapter_is_refused_without_blocking(
+    store: MemoryStore, author: Identity, tmp_path: Path, name: str
+) -> None:
+    d = write_adapter(tmp_path / "a")
+    (d / name).unlink()
+    os.mkfifo(d / name)
+    with pytest.raises(UsageError, match="not a regular file"):
+        pack(store, d, author)
+    assert not list(store.iter_block_cids())
+
+
+def test_failed_pack_pins_nothing_and_gc_removes_what_it_stored(
+    author: Identity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import p2phier.artifact.pack as pack_module
+    from p2phier.errors import StoreIOError
+
+    real = pack_module.compress_into_store
+
+    def refused(*args: object, **kw: object) -> tuple[object, int]:
+        real(*args, **kw)  # type: ignore[arg-type]  # the payload's blocks are written...
+        raise StoreIOError("no space left on device")  # ...and then the add fails
+
+    with DiskStore(tmp_path / "store") as store:
+        kept = pack(store, write_adapter(tmp_path / "kept", adapter_tensors(0)), author)
+        before = snapshot(store)
+        monkeypatch.setattr(pack_module, "compress_into_store", refused)
+        # Same config as ``kept`` (already pinned by it) and a new one.
+        for d in (
+            write_adapter(tmp_path / "same", adapter_tensors(1)),
+            write_adapter(
+                tmp_path / "new", adapter_tensors(2), config=adapter_config(lora_alpha=16)
+            ),
+        ):
+            with pytest.raises(StoreIOError):
+                pack(store, d, author)
+            assert store.pins() == before[1]
+        store.gc()
+        assert snapshot(store) == before
+        verify_artifact(store, kept.cid)

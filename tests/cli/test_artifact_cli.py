@@ -186,3 +186,123 @@ def test_unknown_artifact(cli: Runner) -> None:
     assert r.returncode in (5, 6) and "error" in r.json()
     r = cli("artifact", "inspect", "zzz", "--json")
     assert r.returncode == 4 and r.json()["type"] == "CIDError"
+
+
+def test_pack_refuses_a_parent_at_the_chain_limit(cli: Runner, home: Path, tmp_path: Path) -> None:
+    from p2phier.artifact import DEFAULT_LIMITS, export_car, pack_tensors, parse_adapter_config
+    from p2phier.identity import Identity
+    from p2phier.store import MemoryStore
+
+    # A lineage of exactly max_chain updates (valid), built in memory and imported via a CAR.
+    a = write_adapter(tmp_path / "a", seed=0)
+    config = parse_adapter_config(
+        (a / "adapter_config.json").read_bytes(), max_size=DEFAULT_LIMITS.max_config
+    )
+    ident = Identity.from_seed(bytes(32))
+    car = tmp_path / "chain.car"
+    with MemoryStore() as mem:
+        parent = None
+        for i in range(DEFAULT_LIMITS.max_chain):
+            art = pack_tensors(
+                mem,
+                config,
+                adapter_tensors(i),
+                ident,
+                layer="device",
+                domain="news/bbc",
+                base_model_id="test/tiny-bert",
+                parent=parent,
+                encoding="fp16" if parent else None,
+                now=1_700_000_000.0 + i,
+            )
+            parent = art.cid
+        export_car(mem, parent, car)
+    leaf = cli("artifact", "import", car, "--json")
+    assert leaf.returncode == 0, leaf
+    tip = leaf.json()["cid"]
+    assert cli("artifact", "verify", tip, "--json").json()["ok"] is True
+    before = cli("store", "ls", "--json").json()
+
+    r = cli("artifact", "pack", a, *PACK, "--parent", tip, "--json")
+    assert r.returncode == 6, r  # was 0, and the new artifact then failed `artifact verify`
+    assert r.json()["type"] == "LineageError" and "limit of 64" in r.json()["error"]
+    assert cli("store", "ls", "--json").json() == before
+
+
+def test_pack_refuses_a_fifo_without_hanging(cli: Runner, home: Path, tmp_path: Path) -> None:
+    import os
+
+    extra = write_adapter(tmp_path / "extra", seed=0)
+    os.mkfifo(extra / "notes.fifo")  # an unrelated FIFO is never opened: the pack works
+    assert _pack(cli, extra)["cid"]
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        d = write_adapter(tmp_path / name, seed=1)
+        (d / name).unlink()
+        os.mkfifo(d / name)
+        # The timeout turns a regression (open() of a FIFO blocks for ever) into a failure.
+        r = cli("artifact", "pack", d, *PACK, "--json", timeout=60)
+        assert r.returncode == 2, r
+        assert "not a regular file" in r.json()["error"] and name in r.json()["error"]
+        r = cli("artifact", "pack", d, *PACK, "--base-model", "test/tiny-bert", timeout=60)
+        assert r.returncode == 2, r
+
+
+def test_verify_of_an_overlong_non_cid_is_a_cid_error(cli: Runner) -> None:
+    for target in ("b" * 10_000, "x" * 300, "bafy-not-a-cid"):
+        r = cli("artifact", "verify", target, "--json")
+        assert r.returncode == 4, r  # was 74 (OSError: file name too long)
+        out = r.json()
+        assert out["ok"] is False and out["type"] == "CIDError" and out["source"] == "store"
+        human = cli("artifact", "verify", target)
+        assert human.returncode == 4 and "verification failed" in human.stderr
+
+
+_FAIL_AFTER_CONFIG = """
+import sys
+import p2phier.artifact.pack as pack
+from p2phier.errors import StoreIOError
+
+real = pack.compress_into_store
+
+def refused(*args, **kw):
+    real(*args, **kw)  # the payload's blocks are written, then the add fails (disk full)
+    raise StoreIOError("no space left on device")
+
+pack.compress_into_store = refused
+from p2phier.cli.main import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_failed_pack_leaves_nothing_pinned(cli: Runner, home: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.cli.conftest import cli_env
+
+    kept = _pack(cli, write_adapter(tmp_path / "kept", seed=0))["cid"]
+    before = cli("store", "ls", "--json").json()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FAIL_AFTER_CONFIG,
+            "artifact",
+            "pack",
+            write_adapter(tmp_path / "a", seed=1, r=4),
+            *PACK,
+            "--json",
+        ],
+        capture_output=True,
+        env=cli_env(home),
+        cwd=home.parent,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 5, proc.stderr  # StoreIOError
+    after = cli("store", "ls", "--json").json()
+    assert after["pins"] == before["pins"]  # was: a new pinned adapter-config object
+    gc = cli("store", "gc", "--json")
+    assert gc.returncode == 0 and gc.json()["removed"] > 0, gc
+    assert cli("store", "ls", "--json").json() == before
+    assert cli("artifact", "verify", kept, "--json").json()["ok"] is True
