@@ -267,7 +267,10 @@ class Identity:
         """Load a key file; refuse one that group or others can access."""
         path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer for ever
+            # (it is refused below); reads of a regular file are unaffected.
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             raise KeyFileError(
                 f"no key file at {path} (create one with `p2phier id new`)"

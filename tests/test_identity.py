@@ -190,6 +190,14 @@ def test_missing_and_non_regular_key_files(tmp_path: Path) -> None:
         Identity.load(tmp_path / "dir")
 
 
+@pytest.mark.timeout(30)  # the old code waited for a writer for ever
+def test_a_fifo_key_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "identity.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        Identity.load(fifo)
+
+
 def test_load_or_create_creates_once(tmp_path: Path) -> None:
     first = Identity.load_or_create(tmp_path / "k")
     second = Identity.load_or_create(tmp_path / "k")
