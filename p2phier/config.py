@@ -151,6 +151,15 @@ def _rate(value: Any) -> int:
     return _uint(value)
 
 
+def parse_byte_size(value: Any) -> int:
+    """A size in bytes: an integer, or a string like ``64GiB``, ``500 MB``, ``8k``
+    (ConfigError otherwise).  The one parser of sizes and rates for every setting."""
+    try:
+        return _rate(value)
+    except _BadValueError as exc:
+        raise ConfigError(str(exc).replace("a rate", "a size")) from None
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, str):
         try:

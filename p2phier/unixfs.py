@@ -74,6 +74,21 @@ class FileTooLargeError(UnixFSError):
     """A file is larger than the caller's ``max_size``; refused before reading it."""
 
 
+#: Beyond its first ``READ_VISITS_FLOOR`` block reads, a file's blocks must average at
+#: least ``MIN_AVERAGE_BLOCK`` bytes of its size: a reader visits at most
+#: ``READ_VISITS_FLOOR + size // MIN_AVERAGE_BLOCK`` blocks.  kubo's (and p2phier's) chunks
+#: are 256 KiB, and a small honest file may use any chunker; a DAG whose links fan in to
+#: the same few tiny blocks can declare gigabytes from a few kilobytes and cost a block
+#: read per byte (6 blocks declaring 1.6e11 bytes; a 33-block "diamond" declaring 4 GiB
+#: meant 2^32 reads of one 1-byte leaf).
+MIN_AVERAGE_BLOCK = 4096
+READ_VISITS_FLOOR = 1 << 16
+
+
+class DagAmplificationError(UnixFSError):
+    """A file's DAG reuses small blocks to declare far more bytes than it holds."""
+
+
 # --- protobuf wire helpers ---------------------------------------------------------------
 # Minimal and strict: only what dag-pb and UnixFS need, 64-bit varints (protobuf
 # allows 10 bytes; cid.decode_varint deliberately stops at multiformats' 9).
@@ -609,6 +624,40 @@ def file_size(root: CID, get_block: Callable[[CID], bytes]) -> int:
     return _node_size(root, get_block(root))
 
 
+def _check_read_visits(
+    root: CID, root_block: bytes, get_block: Callable[[CID], bytes], total: int
+) -> None:
+    """Refuse (before anything is read out) a file that needs more block reads than its
+    size allows: each distinct node is read once and the reads under it are counted
+    bottom up, so a DAG whose links fan in costs its distinct blocks, not its paths."""
+    limit = READ_VISITS_FLOOR + total // MIN_AVERAGE_BLOCK
+    visits: dict[CID, int] = {}
+    # (cid, its block or None, its child links once expanded, depth)
+    stack: list[tuple[CID, bytes | None, list[CID] | None, int]] = [(root, root_block, None, 0)]
+    while stack:
+        cid, block, children, depth = stack.pop()
+        if cid in visits:
+            continue
+        if cid.codec != DAG_PB:
+            visits[cid] = 1
+            continue
+        if children is None:
+            if depth > MAX_DEPTH:
+                raise UnixFSError(f"file {root} is deeper than {MAX_DEPTH} levels")
+            node = decode_pbnode(block if block is not None else get_block(cid))
+            children = [link.cid for link in node.links]
+            stack.append((cid, None, children, depth))
+            stack.extend((c, None, None, depth + 1) for c in children if c not in visits)
+            continue
+        visits[cid] = count = 1 + sum(visits[c] for c in children)
+        if count > limit:
+            raise DagAmplificationError(
+                f"file {root} declares {total} bytes but reading it takes more than {limit} "
+                f"block reads (its blocks average under {MIN_AVERAGE_BLOCK} bytes: a DAG whose "
+                "links reuse small blocks); refused before reading it"
+            )
+
+
 def read_file(
     root: CID, get_block: Callable[[CID], bytes], *, max_size: int | None = None
 ) -> Iterator[bytes]:
@@ -618,7 +667,9 @@ def read_file(
     each node's filesize must equal its data plus blocksizes, and each child's
     size must equal the blocksize its parent claims, before any of its bytes are
     yielded.  A file whose root claims more than ``max_size`` bytes raises
-    :class:`FileTooLargeError` before anything is yielded.
+    :class:`FileTooLargeError` before anything is yielded; one that needs more
+    block reads than its size allows (:data:`MIN_AVERAGE_BLOCK`) raises
+    :class:`DagAmplificationError`, also before anything is yielded.
     """
     root_block = get_block(root)
     total = _node_size(root, root_block)
@@ -627,6 +678,7 @@ def read_file(
     # Stack of pending (cid, block-or-None, claimed size, depth); iterative DFS in order.
     stack: list[tuple[CID, bytes | None, int, int]] = [(root, root_block, total, 0)]
     produced = 0
+    _check_read_visits(root, root_block, get_block, total)
     while stack:
         cid, block, claimed, depth = stack.pop()
         if depth > MAX_DEPTH:

@@ -508,3 +508,43 @@ def test_size_and_link_count_limits() -> None:
 def test_malformed_unixfs_data_is_refused(data: bytes, message: str) -> None:
     with pytest.raises(UnixFSError, match=message):
         decode_unixfs(data)
+
+
+def _fan_in(levels: int, fanout: int) -> tuple[CID, dict[CID, bytes]]:
+    """A hostile file: every node links ``fanout`` times to the same child, down to one
+    1-byte leaf, so ``levels + 1`` blocks declare ``fanout ** levels`` bytes."""
+    from p2phier.cid import DAG_PB, Multihash
+    from p2phier.unixfs import UNIXFS_FILE, PBLink, PBNode, UnixFSData, encode_pbnode, encode_unixfs
+
+    leaf = b"x"
+    child, size = CID.raw(leaf), 1
+    blocks = {child: leaf}
+    for _ in range(levels):
+        meta = UnixFSData(UNIXFS_FILE, b"", size * fanout, (size,) * fanout)
+        node = encode_pbnode(
+            PBNode(tuple(PBLink(child, "", size) for _ in range(fanout)), encode_unixfs(meta))
+        )
+        child, size = CID(1, DAG_PB, Multihash.sha256(node)), size * fanout
+        blocks[child] = node
+    return child, blocks
+
+
+def test_a_dag_that_fans_in_to_tiny_blocks_is_refused_before_reading() -> None:
+    # Regression: 6 blocks declaring 174^5 (1.6e11) bytes were read out byte by byte
+    # (a 33-block diamond declaring 4 GiB meant 2^32 reads of one leaf).
+    from p2phier.unixfs import DagAmplificationError, file_size
+
+    root, blocks = _fan_in(5, 174)
+    assert file_size(root, blocks.__getitem__) == 174**5
+    reader = read_file(root, blocks.__getitem__)
+    with pytest.raises(DagAmplificationError, match="refused before reading"):
+        next(reader)
+
+
+def test_a_file_of_repeated_chunks_is_read_as_usual() -> None:
+    # Legitimate reuse: kubo's DAG of 32 MiB of zeros has one distinct leaf.
+    data = bytes(32 << 20)
+    root, blocks = build_file(data)
+    store = dict(blocks)
+    assert len(store) < 5
+    assert b"".join(read_file(root, store.__getitem__)) == data

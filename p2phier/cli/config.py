@@ -39,11 +39,15 @@ STORE_NAME = "store"
 MAX_CONFIG_BYTES = 1 << 20
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: store.max_object_size by default: far above any model tier or update, far below what
+#: a DAG that fans in to a few blocks can declare (a 1.5 MB one declared 16 TiB)
+DEFAULT_MAX_OBJECT_SIZE = 64 << 30
 ENCODINGS = ("fp32", "fp16", "int8-delta", "topk-delta")
 
 # (section, key) -> kind.  "path" values default to a place under the home directory.
 _SCHEMA: dict[tuple[str, str], str] = {
     ("store", "path"): "path",
+    ("store", "max_object_size"): "size",
     ("identity", "key_file"): "path",
     ("identity", "auto_create"): "bool",
     ("log", "level"): "level",
@@ -72,6 +76,8 @@ class Settings:
     home: Path
     config_file: Path | None
     store_path: Path
+    #: the most bytes `store cat` / `store get` will materialise from one object
+    store_max_object_size: int
     key_file: Path
     auto_create_identity: bool
     log_level: str
@@ -85,6 +91,7 @@ class Settings:
             "home": str(self.home),
             "config_file": str(self.config_file) if self.config_file else None,
             "store.path": str(self.store_path),
+            "store.max_object_size": self.store_max_object_size,
             "identity.key_file": str(self.key_file),
             "identity.auto_create": self.auto_create_identity,
             "log.level": self.log_level,
@@ -184,6 +191,10 @@ def _coerce(kind: str, name: str, value: Any, base: Path) -> Any:
         if not isinstance(value, str) or value not in ENCODINGS:
             raise ConfigError(f"{name} must be one of {', '.join(ENCODINGS)}, got {value!r}")
         return value
+    if kind == "size":
+        from p2phier.config import parse_byte_size
+
+        return parse_byte_size(value)
     if kind == "str":
         if not isinstance(value, str) or not value.strip() or len(value) > 512:
             raise ConfigError(f"{name} must be a non-empty string of at most 512 characters")
@@ -209,6 +220,7 @@ def load_settings(
 
     values: dict[tuple[str, str], Any] = {
         ("store", "path"): home / STORE_NAME,
+        ("store", "max_object_size"): DEFAULT_MAX_OBJECT_SIZE,
         ("identity", "key_file"): home / KEY_NAME,
         ("identity", "auto_create"): True,
         ("log", "level"): "warning",
@@ -235,6 +247,7 @@ def load_settings(
         home=home,
         config_file=config_file,
         store_path=values[("store", "path")],
+        store_max_object_size=values[("store", "max_object_size")],
         key_file=values[("identity", "key_file")],
         auto_create_identity=values[("identity", "auto_create")],
         log_level=values[("log", "level")],

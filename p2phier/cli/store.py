@@ -122,8 +122,9 @@ def store_get(
         )
     if dest.is_dir():
         raise output.InputFileError(f"{dest} is a directory; give a file name with --out")
-    with open_store(_settings(ctx)) as store:
-        store.export_file(root, dest)
+    settings = _settings(ctx)
+    with open_store(settings) as store:
+        store.export_file(root, dest, max_size=settings.store_max_object_size)
     output.emit({"cid": str(root), "path": str(dest), "size": dest.stat().st_size}, f"wrote {dest}")
 
 
@@ -141,7 +142,8 @@ def store_cat(
     from p2phier.errors import BlockNotFoundError
 
     root = CID.parse(cid)
-    with open_store(_settings(ctx)) as store:
+    settings = _settings(ctx)
+    with open_store(settings) as store:
         # Check completeness first, so a missing block fails before any output is written.
         missing = store.missing_blocks(root)
         if missing:
@@ -149,7 +151,8 @@ def store_cat(
                 f"{root}: {len(missing)} block(s) missing or corrupt (first {missing[0]})"
             )
         sink = sys.stdout.buffer
-        for piece in store.cat(root):
+        # The size limit and the DAG's shape are checked before the first piece.
+        for piece in store.cat(root, max_size=settings.store_max_object_size):
             sink.write(piece)
         sink.flush()
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -64,7 +65,14 @@ from p2phier.store.index import (
     Index,
     ObjectMeta,
 )
-from p2phier.unixfs import CHUNK_SIZE, FileDagBuilder, FileTooLargeError, child_links, read_file
+from p2phier.unixfs import (
+    CHUNK_SIZE,
+    FileDagBuilder,
+    FileTooLargeError,
+    child_links,
+    file_size,
+    read_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -515,9 +523,18 @@ class ContentStore(ABC):
                 raise BlockTooLargeError(f"the DAG builder made a {len(block)}-byte block")
             self._stage(block_key(cid), block)
 
-    def cat(self, root: CID | str) -> Iterator[bytes]:
-        """Stream a file's content; every block is re-hashed and the DAG structure checked."""
-        return read_file(self._key(root), self.get_block)
+    def cat(self, root: CID | str, max_size: int | None = None) -> Iterator[bytes]:
+        """Stream a file's content; every block is re-hashed and the DAG structure checked.
+
+        Refused before anything is produced (ObjectTooLargeError) when the file
+        declares more than ``max_size`` bytes, and (UnixFSError) when its DAG
+        reuses small blocks to declare far more than it holds.
+        """
+        key = self._key(root)
+        try:
+            yield from read_file(key, self.get_block, max_size=max_size)
+        except FileTooLargeError as exc:
+            raise ObjectTooLargeError(str(exc)) from exc
 
     def get_bytes(self, root: CID | str, max_size: int | None = None) -> bytes:
         """A whole file in memory, refused (ObjectTooLargeError) beyond ``max_size`` bytes."""
@@ -532,8 +549,15 @@ class ContentStore(ABC):
             raise ObjectTooLargeError(str(exc)) from exc
         return bytes(out)
 
-    def export_file(self, root: CID | str, path: str | os.PathLike[str]) -> None:
-        """Write a file's content to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+    def export_file(
+        self, root: CID | str, path: str | os.PathLike[str], max_size: int | None = None
+    ) -> None:
+        """Write a file's content to ``path`` atomically (temp file, fsync, rename, fsync dir).
+
+        Checked before anything is written: every block present, the declared size
+        within ``max_size`` and within the free space where ``path`` goes, the DAG
+        not one that reuses small blocks to declare far more than it holds.
+        """
         key = self._key(root)
         missing = self.missing_blocks(key)
         if missing:
@@ -541,6 +565,23 @@ class ContentStore(ABC):
                 f"cannot export {key}: {len(missing)} block(s) missing (first {missing[0]})"
             )
         dest = Path(path)
+        size = file_size(key, self.get_block)
+        if max_size is not None and size > max_size:
+            raise ObjectTooLargeError(
+                f"object {key} declares {size} bytes, over the limit of {max_size} "
+                "(store.max_object_size)"
+            )
+        try:
+            free = shutil.disk_usage(dest.parent).free
+        except OSError as exc:
+            raise StoreIOError(
+                f"cannot check free space for {dest}: {exc.strerror or exc}"
+            ) from exc
+        if size > free:
+            raise StoreIOError(
+                f"object {key} declares {size} bytes, but only {free} are free at {dest.parent}; "
+                "nothing was written"
+            )
         try:
             write_atomic(dest, self.cat(key), 0o666)  # the umask applies, as for open()
         except OSError as exc:

@@ -149,3 +149,43 @@ def test_get_onto_a_symlink_is_refused_and_the_link_kept(cli: Runner, tmp_path: 
     got = cli("store", "get", cid, "--out", link, "--json")
     assert got.returncode != 0 and "symbolic link" in got.json()["error"]
     assert link.is_symlink() and target.read_text() == "keep me"
+
+
+def test_cat_and_get_refuse_a_fan_in_dag_and_an_oversized_object(
+    cli: Runner, tmp_path: Path, home: Path
+) -> None:
+    # Regression: a 3-block DAG whose links fan in to the same leaves declared 16 TiB;
+    # `store cat` streamed gigabytes and `store get` wrote until the disk was full.
+    from p2phier.store import DiskStore
+    from tests.test_unixfs import _fan_in
+
+    root, blocks = _fan_in(5, 174)  # 6 blocks declaring 174^5 bytes
+    cli("store", "ls", "--json")  # creates the home's store
+    store_dir = next(p.parent for p in home.rglob("index.sqlite"))
+    with DiskStore(store_dir) as store:
+        for cid, block in blocks.items():
+            store.put_block(cid, block)
+    out = tmp_path / "out.bin"
+    got = cli("store", "get", str(root), "--out", out, "--json")
+    assert got.returncode != 0 and not out.exists()
+    assert "over the limit" in got.json()["error"]  # 1.6e11 > the 64 GiB default
+    cat = cli("store", "cat", str(root))
+    assert cat.returncode != 0 and cat.stdout == b""  # not one byte of content
+    # within the size limit, the fan-in shape itself is refused before any byte
+    small, small_blocks = _fan_in(3, 174)  # 5.3 MB declared from 4 blocks
+    with DiskStore(store_dir) as store:
+        for cid, block in small_blocks.items():
+            store.put_block(cid, block)
+    cat = cli("store", "cat", str(small))
+    assert cat.returncode != 0 and cat.stdout == b"", cat.stderr
+    assert "reuse small blocks" in cat.stderr
+    # an operator limit below an honest object's size
+    a = tmp_path / "a.bin"
+    a.write_bytes(os.urandom(300_000))
+    ca = cli("store", "add", a, "--json").json()["cid"]
+    limited = cli(
+        "store", "get", ca, "--out", out, "--json", env={"P2PHIER_STORE_MAX_OBJECT_SIZE": "100k"}
+    )
+    assert limited.returncode != 0 and not out.exists()
+    assert cli("store", "get", ca, "--out", out, "--json").returncode == 0
+    assert out.read_bytes() == a.read_bytes()

@@ -369,3 +369,24 @@ def test_read_only_directory_is_a_clean_store_io_error(where: str) -> None:
         _assert_previous_state_intact(root_dir, cid, data)
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_export_checks_free_space_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `store get` wrote until the disk was full; now the declared size is checked
+    # against the free space first (the file system's answer is the one faked here).
+    import shutil
+
+    from p2phier.errors import StoreIOError
+    from p2phier.store import base
+
+    with DiskStore(tmp_path / "s") as store:
+        cid = store.add_bytes(data_of(CHUNK_SIZE + 5, seed=12))
+        real = shutil.disk_usage
+        monkeypatch.setattr(base.shutil, "disk_usage", lambda p: real(p)._replace(free=CHUNK_SIZE))
+        out = tmp_path / "out.bin"
+        with pytest.raises(StoreIOError, match="free"):
+            store.export_file(cid, out)
+        assert not out.exists()
+        assert list((tmp_path / "s" / "tmp").iterdir()) == []
