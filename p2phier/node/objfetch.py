@@ -4,7 +4,8 @@ Owns :func:`fetch_any`: the known peers (connected peers, a bundle's author) are
 at once and the DHT provider lookup runs beside the fetch, what it finds joining the
 fetch as it comes.  Awaiting the lookup first cost every fetch 0.75-1.5 s even when its
 providers were already connected (measured on shaped links, bench/_net_shaped.py).  If
-every known peer lacks the object, the fetch waits for the lookup and tries what it found.
+the fetch fails, it is tried once more with what the lookup found and the peers connected
+by then.
 """
 
 from __future__ import annotations
@@ -66,12 +67,15 @@ async def fetch_any(
         try:
             await bitswap.fetch(cid, providers, timeout=timeout, pin=True)
         except FetchFailedError:
+            # Once more, with every provider known now: what the lookup found, and the
+            # peers connected now (a provider whose connection closed during the fetch
+            # was dropped from it as gone, though it may be back; seen with kubo).
             await lookup_done.wait()
-            more = [p for p in found if p not in providers]
             left = timeout - (trio.current_time() - began)
-            if not more or left <= 0:
+            if left <= 0:
                 raise
-            providers += more
+            providers = list(dict.fromkeys([*providers, *found, *bitswap.host.connected_peers()]))
+            track(providers)
             await bitswap.fetch(cid, providers, timeout=left, pin=True)
 
     track(providers)

@@ -118,28 +118,29 @@ def test_a_fetch_from_a_kubo_and_a_p2phier_provider_uses_both(
         assert fetcher.stop() == 0, fetcher.log_tail()
 
 
-def test_kubo_finds_a_p2phier_node_through_a_p2phier_dht_node(
-    kubo: KuboPeer, node: NodeProc, root: Path
-) -> None:
+def test_kubo_finds_a_p2phier_node_through_a_p2phier_dht_node(kubo: KuboPeer, root: Path) -> None:
     # kubo on one machine (or a LAN) looks peers up through its LAN DHT only,
     # /ipfs/lan/kad/1.0.0: p2phier nodes answering /ipfs/kad/1.0.0 alone were invisible.
-    # kubo knows only `via`; `via` has `node` in its routing table (it bootstrapped from
-    # it); kubo must learn `node`'s address from `via` over the DHT.
-    via = start_node(root, f"dht-{kubo.peer_id[-6:]}", bootstrap=[node.addr])
+    # Two fresh nodes: kubo is told only of `via`, which has `target` in its routing table
+    # (it bootstrapped from it); kubo must learn `target`'s address from `via` over the DHT.
+    tag = kubo.peer_id[-6:]
+    target = start_node(root, f"dht-target-{tag}")
+    via = start_node(root, f"dht-via-{tag}", bootstrap=[target.addr])
     try:
-        wait_for("via to connect to the node", lambda: node.peer_id in via.status()["peers"])
-        assert node.peer_id not in kubo.peers()
+        wait_for("via to connect to the target", lambda: target.peer_id in via.status()["peers"])
+        assert target.peer_id not in kubo.peers()
         kubo.connect(via.addr)
 
         def found() -> list[str]:
             # polled: kubo adds `via` to its LAN routing table once identify has run
             try:
-                return kubo.find_peer(node.peer_id, timeout=5)
+                return kubo.find_peer(target.peer_id, timeout=5)
             except KuboError:
                 return []
 
-        addrs = wait_for("kubo to find the node through via's DHT", found, timeout=60, every=1)
-        port = node.addr.split("/tcp/", 1)[1].split("/", 1)[0]
-        assert any(f"/tcp/{port}" in a for a in addrs), (addrs, node.addr)
+        addrs = wait_for("kubo to find the target through via's DHT", found, timeout=60, every=1)
+        port = target.addr.split("/tcp/", 1)[1].split("/", 1)[0]
+        assert any(f"/tcp/{port}" in a for a in addrs), (addrs, target.addr)
     finally:
         assert via.stop() == 0, via.log_tail()
+        assert target.stop() == 0, target.log_tail()
