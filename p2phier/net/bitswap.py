@@ -155,7 +155,7 @@ class Bitswap:
         #: what was worked out ahead for the message being applied (see ``_prepare``)
         self._ahead = NOTHING_AHEAD
         self._engine_wake = trio.Event()
-        self._writer = StoreWriter(store, self.config, self._announce_stored)
+        self._writer = StoreWriter(store, self.config, self._stored)
         self._forget_disconnects: Callable[[], None] = lambda: None
         self.streams_reset = 0  # inbound streams we reset for a protocol violation
 
@@ -370,6 +370,12 @@ class Bitswap:
     def _was_asked(self, peer: str, key: CID) -> bool:
         until = self._asked.get(peer, {}).get(key)
         return until is not None and until >= _now()
+
+    async def _stored(self, stored: list[CID], batch: list[Put]) -> None:
+        """The writer stored a batch: serve wants waiting for these blocks, and let other
+        fetches take them from the store."""
+        self.blocks_added(stored)
+        await self._announce_stored(stored, batch)
 
     async def _announce_stored(self, stored: list[CID], batch: list[Put]) -> None:
         """Other fetches wanting a block just stored take it from the store."""

@@ -225,3 +225,27 @@ async def test_a_stream_per_message_does_not_escape_request_rate_pacing() -> Non
         elapsed = trio.current_time() - start
         assert elapsed >= (40 - 10) / 20 * 0.95, elapsed  # a lower bound: never flaky
         assert node.bitswap.ledger(str(peer.get_id())).wants_dropped == 0
+
+
+async def test_a_want_waiting_for_a_block_is_served_when_a_fetch_stores_it() -> None:
+    # A peer's want-block (without sendDontHave) for a block this node lacks is kept;
+    # when a fetch of this node stores the block, the want is served.  (The store writer,
+    # moved into its own module, once forgot to tell the engine about stored blocks.)
+    data = data_of(600 * 1024, seed=44)
+    root, blocks = build_file(data)
+    async with (
+        open_nodes(2, config=FAST) as (node, source),
+        foreign_host(create_secp256k1_pair()) as peer,
+    ):
+        source.store.add_bytes(data)
+        send, inbox = trio.open_memory_channel[Message](math.inf)
+        peer.set_stream_handler(PROTOCOL_ID, _inbox_handler(send))  # type: ignore[arg-type]
+        node_id = await _connect(peer, node)
+        leaf = blocks[0][0]
+        await _send_once(peer, node_id, Message(wantlist=Wantlist((WantEntry(leaf),))))
+        await node.bitswap.fetch(root, [source.addr], timeout=30)
+        with trio.fail_after(15):
+            while True:
+                got = {b.claimed_key() for b in (await inbox.receive()).blocks}
+                if block_key(leaf) in got:
+                    break
