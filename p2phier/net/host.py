@@ -215,6 +215,14 @@ class Host:
             await self.connect(peer, timeout=limit)
         try:
             with trio.fail_after(limit):
+                try:
+                    return await self.libp2p.new_stream(pid, [TProtocol(protocol)])
+                except STREAM_ERRORS:
+                    if not self._forget_closed_connections(pid):
+                        raise
+                # Every connection listed was a closed one the swarm had not removed
+                # yet (the peer closed it; seen with kubo): dial afresh, once.
+                await self.connect(peer, timeout=limit)
                 return await self.libp2p.new_stream(pid, [TProtocol(protocol)])
         except trio.TooSlowError:
             raise PeerTimeoutError(
@@ -224,6 +232,16 @@ class Host:
             raise DialError(
                 f"cannot open a {protocol} stream to {peer}: {_cause_chain(exc)}"
             ) from None
+
+    def _forget_closed_connections(self, pid: Any) -> bool:
+        """Drop ``pid``'s listed connections if every one is closed; True if any was."""
+        swarm: Any = self.libp2p.get_network()
+        conns = list(swarm.connections.get(pid, ()))
+        if not conns or not all(getattr(c, "is_closed", False) for c in conns):
+            return False
+        for conn in conns:
+            swarm.remove_conn(conn)  # records only; the connection is closed already
+        return True
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol``: ``handler(stream)`` runs in its own task per inbound stream.
