@@ -24,7 +24,7 @@ pinned: the blocks already written go at the next GC.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -192,7 +192,7 @@ def pack_tensors(
     created_ms = round_ms(now)
     # Validate every manifest field before writing anything (placeholder content refs).
     placeholder = ContentRef(CID.raw(b""), 0)
-    Manifest(
+    checked = Manifest(
         base_model_id=base_model_id,
         base_model_cid=base_cid,
         parent=parent_cid,
@@ -249,21 +249,11 @@ def pack_tensors(
         art = _store_envelope(
             store,
             identity,
-            Manifest(
-                base_model_id=base_model_id,
-                base_model_cid=base_cid,
-                parent=parent_cid,
-                layer=layer,
-                domain=domain,
-                round=round,
-                encoding=enc,
-                metrics=metric_list,
-                author=identity.peer_id,
-                created_ms=created_ms,
+            dataclasses.replace(
+                checked,
                 config=ContentRef(config_cid, len(config_bytes)),
                 tensors=ContentRef(tensors_cid, payload_size),
                 tensors_raw_size=len(payload_raw),
-                base_version=version_cid,
             ),
             MetaSpec(kind=KIND_ARTIFACT, **common),
         )
@@ -314,8 +304,10 @@ def _pin_all(store: ContentStore, cids: Sequence[CID]) -> None:
         for cid in done:
             # A file another artifact already pinned (an identical config) keeps its pin.
             if block_key(cid) not in before:
-                with contextlib.suppress(P2PHierError):
+                try:
                     store.unpin(cid)
+                except P2PHierError as exc:  # the pack's own error is the one raised
+                    log.warning("could not undo the pin of %s after a failed pack: %s", cid, exc)
         raise
 
 
