@@ -3,8 +3,9 @@
 Owns the dag-pb codec (``PBNode``/``PBLink``), the UnixFS ``Data`` message,
 a streaming builder that reproduces ``ipfs add --cid-version=1`` byte for byte
 (262144-byte fixed chunks, raw leaves, balanced layout with at most 174 links
-per node, sha2-256, CIDv1), and a reader that streams a file back out of any
-block source while checking its structure.
+per node, sha2-256, CIDv1), a reader that streams a file back out of any
+block source while checking its structure, and :func:`check_file_dag`, the
+reader's checks of a whole DAG without reading the file out (a pin applies them).
 
 Facts this module relies on (ipfs/specs ``src/unixfs.md``, ipld dag-pb spec,
 boxo ``ipld/unixfs/importer/balanced`` and ``ipld/merkledag/coding.go``):
@@ -624,38 +625,106 @@ def file_size(root: CID, get_block: Callable[[CID], bytes]) -> int:
     return _node_size(root, get_block(root))
 
 
-def _check_read_visits(
-    root: CID, root_block: bytes, get_block: Callable[[CID], bytes], total: int
+def _root_size(root: CID, root_block: bytes, max_size: int | None) -> int:
+    total = _node_size(root, root_block)
+    if max_size is not None and total > max_size:
+        raise FileTooLargeError(f"file {root} is {total} bytes, over the limit of {max_size}")
+    return total
+
+
+def _check_claim(cid: CID, size: int, claimed: int) -> None:
+    if size != claimed:
+        what = f"leaf {cid} has" if cid.codec == RAW else f"node {cid} holds"
+        raise UnixFSError(f"{what} {size} bytes but its parent claims {claimed}")
+
+
+def _check_dag(
+    root: CID,
+    root_block: bytes,
+    get_block: Callable[[CID], bytes],
+    total: int,
+    leaf_size: Callable[[CID], int] | None,
 ) -> None:
-    """Refuse (before anything is read out) a file that needs more block reads than its
-    size allows: each distinct node is read once and the reads under it are counted
-    bottom up, so a DAG whose links fan in costs its distinct blocks, not its paths."""
+    """Check the structure of the file DAG under ``root`` (declaring ``total`` bytes) as a
+    whole, each distinct block once, before any of its content is read out.
+
+    Every dag-pb node must be a UnixFS file node (:func:`_file_node`) holding the size
+    its parent claims; the longest path may not exceed :data:`MAX_DEPTH` links; a full
+    read may not take more than ``READ_VISITS_FLOOR + total // MIN_AVERAGE_BLOCK`` block
+    reads (:class:`DagAmplificationError`).  A raw leaf's size comes from ``leaf_size``;
+    with ``None`` raw leaves are not looked at (a reader checks each as it reads it).
+    Reads, depths and sizes are found bottom up and remembered per block, so a DAG whose
+    links fan in costs its distinct blocks, not its paths.
+    """
     limit = READ_VISITS_FLOOR + total // MIN_AVERAGE_BLOCK
-    visits: dict[CID, int] = {}
-    # (cid, its block or None, its child links once expanded, depth)
-    stack: list[tuple[CID, bytes | None, list[CID] | None, int]] = [(root, root_block, None, 0)]
+    # per distinct block: (reads of a full read under it, links on its longest path
+    # down, the bytes it holds or None for a raw leaf not looked at)
+    done: dict[CID, tuple[int, int, int | None]] = {}
+    # (cid, its block if at hand, depth, its parsed node once its children are pushed)
+    stack: list[tuple[CID, bytes | None, int, tuple[PBNode, UnixFSData] | None]] = [
+        (root, root_block, 0, None)
+    ]
     while stack:
-        cid, block, children, depth = stack.pop()
-        if cid in visits:
+        cid, block, depth, parsed = stack.pop()
+        key = cid.to_v1()
+        if key in done:
             continue
-        if cid.codec != DAG_PB:
-            visits[cid] = 1
-            continue
-        if children is None:
+        if parsed is None:
             if depth > MAX_DEPTH:
                 raise UnixFSError(f"file {root} is deeper than {MAX_DEPTH} levels")
-            node = decode_pbnode(block if block is not None else get_block(cid))
-            children = [link.cid for link in node.links]
-            stack.append((cid, None, children, depth))
-            stack.extend((c, None, None, depth + 1) for c in children if c not in visits)
+            if cid.codec == RAW:
+                done[key] = (1, 0, None if leaf_size is None else leaf_size(cid))
+                continue
+            if cid.codec != DAG_PB:
+                raise UnixFSError(f"{cid} is neither raw nor dag-pb; not a UnixFS file")
+            node, meta = _file_node(cid, block if block is not None else get_block(cid))
+            stack.append((cid, None, depth, (node, meta)))
+            children = dict.fromkeys(link.cid for link in reversed(node.links))
+            stack.extend((c, None, depth + 1, None) for c in children if c.to_v1() not in done)
             continue
-        visits[cid] = count = 1 + sum(visits[c] for c in children)
-        if count > limit:
+        node, meta = parsed
+        reads, height = 1, 0
+        for link, claimed in zip(node.links, meta.blocksizes, strict=True):
+            child_reads, child_height, child_size = done[link.cid.to_v1()]
+            if child_size is not None:
+                _check_claim(link.cid, child_size, claimed)
+            reads += child_reads
+            height = max(height, child_height + 1)
+        if depth + height > MAX_DEPTH:
+            raise UnixFSError(f"file {root} is deeper than {MAX_DEPTH} levels")
+        if reads > limit:
             raise DagAmplificationError(
                 f"file {root} declares {total} bytes but reading it takes more than {limit} "
                 f"block reads (its blocks average under {MIN_AVERAGE_BLOCK} bytes: a DAG whose "
                 "links reuse small blocks); refused before reading it"
             )
+        done[key] = (reads, height, len(meta.data) + sum(meta.blocksizes))
+
+
+def check_file_dag(
+    root: CID,
+    get_block: Callable[[CID], bytes],
+    *,
+    max_size: int | None = None,
+    leaf_size: Callable[[CID], int] | None = None,
+) -> int:
+    """Check a whole UnixFS file DAG as :func:`read_file` does, without reading it out;
+    return the size its root declares.
+
+    The checks, each distinct block looked at once: the root is a raw block or a
+    UnixFS File (or Raw) node whose declared size is within ``max_size``
+    (:class:`FileTooLargeError`); every dag-pb node is such a node, its ``filesize``
+    equal to its data plus blocksizes, each child holding exactly the size its
+    blocksize claims; no path longer than :data:`MAX_DEPTH` links; a full read within
+    ``READ_VISITS_FLOOR + size // MIN_AVERAGE_BLOCK`` block reads
+    (:class:`DagAmplificationError`).  Anything else raises :class:`UnixFSError`.
+    ``leaf_size`` gives a raw leaf's length without reading it (a store's
+    ``block_size``); by default each leaf is fetched with ``get_block``.
+    """
+    root_block = get_block(root)
+    total = _root_size(root, root_block, max_size)
+    _check_dag(root, root_block, get_block, total, leaf_size or (lambda c: len(get_block(c))))
+    return total
 
 
 def read_file(
@@ -663,47 +732,36 @@ def read_file(
 ) -> Iterator[bytes]:
     """Stream a UnixFS file's bytes (raw or dag-pb leaves, any balanced/trickle shape).
 
-    ``get_block`` must return hash-verified bytes; the structure is not trusted:
-    each node's filesize must equal its data plus blocksizes, and each child's
-    size must equal the blocksize its parent claims, before any of its bytes are
-    yielded.  A file whose root claims more than ``max_size`` bytes raises
-    :class:`FileTooLargeError` before anything is yielded; one that needs more
-    block reads than its size allows (:data:`MIN_AVERAGE_BLOCK`) raises
-    :class:`DagAmplificationError`, also before anything is yielded.
+    ``get_block`` must return hash-verified bytes; the structure is not trusted.
+    Before anything is yielded, the DAG's nodes are checked as by
+    :func:`check_file_dag`: a root claiming more than ``max_size`` bytes raises
+    :class:`FileTooLargeError`, a DAG needing more block reads than its size allows
+    :class:`DagAmplificationError`, a malformed, non-file or too deep one
+    :class:`UnixFSError`.  Each raw leaf's size is checked against its parent's
+    claim as it is read, before its bytes are yielded.
     """
     root_block = get_block(root)
-    total = _node_size(root, root_block)
-    if max_size is not None and total > max_size:
-        raise FileTooLargeError(f"file {root} is {total} bytes, over the limit of {max_size}")
-    # Stack of pending (cid, block-or-None, claimed size, depth); iterative DFS in order.
-    stack: list[tuple[CID, bytes | None, int, int]] = [(root, root_block, total, 0)]
+    total = _root_size(root, root_block, max_size)
+    _check_dag(root, root_block, get_block, total, None)
+    # Stack of pending (cid, block-or-None, claimed size); iterative DFS in order.  The
+    # nodes' sizes, types and depths were checked above; the leaves are checked here.
+    stack: list[tuple[CID, bytes | None, int]] = [(root, root_block, total)]
     produced = 0
-    _check_read_visits(root, root_block, get_block, total)
     while stack:
-        cid, block, claimed, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise UnixFSError(f"file {root} is deeper than {MAX_DEPTH} levels")
+        cid, block, claimed = stack.pop()
         if block is None:
             block = get_block(cid)
         if cid.codec == RAW:
-            if len(block) != claimed:
-                raise UnixFSError(
-                    f"leaf {cid} has {len(block)} bytes but its parent claims {claimed}"
-                )
+            _check_claim(cid, len(block), claimed)
             produced += len(block)
             if block:
                 yield block
             continue
-        if cid.codec != DAG_PB:
-            raise UnixFSError(f"{cid} is neither raw nor dag-pb; not a UnixFS file")
         node, meta = _file_node(cid, block)
-        size = len(meta.data) + sum(meta.blocksizes)
-        if size != claimed:
-            raise UnixFSError(f"node {cid} holds {size} bytes but its parent claims {claimed}")
         if meta.data:
             produced += len(meta.data)
             yield meta.data
         for link, bsize in zip(reversed(node.links), reversed(meta.blocksizes), strict=True):
-            stack.append((link.cid, None, bsize, depth + 1))
+            stack.append((link.cid, None, bsize))
     if produced != total:  # pragma: no cover - implied by the per-node checks
         raise UnixFSError(f"file {root} produced {produced} bytes, expected {total}")

@@ -548,3 +548,46 @@ def test_a_file_of_repeated_chunks_is_read_as_usual() -> None:
     store = dict(blocks)
     assert len(store) < 5
     assert b"".join(read_file(root, store.__getitem__)) == data
+
+
+def test_a_malformed_node_anywhere_is_refused_before_the_first_byte() -> None:
+    # The whole DAG's nodes are checked before reading: a directory as the last child
+    # used to be found only after the first leaf's bytes had been handed out.
+    leaf = b"abc"
+    directory, dir_block = _node([], UnixFSData(UNIXFS_DIRECTORY, b"", None, ()))
+    root, block = _node(
+        [(CID.raw(leaf), 3), (directory, 0)], UnixFSData(UNIXFS_FILE, b"", 3, (3, 0))
+    )
+    reader = read_file(root, _store([(root, block), (CID.raw(leaf), leaf), (directory, dir_block)]))
+    with pytest.raises(UnixFSError, match="directory"):
+        next(reader)
+
+
+def test_check_file_dag_checks_the_reader_s_rules_without_reading_the_file_out() -> None:
+    from p2phier.unixfs import DagAmplificationError, check_file_dag
+
+    data = bytes(range(256)) * 4000  # 4 chunks
+    root, blocks = build_file(data)
+    table = dict(blocks)
+    read: list[CID] = []
+
+    def get(cid: CID) -> bytes:
+        read.append(cid)
+        return table[cid]
+
+    assert check_file_dag(root, get) == len(data)  # leaves fetched to learn their sizes
+    assert {c.codec for c in read} == {DAG_PB, RAW}
+    read.clear()
+    assert check_file_dag(root, get, leaf_size=lambda c: len(table[c])) == len(data)
+    assert read == [root]  # leaves sized, not read
+    with pytest.raises(FileTooLargeError):
+        check_file_dag(root, get, max_size=len(data) - 1)
+    # a leaf shorter than its parent claims: found without reading the file out
+    short = CID.raw(b"x")
+    liar, liar_block = _node([(short, 2)], UnixFSData(UNIXFS_FILE, b"", 2, (2,)))
+    with pytest.raises(UnixFSError, match="has 1 bytes but its parent claims 2"):
+        check_file_dag(liar, _store([(liar, liar_block), (short, b"x")]))
+    fan_root, fan_blocks = _fan_in(3, 174)
+    with pytest.raises(DagAmplificationError):
+        check_file_dag(fan_root, fan_blocks.__getitem__)
+    assert check_file_dag(CID.raw(b"one block"), lambda _c: b"one block") == 9

@@ -17,7 +17,9 @@ What this module owns:
   twice, at most ``max_files`` files and ``max_total`` bytes.  Files are
   written into a private temporary directory beside ``out_dir`` and fsynced;
   the directory is renamed into place only once the whole archive checked
-  out, so ``out_dir`` appears whole or not at all.
+  out, so ``out_dir`` appears whole or not at all.  Before a byte is written,
+  the UnixFS DAG is checked as a reader checks it (size limit, read cost,
+  structure) and its declared size against the free space there.
 
 Names are capped at 100 characters (the ustar name field) rather than 128:
 longer names would need a pax header or the ``prefix`` field, which exists
@@ -41,8 +43,8 @@ from p2phier.artifact.limits import GiB
 from p2phier.cid import CID
 from p2phier.errors import ArtifactError, BlockNotFoundError, MissingBlocksError, UnixFSError
 from p2phier.fsutil import commit_dir, write_all
-from p2phier.store.base import ContentStore, MetaSpec, block_key
-from p2phier.unixfs import read_file
+from p2phier.store.base import ContentStore, MetaSpec, block_key, ensure_free_space
+from p2phier.unixfs import check_file_dag, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +351,11 @@ def unpack_dir(
 ) -> Path:
     """Check and write the bundle ``cid`` as the new directory ``out_dir`` (all or nothing).
 
-    Raises :class:`BundleError` for a malformed, hostile or oversized bundle
-    and :class:`~p2phier.errors.MissingBlocksError` when blocks are not in the
-    store yet; either way nothing is left behind.
+    Raises :class:`BundleError` for a malformed, hostile or oversized bundle,
+    :class:`~p2phier.errors.MissingBlocksError` when blocks are not in the store
+    yet, and :class:`~p2phier.errors.StoreIOError` when the bundle declares more
+    bytes than are free where ``out_dir`` goes (checked before anything is
+    written); whatever fails, nothing is left behind.
     """
     out_dir = Path(out_dir)
     if max_total < 0 or max_files <= 0:
@@ -364,6 +368,12 @@ def unpack_dir(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
     try:
+        # The whole DAG is checked first (size limit, read cost, structure; leaves sized,
+        # not read), so its declared size can be held against the free space.
+        size = check_file_dag(
+            root, store.get_block, max_size=max_total + overhead, leaf_size=store.block_size
+        )
+        ensure_free_space(out_dir.parent, size, f"bundle {root}")
         pieces = read_file(root, store.get_block, max_size=max_total + overhead)
         count = _extract(_Stream(pieces), tmp, max_total, max_files)
         commit_dir(tmp, out_dir)

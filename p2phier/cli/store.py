@@ -159,13 +159,19 @@ def store_cat(
 
 @store_app.command("pin")
 def store_pin(ctx: typer.Context, cid: CidArg, json_out: JsonFlag = False) -> None:
-    """Pin an object (recursively): GC never removes it."""
+    """Pin an object (recursively): GC never removes it.
+
+    Refused, with nothing pinned, when ``cat``/``get`` would refuse the object: a DAG
+    that is not a well-formed UnixFS file (exit 4) or that declares more than
+    ``store.max_object_size`` bytes (exit 5).
+    """
     output.set_json(json_out)
     from p2phier.cid import CID
 
     root = CID.parse(cid)
-    with open_store(_settings(ctx)) as store:
-        store.pin(root)
+    settings = _settings(ctx)
+    with open_store(settings) as store:
+        store.pin(root, max_size=settings.store_max_object_size)
     output.emit({"cid": str(root), "pinned": True}, f"pinned {root}")
 
 

@@ -69,6 +69,7 @@ from p2phier.unixfs import (
     CHUNK_SIZE,
     FileDagBuilder,
     FileTooLargeError,
+    check_file_dag,
     child_links,
     file_size,
     read_file,
@@ -127,6 +128,22 @@ class MetaSpec:
             author=self.author,
             parent=self.parent,
             name=self.name,
+        )
+
+
+def ensure_free_space(directory: str | os.PathLike[str], size: int, what: str) -> None:
+    """Refuse (StoreIOError) to write ``size`` bytes of ``what`` into ``directory`` when its
+    file system has less free space; called before anything is written."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError as exc:
+        raise StoreIOError(
+            f"cannot check free space at {directory}: {exc.strerror or exc}"
+        ) from exc
+    if size > free:
+        raise StoreIOError(
+            f"{what} declares {size} bytes, but only {free} are free at {directory}; "
+            "nothing was written"
         )
 
 
@@ -571,17 +588,7 @@ class ContentStore(ABC):
                 f"object {key} declares {size} bytes, over the limit of {max_size} "
                 "(store.max_object_size)"
             )
-        try:
-            free = shutil.disk_usage(dest.parent).free
-        except OSError as exc:
-            raise StoreIOError(
-                f"cannot check free space for {dest}: {exc.strerror or exc}"
-            ) from exc
-        if size > free:
-            raise StoreIOError(
-                f"object {key} declares {size} bytes, but only {free} are free at {dest.parent}; "
-                "nothing was written"
-            )
+        ensure_free_space(dest.parent, size, f"object {key}")
         try:
             write_atomic(dest, self.cat(key), 0o666)  # the umask applies, as for open()
         except OSError as exc:
@@ -618,8 +625,25 @@ class ContentStore(ABC):
         return not self.missing_blocks(root)
 
     # --- pins and GC -----------------------------------------------------------------------------
-    def pin(self, root: CID | str, recursive: bool = True) -> None:
-        """Protect ``root`` (and, if recursive, its whole DAG) from GC; it must be complete."""
+    def pin(self, root: CID | str, recursive: bool = True, *, max_size: int | None = None) -> None:
+        """Protect ``root`` (and, if recursive, its whole DAG) from GC.
+
+        Only a UnixFS file that a reader would read out is pinned; anything else is
+        refused before the pin is recorded (nothing stored changes):
+
+        * recursive (the default): every block must be present (BlockNotFoundError),
+          and the DAG must pass :func:`~p2phier.unixfs.check_file_dag`, the checks
+          ``cat`` and ``get`` apply, without reading the file out (a raw leaf's size
+          is its stored size): File/Raw nodes only, each node's sizes agreeing with
+          its children's, no path deeper than ``MAX_DEPTH``, the read cost bound
+          (DagAmplificationError; both UnixFSError), and the declared size within
+          ``max_size`` (ObjectTooLargeError).
+        * direct (``recursive=False``): protects the root block alone, so only that
+          block must be present and is checked: a raw block, or a UnixFS File/Raw
+          node whose ``filesize`` equals its data plus blocksizes, declaring at most
+          ``max_size`` bytes.  Its children need not be present and are not checked
+          (a recursive pin or a read checks them).
+        """
         key = self._key(root)
         with self._gc_lock.shared():
             self._commit_staged()  # a pin only ever names durable blocks
@@ -632,6 +656,23 @@ class ContentStore(ABC):
                     )
             elif not self.has_block(key):
                 raise BlockNotFoundError(f"cannot pin {key}: the block is not in the store")
+            try:
+                if recursive:
+                    check_file_dag(
+                        key, self.get_block, max_size=max_size, leaf_size=self.block_size
+                    )
+                else:
+                    size = file_size(key, self.get_block)
+                    if max_size is not None and size > max_size:
+                        raise FileTooLargeError(
+                            f"file {key} is {size} bytes, over the limit of {max_size}"
+                        )
+            except FileTooLargeError as exc:
+                raise ObjectTooLargeError(
+                    f"cannot pin {key}: {exc} (store.max_object_size); nothing was pinned"
+                ) from exc
+            except UnixFSError as exc:  # the same class (DagAmplificationError...), named
+                raise type(exc)(f"cannot pin {key}: {exc}; nothing was pinned") from exc
             self._set_pin(key, PIN_RECURSIVE if recursive else PIN_DIRECT)
 
     def _set_pin(self, key: CID, mode: str) -> None:

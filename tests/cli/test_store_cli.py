@@ -189,3 +189,49 @@ def test_cat_and_get_refuse_a_fan_in_dag_and_an_oversized_object(
     assert limited.returncode != 0 and not out.exists()
     assert cli("store", "get", ca, "--out", out, "--json").returncode == 0
     assert out.read_bytes() == a.read_bytes()
+
+
+def test_pin_refuses_what_get_refuses_and_pins_nothing(
+    cli: Runner, tmp_path: Path, home: Path
+) -> None:
+    # Regression: `store pin` pinned DAGs that `store get` refuses (lying sizes, depth 40,
+    # directory roots, links fanning in to tiny blocks) into the index and the pin journal.
+    from p2phier.store import DiskStore
+    from p2phier.unixfs import UNIXFS_DIRECTORY
+    from tests.store.helpers import Blocks, chain, leaf, node
+    from tests.test_unixfs import _fan_in
+
+    blocks: Blocks = {}
+    a, b = leaf(b"a" * 10, blocks), leaf(b"b" * 10, blocks)
+    lying, lying_block = node([(a, 10), (b, 20)])  # leaf b holds 10 bytes, not 20
+    directory, dir_block = node([(a, 10)], type_=UNIXFS_DIRECTORY, filesize=None, name="a.txt")
+    deep, deep_blocks = chain(40)
+    fan_in, fan_in_blocks = _fan_in(3, 174)  # 4 blocks declaring 5.3 MB: 5.3M block reads
+    huge, huge_blocks = _fan_in(5, 174)  # 6 blocks declaring 1.6e11 bytes
+    blocks |= {lying: lying_block, directory: dir_block}
+    blocks |= deep_blocks | fan_in_blocks | huge_blocks
+    cli("store", "ls", "--json")  # creates the home's store
+    store_dir = next(p.parent for p in home.rglob("index.sqlite"))
+    with DiskStore(store_dir) as store:
+        for cid, block in blocks.items():
+            store.put_block(cid, block)
+    cases = [
+        (lying, 4, "UnixFSError", "but its parent claims 20"),
+        (directory, 4, "UnixFSError", "is a directory, not a file"),
+        (deep, 4, "UnixFSError", "deeper than 32 levels"),
+        (fan_in, 4, "DagAmplificationError", "reuse small blocks"),
+        (huge, 5, "ObjectTooLargeError", "store.max_object_size"),
+    ]
+    out = tmp_path / "out.bin"
+    for root, code, kind, words in cases:
+        got = cli("store", "pin", str(root), "--json")
+        assert got.returncode == code, got
+        assert got.json()["type"] == kind and words in got.json()["error"], got
+        assert "nothing was pinned" in got.json()["error"]
+        human = cli("store", "pin", str(root))
+        assert human.returncode == code and human.stdout == b""
+        assert len(human.stderr.splitlines()) == 1 and "Traceback" not in human.stderr
+        assert cli("store", "get", str(root), "--out", out).returncode != 0  # as `get` does
+    assert cli("store", "ls", "--json").json()["pins"] == {}
+    assert [p.name for p in (store_dir / "pins").iterdir()] == ["FORMAT"]
+    assert cli("store", "gc", "--json").json()["removed"] == len(blocks)  # nothing protected

@@ -303,3 +303,27 @@ async def test_a_corrupt_local_child_is_fetched_again(tmp_path: Path) -> None:
             p.store.close()
     finally:
         store.close()
+
+
+async def test_a_fetched_dag_the_reader_would_refuse_is_stored_but_never_pinned() -> None:
+    # Issue 13: the node pins what it fetches (control `fetch`, tier bundles) through
+    # ContentStore.pin, so a lying size or a directory root is refused there too.
+    from p2phier.errors import UnixFSError
+    from p2phier.unixfs import UNIXFS_DIRECTORY
+    from tests.store.helpers import Blocks, leaf, node
+
+    blocks: Blocks = {}
+    a = leaf(b"a" * 10, blocks)
+    lying, lying_block = node([(a, 20)])
+    directory, dir_block = node([(a, 10)], type_=UNIXFS_DIRECTORY, filesize=None, name="a")
+    blocks |= {lying: lying_block, directory: dir_block}
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        for cid, block in blocks.items():
+            provider.store.put_block(cid, block)
+        for root, words in ((lying, "parent claims 20"), (directory, "is a directory")):
+            with pytest.raises(UnixFSError, match=words):
+                await fetcher.bitswap.fetch(
+                    root, [provider.addr], timeout=60, meta=MetaSpec(name="x")
+                )
+            assert fetcher.store.has_object(root)  # every block arrived...
+            assert fetcher.store.pins() == {} and fetcher.store.query() == []  # ...none kept

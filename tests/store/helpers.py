@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from p2phier.cid import CID
 from p2phier.store import ContentStore, DiskStore, MemoryStore, block_key
+from p2phier.unixfs import UNIXFS_FILE, PBLink, PBNode, UnixFSData, encode_pbnode, encode_unixfs
 
 
 def block_path(root: Path, cid: CID | str) -> Path:
@@ -51,3 +52,39 @@ def data_of(size: int, seed: int = 0) -> bytes:
 
 def temp_files(store_root: Path) -> list[str]:
     return sorted(os.listdir(store_root / "tmp"))
+
+
+# --- hand-built UnixFS DAGs (hostile ones included) ------------------------------------------
+
+Blocks = dict[CID, bytes]
+
+
+def node(
+    children: Sequence[tuple[CID, int]],
+    *,
+    type_: int = UNIXFS_FILE,
+    filesize: int | None = -1,
+    name: str = "",
+) -> tuple[CID, bytes]:
+    """A dag-pb UnixFS node over ``children`` (cid, claimed size); ``filesize=-1``: their sum."""
+    sizes = tuple(size for _, size in children)
+    meta = UnixFSData(type_, b"", sum(sizes) if filesize == -1 else filesize, sizes)
+    links = tuple(PBLink(cid, name, size) for cid, size in children)
+    block = encode_pbnode(PBNode(links, encode_unixfs(meta)))
+    return CID.dag_pb(block), block
+
+
+def leaf(data: bytes, blocks: Blocks) -> CID:
+    cid = CID.raw(data)
+    blocks[cid] = data
+    return cid
+
+
+def chain(depth: int) -> tuple[CID, Blocks]:
+    """``depth`` single-child File nodes above one 1-byte leaf: the leaf at depth ``depth``."""
+    blocks: Blocks = {}
+    cid = leaf(b"z", blocks)
+    for _ in range(depth):
+        cid, block = node([(cid, 1)])
+        blocks[cid] = block
+    return cid, blocks
