@@ -11,6 +11,7 @@ Modules: :mod:`.manifest` (protobuf manifest, envelope, signatures),
 Nothing here imports torch, transformers or peft.
 """
 
+from p2phier.artifact.adapter import AdapterConfig, parse_adapter_config
 from p2phier.artifact.car import CarFormatError, export_car, import_car, read_car
 from p2phier.artifact.compress import compress, decompress, frame_info
 from p2phier.artifact.encode import Encoded, Encoding, decode_tensors, encode_tensors
@@ -29,12 +30,7 @@ from p2phier.artifact.manifest import (
 )
 from p2phier.artifact.materialise import materialise
 from p2phier.artifact.pack import pack_adapter, pack_tensors, read_adapter_dir
-from p2phier.artifact.tensors import (
-    AdapterConfig,
-    parse_adapter_config,
-    parse_safetensors,
-    write_safetensors,
-)
+from p2phier.artifact.tensors import parse_safetensors, write_safetensors
 from p2phier.artifact.verify import (
     Artifact,
     inspect,

@@ -13,7 +13,11 @@ reads it as is.
 Import treats the file as hostile: its size is checked before reading, the
 header is bounded and must name exactly one CIDv1 root, every section is
 bounded (a block over the store's block limit is refused before it is read)
-and hash-checked, only sha2-256 raw/dag-pb blocks are accepted.  The artifact
+and hash-checked, only sha2-256 raw/dag-pb blocks are accepted, at most
+``max_car_blocks`` of them.  The archive is *indexed*, not loaded
+(:class:`CarIndex`: one pass keeps each block's offset; verification reads
+and re-hashes blocks from the file as it needs them), so a 1 GiB archive of
+junk costs its index, not 1 GiB of memory.  The artifact
 is then *fully verified* against the archive's blocks plus what the store
 already holds, and only then are its blocks written and pinned: a failed
 import stores nothing.
@@ -23,17 +27,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.pack import KIND_ARTIFACT, KIND_CONFIG, KIND_TENSORS
-from p2phier.artifact.verify import Artifact, BlockSource, resolve
+from p2phier.artifact.verify import Artifact, BlockSource, Resolved, resolve
 from p2phier.cid import CID, DAG_PB, RAW, SHA2_256, decode_varint, encode_varint
 from p2phier.errors import ArtifactError, CIDError, HashMismatchError, UsageError
 from p2phier.fsutil import fsync_dir
 from p2phier.store.base import MAX_BLOCK_SIZE, ContentStore, MetaSpec, block_key
+from p2phier.store.memory import MemoryStore
 from p2phier.unixfs import iter_dag
 
 log = logging.getLogger(__name__)
@@ -213,33 +218,92 @@ def _split_section(section: bytes) -> tuple[CID, bytes]:
     return cid, section[end:]
 
 
-def read_car(
-    stream: BinaryIO, *, max_block: int = MAX_BLOCK_SIZE
-) -> tuple[list[CID], dict[CID, bytes]]:
-    """Parse a CARv1 stream: roots and hash-checked blocks (keyed by CIDv1)."""
-    header_len = _read_varint(stream)
-    if header_len is None:
-        raise CarFormatError("empty file: not a CAR archive")
-    if header_len > MAX_HEADER:
-        raise CarFormatError(f"CAR header of {header_len} bytes is over the limit of {MAX_HEADER}")
-    roots = decode_header(_read_exact(stream, header_len, "its header"))
-    blocks: dict[CID, bytes] = {}
+def _sections(
+    stream: BinaryIO, *, max_block: int, max_blocks: int | None
+) -> Iterator[tuple[CID, bytes, int]]:
+    """Each hash-checked block of a CARv1 stream after its header, with its file offset."""
+    count = 0
     max_section = max_block + 128  # a CID is well under 128 bytes
     while True:
         length = _read_varint(stream)
         if length is None:
-            break
+            return
         if length > max_section:
             raise CarFormatError(
                 f"CAR section of {length} bytes exceeds the block limit of {max_block}; refused"
             )
+        count += 1
+        if max_blocks is not None and count > max_blocks:
+            raise CarFormatError(f"CAR archive holds more than {max_blocks} blocks; refused")
+        start = stream.tell()
         cid, block = _split_section(_read_exact(stream, length, "a block"))
         if cid.multihash.code != SHA2_256 or cid.codec not in (RAW, DAG_PB):
             raise CarFormatError(f"CAR block {cid} is not a sha2-256 raw or dag-pb block; refused")
         if not cid.verify(block):
             raise HashMismatchError(f"CAR block {cid} does not hash to its CID; refused")
+        yield cid, block, start + length - len(block)
+
+
+def _read_roots(stream: BinaryIO) -> list[CID]:
+    header_len = _read_varint(stream)
+    if header_len is None:
+        raise CarFormatError("empty file: not a CAR archive")
+    if header_len > MAX_HEADER:
+        raise CarFormatError(f"CAR header of {header_len} bytes is over the limit of {MAX_HEADER}")
+    return decode_header(_read_exact(stream, header_len, "its header"))
+
+
+def read_car(
+    stream: BinaryIO, *, max_block: int = MAX_BLOCK_SIZE
+) -> tuple[list[CID], dict[CID, bytes]]:
+    """Parse a CARv1 stream into memory: roots and hash-checked blocks (keyed by CIDv1).
+
+    For small archives and tests; :func:`import_car` indexes the file instead
+    (:class:`CarIndex`) so that an archive's size never becomes memory.
+    """
+    roots = _read_roots(stream)
+    blocks: dict[CID, bytes] = {}
+    for cid, block, _ in _sections(stream, max_block=max_block, max_blocks=None):
         blocks[block_key(cid)] = block
     return roots, blocks
+
+
+class CarIndex(Mapping[CID, bytes]):
+    """The blocks of a CAR file, located by one hash-checking pass and read back on demand.
+
+    Holds only (offset, length) per block.  A block is re-read and re-hashed on
+    every access, so a file changed after indexing gives a
+    :class:`HashMismatchError`, never wrong bytes.
+    """
+
+    def __init__(self, fh: BinaryIO, *, max_block: int, max_blocks: int) -> None:
+        self._fh = fh
+        self.roots = _read_roots(fh)
+        self._where: dict[CID, tuple[int, int]] = {}
+        for cid, block, offset in _sections(fh, max_block=max_block, max_blocks=max_blocks):
+            self._where.setdefault(block_key(cid), (offset, len(block)))
+
+    def root(self) -> CID:
+        """The one root of an artifact archive (:class:`CarFormatError` otherwise)."""
+        if len(self.roots) != 1:
+            raise CarFormatError(
+                f"an artifact archive has exactly one root, this one has {len(self.roots)}"
+            )
+        return self.roots[0]
+
+    def __getitem__(self, key: CID) -> bytes:
+        offset, length = self._where[key]
+        self._fh.seek(offset)
+        data = self._fh.read(length)
+        if len(data) != length or not key.verify(data):
+            raise HashMismatchError(f"CAR block {key} changed in the file since it was read")
+        return data
+
+    def __iter__(self) -> Iterator[CID]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 # --- artifacts ----------------------------------------------------------------------------------
@@ -303,10 +367,34 @@ def import_car(
         size = os.fstat(fh.fileno()).st_size
         if size > limits.max_car:
             raise CarFormatError(f"CAR file is {size} bytes, over the limit of {limits.max_car}")
-        roots, blocks = read_car(fh, max_block=store.max_block_size)
-    if len(roots) != 1:
-        raise CarFormatError(f"an artifact archive has exactly one root, this one has {len(roots)}")
-    root = roots[0]
+        blocks = CarIndex(fh, max_block=store.max_block_size, max_blocks=limits.max_car_blocks)
+        return _import_indexed(store, blocks, limits)
+
+
+def verify_car(
+    path: str | os.PathLike[str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    max_block: int = MAX_BLOCK_SIZE,
+    base_modules: Collection[str] | None = None,
+) -> Resolved:
+    """Fully verify the artifact archived in a CAR file from the file alone; store nothing."""
+    src = Path(path)
+    try:
+        fh = open(src, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"cannot read {src}: {exc.strerror or exc}") from None
+    with fh, MemoryStore() as empty:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limits.max_car:
+            raise CarFormatError(f"CAR file is {size} bytes, over the limit of {limits.max_car}")
+        blocks = CarIndex(fh, max_block=max_block, max_blocks=limits.max_car_blocks)
+        source = BlockSource(empty, blocks)
+        return resolve(source.get_block, blocks.root(), limits=limits, base_modules=base_modules)
+
+
+def _import_indexed(store: ContentStore, blocks: CarIndex, limits: Limits) -> CID:
+    root = blocks.root()
     source = BlockSource(store, blocks)
     resolved = resolve(source.get_block, root, limits=limits)
     with store.ingest():

@@ -14,9 +14,10 @@ without decompressing or allocating:
 * the frame's exact length (refused if bytes trail it, or if it is a skippable
   frame, uses a dictionary or a reserved bit).
 
-Then the frame is decompressed *streaming*, in 1 MiB reads, and abandoned the
-moment output passes the cap, so a frame without a declared size (or one that
-lies about it) can never make us hold more than ``cap + 1 MiB``.
+Then the frame is decompressed *streaming*, in 1 MiB reads, into a buffer
+allocated once, and abandoned the moment output passes the size the manifest
+declares (the cap without one), so a frame without a declared size (or one
+that lies about it) can never make us hold more than that size plus one byte.
 
 :func:`compress_into_store` is the publishing path: it compresses in a worker
 thread (python-zstandard releases the GIL) while the calling thread chunks,
@@ -162,7 +163,7 @@ def compress_into_store(
     return root, reader.total
 
 
-def frame_info(data: bytes | memoryview) -> FrameInfo:
+def frame_info(data: bytes | bytearray | memoryview) -> FrameInfo:
     """Parse one frame's header and block headers; raise :class:`DecompressionError`."""
     buf = memoryview(data)
     n = len(buf)
@@ -236,16 +237,19 @@ def frame_info(data: bytes | memoryview) -> FrameInfo:
 
 
 def decompress(
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     *,
     max_output: int,
     max_window_log: int,
     expected_size: int | None = None,
-) -> bytes:
-    """Decompress exactly one zstd frame, never holding more than ``max_output`` (+1 MiB).
+) -> bytearray:
+    """Decompress exactly one zstd frame, never holding more than the size it may produce.
 
     ``expected_size`` (the size the signed manifest promises) must match both the
-    frame's declared size, when it has one, and the actual output.
+    frame's declared size, when it has one, and the actual output; decompression
+    stops the moment output passes it (or ``max_output`` without one), so a frame
+    that declares nothing cannot expand past what the manifest said.  The output
+    buffer is allocated once when the size is known, and the input is not copied.
     """
     info = frame_info(data)
     if info.frame_length != len(data):
@@ -274,28 +278,43 @@ def decompress(
             f"zstd frame needs a {info.window_size}-byte window, over the limit of "
             f"{max_window} bytes (windowLog {max_window_log}); refused"
         )
+    known = expected_size if expected_size is not None else info.content_size
+    cap = known if known is not None else max_output
     dctx = zstandard.ZstdDecompressor(max_window_size=max_window)
-    out = bytearray()
+    # One byte of room past the cap tells "exactly the cap" from "more than the cap".
+    out = bytearray(cap + 1) if known is not None else bytearray()
+    filled = 0
     try:
-        with dctx.stream_reader(bytes(data), read_across_frames=False) as reader:
-            while True:
-                chunk = reader.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                if len(out) + len(chunk) > max_output:
-                    raise DecompressionError(
-                        f"zstd frame expands past the cap of {max_output} bytes; "
-                        "decompression abandoned"
-                    )
-                out += chunk
+        with dctx.stream_reader(data, read_across_frames=False) as reader:
+            if known is not None:
+                view = memoryview(out)
+                while filled <= cap:
+                    n = reader.readinto(view[filled : min(filled + _READ_CHUNK, cap + 1)])
+                    if not n:
+                        break
+                    filled += n
+                view.release()
+            else:
+                while len(out) <= cap:
+                    chunk = reader.read(min(_READ_CHUNK, cap + 1 - len(out)))
+                    if not chunk:
+                        break
+                    out += chunk
+                filled = len(out)
     except zstandard.ZstdError as exc:
         raise DecompressionError(f"corrupt zstd frame: {exc}") from None
-    if info.content_size is not None and len(out) != info.content_size:
+    if filled > cap:
+        what = "the size the manifest declares" if expected_size is not None else "the cap"
         raise DecompressionError(
-            f"zstd frame declared {info.content_size} bytes but produced {len(out)}"
+            f"zstd frame expands past {what} of {cap} bytes; decompression abandoned"
         )
-    if expected_size is not None and len(out) != expected_size:
+    del out[filled:]
+    if info.content_size is not None and filled != info.content_size:
         raise DecompressionError(
-            f"payload decompressed to {len(out)} bytes but the manifest says {expected_size}"
+            f"zstd frame declared {info.content_size} bytes but produced {filled}"
         )
-    return bytes(out)
+    if expected_size is not None and filled != expected_size:
+        raise DecompressionError(
+            f"payload decompressed to {filled} bytes but the manifest says {expected_size}"
+        )
+    return out

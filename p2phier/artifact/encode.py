@@ -210,7 +210,8 @@ def decode_tensors(st: SafeTensors, encoding: Encoding, *, max_decoded: int) -> 
                 raise TensorFileError(f"int8 scale of {b!r} is {scale}; must be finite and >= 0")
             if q.size and int(q.min()) < -127:
                 raise TensorFileError(f"int8 tensor {b!r} uses -128, outside the symmetric range")
-            out[b] = q.astype(np.float32) * np.float32(scale)
+            out[b] = q.astype(np.float32)
+            out[b] *= np.float32(scale)  # in place: no second float32 copy
             check_finite(b, out[b])
         return out
     if encoding is Encoding.TOPK_DELTA:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.pack import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from p2phier.artifact.tensors import write_safetensors
+from p2phier.artifact.tensors import iter_safetensors
 from p2phier.artifact.verify import BlockSource, resolve
 from p2phier.cid import CID
 from p2phier.errors import UsageError
@@ -36,8 +37,15 @@ def materialise(
     *,
     expected_base_model: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    base_modules: Collection[str] | None = None,
 ) -> Path:
-    """Verify ``cid`` with its lineage and write the adapter it stands for into ``out_dir``."""
+    """Verify ``cid`` with its lineage and write the adapter it stands for into ``out_dir``.
+
+    The weights are streamed from the verified tensors into the file (no
+    second copy in memory): peak memory is that of verification
+    (:meth:`Limits.peak_memory`).  ``base_modules`` as for
+    :func:`~p2phier.artifact.verify.resolve`.
+    """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
@@ -46,19 +54,23 @@ def materialise(
         CID.parse(cid),
         limits=limits,
         expected_base_model=expected_base_model,
+        base_modules=base_modules,
     )
-    weights = write_safetensors(resolved.tensors, {"format": "pt"})
-    files = ((ADAPTER_WEIGHTS, weights), (ADAPTER_CONFIG, resolved.config_bytes))
+
+    def files() -> list[tuple[str, Iterable[bytes | memoryview] | bytes]]:
+        weights = iter_safetensors(resolved.tensors, {"format": "pt"})
+        return [(ADAPTER_WEIGHTS, weights), (ADAPTER_CONFIG, resolved.config_bytes)]
+
     try:
         if out.exists():
-            for name, data in files:
+            for name, data in files():
                 write_atomic(out / name, data)
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
         tmp_dir.mkdir()
         try:
-            for name, data in files:
+            for name, data in files():
                 write_atomic(tmp_dir / name, data)
             os.rename(tmp_dir, out)
         except BaseException:

@@ -33,17 +33,19 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from p2phier.artifact.adapter import (
+    AdapterConfig,
+    canonical_config_bytes,
+    check_adapter_tensors,
+    parse_adapter_config,
+)
 from p2phier.artifact.compress import compress_into_store
 from p2phier.artifact.encode import Encoding, encode_tensors
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.manifest import ContentRef, Manifest, metrics_from_mapping, sign_manifest
 from p2phier.artifact.tensors import (
-    AdapterConfig,
     F32Array,
-    canonical_config_bytes,
-    check_adapter_tensors,
     check_finite,
-    parse_adapter_config,
     parse_safetensors,
     write_safetensors,
 )

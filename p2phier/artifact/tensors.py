@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,9 +120,19 @@ class SafeTensors:
         return {name: info.shape for name, info in self.infos.items()}
 
 
+_FINITE_CHUNK = 1 << 22  # elements checked at a time: a 4 MiB scratch, not one the array's size
+
+
 def check_finite(name: str, arr: npt.NDArray[Any]) -> None:
     """Refuse NaN and infinities (they poison every aggregate they touch)."""
-    if arr.dtype.kind == "f" and arr.size and not bool(np.isfinite(arr).all()):
+    if arr.dtype.kind != "f" or not arr.size:
+        return
+    flat = arr.reshape(-1) if arr.flags.c_contiguous else np.ravel(arr)
+    bad = any(
+        not bool(np.isfinite(flat[i : i + _FINITE_CHUNK]).all())
+        for i in range(0, flat.size, _FINITE_CHUNK)
+    )
+    if bad:
         nans = int(np.isnan(arr).sum())
         infs = int(np.isinf(arr).sum())
         raise TensorFileError(
@@ -168,7 +177,7 @@ def _int(value: Any, what: str) -> int:
 
 
 def parse_safetensors(
-    data: bytes | memoryview, *, max_header: int, max_tensors: int
+    data: bytes | bytearray | memoryview, *, max_header: int, max_tensors: int
 ) -> SafeTensors:
     """Validate a whole safetensors file; return views over its tensors."""
     buf = memoryview(data)
@@ -267,167 +276,50 @@ def _check_layout(infos: Mapping[str, TensorInfo], data_len: int) -> None:
         )
 
 
+def _as_stored(arr: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], str]:
+    arr = np.array(arr, order="C", copy=None)
+    dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    arr = arr.astype(dt, copy=False)
+    try:
+        return arr, _NUMPY_TO_DTYPE[dt]
+    except KeyError:
+        raise TensorFileError(f"cannot store numpy dtype {arr.dtype} in safetensors") from None
+
+
+def iter_safetensors(
+    tensors: Mapping[str, npt.NDArray[Any]], metadata: Mapping[str, str] | None = None
+) -> Iterator[bytes | memoryview]:
+    """The bytes of :func:`write_safetensors`, piece by piece: the header, then each tensor.
+
+    Each tensor is yielded as a view of its own memory (a copy only where it is
+    not little-endian and C-ordered), so writing a file this way never holds
+    a second copy of the tensors.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        arr, dtype = _as_stored(tensors[name])
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        offset += arr.nbytes
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = text.encode("utf-8")
+    raw += b" " * ((-len(raw)) % 8)
+    yield len(raw).to_bytes(8, "little") + raw
+    for name in names:
+        arr, _ = _as_stored(tensors[name])
+        if arr.nbytes:
+            yield arr.data.cast("B")
+
+
 def write_safetensors(
     tensors: Mapping[str, npt.NDArray[Any]], metadata: Mapping[str, str] | None = None
 ) -> bytes:
     """Deterministic safetensors bytes (tensors in name order, sorted compact JSON)."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(sorted(metadata.items()))
-    parts: list[bytes] = []
-    offset = 0
-    for name in sorted(tensors):
-        arr = np.array(tensors[name], order="C", copy=None)
-        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-        arr = arr.astype(dt, copy=False)
-        try:
-            dtype = _NUMPY_TO_DTYPE[dt]
-        except KeyError:
-            raise TensorFileError(f"cannot store numpy dtype {arr.dtype} in safetensors") from None
-        blob = arr.tobytes()
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + len(blob)],
-        }
-        parts.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    raw = text.encode("utf-8")
-    raw += b" " * ((-len(raw)) % 8)
-    return len(raw).to_bytes(8, "little") + raw + b"".join(parts)
-
-
-# --- PEFT adapters -------------------------------------------------------------------------
-
-PEFT_PREFIX = "base_model.model."
-LORA_SUFFIXES = {
-    ".lora_A.weight": ("A", 0),
-    ".lora_B.weight": ("B", 1),
-    ".lora_embedding_A": ("A", 0),
-    ".lora_embedding_B": ("B", 1),
-}
-MAX_RANK = 4096
-_MODULE_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-# rank_pattern keys are regular expressions in PEFT; only plain dotted names are
-# accepted here so a hostile config cannot smuggle in a catastrophic regex.
-_PATTERN_KEY_RE = re.compile(r"[A-Za-z0-9_.]{1,200}")
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterConfig:
-    """The parts of a PEFT LoRA ``adapter_config.json`` that shape its tensors."""
-
-    r: int
-    rank_pattern: tuple[tuple[str, int], ...]
-    modules_to_save: tuple[str, ...]
-    base_model_name_or_path: str | None
-    raw: Mapping[str, Any]
-
-    def rank_for(self, module: str) -> int:
-        """Rank of ``module`` as PEFT resolves it (first matching rank_pattern key, else r)."""
-        for key, rank in self.rank_pattern:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return rank
-        return self.r
-
-
-def parse_adapter_config(data: bytes | memoryview, *, max_size: int) -> AdapterConfig:
-    """Validate a PEFT LoRA adapter config (bounded JSON, LoRA only, sane ranks)."""
-    if len(data) > max_size:
-        raise TensorFileError(f"adapter config is {len(data)} bytes, over the limit of {max_size}")
-    raw = strict_json_object(data, "adapter_config.json")
-    peft_type = raw.get("peft_type")
-    if peft_type != "LORA":
-        raise TensorFileError(
-            f"adapter config peft_type is {peft_type!r:.40}; only LORA is supported"
-        )
-    if raw.get("use_dora"):
-        raise TensorFileError("DoRA adapters (use_dora) are not supported")
-    r = raw.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= MAX_RANK:
-        raise TensorFileError(
-            f"adapter config r must be an integer in 1..{MAX_RANK}, not {r!r:.40}"
-        )
-    pattern_raw = raw.get("rank_pattern") or {}
-    if not isinstance(pattern_raw, dict):
-        raise TensorFileError("adapter config rank_pattern must be an object")
-    pattern: list[tuple[str, int]] = []
-    for key, rank in pattern_raw.items():
-        if not _PATTERN_KEY_RE.fullmatch(key):
-            raise TensorFileError(
-                f"rank_pattern key {key[:60]!r} is not a plain dotted module name"
-            )
-        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= MAX_RANK:
-            raise TensorFileError(f"rank_pattern[{key!r}] must be an integer in 1..{MAX_RANK}")
-        pattern.append((key, rank))
-    mts_raw = raw.get("modules_to_save") or []
-    if not isinstance(mts_raw, list) or not all(
-        isinstance(m, str) and _MODULE_RE.fullmatch(m) for m in mts_raw
-    ):
-        raise TensorFileError("adapter config modules_to_save must be a list of module names")
-    base = raw.get("base_model_name_or_path")
-    if base is not None and not isinstance(base, str):
-        raise TensorFileError("adapter config base_model_name_or_path must be a string")
-    return AdapterConfig(r, tuple(pattern), tuple(mts_raw), base, raw)
-
-
-def canonical_config_bytes(config: AdapterConfig, base_model_id: str) -> bytes:
-    """The config as stored: sorted JSON, with the base model named by id, not a local path."""
-    raw = dict(config.raw)
-    raw["base_model_name_or_path"] = base_model_id
-    return (json.dumps(raw, sort_keys=True, indent=2, ensure_ascii=True) + "\n").encode()
-
-
-def _module_of(name: str) -> tuple[str, str | None, int]:
-    """Split a PEFT tensor name into (module, 'A'/'B'/None, rank axis)."""
-    if not name.startswith(PEFT_PREFIX):
-        raise TensorFileError(
-            f"tensor {name!r} does not follow PEFT naming ({PEFT_PREFIX}<module>.lora_A.weight)"
-        )
-    rest = name[len(PEFT_PREFIX) :]
-    for suffix, (kind, axis) in LORA_SUFFIXES.items():
-        if rest.endswith(suffix):
-            module = rest[: -len(suffix)]
-            if not _MODULE_RE.fullmatch(module):
-                raise TensorFileError(f"tensor {name!r} names an invalid module {module!r}")
-            return module, kind, axis
-    if not _MODULE_RE.fullmatch(rest):
-        raise TensorFileError(f"tensor {name!r} names an invalid module path")
-    return rest, None, 0
-
-
-def check_adapter_tensors(config: AdapterConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Tensor names and shapes must be what PEFT builds for this config.
-
-    LoRA A is ``[r, in]`` (``[r, num_embeddings]`` for embeddings), B is
-    ``[out, r]``; r comes from ``rank_pattern`` or ``r``; every A has its B.
-    Other tensors must belong to a module listed in ``modules_to_save``.
-    """
-    if not shapes:
-        raise TensorFileError("adapter has no tensors")
-    pairs: dict[str, dict[str, tuple[int, ...]]] = {}
-    for name, shape in shapes.items():
-        module, kind, axis = _module_of(name)
-        if kind is None:
-            owner = module.rsplit(".", 1)[0] if "." in module else module
-            if not any(owner == m or owner.endswith("." + m) for m in config.modules_to_save):
-                raise TensorFileError(
-                    f"tensor {name!r} is neither a LoRA A/B weight nor part of modules_to_save"
-                )
-            continue
-        if len(shape) not in (2, 4):
-            raise TensorFileError(f"LoRA tensor {name!r} has {len(shape)} dimensions")
-        rank = config.rank_for(module)
-        if shape[axis] != rank:
-            raise TensorFileError(
-                f"LoRA {kind} tensor {name!r} has shape {list(shape)} but the config gives "
-                f"module {module!r} rank {rank}"
-            )
-        pairs.setdefault(module, {})[kind] = shape
-    for module, halves in sorted(pairs.items()):
-        if set(halves) != {"A", "B"}:
-            missing = ({"A", "B"} - set(halves)).pop()
-            raise TensorFileError(f"LoRA module {module!r} has no lora_{missing} tensor")
-        if len(halves["A"]) != len(halves["B"]):
-            raise TensorFileError(f"LoRA module {module!r} has A and B of different ranks")
+    return b"".join(iter_safetensors(tensors, metadata))

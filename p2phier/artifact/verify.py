@@ -27,23 +27,17 @@ store's own policy).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from p2phier.artifact.adapter import AdapterConfig, check_adapter_tensors, parse_adapter_config
 from p2phier.artifact.compress import decompress
 from p2phier.artifact.encode import decode_tensors
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.manifest import Envelope, Manifest, open_envelope
-from p2phier.artifact.tensors import (
-    AdapterConfig,
-    F32Array,
-    check_adapter_tensors,
-    check_finite,
-    parse_adapter_config,
-    parse_safetensors,
-)
+from p2phier.artifact.tensors import F32Array, check_finite, parse_safetensors
 from p2phier.cid import CID
 from p2phier.errors import (
     BaseModelMismatchError,
@@ -116,13 +110,24 @@ class BlockSource:
         return self.store.get_block(key)
 
 
-def read_object(get_block: BlockGetter, cid: CID, *, max_size: int, what: str) -> bytes:
-    """A whole UnixFS file, refused before reading if its root claims more than ``max_size``."""
+def read_object(get_block: BlockGetter, cid: CID, *, max_size: int, what: str) -> bytearray:
+    """A whole UnixFS file, refused before reading if its root claims more than ``max_size``.
+
+    The buffer is allocated once at the size the root declares (the reader
+    checks every block against it), so reading never holds the file twice.
+    """
     try:
         size = file_size(cid, get_block)
         if size > max_size:
             raise ManifestError(f"{what} {cid} is {size} bytes, over the limit of {max_size}")
-        return b"".join(read_file(cid, get_block, max_size=max_size))
+        out = bytearray(size)
+        view = memoryview(out)
+        pos = 0
+        for piece in read_file(cid, get_block, max_size=max_size):
+            view[pos : pos + len(piece)] = piece
+            pos += len(piece)
+        view.release()
+        return out
     except BlockNotFoundError as exc:
         raise MissingBlocksError(
             f"{what} {cid} is not complete in the store ({exc}); fetch it first"
@@ -131,7 +136,9 @@ def read_object(get_block: BlockGetter, cid: CID, *, max_size: int, what: str) -
 
 def read_artifact(get_block: BlockGetter, cid: CID, *, limits: Limits = DEFAULT_LIMITS) -> Artifact:
     """Read one envelope and check its manifest and signature (not its content or lineage)."""
-    data = read_object(get_block, cid, max_size=limits.max_envelope, what="artifact envelope")
+    data = bytes(
+        read_object(get_block, cid, max_size=limits.max_envelope, what="artifact envelope")
+    )
     envelope = Envelope.from_bytes(data, max_size=limits.max_envelope)
     manifest = open_envelope(envelope)
     return Artifact(cid, manifest, envelope.manifest_bytes, envelope.signature)
@@ -178,12 +185,21 @@ def walk_lineage(cid: CID, read: Callable[[CID], Artifact], *, max_chain: int) -
 
 
 def read_content(
-    get_block: BlockGetter, artifact: Artifact, *, limits: Limits = DEFAULT_LIMITS
+    get_block: BlockGetter,
+    artifact: Artifact,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    base_modules: Collection[str] | None = None,
 ) -> Content:
-    """Read, decompress, parse and decode one artifact's config and tensor payload."""
+    """Read, decompress, parse and decode one artifact's config and tensor payload.
+
+    Peak memory: the compressed payload and its decompressed form while
+    decompressing, then the decompressed form and the decoded tensors while
+    decoding; each is freed as soon as the next exists.
+    """
     m = artifact.manifest
-    config_bytes = read_object(
-        get_block, m.config.cid, max_size=limits.max_config, what="adapter config"
+    config_bytes = bytes(
+        read_object(get_block, m.config.cid, max_size=limits.max_config, what="adapter config")
     )
     if len(config_bytes) != m.config.size:
         raise ManifestError(
@@ -223,32 +239,42 @@ def read_content(
             f"says {m.encoding.value!r}"
         )
     tensors = decode_tensors(st, m.encoding, max_decoded=limits.max_decoded)
+    del st, raw  # the decoded tensors own their memory (decoding copies)
     if m.parent is None:
-        check_adapter_tensors(config, {n: t.shape for n, t in tensors.items()})
+        check_adapter_tensors(
+            config, {n: t.shape for n, t in tensors.items()}, base_modules=base_modules
+        )
     return Content(config, config_bytes, tensors)
 
 
 def apply_delta(
-    base: Mapping[str, F32Array], delta: Mapping[str, F32Array], *, what: str
-) -> dict[str, F32Array]:
-    """``base + delta``: same tensor names and shapes required, result finite."""
-    if set(base) != set(delta):
-        extra = sorted(set(delta) - set(base))[:3]
-        missing = sorted(set(base) - set(delta))[:3]
+    acc: MutableMapping[str, F32Array], delta: MutableMapping[str, F32Array], *, what: str
+) -> None:
+    """``acc += delta`` in place, each delta tensor dropped once added.
+
+    Same tensor names and shapes required (checked before anything is added),
+    result finite.  In place, so a chain never holds more than the running sum
+    and one update's tensors.  On an error ``acc`` may be half-updated: the
+    chain is refused anyway.
+    """
+    if set(acc) != set(delta):
+        extra = sorted(set(delta) - set(acc))[:3]
+        missing = sorted(set(acc) - set(delta))[:3]
         raise LineageError(
             f"{what} does not match its parent's tensors (extra {extra}, missing {missing})"
         )
-    out: dict[str, F32Array] = {}
-    for name, b in base.items():
+    for name, b in acc.items():
         d = delta[name]
         if d.shape != b.shape:
             raise LineageError(
                 f"{what}: tensor {name!r} has shape {list(d.shape)} but the parent's is "
                 f"{list(b.shape)}"
             )
-        out[name] = np.add(b, d, dtype=np.float32)
-        check_finite(name, out[name])
-    return out
+    for name in sorted(acc):
+        d = delta.pop(name)
+        np.add(acc[name], d, out=acc[name])
+        del d
+        check_finite(name, acc[name])
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +297,14 @@ def resolve(
     *,
     limits: Limits = DEFAULT_LIMITS,
     expected_base_model: str | None = None,
+    base_modules: Collection[str] | None = None,
 ) -> Resolved:
-    """Verify ``cid`` and its whole lineage; return the materialised adapter tensors."""
+    """Verify ``cid`` and its whole lineage; return the materialised adapter tensors.
+
+    ``base_modules``: the base model's module names when the caller knows them
+    (see :func:`~p2phier.artifact.adapter.check_adapter_tensors`).  Peak memory
+    is bounded by :meth:`Limits.peak_memory`.
+    """
     chain = walk_lineage(
         cid, lambda c: read_artifact(get_block, c, limits=limits), max_chain=limits.max_chain
     )
@@ -287,13 +319,18 @@ def resolve(
     acc: dict[str, F32Array] = {}
     content: Content | None = None
     for art in reversed(chain):
-        content = read_content(get_block, art, limits=limits)
+        content = None  # the previous update's tensors are gone before the next is read
+        content = read_content(get_block, art, limits=limits, base_modules=base_modules)
         if art.manifest.parent is None:
             acc = content.tensors
         else:
-            acc = apply_delta(acc, content.tensors, what=f"update {art.cid}")
+            apply_delta(acc, content.tensors, what=f"update {art.cid}")
             try:
-                check_adapter_tensors(content.config, {n: t.shape for n, t in acc.items()})
+                check_adapter_tensors(
+                    content.config,
+                    {n: t.shape for n, t in acc.items()},
+                    base_modules=base_modules,
+                )
             except TensorFileError as exc:
                 raise LineageError(
                     f"update {art.cid} does not fit its own adapter config: {exc}"
@@ -308,6 +345,7 @@ def verify_artifact(
     *,
     expected_base_model: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    base_modules: Collection[str] | None = None,
 ) -> Artifact:
     """Fully verify an artifact in ``store``: signature, content and the whole lineage."""
     return resolve(
@@ -315,6 +353,7 @@ def verify_artifact(
         CID.parse(cid),
         limits=limits,
         expected_base_model=expected_base_model,
+        base_modules=base_modules,
     ).artifact
 
 
@@ -326,10 +365,22 @@ def load_tensors(
 
 
 def inspect(
-    store: ContentStore, cid: CID | str, *, limits: Limits = DEFAULT_LIMITS
+    store: ContentStore,
+    cid: CID | str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    base_modules: Collection[str] | None = None,
 ) -> dict[str, object]:
     """A JSON-able summary of a fully verified artifact."""
-    resolved = resolve(BlockSource(store).get_block, CID.parse(cid), limits=limits)
+    return summarise(
+        resolve(
+            BlockSource(store).get_block, CID.parse(cid), limits=limits, base_modules=base_modules
+        )
+    )
+
+
+def summarise(resolved: Resolved) -> dict[str, object]:
+    """A JSON-able summary of a verified chain (see :func:`inspect`)."""
     art = resolved.artifact
     m = art.manifest
     return {

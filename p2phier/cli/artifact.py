@@ -23,7 +23,6 @@ from p2phier.errors import P2PHierError, UsageError
 
 if TYPE_CHECKING:
     from p2phier.artifact import Artifact
-    from p2phier.store import ContentStore
 
 artifact_app = typer.Typer(
     help="Signed adapter artifacts: pack, verify, inspect, unpack, export.", no_args_is_help=True
@@ -187,14 +186,33 @@ def artifact_pack(
     output.emit(info, f"{info['cid']}  ({info['encoding']}, {output.human_size(info['bytes'])})")
 
 
-def _verify_car(path: Path) -> tuple[dict[str, Any], ContentStore]:
-    """Verify a CAR archive in memory: the user's store is not touched."""
-    from p2phier.artifact import import_car, inspect
-    from p2phier.store import MemoryStore
+def _verify_car(path: Path, base_modules: set[str] | None) -> dict[str, Any]:
+    """Verify a CAR archive from the file alone: the user's store is not touched."""
+    from p2phier.artifact.car import verify_car
+    from p2phier.artifact.verify import summarise
 
-    scratch = MemoryStore()
-    cid = import_car(scratch, path)
-    return inspect(scratch, cid), scratch
+    return summarise(verify_car(path, base_modules=base_modules))
+
+
+BaseWeights = Annotated[
+    Path | None,
+    typer.Option(
+        "--base-weights",
+        help="The base model's safetensors weights (a file, or a directory holding "
+        "model.safetensors): the adapter must adapt exactly the modules its config "
+        "targets there.",
+    ),
+]
+
+
+def _base_modules(path: Path | None) -> set[str] | None:
+    if path is None:
+        return None
+    from p2phier.artifact.adapter import module_names_from_file
+
+    if path.is_dir():
+        path = path / "model.safetensors"
+    return module_names_from_file(path)
 
 
 @artifact_app.command("verify")
@@ -203,6 +221,7 @@ def artifact_verify(
     target: Annotated[
         str, typer.Argument(help="Artifact CID in the store, or a .car file from `export`.")
     ],
+    base_weights: BaseWeights = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Fully verify an artifact (signature, content, lineage); exit non-zero if it fails."""
@@ -222,15 +241,15 @@ def artifact_verify(
     if source == "store" and names_a_file:
         raise output.InputFileError(f"{target}: no such file")
     try:
+        modules = _base_modules(base_weights)
         if source == "car":
-            info, scratch = _verify_car(path)
-            scratch.close()
+            info = _verify_car(path, modules)
         else:
             from p2phier.cid import CID
 
             cid = CID.parse(target)
             with open_store(_settings(ctx)) as store:
-                info = inspect(store, cid)
+                info = inspect(store, cid, base_modules=modules)
     except P2PHierError as exc:
         # The verdict is the result here: print it in the command's own shape, then fail.
         data = {
@@ -300,6 +319,7 @@ def artifact_unpack(
     ctx: typer.Context,
     cid: CidArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PEFT adapter.")],
+    base_weights: BaseWeights = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Verify an artifact and write the PEFT adapter directory it stands for."""
@@ -310,7 +330,7 @@ def artifact_unpack(
     root = CID.parse(cid)
     dest = out.expanduser().absolute()
     with open_store(_settings(ctx)) as store:
-        written = materialise(store, root, dest)
+        written = materialise(store, root, dest, base_modules=_base_modules(base_weights))
     files = sorted(p.name for p in written.iterdir() if p.is_file())
     output.emit({"cid": str(root), "path": str(written), "files": files}, f"wrote {written}")
 

@@ -475,6 +475,21 @@ def read_tier_info(tier_dir: Path) -> TierInfo:
     return info
 
 
+def tier_module_names(tier_dir: Path) -> set[str]:
+    """The tier's module names as its weights file lists them, read from the header only.
+
+    What an adapter for this tier is checked against
+    (:func:`~p2phier.artifact.adapter.check_adapter_tensors`): every prefix of
+    every weight name (int8 scales left out).
+    """
+    from p2phier.artifact.adapter import module_names_from_file
+
+    info = read_tier_info(tier_dir)
+    return module_names_from_file(
+        Path(tier_dir) / info.weights_file, skip_suffixes=(INT8_SCALE_SUFFIX,)
+    )
+
+
 def _model_class(task: Task) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 

@@ -319,7 +319,7 @@ class Learner:
         their_tier = await self._tier_of(v.base_model_cid, v.author)
         raw = self.dir / "versions" / v.cid
         if not raw.exists():
-            await self._work(self._unpack, v.cid, raw)
+            await self._work(self._unpack, v.cid, raw, their_tier)
         if self.state["tier"] is None:
             records = self._arrived(1) if self.data else []
             out = self.dir / "tier"
@@ -368,10 +368,12 @@ class Learner:
         self.state["accuracy_own"] = entry.get("accuracy_own", self.state.get("accuracy_own"))
         logger.info("applied parent version %s (round %d): %s", v.cid, v.round, entry)
 
-    def _unpack(self, cid: str, out: Path) -> None:
+    def _unpack(self, cid: str, out: Path, tier: Path) -> None:
+        """Write an update's adapter, checked against the modules of the tier it was made on."""
         from p2phier.artifact import materialise
+        from p2phier.learn.models import tier_module_names
 
-        materialise(self.node.store, CID.parse(cid), out)
+        materialise(self.node.store, CID.parse(cid), out, base_modules=tier_module_names(tier))
 
     def _model(self) -> tuple[list[Path], Path | None]:
         """This node's current model as (stack, adapter)."""
@@ -516,9 +518,9 @@ class Learner:
         from p2phier.learn import cycle
 
         raw = self.dir / "updates" / u.cid
-        if not raw.exists():
-            await self._work(self._unpack, u.cid, raw)
         their = await self._tier_of(u.base_model_cid, u.author)
+        if not raw.exists():
+            await self._work(self._unpack, u.cid, raw, their)
         if await self._work(cycle.same_tier, tier, their):
             return raw
         return await self._work(

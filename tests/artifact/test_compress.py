@@ -130,6 +130,35 @@ def test_frame_without_size_is_cut_off_at_the_cap() -> None:
     assert peak < 4 * MiB  # the cap plus one read chunk, never the 1 GiB
 
 
+def test_frame_without_size_stops_at_the_size_the_manifest_declares() -> None:
+    # issue 13: a 131 KB payload whose manifest says 2,104 bytes decompressed to the
+    # 256 MiB cap before its size was compared with the manifest's.
+    z = bomb(1 * GiB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            DecompressionError, match="expands past the size the manifest declares of 2104 bytes"
+        ):
+            decompress(z, max_output=256 * MiB, max_window_log=23, expected_size=2104)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * KiB  # the declared 2,104 bytes and one read, not the 256 MiB cap
+
+
+def test_output_is_allocated_once_at_the_declared_size() -> None:
+    data = bytes(range(256)) * (16 * KiB)  # 4 MiB
+    z = compress(data)
+    tracemalloc.start()
+    try:
+        out = decompress(z, max_output=256 * MiB, max_window_log=23, expected_size=len(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == data
+    assert peak < len(data) + 512 * KiB  # one buffer, no second copy of the output
+
+
 def test_window_log_31_is_refused() -> None:
     z = frame(rle_block(16, last=True), window_log=31)
     assert zstandard.get_frame_parameters(z).window_size == 1 << 31
@@ -147,7 +176,7 @@ def test_declared_size_must_match_the_manifest() -> None:
     with pytest.raises(DecompressionError, match="manifest says 99"):
         decompress(z, max_output=MiB, max_window_log=23, expected_size=99)
     z_nosize = zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 100)
-    with pytest.raises(DecompressionError, match="manifest says 99"):
+    with pytest.raises(DecompressionError, match="the manifest declares of 99 bytes"):
         decompress(z_nosize, max_output=MiB, max_window_log=23, expected_size=99)
 
 

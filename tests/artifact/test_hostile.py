@@ -273,6 +273,20 @@ def row_chain_too_long(ctx: Ctx) -> Callable[[], object]:
     return lambda: verify_artifact(ctx.victim, c.cid, limits=Limits(max_chain=2))
 
 
+def row_pack_adapts_nothing(ctx: Ctx) -> Callable[[], object]:
+    """issue 13: packed, verified and unpacked, and PEFT loaded it as the base model."""
+    src = write_adapter(ctx.tmp / "keys", adapter_tensors(), adapter_config(target_modules=["key"]))
+    return lambda: pack_adapter(
+        ctx.victim,
+        src,
+        ctx.author,
+        layer="device",
+        domain="en/news",
+        base_model_id=BASE_MODEL,
+        now=1_700_000_000.0,
+    )
+
+
 def row_cyclic_lineage(ctx: Ctx) -> Callable[[], object]:
     """With sha-256 content addressing a real cycle needs a hash collision; a reader that
     serves artifacts under CIDs they do not hash to (a lying source) is the only way to
@@ -372,12 +386,13 @@ ROWS: list[tuple[str, Callable[[Ctx], Callable[[], object]], type[Exception], st
         False,
     ),
     (
-        "zstd-no-size-past-cap",
+        # issue 13: decompressed to the cap although the signed manifest said 1,000 bytes
+        "zstd-no-size-past-manifest-size",
         _set_limits(
             imports(payload_z=rle_frame(64 * MiB), raw_size=1000), Limits(max_decompressed=1 * MiB)
         ),
         DecompressionError,
-        "expands past the cap of 1048576",
+        "expands past the size the manifest declares of 1000 bytes",
         False,
     ),
     (
@@ -540,6 +555,36 @@ ROWS: list[tuple[str, Callable[[Ctx], Callable[[], object]], type[Exception], st
         "not 'other/model'",
         False,
     ),
+    # issue 13: adapters that adapt nothing (PEFT ignores tensors it does not target)
+    (
+        "target-modules-miss-the-tensors",
+        imports(config={"target_modules": ["key"]}),
+        TensorFileError,
+        "which target_modules \\['key'\\] does not select",
+        False,
+    ),
+    (
+        "target-modules-nonexistent",
+        imports(config={"target_modules": ["nonexistent"]}),
+        TensorFileError,
+        "does not select",
+        False,
+    ),
+    (
+        "target-modules-empty",
+        imports(config={"target_modules": []}),
+        TensorFileError,
+        "target_modules is empty: the adapter adapts nothing",
+        False,
+    ),
+    (
+        "target-modules-without-tensors",
+        imports(config={"target_modules": ["query", "value", "key"]}),
+        TensorFileError,
+        "names 'key' but the adapter has no LoRA tensors",
+        False,
+    ),
+    ("pack-adapts-nothing", row_pack_adapts_nothing, TensorFileError, "does not select", False),
     ("lineage-too-long", row_chain_too_long, LineageError, "longer than the limit of 2", False),
     ("cyclic-lineage", row_cyclic_lineage, LineageError, "cyclic", False),
     (

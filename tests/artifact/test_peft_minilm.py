@@ -144,3 +144,53 @@ def test_int8_delta_materialises_to_a_loadable_peft_adapter(
     for name, value in want.items():
         bound = float(np.abs(value - prev[name]).max()) / 254 * 1.001 + 1e-7
         assert float(np.abs(have[name] - value).max()) <= bound, name
+
+
+def test_an_adapter_that_adapts_nothing_is_refused(minilm: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 13: target_modules=["key"] over query/value tensors loads in PEFT as the base model."""
+    import json
+
+    from p2phier.artifact.adapter import module_names_from_weights
+    from p2phier.errors import TensorFileError
+
+    base, batch, labels = minilm["base"], minilm["batch"], minilm["labels"]
+    torch.manual_seed(3)
+    model = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"]),
+    )
+    _train(model, batch, labels, steps=2)
+    model.save_pretrained(tmp_path / "good")
+    trained = _logits(model, batch)
+    names = [n for n, _ in base.named_modules() if n]
+    author = Identity.from_seed(b"\x06" * 32)
+    common: dict[str, Any] = {"layer": "domain", "domain": "en", "base_model_id": BASE_ID}
+    with MemoryStore() as store:
+        # the honest adapter passes against the real model's modules, by either source of names
+        good = pack_adapter(store, tmp_path / "good", author, now=1.0, **common)
+        verify_artifact(store, good.cid, base_modules=names)
+        verify_artifact(
+            store, good.cid, base_modules=module_names_from_weights(base.state_dict().keys())
+        )
+        # ...but not against a model where query/value of a layer would get no trained weights
+        more = [*names, "bert.encoder.layer.6.attention.self.query"]
+        with pytest.raises(TensorFileError, match=r"layer\.6\.attention\.self\.query"):
+            verify_artifact(store, good.cid, base_modules=more)
+
+        for targets in (["key"], ["nonexistent"], []):
+            bad = tmp_path / f"bad-{len(targets)}-{targets[:1]}"
+            bad.mkdir()
+            cfg = json.loads((tmp_path / "good" / "adapter_config.json").read_text())
+            cfg["target_modules"] = targets
+            (bad / "adapter_config.json").write_text(json.dumps(cfg))
+            weights = (tmp_path / "good" / "adapter_model.safetensors").read_bytes()
+            (bad / "adapter_model.safetensors").write_bytes(weights)
+            if targets == ["key"]:
+                # what the refusal prevents: PEFT loads it, and it changes nothing
+                with pytest.warns(UserWarning, match="missing adapter keys"):
+                    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), bad)
+                loaded.eval()
+                np.testing.assert_allclose(_logits(loaded, batch), _logits(base, batch), atol=1e-6)
+                assert float(np.abs(trained - _logits(base, batch)).max()) > 1e-3
+            with pytest.raises(TensorFileError, match=r"does not select|adapts nothing"):
+                pack_adapter(store, bad, author, now=2.0, **common)

@@ -15,13 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from p2phier.artifact.tensors import (
+from p2phier.artifact.adapter import (
     canonical_config_bytes,
     check_adapter_tensors,
     parse_adapter_config,
-    parse_safetensors,
-    write_safetensors,
 )
+from p2phier.artifact.tensors import parse_safetensors, write_safetensors
 from p2phier.errors import TensorFileError
 
 from .conftest import adapter_config, adapter_tensors

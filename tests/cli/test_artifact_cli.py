@@ -306,3 +306,36 @@ def test_failed_pack_leaves_nothing_pinned(cli: Runner, home: Path, tmp_path: Pa
     assert gc.returncode == 0 and gc.json()["removed"] > 0, gc
     assert cli("store", "ls", "--json").json() == before
     assert cli("artifact", "verify", kept, "--json").json()["ok"] is True
+
+
+def test_base_weights_check_the_targeted_modules(cli: Runner, home: Path, tmp_path: Path) -> None:
+    """--base-weights: the adapter must adapt exactly the modules its config targets there."""
+    from p2phier.artifact.tensors import write_safetensors
+
+    cid = _pack(cli, write_adapter(tmp_path / "a", seed=0))["cid"]
+
+    def base(layers: int) -> Path:
+        names = {
+            f"encoder.layer.{i}.attention.self.{m}.{p}": np.zeros(1, np.float32)
+            for i in range(layers)
+            for m in ("query", "key", "value")
+            for p in ("weight", "bias")
+        }
+        path = tmp_path / f"base-{layers}" / "model.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(write_safetensors(names))
+        return path
+
+    ok = cli("artifact", "verify", cid, "--base-weights", base(2), "--json")
+    assert ok.returncode == 0, ok
+    out = tmp_path / "out"
+    assert (
+        cli("artifact", "unpack", cid, "-o", out, "--base-weights", base(2).parent).returncode == 0
+    )
+    # a base with a third layer: its query/value would get untrained LoRA layers
+    bad = cli("artifact", "verify", cid, "--base-weights", base(3), "--json")
+    assert bad.returncode == 6, bad  # the verification-failed exit code
+    assert bad.json()["type"] == "TensorFileError"
+    assert "encoder.layer.2.attention.self.query" in bad.json()["error"]
+    u = cli("artifact", "unpack", cid, "-o", tmp_path / "out3", "--base-weights", base(3), "--json")
+    assert u.returncode == 6 and not (tmp_path / "out3").exists()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2phier.artifact import verify_artifact
+from p2phier.artifact import materialise, verify_artifact
 from p2phier.errors import BaseModelMismatchError
 from p2phier.identity import Identity
 from p2phier.learn import api
@@ -22,7 +22,7 @@ from p2phier.learn.data import (
     sample_per_label,
     stratified_split,
 )
-from p2phier.learn.models import ModelError, load_tier, read_tier_info
+from p2phier.learn.models import ModelError, load_tier, read_tier_info, tier_module_names
 from p2phier.learn.pareto import select_tier
 from p2phier.learn.timing import TimingPolicy
 from p2phier.learn.train import LoraSettings, Session, TrainConfig, read_adapter
@@ -179,6 +179,13 @@ def test_artifact_round_trip_predicts_like_the_in_memory_model(
     )
     back = api.unpack(store, exact.cid, tmp_path / "back", tier.info)
     torch.testing.assert_close(Session(tier, adapter=back).logits(texts, 32), expected)
+    # a node checks a fetched update against the modules of the tier it names (its
+    # weights file's header): the session's adapter targets exactly those
+    modules = tier_module_names(tiny_cls_dir)
+    assert {n for n, _ in tier.model.named_modules() if n} >= {
+        m for m in modules if ".weight" not in m
+    }
+    materialise(store, exact.cid, tmp_path / "checked", base_modules=modules)
     merged = Session(tier, parents=[back]).logits(texts, 32)
     torch.testing.assert_close(merged, expected, atol=1e-4, rtol=1e-4)
     fp16 = Session(tier, adapter=api.unpack(store, half.cid, tmp_path / "half", tier.info))
