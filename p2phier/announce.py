@@ -55,11 +55,11 @@ from p2phier.records import (
     peer_from_wire,
     validate_base_model_id,
 )
+from p2phier.signing import check_signed, sign_as
 from p2phier.wire import p2phier_pb2 as pb
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"p2phier/announcement/v1"
-SIGNATURE_SIZE = 64
 
 MAX_SIGNED_ANNOUNCEMENT = 4096  # bytes; checked before parsing
 MAX_METRICS = 16
@@ -324,18 +324,14 @@ class SignedAnnouncement:
 
     def check_signature(self, announcement: Announcement) -> None:
         """Raise unless the signature is the author's over the exact announcement bytes."""
-        if len(self.signature) != SIGNATURE_SIZE:
-            raise AnnouncementSignatureError(
-                f"announcement signature is {len(self.signature)} bytes; "
-                f"an Ed25519 signature is {SIGNATURE_SIZE}"
-            )
-        try:
-            announcement.author.verify(SIGNING_DOMAIN, self.announcement_bytes, self.signature)
-        except SignatureError:
-            raise AnnouncementSignatureError(
-                f"announcement signature does not verify for {announcement.author} "
-                "(changed after signing, or signed by another key)"
-            ) from None
+        check_signed(
+            announcement.author,
+            SIGNING_DOMAIN,
+            self.announcement_bytes,
+            self.signature,
+            what="announcement",
+            error=AnnouncementSignatureError,
+        )
 
     def open(self) -> Announcement:
         announcement = Announcement.from_bytes(self.announcement_bytes)
@@ -345,13 +341,16 @@ class SignedAnnouncement:
 
 def sign_announcement(announcement: Announcement, identity: Identity) -> bytes:
     """``SignedAnnouncement`` bytes; the identity must be the author."""
-    if identity.peer_id != announcement.author:
-        raise AnnouncementSignatureError(
-            f"announcement names author {announcement.author} "
-            f"but the signing key is {identity.peer_id}"
-        )
     data = announcement.to_bytes()
-    return SignedAnnouncement(data, identity.sign(SIGNING_DOMAIN, data)).to_bytes()
+    signature = sign_as(
+        identity,
+        announcement.author,
+        SIGNING_DOMAIN,
+        data,
+        what="announcement",
+        error=AnnouncementSignatureError,
+    )
+    return SignedAnnouncement(data, signature).to_bytes()
 
 
 def open_announcement(data: bytes, *, max_size: int = MAX_SIGNED_ANNOUNCEMENT) -> Announcement:

@@ -35,7 +35,7 @@ from typing import Any
 
 from p2phier.errors import ConfigError, InvalidPeerIdError, P2PHierError
 from p2phier.hierarchy import HierarchyConfig, HierarchyError
-from p2phier.identity import parse_network_peer_id
+from p2phier.identity import PeerId, parse_network_peer_id
 from p2phier.records import (
     MAX_RECORD_LIFETIME_MS,
     HardwareClass,
@@ -128,6 +128,13 @@ def _hardware(value: Any) -> HardwareClass:
         return HardwareClass.parse(_str(value))
     except RecordError as exc:
         raise _BadValueError(str(exc)) from None
+
+
+def _count(value: Any) -> int:
+    n = _uint(value)
+    if n < 1:
+        raise _BadValueError("must be at least 1")
+    return n
 
 
 def _uint(value: Any) -> int:
@@ -243,6 +250,34 @@ def _bootstrap(value: Any) -> tuple[str, ...]:
     return addrs
 
 
+def _anchors(value: Any) -> tuple[str, ...]:
+    out = []
+    for item in _list(value):
+        text = _str(item).strip()
+        try:
+            PeerId.parse(text)  # a p2phier node: it signs records, so an Ed25519 key
+        except InvalidPeerIdError as exc:
+            raise _BadValueError(f"{text!r}: {exc}") from None
+        if text in out:
+            raise _BadValueError(f"lists {text!r} twice")
+        out.append(text)
+    return tuple(out)
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    out = []
+    for item in _list(value):
+        text = _str(item).strip()
+        try:
+            validate_domain(text)
+        except RecordError as exc:
+            raise _BadValueError(str(exc)) from None
+        if text in out:
+            raise _BadValueError(f"lists {text!r} twice")
+        out.append(text)
+    return tuple(out)
+
+
 # --- the schema -------------------------------------------------------------------------------
 
 
@@ -266,6 +301,9 @@ _SCHEMA: dict[str, _Field] = {
     "network.advertise": _Field(_addrs, (), is_list=True),
     "network.bootstrap": _Field(_bootstrap, (), is_list=True),
     "network.upload_rate_limit": _Field(_rate, 0),
+    "network.max_handshakes": _Field(_count, 128),
+    "network.max_handshakes_per_ip": _Field(_count, 16),
+    "network.max_inbound_per_ip": _Field(_count, 256),
     "control.socket": _Field(_path, "control.sock"),
     "gossip.heartbeat_s": _Field(_seconds, 1.0),
     "timeouts.dial_s": _Field(_seconds, 10.0),
@@ -279,6 +317,8 @@ _SCHEMA: dict[str, _Field] = {
     "hierarchy.parent_timeout_s": _Field(_seconds, 30.0),
     "hierarchy.lost_backoff_s": _Field(_seconds, 60.0),
     "hierarchy.max_children": _Field(_uint, 1024),
+    "hierarchy.admit_domains": _Field(_domains, (), is_list=True),
+    "trust.anchors": _Field(_anchors, (), is_list=True),
     "log.level": _Field(_level, "info"),
     "learn.enabled": _Field(_bool, False),
     "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
@@ -319,6 +359,9 @@ class NodeConfig:
     advertise: tuple[str, ...]  # empty: advertise the listen addresses
     bootstrap: tuple[str, ...]
     upload_rate_limit: int  # bytes/s, 0 = unlimited
+    max_handshakes: int  # inbound connections in their handshake at once
+    max_handshakes_per_ip: int  # ... from one IP
+    max_inbound_per_ip: int  # live inbound connections from one IP
     control_socket: Path
     gossip_heartbeat_s: float
     dial_timeout_s: float
@@ -328,6 +371,9 @@ class NodeConfig:
     record_ttl_s: float
     record_refresh_s: float
     hierarchy: HierarchyConfig
+    #: peer ids of nodes the operator knows (e.g. the network's real master); empty: the
+    #: bootstrap peers are the anchors
+    trust_anchors: tuple[str, ...]
     log_level: str
     learn_enabled: bool
     learn_round_interval_s: float
@@ -344,6 +390,20 @@ class NodeConfig:
     def key_file(self) -> Path:
         return self.home / KEY_NAME
 
+    @property
+    def anchors(self) -> frozenset[PeerId]:
+        """The peers this node trusts from the start: ``trust.anchors``, or else the
+        bootstrap peers the operator named (those that are p2phier, i.e. Ed25519, nodes)."""
+        if self.trust_anchors:
+            return frozenset(PeerId.parse(p) for p in self.trust_anchors)
+        out = set()
+        for addr in self.bootstrap:
+            try:
+                out.add(PeerId.parse(addr.rpartition("/p2p/")[2]))
+            except InvalidPeerIdError:
+                continue  # an IPFS node (RSA, secp256k1) signs no records: no parent
+        return frozenset(out)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-able view keyed by setting name, plus where each came from."""
         h = self.hierarchy
@@ -359,6 +419,9 @@ class NodeConfig:
             "network.advertise": list(self.advertise),
             "network.bootstrap": list(self.bootstrap),
             "network.upload_rate_limit": self.upload_rate_limit,
+            "network.max_handshakes": self.max_handshakes,
+            "network.max_handshakes_per_ip": self.max_handshakes_per_ip,
+            "network.max_inbound_per_ip": self.max_inbound_per_ip,
             "control.socket": str(self.control_socket),
             "gossip.heartbeat_s": self.gossip_heartbeat_s,
             "timeouts.dial_s": self.dial_timeout_s,
@@ -372,6 +435,8 @@ class NodeConfig:
             "hierarchy.parent_timeout_s": h.parent_timeout_s,
             "hierarchy.lost_backoff_s": h.lost_backoff_s,
             "hierarchy.max_children": h.max_children,
+            "hierarchy.admit_domains": list(h.admit_domains),
+            "trust.anchors": list(self.trust_anchors),
             "log.level": self.log_level,
             "learn.enabled": self.learn_enabled,
             "learn.round_interval_s": self.learn_round_interval_s,
@@ -540,6 +605,7 @@ def load_config(
             parent_timeout_s=values["hierarchy.parent_timeout_s"],
             lost_backoff_s=values["hierarchy.lost_backoff_s"],
             max_children=values["hierarchy.max_children"],
+            admit_domains=values["hierarchy.admit_domains"],
         )
     except HierarchyError as exc:
         raise fail(tuple(k for k in _SCHEMA if k.startswith("hierarchy.")), str(exc)) from None
@@ -557,6 +623,9 @@ def load_config(
         advertise=values["network.advertise"],
         bootstrap=values["network.bootstrap"],
         upload_rate_limit=values["network.upload_rate_limit"],
+        max_handshakes=values["network.max_handshakes"],
+        max_handshakes_per_ip=values["network.max_handshakes_per_ip"],
+        max_inbound_per_ip=values["network.max_inbound_per_ip"],
         control_socket=socket,
         gossip_heartbeat_s=values["gossip.heartbeat_s"],
         dial_timeout_s=values["timeouts.dial_s"],
@@ -566,6 +635,7 @@ def load_config(
         record_ttl_s=ttl,
         record_refresh_s=refresh,
         hierarchy=hierarchy,
+        trust_anchors=values["trust.anchors"],
         log_level=values["log.level"],
         learn_enabled=values["learn.enabled"],
         learn_round_interval_s=values["learn.round_interval_s"],

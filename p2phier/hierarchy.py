@@ -5,10 +5,14 @@ Owns the rules of ``protocol/node.md`` §4-5:
 * :func:`discovery_key`: the DHT provider key of a ``(layer, domain path)`` pair,
   and :func:`parent_search_keys`, the keys a node looks up to find parents;
 * :func:`select_parent`: a node's parent is a node exactly one layer up whose
-  domain path is the longest segment-wise prefix of its own; ties go to the
-  highest score of a pluggable score function (now :class:`LatencyUptimeScore`,
-  later reputation), then to the smallest peer id, so the choice is
-  deterministic;
+  domain path is the longest segment-wise prefix of its own; ties go to an
+  *anchor* (a peer the operator named: ``trust.anchors``, or the bootstrap
+  peers), then to the highest score of a pluggable score function (now
+  :class:`MeasuredScore`, the round trip this node measured), then to the
+  smallest peer id, so the choice is deterministic.  Nothing a candidate says
+  about itself beyond its layer and domain (uptime, capabilities) decides, and a
+  candidate is eligible only once this node has measured it (reachable, RTT):
+  a fresh key claiming 23 h of uptime cannot capture new nodes;
 * :class:`HierarchyState`: the state machine the daemon feeds with events
   (records seen or expired, heartbeats from the parent, registrations from
   children, clock ticks) and that answers with actions (select a parent,
@@ -17,7 +21,10 @@ Owns the rules of ``protocol/node.md`` §4-5:
 
 A parent is kept until it is lost (record expired or changed, no heartbeat for
 ``parent_timeout_s``), or until a candidate with a strictly longer domain prefix
-appears; a better score alone never causes a switch (no flapping).  A lost
+appears, or an anchor on an equally long one while the parent is not an anchor;
+a better score alone never causes a switch (no flapping).  A registering child
+is admitted only under ``admit_domains`` (when the operator set it) and up to
+``max_children``.  A lost
 parent is not chosen again until it restarts (new ``started_ms``) or
 ``lost_backoff_s`` passes.  Children are registrations with a time to live,
 refreshed by the child every ``register_interval_s``; a parent's restart
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,28 +110,26 @@ def no_score(record: NodeRecord, now: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class LatencyUptimeScore:
-    """The score until reputation exists: low latency and long uptime win.
+class MeasuredScore:
+    """A candidate's round-trip time as this node measured it: lower is better.
 
-    ``score = uptime_weight * min(uptime, uptime_cap_s) / uptime_cap_s - latency / latency_scale_s``
-    where uptime comes from the record's ``started_ms`` (self-reported, so capped)
-    and latency from the daemon's pings; a peer never pinged counts
-    ``unknown_latency_s``.  With the defaults, 100 ms of latency weighs as much
-    as a full day of uptime.
+    ``score = -rtt / latency_scale_s``; a peer not measured yet scores
+    ``-inf`` and :meth:`measured` is False (the state machine does not choose it).
+    Self-reported figures (uptime, capabilities) play no part: a record is
+    signed by its subject, which proves who says it, not that it is true.
     """
 
     latencies: Mapping[PeerId, float]
     latency_scale_s: float = 0.1
-    unknown_latency_s: float = 1.0
-    uptime_cap_s: float = 86_400.0
-    uptime_weight: float = 1.0
+
+    def measured(self, peer: PeerId) -> bool:
+        rtt = self.latencies.get(peer)
+        return rtt is not None and math.isfinite(rtt) and rtt >= 0
 
     def __call__(self, record: NodeRecord, now: float) -> float:
-        latency = self.latencies.get(record.peer_id, self.unknown_latency_s)
-        if not math.isfinite(latency) or latency < 0:
-            latency = self.unknown_latency_s
-        uptime = min(max(now - record.started_ms / 1000.0, 0.0), self.uptime_cap_s)
-        return self.uptime_weight * uptime / self.uptime_cap_s - latency / self.latency_scale_s
+        if not self.measured(record.peer_id):
+            return -math.inf
+        return -self.latencies[record.peer_id] / self.latency_scale_s
 
 
 def is_parent_candidate(layer: Layer, domain: str, record: NodeRecord) -> bool:
@@ -150,12 +155,14 @@ def select_parent(
     *,
     score: ScoreFn = no_score,
     exclude: Iterable[PeerId] = (),
+    anchors: Collection[PeerId] = frozenset(),
+    measured: Callable[[PeerId], bool] | None = None,
 ) -> NodeRecord | None:
     """The best parent for a ``(layer, domain)`` node among ``candidates``, or None.
 
     Eligible: exactly one layer up, domain a prefix of ``domain``, not expired at
-    ``now``, not in ``exclude``.  Best: longest domain, then highest score, then
-    smallest peer id string.
+    ``now``, not in ``exclude``, and measured (when ``measured`` is given).  Best:
+    longest domain, then an anchor, then highest score, then smallest peer id.
     """
     excluded = set(exclude)
     eligible = [
@@ -164,12 +171,18 @@ def select_parent(
         if is_parent_candidate(layer, domain, r)
         and not r.is_expired(now)
         and r.peer_id not in excluded
+        and (measured is None or measured(r.peer_id))
     ]
     if not eligible:
         return None
     return min(
         eligible,
-        key=lambda r: (-domain_depth(r.domain), -_safe_score(score, r, now), str(r.peer_id)),
+        key=lambda r: (
+            -domain_depth(r.domain),
+            r.peer_id not in anchors,
+            -_safe_score(score, r, now),
+            str(r.peer_id),
+        ),
     )
 
 
@@ -238,6 +251,8 @@ class HierarchyConfig:
     parent_timeout_s: float = 30.0  # no heartbeat from the parent for this long: lost
     lost_backoff_s: float = 60.0  # a lost parent is not re-chosen before this (unless restarted)
     max_children: int = 1024
+    #: domain subtrees children may come from (empty: any under this node's own domain)
+    admit_domains: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("child_ttl_s", "register_interval_s", "parent_timeout_s", "lost_backoff_s"):
@@ -267,6 +282,8 @@ class HierarchyState:
         *,
         config: HierarchyConfig | None = None,
         score: ScoreFn = no_score,
+        anchors: Collection[PeerId] = frozenset(),
+        measured: Callable[[PeerId], bool] | None = None,
     ) -> None:
         try:
             check_layer_domain(layer, domain)
@@ -277,6 +294,8 @@ class HierarchyState:
         self.domain = domain
         self.config = config or HierarchyConfig()
         self.score = score
+        self.anchors = frozenset(anchors)
+        self.measured = measured
         self._candidates: dict[PeerId, NodeRecord] = {}
         self._parent: PeerId | None = None
         self._parent_heard = 0.0
@@ -358,6 +377,12 @@ class HierarchyState:
             return self._lose_parent(now, "its node record expired") + self._maybe_select(now)
         return []
 
+    def candidate_measured(self, peer: PeerId, now: float) -> list[Action]:
+        """This node measured ``peer`` (it answered; its RTT is known): it may be chosen."""
+        if peer not in self._candidates:
+            return []
+        return self._maybe_select(now)
+
     def parent_heard(self, peer: PeerId, now: float) -> list[Action]:
         """Any sign of life from ``peer`` (ping reply, registration ack, gossip heartbeat)."""
         if peer == self._parent:
@@ -392,6 +417,15 @@ class HierarchyState:
                     peer,
                     f"a {record.layer.label} node on {record.domain!r} cannot be our child "
                     f"(we take {want})",
+                )
+            ]
+        admit = self.config.admit_domains
+        if admit and not any(is_domain_prefix(d, record.domain) for d in admit):
+            return [
+                RejectChild(
+                    peer,
+                    f"this node admits children from {', '.join(repr(d) for d in admit)} only, "
+                    f"not {record.domain!r}",
                 )
             ]
         new = peer not in self._children
@@ -488,18 +522,28 @@ class HierarchyState:
             now,
             score=self.score,
             exclude=self._lost,
+            anchors=self.anchors,
+            measured=self.measured,
         )
         current = self._parent
         if best is None:
             if current is None and not self._waiting:
                 self._waiting = True
-                return [WaitForParent(f"no {self.layer.above.label} node on our domain path yet")]
+                what = f"no {self.layer.above.label} node on our domain path"
+                if self._candidates and self.measured is not None:
+                    what += " measured"  # candidates are known, not reached yet
+                return [WaitForParent(f"{what} yet")]
             return []
         if current is not None:
             cur = self._candidates.get(current)
-            if cur is not None and domain_depth(best.domain) <= domain_depth(cur.domain):
-                return []  # keep the parent we have: a better score alone is no reason
-            reason = "a parent with a longer domain prefix appeared"
+            if cur is not None and domain_depth(best.domain) < domain_depth(cur.domain):
+                return []
+            if cur is not None and domain_depth(best.domain) == domain_depth(cur.domain):
+                if current in self.anchors or best.peer_id not in self.anchors:
+                    return []  # keep the parent we have: a better score alone is no reason
+                reason = "an anchor on an equally long domain prefix became reachable"
+            else:
+                reason = "a parent with a longer domain prefix appeared"
         else:
             reason = "best eligible parent"
         self._parent = best.peer_id

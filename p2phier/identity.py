@@ -65,6 +65,8 @@ _PUB_PREFIX = bytes([0x08, KEY_TYPE_ED25519, 0x12, 0x20])
 # PrivateKey{Type: Ed25519, Data: 64 bytes}
 _PRIV_PREFIX = bytes([0x08, KEY_TYPE_ED25519, 0x12, 0x40])
 MAX_KEY_FILE = 4096
+#: bytes of an Ed25519 signature
+SIGNATURE_SIZE = 64
 
 #: libp2p ``KeyType`` values (peer-id spec): RSA, Ed25519, Secp256k1, ECDSA
 KEY_TYPE_NAMES = {0: "RSA", 1: "Ed25519", 2: "Secp256k1", 3: "ECDSA"}

@@ -39,11 +39,11 @@ from p2phier.errors import (
     SignatureError,
 )
 from p2phier.identity import Identity, PeerId
+from p2phier.signing import check_signed, sign_as
 from p2phier.wire import p2phier_pb2 as pb
 
 FORMAT_VERSION = 1
 SIGNING_DOMAIN = b"p2phier/node-record/v1"
-SIGNATURE_SIZE = 64
 
 MAX_SIGNED_RECORD = 8192  # bytes of a SignedNodeRecord; checked before parsing (16 long addrs fit)
 MAX_ADDRS = 16
@@ -503,29 +503,24 @@ class SignedRecord:
     def open(self) -> NodeRecord:
         """Parse the record and check it was signed by its own peer id's key."""
         record = NodeRecord.from_bytes(self.record_bytes)
-        if len(self.signature) != SIGNATURE_SIZE:
-            raise RecordSignatureError(
-                f"node record signature is {len(self.signature)} bytes; "
-                f"an Ed25519 signature is {SIGNATURE_SIZE}"
-            )
-        try:
-            record.peer_id.verify(SIGNING_DOMAIN, self.record_bytes, self.signature)
-        except SignatureError:
-            raise RecordSignatureError(
-                f"node record signature does not verify for {record.peer_id} "
-                "(changed after signing, or signed by another key)"
-            ) from None
+        check_signed(
+            record.peer_id,
+            SIGNING_DOMAIN,
+            self.record_bytes,
+            self.signature,
+            what="node record",
+            error=RecordSignatureError,
+        )
         return record
 
 
 def sign_record(record: NodeRecord, identity: Identity) -> bytes:
     """The ``SignedNodeRecord`` bytes of ``record``; the identity must be the record's peer."""
-    if identity.peer_id != record.peer_id:
-        raise RecordSignatureError(
-            f"record names peer {record.peer_id} but the signing key is {identity.peer_id}"
-        )
     data = record.to_bytes()
-    return SignedRecord(data, identity.sign(SIGNING_DOMAIN, data)).to_bytes()
+    signature = sign_as(
+        identity, record.peer_id, SIGNING_DOMAIN, data, what="record", error=RecordSignatureError
+    )
+    return SignedRecord(data, signature).to_bytes()
 
 
 def open_record(data: bytes, *, max_size: int = MAX_SIGNED_RECORD) -> NodeRecord:

@@ -69,6 +69,11 @@ def _call(
     return call(control_socket(ctx, socket), cmd, args, timeout=timeout)
 
 
+#: The daemon class ``node run`` starts; the devnet's attacker processes
+#: (:mod:`p2phier.devnet.attacker`) run the same command with a modified one.
+DAEMON_CLASS: Any = None
+
+
 @node_app.command("run")
 def node_run(
     ctx: typer.Context,
@@ -129,7 +134,7 @@ def node_run(
         sys.stdout.flush()
 
     try:
-        daemon = NodeDaemon(cfg, identity, store)
+        daemon = (DAEMON_CLASS or NodeDaemon)(cfg, identity, store)
         trio.run(lambda: daemon.run(on_ready=ready))
     finally:
         store.close()

@@ -76,6 +76,8 @@ class NodeProc:
     #: in a network namespace (empty by default: the node runs as a plain child).  The prefix
     #: must exec the node in place (as ``ip netns exec`` does), so that :meth:`stop` signals it.
     prefix: Sequence[str] = ()
+    #: run this node as an attacker (:mod:`p2phier.devnet.attacker`), e.g. "foreign-artifact"
+    attack: str | None = None
 
     @property
     def peer_id(self) -> str:
@@ -127,9 +129,10 @@ class NodeProc:
         A child that was spawned stays in :attr:`proc` even when this raises, so
         :meth:`stop` (or :func:`open_cluster`) still reaps it.
         """
+        entry = ["p2phier"] if self.attack is None else ["p2phier.devnet.attacker", self.attack]
         cmd = [
             *self.prefix,
-            sys.executable, "-m", "p2phier", "node", "run",
+            sys.executable, "-m", *entry, "node", "run",
             "--home", str(self.home),
             "--listen", self.listen,
             "--layer", self.layer,
@@ -217,7 +220,7 @@ class open_cluster:  # noqa: N801 - used like the function-style context manager
     def __init__(
         self,
         root: Path,
-        specs: list[tuple[str, str, str]],
+        specs: Sequence[tuple[str, str, str] | tuple[str, str, str, str]],
         *,
         env: Mapping[str, str] | None = None,
         grace: float = 10.0,
@@ -232,11 +235,13 @@ class open_cluster:  # noqa: N801 - used like the function-style context manager
 
     def __enter__(self) -> dict[str, NodeProc]:
         try:
-            for name, layer, domain in self.specs:
+            for name, layer, domain, *attack in self.specs:
                 home = self.root / name
                 home.mkdir(mode=0o700, parents=True)
                 boot = [next(iter(self.nodes.values())).addr] if self.nodes else []
-                node = NodeProc(name, home, layer, domain, boot, env=self.env)
+                node = NodeProc(
+                    name, home, layer, domain, boot, env=self.env, attack=next(iter(attack), None)
+                )
                 self.nodes[name] = node
                 node.start(self.start_timeout)
         except BaseException:

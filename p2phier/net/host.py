@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -38,8 +39,12 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from p2phier.errors import ConfigError, NetworkError, PeerTimeoutError
 from p2phier.identity import Identity
 
+from .gate import InboundGate, install_gate
 from .keys import keypair_from_identity, libp2p_peer_id, peer_id_str
 from .streams import STREAM_ERRORS, reset_quietly, stream_peer
+
+PING_PROTOCOL = "/ipfs/ping/1.0.0"
+PING_LENGTH = 32
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,11 @@ class HostConfig:
     #: node has fewer than ~100 connections (killed peers included, every few
     #: seconds); p2phier nodes dial whom they need, so it is off by default
     auto_connect: bool = False
+    #: inbound connections in their handshake at once, in total and from one IP, and
+    #: live inbound connections from one IP (:mod:`p2phier.net.gate`)
+    max_handshakes: int = 128
+    max_handshakes_per_ip: int = 16
+    max_inbound_per_ip: int = 256
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -84,6 +94,9 @@ class HostConfig:
                 raise ConfigError(f"host {name} must be a positive number of seconds")
         if self.negotiate_timeout < 1:
             raise ConfigError("host negotiate_timeout must be at least 1 second")
+        for name in ("max_handshakes", "max_handshakes_per_ip", "max_inbound_per_ip"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"host {name} must be a positive integer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +133,8 @@ class Host:
         self.config = config
         self.peer_id = str(identity.peer_id)
         self._disconnect_handlers: list[DisconnectHandler] = []
+        #: the inbound connection gate (set by :func:`open_host`; counts for status)
+        self.gate = InboundGate()
         libp2p_host.get_network().register_notifee(_Notifee(self))
 
     def on_disconnected(self, handler: DisconnectHandler) -> Callable[[], None]:
@@ -233,6 +248,33 @@ class Host:
                 f"cannot open a {protocol} stream to {peer}: {_cause_chain(exc)}"
             ) from None
 
+    async def ping(self, peer: str, *, timeout: float) -> float:
+        """Round-trip seconds of one libp2p ping (``/ipfs/ping/1.0.0``: 32 random bytes
+        echoed), dialling first when needed; the measurement parent choice rests on."""
+        payload = secrets.token_bytes(PING_LENGTH)
+        stream = await self.open_stream(peer, PING_PROTOCOL, timeout=timeout)
+        try:
+            with trio.fail_after(timeout):
+                began = trio.current_time()
+                await stream.write(payload)
+                echo = b""
+                while len(echo) < PING_LENGTH:
+                    chunk = await stream.read(PING_LENGTH - len(echo))
+                    if not chunk:
+                        break
+                    echo += chunk
+                rtt = trio.current_time() - began
+        except trio.TooSlowError:
+            await reset_quietly(stream)
+            raise PeerTimeoutError(f"{peer} did not answer a ping within {timeout}s") from None
+        except STREAM_ERRORS as exc:
+            await reset_quietly(stream)
+            raise NetworkError(f"ping to {peer} failed: {_cause_chain(exc)}") from None
+        await reset_quietly(stream)  # the ping protocol has no close: the stream is done
+        if echo != payload:
+            raise NetworkError(f"{peer} answered a ping with other bytes")
+        return rtt
+
     def _forget_closed_connections(self, pid: Any) -> bool:
         """Drop ``pid``'s listed connections if every one is closed; True if any was."""
         swarm: Any = self.libp2p.get_network()
@@ -337,6 +379,8 @@ async def open_host(
     if listen is not None:
         cfg = dataclasses.replace(cfg, listen=tuple(listen))
     libp2p_host = build_libp2p_host(identity, cfg)
+    gate = InboundGate(cfg.max_handshakes, cfg.max_handshakes_per_ip, cfg.max_inbound_per_ip)
+    install_gate(libp2p_host.get_network(), gate)
     # The guard scope bounds the shutdown (a frozen peer must not hold it): its
     # deadline is set when the body ends, and it encloses the whole run context.
     with trio.CancelScope() as guard:
@@ -345,6 +389,7 @@ async def open_host(
                 swarm: Any = libp2p_host.get_network()  # Swarm; the interface lacks it
                 await swarm.auto_connector.stop()
             host = Host(identity, libp2p_host, cfg)
+            host.gate = gate
             logger.info(
                 "libp2p host %s listening on %s", host.peer_id, ", ".join(host.listen_addrs)
             )

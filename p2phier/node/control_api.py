@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def node_status(node: NodeDaemon) -> dict[str, Any]:
-    host = node._host
+    host = node.host
     return {
         "peer_id": str(node.peer),
         "layer": node.config.layer.label,
@@ -31,20 +31,17 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         "head": str(node.head) if node.head else None,
         "peers": sorted(host.connected_peers()) if host else [],
         "addresses": host.addrs if host else [],
+        "inbound": host.gate.status() if host else None,
         "records": len(node.book),
-        "record_seq": node._record_seq,
+        "record_seq": node.record_seq,
         "started_ms": node.started_ms,
-        "accepted": list(node.accepted),
-        "fetching": sorted(node.fetching),
-        "fetch_failures": list(node.fetch_failures),
-        "announcements_dropped": dict(node.rejected),
-        "announcements_dropped_by_peer": {
-            peer: dict(reasons) for peer, reasons in node.rejected_by_peer.items()
-        },
+        **node.intake.status(),
         "peers_refused": dict(node.refused),
+        # round trips this node measured itself (ms): the only figures parent choice uses
+        "measured_ms": {str(p): round(rtt * 1000, 2) for p, rtt in node.latencies.items()},
         "misbehaviour": list(node.misbehaviour),
         "bitswap": _wire_totals(node),
-        "topics": node._gossip.topics if node._gossip else [],
+        "topics": node.topics,
         "control_socket": str(node.config.control_socket),
         "learn": node.learner.status() if node.learner is not None else None,
     }
@@ -65,7 +62,7 @@ def _wire_totals(node: NodeDaemon) -> dict[str, int]:
 def node_peers(node: NodeDaemon, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
     lay = Layer.parse(layer) if layer else None
     out = []
-    connected = set(node._host.connected_peers()) if node._host else set()
+    connected = set(node.host.connected_peers()) if node.host else set()
     for record in node.book.query(lay, domain_prefix=domain, now=node.clock()):
         if record.peer_id == node.peer:
             continue
@@ -100,7 +97,7 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
         return node.learner.request_round(value)
 
     async def stop(args: Mapping[str, Any]) -> Any:
-        node._stop.set()
+        node.stop()
         return {"stopping": True}
 
     return {

@@ -27,10 +27,11 @@ Rules it keeps (protocol/node.md):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,24 +41,18 @@ import trio
 from p2phier.announce import (
     RECORDS_TOPIC,
     Announcement,
-    AnnouncementFilter,
-    Reject,
     SenderContext,
     down_topic,
     sign_announcement,
     up_topic,
 )
-from p2phier.artifact import DEFAULT_LIMITS, Artifact, verify_artifact
-from p2phier.artifact.verify import read_artifact
+from p2phier.artifact import Artifact, verify_artifact
 from p2phier.bitswap import Misbehaviour
 from p2phier.cid import CID
 from p2phier.config import NodeConfig
 from p2phier.errors import (
-    ArtifactError,
     InvalidPeerIdError,
-    MissingBlocksError,
     NetworkError,
-    P2PHierError,
     ProtocolViolationError,
     StoreError,
     UsageError,
@@ -67,13 +62,14 @@ from p2phier.hierarchy import (
     Action,
     DropChild,
     HierarchyState,
-    LatencyUptimeScore,
+    MeasuredScore,
     ParentLost,
     RegisterWith,
     RejectChild,
     SelectParent,
     WaitForParent,
     discovery_key,
+    is_parent_candidate,
     parent_search_keys,
 )
 from p2phier.identity import Identity, PeerId
@@ -92,6 +88,7 @@ from p2phier.net.pubsub import (
 )
 from p2phier.net.register import register_with, serve_registrations
 from p2phier.node.control_api import control_handlers, node_peers, node_status
+from p2phier.node.intake import MAX_ACCEPTED, Evidence, UpdateIntake
 from p2phier.node.learner import Learner
 from p2phier.node.objfetch import fetch_any
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
@@ -109,14 +106,10 @@ from p2phier.store import DiskStore
 
 logger = logging.getLogger(__name__)
 
-MAX_ACCEPTED = 256  # accepted artifacts listed in status (all stay pinned)
-MAX_PARALLEL_FETCHES = 4
-#: waits before re-fetching an announced update whose bytes did not arrive
-FETCH_RETRY_S = (5.0, 15.0, 30.0, 60.0, 120.0)
-#: peers whose announcement drops are counted one by one in status (least recent go first)
-MAX_DROP_PEERS = 256
 #: seconds between maintenance rounds (hierarchy timers, expiry, saves)
 TICK_S = 0.5
+#: a parent candidate is pinged again after this long (or when it failed to answer)
+MEASURE_EVERY_S = 10.0
 
 
 class NodeDaemon:
@@ -138,28 +131,37 @@ class NodeDaemon:
         self.started = clock()
         self.started_ms = now_ms(self.started)
         self.book = RecordBook()
+        #: round trips this node measured (pings, registrations): what parent choice uses
         self.latencies: dict[PeerId, float] = {}
+        self._measured_at: dict[PeerId, float] = {}  # last ping attempt per candidate
+        score = MeasuredScore(self.latencies)
         self.hierarchy = HierarchyState(
             self.peer,
             config.layer,
             config.domain,
             config=config.hierarchy,
-            score=LatencyUptimeScore(self.latencies),
+            score=score,
+            anchors=config.anchors,
+            measured=score.measured,
         )
-        self.filter = AnnouncementFilter(self.peer, self.book.get)
+        self.intake = UpdateIntake(
+            self.peer,
+            store,
+            self.book.get,
+            self._sender_context,
+            clock=clock,
+            block_timeout_s=config.block_timeout_s,
+            on_accepted=self._on_accepted,
+            on_evidence=self._on_evidence,
+            on_change=self._mark_dirty,
+        )
         self.head: CID | None = None
         self.base_model_id = config.base_model_id
         self.learner: Learner | None = None
         if config.learn_enabled:
             self.learner = Learner(self, load_plan(config.learn_plan))
-        self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
-        self.rejected: Counter[str] = Counter()  # announcement drop reasons
         #: peers refused as p2phier nodes (not as transport peers), by reason
         self.refused: Counter[str] = Counter()
-        # sending peer (gossip origin, or the peer a head was pulled from) -> drop reasons
-        self.rejected_by_peer: OrderedDict[str, Counter[str]] = OrderedDict()
-        self.fetch_failures: deque[dict[str, Any]] = deque(maxlen=64)
-        self.fetching: set[str] = set()
         self.misbehaviour: deque[dict[str, Any]] = deque(maxlen=64)
         self._record_seq: int | None = None
         self._ann_seq: int | None = None
@@ -170,9 +172,7 @@ class NodeDaemon:
         self._dirty = False
         self._stop = trio.Event()
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](4096)
-        self._fetch_send, self._fetch_recv = trio.open_memory_channel[Announcement](256)
         self._host: Host | None = None
-        self._fetch_limiter = trio.CapacityLimiter(MAX_PARALLEL_FETCHES)
         self._gossip: Gossip | None = None
         self._state_path = state_path(config.home)
         load_node_state(self._state_path, self.peer, self._apply_state, max_accepted=MAX_ACCEPTED)
@@ -188,6 +188,9 @@ class NodeDaemon:
             dial_timeout=cfg.dial_timeout_s,
             stream_open_timeout=cfg.dial_timeout_s,
             shutdown_timeout=cfg.shutdown_timeout_s,
+            max_handshakes=cfg.max_handshakes,
+            max_handshakes_per_ip=cfg.max_handshakes_per_ip,
+            max_inbound_per_ip=cfg.max_inbound_per_ip,
         )
         bs_cfg = BitswapConfig(write_timeout=cfg.stream_timeout_s, open_timeout=cfg.dial_timeout_s)
         async with open_host(self.identity, config=host_cfg) as host:
@@ -224,7 +227,7 @@ class NodeDaemon:
                             )
                         nursery.start_soon(self._signals)
                         nursery.start_soon(self._action_loop)
-                        nursery.start_soon(self._fetch_loop)
+                        nursery.start_soon(self.intake.run, _Fetcher(self), self._spawn)
                         nursery.start_soon(self._maintenance_loop)
                         nursery.start_soon(self._bootstrap_loop)
                         nursery.start_soon(self._discovery_loop)
@@ -312,7 +315,31 @@ class NodeDaemon:
                 self._queue(self.hierarchy.parent_heard(record.peer_id, now))
             if result.status is not RecordStatus.DUPLICATE:
                 self._queue(self.hierarchy.record_seen(record, now))
+            self._maybe_measure(record, now)
         return result.status
+
+    def _maybe_measure(self, record: NodeRecord, now: float) -> None:
+        """Ping a parent candidate not measured lately: only measured ones can be chosen."""
+        peer = record.peer_id
+        if peer == self.peer or not is_parent_candidate(
+            self.config.layer, self.config.domain, record
+        ):
+            return
+        if now - self._measured_at.get(peer, -math.inf) < MEASURE_EVERY_S:
+            return
+        self._measured_at[peer] = now
+        self._spawn(self._measure, peer)
+
+    async def _measure(self, peer: PeerId) -> None:
+        assert self._host is not None
+        try:
+            rtt = await self._host.ping(str(peer), timeout=self.config.dial_timeout_s)
+        except NetworkError as exc:
+            logger.info("parent candidate %s not reachable: %s", peer, exc)
+            return
+        self.latencies[peer] = rtt
+        logger.info("parent candidate %s measured: %.1f ms", peer, rtt * 1000)
+        self._queue(self.hierarchy.candidate_measured(peer, self.clock()))
 
     def _validate_record(self, origin: str, data: bytes) -> bool:
         status = self.offer_record(data)
@@ -336,6 +363,7 @@ class NodeDaemon:
         if isinstance(action, SelectParent):
             logger.info("parent: %s (%s)", action.peer, action.reason)
             if action.previous is not None:
+                self.intake.author_gone(action.previous)
                 await self._gossip.unsubscribe(down_topic(action.previous))
             topic = down_topic(action.peer)
             await self._gossip.subscribe(topic, self._announcement_validator(topic), _ignore)
@@ -346,11 +374,14 @@ class NodeDaemon:
                 nursery.start_soon(self._register, action.peer)
         elif isinstance(action, ParentLost):
             logger.warning("parent %s lost: %s", action.peer, action.reason)
+            self.intake.author_gone(action.peer)
             await self._gossip.unsubscribe(down_topic(action.peer))
         elif isinstance(action, WaitForParent):
             logger.info("waiting for a parent: %s", action.reason)
         elif isinstance(action, AcceptChild | DropChild | RejectChild):
             logger.info("child %s: %s", action.peer, type(action).__name__)
+            if isinstance(action, DropChild):
+                self.intake.author_gone(action.peer)
             self._dirty = True
 
     async def _register(self, parent: PeerId) -> None:
@@ -432,142 +463,34 @@ class NodeDaemon:
             logger.debug("head pull from %s on %s failed: %s", peer, topic, exc)
             return
         if data is not None:
-            self._check_announcement(topic, data, str(peer))
+            self.intake.offer(topic, data, str(peer))
 
     # --- announcements --------------------------------------------------------------------------
     def _announcement_validator(self, topic: str) -> Callable[[str, bytes], bool]:
         def validate(origin: str, data: bytes) -> bool:
-            return self._check_announcement(topic, data, origin)
+            return self.intake.offer(topic, data, origin)
 
         return validate
 
-    def _check_announcement(self, topic: str, data: bytes, sender: str) -> bool:
-        """Filter one announcement from ``sender`` (the gossip message's signed origin,
-        or the peer its head was pulled from); count a drop under both."""
-        ctx = SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
-        result = self.filter.validate(data, ctx, self.clock())
-        if not result.accepted:
-            reason = result.reason.value if result.reason else "?"
-            self.rejected[reason] += 1
-            per_peer = self.rejected_by_peer.get(sender)
-            if per_peer is None:
-                per_peer = self.rejected_by_peer[sender] = Counter()
-                while len(self.rejected_by_peer) > MAX_DROP_PEERS:
-                    self.rejected_by_peer.popitem(last=False)
-            self.rejected_by_peer.move_to_end(sender)
-            per_peer[reason] += 1
-            # Duplicates are every child's periodic re-announcement: not worth a line each.
-            level = logging.DEBUG if result.reason is Reject.DUPLICATE else logging.INFO
-            logger.log(
-                level,
-                "announcement on %s from %s dropped (%s): %s",
-                topic,
-                sender,
-                reason,
-                result.detail,
-            )
-            return False
-        assert result.announcement is not None
-        self._dirty = True
-        try:
-            self._fetch_send.send_nowait(result.announcement)
-        except trio.WouldBlock:
-            logger.warning("fetch queue full; announcement of %s dropped", result.announcement.cid)
-        return True
+    def _sender_context(self, topic: str) -> SenderContext:
+        return SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
 
-    async def _fetch_loop(self) -> None:
-        limiter = self._fetch_limiter
-        async with trio.open_nursery() as nursery:
-            async for ann in self._fetch_recv:
-                nursery.start_soon(self._fetch_announced, ann, limiter)
+    def _on_accepted(self, ann: Announcement, art: Artifact) -> None:
+        if self.learner is not None:
+            self.learner.on_accepted(ann, art)
 
-    async def _fetch_announced(
-        self, ann: Announcement, limiter: trio.CapacityLimiter, attempt: int = 0
-    ) -> None:
-        key = str(ann.cid)
-        if key in self.fetching or any(a["cid"] == key for a in self.accepted):
-            return
-        self.fetching.add(key)
-        try:
-            async with limiter:
-                # The author has it (it just announced it): ask it first, and the DHT's
-                # providers only when a retry is needed (a lookup costs seconds per hop).
-                providers = [str(ann.author)]
-                if attempt:
-                    providers += [
-                        p for p in await self._dht_providers(ann.cid) if p not in providers
-                    ]
-                art = await self._fetch_artifact(ann.cid, providers, ann)
-            await trio.to_thread.run_sync(self.store.pin, ann.cid)
-            self.accepted.append(
-                {
-                    "cid": key,
-                    "author": str(ann.author),
-                    "topic": ann.topic,
-                    "round": ann.round,
-                    "seq": ann.seq,
-                    "parent": str(ann.parent) if ann.parent else None,
-                    "bytes": art.stored_bytes,
-                    "accepted_ms": now_ms(self.clock()),
-                    "created_ms": ann.created_ms,
-                }
-            )
-            self._dirty = True
-            logger.info("accepted %s from %s (round %d)", key, ann.author, ann.round)
-            if self.learner is not None:
-                self.learner.on_accepted(ann, art)
-        except (P2PHierError, trio.TooSlowError) as exc:
-            self.fetch_failures.append({"cid": key, "author": str(ann.author), "error": str(exc)})
-            # The announcement was valid: only its bytes did not arrive (a connection reset, a
-            # busy provider).  Its re-publications are duplicates and never fetched again, so
-            # retry it here while it is still the author's newest on that topic.
-            transient = isinstance(exc, NetworkError | MissingBlocksError | trio.TooSlowError)
-            if transient and attempt < len(FETCH_RETRY_S):
-                logger.info("update %s from %s not fetched (%s); retry in %.0f s", key,
-                            ann.author, exc, FETCH_RETRY_S[attempt])  # fmt: skip
-                self._spawn(self._retry_fetch, ann, limiter, attempt + 1)
-            else:
-                logger.warning("update %s from %s rejected: %s", key, ann.author, exc)
-        finally:
-            self.fetching.discard(key)
-
-    async def _retry_fetch(
-        self, ann: Announcement, limiter: trio.CapacityLimiter, attempt: int
-    ) -> None:
-        await trio.sleep(FETCH_RETRY_S[attempt - 1])
-        mark = self.filter.high_water(ann.topic, ann.author)
-        if mark is not None and mark.seq != ann.seq:
-            return  # superseded by a newer announcement, which is fetched instead
-        await self._fetch_announced(ann, limiter, attempt)
-
-    async def _fetch_artifact(self, cid: CID, providers: list[str], ann: Announcement) -> Artifact:
-        """Fetch an artifact's envelope, content and lineage, then verify it fully."""
-        timeout = self.config.block_timeout_s * 6
-        current: CID | None = cid
-        for _ in range(DEFAULT_LIMITS.max_chain):
-            assert current is not None
-            await self.bitswap.fetch(current, providers, timeout=timeout, pin=False)
-            art = await trio.to_thread.run_sync(read_artifact, self.store.get_block, current)
-            m = art.manifest
-            if (
-                current == cid
-                and ann.size
-                and len(art.envelope_bytes) + m.config.size + (m.tensors.size) > ann.size
-            ):
-                raise ProtocolViolationError(
-                    f"artifact {cid} is larger than the {ann.size} bytes its announcement declared"
-                )
-            for ref in (m.config.cid, m.tensors.cid):
-                await self.bitswap.fetch(ref, providers, timeout=timeout, pin=False)
-            current = m.parent
-            if current is None:
-                break
-        art = await trio.to_thread.run_sync(
-            lambda: verify_artifact(self.store, cid, expected_base_model=ann.base_model_id)
+    def _on_evidence(self, evidence: Evidence) -> None:
+        self.misbehaviour.append(
+            {"peer": evidence.peer, "reason": evidence.kind, "detail": evidence.detail}
         )
-        if art.manifest.parent != ann.parent:
-            raise ArtifactError(f"artifact {cid}'s lineage differs from its announcement")
-        return art
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    @property
+    def accepted(self) -> list[dict[str, Any]]:
+        """Updates accepted (fetched, verified, pinned), oldest first."""
+        return list(self.intake.accepted)
 
     async def fetch_object(self, cid_text: str, providers: list[str]) -> None:
         """Fetch and pin an object (e.g. a tier bundle) from ``providers`` and DHT providers."""
@@ -616,10 +539,11 @@ class NodeDaemon:
         art = await trio.to_thread.run_sync(
             lambda: verify_artifact(self.store, cid, expected_base_model=self.base_model_id)
         )
+        m = art.manifest
+        self._check_publishable(cid, art)
         await trio.to_thread.run_sync(self.store.pin, cid)
         now = self.clock()
         self._ann_seq = next_seq(self._ann_seq, now)
-        m = art.manifest
         ann = Announcement(
             author=self.peer,
             topic=topic,
@@ -654,6 +578,17 @@ class NodeDaemon:
             "subscribers": self._gossip.peers_on(topic),
         }
 
+    def _check_publishable(self, cid: CID, art: Artifact) -> None:
+        """An announcement says "this is my update": only this node's own, for its place."""
+        m = art.manifest
+        if m.author != self.peer:
+            raise UsageError(f"{cid} is signed by {m.author}, not by this node; not published")
+        if m.layer != self.config.layer.label or m.domain != self.config.domain:
+            raise UsageError(
+                f"{cid} is an update for {m.layer}/{m.domain or '(root)'}, not for this node's "
+                f"{self.config.layer.label}/{self.config.domain or '(root)'}; not published"
+            )
+
     async def _provide(self, cid: CID) -> None:
         if not await self.dht.provide(cid, timeout=5.0):
             logger.info("no DHT peer took the provider record of %s (yet)", cid)
@@ -686,6 +621,9 @@ class NodeDaemon:
             for record in self.book.expire(now):
                 self._queue(self.hierarchy.record_expired(record.peer_id, now))
             self._queue(self.hierarchy.tick(now))
+            if self.hierarchy.parent is None:
+                for record in self.hierarchy.candidates():
+                    self._maybe_measure(record, now)
             if now >= next_refresh:
                 self._issue_record()
                 next_refresh = now + self.config.record_refresh_s
@@ -769,6 +707,19 @@ class NodeDaemon:
         )
 
     # --- status -------------------------------------------------------------------------------
+    @property
+    def host(self) -> Host | None:
+        """The libp2p host while the node runs (None before and after)."""
+        return self._host
+
+    @property
+    def record_seq(self) -> int | None:
+        return self._record_seq
+
+    @property
+    def topics(self) -> list[str]:
+        return self._gossip.topics if self._gossip else []
+
     def status(self) -> dict[str, Any]:
         return node_status(self)
 
@@ -783,9 +734,9 @@ class NodeDaemon:
             announcement_seq=self._ann_seq,
             head=self.head,
             hierarchy=self.hierarchy.snapshot(),
-            marks=saved_marks(self.filter.marks()),
+            marks=saved_marks(self.intake.filter.marks()),
             announcements=dict(self._announcements),
-            accepted=tuple(self.accepted),
+            accepted=tuple(self.intake.accepted),
         )
         if not save_node_state(self._state_path, self.peer, state):
             self._dirty = True
@@ -797,9 +748,22 @@ class NodeDaemon:
         self.head = state.head
         self.hierarchy.restore(state.hierarchy, self.clock())
         for m in state.marks:
-            self.filter.restore(m.topic, m.author, m.seq, m.round, m.digest)
+            self.intake.filter.restore(m.topic, m.author, m.seq, m.round, m.digest)
         self._announcements.update(state.announcements)
-        self.accepted.extend(state.accepted)
+        self.intake.restore(state.accepted)
+
+
+class _Fetcher:
+    """The intake's view of the network: this node's Bitswap and DHT."""
+
+    def __init__(self, node: NodeDaemon) -> None:
+        self.node = node
+
+    async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
+        return await self.node.bitswap.fetch(cid, providers, timeout=timeout, pin=pin)
+
+    async def providers(self, cid: CID) -> list[str]:
+        return await self.node._dht_providers(cid)
 
 
 async def _ignore(origin: str, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from p2phier.hierarchy import (
     HierarchyConfig,
     HierarchyError,
     HierarchyState,
-    LatencyUptimeScore,
+    MeasuredScore,
     ParentLost,
     RegisterWith,
     RejectChild,
@@ -149,20 +150,60 @@ def test_expired_and_excluded_candidates_are_not_eligible() -> None:
     assert _pick(Layer.DOMAIN, "en/x", cands, exclude=[peer(1), peer(2)]) is None
 
 
-def test_latency_uptime_score() -> None:
-    score = LatencyUptimeScore({peer(1): 0.010, peer(2): 0.200, peer(4): float("nan")})
-    fast = record(1, Layer.LANGUAGE, "en", started=T0 - 60)
+def test_measured_score_ignores_self_reported_uptime() -> None:
+    score = MeasuredScore({peer(1): 0.010, peer(2): 0.200, peer(4): float("nan")})
+    fast_new = record(1, Layer.LANGUAGE, "en", started=T0 - 60)
     slow_old = record(2, Layer.LANGUAGE, "en", started=T0 - 86_400 * 30)
     unknown = record(3, Layer.LANGUAGE, "en", started=T0 - 86_400)
-    assert score(fast, T0) > score(slow_old, T0) > score(unknown, T0)
-    assert score(record(4, Layer.LANGUAGE, "en"), T0) == score(
-        record(5, Layer.LANGUAGE, "en"), T0
-    )  # a broken measurement counts as unknown
-    # 100 ms of latency weighs a full (capped) day of uptime
-    a = record(6, Layer.LANGUAGE, "en", started=T0 - 86_400 * 9)
-    b = record(7, Layer.LANGUAGE, "en", started=T0)
-    s = LatencyUptimeScore({peer(6): 0.1, peer(7): 0.0})
-    assert s(a, T0) == pytest.approx(s(b, T0))
+    assert score(fast_new, T0) > score(slow_old, T0) > score(unknown, T0) == -math.inf
+    assert not score.measured(peer(3)) and not score.measured(peer(4))  # broken: unmeasured
+    # uptime is what the candidate says about itself: it changes nothing
+    assert score(record(2, Layer.LANGUAGE, "en", started=T0), T0) == score(slow_old, T0)
+
+
+def test_a_fake_master_claiming_uptime_does_not_beat_an_anchor() -> None:
+    """Issue 14: a fresh key's record claimed 23 h of uptime and won while every latency was
+    unknown.  Now only measured candidates are eligible, and an anchor wins a tie."""
+    real, fake = (
+        record(1, Layer.MASTER, "", started=T0 - 60),
+        record(2, Layer.MASTER, "", started=T0 - 23 * 3600),
+    )
+    latencies: dict[PeerId, float] = {}
+    score = MeasuredScore(latencies)
+    h = HierarchyState(
+        peer(9), Layer.LANGUAGE, "en", config=CFG, score=score, anchors={peer(1)},
+        measured=score.measured,
+    )  # fmt: skip
+    # not measured yet: not eligible
+    assert h.record_seen(fake, T0) == [
+        WaitForParent("no master node on our domain path measured yet")
+    ]
+    h.record_seen(real, T0)
+    assert h.parent is None
+    latencies[peer(2)] = 0.001  # the fake answers first, and faster
+    acts = h.candidate_measured(peer(2), T0 + 1)
+    assert h.parent == peer(2) and isinstance(acts[0], SelectParent)
+    latencies[peer(1)] = 0.050
+    acts = h.candidate_measured(peer(1), T0 + 2)
+    assert h.parent == peer(1)  # the anchor replaces a non-anchor on the same domain depth
+    assert acts[0] == SelectParent(
+        peer(1), peer(2), "an anchor on an equally long domain prefix became reachable"
+    )
+    latencies[peer(3)] = 0.0001
+    assert h.record_seen(record(3, Layer.MASTER, ""), T0 + 3) == []  # no flap away from it
+    assert h.candidate_measured(peer(3), T0 + 3) == []
+
+
+def test_admission_follows_admit_domains() -> None:
+    cfg = HierarchyConfig(
+        child_ttl_s=90, register_interval_s=30, parent_timeout_s=30, lost_backoff_s=60,
+        admit_domains=("en/news", "en/sport"),
+    )  # fmt: skip
+    h = HierarchyState(peer(1), Layer.LANGUAGE, "en", config=cfg)
+    (ok,) = h.child_registered(record(2, Layer.DOMAIN, "en/news"), T0)
+    assert isinstance(ok, AcceptChild)
+    (no,) = h.child_registered(record(3, Layer.DOMAIN, "en/zz"), T0)
+    assert isinstance(no, RejectChild) and "admits children from 'en/news', 'en/sport'" in no.reason
 
 
 # --- the state machine ---------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""The update intake on its own: queueing per author, cancellation, provenance (issue 14).
+
+A parent (``language``/``en``) with registered children; a fake fetcher copies
+blocks from a source store the way Bitswap would, and can hold a fetch open
+(a provider that answers HAVE and never serves) until the test lets it go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from p2phier.announce import SenderContext, sign_announcement, up_topic
+from p2phier.artifact import Artifact, pack_adapter
+from p2phier.artifact.synthetic import write_synthetic_adapter
+from p2phier.cid import CID
+from p2phier.identity import Identity, PeerId
+from p2phier.node.intake import Evidence, UpdateIntake
+from p2phier.records import Layer, RecordBook, sign_record
+from p2phier.store import DiskStore, MemoryStore
+from p2phier.unixfs import iter_dag
+from tests.node_logic.helpers import BASE, T0, announcement, ident, record
+
+LOCAL = 50  # the parent
+TOPIC = up_topic(ident(LOCAL).peer_id)
+
+
+class FakeFetcher:
+    """Bitswap as far as the intake sees it: blocks copied from ``source``; a CID in
+    ``hold`` is not served until its event is set (a stalling provider)."""
+
+    def __init__(self, source: MemoryStore, dest: DiskStore) -> None:
+        self.source = source
+        self.dest = dest
+        self.hold: dict[str, trio.Event] = {}
+        self.started: list[str] = []
+
+    async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
+        self.started.append(str(cid))
+        gate = self.hold.get(str(cid))
+        if gate is not None:
+            await gate.wait()
+        for block_cid, block in iter_dag(cid, self.source.get_block):
+            self.dest.put_block(block_cid, block)
+        return None
+
+    async def providers(self, cid: CID) -> list[str]:
+        return []
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.store = DiskStore(tmp / "store")
+        self.source = MemoryStore()
+        self.book = RecordBook()
+        self.children: set[PeerId] = set()
+        self.accepted: list[str] = []
+        self.evidence: list[Evidence] = []
+        self.intake = UpdateIntake(
+            ident(LOCAL).peer_id,
+            self.store,
+            self.book.get,
+            lambda topic: SenderContext(topic, None, frozenset(self.children)),
+            clock=lambda: T0 + 1,
+            block_timeout_s=5.0,
+            on_accepted=lambda ann, art: self.accepted.append(str(art.cid)),
+            on_evidence=self.evidence.append,
+            on_change=lambda: None,
+            max_parallel=2,
+        )
+        self.fetcher = FakeFetcher(self.source, self.store)
+
+    def child(self, i: int) -> None:
+        self.book.accept(sign_record(record(i, Layer.DOMAIN, "en/news"), ident(i)), T0)
+        self.children.add(ident(i).peer_id)
+
+    def pack(self, i: int, seed: int, *, signer: int | None = None, **kw: Any) -> Artifact:
+        args: dict[str, Any] = {
+            "layer": "domain",
+            "domain": "en/news",
+            "base_model_id": BASE,
+            "round": 1,
+            "now": T0,
+        }
+        args.update(kw)
+        adapter = write_synthetic_adapter(self.tmp / f"adapter-{i}-{seed}", seed=seed)
+        return pack_adapter(self.source, adapter, ident(signer or i), **args)
+
+    def announce(self, i: int, art: Artifact, seq: int, **kw: Any) -> bytes:
+        ann = announcement(
+            i,
+            TOPIC,
+            Layer.DOMAIN,
+            "en/news",
+            seq=seq,
+            round_=kw.pop("round_", 1),
+            cid=art.cid,
+            size=art.stored_bytes,
+            **kw,
+        )
+        return sign_announcement(ann, ident(i))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    try:
+        yield w
+    finally:
+        w.store.close()
+        w.source.close()
+
+
+async def _until(cond: Any, what: str, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.01)
+
+
+async def test_a_flooding_author_holds_one_slot_and_one_queue_entry(world: World) -> None:
+    """Issue 14: 200 re-announcements queued 253 fetches behind 4 slots; an honest child's
+    update waited minutes.  Now a newer announcement replaces the author's queued one, an
+    author runs one fetch at a time, and the honest update is fetched at once."""
+    world.child(1)  # the attacker
+    world.child(2)  # honest
+    arts = [world.pack(1, seed) for seed in range(6)]
+    for art in arts:
+        world.fetcher.hold[str(art.cid)] = trio.Event()  # HAVE, never served
+    honest = world.pack(2, 100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, arts[0], 1), "attacker")
+        await _until(lambda: world.intake.fetching == [str(arts[0].cid)], "attacker's first")
+        for seq, art in enumerate(arts[1:], start=2):
+            assert world.intake.offer(TOPIC, world.announce(1, art, seq), "attacker")
+        assert world.intake.queued == 1  # only its newest waits; 4 were superseded
+        assert world.intake.superseded == len(arts) - 2
+        assert world.intake.offer(TOPIC, world.announce(2, honest, 1), "honest")
+        await _until(lambda: str(honest.cid) in world.accepted, "the honest update")
+        # the attacker's newest is still queued behind its own stalled fetch, not running
+        assert world.intake.fetching == [str(arts[0].cid)]
+        world.intake.author_gone(ident(1).peer_id)  # its registration expired
+        await _until(lambda: world.intake.fetching == [], "the stalled fetch cancelled")
+        assert world.intake.queued == 0 and world.intake.cancelled == 2
+        nursery.cancel_scope.cancel()
+    assert world.accepted == [str(honest.cid)]
+    started = [c for c in world.fetcher.started if c in {str(a.cid) for a in arts}]
+    assert started == [str(arts[0].cid)]  # the superseded ones never started
+
+
+async def test_a_queued_fetch_of_an_author_who_left_never_starts(world: World) -> None:
+    world.child(1)
+    world.child(3)
+    blocker = world.pack(3, 7)
+    world.fetcher.hold[str(blocker.cid)] = trio.Event()
+    world.intake._max_parallel = 1  # one slot: the next fetch must queue
+    mine = world.pack(1, 8)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(3, blocker, 1), "c3")
+        await _until(lambda: world.intake.fetching == [str(blocker.cid)], "blocker running")
+        assert world.intake.offer(TOPIC, world.announce(1, mine, 1), "c1")
+        assert world.intake.queued == 1
+        world.children.discard(ident(1).peer_id)  # dropped as a child before its turn
+        world.fetcher.hold[str(blocker.cid)].set()
+        await _until(lambda: str(blocker.cid) in world.accepted, "blocker accepted")
+        await _until(lambda: world.intake.queued == 0, "queue drained")
+        nursery.cancel_scope.cancel()
+    assert str(mine.cid) not in world.fetcher.started
+    assert world.intake.cancelled == 1
+
+
+@pytest.mark.parametrize(
+    ("pack_kw", "ann_kw", "message"),
+    [
+        ({"signer": 9}, {}, "is signed by .* not by the announcer"),
+        ({"layer": "language", "domain": "en"}, {}, "its manifest says language/en"),
+        ({"round": 2}, {}, "its round is 2, the announcement's 1"),
+        ({"base_model_id": "other/model"}, {}, "its base model is 'other/model'"),
+    ],
+    ids=["another-signer", "another-layer-domain", "another-round", "another-base-model"],
+)
+async def test_an_update_that_is_not_what_was_announced_is_dropped_as_evidence(
+    world: World, pack_kw: dict[str, Any], ann_kw: dict[str, Any], message: str
+) -> None:
+    """Issue 14: an artifact signed by another key, naming another layer and domain, was
+    accepted as the announcer's own update."""
+    world.child(1)
+    art = world.pack(1, 3, **pack_kw)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, art, 1, **ann_kw), "c1")
+        await _until(lambda: world.evidence, "evidence")
+        nursery.cancel_scope.cancel()
+    assert world.accepted == []
+    (ev,) = world.evidence
+    assert ev.peer == str(ident(1).peer_id) and ev.kind == "provenance"
+    import re
+
+    assert re.search(message, ev.detail), ev.detail
+    status = world.intake.status()
+    assert status["announcements_dropped"] == {"provenance": 1}
+    assert status["announcements_dropped_by_peer"] == {str(ident(1).peer_id): {"provenance": 1}}
+    # the content was never fetched: provenance is checked on the envelope
+    assert str(art.manifest.tensors.cid) not in world.fetcher.started
+    assert not world.store.pins()
+
+
+async def test_the_announcers_own_update_is_accepted(world: World) -> None:
+    world.child(1)
+    art = world.pack(1, 4)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, art, 1), "c1")
+        await _until(lambda: world.accepted, "accepted")
+        nursery.cancel_scope.cancel()
+    assert world.accepted == [str(art.cid)] and world.evidence == []
+    assert art.cid in world.store.pins()
+
+
+def test_identity_helper_is_deterministic() -> None:
+    assert Identity.from_seed(b"\x01" * 32).peer_id == Identity.from_seed(b"\x01" * 32).peer_id
+
+
+async def test_a_cancelled_fetch_is_taken_up_again_when_its_author_returns(world: World) -> None:
+    """A parent restarting at a new address is lost and found again by its children; the
+    update it announced meanwhile must still be fetched (seen in test_network)."""
+    world.child(1)
+    art = world.pack(1, 5)
+    world.fetcher.hold[str(art.cid)] = trio.Event()
+    signed = world.announce(1, art, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, signed, "c1")
+        await _until(lambda: world.intake.fetching == [str(art.cid)], "running")
+        world.children.discard(ident(1).peer_id)
+        world.intake.author_gone(ident(1).peer_id)
+        await _until(lambda: world.intake.fetching == [], "cancelled")
+        world.fetcher.hold.pop(str(art.cid)).set()
+        assert not world.intake.offer(TOPIC, signed, "c1")  # a duplicate: not forwarded...
+        assert world.intake.queued == 0  # ...and not fetched while the author is away
+        world.children.add(ident(1).peer_id)  # it registers again
+        assert not world.intake.offer(TOPIC, signed, "c1")  # its periodic re-publication
+        await _until(lambda: str(art.cid) in world.accepted, "fetched after all")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_update_is_not_fetched_again_when_re_announced(world: World) -> None:
+    world.child(1)
+    art = world.pack(1, 6, signer=9)  # provenance fails
+    signed = world.announce(1, art, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, signed, "c1")
+        await _until(lambda: world.evidence, "refused")
+        for _ in range(3):
+            assert not world.intake.offer(TOPIC, signed, "c1")
+        assert world.intake.queued == 0 and world.intake.fetching == []
+        nursery.cancel_scope.cancel()
+    assert world.fetcher.started.count(str(art.cid)) == 1
