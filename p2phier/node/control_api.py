@@ -37,6 +37,12 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         "started_ms": node.started_ms,
         **node.intake.status(),
         "peers_refused": dict(node.refused),
+        # peers over their budgets (most refused first): messages dropped before any check
+        "over_budget": {
+            "announcements": node.intake.budget.status(),
+            "records": node.record_budget.status(),
+            "registrations": node.registration_budget.status(),
+        },
         # round trips this node measured itself (ms): the only figures parent choice uses
         "measured_ms": {str(p): round(rtt * 1000, 2) for p, rtt in node.latencies.items()},
         "misbehaviour": list(node.misbehaviour),

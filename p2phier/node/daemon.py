@@ -103,6 +103,7 @@ from p2phier.records import (
     sign_record,
 )
 from p2phier.store import DiskStore
+from p2phier.trust import RECORDS, REGISTRATIONS, RateBudget
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,9 @@ class NodeDaemon:
         self.learner: Learner | None = None
         if config.learn_enabled:
             self.learner = Learner(self, load_plan(config.learn_plan))
+        #: what each peer may make this node check per second, before any signature check
+        self.record_budget = RateBudget(RECORDS)
+        self.registration_budget = RateBudget(REGISTRATIONS)
         #: peers refused as p2phier nodes (not as transport peers), by reason
         self.refused: Counter[str] = Counter()
         self.misbehaviour: deque[dict[str, Any]] = deque(maxlen=64)
@@ -342,6 +346,8 @@ class NodeDaemon:
         self._queue(self.hierarchy.candidate_measured(peer, self.clock()))
 
     def _validate_record(self, origin: str, data: bytes) -> bool:
+        if not self.record_budget.allow(origin, self.clock()):
+            return False  # over its budget: dropped before the signature check
         status = self.offer_record(data)
         return status in (RecordStatus.NEW, RecordStatus.REPLACED, RecordStatus.DUPLICATE)
 
@@ -409,6 +415,10 @@ class NodeDaemon:
         await self._pull_and_process(parent, down_topic(parent))
 
     def _decide_registration(self, remote: str, signed: bytes) -> tuple[bool, str]:
+        if not self.registration_budget.allow(remote, self.clock()):
+            # Before the record's signature is checked: a flood costs a lookup each.
+            self.refused["registration-rate"] += 1
+            return False, "too many registrations; try again later"
         accepted, reason = self._registration_verdict(remote, signed)
         if not accepted:
             self.refused["registration"] += 1

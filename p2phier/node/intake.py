@@ -3,8 +3,10 @@
 Owns :class:`UpdateIntake`, the pipeline the daemon feeds with every
 announcement that arrives (gossip, or a head pulled from a peer):
 
-1. the :class:`~p2phier.announce.AnnouncementFilter` decides, before any fetch
-   (signature, topic, sender's place in the hierarchy, record, replay);
+1. the sender's announcement budget (:mod:`p2phier.trust.budget`), then the
+   :class:`~p2phier.announce.AnnouncementFilter` decide, before any fetch
+   (budget first, then signature, topic, sender's place in the hierarchy,
+   record, replay);
 2. the announcement waits in a queue that holds **at most one pending fetch per
    (topic, author)**: a newer announcement replaces a queued older one, and an
    author has at most one fetch running, so one peer's flood cannot starve the
@@ -50,6 +52,7 @@ from p2phier.errors import (
 from p2phier.identity import PeerId
 from p2phier.records import NodeRecord, now_ms
 from p2phier.store import DiskStore
+from p2phier.trust import ANNOUNCEMENTS, RateBudget
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ FETCH_RETRY_S = (5.0, 15.0, 30.0, 60.0, 120.0)
 MAX_DROP_PEERS = 256
 #: queued (topic, author) fetches; one each, so this bounds distinct authors waiting
 MAX_QUEUED = 1024
+#: the drop reason of an announcement over its sender's budget
+RATE = "rate"
 #: updates remembered as refused (never fetched again when re-announced)
 MAX_GIVEN_UP = 4096
 #: the drop reason of an update whose artifact is not what its announcement said
@@ -146,6 +151,8 @@ class UpdateIntake:
         self.on_accepted = on_accepted
         self.on_evidence = on_evidence
         self.on_change = on_change
+        #: announcements each sender may make this node check, per second and at once
+        self.budget = RateBudget(ANNOUNCEMENTS)
         self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
         self.rejected: Counter[str] = Counter()  # announcement drop reasons
         # sending peer (gossip origin, or the peer a head was pulled from) -> drop reasons
@@ -166,7 +173,12 @@ class UpdateIntake:
     def offer(self, topic: str, data: bytes, sender: str) -> bool:
         """Filter one announcement from ``sender`` and queue its fetch; True if accepted
         (the gossipsub validator's answer).  A drop is counted under the sender."""
-        result = self.filter.validate(data, self.context(topic), self.clock())
+        now = self.clock()
+        if not self.budget.allow(sender, now):
+            # Over its budget: refused before the signature check (the expensive part).
+            self._count_drop(sender, RATE)
+            return False
+        result = self.filter.validate(data, self.context(topic), now)
         if result.reason is Reject.DUPLICATE and result.announcement is not None:
             # The very announcement accepted before, re-published: fetch it again if its
             # fetch was cancelled (its author left and came back) and nothing else has it.

@@ -179,3 +179,51 @@ def test_silent_connections_do_not_lock_out_an_honest_peer(tmp_path: Path) -> No
             flood.stdin.close()  # type: ignore[union-attr]
             flood.wait(30)
             flood.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_flooding_child_does_not_starve_an_honest_one(tmp_path: Path) -> None:
+    """Issue 14: 200 re-registrations, each with a new head the attacker answers and never
+    serves, queued 253 fetches behind 4 slots; an honest child's update sent after the
+    flood was not accepted within 151 s.  Now registrations beyond a peer's budget are
+    refused before their signature is checked, and a child holds at most one running and
+    one queued fetch."""
+    import json
+    import subprocess
+    import sys
+
+    from p2phier.devnet.procs import REPO
+
+    with open_cluster(tmp_path, [("master", "master", ""), ("en", "language", "en")]) as nodes:
+        master, en = nodes["master"], nodes["en"]
+        wait_for("en registered", lambda: en.peer_id in master.status()["children"])
+        flood = subprocess.Popen(
+            [sys.executable, "-m", "tests.node.flood_proc", master.addr, "200"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True,
+        )  # fmt: skip
+        try:
+            assert flood.stdout is not None
+            line = flood.stdout.readline()
+            assert line, f"flood process exited {flood.wait(30)}"
+            sent = json.loads(line)
+            attacker = sent["peer_id"]
+            assert sent["refused"] >= 150  # over its registration budget (5 at once, 1 per 2 s)
+            status = master.status()
+            assert status["over_budget"]["registrations"].get(attacker, 0) >= 150
+            # the honest child's update, sent after the flood, is accepted promptly
+            own = _pack(en, Identity.load(en.home / "identity.key"), "language", "en", seed=9)
+            en.call("publish", {"cid": own, "to": "parent"})
+            began = time.monotonic()
+            wait_for(
+                "the master to accept en's update during the flood",
+                lambda: own in {a["cid"] for a in master.status()["accepted"]},
+                timeout=30.0,
+            )
+            print(f"honest update accepted {time.monotonic() - began:.2f} s after its publish")
+            status = master.status()
+            mine = [c for c in status["fetching"] if c.startswith("bafk")]
+            assert len(mine) <= 4
+            assert status["fetches_queued"] <= 1  # at most the attacker's newest waits
+        finally:
+            flood.stdin.close()  # type: ignore[union-attr]
+            flood.wait(30)
+            flood.stdout.close()  # type: ignore[union-attr]

@@ -263,3 +263,25 @@ async def test_a_refused_update_is_not_fetched_again_when_re_announced(world: Wo
         assert world.intake.queued == 0 and world.intake.fetching == []
         nursery.cancel_scope.cancel()
     assert world.fetcher.started.count(str(art.cid)) == 1
+
+
+def test_a_sender_over_its_budget_is_dropped_before_the_signature_check(world: World) -> None:
+    world.child(1)
+    art = world.pack(1, 7)
+    bad = bytearray(world.announce(1, art, 1))
+    bad[-1] ^= 1  # a broken signature: each one costs a verification if it gets that far
+    checked = []
+    validate = world.intake.filter.validate
+
+    def counting(*args: Any) -> Any:
+        checked.append(1)
+        return validate(*args)
+
+    world.intake.filter.validate = counting  # type: ignore[method-assign]
+    for _ in range(100):
+        assert not world.intake.offer(TOPIC, bytes(bad), "flooder")
+    burst = int(world.intake.budget.budget.burst)
+    assert len(checked) == burst  # the rest never reached the filter
+    dropped = world.intake.status()["announcements_dropped_by_peer"]["flooder"]
+    assert dropped == {"bad-signature": burst, "rate": 100 - burst}
+    assert world.intake.budget.status() == {"flooder": 100 - burst}
