@@ -304,6 +304,7 @@ class HierarchyState:
         self._lost: dict[PeerId, tuple[float, int]] = {}  # peer -> (until, started_ms at loss)
         self._children: dict[PeerId, float] = {}  # peer -> registration expiry
         self._child_records: dict[PeerId, NodeRecord] = {}
+        self._isolated: dict[PeerId, float] = {}  # peer -> until (trust's decision)
 
     # views -----------------------------------------------------------------------------------
     @property
@@ -377,6 +378,24 @@ class HierarchyState:
             return self._lose_parent(now, "its node record expired") + self._maybe_select(now)
         return []
 
+    def isolate(self, peer: PeerId, until: float, now: float, reason: str) -> list[Action]:
+        """``peer`` is isolated until ``until`` (trust): drop it as a child, leave it as a
+        parent, and do not choose it or accept its registration before then."""
+        self._isolated[peer] = until
+        actions: list[Action] = []
+        if peer in self._children:
+            actions.append(self._drop_child(peer, f"isolated: {reason}"))
+        if peer == self._parent:
+            actions += self._lose_parent(now, f"isolated: {reason}")
+            actions += self._maybe_select(now)
+        return actions
+
+    def release(self, peer: PeerId, now: float) -> list[Action]:
+        """``peer``'s isolation ended: it may be chosen or register again."""
+        if self._isolated.pop(peer, None) is None:
+            return []
+        return self._maybe_select(now)
+
     def candidate_measured(self, peer: PeerId, now: float) -> list[Action]:
         """This node measured ``peer`` (it answered; its RTT is known): it may be chosen."""
         if peer not in self._candidates:
@@ -403,6 +422,8 @@ class HierarchyState:
         peer = record.peer_id
         if peer == self.local:
             return [RejectChild(peer, "a node cannot be its own child")]
+        if self._isolated.get(peer, -math.inf) > now:
+            return [RejectChild(peer, "this node has isolated you (misbehaviour)")]
         if record.is_expired(now):
             return [RejectChild(peer, "the registration carries an expired record")]
         if not is_child_candidate(self.layer, self.domain, record):
@@ -521,7 +542,7 @@ class HierarchyState:
             self._candidates.values(),
             now,
             score=self.score,
-            exclude=self._lost,
+            exclude=set(self._lost) | {p for p, until in self._isolated.items() if until > now},
             anchors=self.anchors,
             measured=self.measured,
         )

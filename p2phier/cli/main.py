@@ -26,7 +26,13 @@ from p2phier.cli.config import CLIContext, debug_enabled
 from p2phier.cli.demo import demo_command
 from p2phier.cli.devnet import devnet_app
 from p2phier.cli.id import id_app
-from p2phier.cli.node import fetch_command, node_app, peers_command, publish_command
+from p2phier.cli.node import (
+    fetch_command,
+    node_app,
+    peers_command,
+    publish_command,
+    trust_command,
+)
 from p2phier.cli.store import store_app
 from p2phier.errors import P2PHierError
 
@@ -48,6 +54,7 @@ app.add_typer(config_app, name="config")
 app.command("demo")(demo_command)
 app.add_typer(node_app, name="node")
 app.command("peers")(peers_command)
+app.command("trust")(trust_command)
 app.command("publish")(publish_command)
 app.command("fetch")(fetch_command)
 app.add_typer(devnet_app, name="devnet")

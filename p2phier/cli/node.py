@@ -195,6 +195,18 @@ def peers_command(
     output.emit({"peers": peers}, "\n".join(lines) or "no peers known")
 
 
+def trust_command(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFlag = False) -> None:
+    """What the running node saw each peer do: trust scores, evidence, proofs, isolations."""
+    output.set_json(json_out)
+    view = _call(ctx, socket, "trust", {})
+    lines = [
+        f"{peer}  {p['score']:>8.2f}"
+        + (f"  ISOLATED: {p['reason']}" if p["isolated_until"] else "")
+        for peer, p in sorted(view["peers"].items(), key=lambda kv: kv[1]["score"])
+    ]
+    output.emit(view, "\n".join(lines) or "no evidence about any peer yet")
+
+
 def publish_command(
     ctx: typer.Context,
     cid: Annotated[str, typer.Argument(help="Artifact CID (in the node's store).")],

@@ -44,6 +44,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2phier.errors import ConfigError, NetworkError, PeerTimeoutError, ProtocolViolationError
 
 from .host import Host
+from .keys import libp2p_peer_id
 from .streams import (
     StreamClosedError,
     close_quietly,
@@ -107,6 +108,14 @@ class Gossip:
     @property
     def topics(self) -> list[str]:
         return sorted(self._subs)
+
+    def blacklist(self, peer: str) -> None:
+        """Drop every message from or through ``peer`` and refuse its connections
+        (py-libp2p's only hard isolation; the daemon lifts it when trust does)."""
+        self.pubsub.add_to_blacklist(libp2p_peer_id(peer))
+
+    def unblacklist(self, peer: str) -> None:
+        self.pubsub.remove_from_blacklist(libp2p_peer_id(peer))
 
     def peers_on(self, topic: str) -> list[str]:
         """Peers known to be subscribed to ``topic`` (from their subscription messages)."""

@@ -46,6 +46,7 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         # round trips this node measured itself (ms): the only figures parent choice uses
         "measured_ms": {str(p): round(rtt * 1000, 2) for p, rtt in node.latencies.items()},
         "misbehaviour": list(node.misbehaviour),
+        "isolated": node.trust.isolated(node.clock()),
         "bitswap": _wire_totals(node),
         "topics": node.topics,
         "control_socket": str(node.config.control_socket),
@@ -102,6 +103,9 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
             raise UsageError("round must be an integer >= 1")
         return node.learner.request_round(value)
 
+    async def trust(args: Mapping[str, Any]) -> Any:
+        return node.trust.status(node.clock())
+
     async def stop(args: Mapping[str, Any]) -> Any:
         node.stop()
         return {"stopping": True}
@@ -112,6 +116,7 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
         "publish": publish,
         "fetch": fetch,
         "learn.round": learn_round,
+        "trust": trust,
         "stop": stop,
     }
 

@@ -104,6 +104,7 @@ from p2phier.records import (
 )
 from p2phier.store import DiskStore
 from p2phier.trust import RECORDS, REGISTRATIONS, RateBudget
+from p2phier.trust.local import Isolate, Kind, LocalTrust, TrustAction
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ class NodeDaemon:
         if config.learn_enabled:
             self.learner = Learner(self, load_plan(config.learn_plan))
         #: what each peer may make this node check per second, before any signature check
+        #: what this node saw each peer do, and whom it isolated (p2phier/trust/local.py)
+        self.trust = LocalTrust()
         self.record_budget = RateBudget(RECORDS)
         self.registration_budget = RateBudget(REGISTRATIONS)
         #: peers refused as p2phier nodes (not as transport peers), by reason
@@ -427,6 +430,8 @@ class NodeDaemon:
 
     def _registration_verdict(self, remote: str, signed: bytes) -> tuple[bool, str]:
         now = self.clock()
+        if self.trust.is_isolated(remote, now):
+            return False, "this node has isolated you (misbehaviour)"
         status = self.offer_record(signed)
         try:
             record = open_record(signed)
@@ -486,13 +491,50 @@ class NodeDaemon:
         return SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
 
     def _on_accepted(self, ann: Announcement, art: Artifact) -> None:
+        self._enforce(self.trust.observe(str(ann.author), Kind.USEFUL_UPDATE, self.clock()))
         if self.learner is not None:
             self.learner.on_accepted(ann, art)
 
     def _on_evidence(self, evidence: Evidence) -> None:
-        self.misbehaviour.append(
-            {"peer": evidence.peer, "reason": evidence.kind, "detail": evidence.detail}
-        )
+        kind = _EVIDENCE_KINDS.get(evidence.kind)
+        if kind is None:
+            return  # a drop an honest relay or a clock could cause: not held against anyone
+        if kind.value in (Kind.PROVENANCE.value, Kind.BAD_SIGNATURE.value):
+            self.misbehaviour.append(
+                {"peer": evidence.peer, "reason": evidence.kind, "detail": evidence.detail}
+            )
+        self._enforce(self.trust.observe(evidence.peer, kind, self.clock(), detail=evidence.detail))
+
+    def _enforce(self, actions: list[TrustAction]) -> None:
+        """Carry out trust's decisions: an isolated peer is no child, no parent, gets no
+        gossip through and is disconnected, until its isolation ends."""
+        now = self.clock()
+        for action in actions:
+            try:
+                peer = PeerId.parse(action.peer)
+            except InvalidPeerIdError:
+                peer = None  # a transport peer of another key type: only the wire ties
+            if isinstance(action, Isolate):
+                logger.warning("isolating %s until %s: %s", action.peer,
+                               time.strftime("%H:%M:%S", time.localtime(action.until)),
+                               action.reason)  # fmt: skip
+                if peer is not None:
+                    self._queue(self.hierarchy.isolate(peer, action.until, now, action.reason))
+                    self.intake.author_gone(peer)
+                if self._gossip is not None:
+                    self._gossip.blacklist(action.peer)
+                self._spawn(self._disconnect, action.peer)
+            else:
+                logger.info("isolation of %s ended", action.peer)
+                if self._gossip is not None:
+                    self._gossip.unblacklist(action.peer)
+                if peer is not None:
+                    self._queue(self.hierarchy.release(peer, now))
+            self._dirty = True
+
+    async def _disconnect(self, peer: str) -> None:
+        if self._host is not None:
+            await self._host.disconnect(peer)
 
     def _mark_dirty(self) -> None:
         self._dirty = True
@@ -631,6 +673,7 @@ class NodeDaemon:
             for record in self.book.expire(now):
                 self._queue(self.hierarchy.record_expired(record.peer_id, now))
             self._queue(self.hierarchy.tick(now))
+            self._enforce(self.trust.tick(now))
             if self.hierarchy.parent is None:
                 for record in self.hierarchy.candidates():
                     self._maybe_measure(record, now)
@@ -715,6 +758,9 @@ class NodeDaemon:
         self.misbehaviour.append(
             {"peer": event.peer, "reason": event.reason, "detail": event.detail}
         )
+        self._enforce(
+            self.trust.observe(event.peer, Kind.WRONG_BLOCK, self.clock(), detail=event.detail)
+        )
 
     # --- status -------------------------------------------------------------------------------
     @property
@@ -761,6 +807,15 @@ class NodeDaemon:
             self.intake.filter.restore(m.topic, m.author, m.seq, m.round, m.digest)
         self._announcements.update(state.announcements)
         self.intake.restore(state.accepted)
+
+
+#: the intake's drop reasons (and evidence kinds) that count against the sender
+_EVIDENCE_KINDS: dict[str, Kind] = {
+    "provenance": Kind.PROVENANCE,
+    "bad-signature": Kind.BAD_SIGNATURE,
+    "replay": Kind.REPLAY,
+    "rate": Kind.RATE,
+}
 
 
 class _Fetcher:

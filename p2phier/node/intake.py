@@ -177,6 +177,7 @@ class UpdateIntake:
         if not self.budget.allow(sender, now):
             # Over its budget: refused before the signature check (the expensive part).
             self._count_drop(sender, RATE)
+            self.on_evidence(Evidence(sender, RATE, "over its announcement budget", now_ms(now)))
             return False
         result = self.filter.validate(data, self.context(topic), now)
         if result.reason is Reject.DUPLICATE and result.announcement is not None:
@@ -186,6 +187,8 @@ class UpdateIntake:
         if not result.accepted:
             reason = result.reason.value if result.reason else "?"
             self._count_drop(sender, reason)
+            if result.reason in (Reject.BAD_SIGNATURE, Reject.REPLAY):
+                self.on_evidence(Evidence(sender, reason, result.detail, now_ms(now)))
             # Duplicates are every child's periodic re-announcement: not worth a line each.
             level = logging.DEBUG if result.reason is Reject.DUPLICATE else logging.INFO
             logger.log(level, "announcement on %s from %s dropped (%s): %s",

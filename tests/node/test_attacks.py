@@ -7,6 +7,7 @@ where it matters.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,13 +77,23 @@ def test_an_artifact_signed_by_another_key_is_not_the_announcers_update(
     (evidence,) = [m for m in status["misbehaviour"] if m["peer"] == zz.peer_id]
     assert evidence["reason"] == "provenance"
     assert "not by the announcer" in evidence["detail"]
-    # the attacker's own update, honestly described, still goes through: the check is
-    # provenance, not a ban on newcomers (their weight is the trust system's business)
-    own = _pack(zz, Identity.load(zz.home / "identity.key"), "language", "zz", seed=2)
-    zz.call("publish", {"cid": own, "to": "parent"})
-    wait_for("the master to accept zz's own update", lambda: own in {
-        a["cid"] for a in master.status()["accepted"]
-    })  # fmt: skip
+    # a provenance mismatch is a proof (two signed messages that disagree): the author is
+    # isolated at once, dropped as a child, and its registrations are refused
+    wait_for("the master to isolate zz", lambda: zz.peer_id in master.status()["isolated"])
+    wait_for(
+        "zz's next registration to be refused",
+        lambda: master.status()["peers_refused"].get("registration", 0) >= 1,
+    )
+    status = master.status()
+    assert zz.peer_id not in status["children"]
+    en = provenance_net["en"]
+    assert en.peer_id in status["children"] and en.peer_id not in status["isolated"]
+    r = master.cli("trust", "--json")
+    assert r.returncode == 0, r.stderr
+    view = json.loads(r.stdout)
+    mine = view["peers"][zz.peer_id]
+    assert mine["isolated_until"] and mine["reason"].startswith("proof: provenance")
+    assert mine["proofs"][0]["kind"] == "provenance"
 
 
 def test_an_honest_node_refuses_to_publish_what_is_not_its_own(

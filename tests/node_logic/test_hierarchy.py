@@ -470,3 +470,23 @@ def test_selected_parent_is_always_the_best_eligible(seen: list[tuple[int, str]]
         assert h.parent is None
     else:
         assert h.parent in eligible
+
+
+def test_an_isolated_peer_is_no_child_no_parent_until_released() -> None:
+    h = HierarchyState(peer(1), Layer.LANGUAGE, "en", config=CFG)
+    h.record_seen(record(2, Layer.MASTER, ""), T0)
+    h.record_seen(record(3, Layer.MASTER, ""), T0)
+    first = h.parent
+    assert first in (peer(2), peer(3))
+    other = peer(3) if first == peer(2) else peer(2)
+    h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0)
+    acts = h.isolate(first, T0 + 100, T0 + 1, "proof: provenance")
+    assert ParentLost(first, "isolated: proof: provenance") in acts
+    assert h.parent == other  # the other candidate takes over
+    acts = h.isolate(peer(4), T0 + 100, T0 + 1, "trust -12")
+    assert acts == [DropChild(peer(4), "isolated: trust -12")]
+    (no,) = h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0 + 2)
+    assert isinstance(no, RejectChild) and "isolated" in no.reason
+    h.release(peer(4), T0 + 100)
+    (ok,) = h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0 + 100)
+    assert isinstance(ok, AcceptChild)

@@ -1,0 +1,227 @@
+"""Local trust: what this node saw each peer do, decayed over time, and who is isolated.
+
+Owns :class:`LocalTrust`, a clock-free scorer in the shape of py-libp2p's
+``pubsub/score.py``: :meth:`LocalTrust.observe` takes one piece of evidence and
+``now``, :meth:`LocalTrust.score` answers for a peer at ``now``, and the
+decisions come back as actions (:class:`Isolate`, :class:`Release`) that the
+daemon enforces.  No I/O, no clock, no threads.
+
+Evidence is of two sorts, kept apart:
+
+* **proofs** (``Param.proof``): misbehaviour anyone can re-check from signed
+  bytes, e.g. a signed announcement and the signed manifest it pointed at that
+  disagree on signer, place or round (``provenance``), or two different
+  signed records with one sequence number (``equivocation``).  One proof
+  isolates its author at once;
+* **first-hand observations**: a bad signature, a wrong block, a stall, a replay,
+  a rate violation, and positive interactions (a useful update, blocks served).
+  Each kind adds ``weight`` to a counter that halves every ``half_life_s``; the
+  score is the sum.  A peer whose score falls below ``isolate_below`` is
+  isolated too.
+
+An isolation lasts ``isolation_s`` and then expires (:meth:`LocalTrust.tick`
+returns :class:`Release`): a peer falsely accused, or one that mended its
+ways, recovers; evidence keeps decaying.  A peer isolated again stays out
+twice as long each time (up to ``max_isolation_s``).
+
+Parameters and the reasoning for each default are in :data:`DEFAULT_PARAMS`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2phier.errors import UsageError
+
+
+class Kind(enum.StrEnum):
+    """What a peer did."""
+
+    # proofs: re-checkable by anyone from signed bytes
+    PROVENANCE = "provenance"  # announced an artifact that is not its own update as announced
+    EQUIVOCATION = "equivocation"  # two different signed messages with one seq/round
+    # first-hand observations
+    BAD_SIGNATURE = "bad-signature"
+    WRONG_BLOCK = "wrong-block"  # bytes that do not hash to the CID asked for, or unasked
+    STALL = "stall"  # a fetch from it timed out
+    REPLAY = "replay"  # an old announcement again, not the one last accepted
+    RATE = "rate"  # over one of its budgets
+    # positive
+    USEFUL_UPDATE = "useful-update"  # an update of its was verified and accepted
+    BLOCKS_SERVED = "blocks-served"  # per MiB served to this node
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    weight: float  # added to the counter per event (negative: misbehaviour)
+    half_life_s: float  # the counter halves in this long
+    proof: bool = False  # one such event isolates (third-party checkable)
+
+
+#: Why these numbers.  ``isolate_below`` is -10: a peer must be caught repeatedly
+#: by first-hand observations, which an honest peer can trigger now and then (a
+#: relay's replay, a stall on a bad link), before it is isolated.  A stall (-1)
+#: halves in an hour: more than ten within minutes isolate, one every two hours
+#: never does.  A bad signature or a wrong block cannot happen by accident on a
+#: hash-checked, signed channel (-5: three of them within a day).  A rate violation
+#: is -0.1 per dropped message: a burst of a hundred over budget isolates, a few do
+#: not.  Positive evidence (+1 per useful update, +0.1 per MiB served) decays over a
+#: week and can offset occasional accidents, but never a proof.  Proofs isolate at
+#: once.
+DEFAULT_PARAMS: dict[Kind, Param] = {
+    Kind.PROVENANCE: Param(-100.0, 7 * 86_400.0, proof=True),
+    Kind.EQUIVOCATION: Param(-100.0, 7 * 86_400.0, proof=True),
+    Kind.BAD_SIGNATURE: Param(-5.0, 86_400.0),
+    Kind.WRONG_BLOCK: Param(-5.0, 86_400.0),
+    Kind.STALL: Param(-1.0, 3_600.0),
+    Kind.REPLAY: Param(-0.5, 3_600.0),
+    Kind.RATE: Param(-0.1, 600.0),
+    Kind.USEFUL_UPDATE: Param(1.0, 7 * 86_400.0),
+    Kind.BLOCKS_SERVED: Param(0.1, 7 * 86_400.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    params: dict[Kind, Param] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
+    isolate_below: float = -10.0
+    isolation_s: float = 3_600.0
+    max_isolation_s: float = 7 * 86_400.0
+    max_peers: int = 8192  # peers remembered (least recently seen forgotten first)
+    max_proofs: int = 8  # proofs kept per peer (for status and reports)
+
+    def __post_init__(self) -> None:
+        if not (self.isolate_below < 0 and 0 < self.isolation_s <= self.max_isolation_s):
+            raise UsageError("isolate_below must be negative and 0 < isolation_s <= max")
+        for kind, p in self.params.items():
+            if not (math.isfinite(p.weight) and p.half_life_s > 0):
+                raise UsageError(f"trust parameter {kind}: finite weight, positive half-life")
+
+
+@dataclass(frozen=True, slots=True)
+class Isolate:
+    peer: str
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    peer: str
+
+
+TrustAction = Isolate | Release
+
+
+@dataclass
+class _Peer:
+    counters: dict[Kind, tuple[float, float]] = field(default_factory=dict)  # value, at
+    proofs: list[dict[str, Any]] = field(default_factory=list)
+    isolated_until: float | None = None
+    isolations: int = 0
+    reason: str = ""
+
+
+class LocalTrust:
+    """Evidence in, scores and isolations out; see the module docstring."""
+
+    def __init__(self, config: TrustConfig | None = None) -> None:
+        self.config = config or TrustConfig()
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+
+    # --- events -------------------------------------------------------------------------
+    def observe(
+        self, peer: str, kind: Kind, now: float, amount: float = 1.0, detail: str = ""
+    ) -> list[TrustAction]:
+        """One piece of evidence about ``peer``; returns the isolation it causes, if any."""
+        param = self.config.params[kind]
+        p = self._peer(peer)
+        value, at = p.counters.get(kind, (0.0, now))
+        p.counters[kind] = (_decayed(value, now - at, param.half_life_s) + amount, now)
+        if param.proof:
+            p.proofs = [*p.proofs, {"kind": kind.value, "at": now, "detail": detail[:500]}][
+                -self.config.max_proofs :
+            ]
+        if self.is_isolated(peer, now):
+            return []
+        if param.proof:
+            return [self._isolate(peer, p, now, f"proof: {kind.value}: {detail[:200]}")]
+        score = self.score(peer, now)
+        if score < self.config.isolate_below:
+            return [self._isolate(peer, p, now, f"trust {score:.1f} after {kind.value}")]
+        return []
+
+    def tick(self, now: float) -> list[TrustAction]:
+        """Isolations that expired at ``now``."""
+        out: list[TrustAction] = []
+        for peer, p in self._peers.items():
+            if p.isolated_until is not None and p.isolated_until <= now:
+                p.isolated_until = None
+                out.append(Release(peer))
+        return out
+
+    # --- views ----------------------------------------------------------------------------
+    def score(self, peer: str, now: float) -> float:
+        p = self._peers.get(peer)
+        if p is None:
+            return 0.0
+        total = 0.0
+        for kind, (value, at) in p.counters.items():
+            param = self.config.params[kind]
+            total += param.weight * _decayed(value, now - at, param.half_life_s)
+        return total
+
+    def is_isolated(self, peer: str, now: float) -> bool:
+        p = self._peers.get(peer)
+        return p is not None and p.isolated_until is not None and p.isolated_until > now
+
+    def isolated(self, now: float) -> list[str]:
+        return sorted(peer for peer in self._peers if self.is_isolated(peer, now))
+
+    def status(self, now: float) -> dict[str, Any]:
+        """JSON-able view for ``p2phier trust --json``."""
+        peers = {}
+        for peer, p in self._peers.items():
+            peers[peer] = {
+                "score": round(self.score(peer, now), 3),
+                "isolated_until": p.isolated_until if self.is_isolated(peer, now) else None,
+                "isolations": p.isolations,
+                "reason": p.reason,
+                "evidence": {
+                    kind.value: round(
+                        _decayed(v, now - at, self.config.params[kind].half_life_s), 3
+                    )
+                    for kind, (v, at) in sorted(p.counters.items())
+                },
+                "proofs": list(p.proofs),
+            }
+        return {"isolated": self.isolated(now), "peers": peers}
+
+    # --- internals ---------------------------------------------------------------------------
+    def _peer(self, peer: str) -> _Peer:
+        p = self._peers.pop(peer, None) or _Peer()
+        self._peers[peer] = p
+        while len(self._peers) > self.config.max_peers:
+            # forget the least recently seen peer that is not isolated right now
+            for old, q in self._peers.items():
+                if q.isolated_until is None and old != peer:
+                    del self._peers[old]
+                    break
+            else:
+                break
+        return p
+
+    def _isolate(self, peer: str, p: _Peer, now: float, reason: str) -> Isolate:
+        span = min(self.config.isolation_s * 2**p.isolations, self.config.max_isolation_s)
+        p.isolations += 1
+        p.isolated_until = now + span
+        p.reason = reason
+        return Isolate(peer, p.isolated_until, reason)
+
+
+def _decayed(value: float, elapsed: float, half_life: float) -> float:
+    return float(value * 0.5 ** (max(0.0, elapsed) / half_life))

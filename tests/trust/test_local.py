@@ -1,0 +1,76 @@
+"""Local trust (pure): proofs isolate at once, observations accumulate and decay, isolations
+expire and grow, the book is bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2phier.errors import UsageError
+from p2phier.trust.local import Isolate, Kind, LocalTrust, Release, TrustConfig
+
+H = 3600.0
+
+
+def test_a_proof_isolates_at_once_and_the_isolation_expires() -> None:
+    t = LocalTrust()
+    (act,) = t.observe("m", Kind.PROVENANCE, 0.0, detail="signed by x, not by m")
+    assert isinstance(act, Isolate) and act.until == H and "provenance" in act.reason
+    assert t.is_isolated("m", 10.0) and t.isolated(10.0) == ["m"]
+    assert t.observe("m", Kind.PROVENANCE, 20.0) == []  # already isolated: no second action
+    assert t.tick(H - 1) == []
+    assert t.tick(H) == [Release("m")]
+    assert not t.is_isolated("m", H)
+    (again,) = t.observe("m", Kind.EQUIVOCATION, H + 1)
+    assert isinstance(again, Isolate) and again.until == H + 1 + 2 * H  # twice as long
+    assert [p["kind"] for p in t.status(H + 1)["peers"]["m"]["proofs"]] == [
+        "provenance",
+        "provenance",
+        "equivocation",
+    ]
+
+
+def test_observations_accumulate_and_decay() -> None:
+    t = LocalTrust()
+    for i in range(10):
+        assert t.observe("s", Kind.STALL, float(i)) == []
+    assert t.score("s", 10.0) == pytest.approx(-10.0, abs=0.02)
+    (act,) = t.observe("s", Kind.STALL, 10.0)
+    assert isinstance(act, Isolate)  # the eleventh stall within minutes
+    # the same ten stalls spread over a day never isolate: each heals before the next
+    u = LocalTrust()
+    assert all(u.observe("s", Kind.STALL, i * 2 * H) == [] for i in range(10))
+    assert -2.0 < u.score("s", 20 * H) < 0
+
+
+def test_positive_evidence_offsets_accidents_but_not_proofs() -> None:
+    t = LocalTrust()
+    for _ in range(20):
+        t.observe("good", Kind.USEFUL_UPDATE, 0.0)
+    for i in range(15):
+        assert t.observe("good", Kind.STALL, float(i)) == []  # 20 - 15 > -10
+    assert t.observe("good", Kind.PROVENANCE, 20.0) != []
+
+
+def test_an_honest_peer_with_occasional_mishaps_is_never_isolated() -> None:
+    t = LocalTrust()
+    now = 0.0
+    for day in range(30):  # a replay and a stall every few hours, a month long
+        for k in range(6):
+            now = day * 86_400.0 + k * 4 * H
+            assert t.observe("h", Kind.REPLAY, now) == []
+            assert t.observe("h", Kind.STALL, now) == []
+    assert not t.isolated(now)
+
+
+def test_the_book_is_bounded_and_keeps_isolated_peers() -> None:
+    t = LocalTrust(TrustConfig(max_peers=3))
+    t.observe("bad", Kind.PROVENANCE, 0.0)
+    for p in ("a", "b", "c", "d"):
+        t.observe(p, Kind.STALL, 1.0)
+    peers = t.status(2.0)["peers"]
+    assert len(peers) == 3 and "bad" in peers and t.is_isolated("bad", 2.0)
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(UsageError):
+        TrustConfig(isolate_below=1.0)
