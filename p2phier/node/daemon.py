@@ -311,6 +311,14 @@ class NodeDaemon:
         now = self.clock()
         result = self.book.accept(signed, now)
         record = result.record
+        if result.status is RecordStatus.CONFLICT and record is not None:
+            # Two different records signed with one sequence number: a proof anyone can
+            # check (both are signed by the peer), so its author is isolated.
+            self._enforce(
+                self.trust.observe(
+                    str(record.peer_id), Kind.EQUIVOCATION, now, detail=result.reason
+                )
+            )
         if record is not None and result.status in (
             RecordStatus.NEW,
             RecordStatus.REPLACED,

@@ -536,7 +536,14 @@ class Learner:
         rec["children_updates"] = sorted(fresh)
         updates: dict[str, tuple[Path, float]] = {}
         skipped = []
+        excluded: dict[str, str] = {}
         for author, u in sorted(fresh.items()):
+            if self.node.trust.is_isolated(author, self.node.clock()):
+                # isolated since its update arrived (a proof, or its trust fell): left out
+                excluded[author] = self.node.trust.status(self.node.clock())["peers"][author][
+                    "reason"
+                ]
+                continue
             try:
                 updates[author] = (await self._prepare_update(u, tier), 1.0)
             except Exception as exc:  # one child's bad or unreachable update: skip that child
@@ -544,6 +551,9 @@ class Learner:
                 self.errors.append(f"update from {author}: {exc}")
                 skipped.append(author)
         rec["skipped_updates"] = skipped
+        if excluded:
+            rec["excluded_updates"] = excluded
+            logger.warning("round %d: updates of isolated children left out: %s", r, excluded)
         local = self.state["local"]
         if self.plan.trains and local is not None and local["on"] == str(flat):
             updates["self"] = (Path(local["dir"]), 1.0)

@@ -238,3 +238,31 @@ def test_a_flooding_child_does_not_starve_an_honest_one(tmp_path: Path) -> None:
             flood.stdin.close()  # type: ignore[union-attr]
             flood.wait(30)
             flood.stdout.close()  # type: ignore[union-attr]
+
+
+def test_two_records_with_one_sequence_number_isolate_their_signer(tmp_path: Path) -> None:
+    """Equivocation: two different signed records with the same seq are a proof."""
+    import subprocess
+    import sys
+
+    from p2phier.devnet.procs import REPO
+
+    with open_cluster(tmp_path, [("victim", "master", "")]) as nodes:
+        victim = nodes["victim"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.node.equivocate_proc", victim.addr],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line, f"equivocating peer exited {proc.wait(30)}"
+            liar = json.loads(line)["peer_id"]
+            wait_for("the victim to isolate the liar", lambda: liar in victim.status()["isolated"])
+            view = json.loads(victim.cli("trust", "--json").stdout)
+            assert view["peers"][liar]["proofs"][0]["kind"] == "equivocation"
+            assert "two different records with seq" in view["peers"][liar]["proofs"][0]["detail"]
+        finally:
+            proc.stdin.close()  # type: ignore[union-attr]
+            proc.wait(30)
+            proc.stdout.close()  # type: ignore[union-attr]
