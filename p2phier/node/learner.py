@@ -537,6 +537,7 @@ class Learner:
         updates: dict[str, tuple[Path, float]] = {}
         skipped = []
         excluded: dict[str, str] = {}
+        weights: dict[str, dict[str, Any]] = {}
         for author, u in sorted(fresh.items()):
             if self.node.trust.is_isolated(author, self.node.clock()):
                 # isolated since its update arrived (a proof, or its trust fell): left out
@@ -545,12 +546,16 @@ class Learner:
                 ]
                 continue
             try:
-                updates[author] = (await self._prepare_update(u, tier), 1.0)
+                # A newcomer's update counts only as far as its history justifies.
+                weight, why = self.node.trust.weight(author, self.node.clock())
+                weights[author] = {"weight": weight, "why": why}
+                updates[author] = (await self._prepare_update(u, tier), weight)
             except Exception as exc:  # one child's bad or unreachable update: skip that child
                 logger.warning("update %s from %s skipped: %s", u.cid, author, exc)
                 self.errors.append(f"update from {author}: {exc}")
                 skipped.append(author)
         rec["skipped_updates"] = skipped
+        rec["trust_weights"] = weights
         if excluded:
             rec["excluded_updates"] = excluded
             logger.warning("round %d: updates of isolated children left out: %s", r, excluded)

@@ -93,10 +93,16 @@ class TrustConfig:
     max_isolation_s: float = 7 * 86_400.0
     max_peers: int = 8192  # peers remembered (least recently seen forgotten first)
     max_proofs: int = 8  # proofs kept per peer (for status and reports)
+    #: an author's first accepted update counts this much in an aggregate...
+    newcomer_weight: float = 0.25
+    #: ...and its updates count fully once this many were accepted (decayed history)
+    full_weight_after: float = 3.0
 
     def __post_init__(self) -> None:
         if not (self.isolate_below < 0 and 0 < self.isolation_s <= self.max_isolation_s):
             raise UsageError("isolate_below must be negative and 0 < isolation_s <= max")
+        if not (0 < self.newcomer_weight <= 1 and self.full_weight_after >= 1):
+            raise UsageError("newcomer_weight must lie in (0, 1], full_weight_after >= 1")
         for kind, p in self.params.items():
             if not (math.isfinite(p.weight) and p.half_life_s > 0):
                 raise UsageError(f"trust parameter {kind}: finite weight, positive half-life")
@@ -174,6 +180,33 @@ class LocalTrust:
             param = self.config.params[kind]
             total += param.weight * _decayed(value, now - at, param.half_life_s)
         return total
+
+    def weight(self, peer: str, now: float) -> tuple[float, str]:
+        """How much ``peer``'s update counts in an aggregate (0..1), and why.
+
+        A newcomer's first accepted update counts ``newcomer_weight``; the weight grows
+        with its (decayed) history of accepted updates to 1 at ``full_weight_after``,
+        and shrinks with the negative evidence against it (to 0 at ``isolate_below``).
+        An isolated peer counts 0.
+        """
+        cfg = self.config
+        p = self._peers.get(peer)
+        if p is not None and self.is_isolated(peer, now):
+            return 0.0, f"isolated: {p.reason}"
+        history = 0.0
+        bad = 0.0
+        if p is not None:
+            for kind, (value, at) in p.counters.items():
+                param = cfg.params[kind]
+                v = _decayed(value, now - at, param.half_life_s)
+                if kind is Kind.USEFUL_UPDATE:
+                    history = v
+                elif param.weight < 0:
+                    bad += param.weight * v
+        grow = min(1.0, max(0.0, history - 1.0) / max(cfg.full_weight_after - 1.0, 1e-9))
+        w = cfg.newcomer_weight + (1.0 - cfg.newcomer_weight) * grow
+        w *= max(0.0, 1.0 - bad / cfg.isolate_below)
+        return round(w, 4), f"history {history:.2f} update(s), evidence {bad:.2f}"
 
     def is_isolated(self, peer: str, now: float) -> bool:
         p = self._peers.get(peer)

@@ -74,3 +74,19 @@ def test_the_book_is_bounded_and_keeps_isolated_peers() -> None:
 def test_config_is_checked() -> None:
     with pytest.raises(UsageError):
         TrustConfig(isolate_below=1.0)
+
+
+def test_a_newcomer_counts_only_as_far_as_its_history_justifies() -> None:
+    t = LocalTrust()
+    t.observe("new", Kind.USEFUL_UPDATE, 0.0)  # its first update was accepted
+    assert t.weight("new", 0.0)[0] == pytest.approx(0.25)
+    t.observe("new", Kind.USEFUL_UPDATE, 1.0)
+    assert t.weight("new", 1.0)[0] == pytest.approx(0.625, abs=1e-3)
+    t.observe("new", Kind.USEFUL_UPDATE, 2.0)
+    assert t.weight("new", 2.0)[0] == pytest.approx(1.0, abs=1e-3)
+    t.observe("new", Kind.BAD_SIGNATURE, 3.0)  # -5 of the -10 that isolate: half weight
+    w, why = t.weight("new", 3.0)
+    assert w == pytest.approx(0.5, abs=1e-3) and "evidence -5.00" in why
+    t.observe("liar", Kind.PROVENANCE, 0.0)
+    assert t.weight("liar", 1.0) == (0.0, "isolated: proof: provenance: ")
+    assert t.weight("unknown", 0.0)[0] == pytest.approx(0.25)
