@@ -118,6 +118,11 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     # The language node aggregated its three children's updates and published.
     en = _learner(run_dir, "en")
     assert en["rounds"]["1"]["n_updates"] == 3 and en["rounds"]["1"]["decision"] == "published"
+    # Newcomers' updates counted a quarter in their first round, more as their history grew.
+    w1 = {p: v["weight"] for p, v in en["rounds"]["1"]["trust_weights"].items()}
+    w2 = {p: v["weight"] for p, v in en["rounds"]["2"]["trust_weights"].items()}
+    assert len(w1) == 3 and all(0 < w <= 0.25 for w in w1.values()), w1
+    assert all(w2[p] > w1[p] for p in w1), (w1, w2)
     # The parent's accuracy on its children's held-out data improved over the run.
     by_round = {r["round"]: {n["node"]: n for n in r["nodes"]} for r in run["rounds"]}
     before, after = by_round[0]["en"]["accuracy_children"], by_round[2]["en"]["accuracy_children"]
