@@ -220,18 +220,23 @@ def _list(value: Any) -> list[Any]:
     return list(value)
 
 
-def _addrs(value: Any) -> tuple[str, ...]:
-    out = []
+def _unique(value: Any, check: Callable[[str], object]) -> tuple[str, ...]:
+    """A list of distinct strings, each passing ``check`` (which raises a P2PHierError)."""
+    out: list[str] = []
     for item in _list(value):
         text = _str(item).strip()
         try:
-            validate_addr(text)
-        except RecordError as exc:
-            raise _BadValueError(str(exc)) from None
+            check(text)
+        except P2PHierError as exc:
+            raise _BadValueError(f"{text!r}: {exc}") from None
         if text in out:
             raise _BadValueError(f"lists {text!r} twice")
         out.append(text)
     return tuple(out)
+
+
+def _addrs(value: Any) -> tuple[str, ...]:
+    return _unique(value, validate_addr)
 
 
 def _bootstrap(value: Any) -> tuple[str, ...]:
@@ -251,31 +256,11 @@ def _bootstrap(value: Any) -> tuple[str, ...]:
 
 
 def _anchors(value: Any) -> tuple[str, ...]:
-    out = []
-    for item in _list(value):
-        text = _str(item).strip()
-        try:
-            PeerId.parse(text)  # a p2phier node: it signs records, so an Ed25519 key
-        except InvalidPeerIdError as exc:
-            raise _BadValueError(f"{text!r}: {exc}") from None
-        if text in out:
-            raise _BadValueError(f"lists {text!r} twice")
-        out.append(text)
-    return tuple(out)
+    return _unique(value, PeerId.parse)  # p2phier nodes: they sign records, so Ed25519 keys
 
 
 def _domains(value: Any) -> tuple[str, ...]:
-    out = []
-    for item in _list(value):
-        text = _str(item).strip()
-        try:
-            validate_domain(text)
-        except RecordError as exc:
-            raise _BadValueError(str(exc)) from None
-        if text in out:
-            raise _BadValueError(f"lists {text!r} twice")
-        out.append(text)
-    return tuple(out)
+    return _unique(value, validate_domain)
 
 
 # --- the schema -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -354,10 +355,9 @@ def export_car(
     return dest
 
 
-def import_car(
-    store: ContentStore, path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
-) -> CID:
-    """Verify the artifact archived in a CAR file; only then store and pin it. Returns its CID."""
+@contextmanager
+def _indexed(path: str | os.PathLike[str], limits: Limits, max_block: int) -> Iterator[CarIndex]:
+    """The CAR file at ``path``, size-checked and indexed, open for the block."""
     src = Path(path)
     try:
         fh = open(src, "rb")  # noqa: SIM115 - closed below
@@ -367,7 +367,14 @@ def import_car(
         size = os.fstat(fh.fileno()).st_size
         if size > limits.max_car:
             raise CarFormatError(f"CAR file is {size} bytes, over the limit of {limits.max_car}")
-        blocks = CarIndex(fh, max_block=store.max_block_size, max_blocks=limits.max_car_blocks)
+        yield CarIndex(fh, max_block=max_block, max_blocks=limits.max_car_blocks)
+
+
+def import_car(
+    store: ContentStore, path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
+) -> CID:
+    """Verify the artifact archived in a CAR file; only then store and pin it. Returns its CID."""
+    with _indexed(path, limits, store.max_block_size) as blocks:
         return _import_indexed(store, blocks, limits)
 
 
@@ -379,16 +386,7 @@ def verify_car(
     base_modules: Collection[str] | None = None,
 ) -> Resolved:
     """Fully verify the artifact archived in a CAR file from the file alone; store nothing."""
-    src = Path(path)
-    try:
-        fh = open(src, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise UsageError(f"cannot read {src}: {exc.strerror or exc}") from None
-    with fh, MemoryStore() as empty:
-        size = os.fstat(fh.fileno()).st_size
-        if size > limits.max_car:
-            raise CarFormatError(f"CAR file is {size} bytes, over the limit of {limits.max_car}")
-        blocks = CarIndex(fh, max_block=max_block, max_blocks=limits.max_car_blocks)
+    with _indexed(path, limits, max_block) as blocks, MemoryStore() as empty:
         source = BlockSource(empty, blocks)
         return resolve(source.get_block, blocks.root(), limits=limits, base_modules=base_modules)
 

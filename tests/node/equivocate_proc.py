@@ -17,11 +17,11 @@ import trio
 
 from p2phier.announce import RECORDS_TOPIC
 from p2phier.cid import CID
-from p2phier.config import DEFAULT_BASE_MODEL
 from p2phier.identity import Identity
 from p2phier.net.host import PeerAddr, open_host
 from p2phier.net.pubsub import GossipConfig, open_gossip
-from p2phier.records import Capabilities, HardwareClass, Layer, NodeRecord, sign_record
+from p2phier.records import Layer
+from tests.node.peer_kit import signed_record
 
 SETUP_TIMEOUT_S = 60.0
 MAX_LIFETIME_S = 300.0
@@ -34,22 +34,10 @@ async def main(node_addr: str) -> None:
         now = int(time.time() * 1000)
 
         def record(head: bytes) -> bytes:
-            return sign_record(
-                NodeRecord(
-                    peer_id=me.peer_id,
-                    addrs=tuple(host.listen_addrs),
-                    layer=Layer.LANGUAGE,
-                    domain="qq",
-                    base_model_id=DEFAULT_BASE_MODEL,
-                    capabilities=Capabilities(1 << 30, 0, HardwareClass.CPU),
-                    head=CID.raw(head),
-                    seq=now,
-                    issued_ms=now,
-                    expires_ms=now + 300_000,
-                    started_ms=now,
-                ),
-                me,
-            )
+            return signed_record(
+                me, host, layer=Layer.LANGUAGE, domain="qq", seq=now, head=CID.raw(head),
+                started_ms=now, issued_ms=now,
+            )  # fmt: skip
 
         a, b = record(b"head a"), record(b"head b")
         with trio.fail_after(SETUP_TIMEOUT_S):

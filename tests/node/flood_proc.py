@@ -27,7 +27,8 @@ from p2phier.identity import Identity, PeerId
 from p2phier.net.host import PeerAddr, open_host
 from p2phier.net.pubsub import GossipConfig, open_gossip
 from p2phier.net.register import register_with
-from p2phier.records import Capabilities, HardwareClass, Layer, NodeRecord, sign_record
+from p2phier.records import Layer
+from tests.node.peer_kit import signed_record
 
 SETUP_TIMEOUT_S = 60.0
 MAX_LIFETIME_S = 300.0
@@ -46,22 +47,8 @@ async def main(parent_addr: str, count: int) -> None:
         host.set_stream_handler(PROTOCOL_ID, stall)  # type: ignore[arg-type]
 
         def record(seq: int, head: CID | None) -> bytes:
-            now = int(time.time() * 1000)
-            return sign_record(
-                NodeRecord(
-                    peer_id=me.peer_id,
-                    addrs=tuple(host.listen_addrs),
-                    layer=Layer.LANGUAGE,
-                    domain="zz",
-                    base_model_id=DEFAULT_BASE_MODEL,
-                    capabilities=Capabilities(1 << 30, 0, HardwareClass.CPU),
-                    head=head,
-                    seq=seq,
-                    issued_ms=now,
-                    expires_ms=now + 300_000,
-                    started_ms=started,
-                ),
-                me,
+            return signed_record(
+                me, host, layer=Layer.LANGUAGE, domain="zz", seq=seq, head=head, started_ms=started
             )
 
         with trio.fail_after(SETUP_TIMEOUT_S):
