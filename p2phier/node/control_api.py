@@ -45,8 +45,8 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         },
         # round trips this node measured itself (ms): the only figures parent choice uses
         "measured_ms": {str(p): round(rtt * 1000, 2) for p, rtt in node.latencies.items()},
-        "misbehaviour": list(node.misbehaviour),
-        "isolated": node.trust.isolated(node.clock()),
+        "misbehaviour": list(node.guard.misbehaviour),
+        "isolated": node.guard.trust.isolated(node.clock()),
         "bitswap": _wire_totals(node),
         "topics": node.topics,
         "control_socket": str(node.config.control_socket),
@@ -104,7 +104,7 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
         return node.learner.request_round(value)
 
     async def trust(args: Mapping[str, Any]) -> Any:
-        return node.trust.status(node.clock())
+        return node.guard.trust.status(node.clock())
 
     async def stop(args: Mapping[str, Any]) -> Any:
         node.stop()

@@ -31,7 +31,7 @@ import math
 import os
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ from p2phier.announce import (
     up_topic,
 )
 from p2phier.artifact import Artifact, verify_artifact
-from p2phier.bitswap import Misbehaviour
 from p2phier.cid import CID
 from p2phier.config import NodeConfig
 from p2phier.errors import (
@@ -88,7 +87,8 @@ from p2phier.net.pubsub import (
 )
 from p2phier.net.register import register_with, serve_registrations
 from p2phier.node.control_api import control_handlers, node_peers, node_status
-from p2phier.node.intake import MAX_ACCEPTED, Evidence, UpdateIntake
+from p2phier.node.guard import Guard
+from p2phier.node.intake import MAX_ACCEPTED, UpdateIntake
 from p2phier.node.learner import Learner
 from p2phier.node.objfetch import fetch_any
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
@@ -104,7 +104,6 @@ from p2phier.records import (
 )
 from p2phier.store import DiskStore
 from p2phier.trust import RECORDS, REGISTRATIONS, RateBudget
-from p2phier.trust.local import Isolate, Kind, LocalTrust, TrustAction
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +153,18 @@ class NodeDaemon:
             clock=clock,
             block_timeout_s=config.block_timeout_s,
             on_accepted=self._on_accepted,
-            on_evidence=self._on_evidence,
+            on_evidence=lambda ev: self.guard.evidence(ev),  # noqa: PLW0108 - built below
+            on_change=self._mark_dirty,
+        )
+        #: evidence about peers in, trust's isolations enforced (p2phier/node/guard.py)
+        self.guard = Guard(
+            clock=clock,
+            hierarchy=self.hierarchy,
+            intake=self.intake,
+            queue=self._queue,
+            spawn=self._spawn,
+            gossip=lambda: self._gossip,
+            disconnect=self._disconnect,
             on_change=self._mark_dirty,
         )
         self.head: CID | None = None
@@ -163,13 +173,10 @@ class NodeDaemon:
         if config.learn_enabled:
             self.learner = Learner(self, load_plan(config.learn_plan))
         #: what each peer may make this node check per second, before any signature check
-        #: what this node saw each peer do, and whom it isolated (p2phier/trust/local.py)
-        self.trust = LocalTrust()
         self.record_budget = RateBudget(RECORDS)
         self.registration_budget = RateBudget(REGISTRATIONS)
         #: peers refused as p2phier nodes (not as transport peers), by reason
         self.refused: Counter[str] = Counter()
-        self.misbehaviour: deque[dict[str, Any]] = deque(maxlen=64)
         self._record_seq: int | None = None
         self._ann_seq: int | None = None
         self._announcements: dict[str, bytes] = {}  # topic -> our latest signed announcement
@@ -206,7 +213,7 @@ class NodeDaemon:
                 open_gossip(host, GossipConfig(heartbeat_s=cfg.gossip_heartbeat_s)) as gossip,
                 open_dht(host, timeout=cfg.dial_timeout_s) as dht,
                 open_bitswap(
-                    host, self.store, bs_cfg, on_misbehaviour=self._on_misbehaviour
+                    host, self.store, bs_cfg, on_misbehaviour=self.guard.bitswap
                 ) as bitswap,
             ):
                 self._gossip = gossip
@@ -312,13 +319,7 @@ class NodeDaemon:
         result = self.book.accept(signed, now)
         record = result.record
         if result.status is RecordStatus.CONFLICT and record is not None:
-            # Two different records signed with one sequence number: a proof anyone can
-            # check (both are signed by the peer), so its author is isolated.
-            self._enforce(
-                self.trust.observe(
-                    str(record.peer_id), Kind.EQUIVOCATION, now, detail=result.reason
-                )
-            )
+            self.guard.equivocation(str(record.peer_id), result.reason)
         if record is not None and result.status in (
             RecordStatus.NEW,
             RecordStatus.REPLACED,
@@ -438,7 +439,7 @@ class NodeDaemon:
 
     def _registration_verdict(self, remote: str, signed: bytes) -> tuple[bool, str]:
         now = self.clock()
-        if self.trust.is_isolated(remote, now):
+        if self.guard.is_isolated(remote):
             return False, "this node has isolated you (misbehaviour)"
         status = self.offer_record(signed)
         try:
@@ -499,46 +500,9 @@ class NodeDaemon:
         return SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
 
     def _on_accepted(self, ann: Announcement, art: Artifact) -> None:
-        self._enforce(self.trust.observe(str(ann.author), Kind.USEFUL_UPDATE, self.clock()))
+        self.guard.useful_update(str(ann.author))
         if self.learner is not None:
             self.learner.on_accepted(ann, art)
-
-    def _on_evidence(self, evidence: Evidence) -> None:
-        kind = _EVIDENCE_KINDS.get(evidence.kind)
-        if kind is None:
-            return  # a drop an honest relay or a clock could cause: not held against anyone
-        if kind.value in (Kind.PROVENANCE.value, Kind.BAD_SIGNATURE.value):
-            self.misbehaviour.append(
-                {"peer": evidence.peer, "reason": evidence.kind, "detail": evidence.detail}
-            )
-        self._enforce(self.trust.observe(evidence.peer, kind, self.clock(), detail=evidence.detail))
-
-    def _enforce(self, actions: list[TrustAction]) -> None:
-        """Carry out trust's decisions: an isolated peer is no child, no parent, gets no
-        gossip through and is disconnected, until its isolation ends."""
-        now = self.clock()
-        for action in actions:
-            try:
-                peer = PeerId.parse(action.peer)
-            except InvalidPeerIdError:
-                peer = None  # a transport peer of another key type: only the wire ties
-            if isinstance(action, Isolate):
-                logger.warning("isolating %s until %s: %s", action.peer,
-                               time.strftime("%H:%M:%S", time.localtime(action.until)),
-                               action.reason)  # fmt: skip
-                if peer is not None:
-                    self._queue(self.hierarchy.isolate(peer, action.until, now, action.reason))
-                    self.intake.author_gone(peer)
-                if self._gossip is not None:
-                    self._gossip.blacklist(action.peer)
-                self._spawn(self._disconnect, action.peer)
-            else:
-                logger.info("isolation of %s ended", action.peer)
-                if self._gossip is not None:
-                    self._gossip.unblacklist(action.peer)
-                if peer is not None:
-                    self._queue(self.hierarchy.release(peer, now))
-            self._dirty = True
 
     async def _disconnect(self, peer: str) -> None:
         if self._host is not None:
@@ -681,7 +645,7 @@ class NodeDaemon:
             for record in self.book.expire(now):
                 self._queue(self.hierarchy.record_expired(record.peer_id, now))
             self._queue(self.hierarchy.tick(now))
-            self._enforce(self.trust.tick(now))
+            self.guard.tick()
             if self.hierarchy.parent is None:
                 for record in self.hierarchy.candidates():
                     self._maybe_measure(record, now)
@@ -762,14 +726,6 @@ class NodeDaemon:
         except NetworkError:
             return []
 
-    def _on_misbehaviour(self, event: Misbehaviour) -> None:
-        self.misbehaviour.append(
-            {"peer": event.peer, "reason": event.reason, "detail": event.detail}
-        )
-        self._enforce(
-            self.trust.observe(event.peer, Kind.WRONG_BLOCK, self.clock(), detail=event.detail)
-        )
-
     # --- status -------------------------------------------------------------------------------
     @property
     def host(self) -> Host | None:
@@ -815,15 +771,6 @@ class NodeDaemon:
             self.intake.filter.restore(m.topic, m.author, m.seq, m.round, m.digest)
         self._announcements.update(state.announcements)
         self.intake.restore(state.accepted)
-
-
-#: the intake's drop reasons (and evidence kinds) that count against the sender
-_EVIDENCE_KINDS: dict[str, Kind] = {
-    "provenance": Kind.PROVENANCE,
-    "bad-signature": Kind.BAD_SIGNATURE,
-    "replay": Kind.REPLAY,
-    "rate": Kind.RATE,
-}
 
 
 class _Fetcher:

@@ -217,6 +217,7 @@ def test_a_flooding_child_does_not_starve_an_honest_one(tmp_path: Path) -> None:
         wait_for("en registered", lambda: en.peer_id in master.status()["children"])
         with _attacker("tests.node.flood_proc", master.addr, "200") as sent:
             attacker = sent["peer_id"]
+            print(f"flood: {sent}")
             heads = {str(CID.raw(b"flood %d %s" % (i, attacker.encode()))) for i in range(200)}
             assert sent["refused"] >= 150  # over its registration budget (5 at once, 1 per 2 s)
             status = master.status()
