@@ -304,6 +304,7 @@ _SCHEMA: dict[str, _Field] = {
     "hierarchy.max_children": _Field(_uint, 1024),
     "hierarchy.admit_domains": _Field(_domains, (), is_list=True),
     "trust.anchors": _Field(_anchors, (), is_list=True),
+    "trust.report_interval_s": _Field(_seconds, 30.0),
     "log.level": _Field(_level, "info"),
     "learn.enabled": _Field(_bool, False),
     "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
@@ -359,6 +360,7 @@ class NodeConfig:
     #: peer ids of nodes the operator knows (e.g. the network's real master); empty: the
     #: bootstrap peers are the anchors
     trust_anchors: tuple[str, ...]
+    trust_report_interval_s: float  # how often this node gossips its trust report
     log_level: str
     learn_enabled: bool
     learn_round_interval_s: float
@@ -422,6 +424,7 @@ class NodeConfig:
             "hierarchy.max_children": h.max_children,
             "hierarchy.admit_domains": list(h.admit_domains),
             "trust.anchors": list(self.trust_anchors),
+            "trust.report_interval_s": self.trust_report_interval_s,
             "log.level": self.log_level,
             "learn.enabled": self.learn_enabled,
             "learn.round_interval_s": self.learn_round_interval_s,
@@ -621,6 +624,7 @@ def load_config(
         record_refresh_s=refresh,
         hierarchy=hierarchy,
         trust_anchors=values["trust.anchors"],
+        trust_report_interval_s=values["trust.report_interval_s"],
         log_level=values["log.level"],
         learn_enabled=values["learn.enabled"],
         learn_round_interval_s=values["learn.round_interval_s"],

@@ -104,7 +104,11 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
         return node.learner.request_round(value)
 
     async def trust(args: Mapping[str, Any]) -> Any:
-        return node.guard.trust.status(node.clock())
+        view = node.guard.trust.status(node.clock())
+        view["reports_held"] = len(node.guard.reports)
+        view["reports_refused"] = node.guard.reports_refused
+        view["global"] = node.guard.global_view()
+        return view
 
     async def stop(args: Mapping[str, Any]) -> Any:
         node.stop()

@@ -104,6 +104,7 @@ from p2phier.records import (
 )
 from p2phier.store import DiskStore
 from p2phier.trust import RECORDS, REGISTRATIONS, RateBudget
+from p2phier.trust.report import TRUST_TOPIC
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,8 @@ class NodeDaemon:
         )
         #: evidence about peers in, trust's isolations enforced (p2phier/node/guard.py)
         self.guard = Guard(
+            identity=identity,
+            anchors=config.anchors,
             clock=clock,
             hierarchy=self.hierarchy,
             intake=self.intake,
@@ -234,6 +237,7 @@ class NodeDaemon:
                             serve_control, cfg.control_socket, control_handlers(self)
                         )
                         await gossip.subscribe(RECORDS_TOPIC, self._validate_record, _ignore)
+                        await gossip.subscribe(TRUST_TOPIC, self.guard.receive_report, _ignore)
                         if cfg.layer.below is not None:
                             topic = up_topic(self.peer)
                             await gossip.subscribe(
@@ -296,6 +300,15 @@ class NodeDaemon:
         self.book.accept(self._signed_record, now)
         self._dirty = True
 
+    async def _publish_report(self) -> None:
+        signed = self.guard.make_report()
+        if signed is None or self._gossip is None:
+            return
+        try:
+            await self._gossip.publish(TRUST_TOPIC, signed)
+        except NetworkError as exc:
+            logger.debug("trust report publish: %s", exc)
+
     async def _publish_record(self) -> None:
         if self._gossip is None:
             return
@@ -319,7 +332,9 @@ class NodeDaemon:
         result = self.book.accept(signed, now)
         record = result.record
         if result.status is RecordStatus.CONFLICT and record is not None:
-            self.guard.equivocation(str(record.peer_id), result.reason)
+            held = self.book.signed_bytes(record.peer_id)
+            if held is not None:
+                self.guard.equivocation(str(record.peer_id), result.reason, (held, signed))
         if record is not None and result.status in (
             RecordStatus.NEW,
             RecordStatus.REPLACED,
@@ -640,6 +655,7 @@ class NodeDaemon:
         next_refresh = self.clock() + self.config.record_refresh_s
         republish_every = max(2.0, 5 * self.config.gossip_heartbeat_s)
         next_republish = 0.0
+        next_report = self.clock() + self.config.trust_report_interval_s
         while True:
             now = self.clock()
             for record in self.book.expire(now):
@@ -658,6 +674,11 @@ class NodeDaemon:
                 await self._publish_record()
                 for topic, signed in list(self._announcements.items()):
                     await self._gossip_announcement(topic, signed)
+            if self.guard.new_proof or now >= next_report:
+                # A new proof goes out at once: siblings must learn of it before the
+                # isolated peer knocks on their door.
+                next_report = now + self.config.trust_report_interval_s
+                await self._publish_report()
             if self._dirty:
                 await trio.to_thread.run_sync(self._save_state)
             await trio.sleep(TICK_S)

@@ -53,6 +53,7 @@ from p2phier.identity import PeerId
 from p2phier.records import NodeRecord, now_ms
 from p2phier.store import DiskStore
 from p2phier.trust import ANNOUNCEMENTS, RateBudget
+from p2phier.trust.proofs import ProvenanceError, check_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +75,6 @@ MAX_GIVEN_UP = 4096
 PROVENANCE = "provenance"
 
 
-class ProvenanceError(ProtocolViolationError):
-    """A fetched artifact is not what its announcement said (another signer, layer, domain,
-    base model, round or lineage): the announcer passed off something else as its update."""
-
-
 class Fetcher(Protocol):
     """What the intake needs from the network: Bitswap fetches and DHT provider lookups."""
 
@@ -95,34 +91,8 @@ class Evidence:
     kind: str
     detail: str
     at_ms: int
-
-
-def check_provenance(ann: Announcement, art: Artifact) -> None:
-    """The artifact must be the announcing author's own update, as announced.
-
-    Checked on the envelope alone (before the content is fetched).  Raises
-    :class:`ProvenanceError` naming the first disagreement.
-    """
-    m = art.manifest
-    problems = []
-    if m.author != ann.author:
-        problems.append(f"it is signed by {m.author}, not by the announcer {ann.author}")
-    if m.layer != ann.layer.label or m.domain != ann.domain:
-        problems.append(
-            f"its manifest says {m.layer}/{m.domain or '(root)'} but the announcement "
-            f"{ann.layer.label}/{ann.domain or '(root)'}"
-        )
-    base_cid = str(m.base_model_cid) if m.base_model_cid else None
-    if ann.base_model_id not in (m.base_model_id, base_cid):
-        problems.append(
-            f"its base model is {m.base_model_id!r}, the announcement's {ann.base_model_id!r}"
-        )
-    if m.round != ann.round:
-        problems.append(f"its round is {m.round}, the announcement's {ann.round}")
-    if m.parent != ann.parent:
-        problems.append("its lineage differs from the announcement's")
-    if problems:
-        raise ProvenanceError(f"artifact {art.cid} is not the announced update: {problems[0]}")
+    #: for a proof: the signed messages that disagree, as received (re-checkable by anyone)
+    proof: tuple[bytes, ...] = ()
 
 
 class UpdateIntake:
@@ -164,6 +134,7 @@ class UpdateIntake:
         self._running: dict[PeerId, tuple[str, trio.CancelScope]] = {}  # author -> (cid, scope)
         self._wake = trio.Event()
         self._max_parallel = max_parallel
+        self._signed: OrderedDict[str, bytes] = OrderedDict()  # cid -> signed announcement
         #: updates not fetched again when re-announced (refused, or retries spent)
         self._given_up: OrderedDict[str, None] = OrderedDict()
         self._fetcher: Fetcher | None = None
@@ -195,6 +166,9 @@ class UpdateIntake:
                        topic, sender, reason, result.detail)  # fmt: skip
             return False
         assert result.announcement is not None
+        self._signed[str(result.announcement.cid)] = data  # kept for a provenance proof
+        while len(self._signed) > MAX_QUEUED:
+            self._signed.popitem(last=False)
         self.on_change()
         self._enqueue(result.announcement, 0)
         return True
@@ -338,7 +312,10 @@ class UpdateIntake:
         if isinstance(exc, ProvenanceError):
             self._give_up(key)
             self._count_drop(str(ann.author), PROVENANCE)
-            self.on_evidence(Evidence(str(ann.author), PROVENANCE, str(exc), now_ms(self.clock())))
+            proof = exc.proof
+            self.on_evidence(
+                Evidence(str(ann.author), PROVENANCE, str(exc), now_ms(self.clock()), proof)
+            )
             logger.warning("update %s from %s dropped: %s", key, ann.author, exc)
             return
         # The announcement was valid: only its bytes did not arrive (a connection reset, a
@@ -377,7 +354,12 @@ class UpdateIntake:
             art = await trio.to_thread.run_sync(read_artifact, self.store.get_block, current)
             m = art.manifest
             if current == cid:
-                check_provenance(ann, art)
+                try:
+                    check_provenance(ann, art.manifest, art.cid)
+                except ProvenanceError as exc:
+                    signed = self._signed.get(str(cid))
+                    proof = (signed, art.envelope_bytes) if signed else ()
+                    raise ProvenanceError(str(exc), proof) from None
                 if ann.size and art.stored_bytes > ann.size:
                     raise ProtocolViolationError(
                         f"artifact {cid} is larger than the {ann.size} bytes its announcement "
@@ -427,7 +409,5 @@ class UpdateIntake:
 __all__ = [
     "Evidence",
     "Fetcher",
-    "ProvenanceError",
     "UpdateIntake",
-    "check_provenance",
 ]

@@ -191,3 +191,43 @@ class SignedAnnouncement(_message.Message):
     announcement: bytes
     signature: bytes
     def __init__(self, announcement: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class TrustOpinion(_message.Message):
+    __slots__ = ("subject", "opinion_milli")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    OPINION_MILLI_FIELD_NUMBER: _ClassVar[int]
+    subject: bytes
+    opinion_milli: int
+    def __init__(self, subject: _Optional[bytes] = ..., opinion_milli: _Optional[int] = ...) -> None: ...
+
+class TrustProof(_message.Message):
+    __slots__ = ("kind", "signed")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    signed: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, kind: _Optional[str] = ..., signed: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TrustReport(_message.Message):
+    __slots__ = ("format_version", "reporter", "seq", "issued_ms", "opinions", "proofs")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORTER_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_MS_FIELD_NUMBER: _ClassVar[int]
+    OPINIONS_FIELD_NUMBER: _ClassVar[int]
+    PROOFS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    reporter: bytes
+    seq: int
+    issued_ms: int
+    opinions: _containers.RepeatedCompositeFieldContainer[TrustOpinion]
+    proofs: _containers.RepeatedCompositeFieldContainer[TrustProof]
+    def __init__(self, format_version: _Optional[int] = ..., reporter: _Optional[bytes] = ..., seq: _Optional[int] = ..., issued_ms: _Optional[int] = ..., opinions: _Optional[_Iterable[_Union[TrustOpinion, _Mapping]]] = ..., proofs: _Optional[_Iterable[_Union[TrustProof, _Mapping]]] = ...) -> None: ...
+
+class SignedTrustReport(_message.Message):
+    __slots__ = ("report", "signature")
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    report: bytes
+    signature: bytes
+    def __init__(self, report: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...

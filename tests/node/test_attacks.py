@@ -247,3 +247,38 @@ def test_two_records_with_one_sequence_number_isolate_their_signer(tmp_path: Pat
             view = json.loads(victim.cli("trust", "--json").stdout)
             assert view["peers"][liar]["proofs"][0]["kind"] == "equivocation"
             assert "two different records with seq" in view["peers"][liar]["proofs"][0]["detail"]
+
+
+def test_a_peer_isolated_by_one_parent_is_refused_by_its_sibling(tmp_path: Path) -> None:
+    """Issue 14: the gossip must matter.  The attacker passes off a foreign artifact at its
+    parent, which isolates it on the provenance proof and gossips the proof in its trust
+    report; the sibling parent, which never dealt with the attacker, re-checks the proof,
+    isolates it too, and refuses it when it comes to register."""
+    specs = [
+        ("master", "master", ""),
+        ("en1", "language", "en"),
+        ("en2", "language", "en"),
+        ("bad", "domain", "en/x", "foreign-artifact"),
+    ]
+    with open_cluster(tmp_path, specs) as nodes:
+        en1, en2, bad = nodes["en1"], nodes["en2"], nodes["bad"]
+        parent_id = wait_for("the attacker's parent", lambda: bad.status()["parent"])
+        parent, sibling = (en1, en2) if parent_id == en1.peer_id else (en2, en1)
+        wait_for("registered", lambda: bad.peer_id in parent.status()["children"])
+        assert bad.peer_id not in sibling.status()["children"]  # the sibling never dealt with it
+        foreign = _pack(bad, Identity.generate(), "domain", "en/healthcare", seed=11)
+        bad.call("publish", {"cid": foreign, "to": "parent"})
+        wait_for("the parent to isolate it", lambda: bad.peer_id in parent.status()["isolated"])
+        wait_for(
+            "the sibling to isolate it on the forwarded proof",
+            lambda: bad.peer_id in sibling.status()["isolated"],
+        )
+        view = json.loads(sibling.cli("trust", "--json").stdout)
+        proof = view["peers"][bad.peer_id]["proofs"][0]
+        assert proof["kind"] == "provenance"
+        assert proof["detail"].startswith(f"forwarded by {parent.peer_id}")
+        wait_for(
+            "the attacker, refused by its parent, to be refused by the sibling too",
+            lambda: sibling.status()["peers_refused"].get("registration", 0) >= 1,
+        )
+        assert bad.peer_id not in sibling.status()["children"]
