@@ -156,6 +156,7 @@ class NodeDaemon:
             on_accepted=self._on_accepted,
             on_evidence=lambda ev: self.guard.evidence(ev),  # noqa: PLW0108 - built below
             on_change=self._mark_dirty,
+            rank_providers=lambda providers: self.guard.rank_providers(providers),  # noqa: PLW0108
         )
         #: evidence about peers in, trust's isolations enforced (p2phier/node/guard.py)
         self.guard = Guard(

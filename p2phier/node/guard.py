@@ -49,6 +49,7 @@ EVIDENCE_KINDS: dict[str, Kind] = {
     "bad-signature": Kind.BAD_SIGNATURE,
     "replay": Kind.REPLAY,
     "rate": Kind.RATE,
+    "stall": Kind.STALL,
 }
 
 
@@ -246,6 +247,13 @@ class Guard:
 
     def tick(self) -> None:
         self.enforce(self.trust.tick(self.clock()))
+
+    def rank_providers(self, providers: list[str]) -> list[str]:
+        """Providers in trust order: a peer that stalled or misbehaved before is asked last
+        (an isolated one not at all); ties keep their order."""
+        now = self.clock()
+        keep = [p for p in providers if not self.trust.is_isolated(p, now)]
+        return sorted(keep, key=lambda p: -self.trust.score(p, now))
 
     def is_isolated(self, peer: str) -> bool:
         return self.trust.is_isolated(peer, self.clock())

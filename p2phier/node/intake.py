@@ -47,6 +47,7 @@ from p2phier.errors import (
     MissingBlocksError,
     NetworkError,
     P2PHierError,
+    PeerTimeoutError,
     ProtocolViolationError,
 )
 from p2phier.identity import PeerId
@@ -67,6 +68,8 @@ FETCH_RETRY_S = (5.0, 15.0, 30.0, 60.0, 120.0)
 MAX_DROP_PEERS = 256
 #: queued (topic, author) fetches; one each, so this bounds distinct authors waiting
 MAX_QUEUED = 1024
+#: the evidence kind of an announced update whose author did not serve it in time
+STALL = "stall"
 #: the drop reason of an announcement over its sender's budget
 RATE = "rate"
 #: updates remembered as refused (never fetched again when re-announced)
@@ -111,6 +114,7 @@ class UpdateIntake:
         on_evidence: Callable[[Evidence], None],
         on_change: Callable[[], None],
         max_parallel: int = MAX_PARALLEL_FETCHES,
+        rank_providers: Callable[[list[str]], list[str]] = lambda providers: providers,
     ) -> None:
         self.local = local
         self.store = store
@@ -121,6 +125,7 @@ class UpdateIntake:
         self.on_accepted = on_accepted
         self.on_evidence = on_evidence
         self.on_change = on_change
+        self.rank_providers = rank_providers
         #: announcements each sender may make this node check, per second and at once
         self.budget = RateBudget(ANNOUNCEMENTS)
         self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
@@ -284,6 +289,8 @@ class UpdateIntake:
                 providers += [
                     p for p in await self._fetcher.providers(ann.cid) if p not in providers
                 ]
+                # a provider that stalled or misbehaved before is asked last (trust order)
+                providers = self.rank_providers(providers)
             art = await self._fetch_artifact(ann, providers)
             await trio.to_thread.run_sync(self.store.pin, ann.cid)
         except (P2PHierError, trio.TooSlowError) as exc:
@@ -322,6 +329,10 @@ class UpdateIntake:
         # busy provider).  Its re-publications are duplicates and never fetched again, so
         # retry it here while it is still the author's newest on that topic.
         transient = isinstance(exc, NetworkError | MissingBlocksError | trio.TooSlowError)
+        if isinstance(exc, PeerTimeoutError | trio.TooSlowError):
+            # The author announced it and did not serve it in time: a stall, remembered
+            # (it weighs little and decays: an honest node on a bad link recovers).
+            self.on_evidence(Evidence(str(ann.author), STALL, str(exc), now_ms(self.clock())))
         if transient and attempt < len(FETCH_RETRY_S) and self._spawn is not None:
             logger.info("update %s from %s not fetched (%s); retry in %.0f s",
                         key, ann.author, exc, FETCH_RETRY_S[attempt])  # fmt: skip

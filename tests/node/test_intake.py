@@ -285,3 +285,24 @@ def test_a_sender_over_its_budget_is_dropped_before_the_signature_check(world: W
     dropped = world.intake.status()["announcements_dropped_by_peer"]["flooder"]
     assert dropped == {"bad-signature": burst, "rate": 100 - burst}
     assert world.intake.budget.status() == {"flooder": 100 - burst}
+
+
+async def test_an_author_that_does_not_serve_its_update_is_reported_as_stalling(
+    world: World,
+) -> None:
+    from p2phier.errors import PeerTimeoutError
+
+    world.child(1)
+    art = world.pack(1, 12)
+
+    async def stalled(cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
+        raise PeerTimeoutError(f"{providers[0]} sent nothing for {timeout}s")
+
+    world.fetcher.fetch = stalled  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, art, 1), "c1")
+        await _until(lambda: world.evidence, "evidence")
+        nursery.cancel_scope.cancel()
+    (ev,) = world.evidence
+    assert ev.kind == "stall" and ev.peer == str(ident(1).peer_id)
