@@ -109,6 +109,8 @@ def node_rows(
                 "bytes_out": ((s or {}).get("bitswap") or {}).get("bytes_sent", 0),
                 "updates_accepted": len(accepted),
                 "errors": len(learn.get("errors", [])),
+                # peers this node isolated (trust), by name where the devnet knows them
+                "isolated": [names.get(p, p[-8:]) for p in (s or {}).get("isolated", [])],
             }
         )
     return rows
@@ -133,7 +135,9 @@ def render(phase: str, rows: list[dict[str, Any]]) -> Any:
             acc,
             f"{r['bytes_in'] / 1e6:.1f}M",
             f"{r['bytes_out'] / 1e6:.1f}M",
-            (r["busy"] or "idle") + (f" [red]{r['errors']} err[/red]" if r["errors"] else ""),
+            (r["busy"] or "idle")
+            + (f" [red]{r['errors']} err[/red]" if r["errors"] else "")
+            + (f" [red]isolated {', '.join(r['isolated'])}[/red]" if r["isolated"] else ""),
         )
     return table
 

@@ -85,6 +85,7 @@ class NodeRound:
     aggregate_s: float | None = None
     propagation_s: float | None = None  # parent's announce -> applied here
     up: bool = True  # False while killed or frozen
+    isolated: int = 0  # peers this node had isolated (trust) at the round's end
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ _NODE_ROUND = {
     "aggregate_s": (_OPT_NUM, False),
     "propagation_s": (_OPT_NUM, False),
     "up": (bool, False),
+    "isolated": (int, False),
 }
 
 

@@ -403,6 +403,7 @@ def round_info(
                 aggregate_s=rec.get("aggregate_s"),
                 propagation_s=max(props) if props else None,
                 up=s is not None,
+                isolated=len((s or {}).get("isolated", [])),
             )
         )
     return RoundInfo(round_, round(wall_s, 3), tuple(nodes))

@@ -127,6 +127,8 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     by_round = {r["round"]: {n["node"]: n for n in r["nodes"]} for r in run["rounds"]}
     before, after = by_round[0]["en"]["accuracy_children"], by_round[2]["en"]["accuracy_children"]
     assert after > before, (before, after)
+    # A clean run isolates nobody (issue 14: no false isolations among honest nodes).
+    assert all(n["isolated"] == 0 for r in run["rounds"] for n in r["nodes"])
     # Model updates on the wire are a small fraction of what full models would cost.
     assert all(r["bytes_out"] >= 0 for r in by_round[2].values())
     # Nothing is left running, and `devnet down` agrees.
