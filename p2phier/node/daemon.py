@@ -27,7 +27,6 @@ Rules it keeps (protocol/node.md):
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import time
@@ -68,7 +67,6 @@ from p2phier.hierarchy import (
     SelectParent,
     WaitForParent,
     discovery_key,
-    is_parent_candidate,
     parent_search_keys,
 )
 from p2phier.identity import Identity, PeerId
@@ -90,6 +88,7 @@ from p2phier.node.control_api import control_handlers, node_peers, node_status
 from p2phier.node.guard import Guard
 from p2phier.node.intake import MAX_ACCEPTED, UpdateIntake
 from p2phier.node.learner import Learner
+from p2phier.node.measure import CandidateMeter
 from p2phier.node.objfetch import fetch_any
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
 from p2phier.records import (
@@ -110,8 +109,6 @@ logger = logging.getLogger(__name__)
 
 #: seconds between maintenance rounds (hierarchy timers, expiry, saves)
 TICK_S = 0.5
-#: a parent candidate is pinged again after this long (or when it failed to answer)
-MEASURE_EVERY_S = 10.0
 
 
 class NodeDaemon:
@@ -135,7 +132,6 @@ class NodeDaemon:
         self.book = RecordBook()
         #: round trips this node measured (pings, registrations): what parent choice uses
         self.latencies: dict[PeerId, float] = {}
-        self._measured_at: dict[PeerId, float] = {}  # last ping attempt per candidate
         score = MeasuredScore(self.latencies)
         self.hierarchy = HierarchyState(
             self.peer,
@@ -145,6 +141,15 @@ class NodeDaemon:
             score=score,
             anchors=config.anchors,
             measured=score.measured,
+        )
+        self.meter = CandidateMeter(
+            self.peer,
+            self.hierarchy,
+            ping=self._ping,
+            spawn=self._spawn,
+            queue=self._queue,
+            clock=clock,
+            latencies=self.latencies,  # one table: pings and registration round trips
         )
         self.intake = UpdateIntake(
             self.peer,
@@ -347,31 +352,13 @@ class NodeDaemon:
                 self._queue(self.hierarchy.parent_heard(record.peer_id, now))
             if result.status is not RecordStatus.DUPLICATE:
                 self._queue(self.hierarchy.record_seen(record, now))
-            self._maybe_measure(record, now)
+            self.meter.consider(record, now)
         return result.status
 
-    def _maybe_measure(self, record: NodeRecord, now: float) -> None:
-        """Ping a parent candidate not measured lately: only measured ones can be chosen."""
-        peer = record.peer_id
-        if peer == self.peer or not is_parent_candidate(
-            self.config.layer, self.config.domain, record
-        ):
-            return
-        if now - self._measured_at.get(peer, -math.inf) < MEASURE_EVERY_S:
-            return
-        self._measured_at[peer] = now
-        self._spawn(self._measure, peer)
-
-    async def _measure(self, peer: PeerId) -> None:
-        assert self._host is not None
-        try:
-            rtt = await self._host.ping(str(peer), timeout=self.config.dial_timeout_s)
-        except NetworkError as exc:
-            logger.info("parent candidate %s not reachable: %s", peer, exc)
-            return
-        self.latencies[peer] = rtt
-        logger.info("parent candidate %s measured: %.1f ms", peer, rtt * 1000)
-        self._queue(self.hierarchy.candidate_measured(peer, self.clock()))
+    async def _ping(self, peer: str) -> float:
+        if self._host is None:
+            raise NetworkError("the node is not running")
+        return await self._host.ping(peer, timeout=self.config.dial_timeout_s)
 
     def _validate_record(self, origin: str, data: bytes) -> bool:
         if not self.record_budget.allow(origin, self.clock()):
@@ -663,9 +650,7 @@ class NodeDaemon:
                 self._queue(self.hierarchy.record_expired(record.peer_id, now))
             self._queue(self.hierarchy.tick(now))
             self.guard.tick()
-            if self.hierarchy.parent is None:
-                for record in self.hierarchy.candidates():
-                    self._maybe_measure(record, now)
+            self.meter.consider_all(now)
             if now >= next_refresh:
                 self._issue_record()
                 next_refresh = now + self.config.record_refresh_s
