@@ -110,9 +110,17 @@ class Gossip:
         return sorted(self._subs)
 
     def blacklist(self, peer: str) -> None:
-        """Drop every message from or through ``peer`` and refuse its connections
-        (py-libp2p's only hard isolation; the daemon lifts it when trust does)."""
-        self.pubsub.add_to_blacklist(libp2p_peer_id(peer))
+        """Drop every message from or through ``peer`` and refuse its pubsub streams
+        (py-libp2p's only hard isolation; the daemon lifts it when trust does).
+
+        The peer goes into the set py-libp2p checks on every new pubsub peer and message;
+        ``Pubsub.add_to_blacklist`` is not used: it also starts a teardown task that
+        deletes ``peers[peer]`` after an await, racing the dead-peer handler, and the
+        KeyError stopped the whole pubsub service (a node exited with status 70 in CI
+        when it isolated a peer it was disconnecting).  The caller disconnects the peer,
+        and the dead-peer handler removes it cleanly.
+        """
+        self.pubsub.blacklisted_peers.add(libp2p_peer_id(peer))
 
     def unblacklist(self, peer: str) -> None:
         self.pubsub.remove_from_blacklist(libp2p_peer_id(peer))
