@@ -33,7 +33,7 @@ from p2phier.net.testing import open_nodes
 from p2phier.store import DiskStore, MemoryStore, MetaSpec
 from p2phier.unixfs import build_file
 
-from .helpers import FAST, data_of, raw_bitswap_stream, stream_was_reset
+from .helpers import FAST, data_of, raw_bitswap_stream, stream_was_reset, until
 
 MiB = 1 << 20
 
@@ -102,6 +102,21 @@ async def test_a_timed_out_fetch_keeps_its_blocks_unpinned_and_a_later_fetch_res
         provider.bitswap.set_upload_rate(512 * 1024, 256 * 1024)
         with pytest.raises(PeerTimeoutError, match="resumes"):
             await fetcher.bitswap.fetch(root, [provider.addr], timeout=1.5)
+        # The link goes quiet first: the timed-out fetch's cancels are processed and what
+        # the provider had already queued has gone out and arrived.  (Under CI load the
+        # second fetch's wants once met that queue, and the overlap came twice.)
+        engine = provider.bitswap.engine
+        await until(
+            lambda: not engine.wantlist(fetcher.peer_id) and engine.pending(fetcher.peer_id) == 0,
+            "the provider's queue for the fetcher to drain",
+        )
+        await until(
+            lambda: (
+                fetcher.bitswap.ledger(provider.peer_id).bytes_received
+                == provider.bitswap.ledger(fetcher.peer_id).bytes_sent
+            ),
+            "everything sent to have arrived",
+        )
         first = fetcher.bitswap.ledger(provider.peer_id).bytes_received
         assert 0 < first < len(data)
         assert fetcher.store.pins() == {} and fetcher.store.query() == []
