@@ -23,7 +23,6 @@ those of 0.8.1, pinned in ``pyproject.toml``).
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 from collections import Counter
@@ -88,7 +87,8 @@ def _dec(counter: Counter[str], key: str) -> None:
 def _remote_ip(read_write_closer: Any) -> str:
     try:
         addr = read_write_closer.get_remote_address()
-    except Exception:  # a transport without it: one shared bucket
+    except (AttributeError, OSError) as exc:  # a transport without it: one shared bucket
+        logger.debug("no remote address for an inbound connection: %s", exc)
         return "?"
     return str(addr[0]) if addr else "?"
 
@@ -104,8 +104,10 @@ def install_gate(swarm: Any, gate: InboundGate) -> None:
         if why is not None:
             gate.refused[why] += 1
             logger.debug("inbound connection from %s refused (%s)", ip, why)
-            with contextlib.suppress(Exception):  # already gone: nothing to release
+            try:
                 await read_write_closer.close()
+            except Exception as exc:  # already gone; a refused connection needs no more
+                logger.debug("closing a refused connection from %s: %s", ip, exc)
             return
         gate.opened(ip)
         state = [ip, True]

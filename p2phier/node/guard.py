@@ -234,11 +234,12 @@ class Guard:
             np.array(vals, np.float64),
             np.array(anchors, np.int64),
         )
-        names = {i: str(p) for p, i in index.items()}
+        by_name = {str(p): i for p, i in index.items()}
+        names = {i: name for name, i in by_name.items()}
         order = np.argsort(-result.trust)
         top = {names[int(i)]: round(float(result.trust[i]), 6) for i in order[:16]}
         for peer in self.trust.isolated(now):
-            i = next((j for p, j in index.items() if str(p) == peer), None)
+            i = by_name.get(peer)
             top[peer] = round(float(result.trust[i]), 6) if i is not None else 0.0
         return top
 

@@ -539,15 +539,13 @@ class Learner:
         excluded: dict[str, str] = {}
         weights: dict[str, dict[str, Any]] = {}
         for author, u in sorted(fresh.items()):
-            if self.node.guard.trust.is_isolated(author, self.node.clock()):
-                # isolated since its update arrived (a proof, or its trust fell): left out
-                excluded[author] = self.node.guard.trust.status(self.node.clock())["peers"][author][
-                    "reason"
-                ]
+            # A newcomer's update counts only as far as its history justifies; a child
+            # isolated since its update arrived (a proof, or its trust fell) not at all.
+            weight, why = self.node.guard.trust.weight(author, self.node.clock())
+            if weight == 0.0:
+                excluded[author] = why
                 continue
             try:
-                # A newcomer's update counts only as far as its history justifies.
-                weight, why = self.node.guard.trust.weight(author, self.node.clock())
                 weights[author] = {"weight": weight, "why": why}
                 updates[author] = (await self._prepare_update(u, tier), weight)
             except Exception as exc:  # one child's bad or unreachable update: skip that child

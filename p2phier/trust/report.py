@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from p2phier.errors import ProtocolViolationError, SignatureError
+from p2phier.errors import InvalidPeerIdError, ProtocolViolationError, SignatureError
 from p2phier.identity import Identity, PeerId
 from p2phier.records import parse_canonical
 from p2phier.signing import check_signed, sign_as
@@ -82,9 +82,7 @@ class TrustReport:
                 if abs(o.opinion_milli) > OPINION_CLAMP * 1000:
                     raise TrustReportError("trust report opinion out of range")
                 opinions.append((PeerId.from_bytes(o.subject), o.opinion_milli / 1000))
-        except TrustReportError:
-            raise
-        except Exception as exc:  # a peer id that does not parse
+        except InvalidPeerIdError as exc:
             raise TrustReportError(f"trust report names a bad peer id: {exc}") from None
         proofs = []
         for p in msg.proofs:
