@@ -23,6 +23,14 @@ report counts the same (each reporter's normalised opinions summed, no weighting
 own trust), which is what a naive gossip average would give; and ``warm_iterations``,
 the steps of a recomputation from the last result after 1 % of the opinions changed
 (what a node does every round).
+
+Standing (:mod:`p2phier.trust.standing`, negative opinions weighted by their
+reporters' trust): ``false_distrusted``, the honest nodes whose verdict is
+"distrusted" (goal 0: slander by the colluders must exclude nobody honest);
+``reported_distrusted``, whether a fresh peer that ONE honest node reports at -10
+(LocalTrust's isolation threshold) is distrusted, that node being the most trusted
+non-anchor an anchor vouched for (goal: yes); and, for information, the share of
+colluders distrusted on the honest nodes' mild first-hand opinions (-1 each).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ ITERATIONS_GOAL = 10
 SECONDS_GOAL = 60.0
 SHARE_GOAL = 0.05
 DEGREE = 20
+N_ANCHORS = 10
 
 
 def build(nodes: int, sybils: int, seed: int = 0) -> dict[str, Any]:
@@ -77,7 +86,9 @@ def build(nodes: int, sybils: int, seed: int = 0) -> dict[str, Any]:
         "reporters": np.concatenate(rows).astype(np.int64),
         "subjects": np.concatenate(cols).astype(np.int64),
         "opinions": np.concatenate(vals).astype(np.float64),
-        "anchors": np.arange(10, dtype=np.int64),
+        "anchors": np.arange(N_ANCHORS, dtype=np.int64),
+        "honest": honest,
+        "colluders": bad,
         "malicious": np.concatenate([bad, sybil]),
     }
 
@@ -89,6 +100,35 @@ def naive_share(net: dict[str, Any]) -> float:
     row_sum = np.bincount(rows, weights=vals, minlength=net["n"])
     score = np.bincount(cols, weights=vals / row_sum[rows], minlength=net["n"])
     return float(score[net["malicious"]].sum() / score.sum())
+
+
+def verdicts(net: dict[str, Any], trust: Any) -> dict[str, Any]:
+    """The standing figures (see the module docstring) from the global trust ``trust``."""
+    from p2phier.trust.global_trust import GlobalTrustConfig, global_trust
+    from p2phier.trust.standing import distrust, standings
+
+    alpha = GlobalTrustConfig().alpha
+    args = net["n"], net["reporters"], net["subjects"], net["opinions"]
+    codes = standings(trust, distrust(*args, trust), alpha=alpha, anchors=N_ANCHORS)
+    false_distrusted = int((codes[net["honest"]] == -1).sum())
+    colluders_distrusted = float((codes[net["colluders"]] == -1).mean())
+    # One honest node an anchor vouched for (the most trusted such) reports a newcomer at -10.
+    vouched = np.unique(net["subjects"][np.isin(net["reporters"], net["anchors"])
+                                        & (net["opinions"] > 0)])  # fmt: skip
+    vouched = vouched[np.isin(vouched, net["honest"]) & ~np.isin(vouched, net["anchors"])]
+    reporter = int(vouched[np.argmax(trust[vouched])])
+    n = net["n"] + 1
+    r = np.append(net["reporters"], reporter)
+    c = np.append(net["subjects"], n - 1)
+    v = np.append(net["opinions"], -10.0)
+    t2 = global_trust(n, r, c, v, net["anchors"], warm=np.append(trust, 0.0)).trust
+    codes2 = standings(t2, distrust(n, r, c, v, t2), alpha=alpha, anchors=N_ANCHORS)
+    reported = bool(codes2[n - 1] == -1)
+    return {
+        "false_distrusted": false_distrusted,
+        "reported_distrusted": reported,
+        "colluders_distrusted": round(colluders_distrusted, 4),
+    }
 
 
 def main() -> None:
@@ -115,6 +155,7 @@ def main() -> None:
     warm = global_trust(
         net["n"], net["reporters"], net["subjects"], opinions, net["anchors"], warm=result.trust
     )
+    standing = verdicts(net, result.trust)
     rows = [
         ("iterations", "< 10", result.iterations, verdict(result.iterations < ITERATIONS_GOAL)),
         ("seconds", "< 60", f"{seconds:.3f}", verdict(seconds < SECONDS_GOAL)),
@@ -122,7 +163,12 @@ def main() -> None:
         ("malicious_trust_share", "< 0.05", f"{share:.4f}", verdict(share < SHARE_GOAL)),
         ("naive_average_share (information)", "-", f"{naive:.4f}", "-"),
         ("warm_iterations (information)", "-", warm.iterations, "-"),
-    ]
+        ("false_distrusted", "0", standing["false_distrusted"],
+         verdict(standing["false_distrusted"] == 0)),
+        ("reported_distrusted", "yes", "yes" if standing["reported_distrusted"] else "no",
+         verdict(standing["reported_distrusted"])),
+        ("colluders_distrusted (information)", "-", standing["colluders_distrusted"], "-"),
+    ]  # fmt: skip
     print_table(
         f"trust_sim: {nodes} nodes + {sybils} Sybils, {len(net['opinions'])} reported opinions",
         ["figure", "goal", "measured", "verdict"],
@@ -140,6 +186,7 @@ def main() -> None:
                 "malicious_trust_share": round(share, 6),
                 "naive_average_share": round(naive, 6),
                 "warm_iterations": warm.iterations,
+                **standing,
             }
         )
 

@@ -26,4 +26,7 @@ def test_trust_sim_quick_json() -> None:
     assert 0.0 <= result["malicious_trust_share"] <= 1.0
     # the weighting by the reporters' own trust is what the naive average lacks
     assert result["malicious_trust_share"] < result["naive_average_share"]
+    # the standing figures: counts and a yes/no, never a goal asserted here
+    assert result["false_distrusted"] >= 0 and isinstance(result["reported_distrusted"], bool)
+    assert 0.0 <= result["colluders_distrusted"] <= 1.0
     assert "malicious_trust_share" in proc.stdout.split("{")[0]  # the table came first
