@@ -24,7 +24,11 @@ A parent is kept until it is lost (record expired or changed, no heartbeat for
 appears, or an anchor on an equally long one while the parent is not an anchor;
 a better score alone never causes a switch (no flapping).  A registering child
 is admitted only under ``admit_domains`` (when the operator set it) and up to
-``max_children``.  A lost
+``max_children``.  Trust weighs in through two events: a peer *isolated*
+(:meth:`HierarchyState.isolate`, this node's evidence) or *distrusted*
+(:meth:`HierarchyState.standing_changed`, the global view: peers this node
+trusts report it) is dropped as a child, refused when it registers, never
+chosen as parent, and left when it is the parent (``ParentLost``).  A lost
 parent is not chosen again until it restarts (new ``started_ms``) or
 ``lost_backoff_s`` passes.  Children are registrations with a time to live,
 refreshed by the child every ``register_interval_s``; a parent's restart
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -305,6 +310,9 @@ class HierarchyState:
         self._children: dict[PeerId, float] = {}  # peer -> registration expiry
         self._child_records: dict[PeerId, NodeRecord] = {}
         self._isolated: dict[PeerId, float] = {}  # peer -> until (trust's decision)
+        self._distrusted: dict[PeerId, str] = {}  # peer -> why (the global view's verdict)
+        #: the latest refused registrations, newest last (for status)
+        self.refused: deque[dict[str, str]] = deque(maxlen=32)
 
     # views -----------------------------------------------------------------------------------
     @property
@@ -390,6 +398,19 @@ class HierarchyState:
             actions += self._maybe_select(now)
         return actions
 
+    def standing_changed(self, distrusted: Mapping[PeerId, str], now: float) -> list[Action]:
+        """The global view's distrusted peers now (peer -> why), replacing the last set:
+        each is dropped as a child and refused as one, never chosen as parent, and left
+        when it is the parent; a peer no longer distrusted may be chosen again."""
+        self._distrusted = dict(distrusted)
+        actions: list[Action] = []
+        for peer in sorted(self._children.keys() & self._distrusted.keys(), key=str):
+            actions.append(self._drop_child(peer, f"distrusted: {self._distrusted[peer]}"))
+        if self._parent is not None and self._parent in self._distrusted:
+            why = self._distrusted[self._parent]
+            actions += self._lose_parent(now, f"parent distrusted: {why}")
+        return actions + self._maybe_select(now)
+
     def release(self, peer: PeerId, now: float) -> list[Action]:
         """``peer``'s isolation ended: it may be chosen or register again."""
         if self._isolated.pop(peer, None) is None:
@@ -419,11 +440,26 @@ class HierarchyState:
 
         The daemon checks that the stream's remote peer is ``record.peer_id``.
         """
+        actions = self._admit(record, now)
+        for action in actions:
+            if isinstance(action, RejectChild):
+                self.refused.append({"peer": str(action.peer), "reason": action.reason})
+        return actions
+
+    def _admit(self, record: NodeRecord, now: float) -> list[Action]:
         peer = record.peer_id
         if peer == self.local:
             return [RejectChild(peer, "a node cannot be its own child")]
         if self._isolated.get(peer, -math.inf) > now:
             return [RejectChild(peer, "this node has isolated you (misbehaviour)")]
+        if peer in self._distrusted:
+            return [
+                RejectChild(
+                    peer,
+                    "distrusted: peers this node trusts report your misbehaviour "
+                    f"({self._distrusted[peer]})",
+                )
+            ]
         if record.is_expired(now):
             return [RejectChild(peer, "the registration carries an expired record")]
         if not is_child_candidate(self.layer, self.domain, record):
@@ -542,7 +578,11 @@ class HierarchyState:
             self._candidates.values(),
             now,
             score=self.score,
-            exclude=set(self._lost) | {p for p, until in self._isolated.items() if until > now},
+            exclude=(
+                set(self._lost)
+                | {p for p, until in self._isolated.items() if until > now}
+                | set(self._distrusted)
+            ),
             anchors=self.anchors,
             measured=self.measured,
         )

@@ -490,3 +490,31 @@ def test_an_isolated_peer_is_no_child_no_parent_until_released() -> None:
     h.release(peer(4), T0 + 100)
     (ok,) = h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0 + 100)
     assert isinstance(ok, AcceptChild)
+
+
+def test_a_distrusted_peer_is_refused_as_child_and_a_distrusted_parent_is_left() -> None:
+    """The global view weighs in: a parent that becomes distrusted is left (not only a lost
+    one), a distrusted candidate is never chosen, a distrusted peer is no child; all of it
+    lifts when the verdict does."""
+    h = HierarchyState(peer(1), Layer.LANGUAGE, "en", config=CFG)
+    h.record_seen(record(2, Layer.MASTER, ""), T0)
+    h.record_seen(record(3, Layer.MASTER, ""), T0)
+    first = h.parent
+    other = peer(3) if first == peer(2) else peer(2)
+    assert isinstance(h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0)[0], AcceptChild)
+    acts = h.standing_changed({first: "distrust 0.2 > bar 0.01"}, T0 + 1)
+    assert acts[0] == ParentLost(first, "parent distrusted: distrust 0.2 > bar 0.01")
+    assert acts[1:] == [SelectParent(other, None, "best eligible parent"), RegisterWith(other)]
+    # the other one too: no parent at all rather than a distrusted one
+    acts = h.standing_changed({first: "d", other: "d", peer(4): "d"}, T0 + 2)
+    assert DropChild(peer(4), "distrusted: d") in acts and h.parent is None
+    assert ParentLost(other, "parent distrusted: d") in acts
+    assert h.tick(T0 + 1000) == [] and h.parent is None  # backoff over, still not chosen
+    (no,) = h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0 + 3)
+    assert isinstance(no, RejectChild) and no.reason.startswith("distrusted: peers this node")
+    assert h.refused[-1] == {"peer": str(peer(4)), "reason": no.reason}
+    # the verdict lifts: a parent again, and the child is welcome
+    acts = h.standing_changed({}, T0 + 1001)
+    assert isinstance(acts[0], SelectParent) and h.parent in (first, other)
+    assert isinstance(h.child_registered(record(4, Layer.DOMAIN, "en/news"), T0 + 1001)[0],
+                      AcceptChild)  # fmt: skip
