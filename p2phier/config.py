@@ -305,6 +305,7 @@ _SCHEMA: dict[str, _Field] = {
     "hierarchy.admit_domains": _Field(_domains, (), is_list=True),
     "trust.anchors": _Field(_anchors, (), is_list=True),
     "trust.report_interval_s": _Field(_seconds, 30.0),
+    "trust.global_interval_s": _Field(_seconds, 5.0),
     "log.level": _Field(_level, "info"),
     "learn.enabled": _Field(_bool, False),
     "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
@@ -361,6 +362,8 @@ class NodeConfig:
     #: bootstrap peers are the anchors
     trust_anchors: tuple[str, ...]
     trust_report_interval_s: float  # how often this node gossips its trust report
+    #: the global view (trust, distrust, standing) is recomputed at most this often
+    trust_global_interval_s: float
     log_level: str
     learn_enabled: bool
     learn_round_interval_s: float
@@ -425,6 +428,7 @@ class NodeConfig:
             "hierarchy.admit_domains": list(h.admit_domains),
             "trust.anchors": list(self.trust_anchors),
             "trust.report_interval_s": self.trust_report_interval_s,
+            "trust.global_interval_s": self.trust_global_interval_s,
             "log.level": self.log_level,
             "learn.enabled": self.learn_enabled,
             "learn.round_interval_s": self.learn_round_interval_s,
@@ -625,6 +629,7 @@ def load_config(
         hierarchy=hierarchy,
         trust_anchors=values["trust.anchors"],
         trust_report_interval_s=values["trust.report_interval_s"],
+        trust_global_interval_s=values["trust.global_interval_s"],
         log_level=values["log.level"],
         learn_enabled=values["learn.enabled"],
         learn_round_interval_s=values["learn.round_interval_s"],

@@ -204,6 +204,12 @@ def trust_command(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFl
         + (f"  ISOLATED: {p['reason']}" if p["isolated_until"] else "")
         for peer, p in sorted(view["peers"].items(), key=lambda kv: kv[1]["score"])
     ]
+    standing = view.get("standing", {})
+    lines += [
+        f"{peer}  DISTRUSTED: distrust {standing[peer]['distrust']:.3g} against global trust "
+        f"{standing[peer]['trust']:.3g} ({standing[peer]['against']} reporter(s) against)"
+        for peer in view.get("distrusted", [])
+    ]
     output.emit(view, "\n".join(lines) or "no evidence about any peer yet")
 
 

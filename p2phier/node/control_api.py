@@ -47,6 +47,9 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         "measured_ms": {str(p): round(rtt * 1000, 2) for p, rtt in node.latencies.items()},
         "misbehaviour": list(node.guard.misbehaviour),
         "isolated": node.guard.trust.isolated(node.clock()),
+        # distrusted by the global view (reports of peers this node trusts): no child, no parent
+        "distrusted": node.guard.distrusted(),
+        "children_refused": list(node.hierarchy.refused),  # the latest, with their reasons
         "bitswap": _wire_totals(node),
         "topics": node.topics,
         "control_socket": str(node.config.control_socket),
@@ -108,6 +111,10 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
         view["reports_held"] = len(node.guard.reports)
         view["reports_refused"] = node.guard.reports_refused
         view["global"] = node.guard.global_view()
+        # per listed peer (global, local and distrusted): trust, distrust, standing, reporters
+        # against it; "global" keeps its plain numbers
+        view["standing"] = node.guard.standing_view([*view["global"], *view["peers"]])
+        view["distrusted"] = node.guard.distrusted()
         return view
 
     async def stop(args: Mapping[str, Any]) -> Any:

@@ -175,6 +175,7 @@ class NodeDaemon:
             gossip=lambda: self._gossip,
             disconnect=self._disconnect,
             on_change=self._mark_dirty,
+            global_interval_s=config.trust_global_interval_s,
         )
         self.head: CID | None = None
         self.base_model_id = config.base_model_id
@@ -305,15 +306,6 @@ class NodeDaemon:
         self._signed_record = sign_record(record, self.identity)
         self.book.accept(self._signed_record, now)
         self._dirty = True
-
-    async def _publish_report(self) -> None:
-        signed = self.guard.make_report()
-        if signed is None or self._gossip is None:
-            return
-        try:
-            await self._gossip.publish(TRUST_TOPIC, signed)
-        except NetworkError as exc:
-            logger.debug("trust report publish: %s", exc)
 
     async def _publish_record(self) -> None:
         if self._gossip is None:
@@ -664,7 +656,7 @@ class NodeDaemon:
                 # A new proof goes out at once: siblings must learn of it before the
                 # isolated peer knocks on their door.
                 next_report = now + self.config.trust_report_interval_s
-                await self._publish_report()
+                await self.guard.publish_report()
             if self._dirty:
                 await trio.to_thread.run_sync(self._save_state)
             await trio.sleep(TICK_S)

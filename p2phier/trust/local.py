@@ -255,6 +255,14 @@ class LocalTrust:
         p.reason = reason
         return Isolate(peer, p.isolated_until, reason)
 
+    def isolate(self, peer: str, now: float, reason: str) -> list[TrustAction]:
+        """Isolate ``peer`` on a decision taken outside this scorer (the guard's: distrusted
+        by the global view AND negative evidence here); nothing if it already is.  The
+        isolation lasts, expires and grows on repetition like any other."""
+        if self.is_isolated(peer, now):
+            return []
+        return [self._isolate(peer, self._peer(peer), now, reason)]
+
 
 def _decayed(value: float, elapsed: float, half_life: float) -> float:
     return float(value * 0.5 ** (max(0.0, elapsed) / half_life))
