@@ -30,7 +30,8 @@ reporters' trust): ``false_distrusted``, the honest nodes whose verdict is
 ``reported_distrusted``, whether a fresh peer that ONE honest node reports at -10
 (LocalTrust's isolation threshold) is distrusted, that node being the most trusted
 non-anchor an anchor vouched for (goal: yes); and, for information, the share of
-colluders distrusted on the honest nodes' mild first-hand opinions (-1 each).
+colluders distrusted (0: the honest nodes' opinions of them are mild, about -1, and a
+stall or two is no testimony; only opinions at or below -5 speak against a peer).
 """
 
 from __future__ import annotations

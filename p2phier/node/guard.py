@@ -55,7 +55,7 @@ from p2phier.trust.report import (
     open_report,
     sign_report,
 )
-from p2phier.trust.standing import Standing, distrust, standings
+from p2phier.trust.standing import Standing, StandingConfig, distrust, standings
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class GlobalView:
     trust: npt.NDArray[np.float64]
     distrust: npt.NDArray[np.float64]
     codes: npt.NDArray[np.int8]  # 1 trusted, 0 unknown, -1 distrusted
-    against: npt.NDArray[np.int64]  # reporters (others) with a negative opinion of it
+    against: npt.NDArray[np.int64]  # reporters (others) whose opinion speaks against it
     iterations: int
 
     def standing(self, peer: str) -> Standing:
@@ -326,7 +326,7 @@ class Guard:
         others = r != 0
         against = distrust(n, r[others], c[others], v[others], result.trust)
         codes = standings(result.trust, against, alpha=alpha, anchors=len(anchors))
-        negative = others & (v < 0)
+        negative = others & (v <= -StandingConfig().severe)  # those that spoke against it
         return GlobalView(
             at=now,
             index=index,
@@ -397,6 +397,14 @@ class Guard:
 
     def useful_update(self, author: str) -> None:
         self.enforce(self.trust.observe(author, Kind.USEFUL_UPDATE, self.clock()))
+
+    def bad_update(self, author: str, penalty: float, detail: str) -> None:
+        """From the learner: the quality screen's verdict on an update of ``author``
+        (``penalty`` 0..1, :mod:`p2phier.trust.quality`)."""
+        self.misbehaviour.append({"peer": author, "reason": "bad-update", "detail": detail})
+        self.enforce(
+            self.trust.observe(author, Kind.BAD_UPDATE, self.clock(), penalty, detail=detail)
+        )
 
     def tick(self) -> None:
         self.enforce(self.trust.tick(self.clock()))

@@ -7,7 +7,12 @@ module adds the other half.  Each reporter ``i`` speaks against a peer ``j``
 with the share of its own voice its negative opinion takes, weighted by its own
 global trust ``t_i``:
 
-    distrust_j = sum_i t_i * max(0, -s_ij) / sum_k |s_ik|
+    distrust_j = sum_i t_i * max(0, -s_ij) / sum_k |s_ik|,  counting only s_ij <= -severe
+
+``severe`` is 5, half of LocalTrust's isolation threshold: a stall or two, a
+replay, a few messages over budget happen to honest peers now and then and are
+no testimony; a wrong block, a bad signature, or a peer the reporter isolated
+(below -10) are.
 
 A reporter cannot shout louder with big numbers (its row is normalised) or with
 many subjects (they share its one voice), and a reporter nobody trusted has no
@@ -77,21 +82,35 @@ class StandingConfig:
     distrust_floor: float = 0.005
     #: trust must reach this fraction of an anchor's share for "trusted"
     trust_floor: float = 0.001
+    #: an opinion speaks against its subject only at or below -severe
+    severe: float = 5.0
 
     def __post_init__(self) -> None:
         if not (0 < self.distrust_floor <= 1 and 0 < self.trust_floor <= 1):
             raise UsageError("distrust_floor and trust_floor must lie in (0, 1]")
+        if not 0 <= self.severe < 1e6:
+            raise UsageError("severe must be a non-negative opinion magnitude")
 
 
-def distrust(n: int, reporters: I64, subjects: I64, opinions: F64, trust: F64) -> F64:
+def distrust(
+    n: int,
+    reporters: I64,
+    subjects: I64,
+    opinions: F64,
+    trust: F64,
+    *,
+    config: StandingConfig | None = None,
+) -> F64:
     """Per node, the trust-weighted share of its reporters' voices spoken against it
-    (the formula in the module docstring).  A reporter's opinion of itself is ignored."""
+    (the formula in the module docstring: opinions at or below ``-severe`` speak, with
+    their share of their reporter's voice).  A reporter's opinion of itself is ignored."""
+    severe = (config or StandingConfig()).severe
     if not (len(reporters) == len(subjects) == len(opinions)) or len(trust) != n:
         raise UsageError("reporters, subjects and opinions of one length; trust of n")
     keep = (reporters != subjects) & np.isfinite(opinions)
     rows, cols, vals = reporters[keep], subjects[keep], opinions[keep].astype(np.float64)
     loud = np.bincount(rows, weights=np.abs(vals), minlength=n).astype(np.float64)
-    against = vals < 0
+    against = (vals < 0) & (vals <= -severe)
     rows, cols, vals = rows[against], cols[against], -vals[against]
     voice = trust[rows] * vals / loud[rows]
     return np.bincount(cols, weights=voice, minlength=n).astype(np.float64)

@@ -46,15 +46,24 @@ def test_slander_by_keys_nobody_trusts_weighs_nothing() -> None:
 def test_a_reporter_cannot_shout_louder_with_big_numbers_or_many_subjects() -> None:
     n = 6
     t = np.array([0.4, 0.3, 0.3, 0.0, 0.0, 0.0])
-    # 1 says -9000 of 3; 2 says -1 of 4: the same share of equally trusted voices
-    r, c, v = np.array([1, 2]), np.array([3, 4]), np.array([-9000.0, -1.0])
+    # 1 says -9000 of 3; 2 says -5 of 4: the same share of equally trusted voices
+    r, c, v = np.array([1, 2]), np.array([3, 4]), np.array([-9000.0, -5.0])
     d = distrust(n, r, c, v, t)
     assert d[3] == pytest.approx(d[4]) == pytest.approx(0.3)
     # 1 names three subjects: each gets a third of its voice, and praise dilutes it too
-    r, c, v = np.array([1, 1, 1, 1]), np.array([3, 4, 5, 2]), np.array([-1.0, -1.0, -1.0, 3.0])
+    r, c, v = np.array([1, 1, 1, 1]), np.array([3, 4, 5, 2]), np.array([-6.0, -6.0, -6.0, 18.0])
     d = distrust(n, r, c, v, t)
     assert d[3] == pytest.approx(0.05) and d[2] == 0.0
     assert distrust(n, np.array([1]), np.array([1]), np.array([-5.0]), t)[1] == 0.0  # itself
+
+
+def test_a_mild_opinion_is_no_testimony() -> None:
+    # the anchor's vouched peer 1 saw 3 stall once (-1) and 4 send a wrong block (-5)
+    s = _view(5, [(0, 1, 1.0), (1, 3, -1.0), (1, 4, -5.0)], [0])
+    assert s[3] is Standing.UNKNOWN and s[4] is Standing.DISTRUSTED
+    t = np.array([0.5, 0.5, 0.0])
+    strict = StandingConfig(severe=0.5)
+    assert distrust(3, np.array([1]), np.array([2]), np.array([-1.0]), t, config=strict)[2] == 0.5
 
 
 def test_a_peer_whose_standing_outweighs_its_accusers_keeps_it() -> None:
