@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,34 @@ from p2phier.artifact import pack_adapter
 from p2phier.artifact.synthetic import write_synthetic_adapter
 from p2phier.cid import CID
 from p2phier.config import DEFAULT_BASE_MODEL
-from p2phier.devnet.procs import REPO, NodeProc, open_cluster, wait_for
+from p2phier.devnet.procs import FAST_ENV, REPO, NodeProc, open_cluster, wait_for
 from p2phier.identity import Identity
 from p2phier.store import DiskStore
 
 pytestmark = [pytest.mark.timeout(300)]
 
 
+@dataclass
+class _Hostile:
+    """A running hostile helper: the JSON line it printed when ready, and a way to ask more."""
+
+    proc: subprocess.Popen[str]
+    ready: dict[str, Any]
+
+    def ask(self, line: str) -> dict[str, Any]:
+        """Send one line; the JSON line it answers (the helper's own deadlines bound it)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        assert answer, f"the helper exited {self.proc.wait(30)} instead of answering {line!r}"
+        return dict(json.loads(answer))
+
+
 @contextmanager
-def _attacker(module: str, *args: str) -> Iterator[dict[str, Any]]:
-    """A hostile helper process (``python -m MODULE ARGS``): yields the JSON line it
-    prints when ready; on exit closes its stdin (its signal to stop) and reaps it."""
+def _attacker(module: str, *args: str) -> Iterator[_Hostile]:
+    """A hostile helper process (``python -m MODULE ARGS``): yields it once it printed its
+    ready line; on exit closes its stdin (its signal to stop) and reaps it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True,
@@ -41,7 +59,7 @@ def _attacker(module: str, *args: str) -> Iterator[dict[str, Any]]:
     try:
         line = proc.stdout.readline()
         assert line, f"{module} exited {proc.wait(30)} before it was ready"
-        yield dict(json.loads(line))
+        yield _Hostile(proc, dict(json.loads(line)))
     finally:
         proc.stdin.close()
         try:
@@ -178,7 +196,7 @@ def test_silent_connections_do_not_lock_out_an_honest_peer(tmp_path: Path) -> No
         port = victim.addr.split("/tcp/")[1].split("/")[0]
         args = ("127.0.0.1", port, "500", "127.0.0.2")
         with _attacker("tests.net.silent_conns_proc", *args) as flood:
-            opened = flood["open"]
+            opened = flood.ready["open"]
             assert opened >= 400  # the kernel accepted them; the node decides what to keep
             home = tmp_path / "honest"
             home.mkdir(mode=0o700)
@@ -215,7 +233,8 @@ def test_a_flooding_child_does_not_starve_an_honest_one(tmp_path: Path) -> None:
     with open_cluster(tmp_path, [("master", "master", ""), ("en", "language", "en")]) as nodes:
         master, en = nodes["master"], nodes["en"]
         wait_for("en registered", lambda: en.peer_id in master.status()["children"])
-        with _attacker("tests.node.flood_proc", master.addr, "200") as sent:
+        with _attacker("tests.node.flood_proc", master.addr, "200") as flood:
+            sent = flood.ready
             attacker = sent["peer_id"]
             print(f"flood: {sent}")
             heads = {str(CID.raw(b"flood %d %s" % (i, attacker.encode()))) for i in range(200)}
@@ -241,8 +260,8 @@ def test_two_records_with_one_sequence_number_isolate_their_signer(tmp_path: Pat
     """Equivocation: two different signed records with the same seq are a proof."""
     with open_cluster(tmp_path, [("victim", "master", "")]) as nodes:
         victim = nodes["victim"]
-        with _attacker("tests.node.equivocate_proc", victim.addr) as liar_line:
-            liar = liar_line["peer_id"]
+        with _attacker("tests.node.equivocate_proc", victim.addr) as equivocator:
+            liar = equivocator.ready["peer_id"]
             wait_for("the victim to isolate the liar", lambda: liar in victim.status()["isolated"])
             view = json.loads(victim.cli("trust", "--json").stdout)
             assert view["peers"][liar]["proofs"][0]["kind"] == "equivocation"
@@ -282,3 +301,96 @@ def test_a_peer_isolated_by_one_parent_is_refused_by_its_sibling(tmp_path: Path)
             lambda: sibling.status()["peers_refused"].get("registration", 0) >= 1,
         )
         assert bad.peer_id not in sibling.status()["children"]
+
+
+#: trust reports every 2 s (an isolation goes out at once anyway) and the global view
+#: recomputed within 1 s of a change, so that a run sees them within seconds
+TRUST_ENV = {
+    **FAST_ENV,
+    "P2PHIER_TRUST_REPORT_INTERVAL_S": "2",
+    "P2PHIER_TRUST_GLOBAL_INTERVAL_S": "1",
+}
+
+
+def _standing(node: NodeProc, peer: str) -> dict[str, Any]:
+    """``peer``'s entry in ``node``'s global view (trust, distrust, standing, against)."""
+    view = json.loads(node.cli("trust", "--json").stdout)
+    entry: dict[str, Any] = view["standing"].get(peer, {})
+    return entry
+
+
+def test_a_peer_isolated_on_evidence_alone_is_refused_by_its_sibling_on_the_report(
+    tmp_path: Path,
+) -> None:
+    """Issue 14: the gossip must matter, also without a proof.  The rogue child sends its
+    parent forged announcements: first-hand evidence the parent alone holds (a bad
+    signature is no proof a sibling could re-check).  The parent isolates it and gossips
+    its opinion; the sibling parent, which never dealt with the rogue, weighs that report
+    by the parent's standing (the master accepted an update of the parent's and vouches for
+    it), finds the rogue distrusted and refuses it when it comes to register, without
+    isolating it (a report alone isolates nobody)."""
+    specs = [("master", "master", ""), ("en1", "language", "en"), ("en2", "language", "en")]
+    with open_cluster(tmp_path, specs, env=TRUST_ENV) as nodes:
+        master, parent, sibling = nodes["master"], nodes["en1"], nodes["en2"]
+        wait_for(
+            "both language nodes registered",
+            lambda: {parent.peer_id, sibling.peer_id} <= set(master.status()["children"]),
+        )
+        own = _pack(parent, Identity.load(parent.home / "identity.key"), "language", "en", 21)
+        parent.call("publish", {"cid": own, "to": "parent"})
+        wait_for(
+            "the sibling to hold the parent as trusted (the master vouches for it)",
+            lambda: _standing(sibling, parent.peer_id).get("standing") == "trusted",
+        )
+        with _attacker("tests.node.rogue_child_proc", parent.addr) as rogue_proc:
+            rogue = rogue_proc.ready["peer_id"]
+            wait_for(
+                "the parent to isolate the rogue", lambda: rogue in parent.status()["isolated"]
+            )
+            mine = json.loads(parent.cli("trust", "--json").stdout)["peers"][rogue]
+            assert mine["reason"].startswith("trust ") and mine["proofs"] == []  # no proof
+            wait_for(
+                "the sibling to distrust the rogue on the parent's report",
+                lambda: rogue in sibling.status()["distrusted"],
+            )
+            entry = _standing(sibling, rogue)
+            assert entry["standing"] == "distrusted" and entry["against"] == 1
+            verdict = rogue_proc.ask(f"register {sibling.addr}")
+            assert not verdict["accepted"], verdict
+            assert verdict["reason"].startswith("distrusted: peers this node trusts"), verdict
+            status = sibling.status()
+            assert rogue not in status["children"]
+            assert rogue not in status["isolated"]  # a report alone isolates nobody
+            (refusal,) = [r for r in status["children_refused"] if r["peer"] == rogue]
+            assert refusal["reason"] == verdict["reason"]
+
+
+def test_slander_alone_does_not_make_a_parent_refuse_an_honest_node(tmp_path: Path) -> None:
+    """A fresh key gossips signed reports that rate an honest node -1000: the parent hears
+    them, weighs them by their reporter's standing (none), and admits the honest node."""
+    specs = [("master", "master", ""), ("en", "language", "en")]
+    with open_cluster(tmp_path, specs, env=TRUST_ENV) as nodes:
+        master, en = nodes["master"], nodes["en"]
+        home = tmp_path / "honest"
+        home.mkdir(mode=0o700)
+        key = Identity.generate()  # made here, so that the slander can name it in advance
+        key.save(home / "identity.key")
+        victim = str(key.peer_id)
+        with _attacker("tests.node.slander_proc", en.addr, victim):
+            entry = wait_for(
+                "the parent to hear the slander",
+                lambda: (e := _standing(en, victim)).get("against", 0) >= 1 and e,
+            )
+            assert entry["standing"] != "distrusted" and entry["distrust"] == 0.0
+            honest = NodeProc("honest", home, "domain", "en/y", [master.addr], env=TRUST_ENV)
+            try:
+                honest.start()
+                wait_for(
+                    "the parent to admit the slandered node",
+                    lambda: victim in en.status()["children"],
+                )
+                status = en.status()
+                assert victim not in status["distrusted"] and victim not in status["isolated"]
+                assert not [r for r in status["children_refused"] if r["peer"] == victim]
+            finally:
+                honest.stop()
