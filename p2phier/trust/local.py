@@ -50,6 +50,7 @@ class Kind(enum.StrEnum):
     STALL = "stall"  # a fetch from it timed out
     REPLAY = "replay"  # an old announcement again, not the one last accepted
     RATE = "rate"  # over one of its budgets
+    BAD_UPDATE = "bad-update"  # an update the parent's screen left out (trust/quality.py)
     # positive
     USEFUL_UPDATE = "useful-update"  # an update of its was verified and accepted
     BLOCKS_SERVED = "blocks-served"  # per MiB served to this node
@@ -69,9 +70,13 @@ class Param:
 #: never does.  A bad signature or a wrong block cannot happen by accident on a
 #: hash-checked, signed channel (-5: three of them within a day).  A rate violation
 #: is -0.1 per dropped message: a burst of a hundred over budget isolates, a few do
-#: not.  Positive evidence (+1 per useful update, +0.1 per MiB served) decays over a
-#: week and can offset occasional accidents, but never a proof.  Proofs isolate at
-#: once.
+#: not.  An update the parent's quality screen left out (against its probe and the
+#: round's consensus, outsized, idle, noise, or a colluder's twin: trust/quality.py)
+#: is -6: the intake accepted it first (+1), so each such round nets -5 and the
+#: third isolates (within 3 rounds, as bench/attacks.py measures), while an honest
+#: child flagged once in a while earns it back at +1 per accepted round.  Positive
+#: evidence (+1 per useful update, +0.1 per MiB served) decays over a week and can
+#: offset occasional accidents, but never a proof.  Proofs isolate at once.
 DEFAULT_PARAMS: dict[Kind, Param] = {
     Kind.PROVENANCE: Param(-100.0, 7 * 86_400.0, proof=True),
     Kind.EQUIVOCATION: Param(-100.0, 7 * 86_400.0, proof=True),
@@ -80,6 +85,7 @@ DEFAULT_PARAMS: dict[Kind, Param] = {
     Kind.STALL: Param(-1.0, 3_600.0),
     Kind.REPLAY: Param(-0.5, 3_600.0),
     Kind.RATE: Param(-0.1, 600.0),
+    Kind.BAD_UPDATE: Param(-6.0, 86_400.0),
     Kind.USEFUL_UPDATE: Param(1.0, 7 * 86_400.0),
     Kind.BLOCKS_SERVED: Param(0.1, 7 * 86_400.0),
 }

@@ -1,0 +1,190 @@
+"""The update screen (p2phier/trust/quality.py): each attack's signature is flagged, honest
+updates are not, and the gates keep a converged or disagreeing round from flagging anyone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2phier.errors import UsageError
+from p2phier.trust.quality import QualityConfig, screen
+
+DIM = 400
+
+
+def honest_round(
+    seed: int, n: int = 8, signal: float = 1.0, spread: float = 0.6
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``n`` honest updates: one shared direction (``signal``) plus each child's own
+    (non-IID) part; and the parent's probe, from the same direction."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=DIM)
+    direction /= np.linalg.norm(direction)
+
+    def one() -> dict[str, np.ndarray]:
+        own = rng.normal(size=DIM)
+        v = signal * direction + spread * own / np.linalg.norm(own)
+        return {"a.lora_delta": v[:300].reshape(20, 15), "head": v[300:]}
+
+    return {f"c{i}": one() for i in range(n)}, one()
+
+
+def flags(verdicts: dict) -> dict[str, tuple[str, ...]]:  # type: ignore[type-arg]
+    return {a: v.flags for a, v in verdicts.items() if v.flags}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_honest_round_flags_nobody(seed: int) -> None:
+    updates, probe = honest_round(seed)
+    verdicts = screen(updates, probe)
+    assert flags(verdicts) == {}
+    assert all(v.penalty == 0 for v in verdicts.values())
+    assert all(v.cos_probe is not None and v.cos_probe > 0.3 for v in verdicts.values())
+
+
+@pytest.mark.parametrize(
+    ("attack", "flag"),
+    [
+        ("sign-flip", "opposes"),
+        ("scaling", "outsized"),
+        ("free-rider", "idle"),
+        ("noise", "unaligned"),
+    ],
+)
+def test_each_attack_is_flagged(attack: str, flag: str) -> None:
+    updates, probe = honest_round(1)
+    rng = np.random.default_rng(9)
+    good = updates["c0"]
+    if attack == "sign-flip":
+        bad = {k: -v for k, v in good.items()}
+    elif attack == "scaling":
+        bad = {k: 5 * v for k, v in good.items()}
+    elif attack == "free-rider":
+        bad = {k: 0.001 * v for k, v in good.items()}
+    else:
+        # noise of an honest norm, orthogonal to both references (as high-dimensional
+        # noise is; a 400-element toy needs it made so)
+        raw = {k: rng.normal(size=v.shape) for k, v in good.items()}
+        flat = np.concatenate([raw[k].ravel() for k in sorted(raw)])
+        for ref in (probe, {k: np.mean([u[k] for u in updates.values()], 0) for k in good}):
+            r = np.concatenate([np.asarray(ref[k]).ravel() for k in sorted(raw)])
+            flat -= flat @ r / (r @ r) * r
+        flat *= np.linalg.norm(np.concatenate([good[k].ravel() for k in sorted(good)])) / (
+            np.linalg.norm(flat)
+        )
+        sizes = np.cumsum([raw[k].size for k in sorted(raw)])[:-1]
+        bad = {
+            k: part.reshape(raw[k].shape)
+            for k, part in zip(sorted(raw), np.split(flat, sizes), strict=True)
+        }
+    updates["bad"] = bad
+    verdicts = screen(updates, probe)
+    assert flag in verdicts["bad"].flags, verdicts["bad"]
+    assert verdicts["bad"].penalty >= 0.5
+    assert not verdicts["bad"].ok
+    assert flags(verdicts).keys() == {"bad"}, flags(verdicts)
+
+
+def test_colluders_sending_one_update_are_twins() -> None:
+    updates, probe = honest_round(2)
+    crafted = {k: np.mean([u[k] for u in updates.values()], 0) * 0.9 for k in updates["c0"]}
+    updates["x1"] = crafted
+    updates["x2"] = {k: v.copy() for k, v in crafted.items()}
+    verdicts = screen(updates, probe)
+    assert verdicts["x1"].twin == "x2" and verdicts["x2"].twin == "x1"
+    assert flags(verdicts) == {"x1": ("twin",), "x2": ("twin",)}
+
+
+def test_scaled_copy_is_not_a_twin() -> None:
+    updates, probe = honest_round(3)
+    updates["big"] = {k: 1.2 * v for k, v in updates["c0"].items()}
+    verdicts = screen(updates, probe)
+    assert verdicts["big"].twin is None
+
+
+def test_scale_bounds_every_update_to_the_clip_ratio() -> None:
+    updates, probe = honest_round(4)
+    updates["big"] = {k: 2.5 * v for k, v in updates["c3"].items()}
+    v = screen(updates, probe)["big"]
+    assert v.ok  # 2.5x is under the outsized ratio: bounded, not flagged
+    assert v.norm_ratio * v.scale == pytest.approx(QualityConfig().clip_ratio, rel=1e-6)
+
+
+def test_a_converged_round_flags_no_direction() -> None:
+    """Noise-like honest updates (no shared direction): cosines swing both ways, and
+    neither opposition nor noise may be judged."""
+    updates, probe = honest_round(5, signal=0.0, spread=1.0)
+    verdicts = screen(updates, probe)
+    assert all(v.cos_probe is None for v in verdicts.values())  # the probe is not informative
+    assert flags(verdicts) == {}
+    # a sign-flipped update is then noise among noise: bounded, not flagged
+    updates["flip"] = {k: -v for k, v in updates["c0"].items()}
+    assert screen(updates, probe)["flip"].ok
+
+
+def test_a_converged_round_flags_only_a_far_larger_update() -> None:
+    updates, probe = honest_round(6, signal=0.0, spread=1.0)
+    updates["outlier"] = {k: 4 * v for k, v in updates["c0"].items()}  # x4: bounded only
+    updates["boost"] = {k: 9 * v for k, v in updates["c1"].items()}  # x9: flagged
+    verdicts = screen(updates, probe)
+    assert verdicts["outlier"].ok and verdicts["outlier"].scale < 1
+    assert "outsized" in verdicts["boost"].flags
+
+
+def test_few_updates_without_probe_judge_no_direction() -> None:
+    updates, _ = honest_round(7, n=2)
+    updates["c1"] = {k: -v for k, v in updates["c0"].items()}
+    verdicts = screen(updates, None)
+    assert all(v.cos_consensus is None and v.cos_probe is None for v in verdicts.values())
+    assert flags(verdicts) == {}
+
+
+def test_partial_updates_compare_on_their_tensors() -> None:
+    updates, probe = honest_round(8)
+    updates["shallow"] = {"head": updates["c0"]["head"]}  # covers the head only
+    v = screen(updates, probe)["shallow"]
+    assert v.cos_probe is not None and v.cos_consensus is not None
+    assert "opposes" not in v.flags and "unaligned" not in v.flags
+
+
+def test_reason_names_flags_and_figures() -> None:
+    updates, probe = honest_round(1)
+    updates["flip"] = {k: -v for k, v in updates["c0"].items()}
+    reason = screen(updates, probe)["flip"].reason()
+    assert reason.startswith("opposes (") and "cos probe -" in reason
+
+
+def test_empty_round_and_bad_config() -> None:
+    assert screen({}, None) == {}
+    with pytest.raises(UsageError):
+        QualityConfig(clip_ratio=4.0, outsized_ratio=3.0)
+    with pytest.raises(UsageError):
+        QualityConfig(unaligned_below=0.3, consensus_min=0.2)
+    with pytest.raises(UsageError):
+        QualityConfig(min_updates=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False), min_size=6, max_size=6
+        ),
+        min_size=1,
+        max_size=7,
+    ),
+    st.booleans(),
+)
+def test_any_finite_round_gets_a_bounded_verdict(rows: list[list[float]], probe: bool) -> None:
+    updates = {f"u{i}": {"t": np.array(r, np.float32)} for i, r in enumerate(rows)}
+    ref = {"t": np.array(rows[0], np.float32)} if probe else None
+    verdicts = screen(updates, ref)
+    assert set(verdicts) == set(updates)
+    for v in verdicts.values():
+        assert 0.0 <= v.penalty <= 1.0
+        assert 0.0 < v.scale <= 1.0
+        assert v.ok == (not v.flags)
+        for c in (v.cos_probe, v.cos_consensus):
+            assert c is None or -1.0 - 1e-9 <= c <= 1.0 + 1e-9
