@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from p2phier.errors import LearnError
+from p2phier.trust.quality import QualityConfig, Verdict, screen
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ Tensors = Mapping[str, Array]
 LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
 DELTA_SUFFIX = ".lora_delta"
+
+#: The author name of a parent's own update beside its children's (trusted, never screened).
+OWN_UPDATE = "self"
 
 #: Refuse updates whose total size exceeds this many elements (a 6-layer
 #: MiniLM with every Linear merged is ~14M); a peer cannot make us allocate more.
@@ -554,6 +558,36 @@ def probe_scored(
     )
     delta = _combine(updates, keys, coefficients)
     return AggregationResult(delta, Rule.PROBE_SCORED, reports, note)
+
+
+def screen_round(
+    updates: Sequence[ChildUpdate],
+    probe: Tensors | None,
+    *,
+    trusted: Iterable[str] = (),
+    config: QualityConfig | None = None,
+) -> tuple[list[ChildUpdate], dict[str, Verdict]]:
+    """The updates a round keeps, and the screen's verdict on every other one.
+
+    ``trusted`` authors (the parent's own update) are kept as they are.  Every
+    other update is screened (:func:`p2phier.trust.quality.screen`, ``probe`` as
+    its trusted reference), a weight-0 one too (its author's trust left it out,
+    but the evidence still counts); it is kept if the screen finds nothing and its
+    weight is positive, bounded to the screen's ``clip_ratio`` times the round's
+    median norm so that no child wins by magnitude.  The caller turns each
+    verdict's ``penalty`` into evidence against its author.
+    """
+    trusted = set(trusted)
+    validate_updates(updates, partial=True)
+    judged = [u for u in updates if u.child not in trusted]
+    verdicts = screen({u.child: u.delta for u in judged}, probe, config)
+    kept = [u for u in updates if u.child in trusted]
+    for u in judged:
+        v = verdicts[u.child]
+        if v.ok and u.weight > 0:
+            delta = u.delta if v.scale >= 1.0 else scale(u.delta, v.scale)
+            kept.append(ChildUpdate(u.child, delta, u.weight))
+    return kept, verdicts
 
 
 def aggregate(

@@ -53,6 +53,7 @@ from p2phier.cid import CID
 from p2phier.identity import Identity
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
+    OWN_UPDATE,
     AggregationConfig,
     AggregationResult,
     ChildUpdate,
@@ -60,6 +61,7 @@ from p2phier.learn.aggregate import (
     aggregate,
     effective_to_lora,
     lossless_rank,
+    screen_round,
 )
 from p2phier.learn.continual import ContinualConfig, ContinualLearner, StageReport
 from p2phier.learn.data import Example
@@ -85,6 +87,7 @@ from p2phier.learn.train import (
     write_adapter,
 )
 from p2phier.store.base import ContentStore
+from p2phier.trust.quality import QualityConfig, Verdict
 from p2phier.unixfs import build_file
 
 logger = logging.getLogger(__name__)
@@ -267,6 +270,8 @@ class RoundResult:
     aggregation: AggregationResult
     rank: int
     refactor_error: float  # max relative error of the re-factorisation over modules
+    #: the quality screen's verdict on every update but the trusted ones
+    verdicts: Mapping[str, Verdict] = field(default_factory=dict)
 
 
 def aggregate_round(
@@ -283,6 +288,8 @@ def aggregate_round(
     max_rank: int = 64,
     seed: int = 0,
     init_seed: int = 0,
+    trusted: Sequence[str] = (OWN_UPDATE,),
+    quality: QualityConfig | None = None,
 ) -> RoundResult:
     """Aggregate children's adapters (``child id -> (adapter dir, weight)``) into a candidate.
 
@@ -290,6 +297,13 @@ def aggregate_round(
     With the probe-scored rule the parent first trains on ``probe_examples``
     (its small trusted set) to get the reference update.  ``rank=None``
     keeps the aggregate's full rank up to ``max_rank`` (no truncation loss).
+
+    Every update but the ``trusted`` ones (the parent's own, under
+    :data:`OWN_UPDATE`) passes the quality screen first
+    (:func:`p2phier.learn.aggregate.screen_round`; the parent's own update, or
+    else its probe-set update, is the screen's trusted reference): the result's
+    ``verdicts`` say what it found, and a flagged update is left out.  With
+    every update left out the candidate is the version unchanged.
     """
     rule = rule or AggregationConfig()
     updates = [
@@ -317,8 +331,15 @@ def aggregate_round(
             for k, v in probe_dir_state.items()
             if k in covered
         }
-    # Per tensor over the children that have it: a module no child has stays as it is.
-    result = aggregate(updates, rule, probe=probe, partial=True)
+    own = next((u.delta for u in updates if u.child == OWN_UPDATE), None)
+    kept, verdicts = screen_round(
+        updates, own if own is not None else probe, trusted=trusted, config=quality
+    )
+    if kept:
+        # Per tensor over the children that have it: a module no child has stays as it is.
+        result = aggregate(kept, rule, probe=probe, partial=True)
+    else:
+        result = AggregationResult({}, rule.rule, (), "every update was left out by the screen")
     new_effective = add(current_effective, result.delta)
     chosen = rank if rank is not None else lossless_rank(new_effective, max_rank)
     ratio = float(current.config["lora_alpha"]) / float(current.config["r"])
@@ -333,7 +354,7 @@ def aggregate_round(
         chosen,
         refactored.max_relative_error,
     )
-    return RoundResult(path, result, chosen, refactored.max_relative_error)
+    return RoundResult(path, result, chosen, refactored.max_relative_error, verdicts)
 
 
 def _check_coverage(

@@ -236,8 +236,15 @@ def aggregate(
         "rule": result.aggregation.rule.value,
         "rank": result.rank,
         "weights": {c.child: c.weight for c in result.aggregation.children},
+        "screen": {
+            a: {"ok": v.ok, "penalty": round(v.penalty, 3), "reason": v.reason()}
+            for a, v in result.verdicts.items()
+        },
         "aggregate_s": 0.0,
+        # the updates aggregated: the screen may have left some out
+        "n_updates": len(result.aggregation.children),
     }
+    kept = out["n_updates"]
     valid = examples(validation)
     if valid:
         held = held_domains(valid)
@@ -250,7 +257,7 @@ def aggregate(
             policy=TimingPolicy(plan.margin, plan.tolerance, True, plan.min_updates),
             now=now,
             round=round_,
-            n_updates=len(updates),
+            n_updates=kept,
             parents=stack,
             max_length=plan.max_length,
         )
@@ -262,13 +269,13 @@ def aggregate(
             decision=decision.to_json(),
         )
     else:
-        ok = len(updates) >= max(plan.min_updates, 1)
+        ok = kept >= max(plan.min_updates, 1)
         out.update(
             publish=ok,
             reason=(
-                f"no validation set: published on {len(updates)} update(s)"
+                f"no validation set: published on {kept} update(s)"
                 if ok
-                else f"{len(updates)} update(s), fewer than min_updates {plan.min_updates}"
+                else f"{kept} update(s), fewer than min_updates {plan.min_updates}"
             ),
             validation_before=None,
             validation_after=None,

@@ -54,8 +54,10 @@ from p2phier.artifact import Artifact
 from p2phier.cid import CID
 from p2phier.errors import P2PHierError
 from p2phier.fsutil import write_atomic
+from p2phier.learn.aggregate import OWN_UPDATE
 from p2phier.learnplan import LearnPlan, NodeData, load_data
 from p2phier.node.worker import PriorityWorker
+from p2phier.trust.standing import Standing
 
 if TYPE_CHECKING:
     from p2phier.node.daemon import NodeDaemon
@@ -538,12 +540,18 @@ class Learner:
         skipped = []
         excluded: dict[str, str] = {}
         weights: dict[str, dict[str, Any]] = {}
+        guard = self.node.guard
         for author, u in sorted(fresh.items()):
             # A newcomer's update counts only as far as its history justifies; a child
-            # isolated since its update arrived (a proof, or its trust fell) not at all.
-            weight, why = self.node.guard.trust.weight(author, self.node.clock())
-            if weight == 0.0:
+            # isolated since its update arrived (a proof, or its trust fell), or one the
+            # network distrusts, not at all.  A weight-0 child that is not isolated is
+            # still screened: the evidence counts even when the update does not.
+            weight, why = guard.trust.weight(author, self.node.clock())
+            if guard.is_isolated(author):
                 excluded[author] = why
+                continue
+            if guard.standing(author) is Standing.DISTRUSTED:
+                excluded[author] = "distrusted by the network (global trust)"
                 continue
             try:
                 weights[author] = {"weight": weight, "why": why}
@@ -554,12 +562,9 @@ class Learner:
                 skipped.append(author)
         rec["skipped_updates"] = skipped
         rec["trust_weights"] = weights
-        if excluded:
-            rec["excluded_updates"] = excluded
-            logger.warning("round %d: updates of isolated children left out: %s", r, excluded)
         local = self.state["local"]
         if self.plan.trains and local is not None and local["on"] == str(flat):
-            updates["self"] = (Path(local["dir"]), 1.0)
+            updates[OWN_UPDATE] = (Path(local["dir"]), 1.0)
         if updates:
             out = await self._work(
                 cycle.aggregate,
@@ -574,13 +579,21 @@ class Learner:
                 round_=r,
                 now=self.node.clock(),
             )
+            for author, v in out["screen"].items():
+                if v["penalty"] > 0:
+                    guard.bad_update(author, v["penalty"], f"round {r}: {v['reason']}")
+                if not v["ok"]:
+                    excluded[author] = f"screen: {v['reason']}"
+                elif weights.get(author, {}).get("weight") == 0.0:
+                    excluded[author] = f"weight 0: {weights[author]['why']}"
+            rec["screen"] = {a: v["reason"] for a, v in out["screen"].items()}
             rec.update(
                 decision="published" if out["publish"] else "held",
                 reason=out["reason"],
                 aggregate_s=out["aggregate_s"],
                 validation_before=out["validation_before"],
                 validation_after=out["validation_after"],
-                n_updates=len(updates),
+                n_updates=out["n_updates"],
             )
             if out["publish"]:
                 base = self.state["base"]
@@ -596,6 +609,9 @@ class Learner:
                     self.state["accuracy_own"] = result["accuracy_own"]
         else:
             rec.update(decision="held", reason="no updates arrived", n_updates=0)
+        if excluded:
+            rec["excluded_updates"] = excluded
+            logger.warning("round %d: updates left out: %s", r, excluded)
         base = self.state["base"]
         if base is not None:
             up = await self._work(

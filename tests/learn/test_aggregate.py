@@ -12,6 +12,7 @@ from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
     LORA_A_SUFFIX,
     LORA_B_SUFFIX,
+    OWN_UPDATE,
     AggregationConfig,
     AggregationError,
     ChildUpdate,
@@ -22,6 +23,7 @@ from p2phier.learn.aggregate import (
     effective_to_lora,
     global_norm,
     lora_to_effective,
+    screen_round,
     subtract,
 )
 
@@ -291,3 +293,50 @@ def test_config_knobs_are_validated() -> None:
         AggregationConfig(Rule.NORM_CLIP, clip_norm=0.0)
     with pytest.raises(AggregationError, match="rank"):
         effective_to_lora({"x" + DELTA_SUFFIX: np.ones((2, 2), np.float32)}, 0, 8.0)
+
+
+# --- screen_round: what a parent's round keeps ------------------------------------------------
+
+
+def _round_updates(seed: int = 0) -> list[ChildUpdate]:
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(6, 8)).astype(np.float32)
+    out = []
+    for i in range(6):
+        noise = rng.normal(size=(6, 8)).astype(np.float32) * 0.5
+        out.append(ChildUpdate(f"c{i}", {"m.lora_delta": direction + noise}, 1.0))
+    out.append(ChildUpdate(OWN_UPDATE, {"m.lora_delta": direction.copy()}, 1.0))
+    return out
+
+
+def test_screen_round_keeps_trusted_and_good_drops_flagged_and_weight_zero() -> None:
+    updates = _round_updates()
+    own = updates[-1].delta
+    flip = ChildUpdate("flip", {k: -v for k, v in updates[0].delta.items()}, 1.0)
+    zero_weight = ChildUpdate(
+        "newly-distrusted", {k: 1.3 * v for k, v in updates[1].delta.items()}, 0.0
+    )
+    kept, verdicts = screen_round([*updates, flip, zero_weight], own, trusted=(OWN_UPDATE,))
+    names = [u.child for u in kept]
+    assert OWN_UPDATE in names and OWN_UPDATE not in verdicts  # trusted: never screened
+    assert "flip" not in names and "opposes" in verdicts["flip"].flags
+    # weight 0: judged (its evidence counts) but never aggregated
+    assert "newly-distrusted" in verdicts and verdicts["newly-distrusted"].ok
+    assert "newly-distrusted" not in names
+    assert {f"c{i}" for i in range(6)} <= set(names)
+
+
+def test_screen_round_bounds_a_large_update() -> None:
+    updates = _round_updates(1)
+    big = ChildUpdate("big", {k: 2.5 * v for k, v in updates[2].delta.items()}, 1.0)
+    kept, verdicts = screen_round([*updates, big], updates[-1].delta, trusted=(OWN_UPDATE,))
+    (bounded,) = [u for u in kept if u.child == "big"]
+    median = float(np.median([global_norm(u.delta) for u in [*updates[:-1], big]]))
+    assert global_norm(bounded.delta) == pytest.approx(1.5 * median, rel=1e-4)
+    assert verdicts["big"].scale < 1
+
+
+def test_screen_round_refuses_invalid_updates_before_judging() -> None:
+    bad = ChildUpdate("nan", {"m.lora_delta": np.full((6, 8), np.nan, np.float32)}, 1.0)
+    with pytest.raises(AggregationError, match="NaN"):
+        screen_round([*_round_updates(), bad], None)
