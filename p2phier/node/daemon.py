@@ -495,7 +495,8 @@ class NodeDaemon:
         return SenderContext(topic, self.hierarchy.parent, self.hierarchy.children)
 
     def _on_accepted(self, ann: Announcement, art: Artifact) -> None:
-        self.guard.useful_update(str(ann.author))
+        if self.learner is None or not self.learner.judges(ann):
+            self.guard.useful_update(str(ann.author))
         if self.learner is not None:
             self.learner.on_accepted(ann, art)
 

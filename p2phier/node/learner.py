@@ -159,6 +159,12 @@ class Learner:
             self.updates[update.author] = update
         self._wake.set()
 
+    def judges(self, ann: Announcement) -> bool:
+        """Whether this learner decides if ``ann``'s update was useful (a child's update to
+        a parent that aggregates: only an update its screen kept counts in the child's
+        favour)."""
+        return ann.topic == up_topic(self.node.peer) and self.state["flat"] is not None
+
     def request_round(self, round_: int) -> dict[str, Any]:
         if round_ < 1:
             raise ValueError("rounds start at 1")
@@ -580,6 +586,8 @@ class Learner:
                 now=self.node.clock(),
             )
             for author, v in out["screen"].items():
+                if v["ok"] and weights.get(author, {}).get("weight", 0.0) > 0:
+                    guard.useful_update(author)
                 if v["penalty"] > 0:
                     guard.bad_update(author, v["penalty"], f"round {r}: {v['reason']}")
                 if not v["ok"]:

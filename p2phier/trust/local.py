@@ -52,7 +52,8 @@ class Kind(enum.StrEnum):
     RATE = "rate"  # over one of its budgets
     BAD_UPDATE = "bad-update"  # an update the parent's screen left out (trust/quality.py)
     # positive
-    USEFUL_UPDATE = "useful-update"  # an update of its was verified and accepted
+    USEFUL_UPDATE = "useful-update"  # an update of its was aggregated (or, with no learner
+    # to judge it, verified and accepted)
     BLOCKS_SERVED = "blocks-served"  # per MiB served to this node
 
 
@@ -99,9 +100,9 @@ class TrustConfig:
     max_isolation_s: float = 7 * 86_400.0
     max_peers: int = 8192  # peers remembered (least recently seen forgotten first)
     max_proofs: int = 8  # proofs kept per peer (for status and reports)
-    #: an author's first accepted update counts this much in an aggregate...
+    #: an author's update counts this much in an aggregate while none was useful...
     newcomer_weight: float = 0.25
-    #: ...and its updates count fully once this many were accepted (decayed history)
+    #: ...and fully once this many were (decayed history)
     full_weight_after: float = 3.0
 
     def __post_init__(self) -> None:
@@ -190,10 +191,10 @@ class LocalTrust:
     def weight(self, peer: str, now: float) -> tuple[float, str]:
         """How much ``peer``'s update counts in an aggregate (0..1), and why.
 
-        A newcomer's first accepted update counts ``newcomer_weight``; the weight grows
-        with its (decayed) history of accepted updates to 1 at ``full_weight_after``,
-        and shrinks with the negative evidence against it (to 0 at ``isolate_below``).
-        An isolated peer counts 0.
+        A newcomer's update counts ``newcomer_weight``; each of its updates that was
+        useful (aggregated after the screen) adds to its (decayed) history, and the
+        weight grows in proportion to 1 at ``full_weight_after`` of them.  Negative
+        evidence shrinks it (to 0 at ``isolate_below``).  An isolated peer counts 0.
         """
         cfg = self.config
         p = self._peers.get(peer)
@@ -209,7 +210,7 @@ class LocalTrust:
                     history = v
                 elif param.weight < 0:
                     bad += param.weight * v
-        grow = min(1.0, max(0.0, history - 1.0) / max(cfg.full_weight_after - 1.0, 1e-9))
+        grow = min(1.0, max(0.0, history) / cfg.full_weight_after)
         w = cfg.newcomer_weight + (1.0 - cfg.newcomer_weight) * grow
         w *= max(0.0, 1.0 - bad / cfg.isolate_below)
         return round(w, 4), f"history {history:.2f} update(s), evidence {bad:.2f}"

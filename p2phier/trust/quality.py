@@ -78,14 +78,15 @@ class QualityConfig:
     clean non-IID rounds)."""
 
     oppose_margin: float = 0.2
-    oppose_span: float = 0.2
+    oppose_span: float = 0.15
     outsized_ratio: float = 3.0
     clip_ratio: float = 1.5
     idle_ratio: float = 0.05
     unaligned_below: float = 0.05
+    noise_sigmas: float = 3.0
     consensus_min: float = 0.2
     twin_above: float = 0.995
-    min_updates: int = 3
+    min_updates: int = 5
 
     def __post_init__(self) -> None:
         if not (self.outsized_ratio >= self.clip_ratio >= 1 and 0 <= self.idle_ratio < 1):
@@ -94,8 +95,8 @@ class QualityConfig:
             raise UsageError("oppose_margin must lie in [0, 1), oppose_span in (0, 1]")
         if not 0 <= self.unaligned_below < self.consensus_min <= 1:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
-        if not (0 < self.twin_above <= 1 and self.min_updates >= 2):
-            raise UsageError("twin_above must lie in (0, 1], min_updates be at least 2")
+        if not (0 < self.twin_above <= 1 and self.min_updates >= 3 and self.noise_sigmas > 0):
+            raise UsageError("need twin_above in (0, 1], min_updates >= 3, noise_sigmas > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,25 +147,24 @@ def screen(
         return {}
     norms = {a: _norm(updates[a]) for a in authors}
     median_norm = float(np.median([norms[a] for a in authors]))
+    # Too few updates make no reference: the round's median is then one child's
+    # opinion, and a parent's probe alone cannot tell a child of another sub-domain
+    # (whose update may well oppose the parent's own) from an attacker.
+    enough = len(authors) >= cfg.min_updates
     cos_c: dict[str, float | None] = {}
-    if len(authors) >= cfg.min_updates:
+    if enough:
         for a in authors:
             # leave-one-out: an update must not pull its own reference its way
             cos_c[a] = _cos(updates[a], _median(updates, [b for b in authors if b != a]))
     agreed = [c for c in cos_c.values() if c is not None]
-    round_agrees = bool(agreed) and float(np.median(agreed)) >= cfg.consensus_min
+    judge = bool(agreed) and float(np.median(agreed)) >= cfg.consensus_min
     # the probe counts only while it agrees with the round: an honest parent's own
     # update is noise too once its model has converged on its data
     cos_p: dict[str, float | None] = {}
-    if probe is not None:
-        informative = True
-        if len(authors) >= cfg.min_updates:
-            c = _cos(probe, _median(updates, authors))
-            informative = c is not None and c >= cfg.consensus_min
-        if informative:
+    if probe is not None and enough:
+        c = _cos(probe, _median(updates, authors))
+        if c is not None and c >= cfg.consensus_min:
             cos_p = {a: _cos(updates[a], probe) for a in authors}
-    # direction is judged only against references worth the name
-    judge = round_agrees or (bool(cos_p) and not cos_c)
     twins = _twins(updates, authors, norms, cfg.twin_above)
     out: dict[str, Verdict] = {}
     for a in authors:
@@ -173,7 +173,7 @@ def screen(
         refs = [c for c in (cp, cc) if c is not None]
         flags: list[str] = []
         severity = 0.0
-        if refs and (judge or cp is not None):
+        if cc is not None and (judge or cp is not None):
             # graded: the least opposed reference decides; consistent opposition adds up
             # in trust over rounds, while the odd negative cosine of an honest child on
             # non-IID data, or of a converged round, weighs little
@@ -184,14 +184,21 @@ def screen(
         # boost; once it has converged, a child whose data differ from most keeps a
         # larger update than the rest (up to x4.5 of the median measured): then only
         # a far larger one is flagged, and the others are bounded by ``scale``.
-        if ratio > cfg.outsized_ratio * (1 if judge else 2):
+        if enough and ratio > cfg.outsized_ratio * (1 if judge else 2):
             flags.append("outsized")
-        if median_norm > 0 and ratio < cfg.idle_ratio:
+        if enough and median_norm > 0 and ratio < cfg.idle_ratio:
             flags.append("idle")
-        # outside an agreeing round only an update orthogonal to a probe that agrees
-        # with the round, and to the consensus, to half the tolerance, is noise
-        near = cfg.unaligned_below if judge else cfg.unaligned_below / 2
-        if (judge or cp is not None) and refs and not flags and all(abs(c) < near for c in refs):
+        # Noise is as orthogonal to everything as chance allows (|cos| about 1/sqrt(d)
+        # for d elements); an honest child of another sub-domain shares some direction
+        # with the round.  Outside an agreeing round, half the tolerance.
+        near = min(cfg.unaligned_below, cfg.noise_sigmas / math.sqrt(max(_size(updates[a]), 1)))
+        near = near if judge else near / 2
+        if (
+            cc is not None
+            and (judge or cp is not None)
+            and not flags
+            and all(abs(c) < near for c in refs)
+        ):
             flags.append("unaligned")
         if a in twins:
             flags.append("twin")
@@ -205,6 +212,10 @@ def _vector(update: Tensors, keys: list[str]) -> NDArray[np.float64]:
     if not keys:
         return np.zeros(0)
     return np.concatenate([np.asarray(update[k], np.float64).ravel() for k in keys])
+
+
+def _size(update: Tensors) -> int:
+    return sum(int(np.asarray(v).size) for v in update.values())
 
 
 def _norm(update: Tensors) -> float:

@@ -78,10 +78,11 @@ def test_config_is_checked() -> None:
 
 def test_a_newcomer_counts_only_as_far_as_its_history_justifies() -> None:
     t = LocalTrust()
-    t.observe("new", Kind.USEFUL_UPDATE, 0.0)  # its first update was accepted
-    assert t.weight("new", 0.0)[0] == pytest.approx(0.25)
+    assert t.weight("new", 0.0)[0] == pytest.approx(0.25)  # its first update
+    t.observe("new", Kind.USEFUL_UPDATE, 0.0)  # ... was aggregated
+    assert t.weight("new", 0.0)[0] == pytest.approx(0.5)
     t.observe("new", Kind.USEFUL_UPDATE, 1.0)
-    assert t.weight("new", 1.0)[0] == pytest.approx(0.625, abs=1e-3)
+    assert t.weight("new", 1.0)[0] == pytest.approx(0.75, abs=1e-3)
     t.observe("new", Kind.USEFUL_UPDATE, 2.0)
     assert t.weight("new", 2.0)[0] == pytest.approx(1.0, abs=1e-3)
     t.observe("new", Kind.BAD_SIGNATURE, 3.0)  # -5 of the -10 that isolate: half weight

@@ -188,3 +188,14 @@ def test_any_finite_round_gets_a_bounded_verdict(rows: list[list[float]], probe:
         assert v.ok == (not v.flags)
         for c in (v.cos_probe, v.cos_consensus):
             assert c is None or -1.0 - 1e-9 <= c <= 1.0 + 1e-9
+
+
+def test_a_small_family_is_judged_by_norms_and_twins_only() -> None:
+    """With fewer than ``min_updates`` updates there is no consensus, and the parent's
+    own update alone cannot tell a child of another sub-domain (whose update may well
+    oppose it) from an attacker: no direction is judged."""
+    updates, probe = honest_round(10, n=3)
+    updates["other-subdomain"] = {k: -v for k, v in probe.items()}  # opposes the parent's own
+    verdicts = screen(updates, probe)
+    assert all(v.cos_consensus is None and v.cos_probe is None for v in verdicts.values())
+    assert flags(verdicts) == {}
