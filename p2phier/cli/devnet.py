@@ -152,6 +152,10 @@ def devnet_up(  # noqa: PLR0917 - typer options
     no_baselines: Annotated[
         bool, typer.Option("--no-baselines", help="Skip the isolated/central baselines.")
     ] = False,
+    no_attackers: Annotated[
+        bool,
+        typer.Option("--no-attackers", help="Run the scenario's attackers as honest nodes."),
+    ] = False,
     live: Annotated[bool, typer.Option("--live/--no-live", help="Live terminal view.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -164,6 +168,8 @@ def devnet_up(  # noqa: PLR0917 - typer options
     sc = load_scenario(scenario)
     if rounds is not None:
         sc = sc.with_rounds(rounds)
+    if no_attackers:
+        sc = sc.without_attackers()
     run_dir = _new_run_dir(directory, sc.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} is not empty: give another --dir or remove it")

@@ -17,16 +17,46 @@ Attacks:
 ``claims-uptime``
     its signed node record claims it started 23 hours ago (self-reported
     uptime once decided parent choice while every latency was unknown).
+
+Poisoning (a training node's updates to its parent; ``ATTACK[:STRENGTH][@ROUND]``
+sets the strength, default 1, and the first round it attacks in, default 1):
+
+``sign-flip``
+    sends its honest update negated (times the strength);
+``scale``
+    sends its honest update times the strength (model replacement boosts by the
+    number of children; 10 unless given);
+``noise``
+    sends Gaussian noise of its honest update's norm (times the strength);
+``free-ride``
+    sends back the version it was given (no work, a zero update);
+``stale``
+    sends its first update again every round (no new work);
+``label-flip``
+    trains honestly on its data with every label replaced by its mirror in the
+    sorted label set (data poisoning: the update itself is well-formed).
+
+ALIE and IPM need the honest siblings' updates of the round; the in-process
+simulator ``bench/attacks.py`` runs them (with that knowledge granted).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from p2phier.artifact import Artifact
 from p2phier.cid import CID
+from p2phier.learnplan import NodeData, load_plan
 from p2phier.node.daemon import NodeDaemon
+from p2phier.node.learner import Learner
+
+LORA_B = ".lora_B.weight"
+LORA_A = ".lora_A.weight"
 
 
 class ForeignArtifactDaemon(NodeDaemon):
@@ -46,20 +76,142 @@ class ClaimsUptimeDaemon(NodeDaemon):
         self.started_ms -= self.CLAIMED_UPTIME_S * 1000
 
 
+def poison(
+    behaviour: str, strength: float, adapter: Path, version: Path, *, out: Path, seed: int
+) -> Path:
+    """A poisoned copy of ``adapter`` (trained on ``version``) in ``out`` (blocking)."""
+    from p2phier.learn.train import read_adapter, write_adapter
+
+    mine, base = read_adapter(adapter), read_adapter(version)
+    rng = np.random.default_rng(seed)
+    state: dict[str, np.ndarray] = {}
+    for key, value in mine.state.items():
+        if key.endswith(LORA_A):
+            state[key] = value
+            continue
+        # the update: B (its product with A is the LoRA delta) or a head's difference
+        ref = np.zeros_like(value) if key.endswith(LORA_B) else base.state.get(key)
+        if ref is None or ref.shape != value.shape:
+            ref = np.zeros_like(value)
+        diff = value.astype(np.float64) - ref
+        if behaviour == "sign-flip":
+            diff = -strength * diff
+        elif behaviour == "scale":
+            diff = strength * diff
+        elif behaviour == "noise":
+            noise = rng.normal(size=diff.shape)
+            size = float(np.linalg.norm(noise)) or 1.0
+            diff = strength * noise * (float(np.linalg.norm(diff)) / size)
+        elif behaviour == "free-ride":
+            diff = np.zeros_like(diff)
+        state[key] = (ref + diff).astype(np.float32)
+    return write_adapter(out, state, mine.config)
+
+
+class PoisoningLearner(Learner):
+    """The node's learner, with its updates to the parent (or its data) poisoned."""
+
+    behaviour = "sign-flip"
+    strength = 1.0
+    from_round = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._first: Path | None = None
+
+    def _arrived(self, round_: int) -> list[Any]:
+        arrived = super()._arrived(round_)
+        if self.behaviour == "label-flip" and self.requested_round >= self.from_round:
+            return _flip_labels(arrived, self.data)
+        return arrived
+
+    async def _pack(
+        self, adapter: Path, *, base_version: str | None, round_: int, metrics: Any = None
+    ) -> Artifact:
+        local = self.state["local"]
+        leaf_update = self.state["flat"] is None and local is not None and local["on"]
+        if leaf_update and round_ >= self.from_round and self.behaviour != "label-flip":
+            if self.behaviour == "stale":
+                self._first = self._first or adapter
+                adapter = self._first
+            else:
+                adapter = await self._work(
+                    poison, self.behaviour, self.strength, adapter, Path(local["on"]),
+                    out=self._new_dir("poisoned"), seed=self.plan.seed + round_,
+                )  # fmt: skip
+        return await super()._pack(
+            adapter, base_version=base_version, round_=round_, metrics=metrics
+        )
+
+
+def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:
+    """Every label replaced by its mirror in the sorted set of the node's labels (its
+    held-out data stays true: it measures what the poisoned model does)."""
+    if data is None:
+        return records
+    labels = sorted({r.label for a in data.arrivals for r in a} | {r.label for r in data.test})
+    mirror = dict(zip(labels, reversed(labels), strict=True))
+    return [dataclasses.replace(r, label=mirror.get(r.label, r.label)) for r in records]
+
+
+POISONING = ("sign-flip", "scale", "noise", "free-ride", "stale", "label-flip")
+
+
+def poisoning_daemon(behaviour: str, strength: float, from_round: int = 1) -> type[NodeDaemon]:
+    """A daemon class whose learner is :class:`PoisoningLearner` with this behaviour."""
+    learner = type(
+        "Poisoning",
+        (PoisoningLearner,),
+        {"behaviour": behaviour, "strength": strength, "from_round": from_round},
+    )
+
+    class PoisoningDaemon(NodeDaemon):
+        learner_class = learner
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.learner is not None:
+                self.learner = self.learner_class(self, load_plan(self.config.learn_plan))
+
+    return PoisoningDaemon
+
+
 ATTACKS: dict[str, type[NodeDaemon]] = {
     "foreign-artifact": ForeignArtifactDaemon,
     "claims-uptime": ClaimsUptimeDaemon,
 }
 
+#: a behaviour's strength when none is given (``scale``: model replacement among 10)
+DEFAULT_STRENGTH = {"scale": 10.0}
+
+
+def daemon_class(attack: str) -> type[NodeDaemon]:
+    """``ATTACK[:STRENGTH][@ROUND]`` -> the daemon class (``ValueError`` if unknown)."""
+    head, _, first = attack.partition("@")
+    name, _, strength = head.partition(":")
+    if name in ATTACKS and not strength and not first:
+        return ATTACKS[name]
+    if name in POISONING:
+        try:
+            value = float(strength) if strength else DEFAULT_STRENGTH.get(name, 1.0)
+            from_round = int(first) if first else 1
+        except ValueError:
+            value, from_round = -1.0, 0
+        if np.isfinite(value) and value >= 0 and from_round >= 1:
+            return poisoning_daemon(name, value, from_round)
+    raise ValueError(f"unknown attack {attack!r}; one of {[*ATTACKS, *POISONING]}")
+
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ATTACKS:
-        sys.stderr.write(f"usage: attacker {{{','.join(ATTACKS)}}} node run [flags]\n")
-        raise SystemExit(2)
+    try:
+        cls = daemon_class(argv[0] if argv else "")
+    except ValueError as exc:
+        sys.stderr.write(f"usage: attacker ATTACK[:STRENGTH] node run [flags]: {exc}\n")
+        raise SystemExit(2) from exc
     from p2phier.cli import node as node_cli
     from p2phier.cli.main import app
 
-    node_cli.DAEMON_CLASS = ATTACKS[argv[0]]
+    node_cli.DAEMON_CLASS = cls
     sys.stderr.write(f"attacker: {argv[0]}\n")
     app(argv[1:], prog_name="p2phier")
 

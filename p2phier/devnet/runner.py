@@ -173,8 +173,16 @@ class Devnet:
         home = self.p.homes[node.name]
         return NodeProc(
             node.name, home, node.layer.label, node.domain, bootstrap, env=self.env,
-            config=home / "node.toml",
+            config=home / "node.toml", attack=self._attack(node.name),
         )  # fmt: skip
+
+    def _attack(self, name: str) -> str | None:
+        """The scenario's attacker behaviour for node ``name`` as the attacker module takes
+        it (``sign-flip:STRENGTH@FROM_ROUND``), or None for an honest node."""
+        for a in self.s.attackers:
+            if a.node == name:
+                return f"{a.behaviour.replace('_', '-')}:{a.strength:g}@{a.from_round}"
+        return None
 
     def _record(self) -> None:
         nodes = {

@@ -6,9 +6,9 @@ topology (nodes with their layer, domain path and optional explicit parent),
 the model tier of each node, each node's private data shard, the arrival
 schedule of new local data per round, the number of rounds, the aggregation
 rule, the timing-rule thresholds, faults at given rounds, the training budget,
-and an ``attackers`` table that is parsed and validated but **not yet acted
-on** (a later issue adds attacks).  ``devnet/README.md`` documents the format
-key by key.
+and ``attackers``: training nodes that run as attackers
+(:mod:`p2phier.devnet.attacker`).  ``devnet/README.md`` documents the format key
+by key.
 
 Every scenario file is hostile input: its size is capped before it is read,
 unknown keys are refused (a typo must not silently become a default), and
@@ -60,6 +60,7 @@ AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_sco
 CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
 ARRIVAL_ORDERS = ("shuffled", "by_label")
 FAULT_ACTIONS = ("kill", "freeze", "restart")
+#: node behaviours an ``[[attackers]]`` entry may give (p2phier/devnet/attacker.py)
 ATTACK_BEHAVIOURS = ("sign_flip", "scale", "noise", "label_flip", "stale", "free_ride")
 TRAINING_LAYERS = (Layer.SUBDOMAIN, Layer.DEVICE)  # they run local learning cycles
 
@@ -162,7 +163,7 @@ class FaultSpec:
 
 @dataclass(frozen=True)
 class AttackerSpec:
-    """Reserved: parsed and validated, not yet acted on by the devnet."""
+    """A node of the scenario that runs as an attacker (p2phier/devnet/attacker.py)."""
 
     node: str
     behaviour: str
@@ -227,7 +228,18 @@ class Scenario:
                     f"faults[{i}].round: {fault.round} is past the last round ({rounds}); "
                     "ask for more rounds or use a scenario without that fault"
                 )
+        for i, a in enumerate(self.attackers):
+            if a.from_round > rounds:
+                raise ScenarioError(
+                    f"attackers[{i}].from_round: {a.from_round} is past the last round "
+                    f"({rounds}); ask for more rounds"
+                )
         return replace(self, rounds=rounds)
+
+    def without_attackers(self) -> Scenario:
+        """The same network with every node honest (``devnet up --no-attackers``): the clean
+        run an attack run is compared with."""
+        return replace(self, attackers=())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (layers as labels); what ``report.json`` embeds."""
@@ -692,7 +704,29 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
     )
     _check_topology(scenario, paths)
     _check_faults(scenario, paths)
+    _check_attackers(scenario)
     return scenario
+
+
+def _check_attackers(scenario: Scenario) -> None:
+    """An attacker poisons what it sends its parent: it must be a training node, named once,
+    and attack within the run."""
+    trains = {n.name: n.trains for n in scenario.nodes}
+    seen: set[str] = set()
+    for i, a in enumerate(scenario.attackers):
+        if a.node in seen:
+            raise ScenarioError(f"attackers[{i}].node: {a.node!r} is already an attacker")
+        seen.add(a.node)
+        if not trains[a.node]:
+            raise ScenarioError(
+                f"attackers[{i}].node: {a.node!r} does not train (a leaf or a sub-domain or "
+                "device node does): it has no update to poison"
+            )
+        if a.from_round > scenario.rounds:
+            raise ScenarioError(
+                f"attackers[{i}].from_round: {a.from_round} is past the last round "
+                f"({scenario.rounds})"
+            )
 
 
 def load_scenario(path: Path) -> Scenario:

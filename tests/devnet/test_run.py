@@ -137,6 +137,36 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"] == []
 
 
+@pytest.mark.xdist_group("devnet-attack")
+def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: Path) -> None:
+    """A real attacker node (model replacement: its update times 10) among 5 honest leaves:
+    the parent's screen leaves its updates out from the first round, trust isolates it, the
+    honest children's updates are all aggregated, and no honest node is isolated."""
+    run_dir = tmp_path / "attack"
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-attack.toml"), "--dir",
+                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
+    attacker = peers["mixed"]
+    honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
+    en = _learner(run_dir, "en")
+    first = en["rounds"]["1"]
+    assert attacker in first["children_updates"]  # it did send an update...
+    assert first["excluded_updates"][attacker].startswith("screen: outsized"), first
+    assert set(first["excluded_updates"]) == {attacker}  # ...and only it was left out
+    assert first["n_updates"] == 5 and first["decision"] == "published", first
+    for r in ("2", "3"):
+        rec = en["rounds"][r]
+        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
+        assert aggregated == honest, rec  # never the attacker's, always every honest one
+    # Trust isolated the attacker at the parent, and nobody isolated anyone else.
+    run = json.loads((run_dir / "run.json").read_text())
+    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
+    assert last["en"]["isolated"] == 1, last["en"]
+    assert all(n["isolated"] == 0 for name, n in last.items() if name != "en"), last
+    assert _no_node_left(run_dir) == []
+
+
 @pytest.mark.xdist_group("devnet-fault")
 def test_a_killed_subdomain_node_restarts_and_catches_up(tmp_path: Path) -> None:
     run_dir = tmp_path / "fault"

@@ -270,6 +270,21 @@ BAD: list[tuple[str, str, str]] = [
         SMALL + '[[attackers]]\nnode = "news"\nbehaviour = "nice"\n',
         "attackers[0].behaviour: 'nice' is not one of",
     ),
+    (
+        "attacker that does not train",
+        SMALL + '[[attackers]]\nnode = "en"\nbehaviour = "scale"\n',
+        "attackers[0].node: 'en' does not train",
+    ),
+    (
+        "attacker named twice",
+        SMALL + '[[attackers]]\nnode = "news"\nbehaviour = "scale"\n' * 2,
+        "attackers[1].node: 'news' is already an attacker",
+    ),
+    (
+        "attack after the run",
+        SMALL + '[[attackers]]\nnode = "news"\nbehaviour = "noise"\nfrom_round = 3\n',
+        "attackers[0].from_round: 3 is past the last round (2)",
+    ),
     ("newer format", "format = 2\n" + SMALL, "format: scenario format 2 is not known"),
 ]
 
