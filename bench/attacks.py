@@ -54,15 +54,32 @@ clean rounds per seed.  Goals: <= 2 pts at 30 % for sign-flip, scaling, label-fl
 IPM; <= 5 pts for ALIE at 20 %; backdoor success < 10 %; every attacker isolated within
 3 rounds; zero false isolations.  Plain FedAvg's figures are printed beside them for
 contrast (information: they show what the defence is for).
+
+``--devnet`` adds the real-process run: ``devnet/scenarios/attack.toml`` (MiniLM, one
+language node with 10 leaves, 3 of them attackers: sign-flip, model replacement x10,
+label-flip) through ``p2phier devnet up`` as a user runs it, and the same scenario with
+``--no-attackers``.  Its figures: ``acc_loss_pts`` (the parent's accuracy on its
+children's pooled held-out data, clean run minus attack run, last round),
+``rounds_to_isolate`` (per attacker, the round in which the parent isolated it, from the
+nodes' logs), ``false_isolations`` (honest peers isolated by anyone, both runs).  It takes
+two devnet runs (about 10-20 minutes each on 2 cores).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
+import re
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -123,8 +140,6 @@ def embeddings() -> dict[str, np.ndarray]:
 
 
 def _embed(texts: list[str]) -> np.ndarray:
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
@@ -328,8 +343,71 @@ def _norm(u: dict[str, np.ndarray]) -> float:
 # --- the benchmark ------------------------------------------------------------
 
 
+def devnet_figures(keep: Path | None) -> dict[str, Any]:
+    """Run attack.toml with and without its attackers as real node processes."""
+    scenario = ROOT / "devnet" / "scenarios" / "attack.toml"
+    base = keep or Path(tempfile.mkdtemp(prefix="p2phier-attacks-"))
+    runs: dict[str, Path] = {}
+    for tag, extra in (("attack", []), ("clean", ["--no-attackers"])):
+        runs[tag] = base / tag
+        log(f"devnet run '{tag}' in {runs[tag]} (real node processes)")
+        began = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "p2phier", "devnet", "up", "--scenario", str(scenario),
+             "--dir", str(runs[tag]), "--no-live", "--no-baselines", "--json", *extra],
+            capture_output=True, text=True, check=False, cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"devnet run {tag} failed:\n{done.stderr[-3000:]}")
+        log(f"  {time.perf_counter() - began:.0f} s")
+
+    def state(run: Path) -> dict[str, Any]:
+        return dict(json.loads((run / "devnet.json").read_text()))
+
+    def accuracy(run: Path) -> float:
+        record = json.loads((run / "run.json").read_text())
+        last = {n["node"]: n for n in record["rounds"][-1]["nodes"]}
+        return float(last["en"]["accuracy_children"])
+
+    attackers = {"leaf7": "sign_flip", "leaf8": "scale", "leaf9": "label_flip"}
+    line = re.compile(r"^(\S+ \S+),\d+ WARNING p2phier\.node\.guard: isolating (\S+) until")
+    out: dict[str, Any] = {"false_isolations": 0, "rounds_to_isolate": {}}
+    for tag, run in runs.items():
+        nodes = state(run)["nodes"]
+        names = {n["peer_id"]: name for name, n in nodes.items()}
+        en_home = Path(nodes["en"]["home"])
+        rounds = json.loads((en_home / "learn" / "state.json").read_text())["rounds"]
+        starts = sorted((int(r), rec["started_ms"] / 1000.0) for r, rec in rounds.items())
+        for name, info in nodes.items():
+            for text in Path(info["log"]).read_text(errors="replace").splitlines():
+                m = line.match(text)
+                if not m:
+                    continue
+                victim = names.get(m.group(2), m.group(2))
+                if victim not in attackers or tag == "clean":
+                    out["false_isolations"] += 1
+                    continue
+                if name != "en":
+                    continue
+                at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+                r = max((r for r, t in starts if t <= at), default=0)
+                prev = out["rounds_to_isolate"].get(victim)
+                out["rounds_to_isolate"][victim] = r if prev is None else min(prev, r)
+    for victim in attackers:
+        out["rounds_to_isolate"].setdefault(victim, None)
+    out["acc_attack"] = round(accuracy(runs["attack"]), 4)
+    out["acc_clean"] = round(accuracy(runs["clean"]), 4)
+    out["acc_loss_pts"] = round(100 * (out["acc_clean"] - out["acc_attack"]), 2)
+    out["attackers"] = attackers
+    return out
+
+
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--devnet", action="store_true", help="also run attack.toml (real nodes)")
+    p.add_argument("--keep", type=Path, default=None, help="devnet runs go here (kept)")
+    args = p.parse_args()
     seeds = (0,) if args.quick else (0, 1, 2)
     rounds = 10 if args.quick else ROUNDS
     clean_rounds = 30 if args.quick else CLEAN_ROUNDS
@@ -378,6 +456,28 @@ def main() -> None:
         rows,
     )  # fmt: skip
     checks = goals(figures, false_isolations)
+    real = devnet_figures(args.keep) if args.devnet else None
+    if real is not None:
+        print_table(
+            "Real processes: devnet/scenarios/attack.toml (parent en, 10 leaves, 3 attackers)",
+            ["figure", "measured"],
+            [
+                ["acc_loss_pts (clean - attack, en on its children's data)",
+                 f"{real['acc_loss_pts']} ({real['acc_clean']} vs {real['acc_attack']})"],
+                *[[f"rounds_to_isolate {n} ({b})", real["rounds_to_isolate"][n]]
+                  for n, b in real["attackers"].items()],
+                ["false_isolations (both runs)", real["false_isolations"]],
+            ],
+        )  # fmt: skip
+        slow = [n for n, r in real["rounds_to_isolate"].items() if r is None or r > GOAL_ROUNDS]
+        checks += [
+            ("devnet: acc loss <= 2 pts", str(real["acc_loss_pts"]),
+             real["acc_loss_pts"] <= GOAL_ACC_30),
+            (f"devnet: every attacker isolated within {GOAL_ROUNDS} rounds",
+             "all" if not slow else "not: " + ", ".join(slow), not slow),
+            ("devnet: zero false isolations", str(real["false_isolations"]),
+             real["false_isolations"] == 0),
+        ]  # fmt: skip
     print_table("Goals", ["goal", "measured", ""], [[g, m, verdict(ok)] for g, m, ok in checks])
     clean_acc = float(np.mean([clean[(s, True)].accuracy for s in seeds]))
     fedavg_clean = float(np.mean([clean[(s, False)].accuracy for s in seeds]))
@@ -395,6 +495,7 @@ def main() -> None:
             "clean_rounds": clean_rounds,
             "rounds": rounds,
             "seeds": list(seeds),
+            "devnet": real,
             "goals_met": all(ok for _, _, ok in checks),
             "seconds": round(time.perf_counter() - began, 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -312,11 +312,13 @@ class Devnet:
         return waiting
 
     def settled(self, st: Mapping[str, dict[str, Any] | None], round_: int) -> list[str]:
-        """Why round ``round_`` is not over yet (empty: it is)."""
+        """Why round ``round_`` is not over yet (empty: it is).  Attackers are not waited
+        for: once isolated, one has no parent whose version it could be on."""
         waiting = []
+        attackers = {a.node for a in self.s.attackers}
         for node in self.s.nodes:
             s = st.get(node.name)
-            if s is None:
+            if s is None or node.name in attackers:
                 continue
             learn = s.get("learn") or {}
             if learn.get("round", 0) < round_:
