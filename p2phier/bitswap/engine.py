@@ -37,6 +37,10 @@ Behaviour (the rules, in one place):
   the ones the next poll will read, so the caller can read them ahead.  The
   operator's ``upload_rate`` (bytes/s, token bucket) bounds all block traffic;
   presences are small and are not charged to it.
+* Peers the caller ranks last (:attr:`Engine.serve_last`: the node's guard names
+  the peers it distrusts) are served only while no other peer has anything left
+  to send: strict priority, so a peer the network distrusts gets what honest
+  peers leave of the upload, not a share of it.
 * Every block is re-hashed against its CID before it is served
   (``verify_before_serving``); a corrupt local block is reported
   (:class:`LocalBlockCorrupt`) and treated as absent.
@@ -44,6 +48,7 @@ Behaviour (the rules, in one place):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
@@ -282,6 +287,8 @@ class Engine:
         self._seq = itertools.count()
         self._upload: TokenBucket | None = None
         self.set_upload_rate(self.config.upload_rate, self.config.upload_burst, now)
+        #: peers served only when no other has anything to send (None: nobody)
+        self.serve_last: Callable[[str], bool] | None = None
 
     # --- operator controls -------------------------------------------------------------
     def set_upload_rate(self, rate: float | None, burst: int | None, now: float) -> None:
@@ -452,25 +459,52 @@ class Engine:
 
     def poll(self, now: float, *, room: RoomFn | None = None) -> list[EngineAction]:
         """Build the messages that can be sent now: one per peer per turn, round robin,
-        and (with ``room``) no more per peer than it has room for."""
+        and (with ``room``) no more per peer than it has room for; peers ranked last
+        only once no other peer has anything left."""
         actions: list[EngineAction] = []
         left: dict[str, int] = {}
+        last = self.serve_last
+        if last is None:
+            self._turn_pass(now, room, left, actions, lambda _: True)
+            return actions
+        self._turn_pass(now, room, left, actions, lambda p: not last(p))
+        if not any(self._peers[p].tasks for p in self._turns if p in self._peers and not last(p)):
+            self._turn_pass(now, room, left, actions, last)
+        return actions
+
+    def _turn_pass(
+        self,
+        now: float,
+        room: RoomFn | None,
+        left: dict[str, int],
+        actions: list[EngineAction],
+        eligible: Callable[[str], bool],
+    ) -> None:
+        """Round robin over the eligible peers with tasks until none can make progress."""
+        turns = [p for p in self._turns if eligible(p)]
+        queue = deque(turns)
         rounds_without_progress = 0
-        while self._turns and rounds_without_progress < len(self._turns):
-            peer = self._turns.popleft()
+        while queue and rounds_without_progress < len(queue):
+            peer = queue.popleft()
             st = self._peers.get(peer)
             if st is None or not st.tasks:
+                self._retire(peer)
                 continue
             if room is not None:
                 if peer not in left:
                     left[peer] = room(peer)
                 if left[peer] <= 0:
+                    self._turns.remove(peer)
                     self._turns.append(peer)
+                    queue.append(peer)
                     rounds_without_progress += 1
                     continue
             msg = self._build(peer, st, now, actions)
+            # the peer's place in the serving order moves to the back, as its turn is used
+            self._turns.remove(peer)
             if st.tasks:
                 self._turns.append(peer)
+                queue.append(peer)
             if msg is None:
                 rounds_without_progress += 1
                 continue
@@ -478,7 +512,11 @@ class Engine:
             if room is not None:
                 left[peer] -= 1
             actions.append(SendMessage(peer, msg))
-        return actions
+
+    def _retire(self, peer: str) -> None:
+        """Drop ``peer`` from the serving order (it has nothing to send)."""
+        with contextlib.suppress(ValueError):
+            self._turns.remove(peer)
 
     def upcoming(self, room: RoomFn) -> list[CID]:
         """The blocks the next polls with ``room`` will read, most urgent first (each

@@ -229,6 +229,7 @@ class NodeDaemon:
                 self._gossip = gossip
                 self.dht = dht
                 self.bitswap = bitswap
+                bitswap.engine.serve_last = self.guard.served_last
                 if cfg.upload_rate_limit:
                     bitswap.set_upload_rate(float(cfg.upload_rate_limit))
                 timeout = cfg.stream_timeout_s

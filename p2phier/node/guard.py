@@ -424,6 +424,11 @@ class Guard:
     def is_isolated(self, peer: str) -> bool:
         return self.trust.is_isolated(peer, self.clock())
 
+    def served_last(self, peer: str) -> bool:
+        """Whether Bitswap serves ``peer`` only what other peers leave of the upload: it
+        is isolated (its connection is being closed) or the network distrusts it."""
+        return self.is_isolated(peer) or self.standing(peer) is Standing.DISTRUSTED
+
     # --- enforcement -----------------------------------------------------------------------
     def enforce(self, actions: list[TrustAction]) -> None:
         """Carry out trust's decisions (see the module docstring)."""

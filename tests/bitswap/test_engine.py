@@ -441,3 +441,25 @@ def test_a_read_ahead_source_remembers_sizes_until_a_read_fails() -> None:
     e.receive_message("C", want(WantEntry(HELD, 1, False, HAVE, True)), 0.3)
     assert presences(e.poll(0.3)) == [(HELD, PresenceType.DONT_HAVE)]
     assert src.size_calls == 2
+
+
+def test_peers_ranked_last_get_only_what_the_others_leave() -> None:
+    a_blocks, d_blocks = blocks(6, 1000, "a"), blocks(6, 1000, "d")
+    cfg = EngineConfig(upload_rate=2000.0, upload_burst=2000, turn_bytes=1000)
+    e = Engine(DictSource({**a_blocks, **d_blocks}), cfg)
+    e.serve_last = lambda peer: peer == "D"  # e.g. a peer the network distrusts
+    # D asks first: it still waits until A has nothing left
+    e.receive_message("D", want(*(WantEntry(c) for c in d_blocks)), 0.0)
+    e.receive_message("A", want(*(WantEntry(c) for c in a_blocks)), 0.0)
+    order: list[str] = []
+    now = 0.0
+    while now <= 8.0:
+        order += [a.peer for a in e.poll(now) if isinstance(a, SendMessage) and a.message.blocks]
+        now += 0.25
+    assert order.count("A") == 6 and order.count("D") == 6
+    assert order[:6] == ["A"] * 6  # every block of A's before any of D's
+    # and when nobody else wants anything, D is served at once
+    e2 = Engine(DictSource(d_blocks), cfg)
+    e2.serve_last = lambda peer: True
+    e2.receive_message("D", want(*(WantEntry(c) for c in d_blocks)), 0.0)
+    assert len(served(e2.poll(0.0), "D")) == 2  # the burst

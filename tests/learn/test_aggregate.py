@@ -340,3 +340,18 @@ def test_screen_round_refuses_invalid_updates_before_judging() -> None:
     bad = ChildUpdate("nan", {"m.lora_delta": np.full((6, 8), np.nan, np.float32)}, 1.0)
     with pytest.raises(AggregationError, match="NaN"):
         screen_round([*_round_updates(), bad], None)
+
+
+def test_plain_fedavg_is_captured_by_one_scaled_update_and_the_screen_is_not() -> None:
+    """Why the screen matters: one child boosting its update 10x (model replacement) owns a
+    plain FedAvg aggregate; after screen_round it has no say at all."""
+    updates = _round_updates(2)
+    honest_mean = {k: np.mean([u.delta[k] for u in updates[:-1]], axis=0) for k in updates[0].delta}
+    evil = {k: -10.0 * v for k, v in honest_mean.items()}
+    attacked = [*updates, ChildUpdate("evil", evil, 1.0)]
+    plain = aggregate(attacked, AggregationConfig(Rule.FEDAVG), partial=True).delta
+    assert cosine(plain, honest_mean) < -0.5  # the attacker's direction won
+    kept, verdicts = screen_round(attacked, updates[-1].delta, trusted=(OWN_UPDATE,))
+    assert "evil" not in [u.child for u in kept] and not verdicts["evil"].ok
+    screened = aggregate(kept, AggregationConfig(Rule.FEDAVG), partial=True).delta
+    assert cosine(screened, honest_mean) > 0.9

@@ -90,6 +90,7 @@ def test_a_trusted_peers_report_makes_a_peer_distrusted_but_isolated_only_with_e
     (no,) = g.hierarchy.child_registered(record(7, Layer.DOMAIN, "en/x", issued=T0), T0)
     assert isinstance(no, RejectChild) and no.reason.startswith("distrusted: peers this node")
     assert g.rank_providers([bad, vouched, str(peer(5))]) == [vouched, str(peer(5)), bad]
+    assert g.served_last(bad) and not g.served_last(vouched)  # Bitswap serves it last
     entry = g.standing_view([])[bad]
     assert entry["standing"] == "distrusted" and entry["against"] == 1
     assert entry["distrust"] > entry["trust"] == 0.0
