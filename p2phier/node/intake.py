@@ -163,7 +163,13 @@ class UpdateIntake:
         if not result.accepted:
             reason = result.reason.value if result.reason else "?"
             self._count_drop(sender, reason)
-            if result.reason in (Reject.BAD_SIGNATURE, Reject.REPLAY):
+            # A replay is not evidence against anyone: the bytes are the author's own
+            # signed (older) announcement, which any relay may hand on late (gossip
+            # re-delivers, siblings answer pulls with what they hold: seen in a 12-node
+            # devnet, 35 copies of a parent's older announcement in one run, which
+            # counted against the parent made two honest children isolate it).  It is
+            # dropped and counted, nothing more.
+            if result.reason is Reject.BAD_SIGNATURE:
                 self.on_evidence(Evidence(sender, reason, result.detail, now_ms(now)))
             # Duplicates are every child's periodic re-announcement: not worth a line each.
             level = logging.DEBUG if result.reason is Reject.DUPLICATE else logging.INFO

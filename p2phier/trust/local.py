@@ -48,7 +48,9 @@ class Kind(enum.StrEnum):
     BAD_SIGNATURE = "bad-signature"
     WRONG_BLOCK = "wrong-block"  # bytes that do not hash to the CID asked for, or unasked
     STALL = "stall"  # a fetch from it timed out
-    REPLAY = "replay"  # an old announcement again, not the one last accepted
+    #: an author's old announcement again: not fed by the node (any relay may hand one on
+    #: late; the bytes are the author's honest signature), kept for other callers
+    REPLAY = "replay"
     RATE = "rate"  # over one of its budgets
     BAD_UPDATE = "bad-update"  # an update the parent's screen left out (trust/quality.py)
     # positive

@@ -306,3 +306,20 @@ async def test_an_author_that_does_not_serve_its_update_is_reported_as_stalling(
         nursery.cancel_scope.cancel()
     (ev,) = world.evidence
     assert ev.kind == "stall" and ev.peer == str(ident(1).peer_id)
+
+
+async def test_an_older_announcement_handed_on_late_is_dropped_and_counts_against_nobody(
+    world: World,
+) -> None:
+    """Relays re-deliver an author's older announcement (gossip late, siblings' pulls):
+    dropped as a replay and counted, but not evidence against the author, who signed it
+    honestly (35 such copies once made two honest children isolate their parent)."""
+    world.child(1)
+    old = world.announce(1, world.pack(1, 1), 10)
+    new = world.announce(1, world.pack(1, 2, round=2), 20, round_=2)
+    assert world.intake.offer(TOPIC, new, str(ident(1).peer_id))
+    for _ in range(15):  # (within its announcement budget: 20 at once)
+        assert not world.intake.offer(TOPIC, old, str(ident(1).peer_id))
+    dropped = world.intake.status()["announcements_dropped_by_peer"][str(ident(1).peer_id)]
+    assert dropped == {"replay": 15}
+    assert world.evidence == []
