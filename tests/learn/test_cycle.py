@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from p2phier.learn.cycle import MIN_HELD_EXAMPLES, held_domains
 from p2phier.learn.data import Example
 
@@ -20,3 +22,28 @@ def test_held_domains_judge_only_groups_big_enough_to_measure() -> None:
     assert held_domains(_ex(4, "a")) == {"other": _ex(4, "a")}  # nothing bigger: all together
     both = held_domains(_ex(12, "a") + _ex(11, "b"))
     assert {k: len(v) for k, v in both.items()} == {"a": 12, "b": 11}
+
+
+def test_siblings_start_their_lora_from_one_seed_drawn_from_their_version(tmp_path: Path) -> None:
+    """Every child of a parent derives its fresh LoRA's seed from the version it trains on
+    (the same bytes at every child), so its ``A`` matrices, and so its update's row space,
+    are its siblings'; another version gives another seed; no version, the node's own."""
+    import numpy as np
+
+    from p2phier.learn.cycle import shared_init_seed
+    from p2phier.learn.train import write_adapter
+
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["query"]}
+    state = {
+        "base_model.model.q.lora_A.weight": np.ones((2, 3), np.float32),
+        "base_model.model.q.lora_B.weight": np.zeros((3, 2), np.float32),
+    }
+    at_a = write_adapter(tmp_path / "child-a" / "v1", state, config)
+    at_b = write_adapter(tmp_path / "child-b" / "v1", state, config)  # the same version
+    state["base_model.model.q.lora_B.weight"] += 1.0
+    other = write_adapter(tmp_path / "child-a" / "v2", state, config)
+    seed = shared_init_seed([at_a], fallback=7)
+    assert seed == shared_init_seed([at_b], fallback=8) != 7
+    assert shared_init_seed([other], fallback=7) != seed
+    assert shared_init_seed([], fallback=7) == 7
+    assert 0 <= seed < 2**31
