@@ -9,7 +9,6 @@ JSON line, and stops when stdin closes.  Every wait has a deadline.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -21,7 +20,7 @@ from p2phier.identity import Identity
 from p2phier.net.host import PeerAddr, open_host
 from p2phier.net.pubsub import GossipConfig, open_gossip
 from p2phier.records import Layer
-from tests.node.peer_kit import signed_record
+from tests.node.peer_kit import run_until_eof, signed_record
 
 SETUP_TIMEOUT_S = 60.0
 MAX_LIFETIME_S = 300.0
@@ -53,13 +52,7 @@ async def main(node_addr: str) -> None:
                     await gossip.publish(RECORDS_TOPIC, data)
                     await trio.sleep(0.3)
 
-        with trio.move_on_after(MAX_LIFETIME_S):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(publish_forever)
-                async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
-                    while await stdin.receive_some(4096):  # until EOF
-                        pass
-                nursery.cancel_scope.cancel()
+        await run_until_eof(publish_forever, MAX_LIFETIME_S)
 
 
 if __name__ == "__main__":

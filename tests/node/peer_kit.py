@@ -1,8 +1,14 @@
-"""Pieces the hostile helper processes share: a signed node record of their own."""
+"""Pieces the hostile helper processes share: a signed node record of their own, and
+running an attack until the test closes their stdin (or their lifetime ends)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections.abc import Awaitable, Callable
+
+import trio
 
 from p2phier.cid import CID
 from p2phier.config import DEFAULT_BASE_MODEL
@@ -40,3 +46,14 @@ def signed_record(
         ),
         me,
     )
+
+
+async def run_until_eof(attack: Callable[[], Awaitable[None]], max_lifetime_s: float) -> None:
+    """Run ``attack`` until stdin reaches EOF (the test is done) or ``max_lifetime_s``."""
+    with trio.move_on_after(max_lifetime_s):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attack)
+            async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+                while await stdin.receive_some(4096):  # until EOF
+                    pass
+            nursery.cancel_scope.cancel()

@@ -11,7 +11,6 @@ Every wait has a deadline; it never outlives ``MAX_LIFETIME_S``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -21,6 +20,7 @@ from p2phier.identity import Identity, PeerId
 from p2phier.net.host import PeerAddr, open_host
 from p2phier.net.pubsub import GossipConfig, open_gossip
 from p2phier.trust.report import TRUST_TOPIC, TrustReport, sign_report
+from tests.node.peer_kit import run_until_eof
 
 SETUP_TIMEOUT_S = 60.0
 MAX_LIFETIME_S = 300.0
@@ -51,13 +51,7 @@ async def main(node_addr: str, victim: str) -> None:
                 await trio.sleep(EVERY_S)
                 await gossip.publish(TRUST_TOPIC, report())
 
-        with trio.move_on_after(MAX_LIFETIME_S):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(slander_forever)
-                async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
-                    while await stdin.receive_some(4096):  # until EOF
-                        pass
-                nursery.cancel_scope.cancel()
+        await run_until_eof(slander_forever, MAX_LIFETIME_S)
 
 
 if __name__ == "__main__":
