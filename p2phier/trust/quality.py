@@ -25,8 +25,12 @@ Flags, for what the published attacks must do to matter:
 ``opposes``
     the update points against both references.  Graded: the less negative of
     its two cosines, past ``oppose_margin``, over ``oppose_span`` gives a
-    severity in 0..1, and 0.5 flags it.  Sign-flipping, inner-product
-    manipulation, label flipping once it bites.
+    severity in 0..1, and 0.5 flags it.  Where the round agrees only weakly
+    (non-IID children on real LoRA: cosines with the consensus of 0.1-0.2,
+    measured in ``devnet/scenarios/attack.toml``), a negative cosine also counts
+    by how far it lies below the round's own spread (robust z: median and MAD of
+    the round's cosines; from ``oppose_z`` below, over ``oppose_z_span``).
+    Sign-flipping, inner-product manipulation, label flipping once it bites.
 ``outsized``
     its norm is over ``outsized_ratio`` times the round's median: scaling and
     model replacement, which must be large to survive averaging;
@@ -79,6 +83,8 @@ class QualityConfig:
 
     oppose_margin: float = 0.2
     oppose_span: float = 0.15
+    oppose_z: float = 4.0
+    oppose_z_span: float = 2.0
     outsized_ratio: float = 3.0
     clip_ratio: float = 1.5
     idle_ratio: float = 0.05
@@ -158,6 +164,10 @@ def screen(
             cos_c[a] = _cos(updates[a], _median(updates, [b for b in authors if b != a]))
     agreed = [c for c in cos_c.values() if c is not None]
     judge = bool(agreed) and float(np.median(agreed)) >= cfg.consensus_min
+    # how far below the round's own spread an update's cosine lies (robust z: median and
+    # MAD), for rounds whose updates agree only weakly (non-IID children, real LoRA)
+    mid = float(np.median(agreed)) if agreed else 0.0
+    spread = 1.4826 * float(np.median([abs(c - mid) for c in agreed])) if agreed else 0.0
     # the probe counts only while it agrees with the round: an honest parent's own
     # update is noise too once its model has converged on its data
     cos_p: dict[str, float | None] = {}
@@ -178,6 +188,10 @@ def screen(
             # in trust over rounds, while the odd negative cosine of an honest child on
             # non-IID data, or of a converged round, weighs little
             severity = min(1.0, max(0.0, (-max(refs) - cfg.oppose_margin) / cfg.oppose_span))
+        if cc is not None and spread > 0 and max(refs) < 0:
+            # an outlier against the round, even where the round agrees only weakly
+            z = (cc - mid) / spread
+            severity = max(severity, min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span)))
         if severity >= 0.5:
             flags.append("opposes")
         # While the round learns, honest updates have like norms and a large one is a
