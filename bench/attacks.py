@@ -58,11 +58,13 @@ contrast (information: they show what the defence is for).
 ``--devnet`` adds the real-process run: ``devnet/scenarios/attack.toml`` (MiniLM, one
 language node with 10 leaves, 3 of them attackers: sign-flip, model replacement x10,
 label-flip) through ``p2phier devnet up`` as a user runs it, and the same scenario with
-``--no-attackers``.  Its figures: ``acc_loss_pts`` (the parent's accuracy on its
-children's pooled held-out data, clean run minus attack run, last round),
+``--no-attackers``.  Its figures: ``acc_loss_pts`` (the honest leaves' mean accuracy on
+their own held-out data, clean run minus attack run, last round; the parent's accuracy on
+every child's data, the attackers' included, is printed as information),
 ``rounds_to_isolate`` (per attacker, the round in which the parent isolated it, from the
 nodes' logs), ``false_isolations`` (honest peers isolated by anyone, both runs).  It takes
-two devnet runs (about 10-20 minutes each on 2 cores).
+two devnet runs (about 10 minutes each on 2 cores); with ``--keep DIR``, runs finished
+there before are read again instead of run.
 """
 
 from __future__ import annotations
@@ -350,6 +352,9 @@ def devnet_figures(keep: Path | None) -> dict[str, Any]:
     runs: dict[str, Path] = {}
     for tag, extra in (("attack", []), ("clean", ["--no-attackers"])):
         runs[tag] = base / tag
+        if (runs[tag] / "run.json").is_file():
+            log(f"devnet run '{tag}': reading the finished run in {runs[tag]}")
+            continue
         log(f"devnet run '{tag}' in {runs[tag]} (real node processes)")
         began = time.perf_counter()
         done = subprocess.run(
@@ -365,10 +370,15 @@ def devnet_figures(keep: Path | None) -> dict[str, Any]:
     def state(run: Path) -> dict[str, Any]:
         return dict(json.loads((run / "devnet.json").read_text()))
 
-    def accuracy(run: Path) -> float:
+    def last_round(run: Path) -> dict[str, Any]:
         record = json.loads((run / "run.json").read_text())
-        last = {n["node"]: n for n in record["rounds"][-1]["nodes"]}
-        return float(last["en"]["accuracy_children"])
+        return {n["node"]: n for n in record["rounds"][-1]["nodes"]}
+
+    def honest_accuracy(run: Path) -> float:
+        """The honest leaves' mean accuracy on their own held-out data, last round."""
+        last = last_round(run)
+        honest = [f"leaf{i}" for i in range(10) if f"leaf{i}" not in attackers]
+        return sum(float(last[n]["accuracy_own"]) for n in honest) / len(honest)
 
     attackers = {"leaf7": "sign_flip", "leaf8": "scale", "leaf9": "label_flip"}
     line = re.compile(r"^(\S+ \S+),\d+ WARNING p2phier\.node\.guard: isolating (\S+) until")
@@ -396,9 +406,14 @@ def devnet_figures(keep: Path | None) -> dict[str, Any]:
                 out["rounds_to_isolate"][victim] = r if prev is None else min(prev, r)
     for victim in attackers:
         out["rounds_to_isolate"].setdefault(victim, None)
-    out["acc_attack"] = round(accuracy(runs["attack"]), 4)
-    out["acc_clean"] = round(accuracy(runs["clean"]), 4)
+    out["acc_attack"] = round(honest_accuracy(runs["attack"]), 4)
+    out["acc_clean"] = round(honest_accuracy(runs["clean"]), 4)
     out["acc_loss_pts"] = round(100 * (out["acc_clean"] - out["acc_attack"]), 2)
+    # information: the parent on every child's held-out data, the attackers' included
+    # (their data is left out of the attack run's aggregate with their updates)
+    out["parent_on_all_children"] = {
+        tag: last_round(run)["en"]["accuracy_children"] for tag, run in runs.items()
+    }
     out["attackers"] = attackers
     return out
 
@@ -462,8 +477,11 @@ def main() -> None:
             "Real processes: devnet/scenarios/attack.toml (parent en, 10 leaves, 3 attackers)",
             ["figure", "measured"],
             [
-                ["acc_loss_pts (clean - attack, en on its children's data)",
+                ["acc_loss_pts (clean - attack: honest leaves, own held-out data)",
                  f"{real['acc_loss_pts']} ({real['acc_clean']} vs {real['acc_attack']})"],
+                ["en on all children's data, attackers' included (info)",
+                 f"{real['parent_on_all_children']['clean']} clean, "
+                 f"{real['parent_on_all_children']['attack']} attack"],
                 *[[f"rounds_to_isolate {n} ({b})", real["rounds_to_isolate"][n]]
                   for n, b in real["attackers"].items()],
                 ["false_isolations (both runs)", real["false_isolations"]],
