@@ -51,7 +51,7 @@ import numpy as np
 
 from p2phier.artifact import Artifact
 from p2phier.cid import CID
-from p2phier.learnplan import NodeData, load_plan
+from p2phier.learnplan import NodeData
 from p2phier.node.daemon import NodeDaemon
 from p2phier.node.learner import Learner
 
@@ -167,11 +167,6 @@ def poisoning_daemon(behaviour: str, strength: float, from_round: int = 1) -> ty
 
     class PoisoningDaemon(NodeDaemon):
         learner_class = learner
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if self.learner is not None:
-                self.learner = self.learner_class(self, load_plan(self.config.learn_plan))
 
     return PoisoningDaemon
 

@@ -114,6 +114,9 @@ TICK_S = 0.5
 class NodeDaemon:
     """One p2phier peer.  ``await run()`` until SIGTERM/SIGINT or :meth:`stop`."""
 
+    #: the learning worker's class (the devnet's poisoning attackers substitute theirs)
+    learner_class: type[Learner] = Learner
+
     def __init__(
         self,
         config: NodeConfig,
@@ -181,7 +184,7 @@ class NodeDaemon:
         self.base_model_id = config.base_model_id
         self.learner: Learner | None = None
         if config.learn_enabled:
-            self.learner = Learner(self, load_plan(config.learn_plan))
+            self.learner = self.learner_class(self, load_plan(config.learn_plan))
         #: what each peer may make this node check per second, before any signature check
         self.record_budget = RateBudget(RECORDS)
         self.registration_budget = RateBudget(REGISTRATIONS)

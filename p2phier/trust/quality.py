@@ -158,10 +158,11 @@ def screen(
     # (whose update may well oppose the parent's own) from an attacker.
     enough = len(authors) >= cfg.min_updates
     cos_c: dict[str, float | None] = {}
+    stacks = _stacks(updates, authors) if enough else {}
     if enough:
         for a in authors:
             # leave-one-out: an update must not pull its own reference its way
-            cos_c[a] = _cos(updates[a], _median(updates, [b for b in authors if b != a]))
+            cos_c[a] = _cos(updates[a], _median(stacks, without=a))
     agreed = [c for c in cos_c.values() if c is not None]
     judge = bool(agreed) and float(np.median(agreed)) >= cfg.consensus_min
     # how far below the round's own spread an update's cosine lies (robust z: median and
@@ -172,7 +173,7 @@ def screen(
     # update is noise too once its model has converged on its data
     cos_p: dict[str, float | None] = {}
     if probe is not None and enough:
-        c = _cos(probe, _median(updates, authors))
+        c = _cos(probe, _median(stacks))
         if c is not None and c >= cfg.consensus_min:
             cos_p = {a: _cos(updates[a], probe) for a in authors}
     twins = _twins(updates, authors, norms, cfg.twin_above)
@@ -222,12 +223,6 @@ def screen(
     return out
 
 
-def _vector(update: Tensors, keys: list[str]) -> NDArray[np.float64]:
-    if not keys:
-        return np.zeros(0)
-    return np.concatenate([np.asarray(update[k], np.float64).ravel() for k in keys])
-
-
 def _size(update: Tensors) -> int:
     return sum(int(np.asarray(v).size) for v in update.values())
 
@@ -238,29 +233,47 @@ def _norm(update: Tensors) -> float:
 
 
 def _cos(update: Tensors, ref: Tensors | None) -> float | None:
-    """Cosine over the tensors both have (None: none in common, or a zero reference)."""
+    """Cosine over the tensors both have (None: none in common, or a zero reference);
+    summed tensor by tensor, so nothing is copied into one long vector."""
     if ref is None:
         return None
-    keys = sorted(set(update) & set(ref))
-    u, r = _vector(update, keys), _vector(ref, keys)
-    nu, nr = float(np.linalg.norm(u)), float(np.linalg.norm(r))
+    keys = set(update) & set(ref)
+    dot = nu = nr = 0.0
+    for k in keys:
+        u, r = np.asarray(update[k], np.float64).ravel(), np.asarray(ref[k], np.float64).ravel()
+        dot += float(u @ r)
+        nu += float(u @ u)
+        nr += float(r @ r)
     if not keys or nr == 0.0:
         return None
     if nu == 0.0:
         return 0.0
-    return float(np.dot(u, r) / (nu * nr))
+    return dot / math.sqrt(nu * nr)
 
 
-def _median(updates: Mapping[str, Tensors], authors: list[str]) -> dict[str, NDArray[np.float64]]:
-    """Coordinate-wise median per tensor over the updates that have it."""
+Stacks = dict[str, tuple[tuple[str, ...], NDArray[np.float64]]]
+
+
+def _stacks(updates: Mapping[str, Tensors], authors: list[str]) -> Stacks:
+    """Per tensor, its holders and their values stacked (built once per round)."""
     keys = sorted({k for a in authors for k in updates[a]})
-    return {
-        k: np.median(
-            np.stack([np.asarray(updates[a][k], np.float64) for a in authors if k in updates[a]]),
-            axis=0,
-        )
-        for k in keys
-    }
+    out: Stacks = {}
+    for k in keys:
+        holders = tuple(a for a in authors if k in updates[a])
+        out[k] = holders, np.stack([np.asarray(updates[a][k], np.float64) for a in holders])
+    return out
+
+
+def _median(stacks: Stacks, without: str | None = None) -> dict[str, NDArray[np.float64]]:
+    """Coordinate-wise median per tensor over the updates that have it, ``without`` one."""
+    out: dict[str, NDArray[np.float64]] = {}
+    for k, (holders, stack) in stacks.items():
+        if without in holders:
+            if len(holders) == 1:
+                continue
+            stack = np.delete(stack, holders.index(without), axis=0)
+        out[k] = np.median(stack, axis=0)
+    return out
 
 
 def _twins(

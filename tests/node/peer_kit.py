@@ -1,9 +1,11 @@
 """Pieces the hostile helper processes share: a signed node record of their own, and
-running an attack until the test closes their stdin (or their lifetime ends)."""
+running an attack until the test closes their stdin (or their lifetime ends); and, on
+the test's side, stopping such a helper (:func:`stop_helper`)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -57,3 +59,17 @@ async def run_until_eof(attack: Callable[[], Awaitable[None]], max_lifetime_s: f
                 while await stdin.receive_some(4096):  # until EOF
                     pass
             nursery.cancel_scope.cancel()
+
+
+def stop_helper(proc: subprocess.Popen[str]) -> None:
+    """Close a helper's stdin (its signal to stop), wait for it, kill it if it lingers."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -26,6 +26,7 @@ from p2phier.config import DEFAULT_BASE_MODEL
 from p2phier.devnet.procs import FAST_ENV, REPO, NodeProc, open_cluster, wait_for
 from p2phier.identity import Identity
 from p2phier.store import DiskStore
+from tests.node.peer_kit import stop_helper
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -61,14 +62,7 @@ def _attacker(module: str, *args: str) -> Iterator[_Hostile]:
         assert line, f"{module} exited {proc.wait(30)} before it was ready"
         yield _Hostile(proc, dict(json.loads(line)))
     finally:
-        proc.stdin.close()
-        try:
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            proc.stdout.close()
+        stop_helper(proc)
 
 
 def _pack(node: NodeProc, signer: Identity, layer: str, domain: str, seed: int) -> str:

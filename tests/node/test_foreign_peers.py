@@ -17,6 +17,7 @@ from pathlib import Path
 
 from p2phier.devnet.procs import FAST_ENV, REPO, NodeProc, open_cluster, wait_for
 from p2phier.store import DiskStore
+from tests.node.peer_kit import stop_helper
 
 
 def test_a_peer_with_an_rsa_key_is_answered_and_can_bootstrap_a_node(tmp_path: Path) -> None:
@@ -57,16 +58,7 @@ def test_a_peer_with_an_rsa_key_is_answered_and_can_bootstrap_a_node(tmp_path: P
             )
             wait_for("en to find its parent", lambda: en.status()["parent"] == master.peer_id)
         finally:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+            stop_helper(proc)
         # both nodes stop cleanly: no error was left behind to surface at shutdown
         assert en.stop() == 0, en.log_tail()
         assert master.stop() == 0, master.log_tail()
