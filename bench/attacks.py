@@ -10,7 +10,9 @@ What is the product's code and what is simulated:
 * **the product's**: every decision of a parent's round as ``node/learner.py`` and
   ``learn/api.py`` make it: each child's weight from :class:`LocalTrust` (a newcomer
   counts 0.25, an isolated child 0), the update screen
-  (:func:`p2phier.trust.quality.screen`, the parent's own update as the probe), the
+  (:func:`p2phier.trust.quality.screen`, the parent's own update as the probe, and each
+  update's cost, applied alone, to the parent's own data as its trusted set: the
+  cross-entropy the learning code measures with ``api.trusted_loss``), the
   evidence it yields (``Kind.BAD_UPDATE``; ``Kind.USEFUL_UPDATE`` for every update
   accepted, as the daemon's intake gives it), isolation, and the aggregation rule of
   the default plan (:func:`p2phier.learn.aggregate.aggregate`, FedAvg weighted by trust,
@@ -96,6 +98,7 @@ from p2phier.learn.aggregate import (
     screen_round,
 )
 from p2phier.trust.local import Kind, LocalTrust
+from p2phier.trust.quality import TrustedLoss
 
 ATTACKS = ("sign-flip", "scaling", "label-flip", "alie", "ipm", "noise", "free-rider")
 FRACTIONS = (0.1, 0.2, 0.3)
@@ -226,6 +229,18 @@ def train(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, rng: np.ra
             KEYS[1]: (b - model[KEYS[1]]).astype(np.float32)}  # fmt: skip
 
 
+def ce_loss(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of the softmax model on ``x, y``."""
+    logits = x @ model[KEYS[0]].T.astype(np.float64) + model[KEYS[1]]
+    logits -= logits.max(1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def applied(model: dict[str, np.ndarray], update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: model[k] + update[k] for k in KEYS}
+
+
 def accuracy(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     pred = np.argmax(x @ model[KEYS[0]].T + model[KEYS[1]], axis=1)
     return float(np.mean(pred == y))
@@ -275,7 +290,13 @@ def simulate(world: World, attack: str | None, n_bad: int, seed: int, defended: 
                     continue  # an isolated child is no child: its update never arrives
                 live.append(ChildUpdate(child, u, trust.weight(child, now)[0]))
             own_update = ChildUpdate("self", own, 1.0)
-            updates, verdicts = screen_round([*live, own_update], own, trusted=("self",))
+            px, py = world.x[world.parent], world.y[world.parent]
+            loss = TrustedLoss(
+                ce_loss(model, px, py),
+                {u.child: ce_loss(applied(model, u.delta), px, py) for u in live},
+                math.log(len(TOPICS)),
+            )
+            updates, verdicts = screen_round([*live, own_update], own, trusted=("self",), loss=loss)
             for child in sorted(verdicts):
                 v = verdicts[child]
                 if v.penalty > 0:

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from p2phier.errors import LearnError
-from p2phier.trust.quality import QualityConfig, Verdict, screen
+from p2phier.trust.quality import QualityConfig, TrustedLoss, Verdict, screen
 
 logger = logging.getLogger(__name__)
 
@@ -566,6 +566,7 @@ def screen_round(
     *,
     trusted: Iterable[str] = (),
     config: QualityConfig | None = None,
+    loss: TrustedLoss | None = None,
 ) -> tuple[list[ChildUpdate], dict[str, Verdict]]:
     """The updates a round keeps, and the screen's verdict on every other one.
 
@@ -574,13 +575,15 @@ def screen_round(
     its trusted reference), a weight-0 one too (its author's trust left it out,
     but the evidence still counts); it is kept if the screen finds nothing and its
     weight is positive, bounded to the screen's ``clip_ratio`` times the round's
-    median norm so that no child wins by magnitude.  The caller turns each
-    verdict's ``penalty`` into evidence against its author.
+    median norm so that no child wins by magnitude.  ``loss``: the parent's
+    trusted-set loss before the round and with each update applied alone (the
+    screen's ``harmful`` check).  The caller turns each verdict's ``penalty`` into
+    evidence against its author.
     """
     trusted = set(trusted)
     validate_updates(updates, partial=True)
     judged = [u for u in updates if u.child not in trusted]
-    verdicts = screen({u.child: u.delta for u in judged}, probe, config)
+    verdicts = screen({u.child: u.delta for u in judged}, probe, config, loss=loss)
     kept = [u for u in updates if u.child in trusted]
     for u in judged:
         v = verdicts[u.child]

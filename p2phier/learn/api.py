@@ -87,7 +87,7 @@ from p2phier.learn.train import (
     write_adapter,
 )
 from p2phier.store.base import ContentStore
-from p2phier.trust.quality import QualityConfig, Verdict
+from p2phier.trust.quality import QualityConfig, TrustedLoss, Verdict
 from p2phier.unixfs import build_file
 
 logger = logging.getLogger(__name__)
@@ -290,6 +290,8 @@ def aggregate_round(
     init_seed: int = 0,
     trusted: Sequence[str] = (OWN_UPDATE,),
     quality: QualityConfig | None = None,
+    trusted_examples: Sequence[Example] = (),
+    max_length: int = 64,
 ) -> RoundResult:
     """Aggregate children's adapters (``child id -> (adapter dir, weight)``) into a candidate.
 
@@ -304,6 +306,9 @@ def aggregate_round(
     else its probe-set update, is the screen's trusted reference): the result's
     ``verdicts`` say what it found, and a flagged update is left out.  With
     every update left out the candidate is the version unchanged.
+    ``trusted_examples`` (the parent's own held-out set, which no child sees): the
+    screen also measures what each update, applied alone, does to the loss there
+    (:func:`trusted_loss`; the ``harmful`` check).
     """
     rule = rule or AggregationConfig()
     updates = [
@@ -332,8 +337,14 @@ def aggregate_round(
             if k in covered
         }
     own = next((u.delta for u in updates if u.child == OWN_UPDATE), None)
+    judged = {c: path for c, (path, _) in children.items() if c not in set(trusted)}
+    loss = None
+    if trusted_examples and len(judged) >= (quality or QualityConfig()).min_updates:
+        loss = trusted_loss(
+            tier_dir, version, judged, trusted_examples, parents=parents, max_length=max_length
+        )
     kept, verdicts = screen_round(
-        updates, own if own is not None else probe, trusted=trusted, config=quality
+        updates, own if own is not None else probe, trusted=trusted, config=quality, loss=loss
     )
     if kept:
         # Per tensor over the children that have it: a module no child has stays as it is.
@@ -355,6 +366,28 @@ def aggregate_round(
         refactored.max_relative_error,
     )
     return RoundResult(path, result, chosen, refactored.max_relative_error, verdicts)
+
+
+def trusted_loss(
+    tier_dir: Path,
+    version: Path,
+    children: Mapping[str, Path],
+    examples: Sequence[Example],
+    *,
+    parents: Sequence[Path] = (),
+    max_length: int = 64,
+) -> TrustedLoss:
+    """The loss on ``examples`` of the version, and of the version with each child's
+    adapter (trained on it) applied alone; a harm of 1 is a classifier's chance loss,
+    log(labels), or a language model's loss before the round."""
+    tier = load_tier(tier_dir)
+    before = Session(tier, parents=[*parents, version]).mean_loss(examples, max_length)
+    after = {
+        child: Session(tier, parents=[*parents, version, path]).mean_loss(examples, max_length)
+        for child, path in sorted(children.items())
+    }
+    unit = before if tier.info.task == "causal_lm" else math.log(max(len(tier.labels), 2))
+    return TrustedLoss(before, after, max(unit, 1e-6))
 
 
 def _check_coverage(

@@ -255,6 +255,10 @@ def aggregate(
         max_rank=plan.version_rank,
         seed=plan.seed,
         init_seed=plan.seed,
+        # the parent's held-out set: what each update alone does to it (the screen's
+        # ``harmful`` check); no child ever sees it
+        trusted_examples=examples(validation),
+        max_length=plan.max_length,
     )
     out: dict[str, Any] = {
         "candidate": str(result.candidate_dir),
@@ -262,7 +266,12 @@ def aggregate(
         "rank": result.rank,
         "weights": {c.child: c.weight for c in result.aggregation.children},
         "screen": {
-            a: {"ok": v.ok, "penalty": round(v.penalty, 3), "reason": v.reason()}
+            a: {
+                "ok": v.ok,
+                "penalty": round(v.penalty, 3),
+                "harm": None if v.harm is None else round(v.harm, 4),
+                "reason": v.reason(),
+            }
             for a, v in result.verdicts.items()
         },
         "aggregate_s": 0.0,

@@ -446,6 +446,17 @@ class Session:
         return sum(p == e.label for p, e in zip(predicted, examples, strict=True)) / len(examples)
 
     @torch.no_grad()
+    def mean_loss(self, examples: Sequence[Example], max_length: int = 64) -> float:
+        """Mean cross-entropy on ``examples`` (causal LMs: mean next-token negative
+        log-likelihood of their texts)."""
+        if self.tier.info.task == "causal_lm":
+            return math.log(self.perplexity([e.text for e in examples], max_length))
+        if not examples:
+            raise ModelError("cannot measure a loss on no examples")
+        logits = self.logits([e.text for e in examples], max_length)
+        return float(torch.nn.functional.cross_entropy(logits, self.label_ids(examples)))
+
+    @torch.no_grad()
     def perplexity(self, texts: Sequence[str], max_length: int = 64, batch: int = 16) -> float:
         """exp(mean next-token negative log-likelihood) over ``texts``."""
         total, count = 0.0, 0

@@ -39,6 +39,20 @@ Flags, for what the published attacks must do to matter:
     back (almost) nothing;
 ``unaligned``
     nearly orthogonal to both references (``unaligned_below``): random noise;
+``harmful``
+    applied alone to the parent's model, it makes the parent's trusted held-out
+    set (its own private data, which no child sees) worse: the loss it adds
+    there, in units of a classifier's chance loss (log of the number of labels;
+    a language model's loss before the round), past ``harm_ratio``, over
+    ``harm_span``, gives a severity in 0..1, and 0.5 flags it.  Label flipping,
+    and sign flipping in a round that agrees too weakly for ``opposes``, send
+    well-formed updates that teach the model wrong answers: they are measured
+    where it matters.  In ``bench/attacks.py`` an honest child of non-IID data
+    added at most 0.15 in 300 clean rounds (what it costs other topics, while
+    it helps its own), a label flipper typically 0.2-0.6, a sign flipper
+    0.3-1.2.  Measured only where the learning code has a trusted set
+    (:func:`p2phier.learn.api.trusted_loss`) and, as the direction checks, with
+    ``min_updates`` or more updates;
 ``twin``
     (almost) the same update as another author's (cosine over ``twin_above``,
     lengths within :data:`TWIN_LENGTH`): colluders that compute one crafted
@@ -92,6 +106,8 @@ class QualityConfig:
     noise_sigmas: float = 3.0
     consensus_min: float = 0.2
     twin_above: float = 0.995
+    harm_ratio: float = 0.15
+    harm_span: float = 0.2
     min_updates: int = 5
 
     def __post_init__(self) -> None:
@@ -103,6 +119,28 @@ class QualityConfig:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
         if not (0 < self.twin_above <= 1 and self.min_updates >= 3 and self.noise_sigmas > 0):
             raise UsageError("need twin_above in (0, 1], min_updates >= 3, noise_sigmas > 0")
+        if not (self.harm_ratio > 0 and self.harm_span > 0):
+            raise UsageError("harm_ratio and harm_span must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedLoss:
+    """The parent's loss on its trusted held-out set: ``before`` the round, and with each
+    author's update applied alone (``after``), as the learning code measured them;
+    ``unit``: what a harm of 1 is (a classifier's chance loss, log(labels): a loss that
+    nears 0 as the model converges would magnify the odd example an honest child's
+    update costs; a language model's loss before the round)."""
+
+    before: float
+    after: Mapping[str, float]
+    unit: float
+
+    def __post_init__(self) -> None:
+        values = [self.before, *self.after.values()]
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise UsageError("a trusted-set loss must be finite and non-negative")
+        if not (math.isfinite(self.unit) and self.unit > 0):
+            raise UsageError("a trusted-set loss unit must be finite and positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +152,9 @@ class Verdict:
     norm_ratio: float  # norm over the round's median norm
     cos_probe: float | None  # None: no probe (or no tensor in common)
     cos_consensus: float | None  # None: too few updates for a consensus
+    #: trusted-set loss this update adds, applied alone, in the loss's unit (None: not
+    #: measured)
+    harm: float | None
     twin: str | None  # the author whose update this one (almost) equals
     flags: tuple[str, ...]
     #: how much evidence against the author (0..1; a flagged update counts at least 0.5)
@@ -132,6 +173,8 @@ class Verdict:
             parts.append(f"cos probe {self.cos_probe:+.2f}")
         if self.cos_consensus is not None:
             parts.append(f"cos consensus {self.cos_consensus:+.2f}")
+        if self.harm is not None:
+            parts.append(f"harm {self.harm:+.2f}")
         if self.twin is not None:
             parts.append(f"same as {self.twin}")
         return f"{'+'.join(self.flags) or 'ok'} ({', '.join(parts)})"
@@ -141,11 +184,15 @@ def screen(
     updates: Mapping[str, Tensors],
     probe: Tensors | None = None,
     config: QualityConfig | None = None,
+    *,
+    loss: TrustedLoss | None = None,
 ) -> dict[str, Verdict]:
     """One verdict per author of ``updates`` (see the module docstring).
 
     The updates must already be validated (finite, one shape per tensor name:
-    :func:`p2phier.learn.aggregate.validate_updates`).
+    :func:`p2phier.learn.aggregate.validate_updates`).  ``loss``: the parent's
+    trusted-set loss before and with each update (authors it lacks are not judged
+    by it).
     """
     cfg = config or QualityConfig()
     authors = sorted(updates)
@@ -177,6 +224,7 @@ def screen(
         if c is not None and c >= cfg.consensus_min:
             cos_p = {a: _cos(updates[a], probe) for a in authors}
     twins = _twins(updates, authors, norms, cfg.twin_above)
+    harm = _harm(loss, authors) if enough else {}
     out: dict[str, Verdict] = {}
     for a in authors:
         ratio = norms[a] / median_norm if median_norm > 0 else (0.0 if norms[a] == 0 else math.inf)
@@ -195,6 +243,13 @@ def screen(
             severity = max(severity, min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span)))
         if severity >= 0.5:
             flags.append("opposes")
+        hurt = harm.get(a)
+        harm_severity = 0.0
+        if hurt is not None:
+            harm_severity = min(1.0, max(0.0, (hurt - cfg.harm_ratio) / cfg.harm_span))
+        if harm_severity >= 0.5:
+            flags.append("harmful")
+        severity = max(severity, harm_severity)
         # While the round learns, honest updates have like norms and a large one is a
         # boost; once it has converged, a child whose data differ from most keeps a
         # larger update than the rest (up to x4.5 of the median measured): then only
@@ -217,10 +272,23 @@ def screen(
             flags.append("unaligned")
         if a in twins:
             flags.append("twin")
-        penalty = 1.0 if set(flags) - {"opposes"} else severity
+        penalty = 1.0 if set(flags) - {"opposes", "harmful"} else severity
         scale = min(1.0, cfg.clip_ratio / ratio) if ratio > 0 else 1.0
-        out[a] = Verdict(a, norms[a], ratio, cp, cc, twins.get(a), tuple(flags), penalty, scale)
+        out[a] = Verdict(
+            a, norms[a], ratio, cp, cc, hurt, twins.get(a), tuple(flags), penalty, scale
+        )
     return out
+
+
+def _harm(loss: TrustedLoss | None, authors: list[str]) -> dict[str, float]:
+    """Per author measured: the loss its update, applied alone, adds to the parent's
+    trusted set over the loss before the round, in the loss's ``unit`` (0 for an
+    update that does not make the trusted set worse)."""
+    if loss is None:
+        return {}
+    return {
+        a: max(0.0, loss.after[a] - loss.before) / loss.unit for a in authors if a in loss.after
+    }
 
 
 def _size(update: Tensors) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -269,3 +270,35 @@ def test_rebase_keeps_the_personal_head_and_can_personalise_it(
         api.rebase(
             tiny_cls_dir, child.adapter_dir, v0, v1, tmp_path / "x", eval_sets=evals, mode="merge"
         )  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_the_trusted_set_tells_a_label_flipper_from_honest_children(
+    tmp_path: Path, master_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    """Six children train on version 0; one of them on its data with every label mirrored.
+    Applied alone, its adapter makes the parent's held-out set (which no child sees)
+    worse, the honest ones hardly: the round's screen (``trusted_loss``) flags the
+    flipper as harmful, and only it, and leaves it out."""
+    train, test = bbc_split
+    labels = sorted({e.label for e in train})
+    mirror = dict(zip(labels, reversed(labels), strict=True))
+    quick = TrainConfig(steps=12, batch_size=8, lr=5e-3, max_length=48)
+    v0 = api.init_version(master_dir, tmp_path / "v0")
+    children: dict[str, tuple[Path, float]] = {}
+    for i in range(6):
+        data = sample_per_label(train, 8, seed=10 + i)
+        if i == 0:
+            data = [dataclasses.replace(e, label=mirror[e.label]) for e in data]
+        out = api.train_cycle(master_dir, tmp_path / f"c{i}", data, parents=[v0], train=quick)
+        children[f"c{i}"] = (out.adapter_dir, 1.0)
+    trusted = sample_per_label(test, 8, seed=99)
+    result = api.aggregate_round(
+        master_dir, v0, children, tmp_path / "v1", trusted_examples=trusted, max_length=48
+    )
+    harm = {a: v.harm for a, v in result.verdicts.items()}
+    assert all(h is not None for h in harm.values())
+    assert harm["c0"] > 2 * max(h for a, h in harm.items() if a != "c0"), harm
+    harmful = {a for a, v in result.verdicts.items() if "harmful" in v.flags}
+    assert harmful == {"c0"}, {a: v.reason() for a, v in result.verdicts.items()}
+    assert "c0" not in {c.child for c in result.aggregation.children}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2phier.errors import UsageError
-from p2phier.trust.quality import QualityConfig, screen
+from p2phier.trust.quality import QualityConfig, TrustedLoss, screen
 
 DIM = 400
 
@@ -212,3 +212,45 @@ def test_a_small_family_is_judged_by_norms_and_twins_only() -> None:
     verdicts = screen(updates, probe)
     assert all(v.cos_consensus is None and v.cos_probe is None for v in verdicts.values())
     assert flags(verdicts) == {}
+
+
+def test_an_update_that_harms_the_trusted_set_is_flagged_whatever_its_direction() -> None:
+    """A label flipper's update looks like any other (here: an honest-looking one); what
+    gives it away is what it does, applied alone, to the parent's held-out set."""
+    updates, probe = honest_round(3)
+    after = {a: 1.0 - 0.01 * i for i, a in enumerate(sorted(updates))}  # honest: better
+    after["c1"] = 1.0 + 0.1 * np.log(5)  # an honest child costing a little (0.1: no penalty)
+    after["c2"] = 1.0 + 0.3 * np.log(5)  # the flipper: 0.3 of the chance loss
+    loss = TrustedLoss(before=1.0, after=after, unit=float(np.log(5)))
+    verdicts = screen(updates, probe, loss=loss)
+    assert flags(verdicts) == {"c2": ("harmful",)}
+    assert verdicts["c2"].harm == pytest.approx(0.3)
+    assert verdicts["c2"].penalty == pytest.approx((0.3 - 0.15) / 0.2)
+    assert verdicts["c1"].penalty == 0.0 and verdicts["c0"].harm == 0.0
+    assert "harm +0.30" in verdicts["c2"].reason()
+    # graded: a smaller harm is evidence without a flag
+    after["c2"] = 1.0 + 0.2 * np.log(5)
+    v = screen(updates, probe, loss=TrustedLoss(1.0, after, float(np.log(5))))["c2"]
+    assert v.ok and v.penalty == pytest.approx(0.25)
+
+
+def test_harm_is_judged_only_with_enough_updates_and_for_authors_measured() -> None:
+    updates, probe = honest_round(4, n=3)
+    loss = TrustedLoss(1.0, {a: 3.0 for a in updates}, 1.6)
+    assert flags(screen(updates, probe, loss=loss)) == {}  # fewer than min_updates
+    updates, probe = honest_round(4)
+    loss = TrustedLoss(1.0, {"c0": 3.0}, 1.6)
+    verdicts = screen(updates, probe, loss=loss)
+    assert flags(verdicts) == {"c0": ("harmful",)}
+    assert verdicts["c1"].harm is None
+
+
+def test_a_trusted_loss_must_be_finite() -> None:
+    with pytest.raises(UsageError):
+        TrustedLoss(float("nan"), {}, 1.0)
+    with pytest.raises(UsageError):
+        TrustedLoss(1.0, {"a": -1.0}, 1.0)
+    with pytest.raises(UsageError):
+        TrustedLoss(1.0, {}, 0.0)
+    with pytest.raises(UsageError):
+        QualityConfig(harm_span=0.0)
