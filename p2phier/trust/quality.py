@@ -42,8 +42,10 @@ Flags, for what the published attacks must do to matter:
 ``harmful``
     applied alone to the parent's model, it makes the parent's trusted held-out
     set (its own private data, which no child sees) worse: the loss it adds
-    there, in units of a classifier's chance loss (log of the number of labels;
-    a language model's loss before the round), past ``harm_ratio``, over
+    there over the loss before the round (or over the round's median update's,
+    where that raises it too: children that overfit their few examples), in
+    units of a classifier's chance loss (log of the number of labels; a language
+    model's loss before the round), past ``harm_ratio``, over
     ``harm_span``, gives a severity in 0..1, and 0.5 flags it.  Label flipping,
     and sign flipping in a round that agrees too weakly for ``opposes``, send
     well-formed updates that teach the model wrong answers: they are measured
@@ -282,13 +284,16 @@ def screen(
 
 def _harm(loss: TrustedLoss | None, authors: list[str]) -> dict[str, float]:
     """Per author measured: the loss its update, applied alone, adds to the parent's
-    trusted set over the loss before the round, in the loss's ``unit`` (0 for an
-    update that does not make the trusted set worse)."""
+    trusted set, in the loss's ``unit``, over the loss before the round or, where the
+    round's median update raises it too (children that overfit their few examples,
+    as a small model does), over the median's (0: no worse than that)."""
     if loss is None:
         return {}
-    return {
-        a: max(0.0, loss.after[a] - loss.before) / loss.unit for a in authors if a in loss.after
-    }
+    measured = [a for a in authors if a in loss.after]
+    if not measured:
+        return {}
+    floor = max(loss.before, float(np.median([loss.after[a] for a in measured])))
+    return {a: max(0.0, loss.after[a] - floor) / loss.unit for a in measured}
 
 
 def _size(update: Tensors) -> int:

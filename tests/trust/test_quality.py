@@ -239,10 +239,21 @@ def test_harm_is_judged_only_with_enough_updates_and_for_authors_measured() -> N
     loss = TrustedLoss(1.0, {a: 3.0 for a in updates}, 1.6)
     assert flags(screen(updates, probe, loss=loss)) == {}  # fewer than min_updates
     updates, probe = honest_round(4)
-    loss = TrustedLoss(1.0, {"c0": 3.0}, 1.6)
+    loss = TrustedLoss(1.0, {"c0": 3.0, "c1": 0.9, "c2": 0.95}, 1.6)
     verdicts = screen(updates, probe, loss=loss)
     assert flags(verdicts) == {"c0": ("harmful",)}
-    assert verdicts["c1"].harm is None
+    assert verdicts["c3"].harm is None
+
+
+def test_where_every_child_overfits_harm_counts_over_the_median() -> None:
+    """A small model whose children overfit their few examples: every update raises the
+    held-out loss.  Only what an update adds over the round's median counts."""
+    updates, probe = honest_round(6)
+    after = {a: 1.6 + 0.3 + 0.01 * i for i, a in enumerate(sorted(updates))}
+    after["c4"] = 1.6 + 0.3 + 0.5 * np.log(5)
+    verdicts = screen(updates, probe, loss=TrustedLoss(1.6, after, float(np.log(5))))
+    assert flags(verdicts) == {"c4": ("harmful",)}
+    assert max(v.harm or 0.0 for a, v in verdicts.items() if a != "c4") < 0.05
 
 
 def test_a_trusted_loss_must_be_finite() -> None:
