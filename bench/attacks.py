@@ -81,6 +81,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -237,7 +238,9 @@ def ce_loss(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float
     return float(-logp[np.arange(len(y)), y].mean())
 
 
-def applied(model: dict[str, np.ndarray], update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def applied(
+    model: dict[str, np.ndarray], update: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     return {k: model[k] + update[k] for k in KEYS}
 
 

@@ -133,9 +133,14 @@ def node_run(
         sys.stdout.write(json.dumps({"event": "ready", **status}) + "\n")
         sys.stdout.flush()
 
+    daemon_class: type[NodeDaemon] = DAEMON_CLASS or NodeDaemon
+
+    async def serve() -> None:
+        async with daemon_class.open(cfg, identity, store) as daemon:
+            await daemon.run(on_ready=ready)
+
     try:
-        daemon = (DAEMON_CLASS or NodeDaemon)(cfg, identity, store)
-        trio.run(lambda: daemon.run(on_ready=ready))
+        trio.run(serve)
     finally:
         store.close()
 

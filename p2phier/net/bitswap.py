@@ -39,8 +39,9 @@ one DAG); this module moves its bytes, keeps its clocks and does its I/O:
   its streams is not the peer leaving: boxo (kubo) and helia open a stream per
   message and close it (``protocol/bitswap.md``).
 * Per-peer ledgers (``Bitswap.ledgers``), misbehaviour hook
-  (``on_misbehaviour``), and the operator's upload-rate limit
-  (:meth:`Bitswap.set_upload_rate`, enforced by the engine).
+  (``Bitswap.on_misbehaviour``, settable after opening, as ``engine.serve_last``
+  is), and the operator's upload-rate limit (:meth:`Bitswap.set_upload_rate`,
+  enforced by the engine).
 """
 
 from __future__ import annotations
@@ -138,7 +139,9 @@ class Bitswap:
         self.store = store
         self.config = config or BitswapConfig()
         self._nursery = nursery
-        self._hook = on_misbehaviour
+        #: called for every peer caught breaking the protocol; settable, so that a node can
+        #: open its network services first and wire in its guard when it is built
+        self.on_misbehaviour = on_misbehaviour
         self.misbehaviour: deque[Misbehaviour] = deque(maxlen=self.config.keep_misbehaviour)
         self.ledgers = LedgerBook(on_misbehaviour=self._record)
         engine_config = self.config.engine or EngineConfig(
@@ -714,8 +717,8 @@ class Bitswap:
     # --- bookkeeping ----------------------------------------------------------------------------
     def _record(self, event: Misbehaviour) -> None:
         self.misbehaviour.append(event)
-        if self._hook is not None:
-            self._hook(event)
+        if self.on_misbehaviour is not None:
+            self.on_misbehaviour(event)
 
     def _start(self) -> None:
         self._nursery.start_soon(self._engine_loop)

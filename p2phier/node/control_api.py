@@ -4,7 +4,8 @@ Owns :func:`node_status` (what ``node status --json`` and the devnet show),
 :func:`node_peers` and :func:`control_handlers`, the handler table for
 :func:`p2phier.net.control.serve_control`; kept apart from
 :mod:`p2phier.node.daemon`, which is about the node's life cycle and networking.
-Arguments from the socket are checked here (types, ranges) before use.
+Arguments from the socket are checked here (types, ranges) before use.  It reads
+the daemon through public attributes and read-only properties only.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         "parent": str(node.hierarchy.parent) if node.hierarchy.parent else None,
         "children": sorted(str(p) for p in node.hierarchy.children),
         "head": str(node.head) if node.head else None,
-        "peers": sorted(host.connected_peers()) if host else [],
-        "addresses": host.addrs if host else [],
-        "inbound": host.gate.status() if host else None,
+        "peers": sorted(host.connected_peers()),
+        "addresses": host.addrs,
+        "inbound": host.gate.status(),
         "records": len(node.book),
         "record_seq": node.record_seq,
         "started_ms": node.started_ms,
@@ -40,8 +41,8 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         # peers over their budgets (most refused first): messages dropped before any check
         "over_budget": {
             "announcements": node.intake.budget.status(),
-            "records": node.record_budget.status(),
-            "registrations": node.registration_budget.status(),
+            "records": node.records.record_budget.status(),
+            "registrations": node.records.registration_budget.status(),
         },
         # round trips this node measured itself (ms): the only figures parent choice uses
         "measured_ms": {str(p): round(rtt * 1000, 2) for p, rtt in node.latencies.items()},
@@ -59,9 +60,7 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
 
 def _wire_totals(node: NodeDaemon) -> dict[str, int]:
     """Block bytes this node sent and received over Bitswap (peers it still has a ledger for)."""
-    bitswap = getattr(node, "bitswap", None)
-    if bitswap is None:
-        return {"bytes_sent": 0, "bytes_received": 0}
+    bitswap = node.bitswap
     ledgers = [bitswap.ledgers.get(p) for p in bitswap.ledgers.peers()]
     return {
         "bytes_sent": sum(x.bytes_sent for x in ledgers),
@@ -72,7 +71,7 @@ def _wire_totals(node: NodeDaemon) -> dict[str, int]:
 def node_peers(node: NodeDaemon, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
     lay = Layer.parse(layer) if layer else None
     out = []
-    connected = set(node.host.connected_peers()) if node.host else set()
+    connected = set(node.host.connected_peers())
     for record in node.book.query(lay, domain_prefix=domain, now=node.clock()):
         if record.peer_id == node.peer:
             continue

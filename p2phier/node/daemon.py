@@ -1,11 +1,11 @@
 """The p2phier node daemon: one running peer, wired from the pure cores and the network layer.
 
-Owns :class:`NodeDaemon`: it runs a libp2p host (:mod:`p2phier.net.host`),
-gossipsub (:mod:`p2phier.net.pubsub`), kad-dht (:mod:`p2phier.net.dht`),
-Bitswap over the on-disk store (:mod:`p2phier.net.bitswap`), child
-registration (:mod:`p2phier.net.register`) and the local control socket
-(:mod:`p2phier.net.control`), and feeds what arrives to the pure state
-machines: :class:`~p2phier.records.RecordBook`,
+Owns :class:`NodeDaemon`, built on network services that already run
+(:mod:`p2phier.node.services`: host, gossipsub, kad-dht, Bitswap over the
+on-disk store; :meth:`NodeDaemon.open` opens both).  Its :meth:`~NodeDaemon.run`
+serves pulls, child registration (:mod:`p2phier.net.register`) and the local
+control socket (:mod:`p2phier.net.control`), and feeds what arrives to the
+pure state machines: the records (:mod:`p2phier.node.noderecords`),
 :class:`~p2phier.hierarchy.HierarchyState` and
 :class:`~p2phier.announce.AnnouncementFilter`.  Their actions come back here
 and become network I/O.
@@ -27,13 +27,13 @@ Rules it keeps (protocol/node.md):
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import trio
 
@@ -71,38 +71,22 @@ from p2phier.hierarchy import (
 )
 from p2phier.identity import Identity, PeerId
 from p2phier.learnplan import load_plan
-from p2phier.net.bitswap import BitswapConfig, open_bitswap
+from p2phier.net.bitswap import Bitswap
 from p2phier.net.control import serve_control
-from p2phier.net.dht import open_dht
-from p2phier.net.host import Host, HostConfig, PeerAddr, open_host
-from p2phier.net.pubsub import (
-    Gossip,
-    GossipConfig,
-    open_gossip,
-    pull_head,
-    pull_records,
-    serve_pulls,
-)
+from p2phier.net.host import Host, PeerAddr
+from p2phier.net.pubsub import pull_head, pull_records, serve_pulls
 from p2phier.net.register import register_with, serve_registrations
 from p2phier.node.control_api import control_handlers, node_peers, node_status
 from p2phier.node.guard import Guard
 from p2phier.node.intake import MAX_ACCEPTED, UpdateIntake
 from p2phier.node.learner import Learner
 from p2phier.node.measure import CandidateMeter
+from p2phier.node.noderecords import NodeRecords
 from p2phier.node.objfetch import fetch_any
+from p2phier.node.services import NetServices, open_services
 from p2phier.node.state import NodeState, load_node_state, save_node_state, saved_marks, state_path
-from p2phier.records import (
-    Capabilities,
-    NodeRecord,
-    RecordBook,
-    RecordStatus,
-    next_seq,
-    now_ms,
-    open_record,
-    sign_record,
-)
+from p2phier.records import NodeRecord, RecordBook, RecordStatus, next_seq, now_ms
 from p2phier.store import DiskStore
-from p2phier.trust import RECORDS, REGISTRATIONS, RateBudget
 from p2phier.trust.report import TRUST_TOPIC
 
 logger = logging.getLogger(__name__)
@@ -112,7 +96,10 @@ TICK_S = 0.5
 
 
 class NodeDaemon:
-    """One p2phier peer.  ``await run()`` until SIGTERM/SIGINT or :meth:`stop`."""
+    """One p2phier peer on running network services (:meth:`open` builds both).
+
+    ``await run()`` until SIGTERM/SIGINT or :meth:`stop`.
+    """
 
     #: the learning worker's class (the devnet's poisoning attackers substitute theirs)
     learner_class: type[Learner] = Learner
@@ -122,6 +109,7 @@ class NodeDaemon:
         config: NodeConfig,
         identity: Identity,
         store: DiskStore,
+        services: NetServices,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -129,6 +117,7 @@ class NodeDaemon:
         self.identity = identity
         self.peer = identity.peer_id
         self.store = store
+        self.services = services
         self.clock = clock
         self.started = clock()
         self.started_ms = now_ms(self.started)
@@ -175,107 +164,102 @@ class NodeDaemon:
             intake=self.intake,
             queue=self._queue,
             spawn=self._spawn,
-            gossip=lambda: self._gossip,
-            disconnect=self._disconnect,
+            gossip=lambda: services.gossip,
+            disconnect=services.host.disconnect,
             on_change=self._mark_dirty,
             global_interval_s=config.trust_global_interval_s,
+        )
+        services.bitswap.on_misbehaviour = self.guard.bitswap
+        services.bitswap.engine.serve_last = self.guard.served_last
+        #: peers refused as p2phier nodes (not as transport peers), by reason
+        self.refused: Counter[str] = Counter()
+        #: this node's record, everyone's records, children's registrations
+        self.records = NodeRecords(
+            identity,
+            config,
+            services,
+            self.book,
+            self.guard,
+            clock=clock,
+            refused=self.refused,
+            on_record=self._record_heard,
+            admit_child=self._admit_child,
+            on_change=self._mark_dirty,
         )
         self.head: CID | None = None
         self.base_model_id = config.base_model_id
         self.learner: Learner | None = None
         if config.learn_enabled:
             self.learner = self.learner_class(self, load_plan(config.learn_plan))
-        #: what each peer may make this node check per second, before any signature check
-        self.record_budget = RateBudget(RECORDS)
-        self.registration_budget = RateBudget(REGISTRATIONS)
-        #: peers refused as p2phier nodes (not as transport peers), by reason
-        self.refused: Counter[str] = Counter()
-        self._record_seq: int | None = None
         self._ann_seq: int | None = None
         self._announcements: dict[str, bytes] = {}  # topic -> our latest signed announcement
-        self._signed_record = b""
-        self._record: NodeRecord | None = None
         self._registering: set[PeerId] = set()
         self._dirty = False
         self._stop = trio.Event()
         self._actions_send, self._actions_recv = trio.open_memory_channel[Action](4096)
-        self._host: Host | None = None
-        self._gossip: Gossip | None = None
         self._state_path = state_path(config.home)
         load_node_state(self._state_path, self.peer, self._apply_state, max_accepted=MAX_ACCEPTED)
 
     # --- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: NodeConfig,
+        identity: Identity,
+        store: DiskStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> AsyncIterator[Self]:
+        """Open the node's network services and build the node on them."""
+        async with open_services(config, identity, store) as services:
+            node = cls(config, identity, store, services, clock=clock)
+            yield node
+        # What changed while the services shut down (registrations answered meanwhile).
+        node._save_state()
+
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, *, on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
         cfg = self.config
-        host_cfg = HostConfig(
-            listen=cfg.listen,
-            dial_timeout=cfg.dial_timeout_s,
-            stream_open_timeout=cfg.dial_timeout_s,
-            shutdown_timeout=cfg.shutdown_timeout_s,
-            max_handshakes=cfg.max_handshakes,
-            max_handshakes_per_ip=cfg.max_handshakes_per_ip,
-            max_inbound_per_ip=cfg.max_inbound_per_ip,
+        host, gossip = self.services.host, self.services.gossip
+        timeout = cfg.stream_timeout_s
+        serve_pulls(host, self._announcements.get, self.records.all_signed, timeout=timeout)
+        serve_registrations(
+            host, self.records.decide_registration, lambda: self.records.signed, timeout=timeout
         )
-        bs_cfg = BitswapConfig(write_timeout=cfg.stream_timeout_s, open_timeout=cfg.dial_timeout_s)
-        async with open_host(self.identity, config=host_cfg) as host:
-            self._host = host
-            async with (
-                open_gossip(host, GossipConfig(heartbeat_s=cfg.gossip_heartbeat_s)) as gossip,
-                open_dht(host, timeout=cfg.dial_timeout_s) as dht,
-                open_bitswap(
-                    host, self.store, bs_cfg, on_misbehaviour=self.guard.bitswap
-                ) as bitswap,
-            ):
-                self._gossip = gossip
-                self.dht = dht
-                self.bitswap = bitswap
-                bitswap.engine.serve_last = self.guard.served_last
-                if cfg.upload_rate_limit:
-                    bitswap.set_upload_rate(float(cfg.upload_rate_limit))
-                timeout = cfg.stream_timeout_s
-                serve_pulls(host, self._announcements.get, self._all_records, timeout=timeout)
-                serve_registrations(
-                    host, self._decide_registration, lambda: self._signed_record, timeout=timeout
-                )
-                self._issue_record()
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery_for_spawn = nursery
-                        await nursery.start(
-                            serve_control, cfg.control_socket, control_handlers(self)
-                        )
-                        await gossip.subscribe(RECORDS_TOPIC, self._validate_record, _ignore)
-                        await gossip.subscribe(TRUST_TOPIC, self.guard.receive_report, _ignore)
-                        if cfg.layer.below is not None:
-                            topic = up_topic(self.peer)
-                            await gossip.subscribe(
-                                topic, self._announcement_validator(topic), _ignore
-                            )
-                        nursery.start_soon(self._signals)
-                        nursery.start_soon(self._action_loop)
-                        nursery.start_soon(self.intake.run, _Fetcher(self), self._spawn)
-                        nursery.start_soon(self._maintenance_loop)
-                        nursery.start_soon(self._bootstrap_loop)
-                        nursery.start_soon(self._discovery_loop)
-                        if self.learner is not None:
-                            nursery.start_soon(self.learner.run)
-                        # Children restored from the last run: pull what they published meanwhile.
-                        for child in self.hierarchy.children:
-                            nursery.start_soon(self._pull_child_head, child)
-                        if on_ready is not None:
-                            on_ready(self.status())
-                        await self._stop.wait()
-                        logger.info("node %s stopping", self.peer)
-                        self._save_state()
-                        nursery.cancel_scope.cancel()
-                finally:
-                    # Inbound stream handlers (registrations, pulls) run until the host is
-                    # down, after this nursery has closed: they must not spawn into it.
-                    self._nursery_for_spawn = None
-        self._save_state()
+        self._issue_record()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery_for_spawn = nursery
+                await nursery.start(serve_control, cfg.control_socket, control_handlers(self))
+                await gossip.subscribe(RECORDS_TOPIC, self.records.validate, _ignore)
+                await gossip.subscribe(TRUST_TOPIC, self.guard.receive_report, _ignore)
+                if cfg.layer.below is not None:
+                    topic = up_topic(self.peer)
+                    await gossip.subscribe(topic, self._announcement_validator(topic), _ignore)
+                nursery.start_soon(self._signals)
+                nursery.start_soon(self._action_loop)
+                nursery.start_soon(self.intake.run, _Fetcher(self), self._spawn)
+                nursery.start_soon(self._maintenance_loop)
+                nursery.start_soon(self._bootstrap_loop)
+                nursery.start_soon(self._discovery_loop)
+                if self.learner is not None:
+                    nursery.start_soon(self.learner.run)
+                # Children restored from the last run: pull what they published meanwhile.
+                for child in self.hierarchy.children:
+                    nursery.start_soon(self._pull_child_head, child)
+                if on_ready is not None:
+                    on_ready(self.status())
+                await self._stop.wait()
+                logger.info("node %s stopping", self.peer)
+                self._save_state()
+                nursery.cancel_scope.cancel()
+        finally:
+            # Inbound stream handlers (registrations, pulls) run until the host is
+            # down, after this nursery has closed: they must not spawn into it.
+            self._nursery_for_spawn = None
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -284,83 +268,32 @@ class NodeDaemon:
                 self._stop.set()
                 return
 
-    # --- node record --------------------------------------------------------------------------
-    def _advertised(self) -> tuple[str, ...]:
-        addrs = self.config.advertise or tuple(self._host.listen_addrs if self._host else ())
-        return tuple(dict.fromkeys(addrs))[:16]
-
+    # --- node records ------------------------------------------------------------------------
     def _issue_record(self) -> None:
-        now = self.clock()
-        self._record_seq = next_seq(self._record_seq, now)
-        ram = self.config.ram_bytes or _physical_memory()
-        record = NodeRecord(
-            peer_id=self.peer,
-            addrs=self._advertised(),
-            layer=self.config.layer,
-            domain=self.config.domain,
-            base_model_id=self.base_model_id,
-            capabilities=Capabilities(ram, self.config.max_params, self.config.hardware),
-            head=self.head,
-            seq=self._record_seq,
-            issued_ms=now_ms(now),
-            expires_ms=now_ms(now) + int(self.config.record_ttl_s * 1000),
-            started_ms=min(self.started_ms, now_ms(now)),
+        self.records.issue(
+            head=self.head, base_model_id=self.base_model_id, started_ms=self.started_ms
         )
-        self._record = record
-        self._signed_record = sign_record(record, self.identity)
-        self.book.accept(self._signed_record, now)
-        self._dirty = True
 
-    async def _publish_record(self) -> None:
-        if self._gossip is None:
-            return
-        try:
-            await self._gossip.publish(RECORDS_TOPIC, self._signed_record)
-        except NetworkError as exc:
-            logger.debug("record publish: %s", exc)
+    def _record_heard(self, record: NodeRecord, status: RecordStatus, now: float) -> None:
+        """A record the book took (new, newer or again): what it means for the hierarchy."""
+        if record.peer_id == self.hierarchy.parent:
+            self._queue(self.hierarchy.parent_heard(record.peer_id, now))
+        if status is not RecordStatus.DUPLICATE:
+            self._queue(self.hierarchy.record_seen(record, now))
+        self.meter.consider(record, now)
 
-    def _all_records(self) -> list[bytes]:
-        now = self.clock()
-        out = []
-        for record in self.book.query(now=now):
-            signed = self.book.signed_bytes(record.peer_id)
-            if signed is not None:
-                out.append(signed)
-        return out
-
-    def offer_record(self, signed: bytes) -> RecordStatus:
-        """Offer a signed record from anywhere (gossip, pull, registration) to the book."""
-        now = self.clock()
-        result = self.book.accept(signed, now)
-        record = result.record
-        if result.status is RecordStatus.CONFLICT and record is not None:
-            held = self.book.signed_bytes(record.peer_id)
-            if held is not None:
-                self.guard.equivocation(str(record.peer_id), result.reason, (held, signed))
-        if record is not None and result.status in (
-            RecordStatus.NEW,
-            RecordStatus.REPLACED,
-            RecordStatus.DUPLICATE,
-        ):
-            if record.peer_id != self.peer and self._host is not None and record.addrs:
-                self._host.add_addrs(str(record.peer_id), record.addrs)
-            if record.peer_id == self.hierarchy.parent:
-                self._queue(self.hierarchy.parent_heard(record.peer_id, now))
-            if result.status is not RecordStatus.DUPLICATE:
-                self._queue(self.hierarchy.record_seen(record, now))
-            self.meter.consider(record, now)
-        return result.status
+    def _admit_child(self, record: NodeRecord, now: float) -> tuple[bool, str]:
+        """A registering peer's record checked out: the hierarchy decides."""
+        actions = self.hierarchy.child_registered(record, now)
+        self._queue(actions)
+        for action in actions:
+            if isinstance(action, RejectChild):
+                return False, action.reason
+        self._spawn(self._pull_child_head, record.peer_id)
+        return True, "registered"
 
     async def _ping(self, peer: str) -> float:
-        if self._host is None:
-            raise NetworkError("the node is not running")
-        return await self._host.ping(peer, timeout=self.config.dial_timeout_s)
-
-    def _validate_record(self, origin: str, data: bytes) -> bool:
-        if not self.record_budget.allow(origin, self.clock()):
-            return False  # over its budget: dropped before the signature check
-        status = self.offer_record(data)
-        return status in (RecordStatus.NEW, RecordStatus.REPLACED, RecordStatus.DUPLICATE)
+        return await self.services.host.ping(peer, timeout=self.config.dial_timeout_s)
 
     # --- hierarchy actions ---------------------------------------------------------------------
     def _queue(self, actions: list[Action]) -> None:
@@ -376,14 +309,14 @@ class NodeDaemon:
                 await self._do(action, nursery)
 
     async def _do(self, action: Action, nursery: trio.Nursery) -> None:
-        assert self._gossip is not None
+        gossip = self.services.gossip
         if isinstance(action, SelectParent):
             logger.info("parent: %s (%s)", action.peer, action.reason)
             if action.previous is not None:
                 self.intake.author_gone(action.previous)
-                await self._gossip.unsubscribe(down_topic(action.previous))
+                await gossip.unsubscribe(down_topic(action.previous))
             topic = down_topic(action.peer)
-            await self._gossip.subscribe(topic, self._announcement_validator(topic), _ignore)
+            await gossip.subscribe(topic, self._announcement_validator(topic), _ignore)
             self._dirty = True
         elif isinstance(action, RegisterWith):
             if action.peer not in self._registering:
@@ -392,7 +325,7 @@ class NodeDaemon:
         elif isinstance(action, ParentLost):
             logger.warning("parent %s lost: %s", action.peer, action.reason)
             self.intake.author_gone(action.peer)
-            await self._gossip.unsubscribe(down_topic(action.peer))
+            await gossip.unsubscribe(down_topic(action.peer))
         elif isinstance(action, WaitForParent):
             logger.info("waiting for a parent: %s", action.reason)
         elif isinstance(action, AcceptChild | DropChild | RejectChild):
@@ -402,11 +335,13 @@ class NodeDaemon:
             self._dirty = True
 
     async def _register(self, parent: PeerId) -> None:
-        assert self._host is not None
         began = trio.current_time()
         try:
             verdict = await register_with(
-                self._host, str(parent), self._signed_record, timeout=self.config.stream_timeout_s
+                self.services.host,
+                str(parent),
+                self.records.signed,
+                timeout=self.config.stream_timeout_s,
             )
         except (NetworkError, ProtocolViolationError) as exc:
             logger.info("registration with %s failed: %s", parent, exc)
@@ -415,7 +350,7 @@ class NodeDaemon:
         finally:
             self._registering.discard(parent)
         self.latencies[parent] = trio.current_time() - began
-        self.offer_record(verdict.parent_record)
+        self.records.offer(verdict.parent_record)
         now = self.clock()
         if not verdict.accepted:
             logger.warning("%s refused our registration: %s", parent, verdict.reason)
@@ -424,44 +359,6 @@ class NodeDaemon:
         self._queue(self.hierarchy.parent_heard(parent, now))
         # The pull fallback for gossip: what did the parent announce while we were away?
         await self._pull_and_process(parent, down_topic(parent))
-
-    def _decide_registration(self, remote: str, signed: bytes) -> tuple[bool, str]:
-        if not self.registration_budget.allow(remote, self.clock()):
-            # Before the record's signature is checked: a flood costs a lookup each.
-            self.refused["registration-rate"] += 1
-            return False, "too many registrations; try again later"
-        accepted, reason = self._registration_verdict(remote, signed)
-        if not accepted:
-            self.refused["registration"] += 1
-            logger.info("registration from %s refused: %s", remote, reason)
-        return accepted, reason
-
-    def _registration_verdict(self, remote: str, signed: bytes) -> tuple[bool, str]:
-        now = self.clock()
-        if self.guard.is_isolated(remote):
-            return False, "this node has isolated you (misbehaviour)"
-        status = self.offer_record(signed)
-        try:
-            record = open_record(signed)
-        except ProtocolViolationError as exc:
-            return False, f"your node record was refused: {exc}"
-        newer = self.book.get(record.peer_id) if status is RecordStatus.STALE_SEQ else None
-        if newer is not None:
-            # Its newer record reached us by gossip while this registration was in flight
-            # (e.g. it just loaded its tier): register it with the newest one we hold.
-            record = newer
-        elif not status.accepted and status is not RecordStatus.DUPLICATE:
-            return False, f"your node record was refused: {status.value}"
-        if str(record.peer_id) != remote:
-            return False, "the record is not the registering peer's own"
-        actions = self.hierarchy.child_registered(record, now)
-        self._queue(actions)
-        for action in actions:
-            if isinstance(action, RejectChild):
-                return False, action.reason
-        if self._host is not None:
-            self._spawn(self._pull_child_head, record.peer_id)
-        return True, "registered"
 
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         """Start a background task, unless the node is shutting down (then: skip it)."""
@@ -477,10 +374,9 @@ class NodeDaemon:
         await self._pull_and_process(child, up_topic(self.peer))
 
     async def _pull_and_process(self, peer: PeerId, topic: str) -> None:
-        assert self._host is not None
         try:
             data = await pull_head(
-                self._host, str(peer), topic, timeout=self.config.stream_timeout_s
+                self.services.host, str(peer), topic, timeout=self.config.stream_timeout_s
             )
         except NetworkError as exc:
             logger.debug("head pull from %s on %s failed: %s", peer, topic, exc)
@@ -504,10 +400,6 @@ class NodeDaemon:
         if self.learner is not None:
             self.learner.on_accepted(ann, art)
 
-    async def _disconnect(self, peer: str) -> None:
-        if self._host is not None:
-            await self._host.disconnect(peer)
-
     def _mark_dirty(self) -> None:
         self._dirty = True
 
@@ -519,7 +411,7 @@ class NodeDaemon:
     async def fetch_object(self, cid_text: str, providers: list[str]) -> None:
         """Fetch and pin an object (e.g. a tier bundle) from ``providers`` and DHT providers."""
         await fetch_any(
-            self.bitswap,
+            self.services.bitswap,
             CID.parse(cid_text),
             providers,
             self._dht_providers,
@@ -527,18 +419,18 @@ class NodeDaemon:
         )
 
     def connected(self, peer: PeerId) -> bool:
-        return self._host is not None and self._host.is_connected(str(peer))
+        return self.services.host.is_connected(str(peer))
 
     def set_base_model(self, base_model_id: str) -> None:
         """The learner built or loaded its tier: advertise it (a new signed record)."""
         if base_model_id != self.base_model_id:
             self.base_model_id = base_model_id
             self._issue_record()
-            self._spawn(self._publish_record)
+            self._spawn(self.records.publish)
 
     async def _dht_providers(self, cid: CID) -> list[str]:
         try:
-            found = await self.dht.find_providers(cid, count=5, timeout=5.0)
+            found = await self.services.dht.find_providers(cid, count=5, timeout=5.0)
         except NetworkError as exc:
             logger.debug("no DHT providers for %s: %s", cid, exc)
             return []
@@ -547,7 +439,6 @@ class NodeDaemon:
     # --- publish / fetch (control commands) ------------------------------------------------------
     async def publish(self, cid_text: str, to: str) -> dict[str, Any]:
         """Pin, provide and announce an artifact already in the local store."""
-        assert self._gossip is not None
         cid = CID.parse(cid_text)
         if to == "parent":
             parent = self.hierarchy.parent
@@ -592,14 +483,14 @@ class NodeDaemon:
         # lookup can take seconds, and every hop of a round would wait for it.
         await self._gossip_announcement(topic, signed)
         self._spawn(self._provide, cid)
-        await self._publish_record()
+        await self.records.publish()
         return {
             "cid": str(cid),
             "topic": topic,
             "seq": ann.seq,
             "round": ann.round,
             "bytes": art.stored_bytes,
-            "subscribers": self._gossip.peers_on(topic),
+            "subscribers": self.services.gossip.peers_on(topic),
         }
 
     def _check_publishable(self, cid: CID, art: Artifact) -> None:
@@ -614,23 +505,21 @@ class NodeDaemon:
             )
 
     async def _provide(self, cid: CID) -> None:
-        if not await self.dht.provide(cid, timeout=5.0):
+        if not await self.services.dht.provide(cid, timeout=5.0):
             logger.info("no DHT peer took the provider record of %s (yet)", cid)
 
     async def _gossip_announcement(self, topic: str, signed: bytes) -> None:
-        assert self._gossip is not None
         try:
-            await self._gossip.publish(topic, signed)
+            await self.services.gossip.publish(topic, signed)
         except NetworkError as exc:
             logger.warning("announcement publish on %s: %s", topic, exc)
 
     async def fetch(self, cid_text: str, timeout: float) -> dict[str, Any]:
         """Fetch any object by CID from connected peers and DHT providers; pin it."""
-        assert self._host is not None
         return await fetch_any(
-            self.bitswap,
+            self.services.bitswap,
             CID.parse(cid_text),
-            self._host.connected_peers(),
+            self.services.host.connected_peers(),
             self._dht_providers,
             timeout=timeout,
         )
@@ -654,7 +543,7 @@ class NodeDaemon:
             if now >= next_republish:
                 # Gossip drops silently: re-publish our record and latest heads.
                 next_republish = now + republish_every
-                await self._publish_record()
+                await self.records.publish()
                 for topic, signed in list(self._announcements.items()):
                     await self._gossip_announcement(topic, signed)
             if self.guard.new_proof or now >= next_report:
@@ -667,39 +556,37 @@ class NodeDaemon:
             await trio.sleep(TICK_S)
 
     async def _bootstrap_loop(self) -> None:
-        assert self._host is not None
+        host = self.services.host
         targets = [PeerAddr.parse(a) for a in self.config.bootstrap]
         provided = False
         while True:
             for target in targets:
-                if target.peer == self._host.peer_id or self._host.is_connected(target.peer):
+                if target.peer == host.peer_id or host.is_connected(target.peer):
                     continue
                 try:
-                    await self._host.connect(target)
+                    await host.connect(target)
                 except NetworkError as exc:
                     logger.info("bootstrap %s unreachable: %s", target, exc)
                     continue
                 await self._joined(target.peer)
-            if not provided and (self._host.connected_peers() or not targets):
-                provided = await self.dht.provide(
+            if not provided and (host.connected_peers() or not targets):
+                provided = await self.services.dht.provide(
                     discovery_key(self.config.layer, self.config.domain)
                 )
             await trio.sleep(2.0 if not provided else 5.0)
 
     async def _joined(self, peer: str) -> None:
         """A fresh connection: routing table, and pull the peer's records (gossip may lag)."""
-        assert self._host is not None
-        await self.dht.add_peer(peer)
+        await self.services.dht.add_peer(peer)
         try:
             for signed in await pull_records(
-                self._host, peer, timeout=self.config.stream_timeout_s
+                self.services.host, peer, timeout=self.config.stream_timeout_s
             ):
-                self.offer_record(signed)
+                self.records.offer(signed)
         except NetworkError as exc:
             logger.debug("records pull from %s failed: %s", peer, exc)
 
     async def _discovery_loop(self) -> None:
-        assert self._host is not None
         if self.config.layer.above is None:
             return
         while True:
@@ -718,7 +605,7 @@ class NodeDaemon:
                         if known:
                             continue
                         try:
-                            await self._host.connect(found)
+                            await self.services.host.connect(found)
                         except NetworkError:
                             continue
                         await self._joined(found.peer)
@@ -726,23 +613,30 @@ class NodeDaemon:
 
     async def _providers_of(self, key: CID) -> list[PeerAddr]:
         try:
-            return await self.dht.find_providers(key, timeout=5.0)
+            return await self.services.dht.find_providers(key, timeout=5.0)
         except NetworkError:
             return []
 
     # --- status -------------------------------------------------------------------------------
     @property
-    def host(self) -> Host | None:
-        """The libp2p host while the node runs (None before and after)."""
-        return self._host
+    def host(self) -> Host:
+        """The node's libp2p host."""
+        return self.services.host
+
+    @property
+    def bitswap(self) -> Bitswap:
+        """The node's Bitswap driver (its ledgers: the bytes it exchanged)."""
+        return self.services.bitswap
 
     @property
     def record_seq(self) -> int | None:
-        return self._record_seq
+        """The sequence number of this node's latest record."""
+        return self.records.seq
 
     @property
     def topics(self) -> list[str]:
-        return self._gossip.topics if self._gossip else []
+        """The gossip topics the node is subscribed to."""
+        return self.services.gossip.topics
 
     def status(self) -> dict[str, Any]:
         return node_status(self)
@@ -754,7 +648,7 @@ class NodeDaemon:
     def _save_state(self) -> None:
         self._dirty = False  # first: a change made while this runs (in a thread) re-marks it
         state = NodeState(
-            record_seq=self._record_seq,
+            record_seq=self.records.seq,
             announcement_seq=self._ann_seq,
             head=self.head,
             hierarchy=self.hierarchy.snapshot(),
@@ -767,7 +661,7 @@ class NodeDaemon:
 
     def _apply_state(self, state: NodeState) -> None:
         """Adopt saved state (on start); raising here moves the file aside."""
-        self._record_seq = state.record_seq
+        self.records.restore(state.record_seq)
         self._ann_seq = state.announcement_seq
         self.head = state.head
         self.hierarchy.restore(state.hierarchy, self.clock())
@@ -784,7 +678,7 @@ class _Fetcher:
         self.node = node
 
     async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
-        return await self.node.bitswap.fetch(cid, providers, timeout=timeout, pin=pin)
+        return await self.node.services.bitswap.fetch(cid, providers, timeout=timeout, pin=pin)
 
     async def providers(self, cid: CID) -> list[str]:
         return await self.node._dht_providers(cid)
@@ -792,13 +686,6 @@ class _Fetcher:
 
 async def _ignore(origin: str, data: bytes) -> None:
     """Subscription handler: everything was done by the validator."""
-
-
-def _physical_memory() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError):
-        return 0
 
 
 def open_node_store(config: NodeConfig) -> DiskStore:

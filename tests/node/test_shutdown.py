@@ -69,33 +69,34 @@ async def test_registration_after_the_node_stopped_is_answered(tmp_path: Path) -
     )
     cfg.home.mkdir(mode=0o700)
     store = open_node_store(cfg)
-    daemon = NodeDaemon(cfg, Identity.generate(), store)
     try:
-        async with trio.open_nursery() as nursery:
-            ready = trio.Event()
-            nursery.start_soon(lambda: daemon.run(on_ready=lambda _st: ready.set()))
-            with trio.fail_after(60):
-                await ready.wait()
-            daemon.stop()
-        # The daemon's tasks are gone; a stream handler still running at this point
-        # (as during the host's teardown) registers a child.
-        child = Identity.generate()
-        now = time.time()
-        record = NodeRecord(
-            peer_id=child.peer_id,
-            addrs=("/ip4/127.0.0.1/tcp/1",),
-            layer=Layer.DOMAIN,
-            domain="en/news",
-            base_model_id=cfg.base_model_id,
-            capabilities=Capabilities(1 << 30, 0, HardwareClass.CPU),
-            head=None,
-            seq=1,
-            issued_ms=now_ms(now),
-            expires_ms=now_ms(now) + 300_000,
-            started_ms=now_ms(now),
-        )
-        verdict = daemon._decide_registration(str(child.peer_id), sign_record(record, child))
-        assert verdict == (True, "registered")
-        assert child.peer_id in daemon.hierarchy.children
+        async with NodeDaemon.open(cfg, Identity.generate(), store) as daemon:
+            async with trio.open_nursery() as nursery:
+                ready = trio.Event()
+                nursery.start_soon(lambda: daemon.run(on_ready=lambda _st: ready.set()))
+                with trio.fail_after(60):
+                    await ready.wait()
+                daemon.stop()
+            # The daemon's tasks are gone; a stream handler still running at this point
+            # (as during the host's teardown) registers a child.
+            child = Identity.generate()
+            now = time.time()
+            record = NodeRecord(
+                peer_id=child.peer_id,
+                addrs=("/ip4/127.0.0.1/tcp/1",),
+                layer=Layer.DOMAIN,
+                domain="en/news",
+                base_model_id=cfg.base_model_id,
+                capabilities=Capabilities(1 << 30, 0, HardwareClass.CPU),
+                head=None,
+                seq=1,
+                issued_ms=now_ms(now),
+                expires_ms=now_ms(now) + 300_000,
+                started_ms=now_ms(now),
+            )
+            signed = sign_record(record, child)
+            verdict = daemon.records.decide_registration(str(child.peer_id), signed)
+            assert verdict == (True, "registered")
+            assert child.peer_id in daemon.hierarchy.children
     finally:
         store.close()
