@@ -46,6 +46,10 @@ them, the strongest assumption):
 * ``noise``: Gaussian noise of an honest update's norm;
 * ``free-rider``: sends back (almost) nothing: noise of 1 % of an honest norm.
 
+``harm_check_on`` (information): ``rounds_to_isolate`` and ``false_isolations`` with the
+screen's ``harmful`` check on, which is off by default (in the real ``attack.toml`` it
+isolated an honest single-topic leaf: see ``p2phier/trust/quality.py``).
+
 Figures (per attack and fraction, mean over seeds): ``acc_loss_pts``, the honest
 accuracy (the parent's model on the held-out articles) lost against the clean run of
 the same seed and pipeline; ``backdoor_success``, the share of triggered test articles
@@ -99,7 +103,7 @@ from p2phier.learn.aggregate import (
     screen_round,
 )
 from p2phier.trust.local import Kind, LocalTrust
-from p2phier.trust.quality import TrustedLoss
+from p2phier.trust.quality import QualityConfig, TrustedLoss
 
 ATTACKS = ("sign-flip", "scaling", "label-flip", "alie", "ipm", "noise", "free-rider")
 FRACTIONS = (0.1, 0.2, 0.3)
@@ -117,6 +121,7 @@ GOAL_ACC_30 = 2.0
 GOAL_ALIE_20 = 5.0
 GOAL_BACKDOOR = 0.10
 GOAL_ROUNDS = 3
+HARM_ON = QualityConfig(harm_ratio=0.15)  # the screen's harmful check, off by default
 KEYS = ("classifier.weight", "classifier.bias")
 
 
@@ -262,7 +267,7 @@ class Run:
 
 
 def simulate(world: World, attack: str | None, n_bad: int, seed: int, defended: bool,
-             rounds: int) -> Run:  # fmt: skip
+             rounds: int, quality: QualityConfig | None = None) -> Run:  # fmt: skip
     rng = np.random.default_rng(10_000 + seed)
     dim = world.x.shape[1]
     model = zero_model(dim)
@@ -299,7 +304,9 @@ def simulate(world: World, attack: str | None, n_bad: int, seed: int, defended: 
                 {u.child: ce_loss(applied(model, u.delta), px, py) for u in live},
                 math.log(len(TOPICS)),
             )
-            updates, verdicts = screen_round([*live, own_update], own, trusted=("self",), loss=loss)
+            updates, verdicts = screen_round(
+                [*live, own_update], own, trusted=("self",), config=quality, loss=loss
+            )
             for child in sorted(verdicts):
                 v = verdicts[child]
                 if v.penalty > 0:
@@ -319,6 +326,17 @@ def simulate(world: World, attack: str | None, n_bad: int, seed: int, defended: 
     run.backdoor = float(np.mean(pred == TARGET))
     run.false_isolations = sum(1 for c in run.isolated_at if c not in bad)
     return run
+
+
+def _worst(runs: list[Run], n_bad: int) -> int | None:
+    """The round by which every attacker was isolated, worst seed (None: some never was)."""
+    worst = 0
+    for r in runs:
+        bad = [f"c{k}" for k in range(n_bad)]
+        if any(b not in r.isolated_at for b in bad):
+            return None
+        worst = max(worst, *(r.isolated_at[b] for b in bad))
+    return worst
 
 
 def craft(attack: str | None, world: World, model: dict[str, np.ndarray], bad: set[str],
@@ -459,6 +477,11 @@ def main() -> None:
     rows: list[list[object]] = []
     figures: dict[str, Any] = {}
     false_isolations = sum(r.false_isolations for r in long_clean)
+    harm_on: dict[str, Any] = {
+        "clean": {"false_isolations": sum(
+            simulate(worlds[s], None, 0, s, True, clean_rounds, HARM_ON).false_isolations
+            for s in seeds)}
+    }  # fmt: skip
     for attack in ATTACKS:
         for frac in FRACTIONS:
             n_bad = round(frac * CHILDREN)
@@ -472,16 +495,17 @@ def main() -> None:
                 cell[f"{tag}acc_loss_pts"] = round(loss, 2)
                 cell[f"{tag}backdoor_success"] = round(backdoor, 3)
                 if defended:
-                    worst = 0
-                    for r in runs:
-                        bad = [f"c{k}" for k in range(n_bad)]
-                        if any(b not in r.isolated_at for b in bad):
-                            worst = -1
-                            break
-                        worst = max(worst, *(r.isolated_at[b] for b in bad))
-                    cell["rounds_to_isolate"] = None if worst < 0 else worst
+                    cell["rounds_to_isolate"] = _worst(runs, n_bad)
                     cell["false_isolations"] = sum(r.false_isolations for r in runs)
                     false_isolations += cell["false_isolations"]
+                    # information: the screen's harmful check on (off by default: it
+                    # isolated an honest single-topic leaf in the real attack.toml)
+                    on = [simulate(worlds[s], attack, n_bad, s, True, rounds, HARM_ON)
+                          for s in seeds]  # fmt: skip
+                    harm_on[f"{attack}@{int(frac * 100)}"] = {
+                        "rounds_to_isolate": _worst(on, n_bad),
+                        "false_isolations": sum(r.false_isolations for r in on),
+                    }
             figures[f"{attack}@{int(frac * 100)}"] = cell
             rows.append([attack, f"{int(frac * 100)}%", cell["acc_loss_pts"],
                          cell["fedavg_acc_loss_pts"], cell["backdoor_success"],
@@ -528,6 +552,9 @@ def main() -> None:
         f"{false_isolations} false isolations incl. {clean_rounds} clean rounds "
         f"x {len(seeds)} seeds"
     )
+    log("information, the screen's harmful check on (off by default; see trust/quality.py): "
+        + ", ".join(f"{k} {v.get('rounds_to_isolate')}" for k, v in harm_on.items() if k != "clean")
+        + f"; false isolations {sum(v['false_isolations'] for v in harm_on.values())}")  # fmt: skip
     if args.json:
         emit_json({
             "attacks": figures,
@@ -538,6 +565,7 @@ def main() -> None:
             "rounds": rounds,
             "seeds": list(seeds),
             "devnet": real,
+            "harm_check_on": harm_on,
             "goals_met": all(ok for _, _, ok in checks),
             "seconds": round(time.perf_counter() - began, 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -339,7 +339,8 @@ def aggregate_round(
     own = next((u.delta for u in updates if u.child == OWN_UPDATE), None)
     judged = {c: path for c, (path, _) in children.items() if c not in set(trusted)}
     loss = None
-    if trusted_examples and len(judged) >= (quality or QualityConfig()).min_updates:
+    cfg = quality or QualityConfig()
+    if trusted_examples and cfg.harm_ratio is not None and len(judged) >= cfg.min_updates:
         loss = trusted_loss(
             tier_dir, version, judged, trusted_examples, parents=parents, max_length=max_length
         )

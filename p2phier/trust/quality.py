@@ -54,7 +54,13 @@ Flags, for what the published attacks must do to matter:
     it helps its own), a label flipper typically 0.2-0.6, a sign flipper
     0.3-1.2.  Measured only where the learning code has a trusted set
     (:func:`p2phier.learn.api.trusted_loss`) and, as the direction checks, with
-    ``min_updates`` or more updates;
+    ``min_updates`` or more updates.  **Off by default** (``harm_ratio`` None):
+    in ``devnet/scenarios/attack.toml`` (real LoRA on MiniLM, leaves of one or
+    two topics) an honest single-topic leaf's update applied alone cost the
+    parent's held-out set as much as the label flipper's (1.68 against 1.81 in
+    round 3), and the check isolated that honest leaf.  Applied alone, an update
+    of skewed data is biased towards its topics whether its labels are true or
+    not; the simulator's milder mixtures hide that;
 ``twin``
     (almost) the same update as another author's (cosine over ``twin_above``,
     lengths within :data:`TWIN_LENGTH`): colluders that compute one crafted
@@ -108,7 +114,8 @@ class QualityConfig:
     noise_sigmas: float = 3.0
     consensus_min: float = 0.2
     twin_above: float = 0.995
-    harm_ratio: float = 0.15
+    #: None: the ``harmful`` check is off (the default: see the module docstring)
+    harm_ratio: float | None = None
     harm_span: float = 0.2
     min_updates: int = 5
 
@@ -121,7 +128,7 @@ class QualityConfig:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
         if not (0 < self.twin_above <= 1 and self.min_updates >= 3 and self.noise_sigmas > 0):
             raise UsageError("need twin_above in (0, 1], min_updates >= 3, noise_sigmas > 0")
-        if not (self.harm_ratio > 0 and self.harm_span > 0):
+        if not ((self.harm_ratio is None or self.harm_ratio > 0) and self.harm_span > 0):
             raise UsageError("harm_ratio and harm_span must be positive")
 
 
@@ -247,7 +254,7 @@ def screen(
             flags.append("opposes")
         hurt = harm.get(a)
         harm_severity = 0.0
-        if hurt is not None:
+        if hurt is not None and cfg.harm_ratio is not None:
             harm_severity = min(1.0, max(0.0, (hurt - cfg.harm_ratio) / cfg.harm_span))
         if harm_severity >= 0.5:
             flags.append("harmful")

@@ -28,6 +28,7 @@ from p2phier.learn.pareto import select_tier
 from p2phier.learn.timing import TimingPolicy
 from p2phier.learn.train import LoraSettings, Session, TrainConfig, read_adapter
 from p2phier.store import MemoryStore
+from p2phier.trust.quality import QualityConfig
 
 from .conftest import ML
 
@@ -294,8 +295,9 @@ def test_the_trusted_set_tells_a_label_flipper_from_honest_children(
         children[f"c{i}"] = (out.adapter_dir, 1.0)
     trusted = sample_per_label(test, 8, seed=99)
     result = api.aggregate_round(
-        master_dir, v0, children, tmp_path / "v1", trusted_examples=trusted, max_length=48
-    )
+        master_dir, v0, children, tmp_path / "v1", trusted_examples=trusted, max_length=48,
+        quality=QualityConfig(harm_ratio=0.15),  # off by default (trust/quality.py says why)
+    )  # fmt: skip
     harm = {a: v.harm for a, v in result.verdicts.items()}
     assert all(h is not None for h in harm.values())
     assert harm["c0"] > 2 * max(h for a, h in harm.items() if a != "c0"), harm

@@ -12,6 +12,7 @@ from p2phier.errors import UsageError
 from p2phier.trust.quality import QualityConfig, TrustedLoss, screen
 
 DIM = 400
+ON = QualityConfig(harm_ratio=0.15)  # the harmful check (off by default)
 
 
 def honest_round(
@@ -222,7 +223,9 @@ def test_an_update_that_harms_the_trusted_set_is_flagged_whatever_its_direction(
     after["c1"] = 1.0 + 0.1 * np.log(5)  # an honest child costing a little (0.1: no penalty)
     after["c2"] = 1.0 + 0.3 * np.log(5)  # the flipper: 0.3 of the chance loss
     loss = TrustedLoss(before=1.0, after=after, unit=float(np.log(5)))
-    verdicts = screen(updates, probe, loss=loss)
+    off = screen(updates, probe, loss=loss)  # the default: measured, not judged
+    assert flags(off) == {} and off["c2"].harm == pytest.approx(0.3)
+    verdicts = screen(updates, probe, ON, loss=loss)
     assert flags(verdicts) == {"c2": ("harmful",)}
     assert verdicts["c2"].harm == pytest.approx(0.3)
     assert verdicts["c2"].penalty == pytest.approx((0.3 - 0.15) / 0.2)
@@ -230,17 +233,17 @@ def test_an_update_that_harms_the_trusted_set_is_flagged_whatever_its_direction(
     assert "harm +0.30" in verdicts["c2"].reason()
     # graded: a smaller harm is evidence without a flag
     after["c2"] = 1.0 + 0.2 * np.log(5)
-    v = screen(updates, probe, loss=TrustedLoss(1.0, after, float(np.log(5))))["c2"]
+    v = screen(updates, probe, ON, loss=TrustedLoss(1.0, after, float(np.log(5))))["c2"]
     assert v.ok and v.penalty == pytest.approx(0.25)
 
 
 def test_harm_is_judged_only_with_enough_updates_and_for_authors_measured() -> None:
     updates, probe = honest_round(4, n=3)
     loss = TrustedLoss(1.0, {a: 3.0 for a in updates}, 1.6)
-    assert flags(screen(updates, probe, loss=loss)) == {}  # fewer than min_updates
+    assert flags(screen(updates, probe, ON, loss=loss)) == {}  # fewer than min_updates
     updates, probe = honest_round(4)
     loss = TrustedLoss(1.0, {"c0": 3.0, "c1": 0.9, "c2": 0.95}, 1.6)
-    verdicts = screen(updates, probe, loss=loss)
+    verdicts = screen(updates, probe, ON, loss=loss)
     assert flags(verdicts) == {"c0": ("harmful",)}
     assert verdicts["c3"].harm is None
 
@@ -251,7 +254,7 @@ def test_where_every_child_overfits_harm_counts_over_the_median() -> None:
     updates, probe = honest_round(6)
     after = {a: 1.6 + 0.3 + 0.01 * i for i, a in enumerate(sorted(updates))}
     after["c4"] = 1.6 + 0.3 + 0.5 * np.log(5)
-    verdicts = screen(updates, probe, loss=TrustedLoss(1.6, after, float(np.log(5))))
+    verdicts = screen(updates, probe, ON, loss=TrustedLoss(1.6, after, float(np.log(5))))
     assert flags(verdicts) == {"c4": ("harmful",)}
     assert max(v.harm or 0.0 for a, v in verdicts.items() if a != "c4") < 0.05
 
