@@ -38,6 +38,9 @@ sets the strength, default 1, and the first round it attacks in, default 1):
 
 ALIE and IPM need the honest siblings' updates of the round; the in-process
 simulator ``bench/attacks.py`` runs them (with that knowledge granted).
+
+Network attacks (``wrong-blocks``, ``flood[:RATE]``, ``equivocate``, ``slander``,
+``fake-master``, ``sybil[:COUNT]``) live in :mod:`p2phier.devnet.netattack`.
 """
 
 from __future__ import annotations
@@ -182,10 +185,19 @@ DEFAULT_STRENGTH = {"scale": 10.0}
 
 def daemon_class(attack: str) -> type[NodeDaemon]:
     """``ATTACK[:STRENGTH][@ROUND]`` -> the daemon class (``ValueError`` if unknown)."""
+    from p2phier.devnet.netattack import NETWORK, network_daemon
+
     head, _, first = attack.partition("@")
     name, _, strength = head.partition(":")
     if name in ATTACKS and not strength and not first:
         return ATTACKS[name]
+    if name in NETWORK and first in ("", "1"):
+        try:
+            amount = float(strength) if strength else None
+        except ValueError:
+            amount = -1.0
+        if amount is None or (np.isfinite(amount) and 1 <= amount <= 1000):
+            return network_daemon(name, amount)
     if name in POISONING:
         try:
             value = float(strength) if strength else DEFAULT_STRENGTH.get(name, 1.0)
@@ -194,7 +206,7 @@ def daemon_class(attack: str) -> type[NodeDaemon]:
             value, from_round = -1.0, 0
         if np.isfinite(value) and value >= 0 and from_round >= 1:
             return poisoning_daemon(name, value, from_round)
-    raise ValueError(f"unknown attack {attack!r}; one of {[*ATTACKS, *POISONING]}")
+    raise ValueError(f"unknown attack {attack!r}; one of {[*ATTACKS, *POISONING, *NETWORK]}")
 
 
 def main(argv: list[str]) -> None:

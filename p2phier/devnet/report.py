@@ -86,6 +86,10 @@ class NodeRound:
     propagation_s: float | None = None  # parent's announce -> applied here
     up: bool = True  # False while killed or frozen
     isolated: int = 0  # peers this node had isolated (trust) at the round's end
+    #: those peers, by node name (a peer that is no scenario node: its peer id)
+    isolated_peers: tuple[str, ...] = ()
+    #: peers this node's global view distrusted at the round's end, likewise
+    distrusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ def _check(value: Any, kinds: type | tuple[type, ...], path: str) -> Any:
 
 
 _NUM = (int, float)
+MAX_PEER_NAMES = 4096  # isolated or distrusted peers a node round may name
 _OPT_NUM = (int, float, type(None))
 _OPT_STR = (str, type(None))
 
@@ -217,6 +222,8 @@ _NODE_ROUND = {
     "propagation_s": (_OPT_NUM, False),
     "up": (bool, False),
     "isolated": (int, False),
+    "isolated_peers": (list, False),
+    "distrusted": (list, False),
 }
 
 
@@ -262,7 +269,13 @@ def _parse_run(data: object) -> RunRecord:
             raise RunRecordError(f"{path}.{unknown[0]}: unknown field")
         entries = []
         for j, nr in enumerate(_need(r, "nodes", list, path)):
-            entry = NodeRound(**_fields(nr, NodeRound, f"{path}.nodes[{j}]", _NODE_ROUND))
+            fields = _fields(nr, NodeRound, f"{path}.nodes[{j}]", _NODE_ROUND)
+            for key in ("isolated_peers", "distrusted"):
+                names_ = fields.get(key, [])
+                if len(names_) > MAX_PEER_NAMES or not all(isinstance(x, str) for x in names_):
+                    raise RunRecordError(f"{path}.nodes[{j}].{key}: not a list of names")
+                fields[key] = tuple(names_)
+            entry = NodeRound(**fields)
             if entry.node not in names:
                 raise RunRecordError(f"{path}.nodes[{j}].node: no node is named {entry.node!r}")
             for key in ("accuracy_own", "accuracy_parent", "accuracy_children"):

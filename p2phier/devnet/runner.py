@@ -181,7 +181,7 @@ class Devnet:
         it (``sign-flip:STRENGTH@FROM_ROUND``), or None for an honest node."""
         for a in self.s.attackers:
             if a.node == name:
-                return f"{a.behaviour.replace('_', '-')}:{a.strength:g}@{a.from_round}"
+                return a.spec
         return None
 
     def _record(self) -> None:
@@ -209,6 +209,11 @@ class Devnet:
             rest = [n for n in self.s.nodes if n.name != master.name]
             for node in rest:
                 self.nodes[node.name] = self._proc(node, [first.addr])
+            # A fake master must be in the network before the nodes it tries to capture.
+            fakes = {a.node for a in self.s.attackers if a.behaviour == "fake_master"}
+            for name in sorted(fakes):
+                self.nodes[name].start(180.0)
+            rest = [n for n in rest if n.name not in fakes]
             with ThreadPoolExecutor(max_workers=4) as pool:
                 for fut in [pool.submit(self.nodes[n.name].start, 180.0) for n in rest]:
                     fut.result()
@@ -290,9 +295,19 @@ class Devnet:
                 self.rss_max[name] = max(self.rss_max.get(name, 0), rss)
 
     def formed(self, st: Mapping[str, dict[str, Any] | None]) -> list[str]:
-        """Nodes still waiting: for their parent, their tier, or their first version."""
+        """Nodes still waiting: for their parent, their tier, or their first version
+        (attackers that never take their place, an equivocator or a fake master, and those
+        their parent has isolated already, are not waited for)."""
         waiting = []
+        outside = {a.node for a in self.s.attackers if not a.joins}
+        for a in self.s.attackers:
+            parent = self.s.node(a.node).parent
+            ps = st.get(parent) if parent is not None else None
+            if ps is not None and self.nodes[a.node].peer_id in ps.get("isolated", []):
+                outside.add(a.node)
         for node in self.s.nodes:
+            if node.name in outside:
+                continue
             s = st.get(node.name)
             if s is None:
                 if self.alive(node.name):
@@ -414,6 +429,12 @@ def round_info(
                 propagation_s=max(props) if props else None,
                 up=s is not None,
                 isolated=len((s or {}).get("isolated", [])),
+                isolated_peers=tuple(
+                    devnet.peer_names.get(p, p) for p in (s or {}).get("isolated", [])
+                ),
+                distrusted=tuple(
+                    devnet.peer_names.get(p, p) for p in (s or {}).get("distrusted", [])
+                ),
             )
         )
     return RoundInfo(round_, round(wall_s, 3), tuple(nodes))

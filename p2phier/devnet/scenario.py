@@ -60,8 +60,14 @@ AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_sco
 CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
 ARRIVAL_ORDERS = ("shuffled", "by_label")
 FAULT_ACTIONS = ("kill", "freeze", "restart")
-#: node behaviours an ``[[attackers]]`` entry may give (p2phier/devnet/attacker.py)
-ATTACK_BEHAVIOURS = ("sign_flip", "scale", "noise", "label_flip", "stale", "free_ride")
+#: poisoning: what a training node sends its parent (p2phier/devnet/attacker.py)
+POISONING_BEHAVIOURS = ("sign_flip", "scale", "noise", "label_flip", "stale", "free_ride")
+#: network attacks any node but the master may run (p2phier/devnet/netattack.py)
+NETWORK_BEHAVIOURS = ("wrong_blocks", "flood", "equivocate", "slander", "fake_master", "sybil")
+ATTACK_BEHAVIOURS = POISONING_BEHAVIOURS + NETWORK_BEHAVIOURS
+#: attackers that never take their scenario place (the launcher does not wait for them):
+#: an equivocator is isolated on sight, a fake master claims another layer
+NOT_JOINING = ("equivocate", "fake_master")
 TRAINING_LAYERS = (Layer.SUBDOMAIN, Layer.DEVICE)  # they run local learning cycles
 
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
@@ -168,7 +174,19 @@ class AttackerSpec:
     node: str
     behaviour: str
     from_round: int = 1
-    strength: float = 1.0
+    #: the attack's size (None: its default): a poisoning factor, a flood's announcements
+    #: per second, a Sybil cluster's identities
+    strength: float | None = None
+
+    @property
+    def spec(self) -> str:
+        """As the attacker module takes it: ``sign-flip:STRENGTH@FROM_ROUND``."""
+        amount = "" if self.strength is None else f":{self.strength:g}"
+        return f"{self.behaviour.replace('_', '-')}{amount}@{self.from_round}"
+
+    @property
+    def joins(self) -> bool:
+        return self.behaviour not in NOT_JOINING
 
 
 @dataclass(frozen=True)
@@ -679,7 +697,7 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
             node=at.get("node", _name),
             behaviour=at.get("behaviour", _choice(ATTACK_BEHAVIOURS)),
             from_round=at.get("from_round", _int(1, MAX_ROUNDS), 1),
-            strength=at.get("strength", _float(0.0, 1e6), 1.0),
+            strength=at.opt("strength", _float(0.0, 1e6)),
         )
         at.done()
         if attacker.node not in paths:
@@ -709,14 +727,30 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
 
 
 def _check_attackers(scenario: Scenario) -> None:
-    """An attacker poisons what it sends its parent: it must be a training node, named once,
-    and attack within the run."""
+    """A poisoner poisons what it sends its parent: it must be a training node; a network
+    attacker may be any node but the master.  Each is named once and attacks within the
+    run (a network attacker from the start)."""
     trains = {n.name: n.trains for n in scenario.nodes}
     seen: set[str] = set()
     for i, a in enumerate(scenario.attackers):
         if a.node in seen:
             raise ScenarioError(f"attackers[{i}].node: {a.node!r} is already an attacker")
         seen.add(a.node)
+        if a.behaviour in NETWORK_BEHAVIOURS:
+            if a.node == scenario.master.name:
+                raise ScenarioError(f"attackers[{i}].node: the master cannot be an attacker")
+            if a.from_round != 1:
+                raise ScenarioError(
+                    f"attackers[{i}].from_round: a network attack runs from the start"
+                )
+            if a.strength is not None and not (
+                a.behaviour in ("flood", "sybil") and 1 <= a.strength <= 1000
+            ):
+                raise ScenarioError(
+                    f"attackers[{i}].strength: only flood (announcements per second) and "
+                    "sybil (identities) take one, from 1 to 1000"
+                )
+            continue
         if not trains[a.node]:
             raise ScenarioError(
                 f"attackers[{i}].node: {a.node!r} does not train (a leaf or a sub-domain or "

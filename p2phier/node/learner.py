@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 MAX_STATE_BYTES = 4 << 20
 POLL_S = 0.25
+#: the least a round waits for its newcomers' updates once every known child's is in
+NEWCOMER_MIN_S = 10.0
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -486,10 +488,19 @@ class Learner:
             self.errors.append(f"publish to parent: {exc}")
             return str(exc)
 
-    async def _collect(self, r: int, began: float) -> dict[str, _Update]:
+    async def _collect(self, r: int, began: float, rec: dict[str, Any]) -> dict[str, _Update]:
         """Children's updates on the current flat, once every registered child sent one for
-        round ``r`` (a child whose connection is gone is not waited for) or ``collect_s``."""
+        round ``r`` (a child whose connection is gone is not waited for) or ``collect_s``.
+
+        Children whose updates were useful here before are waited for; newcomers only
+        while the round is young: once every known child's update is in, the others get
+        as long again as the known ones needed (at least ``NEWCOMER_MIN_S``).  A cluster
+        of fresh identities that register and never send (Sybils) cannot hold every
+        round to ``collect_s``; in a network's first round everyone is a newcomer and
+        the round waits for all, as before."""
         deadline = began + self.plan.collect_s
+        trust = self.node.guard.trust
+        known_done_at: float | None = None
         while True:
             current = self.state["flat"]["cid"]
             fresh = {a: u for a, u in self.updates.items() if u.base_version == current}
@@ -497,8 +508,19 @@ class Learner:
             # one that is merely slow (a busy CPU) keeps its connection and is.
             expected = {str(c) for c in self.node.hierarchy.children if self.node.connected(c)}
             done = {a for a, u in fresh.items() if u.round >= r}
-            if (expected and expected <= done) or time.time() >= deadline:
+            now = time.time()
+            if (expected and expected <= done) or now >= deadline:
+                rec["collected"] = "every child" if expected <= done else "collect_s"
                 return fresh
+            known = {c for c in expected if trust.history(c, now) > 0}
+            if known and known <= done:
+                known_done_at = known_done_at or now
+                grace = max(NEWCOMER_MIN_S, 2 * (known_done_at - began))
+                if now >= began + grace:
+                    late = len(expected - done)
+                    logger.info("round %d: %d newcomer(s) not waited for", r, late)
+                    rec["collected"] = f"known children; {late} newcomer(s) not waited for"
+                    return fresh
             await trio.sleep(POLL_S)
 
     async def _rebase_local(self, tier: Path, old_on: Path, new_on: Path) -> dict[str, Any]:
@@ -540,7 +562,7 @@ class Learner:
 
         tier = Path(self.state["tier"]["dir"])
         flat = Path(self.state["flat"]["dir"])
-        fresh = await self._collect(r, began)
+        fresh = await self._collect(r, began, rec)
         rec["children_updates"] = sorted(fresh)
         updates: dict[str, tuple[Path, float]] = {}
         skipped = []

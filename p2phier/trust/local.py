@@ -217,6 +217,14 @@ class LocalTrust:
         w *= max(0.0, 1.0 - bad / cfg.isolate_below)
         return round(w, 4), f"history {history:.2f} update(s), evidence {bad:.2f}"
 
+    def history(self, peer: str, now: float) -> float:
+        """How many of ``peer``'s updates were useful here (decayed; 0: a newcomer)."""
+        p = self._peers.get(peer)
+        if p is None or Kind.USEFUL_UPDATE not in p.counters:
+            return 0.0
+        value, at = p.counters[Kind.USEFUL_UPDATE]
+        return _decayed(value, now - at, self.config.params[Kind.USEFUL_UPDATE].half_life_s)
+
     def is_isolated(self, peer: str, now: float) -> bool:
         p = self._peers.get(peer)
         return p is not None and p.isolated_until is not None and p.isolated_until > now

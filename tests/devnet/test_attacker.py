@@ -90,6 +90,32 @@ def test_attack_specs_parse_and_bad_ones_are_refused() -> None:
     learner = cls.learner_class  # type: ignore[attr-defined]
     assert issubclass(learner, PoisoningLearner)
     assert (learner.behaviour, learner.strength, learner.from_round) == ("scale", 4.0, 2)
-    for bad in ("", "nice", "scale:-1", "scale:x", "noise@0", "foreign-artifact:2"):
+    for bad in ("", "nice", "scale:-1", "scale:x", "noise@0", "foreign-artifact:2",
+                "flood:0", "sybil:x", "flood@2"):  # fmt: skip
         with pytest.raises(ValueError, match="unknown attack"):
             daemon_class(bad)
+
+
+def test_network_attack_specs_parse() -> None:
+    from p2phier.devnet.netattack import NETWORK, FloodDaemon, SybilDaemon
+
+    for name, cls in NETWORK.items():
+        assert daemon_class(name) is cls
+        assert daemon_class(f"{name}@1") is cls
+    flood = daemon_class("flood:7")
+    assert issubclass(flood, FloodDaemon) and flood.rate == 7.0  # type: ignore[attr-defined]
+    sybil = daemon_class("sybil:12@1")
+    assert issubclass(sybil, SybilDaemon) and sybil.count == 12  # type: ignore[attr-defined]
+
+
+def test_a_corrupting_source_flips_one_bit_of_every_block() -> None:
+    from p2phier.cid import CID
+    from p2phier.devnet.netattack import _Corrupting
+    from p2phier.store import MemoryStore
+
+    store = MemoryStore()
+    cid = CID.raw(b"some block bytes")
+    store.put_block(cid, b"some block bytes")
+    bad = _Corrupting(store).get_block(cid)
+    assert len(bad) == len(b"some block bytes") and bad != b"some block bytes"
+    assert not cid.verify(bad)

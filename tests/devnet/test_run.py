@@ -234,3 +234,40 @@ def test_devnet_down_stops_every_node_after_the_launcher_dies(tmp_path: Path) ->
             launcher.wait()
         for pid in _no_node_left(run_dir) if (run_dir / RUN_STATE).exists() else []:
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.xdist_group("devnet-netattack")
+def test_network_attackers_are_isolated_and_no_honest_node_is(tmp_path: Path) -> None:
+    """ci-netattack.toml: real node processes serving wrong blocks, flooding announcements,
+    equivocating, claiming to be a master, running a 10-identity Sybil cluster, and 4 of
+    12 slandering every other node."""
+    run_dir = tmp_path / "netattack"
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-netattack.toml"), "--dir",
+                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
+    proven = {"blocks", "flooder", "twofaced"}
+    # The parent isolated the three that misbehaved towards it; an equivocation is a
+    # proof anyone can check, so the master (which saw both records) isolated it too.
+    assert proven <= set(last["en"]["isolated_peers"]), last["en"]
+    assert "twofaced" in last["master"]["isolated_peers"], last["master"]
+    names = set(last)
+    for name, n in last.items():
+        # nobody isolated or distrusted an honest node, a slanderer or the Sybils' node:
+        # slander alone, and the Sybils' praise of each other, move nobody (the fake
+        # master, whom nobody vouches for, may well be distrusted: it is slandered too)
+        assert set(n["isolated_peers"]) & names <= proven, (name, n)
+        assert set(n["distrusted"]) & names <= proven | {"fake"}, (name, n)
+    # Nobody took the fake master as parent: the launcher saw every node under its
+    # scenario parent (it waits for that), and the fake stayed outside.
+    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
+    en = _learner(run_dir, "en")
+    assert peers["fake"] not in en["rounds"]["1"]["children_updates"]
+    # The Sybils registered under en and never sent an update: after the first round
+    # (everyone a newcomer) they held no round to collect_s.
+    second = en["rounds"]["2"]
+    assert second["collected"] != "collect_s", second
+    honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
+    assert honest <= set(second["children_updates"]), second
+    assert _no_node_left(run_dir) == []

@@ -130,7 +130,13 @@ from_round = 2
     assert s.node("news-tech").parent == "news"
     assert not s.node("news").trains  # it has a child now
     assert s.attackers[0].behaviour == "sign_flip"
+    assert s.attackers[0].spec == "sign-flip@2"  # no strength given: the attack's default
     assert s.node("news-tech").shard is not None
+    net = parse(SMALL + '[[attackers]]\nnode = "en"\nbehaviour = "sybil"\nstrength = 12.0\n')
+    assert net.attackers[0].spec == "sybil:12@1"  # a node that does not train may attack so
+    assert net.attackers[0].joins
+    fake = parse(SMALL + '[[attackers]]\nnode = "en"\nbehaviour = "fake_master"\n')
+    assert not fake.attackers[0].joins
 
 
 # (description, TOML text appended to / replacing SMALL, expected start of the message)
@@ -284,6 +290,21 @@ BAD: list[tuple[str, str, str]] = [
         "attack after the run",
         SMALL + '[[attackers]]\nnode = "news"\nbehaviour = "noise"\nfrom_round = 3\n',
         "attackers[0].from_round: 3 is past the last round (2)",
+    ),
+    (
+        "network attacker as master",
+        SMALL + '[[attackers]]\nnode = "master"\nbehaviour = "flood"\n',
+        "attackers[0].node: the master cannot be an attacker",
+    ),
+    (
+        "network attack from a later round",
+        SMALL + '[[attackers]]\nnode = "en"\nbehaviour = "slander"\nfrom_round = 2\n',
+        "attackers[0].from_round: a network attack runs from the start",
+    ),
+    (
+        "strength of an attack that takes none",
+        SMALL + '[[attackers]]\nnode = "en"\nbehaviour = "equivocate"\nstrength = 2.0\n',
+        "attackers[0].strength: only flood (announcements per second) and sybil",
     ),
     ("newer format", "format = 2\n" + SMALL, "format: scenario format 2 is not known"),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from p2phier.errors import UsageError
-from p2phier.trust.local import Isolate, Kind, LocalTrust, Release, TrustConfig
+from p2phier.trust.local import DEFAULT_PARAMS, Isolate, Kind, LocalTrust, Release, TrustConfig
 
 H = 3600.0
 
@@ -91,3 +91,15 @@ def test_a_newcomer_counts_only_as_far_as_its_history_justifies() -> None:
     t.observe("liar", Kind.PROVENANCE, 0.0)
     assert t.weight("liar", 1.0) == (0.0, "isolated: proof: provenance: ")
     assert t.weight("unknown", 0.0)[0] == pytest.approx(0.25)
+
+
+def test_history_counts_useful_updates_decayed_and_is_zero_for_a_newcomer() -> None:
+    trust = LocalTrust()
+    assert trust.history("new", 0.0) == 0.0
+    trust.observe("old", Kind.STALL, 0.0)
+    assert trust.history("old", 0.0) == 0.0  # other evidence is no history
+    trust.observe("old", Kind.USEFUL_UPDATE, 0.0)
+    trust.observe("old", Kind.USEFUL_UPDATE, 0.0)
+    assert trust.history("old", 0.0) == pytest.approx(2.0)
+    week = DEFAULT_PARAMS[Kind.USEFUL_UPDATE].half_life_s
+    assert trust.history("old", week) == pytest.approx(1.0)
