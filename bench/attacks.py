@@ -61,15 +61,17 @@ IPM; <= 5 pts for ALIE at 20 %; backdoor success < 10 %; every attacker isolated
 3 rounds; zero false isolations.  Plain FedAvg's figures are printed beside them for
 contrast (information: they show what the defence is for).
 
-``--devnet`` adds the real-process run: ``devnet/scenarios/attack.toml`` (MiniLM, one
+``--devnet`` adds the real-process runs: ``devnet/scenarios/attack.toml`` (MiniLM, one
 language node with 10 leaves, 3 of them attackers: sign-flip, model replacement x10,
-label-flip) through ``p2phier devnet up`` as a user runs it, and the same scenario with
-``--no-attackers``.  Its figures: ``acc_loss_pts`` (the honest leaves' mean accuracy on
+label-flip), ``attack-collude.toml`` (the same network, 2 colluders that fetch their
+siblings' updates first: ALIE and IPM) through ``p2phier devnet up`` as a user runs it,
+and attack.toml with ``--no-attackers`` (the clean run both are compared with).
+Its figures: ``acc_loss_pts`` (the honest leaves' mean accuracy on
 their own held-out data, clean run minus attack run, last round; the parent's accuracy on
 every child's data, the attackers' included, is printed as information),
 ``rounds_to_isolate`` (per attacker, the round in which the parent isolated it, from the
-nodes' logs), ``false_isolations`` (honest peers isolated by anyone, both runs).  It takes
-two devnet runs (about 10 minutes each on 2 cores); with ``--keep DIR``, runs finished
+nodes' logs), ``false_isolations`` (honest peers isolated by anyone, all runs).  It takes
+three devnet runs (about 10 minutes each on 2 cores); with ``--keep DIR``, runs finished
 there before are read again instead of run.
 """
 
@@ -388,11 +390,19 @@ def _norm(u: dict[str, np.ndarray]) -> float:
 
 
 def devnet_figures(keep: Path | None) -> dict[str, Any]:
-    """Run attack.toml with and without its attackers as real node processes."""
-    scenario = ROOT / "devnet" / "scenarios" / "attack.toml"
+    """Run attack.toml with and without its attackers, and attack-collude.toml, as real
+    node processes."""
+    from p2phier.devnet.scenario import load_scenario
+
+    scenarios = ROOT / "devnet" / "scenarios"
+    plan = {
+        "attack": (scenarios / "attack.toml", []),
+        "collude": (scenarios / "attack-collude.toml", []),
+        "clean": (scenarios / "attack.toml", ["--no-attackers"]),
+    }
     base = keep or Path(tempfile.mkdtemp(prefix="p2phier-attacks-"))
     runs: dict[str, Path] = {}
-    for tag, extra in (("attack", []), ("clean", ["--no-attackers"])):
+    for tag, (scenario, extra) in plan.items():
         runs[tag] = base / tag
         if (runs[tag] / "run.json").is_file():
             log(f"devnet run '{tag}': reading the finished run in {runs[tag]}")
@@ -416,47 +426,62 @@ def devnet_figures(keep: Path | None) -> dict[str, Any]:
         record = json.loads((run / "run.json").read_text())
         return {n["node"]: n for n in record["rounds"][-1]["nodes"]}
 
-    def honest_accuracy(run: Path) -> float:
+    def honest_accuracy(run: Path, attackers: dict[str, str]) -> float:
         """The honest leaves' mean accuracy on their own held-out data, last round."""
         last = last_round(run)
         honest = [f"leaf{i}" for i in range(10) if f"leaf{i}" not in attackers]
         return sum(float(last[n]["accuracy_own"]) for n in honest) / len(honest)
 
-    attackers = {"leaf7": "sign_flip", "leaf8": "scale", "leaf9": "label_flip"}
     line = re.compile(r"^(\S+ \S+),\d+ WARNING p2phier\.node\.guard: isolating (\S+) until")
-    out: dict[str, Any] = {"false_isolations": 0, "rounds_to_isolate": {}}
+    out: dict[str, Any] = {"false_isolations": 0}
+    clean_attackers = {a.node: a.behaviour for a in load_scenario(plan["attack"][0]).attackers}
+    acc_clean = honest_accuracy(runs["clean"], clean_attackers)
     for tag, run in runs.items():
+        attackers = (
+            {} if tag == "clean"
+            else {a.node: a.behaviour for a in load_scenario(plan[tag][0]).attackers}
+        )  # fmt: skip
         nodes = state(run)["nodes"]
         names = {n["peer_id"]: name for name, n in nodes.items()}
         en_home = Path(nodes["en"]["home"])
         rounds = json.loads((en_home / "learn" / "state.json").read_text())["rounds"]
         starts = sorted((int(r), rec["started_ms"] / 1000.0) for r, rec in rounds.items())
+        isolate: dict[str, int | None] = {}
         for name, info in nodes.items():
             for text in Path(info["log"]).read_text(errors="replace").splitlines():
                 m = line.match(text)
                 if not m:
                     continue
                 victim = names.get(m.group(2), m.group(2))
-                if victim not in attackers or tag == "clean":
+                if victim not in attackers:
                     out["false_isolations"] += 1
                     continue
                 if name != "en":
                     continue
                 at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
                 r = max((r for r, t in starts if t <= at), default=0)
-                prev = out["rounds_to_isolate"].get(victim)
-                out["rounds_to_isolate"][victim] = r if prev is None else min(prev, r)
-    for victim in attackers:
-        out["rounds_to_isolate"].setdefault(victim, None)
-    out["acc_attack"] = round(honest_accuracy(runs["attack"]), 4)
-    out["acc_clean"] = round(honest_accuracy(runs["clean"]), 4)
-    out["acc_loss_pts"] = round(100 * (out["acc_clean"] - out["acc_attack"]), 2)
-    # information: the parent on every child's held-out data, the attackers' included
-    # (their data is left out of the attack run's aggregate with their updates)
-    out["parent_on_all_children"] = {
-        tag: last_round(run)["en"]["accuracy_children"] for tag, run in runs.items()
-    }
-    out["attackers"] = attackers
+                prev = isolate.get(victim)
+                isolate[victim] = r if prev is None else min(prev, r)
+        if tag == "clean":
+            continue
+        for victim in attackers:
+            isolate.setdefault(victim, None)
+        # the clean run's honest leaves are this run's (attack-collude has fewer attackers:
+        # its honest leaves are compared with the same leaves of the clean run)
+        acc = honest_accuracy(run, attackers)
+        clean_same = honest_accuracy(runs["clean"], attackers)
+        out[tag] = {
+            "attackers": attackers,
+            "rounds_to_isolate": isolate,
+            "acc_attack": round(acc, 4),
+            "acc_clean": round(clean_same, 4),
+            "acc_loss_pts": round(100 * (clean_same - acc), 2),
+            # information: the parent on every child's held-out data, attackers' included
+            "parent_on_all_children": {
+                t: last_round(runs[t])["en"]["accuracy_children"] for t in (tag, "clean")
+            },
+        }
+    out["acc_clean"] = round(acc_clean, 4)
     return out
 
 
@@ -521,29 +546,36 @@ def main() -> None:
     checks = goals(figures, false_isolations)
     real = devnet_figures(args.keep) if args.devnet else None
     if real is not None:
+        rows_real: list[list[object]] = []
+        for tag in ("attack", "collude"):
+            r = real[tag]
+            rows_real += [
+                [f"{tag}: acc_loss_pts (clean - attack: honest leaves, own held-out data)",
+                 f"{r['acc_loss_pts']} ({r['acc_clean']} vs {r['acc_attack']})"],
+                [f"{tag}: en on all children's data, attackers' included (info)",
+                 f"{r['parent_on_all_children']['clean']} clean, "
+                 f"{r['parent_on_all_children'][tag]} attack"],
+                *[[f"{tag}: rounds_to_isolate {n} ({b})", r["rounds_to_isolate"][n]]
+                  for n, b in r["attackers"].items()],
+            ]  # fmt: skip
+        rows_real.append(["false_isolations (all three runs)", real["false_isolations"]])
         print_table(
-            "Real processes: devnet/scenarios/attack.toml (parent en, 10 leaves, 3 attackers)",
+            "Real processes: devnet/scenarios/attack.toml (parent en, 10 leaves, 3 poisoners), "
+            "attack-collude.toml (ALIE, IPM) and the clean run",
             ["figure", "measured"],
-            [
-                ["acc_loss_pts (clean - attack: honest leaves, own held-out data)",
-                 f"{real['acc_loss_pts']} ({real['acc_clean']} vs {real['acc_attack']})"],
-                ["en on all children's data, attackers' included (info)",
-                 f"{real['parent_on_all_children']['clean']} clean, "
-                 f"{real['parent_on_all_children']['attack']} attack"],
-                *[[f"rounds_to_isolate {n} ({b})", real["rounds_to_isolate"][n]]
-                  for n, b in real["attackers"].items()],
-                ["false_isolations (both runs)", real["false_isolations"]],
-            ],
-        )  # fmt: skip
-        slow = [n for n, r in real["rounds_to_isolate"].items() if r is None or r > GOAL_ROUNDS]
-        checks += [
-            ("devnet: acc loss <= 2 pts", str(real["acc_loss_pts"]),
-             real["acc_loss_pts"] <= GOAL_ACC_30),
-            (f"devnet: every attacker isolated within {GOAL_ROUNDS} rounds",
-             "all" if not slow else "not: " + ", ".join(slow), not slow),
-            ("devnet: zero false isolations", str(real["false_isolations"]),
-             real["false_isolations"] == 0),
-        ]  # fmt: skip
+            rows_real,
+        )
+        for tag in ("attack", "collude"):
+            r = real[tag]
+            slow = [n for n, x in r["rounds_to_isolate"].items() if x is None or x > GOAL_ROUNDS]
+            checks += [
+                (f"devnet {tag}: acc loss <= 2 pts", str(r["acc_loss_pts"]),
+                 r["acc_loss_pts"] <= GOAL_ACC_30),
+                (f"devnet {tag}: every attacker isolated within {GOAL_ROUNDS} rounds",
+                 "all" if not slow else "not: " + ", ".join(slow), not slow),
+            ]  # fmt: skip
+        checks.append(("devnet: zero false isolations", str(real["false_isolations"]),
+                       real["false_isolations"] == 0))  # fmt: skip
     print_table("Goals", ["goal", "measured", ""], [[g, m, verdict(ok)] for g, m, ok in checks])
     clean_acc = float(np.mean([clean[(s, True)].accuracy for s in seeds]))
     fedavg_clean = float(np.mean([clean[(s, False)].accuracy for s in seeds]))

@@ -36,8 +36,19 @@ sets the strength, default 1, and the first round it attacks in, default 1):
     trains honestly on its data with every label replaced by its mirror in the
     sorted label set (data poisoning: the update itself is well-formed).
 
-ALIE and IPM need the honest siblings' updates of the round; the in-process
-simulator ``bench/attacks.py`` runs them (with that knowledge granted).
+``alie``
+    "a little is enough" (Baruch et al. 2019): waits for its siblings' updates of
+    the round (their records name their heads; updates are published by hash, so
+    anyone may fetch them), and sends their mean minus STRENGTH (z, default 1)
+    times their standard deviation, coordinate-wise;
+``ipm``
+    inner-product manipulation (Xie et al. 2020): likewise, and sends minus
+    STRENGTH (default 0.5) times their mean.
+
+Siblings share their LoRA ``A`` factors (the seed comes from the parent's
+version: ``cycle.shared_init_seed``), so their ``B`` factors and head
+differences average as the updates do.  If no sibling's update arrives within
+``SIBLING_WAIT_S``, the node sends its honest update.
 
 Network attacks (``wrong-blocks``, ``flood[:RATE]``, ``equivocate``, ``slander``,
 ``fake-master``, ``sybil[:COUNT]``) live in :mod:`p2phier.devnet.netattack`.
@@ -46,7 +57,9 @@ Network attacks (``wrong-blocks``, ``flood[:RATE]``, ``equivocate``, ``slander``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +67,12 @@ import numpy as np
 
 from p2phier.artifact import Artifact
 from p2phier.cid import CID
+from p2phier.errors import P2PHierError
 from p2phier.learnplan import NodeData
 from p2phier.node.daemon import NodeDaemon
 from p2phier.node.learner import Learner
+
+logger = logging.getLogger(__name__)
 
 LORA_B = ".lora_B.weight"
 LORA_A = ".lora_A.weight"
@@ -133,7 +149,14 @@ class PoisoningLearner(Learner):
     ) -> Artifact:
         local = self.state["local"]
         leaf_update = self.state["flat"] is None and local is not None and local["on"]
-        if leaf_update and round_ >= self.from_round and self.behaviour != "label-flip":
+        if leaf_update and round_ >= self.from_round and self.behaviour in ("alie", "ipm"):
+            honest = await self._siblings(round_, base_version)
+            if honest:
+                adapter = await self._work(
+                    collude, self.behaviour, self.strength, [adapter, *honest],
+                    Path(local["on"]), out=self._new_dir("poisoned"),
+                )  # fmt: skip
+        elif leaf_update and round_ >= self.from_round and self.behaviour != "label-flip":
             if self.behaviour == "stale":
                 self._first = self._first or adapter
                 adapter = self._first
@@ -146,6 +169,80 @@ class PoisoningLearner(Learner):
             adapter, base_version=base_version, round_=round_, metrics=metrics
         )
 
+    async def _siblings(self, round_: int, base_version: str | None) -> list[Path]:
+        """The adapters of the siblings' updates of this round on the same version, as
+        their records' heads name them (waits up to ``SIBLING_WAIT_S``)."""
+        import trio
+
+        from p2phier.artifact import verify_artifact
+
+        node = self.node
+        parent_domain = node.config.domain.rpartition("/")[0]
+        tier = Path(self.state["tier"]["dir"])
+        found: dict[str, Path] = {}
+        tried: set[str] = set()
+        deadline = time.monotonic() + SIBLING_WAIT_S
+        while time.monotonic() < deadline:
+            siblings = [
+                r
+                for r in node.book.query(now=node.clock())
+                if r.peer_id != node.peer
+                and r.layer == node.config.layer
+                and r.domain.rpartition("/")[0] == parent_domain
+            ]
+            for record in siblings:
+                head = str(record.head) if record.head else None
+                if head is None or head in tried or str(record.peer_id) in found:
+                    continue
+                tried.add(head)
+                try:
+                    await node.fetch_object(head, [str(record.peer_id)])
+                    art = await self._work(verify_artifact, node.store, head)
+                    m = art.manifest
+                    if m.round != round_ or str(m.parent) != str(base_version):
+                        continue  # an older update: its record will name the newer one
+                    out = self._new_dir("sibling")
+                    await self._work(self._unpack, head, out, tier)
+                    found[str(record.peer_id)] = out
+                except P2PHierError as exc:
+                    logger.info("sibling update %s: %s", head, exc)
+            if siblings and len(found) >= len(siblings):
+                break
+            await trio.sleep(1.0)
+        return list(found.values())
+
+
+def collude(
+    behaviour: str, strength: float, adapters: list[Path], version: Path, *, out: Path
+) -> Path:
+    """ALIE or IPM from honest updates (``adapters[0]``: the attacker's own honest one,
+    whose ``A`` factors and config it sends; updates with other ``A`` factors are left
+    out: their ``B`` would not average)."""
+    from p2phier.learn.train import read_adapter, write_adapter
+
+    mine, base = read_adapter(adapters[0]), read_adapter(version)
+    same = [mine]
+    for path in adapters[1:]:
+        other = read_adapter(path)
+        if other.state.keys() == mine.state.keys() and all(
+            np.array_equal(other.state[k], v) for k, v in mine.state.items() if k.endswith(LORA_A)
+        ):
+            same.append(other)
+    state: dict[str, np.ndarray] = {}
+    for key, value in mine.state.items():
+        if key.endswith(LORA_A):
+            state[key] = value
+            continue
+        ref = np.zeros_like(value) if key.endswith(LORA_B) else base.state.get(key)
+        if ref is None or ref.shape != value.shape:
+            ref = np.zeros_like(value)
+        diffs = np.stack([a.state[key].astype(np.float64) - ref for a in same])
+        mean, std = diffs.mean(axis=0), diffs.std(axis=0)
+        crafted = mean - strength * std if behaviour == "alie" else -strength * mean
+        state[key] = (ref + crafted).astype(np.float32)
+    logger.info("%s from %d honest update(s)", behaviour, len(same))
+    return write_adapter(out, state, mine.config)
+
 
 def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:
     """Every label replaced by its mirror in the sorted set of the node's labels (its
@@ -157,7 +254,9 @@ def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:
     return [dataclasses.replace(r, label=mirror.get(r.label, r.label)) for r in records]
 
 
-POISONING = ("sign-flip", "scale", "noise", "free-ride", "stale", "label-flip")
+POISONING = ("sign-flip", "scale", "noise", "free-ride", "stale", "label-flip", "alie", "ipm")
+#: what knowing the round's honest updates takes: their publication, seconds at most
+SIBLING_WAIT_S = 120.0
 
 
 def poisoning_daemon(behaviour: str, strength: float, from_round: int = 1) -> type[NodeDaemon]:
@@ -180,7 +279,7 @@ ATTACKS: dict[str, type[NodeDaemon]] = {
 }
 
 #: a behaviour's strength when none is given (``scale``: model replacement among 10)
-DEFAULT_STRENGTH = {"scale": 10.0}
+DEFAULT_STRENGTH = {"scale": 10.0, "ipm": 0.5}
 
 
 def daemon_class(attack: str) -> type[NodeDaemon]:
