@@ -396,8 +396,8 @@ def devnet_figures(keep: Path | None) -> dict[str, Any]:
 
     scenarios = ROOT / "devnet" / "scenarios"
     plan = {
-        "attack": (scenarios / "attack.toml", []),
         "collude": (scenarios / "attack-collude.toml", []),
+        "attack": (scenarios / "attack.toml", []),
         "clean": (scenarios / "attack.toml", ["--no-attackers"]),
     }
     base = keep or Path(tempfile.mkdtemp(prefix="p2phier-attacks-"))
