@@ -516,6 +516,15 @@ def render_markdown(run: RunRecord, summary: Mapping[str, Any]) -> str:
         if nr.decision
     ]
     out += decisions or ["(none recorded)"]
+    out += ["", "## Trust (isolated and distrusted peers at each round's end)", ""]
+    trust = [
+        f"- round {rnd.round}, {nr.node}: isolated {', '.join(nr.isolated_peers) or '-'}; "
+        f"distrusted {', '.join(nr.distrusted) or '-'}"
+        for rnd in run.rounds
+        for nr in rnd.nodes
+        if nr.isolated_peers or nr.distrusted
+    ]
+    out += trust or ["(nobody isolated or distrusted anyone)"]
     out += ["", "## Plots", ""]
     out += [f"![{p[:-4]}]({p})" for p in PLOTS]
     return "\n".join(out) + "\n"

@@ -61,6 +61,9 @@ def synthetic_run(isolated: float = 0.60) -> RunRecord:
                 updates_sent=2,
                 decision="published" if r != 2 else "held",
                 decision_reason="validation +0.02 >= margin" if r != 2 else "below margin",
+                isolated=int(r == 3),
+                isolated_peers=("dev",) if r == 3 else (),
+                distrusted=("dev", "12D3KooWstranger") if r == 3 else (),
             )
         )
         rounds.append(RoundInfo(r, 30.0 + r, tuple(entries)))
@@ -98,6 +101,10 @@ def test_the_report_files_exist_and_say_the_right_numbers(tmp_path: Path) -> Non
     )
     assert md.count("Verdict:") == 1 and line in md
     assert "| biz | 0.800 | 0.600 | 0.900 |" in md
+    assert "- round 3, news: isolated dev; distrusted dev, 12D3KooWstranger" in md
+    assert md.count("- round ") - md.count(": published") - md.count(": held") == 1
+    again = load_run(tmp_path)  # the names survive the run record's round trip
+    assert again.rounds[2].nodes[-1].isolated_peers == ("dev",)
     assert "| **mean** | **0.700** | **0.600** | **0.800** |" in md
     # bytes: wire = 3 * 80 kB + 160 kB = 400 kB; full = 2 * (30M + 30M + 7.5M) * ... see below
     full = 30_000_000 + 30_000_000 + 7_500_000 + 2 * MODEL
@@ -143,6 +150,9 @@ def test_a_round_trip_through_json_keeps_the_record() -> None:
         (lambda d: d["rounds"][0]["nodes"][0].update(accuracy_own=1.5), "is outside [0, 1]"),
         (lambda d: d["rounds"][0]["nodes"][0].update(bytes_in="x"), "bytes_in: has the wrong"),
         (lambda d: d["rounds"][0]["nodes"][0].update(extra=1), "extra: unknown field"),
+        (lambda d: d["rounds"][0]["nodes"][0].update(isolated_peers=[1]), "not a list of names"),
+        (lambda d: d["rounds"][0]["nodes"][0].update(distrusted="x"), "distrusted: has the wrong"),
+        (lambda d: d["rounds"][0]["nodes"][0].update(distrusted=["x"] * 5000), "not a list of"),
         (lambda d: d["baselines"]["isolated"].update(biz=-1), "isolated.biz: accuracy -1.0"),
         (lambda d: d.pop("nodes"), "run.nodes: missing"),
     ],
