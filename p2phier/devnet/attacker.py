@@ -151,7 +151,9 @@ class PoisoningLearner(Learner):
         leaf_update = self.state["flat"] is None and local is not None and local["on"]
         if leaf_update and round_ >= self.from_round and self.behaviour in ("alie", "ipm"):
             honest = await self._siblings(round_, base_version)
-            if honest:
+            if not honest:
+                logger.warning("%s: no sibling's update in %.0f s", self.behaviour, SIBLING_WAIT_S)
+            else:
                 adapter = await self._work(
                     collude, self.behaviour, self.strength, [adapter, *honest],
                     Path(local["on"]), out=self._new_dir("poisoned"),
@@ -199,7 +201,7 @@ class PoisoningLearner(Learner):
                     await node.fetch_object(head, [str(record.peer_id)])
                     art = await self._work(verify_artifact, node.store, head)
                     m = art.manifest
-                    if m.round != round_ or str(m.parent) != str(base_version):
+                    if m.round != round_ or str(m.base_version) != str(base_version):
                         continue  # an older update: its record will name the newer one
                     out = self._new_dir("sibling")
                     await self._work(self._unpack, head, out, tier)
