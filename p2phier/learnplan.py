@@ -3,8 +3,11 @@
 Owns :class:`LearnPlan` and :func:`load_plan`.  The plan is a JSON file in the
 node's home (``learn/plan.json`` unless ``learn.plan`` says otherwise) written
 by the operator or by the devnet launcher; the node's daemon reads it when
-``learn.enabled`` is true.  It is hostile input like any file: size-capped,
-every field type- and range-checked, errors name the field.
+``learn.enabled`` is true; ``p2phier node run`` checks it and its data file with
+:func:`check_plan` before it starts anything.  Both are hostile input like any
+file: size-capped, every field type- and range-checked, and every error is one
+:class:`PlanError` that names the file, the example and the field (the formats
+are documented in ``node/NODE.md``).
 
 Pure data: no torch, no trio; the node and the devnet launcher share it.
 :mod:`p2phier.learn.cycle` turns it into
@@ -25,7 +28,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,9 @@ MAX_DATA_BYTES = 256 << 20
 TIER_SOURCES = ("dir", "distil", "int8")
 RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_scored")
 CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
+RECORD_FIELDS = ("uid", "text", "label", "domain", "subdomain")
+MAX_FIELD_CHARS = 1 << 20
+MAX_VOCAB = 1 << 24
 
 
 class PlanError(ConfigError):
@@ -88,10 +95,25 @@ class LearnPlan:
         return self.train and self.data is not None
 
 
+_KIND_NAMES = {dict: "an object", str: "a string", int: "an integer", bool: "true or false"}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return "a number" if isinstance(kind, tuple) else _KIND_NAMES.get(kind, kind.__name__)
+
+
+def _shown(value: Any) -> str:
+    # The wrong value itself, unless it is big: a plan is small, but the message is one line.
+    text = repr(value)
+    return text if len(text) <= 80 else f"{type(value).__name__} of {len(text)} characters"
+
+
 def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str) -> Any:
-    value = data.get(key)
+    if key not in data:
+        raise PlanError(f"{path}.{key}: missing (expected {_kind_name(kind)})")
+    value = data[key]
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise PlanError(f"{path}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise PlanError(f"{path}.{key}: expected {_kind_name(kind)}, got {_shown(value)}")
     return value
 
 
@@ -99,34 +121,39 @@ def _opt(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path:
     return None if data.get(key) is None else _get(data, key, kind, path)
 
 
-def _num(data: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+def _num(
+    data: Mapping[str, Any], key: str, default: float, lo: float, hi: float, *, path: str = "plan"
+) -> float:
     if key not in data:
         return default
-    value = _get(data, key, (int, float), "plan")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise PlanError(f"plan.{key}: {value} is outside [{lo}, {hi}]")
+    value = _get(data, key, (int, float), path)
+    # The range first: math.isfinite overflows on an integer too large for a float.
+    if not (lo <= value <= hi and math.isfinite(value)):
+        raise PlanError(f"{path}.{key}: {_shown(value)} is outside [{lo}, {hi}]")
     return float(value)
 
 
-def _int(data: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+def _int(
+    data: Mapping[str, Any], key: str, default: int, lo: int, hi: int, *, path: str = "plan"
+) -> int:
     if key not in data:
         return default
-    value = _get(data, key, int, "plan")
+    value = _get(data, key, int, path)
     if not lo <= value <= hi:
-        raise PlanError(f"plan.{key}: {value} is outside [{lo}, {hi}]")
+        raise PlanError(f"{path}.{key}: {_shown(value)} is outside [{lo}, {hi}]")
     return int(value)
 
 
 def _choice(data: Mapping[str, Any], key: str, default: str, options: tuple[str, ...]) -> str:
     value = data.get(key, default)
     if value not in options:
-        raise PlanError(f"plan.{key}: {value!r} is not one of {', '.join(options)}")
+        raise PlanError(f"plan.{key}: {_shown(value)} is not one of {', '.join(options)}")
     return str(value)
 
 
 def _path(value: Any, base: Path, what: str) -> Path:
     if not isinstance(value, str) or not value or "\x00" in value:
-        raise PlanError(f"{what}: expected a path, got {value!r}")
+        raise PlanError(f"{what}: expected a path, got {_shown(value)}")
     path = Path(value)
     return path if path.is_absolute() else base / path
 
@@ -138,13 +165,17 @@ def parse_plan(data: object, base: Path) -> LearnPlan:
     tier_data = _get(data, "tier", dict, "plan")
     source = tier_data.get("source")
     if source not in TIER_SOURCES:
-        raise PlanError(f"plan.tier.source: {source!r} is not one of {', '.join(TIER_SOURCES)}")
+        raise PlanError(
+            f"plan.tier.source: {_shown(source)} is not one of {', '.join(TIER_SOURCES)}"
+        )
     tier_id = _get(tier_data, "tier_id", str, "plan.tier")
     layers = tier_data.get("layers", [])
     if not isinstance(layers, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 256 for i in layers
     ):
-        raise PlanError(f"plan.tier.layers: expected a list of block indices, got {layers!r}")
+        raise PlanError(
+            f"plan.tier.layers: expected a list of block indices 0..255, got {_shown(layers)}"
+        )
     tier = TierPlan(
         source=source,
         tier_id=tier_id,
@@ -157,8 +188,12 @@ def parse_plan(data: object, base: Path) -> LearnPlan:
         ),
         teacher_weights_cid=_opt(tier_data, "teacher_weights_cid", str, "plan.tier"),
         layers=tuple(layers),
-        max_vocab=_opt(tier_data, "max_vocab", int, "plan.tier"),
-        distill_steps=_int(tier_data, "distill_steps", 30, 0, 100_000),
+        max_vocab=(
+            None
+            if tier_data.get("max_vocab") is None
+            else _int(tier_data, "max_vocab", 0, 1, MAX_VOCAB, path="plan.tier")
+        ),
+        distill_steps=_int(tier_data, "distill_steps", 30, 0, 100_000, path="plan.tier"),
     )
     if source == "dir" and (tier.dir is None or not tier.weights_cid):
         raise PlanError("plan.tier: source 'dir' needs dir and weights_cid")
@@ -168,7 +203,7 @@ def parse_plan(data: object, base: Path) -> LearnPlan:
     if clip is not None and not (
         isinstance(clip, int | float) and not isinstance(clip, bool) and clip > 0
     ):
-        raise PlanError(f"plan.clip_norm: expected a positive number or null, got {clip!r}")
+        raise PlanError(f"plan.clip_norm: expected a positive number or null, got {_shown(clip)}")
     return LearnPlan(
         tier=tier,
         data=_path(data["data"], base, "plan.data") if data.get("data") else None,
@@ -200,23 +235,49 @@ def parse_plan(data: object, base: Path) -> LearnPlan:
     )
 
 
-def _read_json(path: Path, limit: int, what: str) -> object:
-    """A JSON file read as hostile input: size checked before reading, errors name the file."""
+@contextmanager
+def _file(what: str, path: Path) -> Iterator[None]:
+    """Every failure to read or check ``path``: one PlanError that names the file first."""
     try:
-        size = path.stat().st_size
+        yield
+    except PlanError as exc:
+        raise PlanError(f"{what} {path}: {exc}") from None
     except OSError as exc:
         raise PlanError(f"{what} {path}: {exc.strerror or exc}") from None
+    except (KeyError, TypeError, ValueError, ArithmeticError, RecursionError) as exc:
+        # A value no check above foresaw (or JSON nested past the parser's depth): still the
+        # file's fault, so still a PlanError (exit 2) naming it, never an internal error.
+        raise PlanError(f"{what} {path}: unusable ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_json(path: Path, limit: int) -> object:
+    """A JSON file read as hostile input: size checked before reading (under :func:`_file`)."""
+    size = path.stat().st_size
     if size > limit:
-        raise PlanError(f"{what} {path} is {size} bytes, over {limit}")
+        raise PlanError(f"{size} bytes, over {limit}")
     try:
         return json.loads(path.read_bytes())
-    except ValueError as exc:
-        raise PlanError(f"{what} {path} is not JSON: {exc}") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise PlanError(f"not JSON: {exc}") from None
 
 
 def load_plan(path: Path) -> LearnPlan:
+    """The plan at ``path``, checked field by field; any problem is a :class:`PlanError`."""
     path = Path(path)
-    return parse_plan(_read_json(path, MAX_PLAN_BYTES, "learning plan"), path.parent)
+    with _file("learning plan", path):
+        return parse_plan(_read_json(path, MAX_PLAN_BYTES), path.parent)
+
+
+def check_plan(path: Path) -> LearnPlan:
+    """The plan at ``path`` and its data file (if it names one), both loaded and checked.
+
+    What ``node run`` calls before it opens anything: a bad plan or data file is a
+    :class:`PlanError` (exit 2) before the node starts, not a learner that dies after it.
+    """
+    plan = load_plan(path)
+    if plan.data is not None:
+        load_data(plan.data)  # the learner loads it again in its worker thread
+    return plan
 
 
 # --- the node's private data ---------------------------------------------------------------
@@ -243,30 +304,42 @@ class NodeData:
 
 def _records(items: object, path: str) -> tuple[DataRecord, ...]:
     if not isinstance(items, list):
-        raise PlanError(f"{path}: expected a list of examples")
+        raise PlanError(f"{path}: expected a list of examples, got {type(items).__name__}")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise PlanError(f"{path}[{i}]: expected an object")
+            raise PlanError(
+                f"{path}[{i}]: expected an example (an object), got {type(item).__name__}"
+            )
         fields = {}
-        for key in ("uid", "text", "label", "domain", "subdomain"):
-            value = item.get(key)
-            if not isinstance(value, str) or len(value) > (1 << 20):
-                raise PlanError(f"{path}[{i}].{key}: expected a string (<= 1 MiB)")
+        for key in RECORD_FIELDS:
+            if key not in item:
+                raise PlanError(
+                    f"{path}[{i}].{key}: missing (every example needs the strings "
+                    f"{', '.join(RECORD_FIELDS)})"
+                )
+            value = item[key]
+            # Types and sizes only, never the value: this is the node's private data.
+            if not isinstance(value, str):
+                raise PlanError(f"{path}[{i}].{key}: expected a string, got {type(value).__name__}")
+            if len(value) > MAX_FIELD_CHARS:
+                raise PlanError(
+                    f"{path}[{i}].{key}: {len(value)} characters, over {MAX_FIELD_CHARS}"
+                )
             fields[key] = value
         out.append(DataRecord(**fields))
     return tuple(out)
 
 
 def load_data(path: Path) -> NodeData:
+    """The data file at ``path``, every example checked; any problem is a :class:`PlanError`."""
     path = Path(path)
-    data = _read_json(path, MAX_DATA_BYTES, "data file")
-    if not isinstance(data, dict) or not isinstance(data.get("arrivals"), list):
-        raise PlanError(f"data file {path}: expected an object with 'arrivals' and 'test'")
-    arrivals = tuple(
-        _records(a, f"{path.name}.arrivals[{i}]") for i, a in enumerate(data["arrivals"])
-    )
-    return NodeData(arrivals, _records(data.get("test", []), f"{path.name}.test"))
+    with _file("data file", path):
+        data = _read_json(path, MAX_DATA_BYTES)
+        if not isinstance(data, dict) or not isinstance(data.get("arrivals"), list):
+            raise PlanError("expected an object with 'arrivals' (a list of lists) and 'test'")
+        arrivals = tuple(_records(a, f"arrivals[{i}]") for i, a in enumerate(data["arrivals"]))
+        return NodeData(arrivals, _records(data.get("test", []), "test"))
 
 
 def dump_data(arrivals: list[list[Any]], test: list[Any]) -> bytes:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from p2phier.learnplan import MAX_PLAN_BYTES, PlanError, dump_data, load_data, load_plan
+from p2phier.learnplan import (
+    MAX_PLAN_BYTES,
+    PlanError,
+    check_plan,
+    dump_data,
+    load_data,
+    load_plan,
+)
 
 GOOD: dict[str, Any] = {
     "tier": {"source": "dir", "tier_id": "devnet/minilm", "dir": "tiers/root",
@@ -98,3 +106,89 @@ def test_data_round_trip_and_hostile_records(tmp_path: Path) -> None:
     path.write_text(json.dumps({"test": []}))
     with pytest.raises(PlanError, match="arrivals"):
         load_data(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tier": {"source": "int8"}}, "plan.tier.tier_id: missing"),
+        ({"tier": None}, "plan.tier: expected an object"),
+        ({"lr": 10**400}, "plan.lr"),  # math.isfinite would overflow on it
+        ({"lr": float("nan")}, "plan.lr"),
+        ({"tier": {"source": "distil", "tier_id": "x", "layers": [0], "max_vocab": 0}},
+         "plan.tier.max_vocab"),
+        ({"tier": {"source": "int8", "tier_id": "x", "distill_steps": -1}},
+         "plan.tier.distill_steps"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_file_and_the_field(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    path = _write(tmp_path, {**GOOD, **change})
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert str(err.value).startswith(f"learning plan {path}: ")
+    assert message in str(err.value)
+
+
+def test_whatever_the_parser_raises_is_a_plan_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)  # past the JSON parser's recursion limit
+    with pytest.raises(PlanError, match=r"deep\.json"):
+        load_plan(deep)
+    with pytest.raises(PlanError, match="learning plan"):
+        load_plan(tmp_path)  # a directory
+    with pytest.raises(PlanError, match="not JSON"):
+        (tmp_path / "latin1.json").write_bytes(b'{"a": "\xff"}')
+        load_plan(tmp_path / "latin1.json")
+
+
+_EXAMPLE = {"uid": "a", "text": "t", "label": "l", "domain": "d", "subdomain": "s"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"arrivals": [[_EXAMPLE, {**_EXAMPLE, "uid": None}]]},
+         "arrivals[0][1].uid: expected a string"),
+        ({"arrivals": [[], [{k: v for k, v in _EXAMPLE.items() if k != "domain"}]]},
+         "arrivals[1][0].domain: missing"),
+        ({"arrivals": [], "test": [_EXAMPLE, "x"]}, "test[1]: expected an example"),
+        ({"arrivals": [{"uid": "a"}]}, "arrivals[0]: expected a list of examples"),
+        ({"arrivals": [], "test": [{**_EXAMPLE, "text": "x" * ((1 << 20) + 1)}]},
+         "test[0].text: 1048577 characters"),
+        ([], "expected an object with 'arrivals'"),
+    ],
+)  # fmt: skip
+def test_data_errors_name_the_file_the_example_and_the_field(
+    tmp_path: Path, data: object, message: str
+) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanError) as err:
+        load_data(path)
+    assert str(err.value).startswith(f"data file {path}: ")
+    assert message in str(err.value)
+
+
+def test_check_plan_loads_the_data_file_too(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD)
+    (tmp_path / "data.json").write_text(json.dumps({"arrivals": [[_EXAMPLE]], "test": []}))
+    assert check_plan(path).data == tmp_path / "data.json"
+    (tmp_path / "data.json").write_text(json.dumps({"arrivals": [[{**_EXAMPLE, "uid": 1}]]}))
+    with pytest.raises(PlanError, match=r"data\.json: arrivals\[0\]\[0\]\.uid"):
+        check_plan(path)
+    (tmp_path / "data.json").unlink()
+    with pytest.raises(PlanError, match="data file"):
+        check_plan(path)
+    assert check_plan(_write(tmp_path, {**GOOD, "data": None})).data is None
+
+
+def test_the_templates_in_node_md_are_valid(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "node" / "NODE.md").read_text()
+    plan, data = re.findall(r"```json\n(.*?)```", doc, re.S)
+    (tmp_path / "plan.json").write_text(plan)
+    (tmp_path / "data.json").write_text(data)
+    loaded = check_plan(tmp_path / "plan.json")
+    assert loaded.trains and loaded.data == tmp_path / "data.json"
+    assert [len(a) for a in load_data(tmp_path / "data.json").arrivals] == [1, 0]

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from p2phier.cli import output
-from p2phier.cli.config import ENCODINGS, CLIContext, Settings, open_store, signing_identity
+from p2phier.cli.config import (
+    ENCODINGS,
+    CLIContext,
+    ConfigOption,
+    HomeOption,
+    Settings,
+    open_store,
+    signing_identity,
+)
 from p2phier.errors import P2PHierError, UsageError
 
 if TYPE_CHECKING:
@@ -132,6 +140,8 @@ def artifact_pack(
         typer.Option("--base-model", help="Base model id (default: config, parent, adapter)."),
     ] = None,
     json_out: JsonFlag = False,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Pack a PEFT LoRA adapter directory as a signed artifact; print its CID."""
     output.set_json(json_out)
@@ -223,6 +233,9 @@ def artifact_verify(
     ],
     base_weights: BaseWeights = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Fully verify an artifact (signature, content, lineage); exit non-zero if it fails."""
     output.set_json(json_out)
@@ -284,7 +297,14 @@ def artifact_verify(
 
 
 @artifact_app.command("inspect")
-def artifact_inspect(ctx: typer.Context, cid: CidArg, json_out: JsonFlag = False) -> None:
+def artifact_inspect(
+    ctx: typer.Context,
+    cid: CidArg,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Show a verified artifact's manifest, lineage and sizes."""
     output.set_json(json_out)
     from p2phier.artifact import inspect
@@ -321,6 +341,9 @@ def artifact_unpack(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PEFT adapter.")],
     base_weights: BaseWeights = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Verify an artifact and write the PEFT adapter directory it stands for."""
     output.set_json(json_out)
@@ -341,6 +364,9 @@ def artifact_export(
     cid: CidArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="CAR file to write.")],
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Write an artifact with its whole lineage as a CARv1 archive."""
     output.set_json(json_out)
@@ -362,6 +388,9 @@ def artifact_import(
     ctx: typer.Context,
     car: Annotated[Path, typer.Argument(help="CAR archive from `artifact export`.")],
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Verify a CAR archive, then store and pin the artifact and its lineage."""
     output.set_json(json_out)

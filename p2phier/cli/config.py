@@ -3,6 +3,9 @@
 Owns the home directory rule and the settings precedence of every command:
 
 * home: ``--home`` flag, else ``$P2PHIER_HOME``, else ``platformdirs.user_data_dir("p2phier")``;
+* ``--home`` and ``--config`` are declared once here (:data:`HomeOption`, :data:`ConfigOption`)
+  and accepted before the command (``p2phier --home D node status``) and after it by every command
+  that uses the home (``p2phier node status --home D``); given in both places, the later wins;
 * config file: ``--config`` flag, else ``$P2PHIER_CONFIG``, else ``<home>/config.toml`` when it
   exists (an explicitly named file that does not exist is an error, a missing default is not);
 * each setting: built-in default < config file < environment ``P2PHIER_<SECTION>_<KEY>`` < flag
@@ -16,14 +19,17 @@ the environment are relative to the working directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from p2phier.errors import ConfigError
+import typer
+
+from p2phier.errors import ConfigError, P2PHierError
 
 if TYPE_CHECKING:
     from p2phier.identity import Identity
@@ -273,6 +279,75 @@ class CLIContext:
         if self._settings is None:
             self._settings = load_settings(self.home_flag, self.config_flag)
         return self._settings
+
+    def use(self, *, home: Path | None = None, config: Path | None = None) -> None:
+        """A ``--home`` or ``--config`` given (again) after the command: it wins."""
+        if home is not None:
+            self.home_flag = home
+        if config is not None:
+            self.config_flag = config
+        self._settings = None
+
+    def log_level(self) -> int:
+        """The p2phier loggers' level: ``-v``/``-vv``, else the configured ``log.level``."""
+        if self.verbose:
+            return logging.DEBUG if self.verbose >= 2 else logging.INFO
+        try:
+            name = self.settings().log_level
+        except P2PHierError:
+            # Reported properly by the command that needs the settings; a broken config must
+            # not stop `id new` (which needs no settings but the key's path).
+            name = "warning"
+        return int(getattr(logging, name.upper()))
+
+
+def _given(ctx: typer.Context, *, home: Path | None = None, config: Path | None = None) -> None:
+    # Runs where the option appears: before the command (the root callback has not run yet and
+    # there is no CLIContext: this creates it) or after it (the root callback set the log level
+    # from the first home and config; the new one may configure another).
+    if ctx.resilient_parsing or (home is None and config is None):
+        return
+    cli = ctx.ensure_object(CLIContext)
+    cli.use(home=home, config=config)
+    if ctx.parent is not None:
+        logging.getLogger("p2phier").setLevel(cli.log_level())
+
+
+def _home_given(ctx: typer.Context, value: Path | None) -> None:
+    _given(ctx, home=value)
+
+
+def _config_given(ctx: typer.Context, value: Path | None) -> None:
+    _given(ctx, config=value)
+
+
+#: ``--home``, for the root and for every command that uses the home.  The value goes to the
+#: invocation's :class:`CLIContext` (read it with ``cli.settings()`` or ``cli.home_flag``), never
+#: to the command function: a command declares ``home: HomeOption = None`` only to accept it.
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        help="State directory (store, identity.key, config.toml). Env: P2PHIER_HOME.",
+        show_default=False,
+        callback=_home_given,
+        expose_value=False,
+    ),
+]
+#: ``--config``, like :data:`HomeOption`.
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help=(
+            "TOML config file (default $P2PHIER_CONFIG, else <home>/config.toml if present; "
+            "node run reads only the file named here)."
+        ),
+        show_default=False,
+        callback=_config_given,
+        expose_value=False,
+    ),
+]
 
 
 def signing_identity(settings: Settings) -> tuple[Identity, bool]:

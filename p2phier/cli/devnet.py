@@ -117,27 +117,29 @@ def node_rows(
 
 
 def render(phase: str, rows: list[dict[str, Any]]) -> Any:
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"p2phier devnet: {phase}", expand=False)
+    table = Table(title=f"p2phier devnet: {escape(phase)}", expand=False)
     cols = ("node", "layer", "domain", "parent", "round", "head", "accuracy", "in", "out", "doing")
     for col in cols:
         table.add_column(col, no_wrap=col in ("node", "head", "in", "out"))
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if isinstance(r["accuracy"], float) else "-"
+        # Cells are rich markup: names and domains from the scenario file are text.
         table.add_row(
-            r["node"] if r["up"] else f"[red]{r['node']} (down)[/red]",
-            r["layer"] or "-",
-            r["domain"] or "-",
-            r["parent"] or "-",
+            escape(r["node"]) if r["up"] else f"[red]{escape(r['node'])} (down)[/red]",
+            escape(r["layer"] or "-"),
+            escape(r["domain"] or "-"),
+            escape(r["parent"] or "-"),
             str(r["round"] if r["round"] is not None else "-"),
             _short(r["head"]),
             acc,
             f"{r['bytes_in'] / 1e6:.1f}M",
             f"{r['bytes_out'] / 1e6:.1f}M",
-            (r["busy"] or "idle")
+            escape(r["busy"] or "idle")
             + (f" [red]{r['errors']} err[/red]" if r["errors"] else "")
-            + (f" [red]isolated {', '.join(r['isolated'])}[/red]" if r["isolated"] else ""),
+            + (f" [red]isolated {escape(', '.join(r['isolated']))}[/red]" if r["isolated"] else ""),
         )
     return table
 
@@ -202,13 +204,14 @@ def devnet_up(  # noqa: PLR0917 - typer options
             last[:] = [phase, now]
             if not st:  # after the rounds: the nodes are stopped
                 msg = f"[{phase}] nodes stopped; waiting for the baselines"
-                output.console(stderr=True).print(msg)
+                output.console(stderr=True).print(msg, markup=False)
                 return
             rows = node_rows(st, names)
             rounds = sorted({r["round"] for r in rows if r["round"] is not None})
             output.console(stderr=True).print(
                 f"[{phase}] {sum(r['up'] for r in rows)}/{len(rows)} nodes up, "
-                f"rounds done {rounds}, busy: {sorted(r['node'] for r in rows if r['busy'])}"
+                f"rounds done {rounds}, busy: {sorted(r['node'] for r in rows if r['busy'])}",
+                markup=False,  # "[rounds] ..." is text, not a rich style
             )
 
     # Ctrl-C or SIGTERM: the runner's finally-blocks stop and reap every node.

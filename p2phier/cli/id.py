@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from p2phier.cli import output
-from p2phier.cli.config import CLIContext
+from p2phier.cli.config import CLIContext, ConfigOption, HomeOption
 
 if TYPE_CHECKING:
     from p2phier.identity import Identity
@@ -60,6 +60,9 @@ def id_new(
         bool, typer.Option("--force", help="Overwrite an existing key (its identity is lost).")
     ] = False,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Generate a new Ed25519 identity and write it with mode 0600."""
     output.set_json(json_out)
@@ -83,6 +86,9 @@ def id_show(
         typer.Option("--key", help="Key file to read (default <home>/identity.key)."),
     ] = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Show the peer id and public key of the node's identity."""
     output.set_json(json_out)

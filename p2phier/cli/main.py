@@ -1,10 +1,11 @@
 """The ``p2phier`` command: the typer app, its global options and the error boundary.
 
 Owns the root of the command tree (``id``, ``store``, ``artifact``, ``demo``, ``config``), the
-global flags (``--home``, ``--config``, ``-v``, ``--debug``), the only place where logging
-handlers are configured, and :func:`main`, which turns every failure into one line and a distinct
-exit code (see :mod:`p2phier.cli.output`).  Heavy modules (store, artifact, torch) are imported
-inside the commands, so ``p2phier --help`` stays fast.
+global flags (``--home``, ``--config``, ``-v``, ``--debug``; ``--home`` and ``--config`` are
+declared in :mod:`p2phier.cli.config`, and the commands that use the home take them too), the
+only place where logging handlers are configured, and :func:`main`, which turns every failure
+into one line and a distinct exit code (see :mod:`p2phier.cli.output`).  Heavy modules (store,
+artifact, torch) are imported inside the commands, so ``p2phier --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,7 +22,7 @@ from typer.exceptions import Abort, TyperException
 from p2phier import __version__
 from p2phier.cli import output
 from p2phier.cli.artifact import artifact_app
-from p2phier.cli.config import CLIContext, debug_enabled
+from p2phier.cli.config import CLIContext, ConfigOption, HomeOption, debug_enabled
 from p2phier.cli.demo import demo_command
 from p2phier.cli.devnet import devnet_app
 from p2phier.cli.id import id_app
@@ -34,7 +34,6 @@ from p2phier.cli.node import (
     trust_command,
 )
 from p2phier.cli.store import store_app
-from p2phier.errors import P2PHierError
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,7 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def _configure_logging(verbose: int, level_name: str) -> None:
-    if verbose >= 2:
-        level = logging.DEBUG
-    elif verbose == 1:
-        level = logging.INFO
-    else:
-        level = getattr(logging, level_name.upper())
+def _configure_logging(level: int) -> None:
     root = logging.getLogger("p2phier")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -85,18 +78,8 @@ def _configure_logging(verbose: int, level_name: str) -> None:
 def root(
     ctx: typer.Context,
     *,
-    home: Annotated[
-        Path | None,
-        typer.Option(
-            "--home",
-            help="State directory (store, identity.key, config.toml). Env: P2PHIER_HOME.",
-            show_default=False,
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML config file (default <home>/config.toml)."),
-    ] = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
     verbose: Annotated[
         int,
         typer.Option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug)."),
@@ -112,22 +95,19 @@ def root(
     """Peer-to-peer hierarchical model sharing."""
     if debug:
         output.STATE.debug = True
-    cli = CLIContext(home_flag=home, config_flag=config, verbose=verbose)
-    ctx.obj = cli
-    level = "warning"
-    if verbose == 0:
-        # The configured level matters only without -v; a broken config must not stop `id new`.
-        try:
-            level = cli.settings().log_level
-        except P2PHierError:  # reported properly by the command that needs the settings
-            level = "warning"
-    _configure_logging(verbose, level)
+    # --home and --config have already been stored by their callbacks (HomeOption).
+    cli = ctx.ensure_object(CLIContext)
+    cli.verbose = verbose
+    _configure_logging(cli.log_level())
 
 
 @config_app.command("show")
 def config_show(
     ctx: typer.Context,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Print every setting and where it came from (default, config or env)."""
     output.set_json(json_out)

@@ -1,12 +1,15 @@
-"""``p2phier node run|status``, ``p2phier peers``, ``p2phier publish``, ``p2phier fetch``.
+"""``p2phier node run|status|round|stop``, ``p2phier peers|trust|publish|fetch``.
 
 Owns the commands that run a node or talk to a running one.  ``node run``
 resolves a :class:`~p2phier.config.NodeConfig` (file < environment < flags),
-loads or creates the node's identity (mode 0600), opens its store and runs the
-daemon until SIGTERM/SIGINT; when the node is up it prints one JSON line
-``{"event": "ready", ...}`` on stdout (what scripts and tests wait for).  The
-other commands are clients of the node's control socket
-(:mod:`p2phier.node.controlwire`); they import neither trio nor libp2p.
+checks the learning plan and its data file when learning is on (a bad one is a
+one-line config error before anything starts), loads or creates the node's
+identity (mode 0600), opens its store and runs the daemon until SIGTERM/SIGINT;
+when the node is up it prints one JSON line ``{"event": "ready", ...}`` on
+stdout (what scripts and tests wait for).  The other commands are clients of
+the node's control socket (:mod:`p2phier.node.controlwire`); they import
+neither trio nor libp2p.  Every command takes ``--home`` and ``--config`` after
+its name as well as before it (:data:`~p2phier.cli.config.HomeOption`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Annotated, Any
 import typer
 
 from p2phier.cli import output
-from p2phier.cli.config import CLIContext
+from p2phier.cli.config import CLIContext, ConfigOption, HomeOption
 from p2phier.errors import ConfigError
 
 node_app = typer.Typer(
@@ -78,8 +81,8 @@ DAEMON_CLASS: Any = None
 def node_run(
     ctx: typer.Context,
     *,
-    config: Annotated[Path | None, typer.Option("--config", help="Node TOML config.")] = None,
-    home: Annotated[Path | None, typer.Option("--home", help="State directory.")] = None,
+    config: ConfigOption = None,
+    home: HomeOption = None,
     listen: Annotated[
         list[str] | None, typer.Option("--listen", help="Multiaddr to listen on (repeatable).")
     ] = None,
@@ -95,21 +98,28 @@ def node_run(
     ] = None,
 ) -> None:
     """Run a node until SIGTERM/SIGINT (prints a JSON ready line when up)."""
-    import trio
-
     from p2phier.config import load_config
-    from p2phier.identity import Identity
-    from p2phier.node.daemon import NodeDaemon, open_node_store
+    from p2phier.learnplan import check_plan
 
     cli = _cli(ctx)
     flags: dict[str, Any] = {
-        "home": str(home or cli.home_flag) if (home or cli.home_flag) else None,
+        "home": str(cli.home_flag) if cli.home_flag else None,
         "layer": layer,
         "domain": domain,
         "listen": list(listen) if listen else None,
         "bootstrap": list(bootstrap) if bootstrap else None,
     }
-    cfg = load_config(config or cli.config_flag, flags=flags)
+    cfg = load_config(cli.config_flag, flags=flags)
+    if cfg.learn_enabled:
+        # Before the key, the store and the network: the learner reads these files only once
+        # the node is up, where a bad one would stop the node as an internal error.
+        check_plan(cfg.learn_plan)
+
+    import trio
+
+    from p2phier.identity import Identity
+    from p2phier.node.daemon import NodeDaemon, open_node_store
+
     if cli.verbose < 2:
         # py-libp2p logs through its own loggers (some via the root): keep it to errors.
         logging.getLogger("libp2p").setLevel(logging.ERROR)
@@ -146,7 +156,14 @@ def node_run(
 
 
 @node_app.command("status")
-def node_status(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFlag = False) -> None:
+def node_status(
+    ctx: typer.Context,
+    socket: SocketOpt = None,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Layer, domain, parent, children, head CID, peers and addresses of the running node."""
     output.set_json(json_out)
     st = _call(ctx, socket, "status", {})
@@ -170,15 +187,25 @@ def node_round(
     round_: Annotated[int, typer.Argument(metavar="N", help="The round to run (>= 1).")],
     socket: SocketOpt = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Ask the running node to run learning round N (needs [learn] enabled)."""
+    """Ask the running node to run learning round N (needs \\[learn] enabled)."""
     output.set_json(json_out)
     out = _call(ctx, socket, "learn.round", {"round": round_})
     output.emit(out, f"round {out['requested']} requested (last done: {out['done']})")
 
 
 @node_app.command("stop")
-def node_stop(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFlag = False) -> None:
+def node_stop(
+    ctx: typer.Context,
+    socket: SocketOpt = None,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Ask the running node to shut down (as SIGTERM would)."""
     output.set_json(json_out)
     output.emit(_call(ctx, socket, "stop", {}), "stopping")
@@ -192,6 +219,9 @@ def peers_command(
     ] = None,
     socket: SocketOpt = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """List the nodes the running node knows (signed, unexpired records)."""
     output.set_json(json_out)
@@ -200,7 +230,14 @@ def peers_command(
     output.emit({"peers": peers}, "\n".join(lines) or "no peers known")
 
 
-def trust_command(ctx: typer.Context, socket: SocketOpt = None, json_out: JsonFlag = False) -> None:
+def trust_command(
+    ctx: typer.Context,
+    socket: SocketOpt = None,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """What the running node saw each peer do: trust scores, evidence, proofs, isolations."""
     output.set_json(json_out)
     view = _call(ctx, socket, "trust", {})
@@ -224,6 +261,9 @@ def publish_command(
     to: Annotated[str, typer.Option("--to", help="parent or children.")],
     socket: SocketOpt = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Pin, provide and announce an artifact to the parent or the children."""
     output.set_json(json_out)
@@ -237,6 +277,9 @@ def fetch_command(
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds.")] = 120.0,
     socket: SocketOpt = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Fetch an object by CID from the network (DHT providers and connected peers)."""
     output.set_json(json_out)

@@ -9,8 +9,9 @@ Owns the two output modes of every command and the error contract:
 Exit codes: a :class:`~p2phier.errors.P2PHierError` exits with its family's ``exit_code``
 (2 usage/config, 3 identity, 4 CID/UnixFS, 5 store, 6 artifact, 7 network, 8 learning); an
 ``OSError`` on a user-named path exits 74 (``EX_IOERR``); Ctrl-C exits 130; anything unexpected
-exits 70 (``EX_SOFTWARE``) with one line.  A traceback is shown only with ``--debug`` or
-``P2PHIER_DEBUG=1``.
+exits 70 (``EX_SOFTWARE``) with one line.  A failure that reaches the boundary wrapped in
+exception groups of one (trio's nurseries wrap what fails inside them) is reported as the one
+exception inside.  A traceback is shown only with ``--debug`` or ``P2PHIER_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ def one_line(text: str) -> str:
     return flat if len(flat) <= MAX_ERROR_CHARS else flat[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def innermost(exc: BaseException) -> BaseException:
+    """The exception inside nested groups of one (``exc`` itself otherwise).
+
+    A node's failure arrives wrapped once per nursery it crossed; the user needs the
+    failure, with its own message and exit code, not "ExceptionGroup".  A group of several
+    stays a group: no one of them is the cause.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, P2PHierError):
         return int(exc.exit_code)
@@ -142,13 +155,14 @@ def message_for(exc: BaseException) -> str:
 
 def report_error(exc: BaseException, *, stream: IO[str] | None = None) -> int:
     """Print ``exc`` the way the current mode wants; return the exit code."""
-    code = exit_code_for(exc)
-    msg = message_for(exc)
+    cause = innermost(exc)
+    code = exit_code_for(cause)
+    msg = message_for(cause)
     if STATE.debug:
         traceback.print_exception(exc, file=sys.stderr)
     if STATE.json:
         out = stream or sys.stdout
-        out.write(json.dumps({"error": msg, "type": type(exc).__name__}) + "\n")
+        out.write(json.dumps({"error": msg, "type": type(cause).__name__}) + "\n")
         out.flush()
     else:
         err = stream or sys.stderr

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, cast
 import typer
 
 from p2phier.cli import output
-from p2phier.cli.config import CLIContext, open_store
+from p2phier.cli.config import CLIContext, ConfigOption, HomeOption, open_store
 
 if TYPE_CHECKING:
     from p2phier.store import ContentStore, ObjectMeta
@@ -60,7 +60,7 @@ def _add_with_progress(store: ContentStore, path: Path, meta: Any, pin: bool) ->
 
     size = path.stat().st_size
     columns = (
-        TextColumn("adding {task.description}"),
+        TextColumn("adding {task.description}", markup=False),  # a file name is text
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -79,6 +79,9 @@ def store_add(
     file: Annotated[Path, typer.Argument(help="File to add.", show_default=False)],
     pin: Annotated[bool, typer.Option("--pin/--no-pin", help="Pin the object (default).")] = True,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Add a file; print its CID."""
     output.set_json(json_out)
@@ -108,6 +111,9 @@ def store_get(
     cid: CidArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the content.")],
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Write an object's content to a file (verified, atomic)."""
     output.set_json(json_out)
@@ -135,6 +141,9 @@ def store_cat(
     json_out: Annotated[
         bool, typer.Option("--json", help="Errors as JSON (the content stays raw bytes).")
     ] = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Write an object's bytes to stdout (each block re-hashed first)."""
     output.set_json(json_out)
@@ -158,7 +167,14 @@ def store_cat(
 
 
 @store_app.command("pin")
-def store_pin(ctx: typer.Context, cid: CidArg, json_out: JsonFlag = False) -> None:
+def store_pin(
+    ctx: typer.Context,
+    cid: CidArg,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Pin an object (recursively): GC never removes it.
 
     Refused, with nothing pinned, when ``cat``/``get`` would refuse the object: a DAG
@@ -176,7 +192,14 @@ def store_pin(ctx: typer.Context, cid: CidArg, json_out: JsonFlag = False) -> No
 
 
 @store_app.command("unpin")
-def store_unpin(ctx: typer.Context, cid: CidArg, json_out: JsonFlag = False) -> None:
+def store_unpin(
+    ctx: typer.Context,
+    cid: CidArg,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Remove an object's pin (its blocks go at the next GC unless pinned otherwise)."""
     output.set_json(json_out)
     from p2phier.cid import CID
@@ -199,6 +222,9 @@ def store_gc(
             "pins it holds now (pin again what to keep first) complete, and collect.",
         ),
     ] = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Remove every block no pin protects (refused while the pins cannot be proven)."""
     output.set_json(json_out)
@@ -216,7 +242,13 @@ def store_gc(
 
 
 @store_app.command("verify")
-def store_verify(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+def store_verify(
+    ctx: typer.Context,
+    json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
     """Re-hash every block; corrupt ones are quarantined and listed (exit 5 if any)."""
     output.set_json(json_out)
     from p2phier.errors import StoreError
@@ -267,6 +299,9 @@ def store_ls(
     kind: Annotated[str | None, typer.Option("--kind", help="Only objects of this kind.")] = None,
     domain: Annotated[str | None, typer.Option("--domain", help="Only this domain.")] = None,
     json_out: JsonFlag = False,
+    *,
+    home: HomeOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """List the objects the index knows, with their metadata and pins."""
     output.set_json(json_out)
@@ -277,19 +312,21 @@ def store_ls(
     if output.STATE.json:
         output.emit({"objects": rows, "pins": pins})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
     for col in ("cid", "kind", "size", "name", "layer", "domain", "pin"):
         table.add_column(col, no_wrap=col == "cid")
     for r in rows:
+        # Cells are rich markup: a name like "notes[v2].txt" (or a peer's metadata) is text.
         table.add_row(
             r["cid"],
-            r["kind"],
+            escape(r["kind"]),
             output.human_size(r["size"]),
-            r["name"] or "",
-            r["layer"] or "",
-            r["domain"] or "",
+            escape(r["name"] or ""),
+            escape(r["layer"] or ""),
+            escape(r["domain"] or ""),
             r["pin"] or "",
         )
     output.emit({}, table if rows else "(no objects)")

@@ -148,3 +148,17 @@ def test_exit_code_mapping() -> None:
     assert output.exit_code_for(KeyboardInterrupt()) == 130
     assert "internal error (RuntimeError)" in output.message_for(RuntimeError("a\nb"))
     assert "\n" not in output.message_for(RuntimeError("a\nb"))
+
+
+def test_a_failure_inside_nurseries_is_reported_as_itself(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trio wraps a failure once per nursery it crosses; the user gets the failure itself.
+    monkeypatch.setattr(output.STATE, "json", False)
+    monkeypatch.setattr(output.STATE, "debug", False)
+    wrapped = ExceptionGroup("n1", [ExceptionGroup("n2", [ConfigError("plan.json: uid: missing")])])
+    assert output.report_error(wrapped) == ConfigError.exit_code == 2
+    assert capsys.readouterr().err == "error: plan.json: uid: missing\n"
+    several = ExceptionGroup("n", [ConfigError("a"), RuntimeError("b")])
+    assert output.report_error(several) == output.EXIT_UNEXPECTED
+    assert "internal error (ExceptionGroup)" in capsys.readouterr().err

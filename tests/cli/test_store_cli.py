@@ -77,6 +77,15 @@ def test_ls_pin_unpin_gc(cli: Runner, tmp_path: Path, home: Path) -> None:
     assert cli("store", "gc", "--json").json()["removed"] == 0
 
 
+def test_ls_shows_bracketed_names_as_they_are(cli: Runner, tmp_path: Path) -> None:
+    # the table is rich markup: "[v2]" and "[bold]" must stay text, not vanish as styles
+    for name in ("notes[v2].txt", "[bold]x.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+        assert cli("store", "add", tmp_path / name).returncode == 0
+    shown = cli("store", "ls").text
+    assert "notes[v2].txt" in shown and "[bold]x.txt" in shown
+
+
 def test_bad_and_unknown_cids(cli: Runner) -> None:
     bad = cli("store", "cat", "bafkreinot-a-cid", "--json")
     assert bad.returncode == 4 and bad.json()["type"] == "CIDError" and bad.stderr == ""
