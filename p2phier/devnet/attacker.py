@@ -45,10 +45,10 @@ sets the strength, default 1, and the first round it attacks in, default 1):
     inner-product manipulation (Xie et al. 2020): likewise, and sends minus
     STRENGTH (default 0.5) times their mean.
 
-Siblings share their LoRA ``A`` factors (the seed comes from the parent's
-version: ``cycle.shared_init_seed``), so their ``B`` factors and head
-differences average as the updates do.  If no sibling's update arrives within
-``SIBLING_WAIT_S``, the node sends its honest update.
+Both craft where the parent aggregates: on the merged LoRA deltas (``B @ A``)
+and head differences, and send the result as a LoRA adapter again.  If no
+sibling's update arrives within ``SIBLING_WAIT_S``, the node sends its honest
+update.
 
 Network attacks (``wrong-blocks``, ``flood[:RATE]``, ``equivocate``, ``slander``,
 ``fake-master``, ``sybil[:COUNT]``) live in :mod:`p2phier.devnet.netattack`.
@@ -72,7 +72,7 @@ from p2phier.learnplan import NodeData
 from p2phier.node.daemon import NodeDaemon
 from p2phier.node.learner import Learner
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2phier.devnet.attacker")  # also when run as __main__
 
 LORA_B = ".lora_B.weight"
 LORA_A = ".lora_A.weight"
@@ -176,7 +176,7 @@ class PoisoningLearner(Learner):
         their records' heads name them (waits up to ``SIBLING_WAIT_S``)."""
         import trio
 
-        from p2phier.artifact import verify_artifact
+        from p2phier.artifact import read_artifact, verify_artifact
 
         node = self.node
         parent_domain = node.config.domain.rpartition("/")[0]
@@ -198,7 +198,11 @@ class PoisoningLearner(Learner):
                     continue
                 tried.add(head)
                 try:
-                    await node.fetch_object(head, [str(record.peer_id)])
+                    providers = [str(record.peer_id)]
+                    await node.fetch_object(head, providers)  # the signed envelope...
+                    env = await self._work(read_artifact, node.store.get_block, CID.parse(head))
+                    for ref in (env.manifest.config.cid, env.manifest.tensors.cid):
+                        await node.fetch_object(str(ref), providers)  # ...and its content
                     art = await self._work(verify_artifact, node.store, head)
                     m = art.manifest
                     if m.round != round_ or str(m.base_version) != str(base_version):
@@ -207,43 +211,49 @@ class PoisoningLearner(Learner):
                     await self._work(self._unpack, head, out, tier)
                     found[str(record.peer_id)] = out
                 except P2PHierError as exc:
-                    logger.info("sibling update %s: %s", head, exc)
+                    logger.warning("sibling update %s: %s", head, exc)
             if siblings and len(found) >= len(siblings):
                 break
             await trio.sleep(1.0)
         return list(found.values())
 
 
+#: the highest LoRA rank a colluder's crafted update is written with (ALIE's deviation
+#: term is not low-rank: it is truncated here)
+COLLUDE_MAX_RANK = 64
+
+
 def collude(
     behaviour: str, strength: float, adapters: list[Path], version: Path, *, out: Path
 ) -> Path:
-    """ALIE or IPM from honest updates (``adapters[0]``: the attacker's own honest one,
-    whose ``A`` factors and config it sends; updates with other ``A`` factors are left
-    out: their ``B`` would not average)."""
+    """ALIE or IPM from honest updates (``adapters[0]``: the attacker's own honest one),
+    crafted where the parent aggregates them: each update's merged LoRA deltas and head
+    differences against ``version`` (:func:`p2phier.learn.api.child_update`), written back
+    as a LoRA adapter of the rank that keeps it (at most :data:`COLLUDE_MAX_RANK`)."""
+    from p2phier.learn.aggregate import DELTA_SUFFIX, effective_to_lora, lossless_rank
+    from p2phier.learn.api import child_update
     from p2phier.learn.train import read_adapter, write_adapter
 
-    mine, base = read_adapter(adapters[0]), read_adapter(version)
-    same = [mine]
-    for path in adapters[1:]:
-        other = read_adapter(path)
-        if other.state.keys() == mine.state.keys() and all(
-            np.array_equal(other.state[k], v) for k, v in mine.state.items() if k.endswith(LORA_A)
-        ):
-            same.append(other)
-    state: dict[str, np.ndarray] = {}
-    for key, value in mine.state.items():
-        if key.endswith(LORA_A):
-            state[key] = value
-            continue
-        ref = np.zeros_like(value) if key.endswith(LORA_B) else base.state.get(key)
-        if ref is None or ref.shape != value.shape:
-            ref = np.zeros_like(value)
-        diffs = np.stack([a.state[key].astype(np.float64) - ref for a in same])
+    updates = [child_update(path, version) for path in adapters]
+    keys = sorted(set.intersection(*(set(u) for u in updates)))
+    heads = read_adapter(version).effective()
+    crafted: dict[str, np.ndarray] = {}
+    for key in keys:
+        diffs = np.stack([u[key].astype(np.float64) for u in updates])
         mean, std = diffs.mean(axis=0), diffs.std(axis=0)
-        crafted = mean - strength * std if behaviour == "alie" else -strength * mean
-        state[key] = (ref + crafted).astype(np.float32)
-    logger.info("%s from %d honest update(s)", behaviour, len(same))
-    return write_adapter(out, state, mine.config)
+        value = mean - strength * std if behaviour == "alie" else -strength * mean
+        if not key.endswith(DELTA_SUFFIX):
+            value = value + heads[key]  # a head is sent whole: the version's plus the change
+        crafted[key] = value.astype(np.float32)
+    mine = read_adapter(adapters[0])
+    deltas = {k: v for k, v in crafted.items() if k.endswith(DELTA_SUFFIX)}
+    rank = lossless_rank(deltas, COLLUDE_MAX_RANK)
+    ratio = float(mine.config["lora_alpha"]) / float(mine.config["r"])
+    lora = effective_to_lora(crafted, rank, ratio * rank)
+    config = dict(mine.config)
+    config.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
+    logger.info("%s from %d honest update(s), rank %d", behaviour, len(updates), rank)
+    return write_adapter(out, lora.state, config)
 
 
 def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:

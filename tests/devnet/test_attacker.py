@@ -122,31 +122,19 @@ def test_a_corrupting_source_flips_one_bit_of_every_block() -> None:
 
 
 @pytest.mark.parametrize("behaviour", ["alie", "ipm"])
-def test_colluders_craft_from_the_honest_updates_that_share_their_a_factors(
-    tmp_path: Path, behaviour: str
-) -> None:
-    """ALIE sends mean - z * std of the honest updates, IPM -eps * mean; an update whose
-    LoRA A differs (another random row space) is left out: its B would not average."""
+def test_colluders_craft_where_the_parent_aggregates(tmp_path: Path, behaviour: str) -> None:
+    """ALIE sends mean - z * std of the honest updates, IPM -eps * mean, both on the merged
+    LoRA deltas and head differences the parent computes (``api.child_update``), whatever
+    each child's own A factors."""
     from p2phier.devnet.attacker import collude
-    from p2phier.learn.train import read_adapter
 
     version = _adapter(tmp_path / "version", 1)
-    a = read_adapter(version).state[MOD + ".lora_A.weight"]
-    honest = []
-    for i in range(4):
-        path = _adapter(tmp_path / f"h{i}", 10 + i)
-        state = dict(read_adapter(path).state)
-        state[MOD + ".lora_A.weight"] = a  # siblings share A (cycle.shared_init_seed)
-        honest.append(write_adapter(tmp_path / f"s{i}", state, CONFIG))
-    stranger = _adapter(tmp_path / "stranger", 99)  # its own A
-    out = collude(behaviour, 0.7, [*honest, stranger], version, out=tmp_path / "out")
+    honest = [_adapter(tmp_path / f"h{i}", 10 + i) for i in range(5)]
+    out = collude(behaviour, 0.7, honest, version, out=tmp_path / "out")
     updates = [child_update(h, version) for h in honest]
     sent = child_update(out, version)
-    base = read_adapter(version).state
-    for key in (MOD + ".lora_B.weight", HEAD):
-        ref = np.zeros_like(base[key]) if "lora_B" in key else base[key]
-        diffs = np.stack([read_adapter(h).state[key] - ref for h in honest])
-        want = diffs.mean(0) - 0.7 * diffs.std(0) if behaviour == "alie" else -0.7 * diffs.mean(0)
-        got = read_adapter(out).state[key] - ref
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert sent.keys() == updates[0].keys()
+    for key in sent:
+        diffs = np.stack([u[key].astype(np.float64) for u in updates])
+        want = diffs.mean(0) - 0.7 * diffs.std(0) if behaviour == "alie" else -0.7 * diffs.mean(0)
+        np.testing.assert_allclose(sent[key], want, rtol=1e-3, atol=1e-4)
