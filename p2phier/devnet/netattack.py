@@ -144,17 +144,10 @@ class FloodDaemon(AttackLoopDaemon):
 class EquivocateDaemon(AttackLoopDaemon):
     """Signs a twin of each of its records (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        honest = self.records.validate
-        me = str(self.peer)
-
+    def _validate_record(self, origin: str, data: bytes) -> bool:
         # py-libp2p runs a topic's validator on what the node itself publishes too: its
         # own book would refuse the twin (a conflict) and nothing would leave the node
-        def validate(origin: str, data: bytes) -> bool:
-            return True if origin == me else honest(origin, data)
-
-        self.records.validate = validate  # type: ignore[method-assign]
+        return origin == str(self.peer) or super()._validate_record(origin, data)
 
     async def attack(self) -> None:
         while True:
@@ -196,13 +189,8 @@ class SlanderDaemon(AttackLoopDaemon):
             except NetworkError as exc:
                 logger.debug("slander publish: %s", exc)
 
-    # its own honest report would contradict the slander: it sends only the slander
-    async def _no_report(self) -> None:
-        return None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.guard.publish_report = self._no_report  # type: ignore[method-assign]
+    async def _publish_report(self) -> None:
+        """Its own honest report would contradict the slander: it sends only the slander."""
 
 
 class FakeMasterDaemon(NodeDaemon):
