@@ -27,13 +27,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from p2phier.errors import ConfigError, InvalidPeerIdError, P2PHierError
+from p2phier.fields import Choice, FieldError, Int, Str
+from p2phier.fsutil import load_toml
 from p2phier.hierarchy import HierarchyConfig, HierarchyError
 from p2phier.identity import PeerId, parse_network_peer_id
 from p2phier.records import (
@@ -82,17 +83,9 @@ _RATE_UNITS = {
 }
 
 
-class _BadValueError(Exception):
-    """A value's problem, before the field and source are known."""
+# --- value kinds: a FieldError is a value's problem, before the field and source are known ---
 
-
-# --- value kinds ------------------------------------------------------------------------------
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _BadValueError(f"must be a string, not {type(value).__name__}")
-    return value
+_str = Str()
 
 
 def _path(value: Any) -> Path:
@@ -100,7 +93,7 @@ def _path(value: Any) -> Path:
         value = os.fspath(value)
     text = _str(value).strip()
     if not text or len(text) > 4096 or "\0" in text:
-        raise _BadValueError("must be a non-empty path")
+        raise FieldError("must be a non-empty path")
     return Path(text).expanduser()
 
 
@@ -110,7 +103,7 @@ def _checked(check: Callable[[str], object]) -> Callable[[Any], Any]:
         try:
             check(text)
         except P2PHierError as exc:
-            raise _BadValueError(str(exc)) from None
+            raise FieldError(str(exc)) from None
         return text
 
     return parse
@@ -120,20 +113,20 @@ def _layer(value: Any) -> Layer:
     try:
         return Layer.parse(_str(value))
     except RecordError as exc:
-        raise _BadValueError(str(exc)) from None
+        raise FieldError(str(exc)) from None
 
 
 def _hardware(value: Any) -> HardwareClass:
     try:
         return HardwareClass.parse(_str(value))
     except RecordError as exc:
-        raise _BadValueError(str(exc)) from None
+        raise FieldError(str(exc)) from None
 
 
 def _count(value: Any) -> int:
     n = _uint(value)
     if n < 1:
-        raise _BadValueError("must be at least 1")
+        raise FieldError("must be at least 1")
     return n
 
 
@@ -142,9 +135,9 @@ def _uint(value: Any) -> int:
         try:
             value = int(value.strip().replace("_", ""))
         except ValueError:
-            raise _BadValueError(f"{value!r:.40} is not a whole number") from None
+            raise FieldError(f"{value!r:.40} is not a whole number") from None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise _BadValueError(f"must be a whole number >= 0, not {value!r:.40}")
+        raise FieldError(f"must be a whole number >= 0, not {value!r:.40}")
     return value
 
 
@@ -153,7 +146,7 @@ def _rate(value: Any) -> int:
     if isinstance(value, str):
         m = _RATE_RE.fullmatch(value)
         if not m:
-            raise _BadValueError(f'{value!r:.40} is not a rate (e.g. 8000000, "8MB/s", "8 MiB")')
+            raise FieldError(f'{value!r:.40} is not a rate (e.g. 8000000, "8MB/s", "8 MiB")')
         value = int(float(m.group(1)) * _RATE_UNITS[(m.group(2) or "").lower()])
     return _uint(value)
 
@@ -163,7 +156,7 @@ def parse_byte_size(value: Any) -> int:
     (ConfigError otherwise).  The one parser of sizes and rates for every setting."""
     try:
         return _rate(value)
-    except _BadValueError as exc:
+    except FieldError as exc:
         raise ConfigError(str(exc).replace("a rate", "a size")) from None
 
 
@@ -172,20 +165,17 @@ def _seconds(value: Any) -> float:
         try:
             value = float(value.strip())
         except ValueError:
-            raise _BadValueError(f"{value!r:.40} is not a number of seconds") from None
+            raise FieldError(f"{value!r:.40} is not a number of seconds") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _BadValueError(f"must be a number of seconds, not {value!r:.40}")
+        raise FieldError(f"must be a number of seconds, not {value!r:.40}")
     if not math.isfinite(value) or not 0 < value <= 86_400 * 365:
-        raise _BadValueError(f"must be a positive number of seconds, not {value!r:.40}")
+        raise FieldError(f"must be a positive number of seconds, not {value!r:.40}")
     return float(value)
 
 
 def _nice(value: Any) -> int:
     """A niceness increment, 0 (normal priority) to 19 (only idle CPU)."""
-    n = _uint(value)
-    if n > 19:
-        raise _BadValueError(f"must be 0..19, not {n}")
-    return n
+    return Int(0, 19)(_uint(value))
 
 
 def _seconds_or_zero(value: Any) -> float:
@@ -200,23 +190,20 @@ def _bool(value: Any) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise _BadValueError(f"must be true or false, not {value!r:.40}")
+    raise FieldError(f"must be true or false, not {value!r:.40}")
 
 
 def _level(value: Any) -> str:
-    text = _str(value).strip().lower()
-    if text not in LOG_LEVELS:
-        raise _BadValueError(f"{value!r:.40} is not one of {', '.join(LOG_LEVELS)}")
-    return text
+    return Choice(LOG_LEVELS)(_str(value).strip().lower())
 
 
 def _list(value: Any) -> list[Any]:
     if isinstance(value, str):  # the environment: comma-separated
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list | tuple):
-        raise _BadValueError("must be a list")
+        raise FieldError("must be a list")
     if len(value) > MAX_LIST:
-        raise _BadValueError(f"lists at most {MAX_LIST} entries")
+        raise FieldError(f"lists at most {MAX_LIST} entries")
     return list(value)
 
 
@@ -228,9 +215,9 @@ def _unique(value: Any, check: Callable[[str], object]) -> tuple[str, ...]:
         try:
             check(text)
         except P2PHierError as exc:
-            raise _BadValueError(f"{text!r}: {exc}") from None
+            raise FieldError(f"{text!r}: {exc}") from None
         if text in out:
-            raise _BadValueError(f"lists {text!r} twice")
+            raise FieldError(f"lists {text!r} twice")
         out.append(text)
     return tuple(out)
 
@@ -244,14 +231,14 @@ def _bootstrap(value: Any) -> tuple[str, ...]:
     for addr in addrs:
         head, sep, peer = addr.rpartition("/p2p/")
         if not sep or not head or "/" in peer:
-            raise _BadValueError(
+            raise FieldError(
                 f"{addr!r} must end with /p2p/<peer id> (the peer to expect there), e.g. "
                 "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooW..."
             )
         try:
             parse_network_peer_id(peer)  # any key type: an IPFS node may be a bootstrap peer
         except InvalidPeerIdError as exc:
-            raise _BadValueError(f"{addr!r}: {exc}") from None
+            raise FieldError(f"{addr!r}: {exc}") from None
     return addrs
 
 
@@ -311,6 +298,8 @@ _SCHEMA: dict[str, _Field] = {
     "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
     "learn.plan": _Field(_path, "learn/plan.json"),
     "learn.worker_nice": _Field(_nice, 10),
+    "retention.gc_interval_s": _Field(_seconds_or_zero, 600.0),
+    "retention.keep_versions": _Field(_count, 2),
 }
 
 #: Every setting's default (``node.home`` None = the platform data directory).
@@ -369,6 +358,10 @@ class NodeConfig:
     learn_round_interval_s: float
     learn_plan: Path
     learn_worker_nice: int
+    #: seconds between garbage collections (the node's unneeded pins released first); 0: never
+    retention_gc_interval_s: float
+    #: artifacts kept pinned per (author, topic) the hierarchy may still ask for
+    retention_keep_versions: int
     # "section.key" -> "default" | "file" | "env" | "flag": where each value came from
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -434,6 +427,8 @@ class NodeConfig:
             "learn.round_interval_s": self.learn_round_interval_s,
             "learn.plan": str(self.learn_plan),
             "learn.worker_nice": self.learn_worker_nice,
+            "retention.gc_interval_s": self.retention_gc_interval_s,
+            "retention.keep_versions": self.retention_keep_versions,
         }
         return {
             "config_file": str(self.config_file) if self.config_file else None,
@@ -446,24 +441,8 @@ class NodeConfig:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Read and parse a TOML file, capped at :data:`MAX_CONFIG_BYTES`."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    """Read and parse a config file, capped at :data:`MAX_CONFIG_BYTES` (ConfigError)."""
+    return load_toml(path, MAX_CONFIG_BYTES, "config file", ConfigError)
 
 
 #: Sections of the same file that belong to the CLI (p2phier.cli.config checks them).
@@ -541,12 +520,11 @@ def load_config(
             continue
         try:
             if source == "file" and _SCHEMA[key].is_list and not isinstance(value, list):
-                raise _BadValueError(
-                    'must be a list (a TOML array, e.g. ["/ip4/0.0.0.0/tcp/4001"])'
-                )
+                raise FieldError('must be a list (a TOML array, e.g. ["/ip4/0.0.0.0/tcp/4001"])')
             values[key] = _SCHEMA[key].parse(value)
-        except _BadValueError as exc:
-            raise ConfigError(f"{key}: {exc} ({_describe(key, source, config_file)})") from None
+        except FieldError as exc:
+            where = _describe(key, source, config_file)
+            raise ConfigError(f"{key}: {exc.problem} ({where})") from None
     sources = {k: s for k, (_, s) in raw.items()}
 
     def fail(keys: tuple[str, ...], problem: str) -> ConfigError:
@@ -635,5 +613,7 @@ def load_config(
         learn_round_interval_s=values["learn.round_interval_s"],
         learn_plan=plan if plan.is_absolute() else home / plan,
         learn_worker_nice=values["learn.worker_nice"],
+        retention_gc_interval_s=values["retention.gc_interval_s"],
+        retention_keep_versions=values["retention.keep_versions"],
         sources=sources,
     )

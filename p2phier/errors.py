@@ -34,6 +34,14 @@ class NotRegularFileError(UsageError):
     """A path that must name a regular file names a FIFO, device, socket or directory."""
 
 
+class InputFileError(UsageError):
+    """An input file (configuration, plan, scenario, record) is missing, unreadable, over its
+    size limit (refused before it is read) or not the TOML or JSON it should be.
+
+    Readers of :mod:`p2phier.fsutil` (``read_capped``, ``load_toml``, ``load_json``) raise it
+    unless the caller names its own error class (``ConfigError``, ``PlanError``...)."""
+
+
 # --- identity ----------------------------------------------------------------
 
 

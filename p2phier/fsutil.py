@@ -19,6 +19,13 @@ Owns every way p2phier makes a file durable:
   device, socket or directory without blocking on it.
 * :func:`syncfs` -- Linux ``syncfs(2)`` through ctypes (one call syncs a whole
   file system; per-file fsync is the fallback where it does not exist).
+* :func:`read_capped`, :func:`load_toml`, :func:`load_json` -- the one way to read
+  a small input file that a user or a peer could supply (configuration, learning
+  plan and data, scenario, run records): opened as :func:`open_regular` does, its
+  size checked on the open descriptor before anything is read, then read with a
+  bound; every failure one error (the caller's class, :class:`InputFileError` by
+  default) that names the file, e.g. ``config file /etc/p2phier.toml: larger than
+  1048576 bytes``.
 
 Why a batch: an fsync costs a journal commit, and one file per 256 KiB block
 made that three fsyncs per block (file, directory, sometimes the parent).  One
@@ -33,16 +40,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import stat
 import threading
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2phier.errors import NotRegularFileError
+from p2phier.errors import InputFileError, NotRegularFileError, P2PHierError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +141,82 @@ def open_regular(path: str | os.PathLike[str], what: str = "file") -> int:
         os.close(fd)
         raise
     return fd
+
+
+def read_capped(
+    path: str | os.PathLike[str],
+    limit: int,
+    what: str,
+    error: type[P2PHierError] = InputFileError,
+) -> bytes:
+    """The whole of the input file ``path``, at most ``limit`` bytes, or ``error``.
+
+    ``what`` names the file in messages (``"config file"``).  A file over the limit
+    is refused from its size on the open descriptor, before a byte is read, and
+    the read itself stops at ``limit + 1`` bytes (a file that grew meanwhile, or a
+    ``/proc`` file that says 0).  A FIFO, device, socket or directory is refused
+    without blocking on it.
+    """
+    where = f"{what} {os.fspath(path)}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise error(f"{where}: does not exist") from None
+    except OSError as exc:
+        raise error(f"{where}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{where}: is {_kind(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise error(f"{where}: larger than {limit} bytes")
+        os.set_blocking(fd, True)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise error(f"{where}: cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise error(f"{where}: larger than {limit} bytes")
+    return data
+
+
+def load_toml(
+    path: str | os.PathLike[str],
+    limit: int,
+    what: str,
+    error: type[P2PHierError] = InputFileError,
+) -> dict[str, Any]:
+    """The TOML document in ``path`` (:func:`read_capped`; UTF-8 and TOML errors too)."""
+    data = read_capped(path, limit, what, error)
+    where = f"{what} {os.fspath(path)}"
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error(f"{where}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise error(f"{where}: not valid TOML: nested too deeply") from None
+
+
+def load_json(
+    path: str | os.PathLike[str],
+    limit: int,
+    what: str,
+    error: type[P2PHierError] = InputFileError,
+) -> Any:
+    """The JSON value in ``path`` (:func:`read_capped`; encoding, syntax and nesting errors too)."""
+    data = read_capped(path, limit, what, error)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise error(f"{what} {os.fspath(path)}: not JSON: {exc}") from None
 
 
 def write_durable(path: str | os.PathLike[str], data: Data, mode: int = 0o644) -> None:

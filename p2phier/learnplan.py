@@ -9,6 +9,13 @@ file: size-capped, every field type- and range-checked, and every error is one
 :class:`PlanError` that names the file, the example and the field (the formats
 are documented in ``node/NODE.md``).
 
+The learning settings (training budget, aggregation and timing rules) are
+:class:`LearnSettings`, declared once with each field's default, check and
+scenario table: a plan holds them at its top level, a devnet scenario in its
+``[training]``, ``[aggregation]`` and ``[timing]`` tables (:func:`parse_settings`
+checks both), and the devnet launcher copies them into every node's plan with
+:func:`settings_json`, never field by field.
+
 Pure data: no torch, no trio; the node and the devnet launcher share it.
 :mod:`p2phier.learn.cycle` turns it into
 training configs in the worker thread.
@@ -27,14 +34,28 @@ Tier sources (``tier.source``):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from p2phier.errors import ConfigError
+from p2phier.fields import (
+    Bool,
+    Check,
+    Choice,
+    FieldError,
+    Int,
+    Num,
+    Optional,
+    Str,
+    Type,
+    checked,
+    get,
+    shown,
+)
+from p2phier.fsutil import load_json
 
 MAX_PLAN_BYTES = 1 << 20
 MAX_DATA_BYTES = 256 << 20
@@ -44,6 +65,10 @@ CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
 RECORD_FIELDS = ("uid", "text", "label", "domain", "subdomain")
 MAX_FIELD_CHARS = 1 << 20
 MAX_VOCAB = 1 << 24
+#: the tables of a devnet scenario that hold learning settings (``table`` of each setting)
+TABLES = ("training", "aggregation", "timing")
+
+_T = TypeVar("_T")
 
 
 class PlanError(ConfigError):
@@ -63,31 +88,73 @@ class TierPlan:
     distill_steps: int = 30
 
 
+def _setting(default: _T, check: Check[_T], table: str) -> _T:
+    """A learning setting: its default, its check and the scenario table that holds it."""
+    return field(default=default, metadata={"check": check, "table": table})
+
+
 @dataclass(frozen=True)
-class LearnPlan:
+class LearnSettings:
+    """How a node trains, aggregates and publishes: declared once, here.
+
+    A plan holds these at its top level; a devnet scenario gives every node the same in
+    its ``[training]``, ``[aggregation]`` and ``[timing]`` tables (each field's ``table``),
+    checked by the same checks, and the launcher writes them into each node's plan as
+    they are (:func:`settings_json`).  A new field here is a new key of both formats.
+    """
+
+    steps_per_cycle: int = _setting(8, Int(0, 100_000), "training")
+    batch_size: int = _setting(8, Int(1, 4096), "training")
+    lr: float = _setting(1e-3, Num(1e-8, 10.0), "training")
+    max_length: int = _setting(64, Int(2, 4096), "training")  # tokens per example
+    continual: str = _setting("replay", Choice(CONTINUAL), "training")
+    replay_per_label: int = _setting(8, Int(0, 100_000), "training")
+    lora_r: int = _setting(4, Int(1, 256), "training")
+    threads: int = _setting(1, Int(1, 256), "training")  # torch threads of the worker
+    #: head fine-tune on own data after a rebase (0: off)
+    personal_head_steps: int = _setting(5, Int(0, 100_000), "training")
+    #: LoRA + task head only (PEFT's default): small updates; null in a plan: false
+    train_pooler: bool = _setting(False, Bool(null_is_false=True), "training")
+    rule: str = _setting("fedavg", Choice(RULES), "aggregation")
+    trim_ratio: float = _setting(0.2, Num(0.0, 0.49), "aggregation")
+    clip_norm: float | None = _setting(None, Optional(Num(0.0, 1e6, open_lo=True)), "aggregation")
+    #: the most LoRA rank a published version keeps (bytes on the wire)
+    version_rank: int = _setting(16, Int(1, 256), "aggregation")
+    margin: float = _setting(0.005, Num(0.0, 1e6), "timing")
+    tolerance: float = _setting(0.01, Num(0.0, 1e6), "timing")
+    min_updates: int = _setting(1, Int(0, 100_000), "timing")
+    #: longest wait for children's updates after the round starts
+    collect_s: float = _setting(60.0, Num(0.0, 86_400.0), "timing")
+
+
+#: every learning setting, in declaration order
+SETTINGS: tuple[Field[Any], ...] = fields(LearnSettings)
+
+
+def parse_settings(data: Mapping[str, Any], path: str, table: str | None = None) -> dict[str, Any]:
+    """The learning settings present in ``data`` (only scenario table ``table``'s if given),
+    each checked (:class:`~p2phier.fields.FieldError` naming ``path.key``)."""
+    out: dict[str, Any] = {}
+    for f in SETTINGS:
+        if f.name in data and (table is None or f.metadata["table"] == table):
+            out[f.name] = checked(data[f.name], f.metadata["check"], f"{path}.{f.name}")
+    return out
+
+
+def settings_json(settings: LearnSettings) -> dict[str, Any]:
+    """Every learning setting of ``settings`` as a plan's JSON holds it."""
+    return {f.name: getattr(settings, f.name) for f in SETTINGS}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LearnPlan(LearnSettings):
+    """A node's plan: its tier, its data and role, and its :class:`LearnSettings`."""
+
     tier: TierPlan
     data: Path | None  # the node's private data (JSON); None: no data at all
     train: bool = False  # runs local cycles on its arrivals (else: data is a validation set)
     parent: bool = True  # aggregates children and publishes versions (False: a leaf)
-    steps_per_cycle: int = 8
-    batch_size: int = 8
-    lr: float = 1e-3
-    max_length: int = 64
-    continual: str = "replay"
-    replay_per_label: int = 8
-    lora_r: int = 4
-    threads: int = 1
-    rule: str = "fedavg"
-    trim_ratio: float = 0.2
-    clip_norm: float | None = None
-    margin: float = 0.005
-    tolerance: float = 0.01
-    min_updates: int = 1
-    collect_s: float = 60.0  # longest wait for children's updates after the round starts
     seed: int = 0
-    personal_head_steps: int = 5  # head fine-tune on own data after a rebase (0: off)
-    version_rank: int = 16  # most LoRA rank a published version keeps (bytes on the wire)
-    train_pooler: bool = False  # LoRA + task head only (PEFT's default): small updates
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,143 +162,61 @@ class LearnPlan:
         return self.train and self.data is not None
 
 
-_KIND_NAMES = {dict: "an object", str: "a string", int: "an integer", bool: "true or false"}
+def _path(data: Mapping[str, Any], key: str, where: str, base: Path) -> Path | None:
+    """``data[key]`` as a path relative to ``base``; absent, null or "": None."""
+
+    def check(value: Any) -> Path:
+        if not isinstance(value, str) or "\x00" in value:
+            raise FieldError(f"must be a path, got {shown(value)}")
+        path = Path(value)
+        return path if path.is_absolute() else base / path
+
+    return get(data, key, check, where, None) if data.get(key) else None
 
 
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    return "a number" if isinstance(kind, tuple) else _KIND_NAMES.get(kind, kind.__name__)
-
-
-def _shown(value: Any) -> str:
-    # The wrong value itself, unless it is big: a plan is small, but the message is one line.
-    text = repr(value)
-    return text if len(text) <= 80 else f"{type(value).__name__} of {len(text)} characters"
-
-
-def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str) -> Any:
-    if key not in data:
-        raise PlanError(f"{path}.{key}: missing (expected {_kind_name(kind)})")
-    value = data[key]
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise PlanError(f"{path}.{key}: expected {_kind_name(kind)}, got {_shown(value)}")
-    return value
-
-
-def _opt(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str) -> Any:
-    return None if data.get(key) is None else _get(data, key, kind, path)
-
-
-def _num(
-    data: Mapping[str, Any], key: str, default: float, lo: float, hi: float, *, path: str = "plan"
-) -> float:
-    if key not in data:
-        return default
-    value = _get(data, key, (int, float), path)
-    # The range first: math.isfinite overflows on an integer too large for a float.
-    if not (lo <= value <= hi and math.isfinite(value)):
-        raise PlanError(f"{path}.{key}: {_shown(value)} is outside [{lo}, {hi}]")
-    return float(value)
-
-
-def _int(
-    data: Mapping[str, Any], key: str, default: int, lo: int, hi: int, *, path: str = "plan"
-) -> int:
-    if key not in data:
-        return default
-    value = _get(data, key, int, path)
-    if not lo <= value <= hi:
-        raise PlanError(f"{path}.{key}: {_shown(value)} is outside [{lo}, {hi}]")
-    return int(value)
-
-
-def _choice(data: Mapping[str, Any], key: str, default: str, options: tuple[str, ...]) -> str:
-    value = data.get(key, default)
-    if value not in options:
-        raise PlanError(f"plan.{key}: {_shown(value)} is not one of {', '.join(options)}")
-    return str(value)
-
-
-def _path(value: Any, base: Path, what: str) -> Path:
-    if not isinstance(value, str) or not value or "\x00" in value:
-        raise PlanError(f"{what}: expected a path, got {_shown(value)}")
-    path = Path(value)
-    return path if path.is_absolute() else base / path
+def _layers(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 256 for i in value
+    ):
+        raise FieldError(f"must be a list of block indices 0..255, got {shown(value)}")
+    return tuple(value)
 
 
 def parse_plan(data: object, base: Path) -> LearnPlan:
     """Validate a decoded plan; relative paths are relative to ``base``."""
+    try:
+        return _parse_plan(data, base)
+    except FieldError as exc:
+        raise PlanError(str(exc)) from None
+
+
+def _parse_plan(data: object, base: Path) -> LearnPlan:
     if not isinstance(data, dict):
-        raise PlanError("plan: expected a JSON object")
-    tier_data = _get(data, "tier", dict, "plan")
-    source = tier_data.get("source")
-    if source not in TIER_SOURCES:
-        raise PlanError(
-            f"plan.tier.source: {_shown(source)} is not one of {', '.join(TIER_SOURCES)}"
-        )
-    tier_id = _get(tier_data, "tier_id", str, "plan.tier")
-    layers = tier_data.get("layers", [])
-    if not isinstance(layers, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 256 for i in layers
-    ):
-        raise PlanError(
-            f"plan.tier.layers: expected a list of block indices 0..255, got {_shown(layers)}"
-        )
+        raise PlanError(f"plan: must be a JSON object, got {shown(data)}")
+    t = get(data, "tier", Type(dict), "plan")
+    source = get(t, "source", Choice(TIER_SOURCES), "plan.tier")
     tier = TierPlan(
         source=source,
-        tier_id=tier_id,
-        dir=_path(tier_data["dir"], base, "plan.tier.dir") if tier_data.get("dir") else None,
-        weights_cid=_opt(tier_data, "weights_cid", str, "plan.tier"),
-        teacher_dir=(
-            _path(tier_data["teacher_dir"], base, "plan.tier.teacher_dir")
-            if tier_data.get("teacher_dir")
-            else None
-        ),
-        teacher_weights_cid=_opt(tier_data, "teacher_weights_cid", str, "plan.tier"),
-        layers=tuple(layers),
-        max_vocab=(
-            None
-            if tier_data.get("max_vocab") is None
-            else _int(tier_data, "max_vocab", 0, 1, MAX_VOCAB, path="plan.tier")
-        ),
-        distill_steps=_int(tier_data, "distill_steps", 30, 0, 100_000, path="plan.tier"),
+        tier_id=get(t, "tier_id", Str(), "plan.tier"),
+        dir=_path(t, "dir", "plan.tier", base),
+        weights_cid=get(t, "weights_cid", Optional(Str()), "plan.tier", None),
+        teacher_dir=_path(t, "teacher_dir", "plan.tier", base),
+        teacher_weights_cid=get(t, "teacher_weights_cid", Optional(Str()), "plan.tier", None),
+        layers=get(t, "layers", _layers, "plan.tier", ()),
+        max_vocab=get(t, "max_vocab", Optional(Int(1, MAX_VOCAB)), "plan.tier", None),
+        distill_steps=get(t, "distill_steps", Int(0, 100_000), "plan.tier", 30),
     )
     if source == "dir" and (tier.dir is None or not tier.weights_cid):
         raise PlanError("plan.tier: source 'dir' needs dir and weights_cid")
-    if source == "distil" and not layers:
+    if source == "distil" and not tier.layers:
         raise PlanError("plan.tier: source 'distil' needs layers (the teacher blocks kept)")
-    clip = data.get("clip_norm")
-    if clip is not None and not (
-        isinstance(clip, int | float) and not isinstance(clip, bool) and clip > 0
-    ):
-        raise PlanError(f"plan.clip_norm: expected a positive number or null, got {_shown(clip)}")
     return LearnPlan(
         tier=tier,
-        data=_path(data["data"], base, "plan.data") if data.get("data") else None,
-        train=bool(_opt(data, "train", bool, "plan")),
-        parent=bool(
-            data.get("parent", True)
-            if isinstance(data.get("parent", True), bool)
-            else _get(data, "parent", bool, "plan")
-        ),
-        steps_per_cycle=_int(data, "steps_per_cycle", 8, 0, 100_000),
-        batch_size=_int(data, "batch_size", 8, 1, 4096),
-        lr=_num(data, "lr", 1e-3, 1e-8, 10.0),
-        max_length=_int(data, "max_length", 64, 2, 4096),
-        continual=_choice(data, "continual", "replay", CONTINUAL),
-        replay_per_label=_int(data, "replay_per_label", 8, 0, 100_000),
-        lora_r=_int(data, "lora_r", 4, 1, 256),
-        threads=_int(data, "threads", 1, 1, 256),
-        rule=_choice(data, "rule", "fedavg", RULES),
-        trim_ratio=_num(data, "trim_ratio", 0.2, 0.0, 0.49),
-        clip_norm=float(clip) if clip is not None else None,
-        margin=_num(data, "margin", 0.005, 0.0, 1e6),
-        tolerance=_num(data, "tolerance", 0.01, 0.0, 1e6),
-        min_updates=_int(data, "min_updates", 1, 0, 100_000),
-        collect_s=_num(data, "collect_s", 60.0, 0.0, 86_400.0),
-        seed=_int(data, "seed", 0, 0, 2**31 - 1),
-        personal_head_steps=_int(data, "personal_head_steps", 5, 0, 100_000),
-        version_rank=_int(data, "version_rank", 16, 1, 256),
-        train_pooler=bool(_opt(data, "train_pooler", bool, "plan")),
+        data=_path(data, "data", "plan", base),
+        train=get(data, "train", Bool(null_is_false=True), "plan", False),
+        parent=get(data, "parent", Bool(), "plan", True),
+        seed=get(data, "seed", Int(0, 2**31 - 1), "plan", 0),
+        **parse_settings(data, "plan"),
     )
 
 
@@ -250,22 +235,12 @@ def _file(what: str, path: Path) -> Iterator[None]:
         raise PlanError(f"{what} {path}: unusable ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_json(path: Path, limit: int) -> object:
-    """A JSON file read as hostile input: size checked before reading (under :func:`_file`)."""
-    size = path.stat().st_size
-    if size > limit:
-        raise PlanError(f"{size} bytes, over {limit}")
-    try:
-        return json.loads(path.read_bytes())
-    except ValueError as exc:  # UnicodeDecodeError too
-        raise PlanError(f"not JSON: {exc}") from None
-
-
 def load_plan(path: Path) -> LearnPlan:
     """The plan at ``path``, checked field by field; any problem is a :class:`PlanError`."""
     path = Path(path)
+    data = load_json(path, MAX_PLAN_BYTES, "learning plan", PlanError)
     with _file("learning plan", path):
-        return parse_plan(_read_json(path, MAX_PLAN_BYTES), path.parent)
+        return parse_plan(data, path.parent)
 
 
 def check_plan(path: Path) -> LearnPlan:
@@ -334,8 +309,8 @@ def _records(items: object, path: str) -> tuple[DataRecord, ...]:
 def load_data(path: Path) -> NodeData:
     """The data file at ``path``, every example checked; any problem is a :class:`PlanError`."""
     path = Path(path)
+    data = load_json(path, MAX_DATA_BYTES, "data file", PlanError)
     with _file("data file", path):
-        data = _read_json(path, MAX_DATA_BYTES)
         if not isinstance(data, dict) or not isinstance(data.get("arrivals"), list):
             raise PlanError("expected an object with 'arrivals' (a list of lists) and 'test'")
         arrivals = tuple(_records(a, f"arrivals[{i}]") for i, a in enumerate(data["arrivals"]))

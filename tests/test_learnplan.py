@@ -70,7 +70,7 @@ def test_bad_fields_are_named(tmp_path: Path, change: dict[str, Any], field: str
 def test_oversized_missing_and_non_json_plans_are_refused(tmp_path: Path) -> None:
     big = tmp_path / "big.json"
     big.write_bytes(b" " * (MAX_PLAN_BYTES + 1))
-    with pytest.raises(PlanError, match="over"):
+    with pytest.raises(PlanError, match=f"big.json: larger than {MAX_PLAN_BYTES} bytes"):
         load_plan(big)
     with pytest.raises(PlanError, match="learning plan"):
         load_plan(tmp_path / "absent.json")
@@ -112,7 +112,7 @@ def test_data_round_trip_and_hostile_records(tmp_path: Path) -> None:
     ("change", "message"),
     [
         ({"tier": {"source": "int8"}}, "plan.tier.tier_id: missing"),
-        ({"tier": None}, "plan.tier: expected an object"),
+        ({"tier": None}, "plan.tier: must be an object"),
         ({"lr": 10**400}, "plan.lr"),  # math.isfinite would overflow on it
         ({"lr": float("nan")}, "plan.lr"),
         ({"tier": {"source": "distil", "tier_id": "x", "layers": [0], "max_vocab": 0}},
@@ -192,3 +192,25 @@ def test_the_templates_in_node_md_are_valid(tmp_path: Path) -> None:
     loaded = check_plan(tmp_path / "plan.json")
     assert loaded.trains and loaded.data == tmp_path / "data.json"
     assert [len(a) for a in load_data(tmp_path / "data.json").arrivals] == [1, 0]
+
+
+def test_node_md_documents_every_learning_setting_with_its_default() -> None:
+    from p2phier.learnplan import SETTINGS
+
+    doc = (Path(__file__).resolve().parents[1] / "node" / "NODE.md").read_text()
+    rows = {
+        cells[1].strip(" `"): cells[4].strip(" `")
+        for line in doc.splitlines()
+        if line.startswith("| `") and len(cells := line.split("|")) > 5
+    }
+    for f in SETTINGS:
+        assert f.name in rows, f"NODE.md's plan table has no row for {f.name}"
+        shown = rows[f.name]
+        if isinstance(f.default, bool):
+            assert shown == json.dumps(f.default), f.name
+        elif f.default is None:
+            assert shown == "null", f.name
+        elif isinstance(f.default, str):
+            assert shown == f.default, f.name
+        else:
+            assert float(shown) == f.default, f.name

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from p2phier.errors import ConfigError, P2PHierError
+from p2phier.fields import Choice, FieldError
 
 if TYPE_CHECKING:
     from p2phier.identity import Identity
@@ -42,7 +42,6 @@ ENV_DEBUG = "P2PHIER_DEBUG"
 CONFIG_NAME = "config.toml"
 KEY_NAME = "identity.key"
 STORE_NAME = "store"
-MAX_CONFIG_BYTES = 1 << 20
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: store.max_object_size by default: far above any model tier or update, far below what
@@ -122,27 +121,6 @@ def resolve_home(flag: Path | None, environ: Mapping[str, str]) -> Path:
     return default_home()
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-        return tomllib.loads(text)
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def _node_keys() -> set[tuple[str, str]]:
     """Settings of the node daemon (p2phier.config validates them when a node runs)."""
     from p2phier.config import settings as node_settings
@@ -189,14 +167,12 @@ def _coerce(kind: str, name: str, value: Any, base: Path) -> Any:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if kind == "level":
-        if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-            raise ConfigError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
-        return value.lower()
-    if kind == "encoding":
-        if not isinstance(value, str) or value not in ENCODINGS:
-            raise ConfigError(f"{name} must be one of {', '.join(ENCODINGS)}, got {value!r}")
-        return value
+    if kind in ("level", "encoding"):
+        check = Choice(LOG_LEVELS if kind == "level" else ENCODINGS)
+        try:
+            return check(value.lower() if kind == "level" and isinstance(value, str) else value)
+        except FieldError as exc:
+            raise ConfigError(f"{name}: {exc.problem}") from None
     if kind == "size":
         from p2phier.config import parse_byte_size
 
@@ -237,7 +213,9 @@ def load_settings(
     sources = {f"{s}.{k}": "default" for s, k in values}
 
     if config_file is not None:
-        for (section, key), raw in _flatten(_read_config(config_file), config_file).items():
+        from p2phier.config import read_toml  # the one reader of the file (size-capped)
+
+        for (section, key), raw in _flatten(read_toml(config_file), config_file).items():
             name = f"{config_file}: [{section}] {key}"
             values[(section, key)] = _coerce(_SCHEMA[(section, key)], name, raw, config_file.parent)
             sources[f"{section}.{key}"] = "config"

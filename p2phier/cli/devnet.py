@@ -11,7 +11,6 @@ that need them.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
@@ -237,13 +236,13 @@ def devnet_status(
 ) -> None:
     """Ask every node of a running devnet for its status."""
     output.set_json(json_out)
-    from p2phier.devnet.runner import RUN_STATE
+    from p2phier.devnet.runner import DevnetError, load_state
     from p2phier.node.controlwire import call
 
     run_dir = _run_dir(directory)
     try:
-        state = json.loads((run_dir / RUN_STATE).read_bytes())
-    except (OSError, ValueError) as exc:
+        state = load_state(run_dir)
+    except DevnetError as exc:
         raise UsageError(f"{run_dir}: no devnet there ({exc})") from None
     st: dict[str, dict[str, Any] | None] = {}
     for node, info in state.get("nodes", {}).items():
@@ -263,13 +262,12 @@ def devnet_logs(
     lines: Annotated[int, typer.Option("-n", "--lines", help="Lines from the end.")] = 100,
 ) -> None:
     """Print the end of one node's log."""
-    from p2phier.devnet.runner import RUN_STATE
+    from p2phier.devnet.runner import DevnetError, load_state
 
     run_dir = _run_dir(directory)
     try:
-        state = json.loads((run_dir / RUN_STATE).read_bytes())
-        log_path = Path(state["nodes"][node]["log"])
-    except (OSError, ValueError, KeyError) as exc:
+        log_path = Path(load_state(run_dir)["nodes"][node]["log"])
+    except (DevnetError, KeyError, TypeError) as exc:
         raise UsageError(f"{run_dir}: no node {node!r} there ({exc})") from None
     text = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     typer.echo("\n".join(text[-lines:]))

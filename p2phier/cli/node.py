@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,7 +24,6 @@ import typer
 
 from p2phier.cli import output
 from p2phier.cli.config import CLIContext, ConfigOption, HomeOption
-from p2phier.errors import ConfigError
 
 node_app = typer.Typer(
     help="Run a p2phier node, or ask a running one its status.", no_args_is_help=True
@@ -51,10 +49,9 @@ def control_socket(ctx: typer.Context, flag: Path | None) -> Path:
     settings = _cli(ctx).settings()
     name: str = "control.sock"
     if settings.config_file is not None:
-        try:
-            doc = tomllib.loads(settings.config_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {settings.config_file}: {exc}") from None
+        from p2phier.config import read_toml  # size-capped; ConfigError naming the file
+
+        doc = read_toml(settings.config_file)
         value = (
             doc.get("control", {}).get("socket") if isinstance(doc.get("control"), dict) else None
         )

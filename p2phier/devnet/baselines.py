@@ -230,8 +230,8 @@ def _node_tier(
                 max_vocab=spec.max_vocab,
                 config=DistillConfig(
                     steps=spec.distill_steps,
-                    batch_size=scenario.training.batch_size,
-                    max_length=scenario.training.max_length,
+                    batch_size=scenario.learning.batch_size,
+                    max_length=scenario.learning.max_length,
                     seed=scenario.seed,
                 ),
             )
@@ -257,7 +257,7 @@ def _setup(scenario: Scenario) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from p2phier.learn.models import configure_torch
 
-    configure_torch(scenario.training.threads, seed=scenario.seed)
+    configure_torch(scenario.learning.threads, seed=scenario.seed)
 
 
 def _trainers(scenario: Scenario, data: Mapping[str, NodeData]) -> list[NodeSpec]:
@@ -270,9 +270,9 @@ def _trainers(scenario: Scenario, data: Mapping[str, NodeData]) -> list[NodeSpec
 def _lora(scenario: Scenario) -> LoraSettings:
     from p2phier.learn.train import LoraSettings
 
-    t = scenario.training
-    # The nodes' budget exactly: LoRA + task head (the pooler stays frozen, as on the nodes).
-    return LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=False)
+    t = scenario.learning
+    # The nodes' budget exactly: LoRA + task head (+ the pooler only if the nodes train it).
+    return LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=t.train_pooler)
 
 
 def central_rates(scenario: Scenario) -> tuple[float, float]:
@@ -281,7 +281,7 @@ def central_rates(scenario: Scenario) -> tuple[float, float]:
     The central model runs ``len(trainers)`` times the nodes' steps: the nodes' rate (chosen
     for short local cycles) can be too high for that many.
     """
-    return (scenario.training.lr, scenario.training.lr / 4)
+    return (scenario.learning.lr, scenario.learning.lr / 4)
 
 
 def isolated_baseline(
@@ -296,7 +296,7 @@ def isolated_baseline(
     from p2phier.learn.train import TrainConfig
 
     _setup(scenario)
-    t = scenario.training
+    t = scenario.learning
     steps = t.steps_per_cycle * scenario.rounds
     root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     isolated: dict[str, float] = {}
@@ -337,7 +337,7 @@ def central_candidate(
     from p2phier.learn.train import TrainConfig
 
     _setup(scenario)
-    t = scenario.training
+    t = scenario.learning
     trainers = _trainers(scenario, data)
     root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     pooled = [e for n in trainers for e in data[n.name].train]
@@ -390,7 +390,7 @@ def combine_baselines(
     central_dir = Path(work_dir) / "central"
     if not central_dir.exists():
         shutil.copytree(best.adapter_dir, central_dir)
-    t = scenario.training
+    t = scenario.learning
     steps = t.steps_per_cycle * scenario.rounds
     n = len(_trainers(scenario, data))
     rates = " and ".join(f"{c.lr:g}" for c in candidates)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from p2phier.errors import ConfigError
-from p2phier.fsutil import write_atomic
+from p2phier.fields import FieldError, Type, checked, get
+from p2phier.fsutil import load_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -160,19 +160,19 @@ def _dumps(data: Any) -> bytes:
 
 
 def _need(data: Mapping[str, Any], key: str, kinds: type | tuple[type, ...], path: str) -> Any:
-    if key not in data:
-        raise RunRecordError(f"{path}.{key}: missing")
-    return _check(data[key], kinds, f"{path}.{key}")
+    try:
+        return get(data, key, Type(kinds), path)
+    except FieldError as exc:
+        raise RunRecordError(str(exc)) from None
 
 
 def _check(value: Any, kinds: type | tuple[type, ...], path: str) -> Any:
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise RunRecordError(f"{path}: must not be a boolean")
-    if not isinstance(value, kinds):
-        raise RunRecordError(f"{path}: has the wrong type ({type(value).__name__})")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RunRecordError(f"{path}: must be finite")
-    return value
+    """``value`` if it is of ``kinds`` (p2phier.fields: never a boolean for a number, numbers
+    finite), else a RunRecordError naming ``path``."""
+    try:
+        return checked(value, Type(kinds), path)
+    except FieldError as exc:
+        raise RunRecordError(str(exc)) from None
 
 
 _NUM = (int, float)
@@ -320,25 +320,15 @@ def baselines_from_json(value: Any, path: str = "baselines") -> Baselines:
 def load_run(directory: Path) -> RunRecord:
     """Read ``DIR/run.json`` (size-capped, checked field by field)."""
     path = Path(directory) / RUN_FILE
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_RUN_BYTES + 1)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise RunRecordError(
             f"{path} does not exist: {directory} is not a devnet run directory "
             "(a run directory holds the run.json a devnet run writes)"
-        ) from None
-    except OSError as exc:
-        raise RunRecordError(f"cannot read {path}: {exc.strerror}") from None
-    if len(raw) > MAX_RUN_BYTES:
-        raise RunRecordError(f"{path} is larger than {MAX_RUN_BYTES} bytes; not a run record")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise RunRecordError(f"{path} is not JSON: {exc}") from None
+        )
+    data = load_json(path, MAX_RUN_BYTES, "run record", RunRecordError)
     try:
         return _parse_run(data)
-    except RunRecordError as exc:
+    except (RunRecordError, FieldError) as exc:
         raise RunRecordError(f"{path}: {exc}") from None
 
 

@@ -39,13 +39,14 @@ from p2phier.devnet.procs import FAST_ENV, NodeProc
 from p2phier.devnet.report import NodeInfo, NodeRound, RoundInfo, RunRecord
 from p2phier.devnet.scenario import NodeSpec, Scenario
 from p2phier.errors import P2PHierError
-from p2phier.fsutil import write_atomic
-from p2phier.learnplan import dump_data
+from p2phier.fsutil import load_json, write_atomic
+from p2phier.learnplan import dump_data, settings_json
 from p2phier.node.controlwire import ControlError
 
 log = logging.getLogger(__name__)
 
 RUN_STATE = "devnet.json"
+MAX_RUN_STATE_BYTES = 4 << 20  # a few hundred nodes' pids, homes, sockets and logs
 #: Twelve processes on two cores, torch busy in each: deadlines and hierarchy timers that
 #: tolerate a slow event loop (FAST_ENV suits the idle node tests).  A killed child is noticed
 #: by its closed connection, not by its registration expiring.
@@ -93,19 +94,31 @@ def _tier_plan(scenario: Scenario, node: NodeSpec, root: Path, root_cid: str) ->
     return plan
 
 
+def node_plan(scenario: Scenario, node: NodeSpec, root: Path, root_cid: str) -> dict[str, Any]:
+    """The learning plan (``learn/plan.json``) of ``node``: its tier, data and role from the
+    topology, and every learning setting of the scenario as it is (:func:`settings_json`)."""
+    return {
+        **settings_json(scenario.learning),
+        "tier": _tier_plan(scenario, node, root, root_cid),
+        "data": "data.json" if node.shard is not None else None,
+        "train": node.trains,
+        "parent": bool(scenario.children(node.name)),
+        "seed": scenario.seed + (node.shard.seed if node.shard else 0),
+    }
+
+
 def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
     """Write every node's home (data, plan, config) and build the root tier (blocking, torch)."""
     from p2phier.devnet.baselines import root_tier
     from p2phier.learn.models import configure_torch, read_tier_info
 
-    configure_torch(scenario.training.threads, seed=scenario.seed)
+    configure_torch(scenario.learning.threads, seed=scenario.seed)
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = build_node_data(scenario)
     root = root_tier(scenario, data, run_dir / "tiers" / "root")
     info = read_tier_info(root)
-    t = scenario.training
     prepared = Prepared(scenario, run_dir, data, root, {})
     for name, spec in scenario.tiers.items():
         prepared.model_bytes[name] = info.weights_bytes if spec.teacher is None else 0
@@ -119,28 +132,7 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
         if nd is not None:
             write_atomic(learn / "data.json", dump_data([list(a) for a in nd.arrivals],
                                                         list(nd.test)))  # fmt: skip
-        plan = {
-            "tier": _tier_plan(scenario, node, root, info.weights_cid),
-            "data": "data.json" if nd is not None else None,
-            "train": node.trains,
-            "parent": bool(scenario.children(node.name)),
-            "steps_per_cycle": t.steps_per_cycle,
-            "batch_size": t.batch_size,
-            "lr": t.lr,
-            "max_length": t.max_length,
-            "continual": t.continual,
-            "replay_per_label": t.replay_per_label,
-            "lora_r": t.lora_r,
-            "threads": t.threads,
-            "rule": scenario.aggregation.rule,
-            "trim_ratio": scenario.aggregation.trim_ratio,
-            "clip_norm": scenario.aggregation.clip_norm,
-            "margin": scenario.timing.margin,
-            "tolerance": scenario.timing.tolerance,
-            "min_updates": scenario.timing.min_updates,
-            "collect_s": scenario.timing.collect_s,
-            "seed": scenario.seed + (node.shard.seed if node.shard else 0),
-        }
+        plan = node_plan(scenario, node, root, info.weights_cid)
         write_atomic(learn / "plan.json", json.dumps(plan, indent=1, sort_keys=True).encode())
         write_atomic(
             home / "node.toml",
@@ -319,6 +311,13 @@ class Devnet:
                 if s.get("parent") != want:
                     waiting.append(f"{node.name}: parent {s.get('parent')} != {node.parent}")
                     continue
+                # Both ends: a restarted node restores its parent from its saved state before
+                # it has registered again, and a round its parent starts without it would
+                # close without its update.
+                ps = st.get(node.parent)
+                if ps is not None and self.nodes[node.name].peer_id not in ps.get("children", []):
+                    waiting.append(f"{node.name}: not yet registered with {node.parent}")
+                    continue
                 if not (learn.get("base") or {}).get("cid"):
                     waiting.append(f"{node.name}: no parent version yet")
                     continue
@@ -485,7 +484,7 @@ def referee_scores(prepared: Prepared, st: Mapping[str, dict[str, Any] | None]) 
             continue
         result = api.evaluate(
             Path(tier["dir"]), {"children": pooled}, adapter=Path(flat["dir"]),
-            max_length=s.training.max_length,
+            max_length=s.learning.max_length,
         )  # fmt: skip
         scores[node.name] = result["accuracy.children"]
     return scores
@@ -560,7 +559,9 @@ def run_devnet(
                                  children_acc=referee_scores(prepared, st)))  # fmt: skip
         for r in range(1, scenario.rounds + 1):
             t0 = time.time()
-            devnet.apply_faults(r, "start")
+            if any(f.startswith("restart ") for f in devnet.apply_faults(r, "start")):
+                devnet.wait(f"restarted nodes to rejoin for round {r}", devnet.formed,
+                            FORM_TIMEOUT_S, poll(f"round {r}"))  # fmt: skip
             devnet.request_round(r)
             st = devnet.wait(
                 f"round {r}", functools.partial(_settled, devnet, r), ROUND_TIMEOUT_S,
@@ -606,13 +607,21 @@ def run_devnet(
     return record
 
 
+def load_state(run_dir: Path) -> dict[str, Any]:
+    """``devnet.json`` of ``run_dir`` (size-capped; DevnetError naming the file)."""
+    path = Path(run_dir) / RUN_STATE
+    state = load_json(path, MAX_RUN_STATE_BYTES, "devnet state", DevnetError)
+    if not isinstance(state, dict):
+        raise DevnetError(f"devnet state {path}: not a JSON object")
+    return state
+
+
 def down(run_dir: Path, grace: float = 10.0) -> list[str]:
     """Stop every node a (possibly crashed) launcher left in ``run_dir``; returns what it did."""
-    path = Path(run_dir) / RUN_STATE
     try:
-        state = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise DevnetError(f"{path}: no devnet state to stop ({exc})") from None
+        state = load_state(run_dir)
+    except DevnetError as exc:
+        raise DevnetError(f"no devnet state to stop: {exc}") from None
     done = []
     pids = {name: n.get("pid") for name, n in state.get("nodes", {}).items()}
     helpers = state.get("helpers", {})

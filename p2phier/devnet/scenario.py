@@ -8,12 +8,14 @@ schedule of new local data per round, the number of rounds, the aggregation
 rule, the timing-rule thresholds, faults at given rounds, the training budget,
 and ``attackers``: training nodes that run as attackers
 (:mod:`p2phier.devnet.attacker`).  ``devnet/README.md`` documents the format key
-by key.
+by key.  The learning settings (``[training]``, ``[aggregation]``, ``[timing]``)
+are :class:`~p2phier.learnplan.LearnSettings`, declared and checked there: what
+the scenario says is what every node's plan holds.
 
-Every scenario file is hostile input: its size is capped before it is read,
-unknown keys are refused (a typo must not silently become a default), and
-every bad value raises :class:`ScenarioError` naming the field path, e.g.
-``nodes[3].domain: 'en/Health' is not a valid domain path: ...``.
+Every scenario file is hostile input: its size is capped before it is read
+(:func:`p2phier.fsutil.load_toml`), unknown keys are refused (a typo must not
+silently become a default), and every bad value raises :class:`ScenarioError`
+naming the field path, e.g. ``nodes[3].domain: 'en/Health' is not a valid domain path: ...``.
 
 The hierarchy is checked with the rules of :mod:`p2phier.records` and
 :mod:`p2phier.hierarchy`: one master at the root, each other node has a
@@ -25,15 +27,27 @@ quantisation (updates are aggregated between nodes of one tier lineage).
 
 from __future__ import annotations
 
-import math
 import re
-import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from p2phier.errors import ConfigError
+from p2phier.fields import (
+    REQUIRED,
+    Check,
+    Choice,
+    FieldError,
+    Int,
+    Num,
+    Str,
+    checked,
+    get,
+    kind_name,
+)
+from p2phier.fsutil import load_toml
+from p2phier.learnplan import SETTINGS, TABLES, LearnSettings, parse_settings
 from p2phier.records import (
     Layer,
     RecordError,
@@ -49,6 +63,10 @@ MAX_ROUNDS = 1000
 MAX_LIST = 256
 MAX_STEPS = 100_000
 MAX_SHARD = 100_000
+#: The devnet's defaults where they differ from a node's (every other learning setting's
+#: default is LearnSettings'): twelve processes on two cores train slowly, so a parent
+#: waits longer for its children's updates.
+DEVNET_SETTINGS: Mapping[str, Any] = {"collect_s": 900.0}
 
 DATASETS = ("bbc", "drugs")
 #: The BBC News topics (dataset ``bbc``: group = topic = label).  Drug-review
@@ -56,8 +74,6 @@ DATASETS = ("bbc", "drugs")
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 TIER_KINDS = ("minilm", "student", "int8", "tiny")
 ROOT_TIER_KINDS = ("minilm", "tiny")  # built from nothing; the others derive from a teacher
-AGGREGATION_RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_scored")
-CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
 ARRIVAL_ORDERS = ("shuffled", "by_label")
 FAULT_ACTIONS = ("kill", "freeze", "restart")
 #: poisoning: what a training node sends its parent (p2phier/devnet/attacker.py)
@@ -125,35 +141,6 @@ class NodeSpec:
 
 
 @dataclass(frozen=True)
-class TrainingSpec:
-    """The budget every training node gets per cycle (baselines get the same)."""
-
-    steps_per_cycle: int = 8
-    batch_size: int = 8
-    lr: float = 1e-3
-    max_length: int = 64
-    continual: str = "replay"
-    replay_per_label: int = 8
-    lora_r: int = 4
-    threads: int = 1
-
-
-@dataclass(frozen=True)
-class AggregationSpec:
-    rule: str = "fedavg"
-    trim_ratio: float = 0.2
-    clip_norm: float | None = None
-
-
-@dataclass(frozen=True)
-class TimingSpec:
-    margin: float = 0.005
-    tolerance: float = 0.01
-    min_updates: int = 1
-    collect_s: float = 900.0  # a parent's longest wait for its children's updates in a round
-
-
-@dataclass(frozen=True)
 class ArrivalSpec:
     """Fraction of each node's training shard that arrives at the start of round i+1."""
 
@@ -199,9 +186,9 @@ class Scenario:
     rounds: int
     nodes: tuple[NodeSpec, ...]
     tiers: Mapping[str, TierSpec]
-    training: TrainingSpec
-    aggregation: AggregationSpec
-    timing: TimingSpec
+    #: every node's learning settings ([training], [aggregation], [timing]); each node's
+    #: plan holds them as they are (p2phier.devnet.runner.node_plan)
+    learning: LearnSettings
     arrival: ArrivalSpec
     faults: tuple[FaultSpec, ...] = ()
     attackers: tuple[AttackerSpec, ...] = ()
@@ -265,6 +252,11 @@ class Scenario:
         """JSON-able form (layers as labels); what ``report.json`` embeds."""
         data = asdict(self)
         data["tiers"] = {k: asdict(v) for k, v in sorted(self.tiers.items())}
+        learning = data.pop("learning")
+        for table in TABLES:  # as the scenario file has them
+            data[table] = {
+                f.name: learning[f.name] for f in SETTINGS if f.metadata["table"] == table
+            }
         for node in data["nodes"]:
             node["layer"] = Layer(node["layer"]).label
         return data
@@ -276,11 +268,16 @@ _T = TypeVar("_T")
 
 
 class _Table:
-    """A TOML table being read: every access names its path; leftovers are refused."""
+    """A TOML table being read: every access names its path; leftovers are refused.
+
+    Values are checked with :mod:`p2phier.fields` (its FieldError names the path;
+    :func:`parse_scenario` turns it into a ScenarioError)."""
 
     def __init__(self, data: object, path: str) -> None:
         if not isinstance(data, dict):
-            raise ScenarioError(f"{path or 'the scenario'}: must be a table, got {_kind(data)}")
+            raise ScenarioError(
+                f"{path or 'the scenario'}: must be a table, got {kind_name(type(data))}"
+            )
         self.data: dict[str, Any] = data
         self.path = path
         self.used: set[str] = set()
@@ -295,17 +292,19 @@ class _Table:
         self.used.add(key)
         return self.data.get(key)
 
-    def get(self, key: str, conv: Callable[[Any, str], _T], default: _T | None = None) -> _T:
+    def get(self, key: str, check: Check[_T], default: _T | None = None) -> _T:
         self.used.add(key)
-        if key not in self.data:
-            if default is None:
-                raise ScenarioError(f"{self.at(key)}: missing (required)")
-            return default
-        return conv(self.data[key], self.at(key))
+        return get(self.data, key, check, self.path, REQUIRED if default is None else default)
 
-    def opt(self, key: str, conv: Callable[[Any, str], _T]) -> _T | None:
+    def opt(self, key: str, check: Check[_T]) -> _T | None:
         self.used.add(key)
-        return conv(self.data[key], self.at(key)) if key in self.data else None
+        return get(self.data, key, check, self.path, None)
+
+    def settings(self) -> dict[str, Any]:
+        """This table's learning settings (:class:`~p2phier.learnplan.LearnSettings` fields
+        whose ``table`` is this table's name), checked as a plan checks them."""
+        self.used.update(f.name for f in SETTINGS if f.metadata["table"] == self.path)
+        return parse_settings(self.data, self.path, self.path)
 
     def sub(self, key: str, required: bool = False) -> _Table:
         self.used.add(key)
@@ -332,80 +331,35 @@ class _Table:
             raise ScenarioError(f"{self.at(unknown[0])}: unknown key (known keys here: {known})")
 
 
-def _kind(value: object) -> str:
-    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
+_str = Str()
 
 
-def _str(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise ScenarioError(f"{path}: must be a string, got {_kind(value)}")
-    if len(value) > 4096:
-        raise ScenarioError(f"{path}: longer than 4096 characters")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
-    def conv(value: Any, path: str) -> str:
-        text = _str(value, path)
-        if text not in options:
-            raise ScenarioError(f"{path}: {text!r} is not one of {', '.join(options)}")
-        return text
-
-    return conv
-
-
-def _name(value: Any, path: str) -> str:
-    text = _str(value, path)
+def _name(value: Any) -> str:
+    text = _str(value)
     if not _NAME_RE.fullmatch(text):
-        raise ScenarioError(
-            f"{path}: {text!r} is not a valid name (1-32 lower-case letters, digits or "
+        raise FieldError(
+            f"{text!r} is not a valid name (1-32 lower-case letters, digits or "
             "inner '-'; it names the node's directory)"
         )
     return text
 
 
-def _int(lo: int, hi: int) -> Callable[[Any, str], int]:
-    def conv(value: Any, path: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ScenarioError(f"{path}: must be an integer, got {_kind(value)}")
-        if not lo <= value <= hi:
-            raise ScenarioError(f"{path}: {value} is outside [{lo}, {hi}]")
-        return value
-
-    return conv
-
-
-def _float(lo: float, hi: float, *, open_lo: bool = False) -> Callable[[Any, str], float]:
-    def conv(value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ScenarioError(f"{path}: must be a number, got {_kind(value)}")
-        number = float(value)
-        if not math.isfinite(number) or number > hi or number < lo or (open_lo and number == lo):
-            interval = f"{'(' if open_lo else '['}{lo}, {hi}]"
-            raise ScenarioError(f"{path}: {value} is outside {interval}")
-        return number
-
-    return conv
-
-
-def _list(conv: Callable[[Any, str], _T]) -> Callable[[Any, str], tuple[_T, ...]]:
-    def convert(value: Any, path: str) -> tuple[_T, ...]:
+def _list(check: Check[_T]) -> Check[tuple[_T, ...]]:
+    def convert(value: Any) -> tuple[_T, ...]:
         if not isinstance(value, list):
-            raise ScenarioError(f"{path}: must be an array, got {_kind(value)}")
+            raise FieldError(f"must be an array, got {kind_name(type(value))}")
         if len(value) > MAX_LIST:
-            raise ScenarioError(f"{path}: {len(value)} entries, over {MAX_LIST}")
-        return tuple(conv(item, f"{path}[{i}]") for i, item in enumerate(value))
+            raise FieldError(f"{len(value)} entries, over {MAX_LIST}")
+        return tuple(checked(item, check, f"[{i}]") for i, item in enumerate(value))
 
     return convert
 
 
-def _group(value: Any, path: str) -> str:
-    text = _str(value, path)
+def _group(value: Any) -> str:
+    text = _str(value)
     if not _GROUP_RE.fullmatch(text):
-        raise ScenarioError(
-            f"{path}: {text!r} is not a data group (a BBC topic or a lower-case drug-review "
+        raise FieldError(
+            f"{text!r} is not a data group (a BBC topic or a lower-case drug-review "
             "condition such as 'birth control')"
         )
     return text
@@ -415,7 +369,7 @@ def _group(value: Any, path: str) -> str:
 
 
 def _parse_tier(name: str, t: _Table) -> TierSpec:
-    kind = t.get("kind", _choice(TIER_KINDS))
+    kind = t.get("kind", Choice(TIER_KINDS))
     teacher = t.opt("teacher", _name)
     if kind in ROOT_TIER_KINDS and teacher is not None:
         raise ScenarioError(f"{t.at('teacher')}: a {kind} tier is built from nothing; remove it")
@@ -425,13 +379,13 @@ def _parse_tier(name: str, t: _Table) -> TierSpec:
         raise ScenarioError(f"{t.at('teacher')}: a tier cannot be its own teacher")
     layers: tuple[int, ...] = ()
     if kind == "student":
-        layers = t.get("layers", _list(_int(0, 63)))
+        layers = t.get("layers", _list(Int(0, 63)))
         if not layers or len(set(layers)) != len(layers):
             raise ScenarioError(f"{t.at('layers')}: must be distinct block indices, at least one")
-    max_vocab = t.opt("max_vocab", _int(64, 250_000)) if kind in ("student", "tiny") else None
-    distill = t.get("distill_steps", _int(0, MAX_STEPS), 0) if kind == "student" else 0
-    hidden = t.get("hidden", _int(8, 4096), 64) if kind == "tiny" else 64
-    n_layers = t.get("depth", _int(1, 48), 2) if kind == "tiny" else 2
+    max_vocab = t.opt("max_vocab", Int(64, 250_000)) if kind in ("student", "tiny") else None
+    distill = t.get("distill_steps", Int(0, MAX_STEPS), 0) if kind == "student" else 0
+    hidden = t.get("hidden", Int(8, 4096), 64) if kind == "tiny" else 64
+    n_layers = t.get("depth", Int(1, 48), 2) if kind == "tiny" else 2
     if kind == "tiny" and hidden % 4:
         raise ScenarioError(f"{t.at('hidden')}: must be a multiple of 4 (4 attention heads)")
     t.done()
@@ -439,7 +393,7 @@ def _parse_tier(name: str, t: _Table) -> TierSpec:
 
 
 def _parse_shard(t: _Table) -> ShardSpec:
-    dataset = t.get("dataset", _choice(DATASETS))
+    dataset = t.get("dataset", Choice(DATASETS))
     home = t.get("home", _list(_group))
     others = t.opt("others", _list(_group)) or ()
     if not home:
@@ -454,10 +408,10 @@ def _parse_shard(t: _Table) -> ShardSpec:
     both = sorted(set(home) & set(others))
     if both:
         raise ScenarioError(f"{t.at('others')}: {both[0]!r} is already a home group")
-    train = t.get("train", _int(1, MAX_SHARD))
-    test = t.get("test", _int(1, MAX_SHARD))
-    skew = t.get("skew", _float(0.0, 1.0), 1.0)
-    seed = t.get("seed", _int(0, 2**31 - 1), 0)
+    train = t.get("train", Int(1, MAX_SHARD))
+    test = t.get("test", Int(1, MAX_SHARD))
+    skew = t.get("skew", Num(0.0, 1.0), 1.0)
+    seed = t.get("seed", Int(0, 2**31 - 1), 0)
     t.done()
     return ShardSpec(dataset, home, others, train, test, skew, seed)
 
@@ -602,21 +556,28 @@ def _check_faults(scenario: Scenario, paths: Mapping[str, str]) -> None:
 
 def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenario:
     """Build and validate a :class:`Scenario` from parsed TOML."""
+    try:
+        return _parse_scenario(data, name)
+    except FieldError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
+def _parse_scenario(data: Mapping[str, Any], name: str) -> Scenario:
     root = _Table(dict(data), "")
-    fmt = root.get("format", _int(0, 2**31), FORMAT_VERSION)
+    fmt = root.get("format", Int(0, 2**31), FORMAT_VERSION)
     if fmt != FORMAT_VERSION:
         raise ScenarioError(
             f"format: scenario format {fmt} is not known to this build (it reads {FORMAT_VERSION})"
         )
     scenario_name = root.get("name", _name, name if _NAME_RE.fullmatch(name) else "scenario")
     description = root.get("description", _str, "")
-    seed = root.get("seed", _int(0, 2**31 - 1), 0)
-    rounds = root.get("rounds", _int(1, MAX_ROUNDS))
+    seed = root.get("seed", Int(0, 2**31 - 1), 0)
+    rounds = root.get("rounds", Int(1, MAX_ROUNDS))
 
     tiers_table = root.sub("tiers", required=True)
     tiers: dict[str, TierSpec] = {}
     for tier_name in sorted(tiers_table.data):
-        _name(tier_name, tiers_table.at(tier_name))
+        checked(tier_name, _name, tiers_table.at(tier_name))
         tiers[tier_name] = _parse_tier(tier_name, tiers_table.sub(tier_name))
     if not tiers:
         raise ScenarioError("tiers: define at least one tier")
@@ -636,38 +597,15 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
         raise ScenarioError(f"{where}: a scenario has exactly one master, found {len(masters)}")
     nodes = _resolve_parents(parsed)
 
-    t = root.sub("training")
-    training = TrainingSpec(
-        steps_per_cycle=t.get("steps_per_cycle", _int(1, MAX_STEPS), 8),
-        batch_size=t.get("batch_size", _int(1, 1024), 8),
-        lr=t.get("lr", _float(0.0, 1.0, open_lo=True), 1e-3),
-        max_length=t.get("max_length", _int(8, 512), 64),
-        continual=t.get("continual", _choice(CONTINUAL), "replay"),
-        replay_per_label=t.get("replay_per_label", _int(0, 10_000), 8),
-        lora_r=t.get("lora_r", _int(1, 256), 4),
-        threads=t.get("threads", _int(1, 64), 1),
-    )
-    t.done()
-
-    a = root.sub("aggregation")
-    aggregation = AggregationSpec(
-        rule=a.get("rule", _choice(AGGREGATION_RULES), "fedavg"),
-        trim_ratio=a.get("trim_ratio", _float(0.0, 0.49), 0.2),
-        clip_norm=a.opt("clip_norm", _float(0.0, 1e6, open_lo=True)),
-    )
-    a.done()
-
-    tm = root.sub("timing")
-    timing = TimingSpec(
-        margin=tm.get("margin", _float(0.0, 1.0), 0.005),
-        tolerance=tm.get("tolerance", _float(0.0, 1.0), 0.01),
-        min_updates=tm.get("min_updates", _int(0, MAX_NODES), 1),
-        collect_s=tm.get("collect_s", _float(1.0, 3600.0), 900.0),
-    )
-    tm.done()
+    settings = dict(DEVNET_SETTINGS)
+    for table in TABLES:  # [training], [aggregation], [timing]: checked as a plan is
+        t = root.sub(table)
+        settings.update(t.settings())
+        t.done()
+    learning = LearnSettings(**settings)
 
     ar = root.sub("arrival")
-    fractions = ar.opt("fractions", _list(_float(0.0, 1.0)))
+    fractions = ar.opt("fractions", _list(Num(0.0, 1.0)))
     fractions = (1.0,) if fractions is None else fractions
     if not fractions or abs(sum(fractions) - 1.0) > 1e-6:
         raise ScenarioError(
@@ -678,17 +616,17 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
             f"arrival.fractions: {len(fractions)} entries for {rounds} rounds; "
             "data arriving after the last round would never be used"
         )
-    arrival = ArrivalSpec(fractions, ar.get("order", _choice(ARRIVAL_ORDERS), "shuffled"))
+    arrival = ArrivalSpec(fractions, ar.get("order", Choice(ARRIVAL_ORDERS), "shuffled"))
     ar.done()
 
     faults = []
     for f in root.array("faults"):
         faults.append(
             FaultSpec(
-                round=f.get("round", _int(1, MAX_ROUNDS)),
+                round=f.get("round", Int(1, MAX_ROUNDS)),
                 node=f.get("node", _name),
-                action=f.get("action", _choice(FAULT_ACTIONS)),
-                at=f.get("at", _choice(("start", "end")), "start"),
+                action=f.get("action", Choice(FAULT_ACTIONS)),
+                at=f.get("at", Choice(("start", "end")), "start"),
             )
         )
         f.done()
@@ -697,9 +635,9 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
     for i, at in enumerate(root.array("attackers")):
         attacker = AttackerSpec(
             node=at.get("node", _name),
-            behaviour=at.get("behaviour", _choice(ATTACK_BEHAVIOURS)),
-            from_round=at.get("from_round", _int(1, MAX_ROUNDS), 1),
-            strength=at.opt("strength", _float(0.0, 1e6)),
+            behaviour=at.get("behaviour", Choice(ATTACK_BEHAVIOURS)),
+            from_round=at.get("from_round", Int(1, MAX_ROUNDS), 1),
+            strength=at.opt("strength", Num(0.0, 1e6)),
         )
         at.done()
         if attacker.node not in paths:
@@ -714,9 +652,7 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario") -> Scenar
         rounds=rounds,
         nodes=nodes,
         tiers=tiers,
-        training=training,
-        aggregation=aggregation,
-        timing=timing,
+        learning=learning,
         arrival=arrival,
         faults=tuple(faults),
         attackers=tuple(attackers),
@@ -768,21 +704,7 @@ def _check_attackers(scenario: Scenario) -> None:
 def load_scenario(path: Path) -> Scenario:
     """Read, size-check, parse and validate a scenario file."""
     path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_SCENARIO_BYTES + 1)
-    except FileNotFoundError:
-        raise ScenarioError(f"scenario file {path} does not exist") from None
-    except OSError as exc:
-        raise ScenarioError(f"cannot read scenario file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_SCENARIO_BYTES:
-        raise ScenarioError(f"{path}: larger than {MAX_SCENARIO_BYTES} bytes; not a scenario")
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    data = load_toml(path, MAX_SCENARIO_BYTES, "scenario file", ScenarioError)
     try:
         return parse_scenario(data, name=path.stem)
     except ScenarioError as exc:

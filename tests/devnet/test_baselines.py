@@ -47,7 +47,7 @@ def test_asking_for_more_data_than_exists_names_the_node() -> None:
 @pytest.mark.ml
 def test_baselines_on_the_ci_scenario_score_every_training_node(tmp_path: Path) -> None:
     s = load_scenario(scenarios_dir() / "ci.toml")
-    s = replace(s, training=replace(s.training, steps_per_cycle=2))
+    s = replace(s, learning=replace(s.learning, steps_per_cycle=2))
     result = run_baselines(s, tmp_path)
     trainers = {n.name for n in s.training_nodes()}
     assert set(result.isolated) == trainers and set(result.central) == trainers

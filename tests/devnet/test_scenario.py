@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from p2phier.devnet.runner import node_plan
 from p2phier.devnet.scenario import (
+    DEVNET_SETTINGS,
     Scenario,
     ScenarioError,
     load_scenario,
@@ -15,6 +20,8 @@ from p2phier.devnet.scenario import (
     scenarios_dir,
 )
 from p2phier.errors import ConfigError
+from p2phier.fields import Bool, Choice, Int, Num, Optional
+from p2phier.learnplan import SETTINGS, TABLES, LearnPlan, LearnSettings, load_plan, settings_json
 from p2phier.records import Layer
 
 SMALL = """
@@ -353,3 +360,103 @@ def test_the_ci_fault_scenario_has_a_cross_tier_edge_and_a_kill_restart() -> Non
     assert s.node("news-tech").layer is Layer.SUBDOMAIN and s.node("news-tech").tier == "student"
     assert s.node("news").tier == "minilm"  # the student's parent runs its teacher tier
     assert {n.name for n in s.training_nodes()} == {"news-business", "news-tech"}
+
+
+# --- learning settings: declared once (LearnSettings), carried to every node's plan ---------
+
+#: LearnPlan's fields that are a node's own (tier, data, role, seed: from the topology), not
+#: settings a scenario gives every node; any other field must reach the plan from the scenario
+NODE_OWN = {"tier", "data", "train", "parent", "seed", "extra"}
+
+
+def _other_value(check: Any, default: Any) -> Any:
+    """A valid value of ``check`` other than ``default``."""
+    if isinstance(check, Optional):
+        return _other_value(check.check, None)
+    if isinstance(check, Bool):
+        return not default
+    if isinstance(check, Choice):
+        return next(o for o in check.options if o != default)
+    if isinstance(check, Int):
+        return next(v for v in (check.lo + 1, check.hi) if v != default)
+    if isinstance(check, Num):
+        return next(
+            v for v in (round(check.lo + (check.hi - check.lo) / 3, 6), check.hi) if v != default
+        )
+    raise AssertionError(f"no test value for a {type(check).__name__} check: add one here")
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value)  # true/false, numbers and strings are spelt the same in TOML
+
+
+def test_every_learning_setting_of_a_scenario_reaches_each_nodes_plan_unchanged(
+    tmp_path: Path,
+) -> None:
+    settings = {f.name: f for f in SETTINGS}
+    for f in fields(LearnPlan):
+        assert f.name in NODE_OWN or f.name in settings, (
+            f"LearnPlan.{f.name} is neither a node's own nor a LearnSettings field: "
+            "a scenario could not set it"
+        )
+    values = {name: _other_value(f.metadata["check"], f.default) for name, f in settings.items()}
+    tables = "".join(
+        f"[{table}]\n"
+        + "".join(
+            f"{name} = {_toml(v)}\n"
+            for name, v in values.items()
+            if settings[name].metadata["table"] == table
+        )
+        for table in TABLES
+    )
+    scenario = parse(SMALL + tables)
+    assert settings_json(scenario.learning) == values
+    for node in scenario.nodes:
+        path = tmp_path / f"{node.name}.json"
+        path.write_text(json.dumps(node_plan(scenario, node, tmp_path / "root", "bafyroot")))
+        plan = load_plan(path)
+        for name, value in values.items():
+            assert getattr(plan, name) == value, f"{node.name}: {name}"
+        assert plan.trains == node.trains and plan.parent == bool(scenario.children(node.name))
+
+
+def test_a_scenario_without_learning_tables_gets_the_plans_defaults() -> None:
+    learning = parse(SMALL).learning
+    assert learning == replace(LearnSettings(), **DEVNET_SETTINGS)
+    # the devnet's one deviation: a longer collect cap for many processes on few cores
+    assert set(DEVNET_SETTINGS) == {"collect_s"}
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("[training]\nlr = 20\n", "training.lr: 20 is outside [1e-08, 10.0]"),
+        ("[training]\ntrain_pooler = 1\n", "training.train_pooler: must be true or false"),
+        ("[aggregation]\nclip_norm = 0\n", "aggregation.clip_norm: 0 is outside (0.0,"),
+        ("[aggregation]\nlr = 0.1\n", "aggregation.lr: unknown key"),  # a [training] key
+        ("[timing]\nmin_updates = -1\n", "timing.min_updates: -1 is outside [0, 100000]"),
+        ("training = 3\n", "training: must be a table"),
+    ],
+)
+def test_learning_settings_are_checked_as_a_plan_checks_them(table: str, expected: str) -> None:
+    text = table + SMALL if not table.startswith("[") else SMALL + table
+    with pytest.raises(ScenarioError) as info:
+        parse(text)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_the_scenario_record_keeps_its_tables() -> None:
+    s = load_scenario(scenarios_dir() / "default.toml")
+    data = s.to_dict()
+    assert data["training"]["steps_per_cycle"] == s.learning.steps_per_cycle == 16
+    assert data["aggregation"]["rule"] == "fedavg"
+    assert data["timing"]["collect_s"] == s.learning.collect_s
+    assert "learning" not in data
+
+
+def test_the_devnet_guide_lists_every_learning_setting_under_its_table() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "devnet" / "README.md").read_text()
+    for f in SETTINGS:
+        table = f.metadata["table"]
+        section = guide.split(f"### `[{table}]`", 1)[1].split("\n### ", 1)[0]
+        assert f"`{f.name}`" in section, f"devnet/README.md: {f.name} is not under [{table}]"

@@ -294,7 +294,7 @@ def test_upload_rate_units(value: Any, want: int) -> None:
             '[node]\nlayer = "master"\n[learn]\nworker_nice = 20\n',
             {},
             {},
-            r"learn\.worker_nice: must be 0\.\.19",
+            r"learn\.worker_nice: 20 is outside \[0, 19\]",
         ),
         (
             '[node]\nlayer = "master"\nbase_model = "a b"\n',
