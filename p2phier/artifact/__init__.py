@@ -29,10 +29,11 @@ from p2phier.artifact.manifest import (
     validate_layer,
 )
 from p2phier.artifact.materialise import materialise
-from p2phier.artifact.pack import pack_adapter, pack_tensors, read_adapter_dir
+from p2phier.artifact.pack import pack_adapter, pack_tensors, pin_artifact, read_adapter_dir
 from p2phier.artifact.tensors import parse_safetensors, write_safetensors
 from p2phier.artifact.verify import (
     Artifact,
+    artifact_files,
     inspect,
     load_tensors,
     read_artifact,
@@ -55,6 +56,7 @@ __all__ = [
     "Limits",
     "Manifest",
     "Metric",
+    "artifact_files",
     "compress",
     "decode_tensors",
     "decompress",
@@ -70,6 +72,7 @@ __all__ = [
     "pack_tensors",
     "parse_adapter_config",
     "parse_safetensors",
+    "pin_artifact",
     "read_adapter_dir",
     "read_artifact",
     "read_car",

@@ -55,6 +55,7 @@ from p2phier.artifact.verify import (
     PAYLOAD_FORMAT,
     Artifact,
     BlockSource,
+    artifact_files,
     resolve,
 )
 from p2phier.cid import CID
@@ -292,6 +293,18 @@ def _store_envelope(
     envelope = sign_manifest(manifest, identity)
     cid = store.add_bytes(envelope.to_bytes(), meta, pin=False)
     return Artifact(cid, manifest, envelope.manifest_bytes, envelope.signature)
+
+
+def pin_artifact(store: ContentStore, cid: CID | str) -> tuple[CID, ...]:
+    """Pin every file artifact ``cid`` needs (:func:`~p2phier.artifact.verify.artifact_files`:
+    envelope, config and payload of it and its lineage), all or none; return them.
+
+    An envelope names its config and payload only inside its manifest, not as DAG links,
+    so a pin of the envelope alone would leave them to GC.
+    """
+    files = artifact_files(store.get_block, CID.parse(cid) if isinstance(cid, str) else cid)
+    _pin_all(store, files)
+    return files
 
 
 def _pin_all(store: ContentStore, cids: Sequence[CID]) -> None:

@@ -184,6 +184,23 @@ def walk_lineage(cid: CID, read: Callable[[CID], Artifact], *, max_chain: int) -
     return chain
 
 
+def artifact_files(
+    get_block: BlockGetter, cid: CID, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[CID, ...]:
+    """Every file ``cid`` needs to be read: for it and each ancestor in its lineage, the
+    envelope, the adapter config and the payload (in that order, leaf first, each once).
+
+    Reads only the envelopes (signature-checked); the caller pins what this names.
+    """
+    chain = walk_lineage(
+        cid, lambda c: read_artifact(get_block, c, limits=limits), max_chain=limits.max_chain
+    )
+    files = (
+        f for art in chain for f in (art.cid, art.manifest.config.cid, art.manifest.tensors.cid)
+    )
+    return tuple(dict.fromkeys(block_key(f) for f in files))
+
+
 def read_content(
     get_block: BlockGetter,
     artifact: Artifact,

@@ -52,7 +52,7 @@ import enum
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -398,10 +398,22 @@ class Engine:
             self._turns.remove(peer)
 
     def forget_peer(self, peer: str) -> None:
-        """Drop everything known about ``peer`` (for a node pruning long-gone peers)."""
+        """Drop everything known about ``peer`` (for a node pruning long-gone peers); its
+        ledger's counters stay in the book's totals."""
         self.peer_disconnected(peer)
         self._buckets.pop(peer, None)
         self.ledgers.forget(peer)
+
+    def prune(self, now: float, idle_s: float, keep: Collection[str] = ()) -> int:
+        """Forget what peers without wants held here (and not in ``keep``) left behind:
+        request buckets that have refilled (a full bucket is what a new peer gets, so
+        nothing is lost) and ledgers idle for ``idle_s`` seconds (their counters stay in
+        the book's totals).  Returns the number of ledgers forgotten."""
+        for peer, bucket in list(self._buckets.items()):
+            if peer not in self._peers and bucket.available(now) >= bucket.burst:
+                del self._buckets[peer]
+        held = self._peers.keys() | set(keep)
+        return len(self.ledgers.prune(now, idle_s, keep=held))
 
     # --- internals -------------------------------------------------------------------------
     def _drop_want(self, st: _Peer, key: CID) -> None:

@@ -3,7 +3,8 @@
 Owns :class:`Ledger` (what one peer and this node have exchanged: bytes and
 blocks each way, wants dropped, misbehaviour), :class:`LedgerBook` (the ledgers
 of all peers, shared by the server :mod:`engine` and the client
-:mod:`session`), :class:`Misbehaviour` (the event recorded when a peer breaks
+:mod:`session`; idle peers' ledgers are forgotten into one aggregate, so the
+totals survive), :class:`Misbehaviour` (the event recorded when a peer breaks
 the protocol) and :class:`TokenBucket` (a clock-free rate limiter).
 
 This is Bitswap's ledger in the sense of the original IPFS paper: the debt
@@ -15,8 +16,8 @@ takes ``now`` (seconds, any monotonic origin).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field, fields
 
 from p2phier.errors import UsageError
 
@@ -64,16 +65,24 @@ class Ledger:
         return self.bytes_sent / (self.bytes_received + 1)
 
 
+#: the counters a forgotten peer's ledger adds to :attr:`LedgerBook.forgotten`
+_COUNTERS = tuple(f.name for f in fields(Ledger) if f.name not in ("peer", "last_seen"))
+
+
 @dataclass(slots=True)
 class LedgerBook:
-    """The ledgers of every peer this node has exchanged with.
+    """The ledgers of the peers this node has exchanged with.
 
     ``on_misbehaviour`` (optional) is called for every recorded
-    :class:`Misbehaviour`; the node wires it to peer scoring.
+    :class:`Misbehaviour`; the node wires it to peer scoring.  A peer's ledger
+    can be forgotten (:meth:`forget`, :meth:`prune`); its counters go into
+    :attr:`forgotten`, so :meth:`totals` still counts every byte ever exchanged.
     """
 
     on_misbehaviour: Callable[[Misbehaviour], None] | None = None
     _ledgers: dict[str, Ledger] = field(default_factory=dict)
+    #: the summed counters of every forgotten peer
+    forgotten: Ledger = field(default_factory=lambda: Ledger("(forgotten peers)"))
 
     def get(self, peer: str) -> Ledger:
         ledger = self._ledgers.get(peer)
@@ -88,7 +97,29 @@ class LedgerBook:
         return list(self._ledgers)
 
     def forget(self, peer: str) -> None:
-        self._ledgers.pop(peer, None)
+        """Drop ``peer``'s ledger; its counters stay in :attr:`forgotten`."""
+        ledger = self._ledgers.pop(peer, None)
+        if ledger is not None:
+            for name in _COUNTERS:
+                setattr(self.forgotten, name, getattr(self.forgotten, name) + getattr(ledger, name))
+
+    def prune(self, now: float, idle_s: float, keep: Container[str] = ()) -> list[str]:
+        """Forget the peers not in ``keep`` whose ledger saw nothing for ``idle_s`` seconds
+        (at ``now``); return them."""
+        idle = [
+            p for p, x in self._ledgers.items() if p not in keep and now - x.last_seen >= idle_s
+        ]
+        for peer in idle:
+            self.forget(peer)
+        return idle
+
+    def totals(self) -> Ledger:
+        """Every counter summed over all peers, forgotten ones included."""
+        out = Ledger("(all peers)")
+        for ledger in (self.forgotten, *self._ledgers.values()):
+            for name in _COUNTERS:
+                setattr(out, name, getattr(out, name) + getattr(ledger, name))
+        return out
 
     def record_misbehaviour(self, peer: str, reason: str, detail: str, now: float) -> Misbehaviour:
         event = Misbehaviour(peer, reason, detail, now)

@@ -172,6 +172,15 @@ class Bitswap:
         self.engine.set_upload_rate(rate, burst, _now())
         self._engine_wake.set()
 
+    def prune_peers(self, idle_s: float) -> int:
+        """Forget the ledgers (their bytes stay in ``ledgers.totals()``) and refilled request
+        buckets of peers that are not connected, hold no wants, are asked by no fetch and
+        were idle for ``idle_s`` seconds; return how many ledgers went."""
+        keep = set(self.host.connected_peers())
+        for fetch in self._fetches:
+            keep.update(fetch.session.providers())
+        return self.engine.prune(_now(), idle_s, keep)
+
     def blocks_added(self, cids: Iterable[CID]) -> None:
         """Blocks were put in the store by someone else: serve wants waiting for them."""
         self.engine.blocks_added(list(cids))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from p2phier.errors import UsageError
+from p2phier.node.housekeeping import operator_pins
 from p2phier.records import Layer
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
         "distrusted": node.guard.distrusted(),
         "children_refused": list(node.hierarchy.refused),  # the latest, with their reasons
         "bitswap": _wire_totals(node),
+        # the node's own pins, its garbage collections, per-peer state forgotten
+        "retention": node.housekeeping.status(),
         "topics": node.topics,
         "control_socket": str(node.config.control_socket),
         "learn": node.learner.status() if node.learner is not None else None,
@@ -59,13 +62,10 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
 
 
 def _wire_totals(node: NodeDaemon) -> dict[str, int]:
-    """Block bytes this node sent and received over Bitswap (peers it still has a ledger for)."""
-    bitswap = node.bitswap
-    ledgers = [bitswap.ledgers.get(p) for p in bitswap.ledgers.peers()]
-    return {
-        "bytes_sent": sum(x.bytes_sent for x in ledgers),
-        "bytes_received": sum(x.bytes_received for x in ledgers),
-    }
+    """Block bytes this node sent and received over Bitswap (peers whose ledgers were
+    pruned included)."""
+    totals = node.bitswap.ledgers.totals()
+    return {"bytes_sent": totals.bytes_sent, "bytes_received": totals.bytes_received}
 
 
 def node_peers(node: NodeDaemon, layer: str | None, domain: str | None) -> list[dict[str, Any]]:
@@ -88,14 +88,18 @@ def control_handlers(node: NodeDaemon) -> dict[str, Callable[[Mapping[str, Any]]
     async def peers(args: Mapping[str, Any]) -> Any:
         return node_peers(node, _opt_str(args, "layer"), _opt_str(args, "domain"))
 
+    # What the operator asks for over the socket pins on the operator's behalf: the node
+    # never unpins it (p2phier/node/housekeeping.py).
     async def publish(args: Mapping[str, Any]) -> Any:
-        return await node.publish(_req_str(args, "cid"), _req_str(args, "to"))
+        with operator_pins():
+            return await node.publish(_req_str(args, "cid"), _req_str(args, "to"))
 
     async def fetch(args: Mapping[str, Any]) -> Any:
         timeout = args.get("timeout", 120.0)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise UsageError("fetch timeout must be a positive number of seconds")
-        return await node.fetch(_req_str(args, "cid"), float(timeout))
+        with operator_pins():
+            return await node.fetch(_req_str(args, "cid"), float(timeout))
 
     async def learn_round(args: Mapping[str, Any]) -> Any:
         if node.learner is None:

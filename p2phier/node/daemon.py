@@ -20,12 +20,16 @@ Rules it keeps (protocol/node.md):
   announcements, pulls records from bootstrap peers and providers, and pulls
   heads on every registration (both ways): a drop only delays;
 * state that must survive a restart (children, replay marks, sequence numbers,
-  head, accepted artifacts) is saved crash-safely under ``<home>/state``;
+  head, accepted artifacts, the pins the node made) is saved crash-safely under
+  ``<home>/state``;
+* resources stay bounded (:mod:`p2phier.node.housekeeping`): pins the hierarchy
+  no longer needs are released and garbage collected, per-peer state pruned;
 * SIGTERM/SIGINT stop it cleanly within ``timeouts.shutdown_s``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -45,7 +49,7 @@ from p2phier.announce import (
     sign_announcement,
     up_topic,
 )
-from p2phier.artifact import Artifact, verify_artifact
+from p2phier.artifact import Artifact, pin_artifact, verify_artifact
 from p2phier.cid import CID
 from p2phier.config import NodeConfig
 from p2phier.errors import (
@@ -78,6 +82,7 @@ from p2phier.net.pubsub import pull_head, pull_records, serve_pulls
 from p2phier.net.register import register_with, serve_registrations
 from p2phier.node.control_api import control_handlers, node_peers, node_status
 from p2phier.node.guard import Guard
+from p2phier.node.housekeeping import housekeeping_for
 from p2phier.node.intake import MAX_ACCEPTED, UpdateIntake
 from p2phier.node.learner import Learner
 from p2phier.node.measure import CandidateMeter
@@ -125,11 +130,19 @@ class NodeDaemon:
         #: round trips this node measured (pings, registrations): what parent choice uses
         self.latencies: dict[PeerId, float] = {}
         score = MeasuredScore(self.latencies)
+        plan = load_plan(config.learn_plan) if config.learn_enabled else None
+        hierarchy_config = config.hierarchy
+        if plan is not None and not plan.parent:
+            hierarchy_config = dataclasses.replace(
+                hierarchy_config,
+                closed='this node\'s learning plan is a leaf ("parent": false): it publishes '
+                "no versions for children",
+            )
         self.hierarchy = HierarchyState(
             self.peer,
             config.layer,
             config.domain,
-            config=config.hierarchy,
+            config=hierarchy_config,
             score=score,
             anchors=config.anchors,
             measured=score.measured,
@@ -154,6 +167,7 @@ class NodeDaemon:
             on_evidence=lambda ev: self.guard.evidence(ev),  # noqa: PLW0108 - built below
             on_change=self._mark_dirty,
             rank_providers=lambda providers: self.guard.rank_providers(providers),  # noqa: PLW0108
+            on_pinned=lambda ann, files: self.housekeeping.accepted(ann, files),  # noqa: PLW0108
         )
         #: evidence about peers in, trust's isolations enforced (p2phier/node/guard.py)
         self.guard = Guard(
@@ -189,8 +203,10 @@ class NodeDaemon:
         self.head: CID | None = None
         self.base_model_id = config.base_model_id
         self.learner: Learner | None = None
-        if config.learn_enabled:
-            self.learner = self.learner_class(self, load_plan(config.learn_plan))
+        if plan is not None:
+            self.learner = self.learner_class(self, plan)
+        #: the node's own pins, garbage collection, per-peer state pruned
+        self.housekeeping = housekeeping_for(self, self._mark_dirty)
         self._ann_seq: int | None = None
         self._announcements: dict[str, bytes] = {}  # topic -> our latest signed announcement
         self._registering: set[PeerId] = set()
@@ -456,7 +472,8 @@ class NodeDaemon:
         )
         m = art.manifest
         self._check_publishable(cid, art)
-        await trio.to_thread.run_sync(self.store.pin, cid)
+        files = await trio.to_thread.run_sync(pin_artifact, self.store, cid)
+        self.housekeeping.published(cid, topic, m.round, files)
         now = self.clock()
         self._ann_seq = next_seq(self._ann_seq, now)
         ann = Announcement(
@@ -559,6 +576,7 @@ class NodeDaemon:
                 # isolated peer knocks on their door.
                 next_report = now + self.config.trust_report_interval_s
                 await self._publish_report()
+            await self.housekeeping.tick()
             if self._dirty:
                 await trio.to_thread.run_sync(self._save_state)
             await trio.sleep(TICK_S)
@@ -663,6 +681,7 @@ class NodeDaemon:
             marks=saved_marks(self.intake.filter.marks()),
             announcements=dict(self._announcements),
             accepted=tuple(self.intake.accepted),
+            pins=self.housekeeping.ledger.snapshot(),
         )
         if not save_node_state(self._state_path, self.peer, state):
             self._dirty = True
@@ -677,6 +696,7 @@ class NodeDaemon:
             self.intake.filter.restore(m.topic, m.author, m.seq, m.round, m.digest)
         self._announcements.update(state.announcements)
         self.intake.restore(state.accepted)
+        self.housekeeping.ledger.restore(state.pins)
 
 
 class _Fetcher:

@@ -410,6 +410,14 @@ class Guard:
         self.enforce(self.trust.tick(self.clock()))
         self.refresh()
 
+    def prune(self) -> int:
+        """Forget per-peer state that lost its use: trust records whose evidence decayed to
+        nothing (never an isolated peer's: :meth:`LocalTrust.prune`) and report budgets that
+        have refilled; return how many peers' trust records went."""
+        now = self.clock()
+        self.report_budget.prune(now)
+        return self.trust.prune(now)
+
     def rank_providers(self, providers: list[str]) -> list[str]:
         """Providers in trust order: distrusted peers last, and among the others a peer
         that stalled or misbehaved before after the rest (an isolated one not at all); ties

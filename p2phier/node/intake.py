@@ -19,8 +19,9 @@ announcement that arrives (gossip, or a head pulled from a peer):
    and its layer, domain, base model, round and lineage must be what the
    announcement (itself checked against the author's node record) says.  A
    mismatch is dropped, counted under ``provenance`` and reported as evidence;
-5. the whole artifact is verified (signature, content, lineage) and pinned,
-   listed as accepted and handed on (``on_accepted``).
+5. the whole artifact is verified (signature, content, lineage) and every file
+   it needs is pinned (envelope, config, payload, its lineage's: ``on_pinned``
+   names them), then it is listed as accepted and handed on (``on_accepted``).
 
 Transient failures (a connection reset, missing blocks, a timeout) are retried
 with backoff while the announcement is still its author's newest.  A fetch
@@ -39,7 +40,7 @@ from typing import Any, Protocol
 import trio
 
 from p2phier.announce import Announcement, AnnouncementFilter, Reject, SenderContext, parse_topic
-from p2phier.artifact import DEFAULT_LIMITS, Artifact, verify_artifact
+from p2phier.artifact import DEFAULT_LIMITS, Artifact, pin_artifact, verify_artifact
 from p2phier.artifact.verify import read_artifact
 from p2phier.cid import CID
 from p2phier.errors import (
@@ -58,7 +59,7 @@ from p2phier.trust.proofs import ProvenanceError, check_provenance
 
 logger = logging.getLogger(__name__)
 
-#: accepted artifacts listed in status (all stay pinned)
+#: accepted artifacts listed in status (which stay pinned: p2phier/node/retention.py)
 MAX_ACCEPTED = 256
 #: fetches running at once (each may take many seconds on a slow link)
 MAX_PARALLEL_FETCHES = 4
@@ -115,6 +116,7 @@ class UpdateIntake:
         on_change: Callable[[], None],
         max_parallel: int = MAX_PARALLEL_FETCHES,
         rank_providers: Callable[[list[str]], list[str]] = lambda providers: providers,
+        on_pinned: Callable[[Announcement, tuple[CID, ...]], None] = lambda ann, files: None,
     ) -> None:
         self.local = local
         self.store = store
@@ -125,6 +127,7 @@ class UpdateIntake:
         self.on_accepted = on_accepted
         self.on_evidence = on_evidence
         self.on_change = on_change
+        self.on_pinned = on_pinned
         self.rank_providers = rank_providers
         #: announcements each sender may make this node check, per second and at once
         self.budget = RateBudget(ANNOUNCEMENTS)
@@ -298,10 +301,11 @@ class UpdateIntake:
                 # a provider that stalled or misbehaved before is asked last (trust order)
                 providers = self.rank_providers(providers)
             art = await self._fetch_artifact(ann, providers)
-            await trio.to_thread.run_sync(self.store.pin, ann.cid)
+            files = await trio.to_thread.run_sync(pin_artifact, self.store, ann.cid)
         except (P2PHierError, trio.TooSlowError) as exc:
             self._failed(ann, attempt, exc)
             return
+        self.on_pinned(ann, files)
         self.accepted.append(
             {
                 "cid": key,

@@ -70,6 +70,18 @@ class CandidateMeter:
             for record in self.hierarchy.candidates():
                 self.consider(record, now)
 
+    def prune(self, now: float) -> int:
+        """Forget ping times older than ``every_s`` (they no longer hold a ping back) and
+        the round trips of peers that are neither parent candidates nor the parent (one
+        that comes back is pinged again); return how many round trips went."""
+        self._tried = {p: at for p, at in self._tried.items() if now - at < self.every_s}
+        h = self.hierarchy
+        wanted = {r.peer_id for r in h.candidates()} | {h.parent}
+        gone = [p for p in self.latencies if p not in wanted]
+        for peer in gone:
+            del self.latencies[peer]
+        return len(gone)
+
     async def _measure(self, peer: PeerId) -> None:
         try:
             rtt = await self.ping(str(peer))

@@ -3,7 +3,8 @@
 Owns the file format and its save/load: the hierarchy snapshot (children and
 their expiry), the announcement filter's high-water marks, the record and
 announcement sequence numbers, the head, the node's own latest signed
-announcements and the list of accepted artifacts.  :class:`NodeState` is the
+announcements, the list of accepted artifacts and the pins the node made itself
+(:mod:`p2phier.node.housekeeping`).  :class:`NodeState` is the
 typed, validated content; the daemon builds one to save and applies one on
 start.
 
@@ -30,7 +31,7 @@ from typing import Any
 from p2phier.announce import HighWater, open_announcement
 from p2phier.cid import CID
 from p2phier.errors import P2PHierError
-from p2phier.fsutil import write_atomic
+from p2phier.fsutil import read_capped, write_atomic
 from p2phier.hierarchy import HierarchyError
 from p2phier.identity import PeerId
 
@@ -67,6 +68,9 @@ class NodeState:
     #: topic -> this node's latest signed announcement on it
     announcements: Mapping[str, bytes] = field(default_factory=dict)
     accepted: tuple[dict[str, Any], ...] = ()
+    #: :meth:`p2phier.node.housekeeping.PinLedger.snapshot`: the pins this node made itself
+    #: and the artifacts it holds, restored by the daemon
+    pins: Mapping[str, Any] = field(default_factory=dict)
 
 
 def saved_marks(marks: Mapping[tuple[str, PeerId], HighWater]) -> tuple[SavedMark, ...]:
@@ -93,6 +97,7 @@ def encode_state(peer: PeerId, state: NodeState) -> bytes:
             t: base64.b64encode(b).decode("ascii") for t, b in state.announcements.items()
         },
         "accepted": list(state.accepted),
+        "pins": dict(state.pins),
     }
     return json.dumps(doc, indent=1).encode()
 
@@ -122,6 +127,9 @@ def decode_state(raw: bytes, peer: PeerId, *, max_accepted: int) -> NodeState:
         if open_announcement(signed).author == peer:
             announcements[str(topic)] = signed
     accepted = tuple(e for e in doc.get("accepted", [])[-max_accepted:] if isinstance(e, dict))
+    pins = doc.get("pins", {})  # older state files have none
+    if not isinstance(pins, dict):
+        raise ValueError("the saved pins are not a table")
     return NodeState(
         record_seq=_opt_int(doc.get("record_seq")),
         announcement_seq=_opt_int(doc.get("announcement_seq")),
@@ -130,6 +138,7 @@ def decode_state(raw: bytes, peer: PeerId, *, max_accepted: int) -> NodeState:
         marks=tuple(marks),
         announcements=announcements,
         accepted=accepted,
+        pins=pins,
     )
 
 
@@ -158,11 +167,10 @@ def load_node_state(
     aside to ``node.bad-<unix time>`` (never lost) and False is returned: the
     node starts fresh.
     """
-    try:
-        raw = path.read_bytes() if path.stat().st_size <= MAX_STATE_BYTES else b""
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return False
-    try:
+    try:  # an oversized, unreadable or special file is an InputFileError: moved aside too
+        raw = read_capped(path, MAX_STATE_BYTES, "saved node state")
         apply(decode_state(raw, peer, max_accepted=max_accepted))
     except (ValueError, TypeError, KeyError, P2PHierError, HierarchyError) as exc:
         aside = path.with_suffix(f".bad-{int(time.time())}")

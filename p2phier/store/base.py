@@ -247,6 +247,10 @@ class ContentStore(ABC):
         self._gc_lock = _GcLock(self._os_lock)
         self._ingests = threading.local()  # .depth: this thread's nesting of ingest()
         self._closed = False
+        #: called (in the pinning thread, no pin or GC in between) after every pin made
+        #: through this store object, with True when the CID had no pin of its own before:
+        #: how a node tells the pins it made from those the operator made (another process)
+        self.pin_observer: Callable[[CID, bool], None] | None = None
 
     # --- the block layer an implementation provides ----------------------------------------------
     @abstractmethod
@@ -676,9 +680,14 @@ class ContentStore(ABC):
             self._set_pin(key, PIN_RECURSIVE if recursive else PIN_DIRECT)
 
     def _set_pin(self, key: CID, mode: str) -> None:
+        # Always inside the shared side of the GC lock (pin, adds): release_pins cannot
+        # run between the pin and the observer's call.
+        new = self._index.pin_mode(key) is None
         # The journal first: after a crash in between, a pin is kept, never lost.
         self._journal_pin(key, mode)
         self._index.set_pin(key, mode)
+        if self.pin_observer is not None:
+            self.pin_observer(key, new)
 
     def unpin(self, root: CID | str) -> None:
         key = self._key(root)
@@ -688,6 +697,28 @@ class ContentStore(ABC):
         self._journal_unpin(key)
         if not removed:
             raise NotPinnedError(f"{key} is not pinned (blocks pinned only through a parent stay)")
+
+    def release_pins(
+        self, roots: Iterable[CID | str], *, keep: Callable[[CID], bool] = lambda _: False
+    ) -> list[CID]:
+        """Unpin each of ``roots`` that has a pin of its own, except those ``keep`` names;
+        return the CIDs unpinned.
+
+        Runs on the exclusive side of the GC lock: no pin is made while it decides and
+        unpins, so ``keep`` sees every pin made before (through :attr:`pin_observer`)
+        and a pin made after finds the CID unpinned (a new pin).  A CID without a pin
+        of its own is skipped, never an error.
+        """
+        keys = [self._key(r) for r in roots]
+        done: list[CID] = []
+        with self._gc_lock.exclusive():
+            for key in keys:
+                if self._index.pin_mode(key) is None or keep(key):
+                    continue
+                self._index.remove_pin(key)
+                self._journal_unpin(key)
+                done.append(key)
+        return done
 
     # --- the pin journal (a store that keeps pins apart from its index overrides these) ---
     def _journal_pin(self, key: CID, mode: str) -> None:  # noqa: B027 - optional hook

@@ -37,7 +37,10 @@ class RateBudget:
 
     A forgotten key starts again with a full bucket: ``max_keys`` must exceed the
     number of peers a node deals with at once (a Sybil crowd past it gains a
-    burst each, which the gate's connection limits bound).
+    burst each, which the gate's connection limits bound).  :meth:`prune` forgets
+    the buckets that have refilled, which costs nothing: a full bucket is what a
+    forgotten key gets.  Refusals are counted for at most ``2 * max_keys`` keys (beyond,
+    those refused most and the one just refused are kept).
     """
 
     def __init__(self, budget: Budget, *, max_keys: int = 4096) -> None:
@@ -55,10 +58,30 @@ class RateBudget:
             tokens -= cost
         else:
             self.refused[key] += 1
+            if len(self.refused) > 2 * self.max_keys:  # the most refused, and this one
+                top = dict(self.refused.most_common(self.max_keys))
+                top[key] = self.refused[key]
+                self.refused = Counter(top)
         self._buckets[key] = (tokens, now)
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return ok
+
+    def prune(self, now: float) -> int:
+        """Forget the buckets that are full again at ``now``; return how many."""
+        rate, burst = self.budget.rate, self.budget.burst
+        full = [
+            k
+            for k, (tokens, at) in self._buckets.items()
+            if tokens + max(0.0, now - at) * rate >= burst
+        ]
+        for key in full:
+            del self._buckets[key]
+        return len(full)
+
+    def __len__(self) -> int:
+        """Keys with a bucket."""
+        return len(self._buckets)
 
     def status(self, top: int = 16) -> dict[str, int]:
         """The peers refused most (at most ``top``), with their refusal counts."""

@@ -24,6 +24,12 @@ returns :class:`Release`): a peer falsely accused, or one that mended its
 ways, recovers; evidence keeps decaying.  A peer isolated again stays out
 twice as long each time (up to ``max_isolation_s``).
 
+Memory is bounded: beyond ``max_peers`` the least recently seen peer that is
+not isolated is forgotten, and :meth:`LocalTrust.prune` forgets peers whose
+evidence has decayed to nothing (:data:`NEGLIGIBLE`) and that were never
+isolated (their isolations' doubling must hold).  A peer isolated now is never
+forgotten.
+
 Parameters and the reasoning for each default are in :data:`DEFAULT_PARAMS`.
 """
 
@@ -141,6 +147,11 @@ class _Peer:
     reason: str = ""
 
 
+#: evidence whose decayed weight stays below this, kind by kind, counts for nothing:
+#: :meth:`LocalTrust.prune` forgets a peer (never isolated) that holds no more
+NEGLIGIBLE = 0.01
+
+
 class LocalTrust:
     """Evidence in, scores and isolations out; see the module docstring."""
 
@@ -178,6 +189,25 @@ class LocalTrust:
                 p.isolated_until = None
                 out.append(Release(peer))
         return out
+
+    def prune(self, now: float) -> int:
+        """Forget the peers never isolated whose every piece of evidence has decayed below
+        :data:`NEGLIGIBLE` (their score and weight are what a stranger's are); return how
+        many."""
+        params = self.config.params
+        gone = [
+            peer
+            for peer, p in self._peers.items()
+            if p.isolations == 0
+            and p.isolated_until is None
+            and all(
+                abs(params[k].weight) * _decayed(v, now - at, params[k].half_life_s) < NEGLIGIBLE
+                for k, (v, at) in p.counters.items()
+            )
+        ]
+        for peer in gone:
+            del self._peers[peer]
+        return len(gone)
 
     # --- views ----------------------------------------------------------------------------
     def score(self, peer: str, now: float) -> float:

@@ -14,12 +14,14 @@ from p2phier.artifact import (
     Artifact,
     Encoding,
     Limits,
+    artifact_files,
     export_car,
     import_car,
     inspect,
     load_tensors,
     materialise,
     pack_adapter,
+    pin_artifact,
     verify_artifact,
 )
 from p2phier.errors import (
@@ -414,3 +416,27 @@ def test_failed_pack_pins_nothing_and_gc_removes_what_it_stored(
         store.gc()
         assert snapshot(store) == before
         verify_artifact(store, kept.cid)
+
+
+def test_pin_artifact_pins_every_file_of_a_delta_and_its_lineage(
+    store: MemoryStore, author: Identity, tmp_path: Path
+) -> None:
+    """An envelope names its config and payload only in its manifest: GC kept the envelope
+    of an accepted update and took the rest."""
+    base = adapter_tensors(seed=1)
+    parent = pack(store, write_adapter(tmp_path / "p", base), author)
+    child_t = {n: t + 0.01 for n, t in base.items()}
+    child = pack(store, write_adapter(tmp_path / "c", child_t), author, parent=parent.cid)
+    for cid in list(store.pins()):
+        store.unpin(cid)
+    files = artifact_files(store.get_block, child.cid)
+    m, pm = child.manifest, parent.manifest
+    assert files == tuple(
+        dict.fromkeys(
+            [child.cid, m.config.cid, m.tensors.cid, parent.cid, pm.config.cid, pm.tensors.cid]
+        )
+    )
+    assert pin_artifact(store, str(child.cid)) == files
+    assert set(store.pins()) == set(files)
+    store.gc()
+    verify_artifact(store, child.cid, expected_base_model=BASE_MODEL)

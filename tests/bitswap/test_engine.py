@@ -321,6 +321,27 @@ def test_disconnect_forgets_wants_but_keeps_the_ledger() -> None:
     assert e.ledgers.get("A").blocks_sent == 1
 
 
+def test_prune_forgets_refilled_buckets_and_idle_ledgers_of_peers_without_wants() -> None:
+    e = Engine(DictSource({HELD: b"held"}), EngineConfig(request_rate=1.0, request_burst=5))
+    cids = list(blocks(8))
+    e.receive_message("A", want(*(WantEntry(c) for c in cids)), 0.0)  # 3 over its burst
+    e.receive_message("B", want(WantEntry(HELD)), 0.0)
+    e.poll(0.0)
+    e.receive_message("C", want(WantEntry(MISSING)), 0.0)  # still wants: kept
+    e.peer_disconnected("A")
+    e.peer_disconnected("B")
+    assert e.prune(1.0, idle_s=100.0) == 0
+    assert e.read_ready_at("A", 1.0) == pytest.approx(3.0)  # A's debt is not forgiven
+    assert e.prune(100.0, idle_s=100.0, keep={"B"}) == 1  # A: idle and gone
+    assert e.ledgers.peers() == ["B", "C"]
+    assert set(e._buckets) == {"C"}  # A's and B's refilled; C still holds wants
+    assert e.ledgers.totals().blocks_sent == 1  # B's block, still counted
+    assert e.prune(1000.0, idle_s=100.0) == 1  # B: no longer kept
+    assert e.ledgers.peers() == ["C"] and e.ledgers.totals().blocks_sent == 1
+    e.receive_message("A", want(*(WantEntry(c) for c in cids[:5])), 1000.0)
+    assert e.read_ready_at("A", 1000.0) == 1000.0  # a fresh, full bucket: what it had
+
+
 def test_ledgers_can_be_shared() -> None:
     book = LedgerBook()
     e = Engine(DictSource({HELD: b"held"}), ledgers=book)

@@ -67,3 +67,26 @@ def test_ledger_book_tracks_peers_and_reports_misbehaviour() -> None:
     assert "A" in book and book.peers() == ["A"]
     book.forget("A")
     assert "A" not in book
+
+
+def test_pruned_and_forgotten_peers_leave_their_totals_behind() -> None:
+    book = LedgerBook()
+    for peer, sent, got, seen in (("A", 100, 10, 0.0), ("B", 200, 20, 50.0), ("C", 400, 40, 99.0)):
+        led = book.get(peer)
+        led.bytes_sent, led.bytes_received, led.blocks_sent, led.last_seen = sent, got, 1, seen
+    book.record_misbehaviour("A", WRONG_BLOCK, "bad bytes", 0.0)
+    before = book.totals()
+    assert (before.bytes_sent, before.bytes_received, before.blocks_sent) == (700, 70, 3)
+    # idle for 60 s at t=110: A (seen at 0) and B (50); C is younger, and D is kept
+    book.get("D").last_seen = 0.0
+    assert book.prune(110.0, 60.0, keep={"D"}) == ["A", "B"]
+    assert book.peers() == ["C", "D"]
+    book.forget("C")
+    book.forget("nobody")  # unknown: nothing happens
+    after = book.totals()
+    assert (after.bytes_sent, after.bytes_received, after.blocks_sent) == (700, 70, 3)
+    assert after.misbehaviour == 1
+    assert book.forgotten.bytes_sent == 700
+    # a forgotten peer that comes back starts a fresh ledger; the totals keep growing
+    book.get("A").bytes_sent = 5
+    assert book.totals().bytes_sent == 705

@@ -132,3 +132,17 @@ def test_the_view_is_recomputed_at_most_every_interval_and_only_on_change() -> N
     assert second is not first and second.standing(str(peer(3))) is Standing.TRUSTED
     _report(g, 2, 2, {3: 1.0, 5: 1.0})
     assert g.refresh(force=True) is not second  # trust --json asks for the newest
+
+
+def test_prune_forgets_decayed_peers_and_refilled_report_budgets_never_isolated_ones() -> None:
+    now = [1000.0]
+    g, _, _ = _guard(now)
+    stalled, liar = str(peer(3)), str(peer(4))
+    g.evidence(Evidence(stalled, "stall", "slow", 0))
+    g.evidence(Evidence(liar, "provenance", "lied", 0, (b"x",)))
+    assert _report(g, 5, 1, {6: 1.0})
+    assert len(g.report_budget) == 1 and g.prune() == 0
+    now[0] += 86_400.0  # a day: the stall has decayed to nothing, the report budget refilled
+    assert g.prune() == 1
+    assert len(g.report_budget) == 0
+    assert set(g.trust.status(now[0])["peers"]) == {liar}  # isolated once: remembered

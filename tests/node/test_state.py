@@ -20,6 +20,7 @@ def test_round_trip_and_unusable_files_are_moved_aside(tmp_path: Path) -> None:
         hierarchy={"version": 1, "children": {}},
         marks=(SavedMark("t", other, 5, 2, "d"),),
         accepted=tuple({"cid": str(i)} for i in range(5)),
+        pins={"owned": [str(CID.raw(b"mine"))], "held": []},
     )
     assert save_node_state(path, me, state)
     got: list[NodeState] = []

@@ -338,6 +338,37 @@ def test_unpin_of_unpinned_raises(store: ContentStore) -> None:
         store.unpin(root)
 
 
+def test_pin_observer_tells_new_pins_from_existing_ones(store: ContentStore) -> None:
+    seen: list[tuple[CID, bool]] = []
+    before = store.add_bytes(b"pinned before the observer")
+    store.pin_observer = lambda cid, new: seen.append((cid, new))
+    added = store.add_bytes(b"added and pinned")
+    loose = store.add_bytes(b"added, pinned later", pin=False)
+    store.pin(loose)
+    store.pin(before)  # it had a pin of its own already
+    store.pin(loose, recursive=False)  # so had this one
+    assert seen == [(added, True), (loose, True), (before, False), (loose, False)]
+
+
+def test_release_pins_unpins_only_pinned_roots_and_spares_what_keep_names(
+    store: ContentStore,
+) -> None:
+    a, b, c = (store.add_bytes(data_of(2 * CHUNK_SIZE, seed=s)) for s in (20, 21, 22))
+    never = store.add_bytes(b"never pinned", pin=False)
+    asked: list[CID] = []
+
+    def keep(cid: CID) -> bool:
+        asked.append(cid)
+        return cid == b
+
+    assert store.release_pins([a, b, never, str(c)], keep=keep) == [a, c]
+    assert asked == [a, b, c]  # an unpinned CID is skipped before keep is asked
+    assert store.pins() == {b: "recursive"}
+    assert store.release_pins([a]) == []  # already unpinned: no error
+    store.gc()
+    assert store.has_object(b) and not store.has_block(a) and not store.has_block(never)
+
+
 def test_gc_refuses_when_a_pinned_node_is_corrupt(impl: Impl, store: ContentStore) -> None:
     root = store.add_bytes(data_of(3 * CHUNK_SIZE, seed=4))
     junk = store.add_bytes(b"unpinned junk", pin=False)

@@ -71,6 +71,26 @@ def test_the_book_is_bounded_and_keeps_isolated_peers() -> None:
     assert len(peers) == 3 and "bad" in peers and t.is_isolated("bad", 2.0)
 
 
+def test_prune_forgets_decayed_strangers_never_an_isolated_peer() -> None:
+    t = LocalTrust()
+    t.observe("once-slow", Kind.STALL, 0.0)  # -1, halves every hour
+    t.observe("helpful", Kind.USEFUL_UPDATE, 0.0)  # +1, halves every week
+    t.observe("liar", Kind.PROVENANCE, 0.0)  # isolated at once, for an hour
+    for _ in range(11):
+        t.observe("flaky", Kind.STALL, 0.0)  # isolated by its score
+    assert t.prune(H) == 0  # nothing has decayed to nothing yet
+    day = 24 * H
+    assert t.prune(day) == 1  # the stall is gone (2^-24); the rest holds
+    assert set(t.status(day)["peers"]) == {"helpful", "liar", "flaky"}
+    assert t.is_isolated("liar", 0.5 * H) and t.prune(0.5 * H) == 0
+    # long after the evidence decayed, peers once isolated are still remembered
+    t.tick(1000 * day)
+    assert t.prune(1000 * day) == 1  # only "helpful"
+    assert set(t.status(1000 * day)["peers"]) == {"liar", "flaky"}
+    (again,) = t.observe("liar", Kind.PROVENANCE, 1000 * day)
+    assert isinstance(again, Isolate) and again.until == 1000 * day + 2 * H  # still doubling
+
+
 def test_config_is_checked() -> None:
     with pytest.raises(UsageError):
         TrustConfig(isolate_below=1.0)
