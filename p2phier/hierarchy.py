@@ -258,6 +258,9 @@ class HierarchyConfig:
     max_children: int = 1024
     #: domain subtrees children may come from (empty: any under this node's own domain)
     admit_domains: tuple[str, ...] = ()
+    #: non-empty: this node takes no children at all, and tells registering nodes why
+    #: (its learning plan is a leaf: it would never publish a version for them)
+    closed: str = ""
 
     def __post_init__(self) -> None:
         for name in ("child_ttl_s", "register_interval_s", "parent_timeout_s", "lost_backoff_s"):
@@ -460,6 +463,8 @@ class HierarchyState:
                     f"({self._distrusted[peer]})",
                 )
             ]
+        if self.config.closed:
+            return [RejectChild(peer, self.config.closed)]
         if record.is_expired(now):
             return [RejectChild(peer, "the registration carries an expired record")]
         if not is_child_candidate(self.layer, self.domain, record):

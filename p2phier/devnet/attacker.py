@@ -144,27 +144,33 @@ class PoisoningLearner(Learner):
             return _flip_labels(arrived, self.data)
         return arrived
 
+    def _kept_paths(self) -> list[Path]:
+        # the stale attacker re-sends its first adapter: its directory must survive the sweep
+        return [*super()._kept_paths(), *([self._first] if self._first else [])]
+
     async def _pack(
         self, adapter: Path, *, base_version: str | None, round_: int, metrics: Any = None
     ) -> Artifact:
-        local = self.state["local"]
-        leaf_update = self.state["flat"] is None and local is not None and local["on"]
-        if leaf_update and round_ >= self.from_round and self.behaviour in ("alie", "ipm"):
+        local = self.state.local
+        leaf = self.state.flat is None and local is not None and bool(local.on)
+        # a leaf's update: the model it was trained on, where the poison is computed against
+        on = Path(local.on) if leaf and local is not None else None
+        if on is not None and round_ >= self.from_round and self.behaviour in ("alie", "ipm"):
             honest = await self._siblings(round_, base_version)
             if not honest:
                 logger.warning("%s: no sibling's update in %.0f s", self.behaviour, SIBLING_WAIT_S)
             else:
                 adapter = await self._work(
                     collude, self.behaviour, self.strength, [adapter, *honest],
-                    Path(local["on"]), out=self._new_dir("poisoned"),
+                    on, out=self._new_dir("poisoned"),
                 )  # fmt: skip
-        elif leaf_update and round_ >= self.from_round and self.behaviour != "label-flip":
+        elif on is not None and round_ >= self.from_round and self.behaviour != "label-flip":
             if self.behaviour == "stale":
                 self._first = self._first or adapter
                 adapter = self._first
             else:
                 adapter = await self._work(
-                    poison, self.behaviour, self.strength, adapter, Path(local["on"]),
+                    poison, self.behaviour, self.strength, adapter, on,
                     out=self._new_dir("poisoned"), seed=self.plan.seed + round_,
                 )  # fmt: skip
         return await super()._pack(
@@ -180,7 +186,7 @@ class PoisoningLearner(Learner):
 
         node = self.node
         parent_domain = node.config.domain.rpartition("/")[0]
-        tier = Path(self.state["tier"]["dir"])
+        tier = self._tier_dir()
         found: dict[str, Path] = {}
         tried: set[str] = set()
         deadline = time.monotonic() + SIBLING_WAIT_S

@@ -29,8 +29,13 @@ LoRA on the new model and keeps its personal head, and the new flat is relayed
 to the children.  Known limit: an update the parent's timing rule held back is
 dropped at the next rebase; the node relearns it from its replay buffer.
 
-State (``learn/state.json``) is written atomically after every step, so a
-restarted node resumes from its store and catches up from its parent.
+What to do next (rebase, a round, or wait, and why; failed steps retried with
+backoff) is decided by :class:`p2phier.node.learncore.LearnerCore`, who a round
+waits for by :class:`p2phier.node.collect.Collection`; this module is the trio
+driver that carries the steps out.  State (``learn/state.json``,
+:class:`~p2phier.node.learncore.LearnerState`) is written atomically after
+every step, so a restarted node resumes from its store and catches up from its
+parent; step directories the state no longer names are removed after each step.
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -52,10 +56,21 @@ import trio
 from p2phier.announce import Announcement, down_topic, up_topic
 from p2phier.artifact import Artifact
 from p2phier.cid import CID
-from p2phier.errors import P2PHierError
-from p2phier.fsutil import write_atomic
+from p2phier.errors import InputFileError, P2PHierError
+from p2phier.fsutil import load_json, write_atomic
 from p2phier.learn.aggregate import OWN_UPDATE
 from p2phier.learnplan import LearnPlan, NodeData, load_data
+from p2phier.node.collect import ChildSeen, Collection
+from p2phier.node.learncore import (
+    LearnerCore,
+    LearnerState,
+    LocalRef,
+    Rebase,
+    StateError,
+    VersionRef,
+    VersionSeen,
+    Wait,
+)
 from p2phier.node.worker import PriorityWorker
 from p2phier.trust.standing import Standing
 
@@ -67,36 +82,15 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 MAX_STATE_BYTES = 4 << 20
 POLL_S = 0.25
-#: the least a round waits for its newcomers' updates once every known child's is in
-NEWCOMER_MIN_S = 10.0
+#: where learning steps write; what the state no longer names is removed after each step
+#: (tiers are kept: a node has one, and its parents' and teacher's)
+STEP_DIRS = ("local", "candidate", "up", "flat", "versions", "mapped", "updates", "mapped-up",
+             "poisoned", "sibling")  # fmt: skip
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-@dataclass
-class _Update:
-    author: str
-    cid: str
-    round: int
-    base_version: str | None
-    base_model_cid: str | None
-    created_ms: int
-
-
-def _empty_state() -> dict[str, Any]:
-    return {
-        "tier": None,
-        "tiers": {},  # bundle CID -> tier dir on disk (own, teacher, parents')
-        "base": None,
-        "flat": None,
-        "published": {},
-        "local": None,
-        "consumed": 0,
-        "round": 0,
-        "rounds": {},
-        "seq": 0,
-        "applied": [],
-    }
+_Update = VersionSeen
 
 
 class Learner:
@@ -107,36 +101,121 @@ class Learner:
         self.plan = plan
         self.dir = node.config.home / "learn"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state = self._load_state()
-        self.data: NodeData | None = None
-        self.requested_round = int(self.state["round"])
-        self.versions: dict[str, _Update] = {}  # parent peer id -> its latest version
-        self.updates: dict[str, _Update] = {}  # child peer id -> its latest update
         self.busy = "starting"
+        self.waiting = ""  # what the worker waits for (status), when it waits
         self.errors: deque[str] = deque(maxlen=16)
+        self.state = self._load_state()
+        self.core = LearnerCore(
+            is_root=node.config.layer.above is None, requested_round=self.state.round
+        )
+        self.data: NodeData | None = None
+        self.updates: dict[str, _Update] = {}  # child peer id -> its latest update
         self._wake = trio.Event()
-        self._worker = PriorityWorker(node.config.learn_worker_nice, name="p2phier-learn")
-        self._retry_at = 0.0
+        # half the shutdown bound for a running step: the host needs the rest to close
+        self._worker = PriorityWorker(
+            node.config.learn_worker_nice,
+            name="p2phier-learn",
+            stop_grace_s=node.config.shutdown_timeout_s / 2,
+        )
+        self._gone_since: dict[str, float] = {}  # child -> first seen without a connection
+        self._unsaved = False
+
+    @property
+    def requested_round(self) -> int:
+        return self.core.requested_round
+
+    @property
+    def versions(self) -> dict[str, _Update]:
+        """Parent peer id -> its latest version accepted."""
+        return self.core.versions
 
     # --- persistence --------------------------------------------------------------------------
-    def _load_state(self) -> dict[str, Any]:
+    def _load_state(self) -> LearnerState:
+        """The saved state; one that cannot be used is moved aside (kept for a person to look
+        at) with the reason logged and in ``errors``, and the node starts afresh."""
         path = self.dir / STATE_FILE
-        state = _empty_state()
-        if path.is_file() and path.stat().st_size <= MAX_STATE_BYTES:
+        if not path.exists():
+            return LearnerState()
+        try:
+            return LearnerState.from_json(load_json(path, MAX_STATE_BYTES, "learner state"))
+        except (InputFileError, StateError) as exc:
+            aside = path.with_name(f"{STATE_FILE}.bad-{int(time.time())}")
             try:
-                loaded = json.loads(path.read_bytes())
-                if isinstance(loaded, dict):
-                    state.update(loaded)
-            except ValueError:
-                logger.warning("learner state %s unreadable; starting afresh", path)
-        return state
+                path.replace(aside)
+                where = f"moved aside to {aside.name}"
+            except OSError as move_exc:
+                where = f"could not be moved aside ({move_exc})"
+            msg = f"learner state unusable, {where}; starting afresh: {exc}"
+            logger.warning("%s", msg)
+            self.errors.append(msg)
+            return LearnerState()
 
     def _save(self) -> None:
-        write_atomic(self.dir / STATE_FILE, json.dumps(self.state, sort_keys=True).encode())
+        """Write the state atomically; a failed write (a full disk) is logged and retried
+        after the next step, and never stops the node."""
+        try:
+            write_atomic(
+                self.dir / STATE_FILE, json.dumps(self.state.to_json(), sort_keys=True).encode()
+            )
+            self._unsaved = False
+        except OSError as exc:
+            self._unsaved = True
+            logger.warning("learner state not saved: %s", exc)
+            self.errors.append(f"state not saved: {exc}")
+
+    def retained(self) -> set[str]:
+        """The CIDs this learner still needs (the store's retention keeps them pinned): its
+        tiers, its parent's version, its own versions, and updates not yet aggregated."""
+        st = self.state
+        keep = set(st.tiers) | set(st.published)
+        keep.update(ref.cid for ref in (st.base, st.flat) if ref is not None)
+        if st.tier is not None and st.tier.get("bundle_cid"):
+            keep.add(str(st.tier["bundle_cid"]))
+        keep.update(u.cid for u in self.updates.values())
+        keep.update(v.cid for v in self.core.versions.values())
+        return keep
+
+    def _kept_paths(self) -> list[Path]:
+        """Step directories still in use: everything else under :data:`STEP_DIRS` goes."""
+        st = self.state
+        paths = [Path(ref.dir) for ref in (st.base, st.flat) if ref is not None]
+        if st.local is not None:
+            paths += [Path(st.local.dir), *([Path(st.local.on)] if st.local.on else [])]
+        return paths
+
+    def _sweep(self) -> int:
+        """Remove the step directories no longer in use (blocking); how many went."""
+        kept = [p.resolve() for p in self._kept_paths()]
+        removed = 0
+        for kind in STEP_DIRS:
+            root = self.dir / kind
+            if not root.is_dir():
+                continue
+            for child in root.iterdir():
+                c = child.resolve()
+                if any(k == c or c in k.parents for k in kept):
+                    continue
+                shutil.rmtree(child, ignore_errors=True)
+                removed += 1
+        live = {str(p) for p in kept}
+        self.state.published = {
+            cid: d for cid, d in self.state.published.items() if str(Path(d).resolve()) in live
+        }
+        return removed
+
+    def _tier_dir(self) -> Path:
+        if self.state.tier is None:
+            raise P2PHierError("this node has no tier yet")
+        return Path(self.state.tier["dir"])
+
+    def _flat(self) -> VersionRef:
+        if self.state.flat is None:
+            raise P2PHierError("this node has no version of its own yet")
+        return self.state.flat
 
     def _new_dir(self, kind: str) -> Path:
-        self.state["seq"] += 1
-        return self.dir / kind / f"{self.state['seq']:05d}"
+        self.state.seq += 1
+        return self.dir / kind / f"{self.state.seq:05d}"
 
     async def _work(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run a blocking learning step in the worker thread (one at a time)."""
@@ -156,7 +235,7 @@ class Learner:
         # Kept per author: the parent may be re-selected (after a lost registration) after its
         # version was accepted; _step applies only the current parent's.
         if ann.topic == down_topic(ann.author):
-            self.versions[update.author] = update
+            self.core.version_seen(update)
         elif ann.topic == up_topic(self.node.peer):
             self.updates[update.author] = update
         self._wake.set()
@@ -165,14 +244,12 @@ class Learner:
         """Whether this learner decides if ``ann``'s update was useful (a child's update to
         a parent that aggregates: only an update its screen kept counts in the child's
         favour)."""
-        return ann.topic == up_topic(self.node.peer) and self.state["flat"] is not None
+        return ann.topic == up_topic(self.node.peer) and self.state.flat is not None
 
     def request_round(self, round_: int) -> dict[str, Any]:
-        if round_ < 1:
-            raise ValueError("rounds start at 1")
-        self.requested_round = max(self.requested_round, round_)
+        self.core.request_round(round_)
         self._wake.set()
-        return {"requested": self.requested_round, "done": self.state["round"]}
+        return {"requested": self.requested_round, "done": self.state.round}
 
     # --- the worker loop ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -198,7 +275,7 @@ class Learner:
             self.busy = ""
             if interval > 0 and time.monotonic() >= next_auto:
                 next_auto = time.monotonic() + interval
-                self.request_round(self.state["round"] + 1)
+                self.request_round(self.state.round + 1)
             with trio.move_on_after(1.0):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -212,20 +289,22 @@ class Learner:
         topic = down_topic(parent)
         mine = [e for e in self.node.accepted if e.get("author") == str(parent)
                 and e.get("topic") == topic]  # fmt: skip
-        if not mine or mine[-1]["cid"] == (self.state["base"] or {}).get("cid"):
+        if not mine or mine[-1]["cid"] == (self.state.base.cid if self.state.base else None):
             return
         entry = mine[-1]
         from p2phier.artifact.verify import read_artifact
 
         art = await self._work(read_artifact, self.node.store.get_block, CID.parse(entry["cid"]))
         m = art.manifest
-        self.versions[str(parent)] = _Update(
-            str(parent),
-            entry["cid"],
-            m.round,
-            str(m.base_version) if m.base_version else None,
-            str(m.base_model_cid) if m.base_model_cid else None,
-            int(entry.get("created_ms") or m.created_ms),
+        self.core.version_seen(
+            _Update(
+                str(parent),
+                entry["cid"],
+                m.round,
+                str(m.base_version) if m.base_version else None,
+                str(m.base_model_cid) if m.base_model_cid else None,
+                int(entry.get("created_ms") or m.created_ms),
+            )
         )
         logger.info("catching up with %s's version %s", parent, entry["cid"])
 
@@ -240,29 +319,39 @@ class Learner:
             return False
 
     async def _step(self) -> None:
-        parent = self.node.hierarchy.parent
-        version = self.versions.get(str(parent)) if parent is not None else None
-        if version is not None and version.cid != (self.state["base"] or {}).get("cid"):
-            if time.monotonic() < self._retry_at:
-                return
-            if await self._guard("rebase", lambda: self._apply(version)):
-                self._save()
-            else:  # e.g. the parent's tier could not be fetched yet: back off, then retry
-                self._retry_at = time.monotonic() + 5.0
-            return
-        if self.requested_round > self.state["round"] and self._ready():
-            # A node that missed rounds (down, restarted) does one round on everything that
-            # arrived meanwhile rather than replaying each: it rejoins its parent's current round.
-            r = self.requested_round
-            await self._guard(f"round {r}", lambda: self._round(r))
-            self.state["round"] = r
+        """Do what :class:`LearnerCore` says is next: rebase, a round, or wait (and say why)."""
+        if self._unsaved:
             self._save()
-            self._wake.set()
-
-    def _ready(self) -> bool:
-        if self.state["tier"] is None:
-            return False
-        return self.node.config.layer.above is None or self.state["base"] is not None
+        parent = self.node.hierarchy.parent
+        action = self.core.next(self.state, str(parent) if parent else None, time.monotonic())
+        if isinstance(action, Wait):
+            self.waiting = action.reason
+            return
+        self.waiting = ""
+        if isinstance(action, Rebase):
+            # A failure (e.g. the parent's tier could not be fetched yet) is retried later.
+            if await self._guard("rebase", lambda: self._apply(action.version)):
+                self.core.succeeded("rebase")
+            else:
+                self.core.failed("rebase", time.monotonic())
+        else:
+            # A node that missed rounds (down, restarted) does one round on everything that
+            # arrived meanwhile rather than replaying each: it rejoins its parent's current
+            # round.  A failed round is not done: it is retried with backoff.
+            r = action.round
+            if await self._guard(f"round {r}", lambda: self._round(r)):
+                self.core.succeeded("round")
+                self.state.round = r
+            else:
+                self.core.failed("round", time.monotonic())
+        self._save()
+        try:
+            removed = await self._work(self._sweep)
+            if removed:
+                logger.debug("%d step directories removed", removed)
+        except OSError as exc:  # a sweep that fails is tried again after the next step
+            logger.warning("step directories not removed: %s", exc)
+        self._wake.set()
 
     # --- start: own tier, first version of the master -----------------------------------------
     async def _start(self) -> None:
@@ -272,14 +361,14 @@ class Learner:
         if tp.teacher_dir is not None and tp.teacher_weights_cid:
             facts = await self._work(cycle.check_tier, tp.teacher_dir, tp.teacher_weights_cid)
             await self._remember_tier(Path(facts["dir"]))
-        if self.state["tier"] is None and tp.source == "dir":
+        if self.state.tier is None and tp.source == "dir":
             assert tp.dir is not None and tp.weights_cid is not None
             facts = await self._work(cycle.check_tier, tp.dir, tp.weights_cid)
             await self._set_tier(facts)
-        if self.state["tier"] is not None:
-            self.node.set_base_model(self.state["tier"]["tier_id"])
-        if self.node.config.layer.above is None and self.state["flat"] is None and self.plan.parent:
-            tier = Path(self.state["tier"]["dir"])
+        if self.state.tier is not None:
+            self.node.set_base_model(self.state.tier["tier_id"])
+        if self.node.config.layer.above is None and self.state.flat is None and self.plan.parent:
+            tier = self._tier_dir()
             flat = await self._work(cycle.init_version, self.plan, tier, [], self._new_dir("flat"))
             await self._publish_flat(flat, base_cid=None, round_=0)
         self._save()
@@ -288,12 +377,12 @@ class Learner:
         from p2phier.learn import api
 
         bundle = await self._work(api.export_tier, self.node.store, tier_dir)
-        self.state["tiers"][str(bundle)] = str(tier_dir)
+        self.state.tiers[str(bundle)] = str(tier_dir)
         return str(bundle)
 
     async def _set_tier(self, facts: dict[str, Any]) -> None:
         facts["bundle_cid"] = await self._remember_tier(Path(facts["dir"]))
-        self.state["tier"] = facts
+        self.state.tier = facts
         self.node.set_base_model(facts["tier_id"])
         logger.info("tier %s ready (%s)", facts["tier_id"], facts["bundle_cid"])
 
@@ -301,7 +390,7 @@ class Learner:
         """The parent's tier dir: known already, or fetched by its bundle CID and verified."""
         if bundle_cid is None:
             raise ValueError("the parent's version names no base model CID")
-        known = self.state["tiers"].get(bundle_cid)
+        known = self.state.tiers.get(bundle_cid)
         if known and Path(known).is_dir():
             return Path(known)
         from p2phier.learn import api
@@ -318,7 +407,7 @@ class Learner:
                 out,
                 expected_weights_cid=None,
             )
-        self.state["tiers"][bundle_cid] = str(out)
+        self.state.tiers[bundle_cid] = str(out)
         return out
 
     # --- downstream: a new parent version -----------------------------------------------------
@@ -330,14 +419,14 @@ class Learner:
         raw = self.dir / "versions" / v.cid
         if not raw.exists():
             await self._work(self._unpack, v.cid, raw, their_tier)
-        if self.state["tier"] is None:
+        if self.state.tier is None:
             records = self._arrived(1) if self.data else []
             out = self.dir / "tier"
             if out.exists():
                 shutil.rmtree(out)
             facts = await self._work(cycle.build_tier, self.plan, their_tier, out, records)
             await self._set_tier(facts)
-        tier = Path(self.state["tier"]["dir"])
+        tier = self._tier_dir()
         if await self._work(cycle.same_tier, tier, their_tier):
             base_dir = raw
         else:
@@ -349,20 +438,20 @@ class Learner:
                 their_tier=their_tier,
             )
             base_dir = mapped
-        old_base = self.state["base"]
-        self.state["base"] = {"cid": v.cid, "dir": str(base_dir), "round": v.round}
+        old_base = self.state.base
+        self.state.base = VersionRef(v.cid, str(base_dir), v.round)
         entry: dict[str, Any] = {"cid": v.cid, "round": v.round, "created_ms": v.created_ms}
         if self.plan.parent:
             # A parent: its contribution went upstream; the parent's model is its model now.
             # Announcement rounds never go back (receivers refuse it): a node ahead of a slow
             # parent relays its version under its own round.
             await self._publish_flat(
-                base_dir, base_cid=v.cid, round_=max(v.round, int(self.state["round"]))
+                base_dir, base_cid=v.cid, round_=max(v.round, self.state.round)
             )
-        local = self.state["local"]
+        local = self.state.local
         if local is not None and old_base is not None:
-            on = Path(self.state["flat"]["dir"]) if self.state["flat"] else base_dir
-            result = await self._rebase_local(tier, Path(local["on"]), on)
+            on = Path(self._flat().dir) if self.state.flat else base_dir
+            result = await self._rebase_local(tier, Path(local.on), on)
             entry["accuracy_before"] = result["before"].get("accuracy.own")
             entry["accuracy_own"] = result["accuracy_own"]
         elif self.data is not None and self.data.test:
@@ -374,8 +463,8 @@ class Learner:
         entry["applied_ms"] = int(now * 1000)
         entry["propagation_s"] = round(max(0.0, now - v.created_ms / 1000.0), 3)
         entry["apply_s"] = round(now - began, 3)
-        self.state["applied"] = [*self.state["applied"][-31:], entry]
-        self.state["accuracy_own"] = entry.get("accuracy_own", self.state.get("accuracy_own"))
+        self.state.record_applied(entry)
+        self.state.accuracy_own = entry.get("accuracy_own", self.state.accuracy_own)
         logger.info("applied parent version %s (round %d): %s", v.cid, v.round, entry)
 
     def _unpack(self, cid: str, out: Path, tier: Path) -> None:
@@ -387,18 +476,18 @@ class Learner:
 
     def _model(self) -> tuple[list[Path], Path | None]:
         """This node's current model as (stack, adapter)."""
-        local = self.state["local"]
+        local = self.state.local
         if local is not None:
-            return [Path(local["on"])], Path(local["dir"])
-        if self.state["flat"] is not None:
-            return [], Path(self.state["flat"]["dir"])
-        base = self.state["base"]
-        return ([Path(base["dir"])] if base else []), None
+            return [Path(local.on)], Path(local.dir)
+        if self.state.flat is not None:
+            return [], Path(self._flat().dir)
+        base = self.state.base
+        return ([Path(base.dir)] if base else []), None
 
     async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
         art = await self._pack(flat, base_version=base_cid, round_=round_)
-        self.state["flat"] = {"cid": str(art.cid), "dir": str(flat), "round": round_}
-        self.state["published"][str(art.cid)] = str(flat)
+        self.state.flat = VersionRef(str(art.cid), str(flat), round_)
+        self.state.published[str(art.cid)] = str(flat)
         if self.node.config.layer.below is not None:
             try:
                 await self.node.publish(str(art.cid), "children")
@@ -410,7 +499,9 @@ class Learner:
     ) -> Artifact:
         from p2phier.artifact import pack_adapter
 
-        tier = self.state["tier"]
+        tier = self.state.tier
+        if tier is None:
+            raise P2PHierError("this node has no tier yet")
         node = self.node
         art: Artifact = await self._work(
             lambda: pack_adapter(
@@ -435,18 +526,32 @@ class Learner:
         assert self.data is not None
         return [e for a in self.data.arrivals[: max(0, round_)] for e in a]
 
+    def _latest_arrival(self, r: int) -> list[Any]:
+        assert self.data is not None
+        for batch in reversed(self.data.arrivals[: max(0, r)]):
+            if batch:
+                return list(batch)
+        raise P2PHierError(f"no data has arrived by round {r}: nothing to train on")
+
     async def _round(self, r: int) -> None:
         from p2phier.learn import cycle
 
         began = time.time()
         rec: dict[str, Any] = {"round": r, "started_ms": int(began * 1000)}
-        tier = Path(self.state["tier"]["dir"])
+        tier = self._tier_dir()
         if self.plan.trains and self.data is not None:
-            new = self._arrived(r)[len(self._arrived(self.state["consumed"])) :]
+            earlier = self._arrived(self.state.consumed)
+            new = self._arrived(r)[len(earlier) :]
+            if not new:
+                # Its data ran out (or this retries a round it trained in already): it trains
+                # on its latest arrival again, as a federated client trains on its data every
+                # round, rather than failing the round and holding its parent's.
+                new = self._latest_arrival(r)
+                rec["trained_on"] = "latest arrival again (no new data)"
             stack, _ = self._model()
-            if self.state["flat"] is not None:
-                stack = [Path(self.state["flat"]["dir"])]
-            local = self.state["local"]
+            if self.state.flat is not None:
+                stack = [Path(self._flat().dir)]
+            local = self.state.local
             result = await self._work(
                 cycle.train,
                 self.plan,
@@ -454,29 +559,29 @@ class Learner:
                 stack,
                 self._new_dir("local"),
                 new,
-                earlier=self._arrived(self.state["consumed"]),
+                earlier=earlier,
                 test=self.data.test,
-                adapter=Path(local["dir"]) if local else None,
+                adapter=Path(local.dir) if local else None,
                 seed=self.plan.seed + r,
             )
-            self.state["consumed"] = r
-            self.state["local"] = {"dir": result["adapter"], "on": str(stack[0]) if stack else ""}
+            self.state.consumed = r
+            self.state.local = LocalRef(result["adapter"], str(stack[0]) if stack else "")
             rec.update(
                 trained=len(new), train_s=result["train_s"], accuracy_own=result["accuracy_own"]
             )
-            self.state["accuracy_own"] = result["accuracy_own"]
-            if self.state["flat"] is None and self.state["base"] is not None:
+            self.state.accuracy_own = result["accuracy_own"]
+            if self.state.flat is None and self.state.base is not None:
                 art = await self._pack(
                     Path(result["adapter"]),
-                    base_version=self.state["base"]["cid"],
+                    base_version=self.state.base.cid,
                     round_=r,
                     metrics=result["metrics"],
                 )
                 rec["sent"] = await self._send_up(art)
-        if self.state["flat"] is not None:
+        if self.state.flat is not None:
             await self._aggregate(r, rec, began)
         rec["wall_s"] = round(time.time() - began, 3)
-        self.state["rounds"][str(r)] = rec
+        self.state.record_round(r, rec)
         logger.info("round %d done: %s", r, rec)
 
     async def _send_up(self, art: Artifact) -> dict[str, Any] | str:
@@ -489,58 +594,59 @@ class Learner:
             return str(exc)
 
     async def _collect(self, r: int, began: float, rec: dict[str, Any]) -> dict[str, _Update]:
-        """Children's updates on the current flat, once every registered child sent one for
-        round ``r`` (a child whose connection is gone is not waited for) or ``collect_s``.
-
-        Children whose updates were useful here before are waited for; newcomers only
-        while the round is young: once every known child's update is in, the others get
-        as long again as the known ones needed (at least ``NEWCOMER_MIN_S``).  A cluster
-        of fresh identities that register and never send (Sybils) cannot hold every
-        round to ``collect_s``; in a network's first round everyone is a newcomer and
-        the round waits for all, as before."""
-        deadline = began + self.plan.collect_s
+        """Children's updates on the current flat, once :class:`Collection` says the round's
+        collecting is over (every child that is still alive sent one for round ``r``,
+        known children's are in and newcomers had their grace, or ``collect_s``)."""
+        cfg = self.node.config
+        collection = Collection(
+            began=began,
+            collect_s=self.plan.collect_s,
+            # A child whose connection dropped re-dials at its next registration refresh.
+            gone_s=cfg.hierarchy.register_interval_s + cfg.dial_timeout_s,
+            gone_since=self._gone_since,
+        )
         trust = self.node.guard.trust
-        known_done_at: float | None = None
         while True:
-            current = self.state["flat"]["cid"]
+            current = self._flat().cid
             fresh = {a: u for a, u in self.updates.items() if u.base_version == current}
-            # A registered child whose connection is gone (killed, crashed) is not waited for;
-            # one that is merely slow (a busy CPU) keeps its connection and is.
-            expected = {str(c) for c in self.node.hierarchy.children if self.node.connected(c)}
-            done = {a for a, u in fresh.items() if u.round >= r}
             now = time.time()
-            if (expected and expected <= done) or now >= deadline:
-                rec["collected"] = "every child" if expected <= done else "collect_s"
+            seen = [
+                ChildSeen(
+                    peer=str(c),
+                    connected=self.node.connected(c),
+                    known=trust.history(str(c), now) > 0,
+                    done=str(c) in fresh and fresh[str(c)].round >= r,
+                )
+                for c in self.node.hierarchy.children
+            ]
+            why = collection.observe(seen, now)
+            if why is not None:
+                if why != "every child":
+                    logger.info("round %d: collecting ended: %s", r, why)
+                rec["collected"] = why
                 return fresh
-            known = {c for c in expected if trust.history(c, now) > 0}
-            if known and known <= done:
-                known_done_at = known_done_at or now
-                grace = max(NEWCOMER_MIN_S, 2 * (known_done_at - began))
-                if now >= began + grace:
-                    late = len(expected - done)
-                    logger.info("round %d: %d newcomer(s) not waited for", r, late)
-                    rec["collected"] = f"known children; {late} newcomer(s) not waited for"
-                    return fresh
             await trio.sleep(POLL_S)
 
     async def _rebase_local(self, tier: Path, old_on: Path, new_on: Path) -> dict[str, Any]:
         """Move the local adapter from ``old_on`` onto ``new_on`` (fresh LoRA, personal head)."""
         from p2phier.learn import cycle
 
-        local = self.state["local"]
+        local = self.state.local
+        if local is None:
+            raise P2PHierError("this node has no adapter of its own to rebase")
         result = await self._work(
             cycle.rebase,
             self.plan,
             tier,
-            Path(local["dir"]),
+            Path(local.dir),
             old_stack=[old_on],
             new_stack=[new_on],
             out_dir=self._new_dir("local"),
             test=self.data.test if self.data else (),
-            personal=self._arrived(self.state["consumed"]) if self.data else (),
-            accuracy_before=self.state.get("accuracy_own"),
+            personal=self._arrived(self.state.consumed) if self.data else (),
+            accuracy_before=self.state.accuracy_own,
         )
-        self.state["local"] = {"dir": result["adapter"], "on": str(new_on)}
+        self.state.local = LocalRef(result["adapter"], str(new_on))
         return result
 
     async def _prepare_update(self, u: _Update, tier: Path) -> Path:
@@ -560,8 +666,8 @@ class Learner:
     async def _aggregate(self, r: int, rec: dict[str, Any], began: float) -> None:
         from p2phier.learn import cycle
 
-        tier = Path(self.state["tier"]["dir"])
-        flat = Path(self.state["flat"]["dir"])
+        tier = self._tier_dir()
+        flat = Path(self._flat().dir)
         fresh = await self._collect(r, began, rec)
         rec["children_updates"] = sorted(fresh)
         updates: dict[str, tuple[Path, float]] = {}
@@ -590,9 +696,9 @@ class Learner:
                 skipped.append(author)
         rec["skipped_updates"] = skipped
         rec["trust_weights"] = weights
-        local = self.state["local"]
-        if self.plan.trains and local is not None and local["on"] == str(flat):
-            updates[OWN_UPDATE] = (Path(local["dir"]), 1.0)
+        local = self.state.local
+        if self.plan.trains and local is not None and local.on == str(flat):
+            updates[OWN_UPDATE] = (Path(local.dir), 1.0)
         if updates:
             out = await self._work(
                 cycle.aggregate,
@@ -602,7 +708,7 @@ class Learner:
                 flat,
                 updates=updates,
                 out_dir=self._new_dir("candidate"),
-                probe=self._arrived(self.state["consumed"]) if self.data else [],
+                probe=self._arrived(self.state.consumed) if self.data else [],
                 validation=self.data.test if self.data else [],
                 round_=r,
                 now=self.node.clock(),
@@ -626,39 +732,40 @@ class Learner:
                 n_updates=out["n_updates"],
             )
             if out["publish"]:
-                base = self.state["base"]
+                base = self.state.base
                 await self._publish_flat(
-                    Path(out["candidate"]), base_cid=base["cid"] if base else None, round_=r
+                    Path(out["candidate"]), base_cid=base.cid if base else None, round_=r
                 )
                 self.updates.clear()
                 if out["validation_after"] is not None and not self.plan.trains:
                     # a trainer's own accuracy is its local (personal) model's, set below
-                    self.state["accuracy_own"] = out["validation_after"]
+                    self.state.accuracy_own = out["validation_after"]
                 if local is not None and self.plan.trains:
                     result = await self._rebase_local(tier, flat, Path(out["candidate"]))
-                    self.state["accuracy_own"] = result["accuracy_own"]
+                    self.state.accuracy_own = result["accuracy_own"]
         else:
             rec.update(decision="held", reason="no updates arrived", n_updates=0)
         if excluded:
             rec["excluded_updates"] = excluded
             logger.warning("round %d: updates left out: %s", r, excluded)
-        base = self.state["base"]
+        base = self.state.base
         if base is not None:
             up = await self._work(
                 cycle.update_since,
-                Path(self.state["flat"]["dir"]),
-                Path(base["dir"]),
+                Path(self._flat().dir),
+                Path(base.dir),
                 self._new_dir("up"),
                 max_rank=self.plan.version_rank,
             )
-            art = await self._pack(up, base_version=base["cid"], round_=r)
+            art = await self._pack(up, base_version=base.cid, round_=r)
             rec["sent"] = await self._send_up(art)
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        s = self.state
+        s = self.state.to_json()
         return {
             "busy": self.busy,
+            "waiting": self.waiting,
             "requested_round": self.requested_round,
             "round": s["round"],
             "tier": s["tier"],
@@ -667,7 +774,7 @@ class Learner:
             "local": s["local"],
             "trains": self.plan.trains,
             "consumed": s["consumed"],
-            "accuracy_own": s.get("accuracy_own"),
+            "accuracy_own": s["accuracy_own"],
             "rounds": s["rounds"],
             "applied": s["applied"],
             "pending_updates": sorted(self.updates),

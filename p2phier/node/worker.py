@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import sys
@@ -41,11 +42,17 @@ MAX_NICE = 19
 class PriorityWorker:
     """Runs blocking functions one at a time in a thread with raised niceness."""
 
-    def __init__(self, nice: int = 0, name: str = "p2phier-worker") -> None:
+    def __init__(
+        self, nice: int = 0, name: str = "p2phier-worker", *, stop_grace_s: float = math.inf
+    ) -> None:
         if not 0 <= nice <= MAX_NICE:
             raise ValueError(f"nice must be in 0..{MAX_NICE}, not {nice}")
+        if not stop_grace_s >= 0:
+            raise ValueError("stop_grace_s must be >= 0")
         self.nice = nice
         self.name = name
+        #: how long a cancelled caller still waits for its step before abandoning it
+        self.stop_grace_s = stop_grace_s
         #: The thread's niceness once it runs (None before it starts).
         self.niceness: int | None = None
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -78,8 +85,13 @@ class PriorityWorker:
     async def run(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn()`` in the worker thread and return its result (or raise its error).
 
-        Like ``trio.to_thread.run_sync`` without abandoning: a cancellation waits until
-        the step has finished, so the caller never loses track of what the step did.
+        Like ``trio.to_thread.run_sync`` without abandoning at once: a cancellation waits
+        up to ``stop_grace_s`` for the step to finish, so the caller does not lose track of
+        what the step did (its result is returned; the cancellation resurfaces at the
+        caller's next checkpoint).  A step still running after that is abandoned, so that a
+        node stops within ``timeouts.shutdown_s`` even mid-training: the thread is a daemon
+        thread and dies with the process, and the step's output, never recorded in the
+        learner's state, is redone after a restart.
         """
         self._ensure_started()
         token = trio.lowlevel.current_trio_token()
@@ -93,8 +105,17 @@ class PriorityWorker:
                 token.run_sync_soon(done.set)
 
         self._jobs.put(job)
-        with trio.CancelScope(shield=True):
+        try:
             await done.wait()
+        except trio.Cancelled:
+            with trio.move_on_after(self.stop_grace_s) as grace:
+                grace.shield = True
+                await done.wait()
+            if not done.is_set():
+                logger.warning(
+                    "a learning step still ran %.1f s after the stop: abandoned", self.stop_grace_s
+                )
+                raise
         return box[0].unwrap()
 
     def close(self) -> None:

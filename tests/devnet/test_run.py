@@ -141,7 +141,15 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
 def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: Path) -> None:
     """A real attacker node (model replacement: its update times 10) among 5 honest leaves:
     the parent's screen leaves its updates out from the first round, trust isolates it, the
-    honest children's updates are all aggregated, and no honest node is isolated."""
+    parent waits for every honest child's update and aggregates them, and no honest node is
+    isolated.
+
+    Once the attacker is gone, 5 single-topic leaves remain, and one of them may oppose the
+    median of the other 4 (each pulls the shared head towards its own topic): the graded
+    direction check (``opposes``) then leaves that honest update out of the round, as
+    FLTrust's zero weight for a negative cosine does.  That is the screen's documented price
+    (``p2phier/trust/quality.py``), seen in 2 of about 6 runs; a hard flag or a zero trust
+    weight on an honest leaf is not, nor more than one honest update left out a round."""
     run_dir = tmp_path / "attack"
     result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-attack.toml"), "--dir",
                   str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
@@ -157,8 +165,14 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
     assert first["n_updates"] == 5 and first["decision"] == "published", first
     for r in ("2", "3"):
         rec = en["rounds"][r]
-        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
-        assert aggregated == honest, rec  # never the attacker's, always every honest one
+        assert honest <= set(rec["children_updates"]), rec  # every honest one waited for
+        excluded = rec.get("excluded_updates", {})
+        aggregated = set(rec["trust_weights"]) - set(excluded)
+        assert attacker not in aggregated, rec  # never the attacker's
+        left_out = honest - aggregated
+        assert len(left_out) <= 1, rec
+        assert all(excluded[p].startswith("screen: opposes") for p in left_out), rec
+        assert all(rec["trust_weights"][p]["weight"] > 0 for p in honest), rec
     # Trust isolated the attacker at the parent, and nobody isolated anyone else.
     run = json.loads((run_dir / "run.json").read_text())
     last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
@@ -177,8 +191,9 @@ def test_a_killed_subdomain_node_restarts_and_catches_up(tmp_path: Path) -> None
     by_round = {r["round"]: {n["node"]: n for n in r["nodes"]} for r in run["rounds"]}
     assert by_round[1]["news-tech"]["up"] is False  # killed for round 1
     assert by_round[2]["news-tech"]["up"] is True  # restarted for round 2
-    # In round 1 the domain node aggregated without the dead child (after its collect timeout).
+    # In round 1 the domain node aggregated without the dead child (gone for gone_s: 40 s).
     news = _learner(run_dir, "news")
+    assert news["rounds"]["1"]["collected"] == "every live child; 1 gone"
     assert news["rounds"]["1"]["children_updates"] != []
     tech_peer = _state(run_dir)["nodes"]["news-tech"]["peer_id"]
     assert tech_peer not in news["rounds"]["1"]["children_updates"]

@@ -83,3 +83,29 @@ def test_a_cancelled_caller_waits_for_its_step_and_the_loop_keeps_running() -> N
 def test_niceness_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"0\.\.19"):
         PriorityWorker(20)
+
+
+def test_a_step_still_running_after_the_grace_is_abandoned_so_a_stop_is_bounded() -> None:
+    release = threading.Event()
+
+    def step() -> str:
+        release.wait(30.0)  # a training step far longer than any shutdown bound
+        return "late"
+
+    async def main() -> None:
+        worker = PriorityWorker(0, stop_grace_s=0.2)
+        began = time.monotonic()
+        with trio.move_on_after(0.05) as scope:
+            await worker.run(step)
+        took = time.monotonic() - began
+        release.set()
+        worker.close()
+        assert scope.cancelled_caught  # the caller was not held by the step...
+        assert 0.2 <= took < 5.0, took  # ...beyond the grace
+
+    trio.run(main)
+
+
+def test_a_negative_grace_is_refused() -> None:
+    with pytest.raises(ValueError, match="stop_grace_s"):
+        PriorityWorker(0, stop_grace_s=-1.0)

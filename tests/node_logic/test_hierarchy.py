@@ -206,6 +206,17 @@ def test_admission_follows_admit_domains() -> None:
     assert isinstance(no, RejectChild) and "admits children from 'en/news', 'en/sport'" in no.reason
 
 
+def test_a_closed_node_refuses_every_child_and_says_why() -> None:
+    """A node whose learning plan is a leaf publishes no versions: a child it admitted would
+    wait for a first version forever, with nothing saying why."""
+    cfg = HierarchyConfig(closed="this node's learning plan is a leaf")
+    h = HierarchyState(peer(1), Layer.DOMAIN, "en/healthcare", config=cfg)
+    (no,) = h.child_registered(record(2, Layer.SUBDOMAIN, "en/healthcare/cardio"), T0)
+    assert isinstance(no, RejectChild) and no.reason == "this node's learning plan is a leaf"
+    assert h.children == frozenset()
+    assert h.refused[-1]["reason"] == "this node's learning plan is a leaf"
+
+
 # --- the state machine ---------------------------------------------------------------------
 
 CFG = HierarchyConfig(

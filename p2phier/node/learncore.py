@@ -1,0 +1,268 @@
+"""The learning worker's decisions and saved state, without I/O: what a node does next.
+
+Owns :class:`LearnerState` (the typed, format-versioned ``learn/state.json``) and
+:class:`LearnerCore`, the clock-free policy that the trio driver
+(:mod:`p2phier.node.learner`) asks what to do: rebase on a new parent version, run
+a requested round, or wait, and why.  Failed steps are retried with exponential
+backoff (per kind of step, reset by a success) instead of being recorded as done.
+No trio, no torch, no files: the driver reads and writes; every decision is
+unit-tested with stand-ins (``tests/node/test_learncore.py``).  Who a parent
+waits for inside a round is :mod:`p2phier.node.collect`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from p2phier.errors import P2PHierError
+
+#: the format of ``learn/state.json`` this code writes (files without one are format 0:
+#: the same fields, written before the format was versioned)
+STATE_FORMAT = 1
+#: a round's record and the applied-versions list are kept for this many entries
+MAX_ROUNDS_KEPT = 256
+MAX_APPLIED_KEPT = 32
+#: first wait after a failed step, doubling per failure up to the cap
+BACKOFF_MIN_S = 5.0
+BACKOFF_MAX_S = 300.0
+
+
+class StateError(P2PHierError, ValueError):
+    """A saved learner state that cannot be used (its reason names the field)."""
+
+
+@dataclass
+class VersionRef:
+    """A published or applied version: its CID, the adapter dir, and its round."""
+
+    cid: str
+    dir: str
+    round: int
+
+
+@dataclass
+class LocalRef:
+    """The node's own adapter (``dir``), trained on top of the model at ``on``."""
+
+    dir: str
+    on: str
+
+
+@dataclass
+class LearnerState:
+    """Everything the learner keeps across restarts (see :mod:`p2phier.node.learner`)."""
+
+    tier: dict[str, Any] | None = None  # this node's tier facts (cycle.check_tier/build_tier)
+    tiers: dict[str, str] = field(default_factory=dict)  # bundle CID -> tier dir on disk
+    base: VersionRef | None = None  # the parent's latest version, applied
+    flat: VersionRef | None = None  # this node's complete model (nodes with children)
+    published: dict[str, str] = field(default_factory=dict)  # CID -> dir of own versions
+    local: LocalRef | None = None  # the node's own adapter (nodes that train)
+    consumed: int = 0  # data arrivals trained on, up to this round
+    round: int = 0  # the last round done
+    rounds: dict[str, dict[str, Any]] = field(default_factory=dict)  # round -> its record
+    seq: int = 0  # step directories numbered so far
+    applied: list[dict[str, Any]] = field(default_factory=list)  # parent versions applied
+    accuracy_own: float | None = None
+
+    def record_round(self, r: int, rec: dict[str, Any]) -> None:
+        self.rounds[str(r)] = rec
+        for old in sorted(self.rounds, key=int)[:-MAX_ROUNDS_KEPT]:
+            del self.rounds[old]
+
+    def record_applied(self, entry: dict[str, Any]) -> None:
+        self.applied = [*self.applied[-(MAX_APPLIED_KEPT - 1) :], entry]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: object) -> LearnerState:
+        """Parse a saved state; :class:`StateError` names what is wrong."""
+        if not isinstance(data, Mapping):
+            raise StateError("the learner state is not a JSON object")
+        fmt = data.get("format", 0)
+        if fmt not in (0, STATE_FORMAT):
+            raise StateError(f"learner state format {fmt!r}: this node reads 0..{STATE_FORMAT}")
+        return cls(
+            tier=_opt_obj(data, "tier"),
+            tiers=_str_map(data, "tiers"),
+            base=_ref(data, "base"),
+            flat=_ref(data, "flat"),
+            published=_str_map(data, "published"),
+            local=_local(data),
+            consumed=_count(data, "consumed"),
+            round=_count(data, "round"),
+            rounds={str(k): dict(v) for k, v in _obj_map(data, "rounds").items()},
+            seq=_count(data, "seq"),
+            applied=_obj_list(data, "applied"),
+            accuracy_own=_opt_float(data, "accuracy_own"),
+        )
+
+
+def _opt_obj(data: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise StateError(f"learner state field {key!r} must be an object or null")
+    return dict(value)
+
+
+def _str_map(data: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = data.get(key, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise StateError(f"learner state field {key!r} must map strings to strings")
+    return dict(value)
+
+
+def _obj_map(data: Mapping[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    value = data.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise StateError(f"learner state field {key!r} must map keys to objects")
+    return value
+
+
+def _obj_list(data: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise StateError(f"learner state field {key!r} must be a list of objects")
+    return [dict(v) for v in value]
+
+
+def _count(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StateError(f"learner state field {key!r} must be a whole number >= 0")
+    return value
+
+
+def _opt_float(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise StateError(f"learner state field {key!r} must be a finite number or null")
+    return float(value)
+
+
+def _ref(data: Mapping[str, Any], key: str) -> VersionRef | None:
+    value = _opt_obj(data, key)
+    if value is None:
+        return None
+    cid, dir_, round_ = value.get("cid"), value.get("dir"), value.get("round", 0)
+    if not isinstance(cid, str) or not isinstance(dir_, str):
+        raise StateError(f"learner state field {key!r} needs string 'cid' and 'dir'")
+    if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
+        raise StateError(f"learner state field {key!r}.round must be a whole number >= 0")
+    return VersionRef(cid, dir_, round_)
+
+
+def _local(data: Mapping[str, Any]) -> LocalRef | None:
+    value = _opt_obj(data, "local")
+    if value is None:
+        return None
+    dir_, on = value.get("dir"), value.get("on")
+    if not isinstance(dir_, str) or not isinstance(on, str):
+        raise StateError("learner state field 'local' needs string 'dir' and 'on'")
+    return LocalRef(dir_, on)
+
+
+# --- decisions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VersionSeen:
+    """A parent's version (or a child's update) the daemon accepted."""
+
+    author: str
+    cid: str
+    round: int
+    base_version: str | None
+    base_model_cid: str | None
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class Rebase:
+    version: VersionSeen
+
+
+@dataclass(frozen=True)
+class RunRound:
+    round: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    reason: str
+
+
+Action = Rebase | RunRound | Wait
+
+
+class LearnerCore:
+    """What the learning worker does next (see the module docstring).
+
+    ``is_root``: the node has no layer above (the master), so it needs no parent version
+    before its rounds."""
+
+    def __init__(self, *, is_root: bool, requested_round: int = 0) -> None:
+        self.is_root = is_root
+        self.requested_round = requested_round
+        self.versions: dict[str, VersionSeen] = {}  # parent peer id -> its latest version
+        self._failures: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+
+    def request_round(self, r: int) -> int:
+        if r < 1:
+            raise ValueError("rounds start at 1")
+        self.requested_round = max(self.requested_round, r)
+        return self.requested_round
+
+    def version_seen(self, v: VersionSeen) -> None:
+        # Kept per author: the parent may be re-selected after its version was accepted.
+        self.versions[v.author] = v
+
+    def failed(self, kind: str, now: float) -> float:
+        """A step of ``kind`` ("rebase", "round") failed at ``now``: when to retry it."""
+        n = self._failures.get(kind, 0) + 1
+        self._failures[kind] = n
+        at = now + min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2.0 ** (n - 1))
+        self._retry_at[kind] = at
+        return at
+
+    def succeeded(self, kind: str) -> None:
+        self._failures.pop(kind, None)
+        self._retry_at.pop(kind, None)
+
+    def failures(self, kind: str) -> int:
+        return self._failures.get(kind, 0)
+
+    def next(self, state: LearnerState, parent: str | None, now: float) -> Action:
+        """The next step, given the saved state, the current parent and ``now``."""
+        version = self.versions.get(parent) if parent is not None else None
+        base_cid = state.base.cid if state.base else None
+        if version is not None and version.cid != base_cid:
+            if now < self._retry_at.get("rebase", 0.0):
+                return Wait(f"rebase on {version.cid} failed; retrying in "
+                            f"{self._retry_at['rebase'] - now:.0f} s")  # fmt: skip
+            return Rebase(version)
+        if self.requested_round <= state.round:
+            return Wait("idle: no round requested")
+        if not self.is_root:
+            if parent is None:
+                return Wait(f"round {self.requested_round} waits for a parent")
+            if state.base is None:
+                r = self.requested_round
+                return Wait(f"round {r} waits for a first version from parent {parent}")
+        if state.tier is None:
+            return Wait(f"round {self.requested_round} waits for this node's tier")
+        if now < self._retry_at.get("round", 0.0):
+            return Wait(f"round {self.requested_round} failed "
+                        f"{self._failures.get('round', 0)} time(s); retrying in "
+                        f"{self._retry_at['round'] - now:.0f} s")  # fmt: skip
+        return RunRound(self.requested_round)

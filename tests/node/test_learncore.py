@@ -1,0 +1,159 @@
+"""The learner's pure core (p2phier.node.learncore): saved state and what to do next."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from p2phier.node.learncore import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    MAX_ROUNDS_KEPT,
+    STATE_FORMAT,
+    LearnerCore,
+    LearnerState,
+    LocalRef,
+    Rebase,
+    RunRound,
+    StateError,
+    VersionRef,
+    VersionSeen,
+    Wait,
+)
+
+PARENT = "12D3KooWparent"
+
+
+def _v(cid: str = "bafy-v1", author: str = PARENT, round_: int = 1) -> VersionSeen:
+    return VersionSeen(author, cid, round_, None, "bafy-tier", 0)
+
+
+def _ready(**kw: Any) -> LearnerState:
+    st = LearnerState(tier={"dir": "/t", "tier_id": "x", "bundle_cid": "b"})
+    st.base = VersionRef("bafy-v1", "/v1", 1)
+    for k, v in kw.items():
+        setattr(st, k, v)
+    return st
+
+
+# --- saved state -------------------------------------------------------------------------------
+def test_state_round_trips_through_json_with_its_format() -> None:
+    st = _ready(local=LocalRef("/l", "/v1"), consumed=2, round=2, accuracy_own=0.5)
+    st.record_round(2, {"round": 2, "decision": "published"})
+    data = json.loads(json.dumps(st.to_json()))
+    assert data["format"] == STATE_FORMAT
+    assert LearnerState.from_json(data) == st
+
+
+def test_a_state_written_before_formats_existed_still_loads() -> None:
+    legacy = {"tier": None, "tiers": {}, "base": {"cid": "c", "dir": "/d", "round": 3},
+              "flat": None, "published": {}, "local": None, "consumed": 3, "round": 3,
+              "rounds": {"3": {"round": 3}}, "seq": 7, "applied": []}  # fmt: skip
+    st = LearnerState.from_json(legacy)
+    assert st.base == VersionRef("c", "/d", 3) and st.round == 3 and st.seq == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ([], "not a JSON object"),
+        ({"format": 99}, "format 99"),
+        ({"round": -1}, "'round'"),
+        ({"round": True}, "'round'"),
+        ({"base": {"cid": 1, "dir": "/d"}}, "'base'"),
+        ({"local": {"dir": "/d"}}, "'local'"),
+        ({"tiers": {"a": 1}}, "'tiers'"),
+        ({"rounds": {"1": 5}}, "'rounds'"),
+        ({"applied": "x"}, "'applied'"),
+        ({"accuracy_own": float("nan")}, "'accuracy_own'"),
+    ],
+)
+def test_a_malformed_state_is_refused_naming_the_field(data: object, field: str) -> None:
+    with pytest.raises(StateError, match=field):
+        LearnerState.from_json(data)
+
+
+def test_round_history_and_applied_list_are_bounded() -> None:
+    st = LearnerState()
+    for r in range(1, MAX_ROUNDS_KEPT + 50):
+        st.record_round(r, {"round": r})
+        st.record_applied({"round": r})
+    assert len(st.rounds) == MAX_ROUNDS_KEPT
+    assert min(map(int, st.rounds)) == 50  # the oldest went first
+    assert len(st.applied) == 32 and st.applied[-1] == {"round": MAX_ROUNDS_KEPT + 49}
+
+
+# --- decisions ---------------------------------------------------------------------------------
+def test_a_new_parent_version_is_applied_before_any_round() -> None:
+    core = LearnerCore(is_root=False)
+    core.request_round(2)
+    core.version_seen(_v("bafy-v2", round_=2))
+    assert core.next(_ready(), PARENT, 0.0) == Rebase(_v("bafy-v2", round_=2))
+
+
+def test_the_version_already_applied_is_not_applied_again() -> None:
+    core = LearnerCore(is_root=False)
+    core.version_seen(_v("bafy-v1"))
+    assert core.next(_ready(), PARENT, 0.0) == Wait("idle: no round requested")
+
+
+def test_only_the_current_parents_version_counts() -> None:
+    core = LearnerCore(is_root=False)
+    core.version_seen(_v("bafy-old", author="12D3KooWformer"))
+    assert isinstance(core.next(_ready(), PARENT, 0.0), Wait)
+
+
+def test_a_requested_round_runs_once_ready_and_a_missed_round_is_joined_not_replayed() -> None:
+    core = LearnerCore(is_root=False)
+    core.request_round(1)
+    core.request_round(3)
+    core.request_round(2)  # never goes back
+    assert core.next(_ready(round=0), PARENT, 0.0) == RunRound(3)
+    assert core.next(_ready(round=3), PARENT, 0.0) == Wait("idle: no round requested")
+    with pytest.raises(ValueError):
+        core.request_round(0)
+
+
+def test_a_node_without_a_parent_or_a_first_version_says_what_it_waits_for() -> None:
+    core = LearnerCore(is_root=False)
+    core.request_round(1)
+    no_base = _ready(base=None)
+    assert core.next(no_base, None, 0.0) == Wait("round 1 waits for a parent")
+    wait = core.next(no_base, PARENT, 0.0)
+    assert isinstance(wait, Wait) and f"first version from parent {PARENT}" in wait.reason
+    assert core.next(_ready(tier=None), PARENT, 0.0) == Wait("round 1 waits for this node's tier")
+
+
+def test_the_root_needs_no_parent_version() -> None:
+    core = LearnerCore(is_root=True)
+    core.request_round(1)
+    assert core.next(_ready(base=None), None, 0.0) == RunRound(1)
+
+
+def test_a_failed_round_is_retried_with_growing_backoff_until_it_succeeds() -> None:
+    core = LearnerCore(is_root=False)
+    core.request_round(1)
+    st = _ready()
+    at = core.failed("round", 100.0)
+    assert at == 100.0 + BACKOFF_MIN_S
+    wait = core.next(st, PARENT, at - 0.1)
+    assert isinstance(wait, Wait) and "failed 1 time(s)" in wait.reason
+    assert core.next(st, PARENT, at) == RunRound(1)  # the round is not recorded as done
+    assert core.failed("round", at) == at + 2 * BACKOFF_MIN_S
+    for _ in range(20):
+        last = core.failed("round", 0.0)
+    assert last == BACKOFF_MAX_S  # capped
+    core.succeeded("round")
+    assert core.failures("round") == 0 and core.next(st, PARENT, 0.0) == RunRound(1)
+
+
+def test_a_failed_rebase_backs_off_and_blocks_rounds_on_the_old_version_meanwhile() -> None:
+    core = LearnerCore(is_root=False)
+    core.request_round(2)
+    core.version_seen(_v("bafy-v2", round_=2))
+    at = core.failed("rebase", 0.0)
+    wait = core.next(_ready(), PARENT, 1.0)
+    assert isinstance(wait, Wait) and wait.reason.startswith("rebase on bafy-v2 failed")
+    assert core.next(_ready(), PARENT, at) == Rebase(_v("bafy-v2", round_=2))
