@@ -6,8 +6,14 @@ own process on 127.0.0.1, rounds driven through the nodes, then the isolated and
 baselines) and reports:
 
 * wall time per round (and the set-up: building the root tier, starting and forming);
-* model-update bytes on the wire per round as % of what exchanging full models would send over
-  the same transfers (goal <= 1%: ``round_bytes_pct_of_full``);
+* bytes on the wire, from every node's Bitswap ledgers (block payloads received, counted
+  under what each fetch was for), round 0 (set-up) included: updates and versions per round as
+  % of what exchanging full models would send over the same transfers (goal <= 1%:
+  ``round_bytes_pct_of_full``); each update's bytes as % of its sender's full model, mean
+  over every node and round (goal <= 0.1%: ``update_pct_of_full``); tier downloads (full
+  models fetched to build or map a tier) apart (``tier_bytes``);
+* what each node keeps on disk after the run (``store_mib_per_node``: its store after its own
+  garbage collection; its learning directory beside it as information);
 * announcement -> fetched and verified at the receiving node, per hop, p99 (goal < 3 s:
   ``propagation_p99_s``; rebase compute excluded), and the whole chain master -> last node
   applied per round (training and rebases included);
@@ -31,6 +37,7 @@ from typing import Any
 from _common import ROOT, emit_json, log, parser, print_table, verdict
 
 BYTES_GOAL_PCT = 1.0
+UPDATE_GOAL_PCT = 0.1
 PROPAGATION_GOAL_S = 3.0
 
 
@@ -75,11 +82,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     total_s = time.perf_counter() - t0
 
-    rounds = [r for r in summary["rounds"] if r["round"] >= 1]
-    wire = sum(r["wire_bytes"] for r in rounds)
-    full = sum(r["full_model_bytes"] for r in rounds)
+    every = summary["rounds"]  # bytes: round 0 (set-up: first versions, tiers) included
+    rounds = [r for r in every if r["round"] >= 1]
+    wire = sum(r["wire_bytes"] for r in every)
+    full = sum(r["full_model_bytes"] for r in every)
     pct = 100.0 * wire / full if full else None
+    upd = [r["update_pct_of_full"] for r in every if r.get("update_pct_of_full") is not None]
+    update_pct = sum(upd) / len(upd) if upd else None
+    tier_bytes = sum(r.get("tier_bytes", 0) for r in every)
     res: dict[str, Any] = dict(record.resources)
+    store_mib = res.get("store_mib", {})
     hops = [d for r in rounds for d in res.get("hop_delays_s", {}).get(str(r["round"]), [])]
     prop = p99(hops)
     chains = {int(k): v for k, v in res.get("chain_s", {}).items()}
@@ -92,7 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"Devnet {scenario.name}: {len(record.nodes)} node processes, {args.rounds} rounds "
         f"(set-up {record.setup_s:.0f} s, total with baselines {total_s:.0f} s)",
-        ("round", "wall s", "update bytes", "full models", "% of full", "chain s", "published"),
+        (
+            "round",
+            "wall s",
+            "updates+versions B",
+            "full models B",
+            "% of full",
+            "update % of full",
+            "tier B",
+            "chain s",
+            "published",
+        ),
         [
             (
                 r["round"],
@@ -100,10 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                 r["wire_bytes"],
                 r["full_model_bytes"],
                 f"{r['pct_of_full']:.3f}" if r["pct_of_full"] is not None else "-",
+                f"{r['update_pct_of_full']:.4f}"
+                if r.get("update_pct_of_full") is not None
+                else "-",
+                r.get("tier_bytes", 0),
                 f"{chains[r['round']]:.1f}" if chains.get(r["round"]) is not None else "-",
                 ",".join(r["published"]) or "-",
             )
-            for r in rounds
+            for r in every
         ],
     )
     print_table(
@@ -112,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         [
             ("round_bytes_pct_of_full", f"{pct:.3f}%" if pct is not None else "-",
              f"<= {BYTES_GOAL_PCT}%", verdict(pct is not None and pct <= BYTES_GOAL_PCT)),
+            ("update_pct_of_full", f"{update_pct:.4f}%" if update_pct is not None else "-",
+             f"<= {UPDATE_GOAL_PCT}%",
+             verdict(update_pct is not None and update_pct <= UPDATE_GOAL_PCT)),
+            ("tier_bytes (downloads of full tiers)", tier_bytes, "", ""),
+            ("store_mib_per_node (max)", f"{max(store_mib.values()):.1f}" if store_mib else "-",
+             "", ""),
             ("propagation_p99_s (per hop)", f"{prop:.2f}" if prop is not None else "-",
              f"< {PROPAGATION_GOAL_S}", verdict(prop is not None and prop < PROPAGATION_GOAL_S)),
             ("hier_vs_isolated_acc_pts", f"{vs_alone:+.1f}" if vs_alone is not None else "-",
@@ -141,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
                 "setup_s": record.setup_s,
                 "wall_per_round_s": {r["round"]: r["wall_s"] for r in rounds},
                 "round_bytes_pct_of_full": pct,
-                "round_bytes": {r["round"]: r["wire_bytes"] for r in rounds},
+                "round_bytes": {r["round"]: r["wire_bytes"] for r in every},
+                "update_pct_of_full": update_pct,
+                "tier_bytes": tier_bytes,
+                "tier_bytes_per_round": {r["round"]: r.get("tier_bytes", 0) for r in every},
+                "store_mib_per_node": store_mib,
+                "learn_mib_per_node": res.get("learn_mib", {}),
                 "propagation_p99_s": prop,
                 "chain_s": chains,
                 "rss_per_node_mib": rss,
@@ -156,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                     "round_bytes_pct_of_full": {
                         "goal": BYTES_GOAL_PCT,
                         "met": pct is not None and pct <= BYTES_GOAL_PCT,
+                    },
+                    "update_pct_of_full": {
+                        "goal": UPDATE_GOAL_PCT,
+                        "met": update_pct is not None and update_pct <= UPDATE_GOAL_PCT,
                     },
                     "propagation_p99_s": {
                         "goal": PROPAGATION_GOAL_S,

@@ -103,6 +103,13 @@ class Topic:
         return f"{TOPIC_PREFIX}/{self.kind.value}/{self.owner}"
 
 
+def topic_purpose(topic: str) -> str:
+    """What fetching an announcement on ``topic`` is for, in byte counts: a child's
+    ``updates`` (up topics), a parent's ``versions`` (down topics), else ``other``."""
+    kind = topic.removeprefix(TOPIC_PREFIX + "/").partition("/")[0]
+    return {TopicKind.UP.value: "updates", TopicKind.DOWN.value: "versions"}.get(kind, "other")
+
+
 def up_topic(parent: PeerId) -> str:
     """Where ``parent``'s children publish their updates (and ``parent`` listens)."""
     return str(Topic(TopicKind.UP, parent))

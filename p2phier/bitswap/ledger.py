@@ -83,6 +83,13 @@ class LedgerBook:
     _ledgers: dict[str, Ledger] = field(default_factory=dict)
     #: the summed counters of every forgotten peer
     forgotten: Ledger = field(default_factory=lambda: Ledger("(forgotten peers)"))
+    #: bytes of the blocks received for this node's own fetches, by the purpose each
+    #: fetch named (``updates``, ``versions``, ``tiers``, ...); each block counted once,
+    #: for the first fetch that took it.  Never pruned: one counter per purpose.
+    received_for: dict[str, int] = field(default_factory=dict)
+
+    def count_received_for(self, purpose: str, nbytes: int) -> None:
+        self.received_for[purpose] = self.received_for.get(purpose, 0) + nbytes
 
     def get(self, peer: str) -> Ledger:
         ledger = self._ledgers.get(peer)

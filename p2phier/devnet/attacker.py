@@ -205,10 +205,11 @@ class PoisoningLearner(Learner):
                 tried.add(head)
                 try:
                     providers = [str(record.peer_id)]
-                    await node.fetch_object(head, providers)  # the signed envelope...
+                    # the signed envelope, then its content (attack traffic: "other")
+                    await node.fetch_object(head, providers, purpose="other")
                     env = await self._work(read_artifact, node.store.get_block, CID.parse(head))
                     for ref in (env.manifest.config.cid, env.manifest.tensors.cid):
-                        await node.fetch_object(str(ref), providers)  # ...and its content
+                        await node.fetch_object(str(ref), providers, purpose="other")
                     art = await self._work(verify_artifact, node.store, head)
                     m = art.manifest
                     if m.round != round_ or str(m.base_version) != str(base_version):

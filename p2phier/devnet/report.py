@@ -75,8 +75,13 @@ class NodeRound:
     accuracy_own: float | None = None  # on its own held-out data
     accuracy_parent: float | None = None  # on its parent's held-out data
     accuracy_children: float | None = None  # on its children's pooled held-out data
-    bytes_in: int = 0  # on the wire (all protocols)
-    bytes_out: int = 0
+    # Bytes on the wire, from the node's Bitswap ledgers (block payloads), in the round:
+    bytes_in: int = 0  # every block received
+    bytes_out: int = 0  # every block sent
+    update_bytes_in: int = 0  # received fetching its children's updates
+    version_bytes_in: int = 0  # received fetching its parent's versions
+    tier_bytes_in: int = 0  # received fetching tier bundles (full models)
+    update_bytes_out: int = 0  # its own updates, as its parent's fetches received them
     updates_sent: int = 0  # model updates sent (up or down); a full exchange sends model_bytes
     head_cid: str | None = None
     decision: str | None = None  # timing rule: "published" | "held" | None (not a parent)
@@ -213,6 +218,10 @@ _NODE_ROUND = {
     "accuracy_children": (_OPT_NUM, False),
     "bytes_in": (int, False),
     "bytes_out": (int, False),
+    "update_bytes_in": (int, False),
+    "version_bytes_in": (int, False),
+    "tier_bytes_in": (int, False),
+    "update_bytes_out": (int, False),
     "updates_sent": (int, False),
     "head_cid": (_OPT_STR, False),
     "decision": (_OPT_STR, False),
@@ -355,16 +364,28 @@ def summarise(run: RunRecord) -> dict[str, Any]:
     model_bytes = {n.name: n.model_bytes for n in run.nodes}
     rounds = []
     for rnd in run.rounds:
-        wire = sum(nr.bytes_out for nr in rnd.nodes)
+        # model bytes moved: updates up and versions down (tier downloads reported apart)
+        wire = sum(nr.update_bytes_in + nr.version_bytes_in for nr in rnd.nodes)
         full = sum(nr.updates_sent * model_bytes[nr.node] for nr in rnd.nodes)
         props = [nr.propagation_s for nr in rnd.nodes if nr.propagation_s is not None]
+        update_pcts = [
+            100.0 * nr.update_bytes_out / model_bytes[nr.node]
+            for nr in rnd.nodes
+            if nr.update_bytes_out > 0 and model_bytes[nr.node] > 0
+        ]
         rounds.append(
             {
                 "round": rnd.round,
                 "wall_s": rnd.wall_s,
                 "wire_bytes": wire,
+                "update_bytes": sum(nr.update_bytes_in for nr in rnd.nodes),
+                "version_bytes": sum(nr.version_bytes_in for nr in rnd.nodes),
+                "tier_bytes": sum(nr.tier_bytes_in for nr in rnd.nodes),
+                "all_block_bytes": sum(nr.bytes_in for nr in rnd.nodes),
                 "full_model_bytes": full,
                 "pct_of_full": 100.0 * wire / full if full else None,
+                # per node that sent an update: its update's bytes as % of its full model
+                "update_pct_of_full": _mean(update_pcts) if update_pcts else None,
                 "published": sorted(nr.node for nr in rnd.nodes if nr.decision == "published"),
                 "held": sorted(nr.node for nr in rnd.nodes if nr.decision == "held"),
                 "propagation_max_s": max(props) if props else None,
@@ -488,13 +509,20 @@ def render_markdown(run: RunRecord, summary: Mapping[str, Any]) -> str:
         "",
         "## Rounds",
         "",
-        "| round | wall s | bytes on the wire | full models would send | % of full | published |",
-        "|---|---|---|---|---|---|",
+        "Bytes are block payloads received over Bitswap, from every node's ledgers: updates "
+        "(children to parents) and versions (parents to children), against what sending full "
+        "models for the same transfers would cost; tier downloads (full models a node fetched "
+        "to build or map its tier) apart.",
+        "",
+        "| round | wall s | updates + versions | full models would send | % of full | "
+        "update % of full (mean) | tier downloads | published |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["rounds"]:
         out.append(
             f"| {r['round']} | {r['wall_s']:.1f} | {_bytes(r['wire_bytes'])} | "
             f"{_bytes(r['full_model_bytes'])} | {_fmt(r['pct_of_full'], 2)} | "
+            f"{_fmt(r.get('update_pct_of_full'), 3)} | {_bytes(r.get('tier_bytes', 0))} | "
             f"{', '.join(r['published']) or '-'} |"
         )
     out += ["", "## Timing-rule decisions", ""]

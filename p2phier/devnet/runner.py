@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2phier.announce import topic_purpose
+from p2phier.config import STORE_NAME
 from p2phier.devnet.baseline_job import BaselineJob, is_baseline_job
 from p2phier.devnet.baselines import NodeData, build_node_data
 from p2phier.devnet.procs import FAST_ENV, NodeProc
@@ -380,6 +382,22 @@ class Devnet:
 # --- one round's record -------------------------------------------------------------------
 
 
+def _ledger_growth(now: Mapping[str, Any] | None, then: Mapping[str, Any] | None) -> dict[str, int]:
+    """How much a node's Bitswap counters grew between two of its statuses (a node that
+    restarted in between counts from zero)."""
+
+    def counters(s: Mapping[str, Any] | None) -> dict[str, int]:
+        bs = (s or {}).get("bitswap") or {}
+        out = {k: int(bs.get(k, 0)) for k in ("bytes_received", "bytes_sent")}
+        for k in ("updates", "versions", "tiers"):
+            out[k] = int((bs.get("received_for") or {}).get(k, 0))
+        return out
+
+    a, b = counters(now), counters(then)
+    restarted = any(a[k] < b[k] for k in a)
+    return {k: a[k] - (0 if restarted else b[k]) for k in a}
+
+
 def round_info(
     devnet: Devnet,
     st: Mapping[str, dict[str, Any] | None],
@@ -388,22 +406,27 @@ def round_info(
     window: tuple[float, float],
     wall_s: float,
     children_acc: Mapping[str, float],
+    before: Mapping[str, dict[str, Any] | None] | None = None,
 ) -> RoundInfo:
-    """Per-node numbers of one round from the nodes' status (and the referee's scores)."""
+    """Per-node numbers of one round from the nodes' status (and the referee's scores).
+
+    Bytes are the growth of each node's Bitswap ledger counters since ``before`` (the
+    statuses at the end of the previous round; None: since the node started)."""
     lo_ms, hi_ms = window[0] * 1000.0, window[1] * 1000.0
-    received: dict[str, int] = {}
-    sent: dict[str, int] = {}
+    update_out: dict[str, int] = {}
     sent_n: dict[str, int] = {}
-    for name, s in st.items():
+    for s in st.values():
         for entry in (s or {}).get("accepted", []):
             if lo_ms <= entry.get("accepted_ms", 0) <= hi_ms:
                 author = devnet.peer_names.get(entry["author"], entry["author"])
-                received[name] = received.get(name, 0) + int(entry.get("bytes", 0))
-                sent[author] = sent.get(author, 0) + int(entry.get("bytes", 0))
                 sent_n[author] = sent_n.get(author, 0) + 1
+                if topic_purpose(str(entry.get("topic", ""))) == "updates":
+                    wire = int(entry.get("wire_bytes", 0))
+                    update_out[author] = update_out.get(author, 0) + wire
     nodes = []
     for node in devnet.s.nodes:
         s = st.get(node.name)
+        grew = _ledger_growth(s, (before or {}).get(node.name))
         learn = (s or {}).get("learn") or {}
         rec = (learn.get("rounds") or {}).get(str(round_), {})
         props = [
@@ -417,8 +440,12 @@ def round_info(
                 round=round_,
                 accuracy_own=learn.get("accuracy_own"),
                 accuracy_children=children_acc.get(node.name),
-                bytes_in=received.get(node.name, 0),
-                bytes_out=sent.get(node.name, 0),
+                bytes_in=grew["bytes_received"],
+                bytes_out=grew["bytes_sent"],
+                update_bytes_in=grew["updates"],
+                version_bytes_in=grew["versions"],
+                tier_bytes_in=grew["tiers"],
+                update_bytes_out=update_out.get(node.name, 0),
                 updates_sent=sent_n.get(node.name, 0),
                 head_cid=(learn.get("flat") or learn.get("local") or {}).get("cid"),
                 decision=rec.get("decision"),
@@ -563,6 +590,7 @@ def run_devnet(
                 devnet.wait(f"restarted nodes to rejoin for round {r}", devnet.formed,
                             FORM_TIMEOUT_S, poll(f"round {r}"))  # fmt: skip
             devnet.request_round(r)
+            prev = st
             st = devnet.wait(
                 f"round {r}", functools.partial(_settled, devnet, r), ROUND_TIMEOUT_S,
                 poll(f"round {r}"),
@@ -573,7 +601,15 @@ def run_devnet(
             # show the change (and what the CI test asserts); rounds in between are skipped.
             scores = referee_scores(prepared, st) if r == scenario.rounds else {}
             rounds.append(
-                round_info(devnet, st, r, window=(t0, t1), wall_s=t1 - t0, children_acc=scores)
+                round_info(
+                    devnet,
+                    st,
+                    r,
+                    window=(t0, t1),
+                    wall_s=t1 - t0,
+                    children_acc=scores,
+                    before=prev,
+                )
             )
             devnet.apply_faults(r, "end")
         infos = node_infos(devnet, st)
@@ -601,10 +637,26 @@ def run_devnet(
             "rss_max_mib": {k: round(v / 2**20, 1) for k, v in sorted(devnet.rss_max.items())},
             "hop_delays_s": delays,
             "chain_s": chains,
+            # what each node keeps on disk after the run: its store (pinned and cached blocks,
+            # after its own garbage collection) and its learning directory (tiers, adapters)
+            "store_mib": {n: _dir_mib(h / STORE_NAME) for n, h in sorted(prepared.homes.items())},
+            "learn_mib": {n: _dir_mib(h / "learn") for n, h in sorted(prepared.homes.items())},
         },
     )
     record.save(prepared.run_dir)
     return record
+
+
+def _dir_mib(path: Path) -> float:
+    """Bytes of the regular files under ``path``, in MiB (0 for none)."""
+    total = 0
+    for p in path.rglob("*") if path.is_dir() else ():
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:  # removed meanwhile
+            continue
+    return round(total / 2**20, 2)
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:

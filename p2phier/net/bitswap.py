@@ -102,6 +102,7 @@ from .bitswap_state import (
     Ahead,
     BitswapConfig,
     Fetch,
+    FetchStats,
     Outbound,
     Put,
 )
@@ -206,6 +207,8 @@ class Bitswap:
         timeout: float,
         meta: MetaSpec | None = None,
         pin: bool = True,
+        purpose: str = "other",
+        stats: FetchStats | None = None,
     ) -> CID:
         """Fetch the whole DAG under ``root`` from ``providers`` in parallel; return ``root``.
 
@@ -216,6 +219,10 @@ class Bitswap:
         deliver some block, PeerTimeoutError after ``timeout`` seconds (blocks
         received so far stay in the store, unpinned, and a later fetch resumes
         from them), StoreError when the store refuses a block.
+
+        The bytes of the blocks received from the network for it are counted in the
+        ledger book under ``purpose`` (:attr:`LedgerBook.received_for`) and, when given,
+        added to ``stats.bytes_received`` (a timed-out fetch's too).
         """
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise UsageError("fetch timeout must be a positive number of seconds")
@@ -230,7 +237,7 @@ class Bitswap:
         try:
             with trio.fail_at(deadline):
                 for _attempt in range(3):
-                    await self._run_session(cid, peers, deadline)
+                    await self._run_session(cid, peers, deadline, purpose, stats)
                     # shielded: once every block is stored, a deadline expiring during
                     # the pin must not report a timeout for an object that is complete
                     with trio.CancelScope(shield=True):
@@ -247,7 +254,14 @@ class Bitswap:
         raise FetchFailedError(f"cannot fetch {cid}: its blocks keep disappearing from the store")
 
     # --- fetch internals -------------------------------------------------------------------------
-    async def _run_session(self, root: CID, peers: list[str], deadline: float) -> None:
+    async def _run_session(
+        self,
+        root: CID,
+        peers: list[str],
+        deadline: float,
+        purpose: str = "other",
+        stats: FetchStats | None = None,
+    ) -> None:
         now = _now()
         # Building the session walks every block already held (resume): disk reads, so
         # off the event loop.
@@ -262,7 +276,7 @@ class Bitswap:
                 now=now,
             )
         )
-        fetch = Fetch(session, deadline)
+        fetch = Fetch(session, deadline, purpose=purpose)
         fetch.flushed.set()
         self._fetches.add(fetch)
         try:
@@ -277,6 +291,8 @@ class Bitswap:
             while fetch.pending_puts and fetch.error is None:
                 await fetch.flushed.wait()
         finally:
+            if stats is not None:
+                stats.bytes_received += fetch.bytes_received
             self._fetches.discard(fetch)
             if not session.done:  # timed out or failed: withdraw every want still out
                 for event in session.cancel():
@@ -485,7 +501,11 @@ class Bitswap:
                 events += fetch.session.poll(now)
             finally:
                 self._ahead = NOTHING_AHEAD
-            taken.update(block_key(e.cid) for e in events if isinstance(e, BlockFetched))
+            for e in events:
+                if isinstance(e, BlockFetched) and (key := block_key(e.cid)) not in taken:
+                    taken.add(key)  # counted for the first fetch that took it only
+                    fetch.bytes_received += len(e.data)
+                    self.ledgers.count_received_for(fetch.purpose, len(e.data))
             await self._session_events(fetch, events)
             self._nudge(fetch)
         if not message.blocks:

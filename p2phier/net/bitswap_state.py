@@ -111,6 +111,18 @@ class Fetch:
     pending_puts: int = 0
     flushed: trio.Event = field(default_factory=trio.Event)
     error: NetworkError | StoreError | None = None
+    #: what the fetch is for (the ledger book counts its bytes under it)
+    purpose: str = "other"
+    #: bytes of the blocks received from the network for this fetch (each block once)
+    bytes_received: int = 0
+
+
+@dataclass(slots=True)
+class FetchStats:
+    """What a caller of :meth:`Bitswap.fetch` learns about its fetch (filled in by it)."""
+
+    #: bytes of the blocks received from the network for it (blocks held already: 0)
+    bytes_received: int = 0
 
 
 #: a store lookup done ahead: the block, None (absent), or the store's error

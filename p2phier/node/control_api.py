@@ -61,11 +61,17 @@ def node_status(node: NodeDaemon) -> dict[str, Any]:
     }
 
 
-def _wire_totals(node: NodeDaemon) -> dict[str, int]:
+def _wire_totals(node: NodeDaemon) -> dict[str, Any]:
     """Block bytes this node sent and received over Bitswap (peers whose ledgers were
     pruned included)."""
-    totals = node.bitswap.ledgers.totals()
-    return {"bytes_sent": totals.bytes_sent, "bytes_received": totals.bytes_received}
+    book = node.bitswap.ledgers
+    totals = book.totals()
+    return {
+        "bytes_sent": totals.bytes_sent,
+        "bytes_received": totals.bytes_received,
+        # the received bytes of this node's own fetches, by what they were for
+        "received_for": dict(book.received_for),
+    }
 
 
 def node_peers(node: NodeDaemon, layer: str | None, domain: str | None) -> list[dict[str, Any]]:

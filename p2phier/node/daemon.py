@@ -76,6 +76,7 @@ from p2phier.hierarchy import (
 from p2phier.identity import Identity, PeerId
 from p2phier.learnplan import load_plan
 from p2phier.net.bitswap import Bitswap
+from p2phier.net.bitswap_state import FetchStats
 from p2phier.net.control import serve_control
 from p2phier.net.host import Host, PeerAddr
 from p2phier.net.pubsub import pull_head, pull_records, serve_pulls
@@ -424,7 +425,9 @@ class NodeDaemon:
         """Updates accepted (fetched, verified, pinned), oldest first."""
         return list(self.intake.accepted)
 
-    async def fetch_object(self, cid_text: str, providers: list[str]) -> None:
+    async def fetch_object(
+        self, cid_text: str, providers: list[str], *, purpose: str = "tiers"
+    ) -> None:
         """Fetch and pin an object (e.g. a tier bundle) from ``providers`` and DHT providers."""
         await fetch_any(
             self.services.bitswap,
@@ -432,6 +435,7 @@ class NodeDaemon:
             providers,
             self._dht_providers,
             timeout=self.config.block_timeout_s * 60,
+            purpose=purpose,
         )
 
     def connected(self, peer: PeerId) -> bool:
@@ -705,8 +709,19 @@ class _Fetcher:
     def __init__(self, node: NodeDaemon) -> None:
         self.node = node
 
-    async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
-        return await self.node.services.bitswap.fetch(cid, providers, timeout=timeout, pin=pin)
+    async def fetch(
+        self,
+        cid: CID,
+        providers: list[str],
+        *,
+        timeout: float,
+        pin: bool,
+        purpose: str = "other",
+        stats: FetchStats | None = None,
+    ) -> Any:
+        return await self.node.services.bitswap.fetch(
+            cid, providers, timeout=timeout, pin=pin, purpose=purpose, stats=stats
+        )
 
     async def providers(self, cid: CID) -> list[str]:
         return await self.node._dht_providers(cid)

@@ -39,7 +39,14 @@ from typing import Any, Protocol
 
 import trio
 
-from p2phier.announce import Announcement, AnnouncementFilter, Reject, SenderContext, parse_topic
+from p2phier.announce import (
+    Announcement,
+    AnnouncementFilter,
+    Reject,
+    SenderContext,
+    parse_topic,
+    topic_purpose,
+)
 from p2phier.artifact import DEFAULT_LIMITS, Artifact, pin_artifact, verify_artifact
 from p2phier.artifact.verify import read_artifact
 from p2phier.cid import CID
@@ -52,6 +59,7 @@ from p2phier.errors import (
     ProtocolViolationError,
 )
 from p2phier.identity import PeerId
+from p2phier.net.bitswap_state import FetchStats
 from p2phier.records import NodeRecord, now_ms
 from p2phier.store import DiskStore
 from p2phier.trust import ANNOUNCEMENTS, RateBudget
@@ -82,7 +90,16 @@ PROVENANCE = "provenance"
 class Fetcher(Protocol):
     """What the intake needs from the network: Bitswap fetches and DHT provider lookups."""
 
-    async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any: ...
+    async def fetch(
+        self,
+        cid: CID,
+        providers: list[str],
+        *,
+        timeout: float,
+        pin: bool,
+        purpose: str,
+        stats: FetchStats,
+    ) -> Any: ...
 
     async def providers(self, cid: CID) -> list[str]: ...
 
@@ -300,7 +317,8 @@ class UpdateIntake:
                 ]
                 # a provider that stalled or misbehaved before is asked last (trust order)
                 providers = self.rank_providers(providers)
-            art = await self._fetch_artifact(ann, providers)
+            stats = FetchStats()
+            art = await self._fetch_artifact(ann, providers, stats)
             files = await trio.to_thread.run_sync(pin_artifact, self.store, ann.cid)
         except (P2PHierError, trio.TooSlowError) as exc:
             self._failed(ann, attempt, exc)
@@ -315,6 +333,8 @@ class UpdateIntake:
                 "seq": ann.seq,
                 "parent": str(ann.parent) if ann.parent else None,
                 "bytes": art.stored_bytes,
+                # what this fetch took from the network (blocks held already cost nothing)
+                "wire_bytes": stats.bytes_received,
                 "accepted_ms": now_ms(self.clock()),
                 "created_ms": ann.created_ms,
             }
@@ -363,15 +383,20 @@ class UpdateIntake:
             return  # superseded by a newer announcement, which is fetched instead
         self._enqueue(ann, attempt)
 
-    async def _fetch_artifact(self, ann: Announcement, providers: list[str]) -> Artifact:
+    async def _fetch_artifact(
+        self, ann: Announcement, providers: list[str], stats: FetchStats
+    ) -> Artifact:
         """Fetch the envelope, check provenance, then content and lineage; verify it all."""
         assert self._fetcher is not None
         timeout = self.block_timeout_s * 6
+        purpose = topic_purpose(ann.topic)
         cid = ann.cid
         current: CID | None = cid
         for _ in range(DEFAULT_LIMITS.max_chain):
             assert current is not None
-            await self._fetcher.fetch(current, providers, timeout=timeout, pin=False)
+            await self._fetcher.fetch(
+                current, providers, timeout=timeout, pin=False, purpose=purpose, stats=stats
+            )
             art = await trio.to_thread.run_sync(read_artifact, self.store.get_block, current)
             m = art.manifest
             if current == cid:
@@ -387,7 +412,9 @@ class UpdateIntake:
                         "declared"
                     )
             for ref in (m.config.cid, m.tensors.cid):
-                await self._fetcher.fetch(ref, providers, timeout=timeout, pin=False)
+                await self._fetcher.fetch(
+                    ref, providers, timeout=timeout, pin=False, purpose=purpose, stats=stats
+                )
             current = m.parent
             if current is None:
                 break

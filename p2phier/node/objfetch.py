@@ -19,6 +19,7 @@ from p2phier.bitswap import FetchFailedError
 from p2phier.cid import CID
 from p2phier.errors import NetworkError, P2PHierError
 from p2phier.net.bitswap import Bitswap
+from p2phier.net.bitswap_state import FetchStats
 from p2phier.net.host import PeerAddr
 
 #: ``lookup(cid) -> provider peer ids`` (the DHT; bounded by its own timeout, never raises)
@@ -26,11 +27,21 @@ Lookup = Callable[[CID], Awaitable[list[str]]]
 
 
 async def fetch_any(
-    bitswap: Bitswap, cid: CID, known: Sequence[str], lookup: Lookup, *, timeout: float
+    bitswap: Bitswap,
+    cid: CID,
+    known: Sequence[str],
+    lookup: Lookup,
+    *,
+    timeout: float,
+    purpose: str = "other",
 ) -> dict[str, Any]:
-    """Fetch and pin the DAG under ``cid``; ``{"cid", "providers", "received", "seconds"}``.
+    """Fetch and pin the DAG under ``cid``; ``{"cid", "providers", "received", "seconds",
+    "wire_bytes"}``.
 
-    ``received`` is the bytes each provider delivered during this fetch.
+    ``received`` is the bytes each provider delivered during this fetch (their ledgers;
+    other fetches from the same providers meanwhile included); ``wire_bytes`` the bytes of
+    the blocks this fetch took from the network, counted under ``purpose`` in the
+    ledger book.
     Raises NetworkError when no provider is known at all, and what
     :meth:`Bitswap.fetch` raises otherwise.
     """
@@ -42,6 +53,7 @@ async def fetch_any(
         if addr.peer not in providers:
             providers.append(addr.peer)
     found: list[str] = []
+    stats = FetchStats()
     lookup_done = trio.Event()
     before: dict[str, int] = {}
 
@@ -65,7 +77,9 @@ async def fetch_any(
             if not providers:
                 raise NetworkError(f"no provider of {cid} is known and no peer is connected")
         try:
-            await bitswap.fetch(cid, providers, timeout=timeout, pin=True)
+            await bitswap.fetch(
+                cid, providers, timeout=timeout, pin=True, purpose=purpose, stats=stats
+            )
         except FetchFailedError:
             # Once more, with every provider known now: what the lookup found, and the
             # peers connected now (a provider whose connection closed during the fetch
@@ -76,7 +90,9 @@ async def fetch_any(
                 raise
             providers = list(dict.fromkeys([*providers, *found, *bitswap.host.connected_peers()]))
             track(providers)
-            await bitswap.fetch(cid, providers, timeout=left, pin=True)
+            await bitswap.fetch(
+                cid, providers, timeout=left, pin=True, purpose=purpose, stats=stats
+            )
 
     track(providers)
     error: BaseException | None = None
@@ -95,4 +111,5 @@ async def fetch_any(
         "providers": asked,
         "received": {p: bitswap.ledger(p).bytes_received - before[p] for p in asked},
         "seconds": round(trio.current_time() - began, 3),
+        "wire_bytes": stats.bytes_received,
     }

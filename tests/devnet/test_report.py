@@ -46,6 +46,10 @@ def synthetic_run(isolated: float = 0.60) -> RunRecord:
                 accuracy_own=acc[name][r - 1],
                 bytes_in=50_000,
                 bytes_out=80_000,
+                version_bytes_in={"biz": 10_000, "tech": 10_000, "dev": 5_000}[name],
+                update_bytes_in=20_000 if name == "tech" else 0,  # dev's update
+                tier_bytes_in=7_500_000 if name == "dev" and r == 1 else 0,
+                update_bytes_out=20_000,
                 updates_sent=1,
                 head_cid="bafkreigh2akiscaildc",
                 train_s=2.0,
@@ -58,6 +62,7 @@ def synthetic_run(isolated: float = 0.60) -> RunRecord:
                 r,
                 accuracy_children=0.5 + 0.1 * r,
                 bytes_out=160_000,
+                update_bytes_in=40_000,
                 updates_sent=2,
                 decision="published" if r != 2 else "held",
                 decision_reason="validation +0.02 >= margin" if r != 2 else "below margin",
@@ -106,12 +111,22 @@ def test_the_report_files_exist_and_say_the_right_numbers(tmp_path: Path) -> Non
     again = load_run(tmp_path)  # the names survive the run record's round trip
     assert again.rounds[2].nodes[-1].isolated_peers == ("dev",)
     assert "| **mean** | **0.700** | **0.600** | **0.800** |" in md
-    # bytes: wire = 3 * 80 kB + 160 kB = 400 kB; full = 2 * (30M + 30M + 7.5M) * ... see below
+    # bytes: updates received (20 kB at tech, 40 kB at news) and versions received (10 + 10 +
+    # 5 kB) = 85 kB; full models for the same transfers: one each from the three leaves
+    # and two from news
     full = 30_000_000 + 30_000_000 + 7_500_000 + 2 * MODEL
     summary = json.loads((tmp_path / "report.json").read_text())["summary"]
-    assert summary["rounds"][0]["wire_bytes"] == 400_000
-    assert summary["rounds"][0]["full_model_bytes"] == full
-    assert summary["rounds"][0]["pct_of_full"] == pytest.approx(100 * 400_000 / full)
+    first = summary["rounds"][0]
+    assert (first["wire_bytes"], first["update_bytes"], first["version_bytes"]) == (
+        85_000, 60_000, 25_000)  # fmt: skip
+    assert first["full_model_bytes"] == full
+    assert first["pct_of_full"] == pytest.approx(100 * 85_000 / full)
+    # each sender's update over its own full model, averaged: 20 kB of 30 MB, 30 MB, 7.5 MB
+    assert first["update_pct_of_full"] == pytest.approx(
+        100 * (20_000 / (MODEL // 3) * 2 + 20_000 / (MODEL // 12)) / 3
+    )
+    assert first["tier_bytes"] == 7_500_000 and summary["rounds"][1]["tier_bytes"] == 0
+    assert first["all_block_bytes"] == 3 * 50_000
     assert summary["rounds"][1]["held"] == ["news"] and summary["rounds"][0]["published"] == [
         "news"
     ]

@@ -129,8 +129,20 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     assert after > before, (before, after)
     # A clean run isolates nobody (issue 14: no false isolations among honest nodes).
     assert all(n["isolated"] == 0 for r in run["rounds"] for n in r["nodes"])
-    # Model updates on the wire are a small fraction of what full models would cost.
-    assert all(r["bytes_out"] >= 0 for r in by_round[2].values())
+    # Bytes from the nodes' Bitswap ledgers: every leaf's update reached its parent in each
+    # round, smaller than its full model; every leaf fetched a version; no node downloaded a
+    # tier (each has the root tier on disk); updates and versions cost less than full models.
+    model = {n["name"]: n["model_bytes"] for n in run["nodes"]}
+    report = json.loads((run_dir / "report.json").read_text())["summary"]
+    for r in (1, 2):
+        assert by_round[r]["en"]["update_bytes_in"] > 0, by_round[r]["en"]
+        for name in ("news-a", "news-b", "health"):
+            leaf = by_round[r][name]
+            assert 0 < leaf["update_bytes_out"] < model[name], leaf
+            assert leaf["bytes_out"] >= leaf["update_bytes_out"], leaf
+        assert 0 < report["rounds"][r]["pct_of_full"] < 100, report["rounds"][r]
+    assert all(by_round[1][name]["version_bytes_in"] > 0 for name in ("news-a", "news-b", "health"))
+    assert all(n["tier_bytes_in"] == 0 for rnd in run["rounds"] for n in rnd["nodes"])
     # Nothing is left running, and `devnet down` agrees.
     assert _no_node_left(run_dir) == []
     down = _cli("devnet", "down", "--dir", str(run_dir), "--json", timeout=60)

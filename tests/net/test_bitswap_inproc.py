@@ -29,6 +29,7 @@ from p2phier.bitswap import (
 from p2phier.cid import CID, encode_varint
 from p2phier.errors import PeerTimeoutError, UsageError
 from p2phier.net import BitswapConfig
+from p2phier.net.bitswap_state import FetchStats
 from p2phier.net.testing import open_nodes
 from p2phier.store import DiskStore, MemoryStore, MetaSpec
 from p2phier.unixfs import build_file
@@ -63,6 +64,28 @@ async def test_fetch_from_two_providers_splits_the_dag_and_pins_only_when_comple
                 got_ledger.bytes_received,
             )
         assert fetcher.misbehaviour == [] and p1.misbehaviour == [] and p2.misbehaviour == []
+
+
+async def test_a_fetch_counts_its_wire_bytes_under_its_purpose() -> None:
+    """What the devnet's byte figures are made of (issue 15: bytes from the ledgers); blocks
+    held already cost nothing."""
+    data = data_of(2 * MiB + 1000, seed=5)
+    root, blocks = build_file(data)
+    async with open_nodes(2, config=FAST) as (fetcher, provider):
+        provider.store.add_bytes(data)
+        half = blocks[: len(blocks) // 2]
+        for cid, block in half:
+            fetcher.store.put_block(cid, block)
+        stats = FetchStats()
+        await fetcher.bitswap.fetch(root, [provider.addr], timeout=60, purpose="tiers", stats=stats)
+        fetched = sum(len(b) for _, b in blocks[len(half) :])
+        assert stats.bytes_received == fetched
+        book = fetcher.bitswap.ledgers
+        assert book.received_for == {"tiers": fetched}
+        assert book.get(provider.peer_id).bytes_received == fetched  # the ledger agrees
+        again = FetchStats()
+        await fetcher.bitswap.fetch(root, [provider.addr], timeout=60, purpose="tiers", stats=again)
+        assert again.bytes_received == 0 and book.received_for == {"tiers": fetched}
 
 
 async def test_fetch_resumes_from_blocks_already_held() -> None:

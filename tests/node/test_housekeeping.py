@@ -39,7 +39,9 @@ class FakeFetcher:
         self.source = source
         self.dest = dest
 
-    async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
+    async def fetch(
+        self, cid: CID, providers: list[str], *, timeout: float, pin: bool, **_: Any
+    ) -> Any:
         for block_cid, block in iter_dag(cid, self.source.get_block):
             self.dest.put_block(block_cid, block)
 

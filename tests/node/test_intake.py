@@ -39,7 +39,9 @@ class FakeFetcher:
         self.hold: dict[str, trio.Event] = {}
         self.started: list[str] = []
 
-    async def fetch(self, cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
+    async def fetch(
+        self, cid: CID, providers: list[str], *, timeout: float, pin: bool, **_: Any
+    ) -> Any:
         self.started.append(str(cid))
         gate = self.hold.get(str(cid))
         if gate is not None:
