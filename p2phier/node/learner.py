@@ -452,8 +452,16 @@ class Learner:
         if local is not None and old_base is not None:
             on = Path(self._flat().dir) if self.state.flat else base_dir
             result = await self._rebase_local(tier, Path(local.on), on)
-            entry["accuracy_before"] = result["before"].get("accuracy.own")
-            entry["accuracy_own"] = result["accuracy_own"]
+            entry["accuracy_before"] = before = result["before"].get("accuracy.own")
+            entry["accuracy_own"] = after = result["accuracy_own"]
+            if before is not None and after is not None and after < before:
+                # The parent's new model serves this node's own held-out data worse than its
+                # model before did, its personal head retrained on top: say so.
+                entry["own_accuracy_fell"] = round(before - after, 4)
+                msg = (f"parent version {v.cid}: own held-out accuracy fell from {before:.3f} "
+                       f"to {after:.3f} on rebase")  # fmt: skip
+                logger.warning("%s", msg)
+                self.errors.append(msg)
         elif self.data is not None and self.data.test:
             stack, adapter = self._model()
             entry["accuracy_own"] = await self._work(
