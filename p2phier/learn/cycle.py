@@ -1,6 +1,6 @@
 """The learning steps a node runs, as blocking functions on paths and plain records.
 
-Owns the bridge between a node's :class:`~p2phier.node.learnplan.LearnPlan`
+Owns the bridge between a node's :class:`~p2phier.learnplan.LearnPlan`
 and :mod:`p2phier.learn.api`: it builds the training, continual-learning,
 aggregation and timing configs from the plan, turns the node's data records
 into :class:`~p2phier.learn.data.Example` s, and returns plain dicts of
@@ -40,7 +40,7 @@ from p2phier.learn.train import (
     read_adapter,
     write_adapter,
 )
-from p2phier.learnplan import DataRecord, LearnPlan
+from p2phier.learnplan import CONTINUAL, DataRecord, LearnPlan, LearnSettings
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _lora(plan: LearnPlan) -> LoraSettings:
     return LoraSettings(r=plan.lora_r, alpha=2.0 * plan.lora_r, train_pooler=plan.train_pooler)
 
 
-def _train(plan: LearnPlan, seed: int, steps: int | None = None) -> TrainConfig:
+def _train(plan: LearnSettings, seed: int, steps: int | None = None) -> TrainConfig:
     return TrainConfig(
         steps=plan.steps_per_cycle if steps is None else steps,
         batch_size=plan.batch_size,
@@ -75,12 +75,33 @@ def _train(plan: LearnPlan, seed: int, steps: int | None = None) -> TrainConfig:
     )
 
 
-def _continual(plan: LearnPlan, seed: int) -> ContinualConfig | None:
-    if plan.continual == "naive":
+#: EWC's penalty strength (``lambda``) in the ``ewc`` and ``replay+ewc`` methods
+EWC_LAMBDA = 100.0
+
+
+def continual_config(plan: LearnSettings, seed: int) -> ContinualConfig | None:
+    """What ``plan.continual`` turns on, with its parameters: the one mapping of a method
+    name to a :class:`ContinualConfig` (``None``: ``naive``, plain fine-tuning).
+
+    Every part of the name is one mechanism: ``replay`` (a class-balanced buffer of
+    ``replay_per_label`` examples per label), ``ewc`` (:data:`EWC_LAMBDA`), ``logits``
+    (replayed examples also pulled to their kept logits, ``logit_replay_weight``; it needs
+    the buffer, so with ``replay_per_label`` 0 it is off as the buffer is).
+    ``bench/learn.py`` measures every method through this function too.
+    """
+    parts = set(plan.continual.split("+"))
+    unknown = parts - {"naive", "replay", "ewc", "logits"}
+    if unknown or plan.continual not in CONTINUAL:
+        raise ValueError(f"unknown continual-learning method {plan.continual!r}")
+    if parts == {"naive"}:
         return None
-    replay = plan.replay_per_label if "replay" in plan.continual else 0
-    ewc = 100.0 if "ewc" in plan.continual else 0.0
-    return ContinualConfig(train=_train(plan, seed), replay_per_label=replay, ewc_lambda=ewc)
+    replay = plan.replay_per_label if "replay" in parts else 0
+    return ContinualConfig(
+        train=_train(plan, seed),
+        replay_per_label=replay,
+        ewc_lambda=EWC_LAMBDA if "ewc" in parts else 0.0,
+        logit_replay_weight=plan.logit_replay_weight if "logits" in parts and replay else 0.0,
+    )
 
 
 # --- tiers -------------------------------------------------------------------------------
@@ -207,7 +228,7 @@ def train(
         adapter=adapter,
         train=_train(plan, seed),
         lora=_lora(plan),
-        continual=_continual(plan, seed),
+        continual=continual_config(plan, seed),
         replay=examples(earlier),
         eval_sets={"own": examples(test)} if test else None,
         seed=seed,

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from p2phier.learnplan import CONTINUAL, LearnSettings
+
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = {"fedavg", "median", "trimmed_mean", "norm_clip", "probe_scored"}
-METHODS = {"naive", "replay", "ewc", "replay+ewc", "replay+logits"}
 
 
 def _number(value: object) -> float:
@@ -78,11 +79,14 @@ def test_smoke_run_prints_tables_and_ends_with_the_json_line(tmp_path: Path) -> 
         t["bytes"] for t in tiers[:-1]
     )
 
-    # Forgetting: one number per method, and the best is their minimum.
-    pts = result["forgetting_pts"]
-    assert set(pts) == METHODS
+    # Forgetting: the figure is the plan's default method's; every method's is information,
+    # and the best is their minimum.
+    pts = result["forgetting_by_method"]
+    assert set(pts) == set(CONTINUAL)
     for value in pts.values():
-        assert -100.0 <= _number(value) <= 100.0
+        assert 0.0 <= _number(value) <= 100.0
+    assert result["forgetting_method"] == LearnSettings().continual
+    assert result["forgetting_pts"] == pts[LearnSettings().continual]
     assert result["forgetting_best_pts"] == min(pts.values())
 
     # Hierarchy: accuracy differences in points, byte shares in percent.

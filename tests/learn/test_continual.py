@@ -147,3 +147,55 @@ def test_logit_replay_needs_a_buffer_and_a_sane_weight() -> None:
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ModelError, match="logit_replay_weight"):
             ContinualConfig(logit_replay_weight=bad)
+
+
+def test_resume_rebuilds_the_buffer_and_ewcs_fisher_at_the_current_weights(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    """A node runs every cycle in a new learner: what earlier stages left (the buffer, and
+    EWC's Fisher and anchor) is rebuilt from its earlier data, or EWC would do nothing."""
+    config = ContinualConfig(
+        train=TrainConfig(steps=2, batch_size=8, max_length=32),
+        replay_per_label=2,
+        ewc_lambda=50.0,
+        ewc_samples=8,
+    )
+    learner = ContinualLearner(Session(load_tier(tiny_cls_dir)), config)
+    old = class_incremental(sample_per_label(bbc_split[0], 6, 0), [OLD, NEW])[0]
+    learner.resume(old)
+    assert len(learner.buffer) == 2 * len(OLD)
+    assert sum(float(f.sum()) for f in learner._fisher.values()) > 0
+    assert float(learner.ewc_penalty().detach()) == pytest.approx(0.0, abs=1e-12)  # at the anchor
+    with torch.no_grad():
+        for p in learner._named_trainable().values():
+            p.add_(0.01)
+    assert float(learner.ewc_penalty().detach()) > 0
+
+
+def test_the_nodes_cycle_resumes_from_its_earlier_data(
+    tmp_path: Path,
+    tiny_cls_dir: Path,
+    bbc_split: tuple[list[Example], list[Example]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from p2phier.learn import api
+
+    resumed: list[int] = []
+    real = ContinualLearner.resume
+
+    def spy(self: ContinualLearner, earlier: list[Example]) -> None:
+        resumed.append(len(earlier))
+        real(self, earlier)
+        assert self._fisher, "EWC's Fisher is estimated on the earlier data before training"
+
+    monkeypatch.setattr(ContinualLearner, "resume", spy)
+    old, new = class_incremental(sample_per_label(bbc_split[0], 4, 0), [OLD, NEW])
+    api.train_cycle(
+        tiny_cls_dir,
+        tmp_path / "out",
+        new,
+        train=TrainConfig(steps=1, batch_size=4, max_length=32),
+        continual=ContinualConfig(replay_per_label=2, ewc_lambda=10.0, ewc_samples=4),
+        replay=old,
+    )
+    assert resumed == [len(old)]

@@ -47,3 +47,35 @@ def test_siblings_start_their_lora_from_one_seed_drawn_from_their_version(tmp_pa
     assert shared_init_seed([other], fallback=7) != seed
     assert shared_init_seed([], fallback=7) == 7
     assert 0 <= seed < 2**31
+
+
+def test_every_continual_method_maps_to_one_config_from_the_plan() -> None:
+    """``continual_config`` is the one mapping of a method name to its mechanisms and
+    parameters (the node's cycle and bench/learn.py's forgetting part both use it)."""
+    from dataclasses import replace
+
+    from p2phier.learn.continual import ContinualConfig
+    from p2phier.learn.cycle import EWC_LAMBDA, continual_config
+    from p2phier.learnplan import CONTINUAL, LearnSettings
+
+    plan = LearnSettings()
+    configs = {m: continual_config(replace(plan, continual=m), seed=3) for m in CONTINUAL}
+    assert configs["naive"] is None
+    for method, config in configs.items():
+        if config is None:
+            continue
+        assert isinstance(config, ContinualConfig) and config.strategy == method
+        assert config.train.steps == plan.steps_per_cycle and config.train.seed == 3
+        assert config.train.batch_size == plan.batch_size and config.train.lr == plan.lr
+    logits, replay = configs["replay+logits"], configs["replay"]
+    assert logits is not None and replay is not None
+    assert logits.logit_replay_weight == plan.logit_replay_weight > 0
+    assert logits.replay_per_label == replay.replay_per_label == plan.replay_per_label
+    assert replay.logit_replay_weight == 0.0 and replay.ewc_lambda == 0.0
+    assert all(c.ewc_lambda == EWC_LAMBDA for m, c in configs.items() if c and "ewc" in m)
+    weighted = replace(plan, continual="replay+logits", logit_replay_weight=2.0)
+    assert (c := continual_config(weighted, seed=0)) and c.logit_replay_weight == 2.0
+    # no buffer, nothing to pull to its logits: plain fine-tuning's config, not an error
+    for method in CONTINUAL:
+        config = continual_config(replace(plan, continual=method, replay_per_label=0), seed=0)
+        assert config is None or (config.replay_per_label == 0 == config.logit_replay_weight)

@@ -297,7 +297,7 @@ async def test_an_author_that_does_not_serve_its_update_is_reported_as_stalling(
     world.child(1)
     art = world.pack(1, 12)
 
-    async def stalled(cid: CID, providers: list[str], *, timeout: float, pin: bool) -> Any:
+    async def stalled(cid: CID, providers: list[str], *, timeout: float, **_: Any) -> Any:
         raise PeerTimeoutError(f"{providers[0]} sent nothing for {timeout}s")
 
     world.fetcher.fetch = stalled  # type: ignore[method-assign]
