@@ -91,6 +91,10 @@ class NodeRound:
     propagation_s: float | None = None  # parent's announce -> applied here
     up: bool = True  # False while killed or frozen
     isolated: int = 0  # peers this node had isolated (trust) at the round's end
+    # What the node holds at the round's end (0: not measured, or the node was down):
+    store_bytes: int = 0  # its store directory (blocks, index, pins)
+    disk_files: int = 0  # files under its home (store, learning dirs, state)
+    rss_bytes: int = 0  # its process's resident memory
     #: those peers, by node name (a peer that is no scenario node: its peer id)
     isolated_peers: tuple[str, ...] = ()
     #: peers this node's global view distrusted at the round's end, likewise
@@ -231,6 +235,9 @@ _NODE_ROUND = {
     "propagation_s": (_OPT_NUM, False),
     "up": (bool, False),
     "isolated": (int, False),
+    "store_bytes": (int, False),
+    "disk_files": (int, False),
+    "rss_bytes": (int, False),
     "isolated_peers": (list, False),
     "distrusted": (list, False),
 }

@@ -136,9 +136,12 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
                                                         list(nd.test)))  # fmt: skip
         plan = node_plan(scenario, node, root, info.weights_cid)
         write_atomic(learn / "plan.json", json.dumps(plan, indent=1, sort_keys=True).encode())
+        # Rounds come from the launcher; a devnet lasts minutes, so its nodes collect their
+        # garbage every 20 s rather than every 10 minutes (retention.gc_interval_s).
         write_atomic(
             home / "node.toml",
-            b"[learn]\nenabled = true\nround_interval_s = 0.0\n",
+            b"[learn]\nenabled = true\nround_interval_s = 0.0\n\n"
+            b"[retention]\ngc_interval_s = 20.0\n",
         )
     # Derived tiers' sizes: the student keeps its blocks and vocabulary share (measured later).
     return prepared
@@ -277,16 +280,20 @@ class Devnet:
                 out[name] = None
         return out
 
-    def _sample_rss(self, name: str) -> None:
+    def rss_now(self, name: str) -> int:
+        """The node process's resident memory now, in bytes (0: not running or unknown)."""
         proc = self.nodes[name].proc
         try:
             text = Path(f"/proc/{proc.pid}/status").read_text() if proc else ""
         except OSError:
-            return
+            return 0
         for line in text.splitlines():
             if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-                self.rss_max[name] = max(self.rss_max.get(name, 0), rss)
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _sample_rss(self, name: str) -> None:
+        self.rss_max[name] = max(self.rss_max.get(name, 0), self.rss_now(name))
 
     def formed(self, st: Mapping[str, dict[str, Any] | None]) -> list[str]:
         """Nodes still waiting: for their parent, their tier, or their first version
@@ -427,6 +434,9 @@ def round_info(
     for node in devnet.s.nodes:
         s = st.get(node.name)
         grew = _ledger_growth(s, (before or {}).get(node.name))
+        home = devnet.p.homes.get(node.name)
+        store_bytes = dir_usage(home / STORE_NAME)[0] if home is not None else 0
+        files = dir_usage(home)[1] if home is not None else 0
         learn = (s or {}).get("learn") or {}
         rec = (learn.get("rounds") or {}).get(str(round_), {})
         props = [
@@ -446,6 +456,9 @@ def round_info(
                 version_bytes_in=grew["versions"],
                 tier_bytes_in=grew["tiers"],
                 update_bytes_out=update_out.get(node.name, 0),
+                store_bytes=store_bytes,
+                disk_files=files,
+                rss_bytes=devnet.rss_now(node.name) if s is not None else 0,
                 updates_sent=sent_n.get(node.name, 0),
                 head_cid=(learn.get("flat") or learn.get("local") or {}).get("cid"),
                 decision=rec.get("decision"),
@@ -647,16 +660,21 @@ def run_devnet(
     return record
 
 
-def _dir_mib(path: Path) -> float:
-    """Bytes of the regular files under ``path``, in MiB (0 for none)."""
-    total = 0
+def dir_usage(path: Path) -> tuple[int, int]:
+    """(bytes, count) of the regular files under ``path`` ((0, 0) for none)."""
+    total = files = 0
     for p in path.rglob("*") if path.is_dir() else ():
         try:
             if p.is_file() and not p.is_symlink():
                 total += p.stat().st_size
+                files += 1
         except OSError:  # removed meanwhile
             continue
-    return round(total / 2**20, 2)
+    return total, files
+
+
+def _dir_mib(path: Path) -> float:
+    return round(dir_usage(path)[0] / 2**20, 2)
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:

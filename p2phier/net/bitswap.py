@@ -164,6 +164,12 @@ class Bitswap:
         self.streams_reset = 0  # inbound streams we reset for a protocol violation
 
     # --- public API ---------------------------------------------------------------------------
+    @property
+    def fetching(self) -> int:
+        """How many fetches are running (their blocks are in the store, unpinned, until
+        each completes: a garbage collection meanwhile would delete them)."""
+        return len(self._fetches)
+
     def ledger(self, peer: str) -> Ledger:
         """Bytes and blocks exchanged with ``peer`` (created empty if unknown)."""
         return self.ledgers.get(peer)

@@ -12,14 +12,14 @@ anyone) never is, and a pin made on the operator's behalf (the control socket's
 ``publish`` and ``fetch``: :func:`operator_pins`) disowns it.  Only owned pins
 are ever unpinned.  The ledger is saved with the node's state.
 
-**The pass**, every ``retention.gc_interval_s`` (0: never; deferred while the
-intake fetches, at most one interval): :func:`~p2phier.node.retention.retain`
-decides over what the node holds, what it owns and what is needed (the head,
-the learner's ``retained()``); the owned files it names are unpinned
-(:meth:`~p2phier.store.ContentStore.release_pins`: never one pinned in the last
-:data:`PIN_GRACE_S`, which an artifact being accepted or published may be before
-it is listed), then ``store.gc()`` runs, both in a worker thread.  A failure is
-logged and retried at the next pass; it never stops the node.
+**The pass**, every ``retention.gc_interval_s`` (0: never; deferred while a
+fetch runs, whose blocks are unpinned until it completes; at most one interval):
+:func:`~p2phier.node.retention.retain` decides over what the node holds, what it
+owns and what is needed (the head, the learner's ``retained()``); the owned files
+it names are unpinned (:meth:`~p2phier.store.ContentStore.release_pins`: never
+one pinned in the last :data:`PIN_GRACE_S`, which an artifact being accepted or
+published may be before it is listed), then ``store.gc()`` runs, both in a worker
+thread.  A failure is logged and retried at the next pass; it never stops the node.
 
 **Per-peer state**, every :data:`PRUNE_EVERY_S`: Bitswap ledgers of peers idle for
 :data:`IDLE_S` (their byte totals kept in an aggregate), request buckets and rate
@@ -57,9 +57,10 @@ logger = logging.getLogger(__name__)
 #: a peer's per-peer state (Bitswap ledger, request bucket) and an author's stream of
 #: artifacts outlive the peer's last activity this long
 IDLE_S = 3600.0
-#: a CID pinned this recently is never unpinned (an artifact being accepted or published is
-#: pinned before it is listed as held)
-PIN_GRACE_S = 300.0
+#: a CID pinned this recently is never unpinned: an artifact being accepted or published is
+#: pinned a moment (milliseconds) before it is listed as held; what takes longer, a tier bundle
+#: fetched and imported, the learner names in ``retained()`` from the start
+PIN_GRACE_S = 10.0
 #: seconds between prunes of per-peer state
 PRUNE_EVERY_S = 60.0
 #: artifacts the ledger lists (beyond: the oldest is forgotten, its files stay pinned)
@@ -352,7 +353,8 @@ def housekeeping_for(node: NodeDaemon, on_change: Callable[[], None]) -> Houseke
         keep=cfg.retention_keep_versions,
         needed=lambda: needed_by(node),
         live_authors=lambda: _members(node),
-        busy=lambda: bool(node.intake.fetching or node.intake.queued),
+        # any running fetch (an update, a version, a tier bundle): its blocks are unpinned
+        busy=lambda: bool(node.intake.fetching or node.intake.queued or node.bitswap.fetching),
         prune=lambda: prune_peer_state(node),
         clock=node.clock,
         on_change=on_change,

@@ -119,6 +119,8 @@ class Learner:
         )
         self._gone_since: dict[str, float] = {}  # child -> first seen without a connection
         self._unsaved = False
+        #: CIDs a step is fetching or importing (a tier bundle): kept pinned meanwhile
+        self._in_flight: set[str] = set()
 
     @property
     def requested_round(self) -> int:
@@ -173,7 +175,7 @@ class Learner:
             keep.add(str(st.tier["bundle_cid"]))
         keep.update(u.cid for u in self.updates.values())
         keep.update(v.cid for v in self.core.versions.values())
-        return keep
+        return keep | self._in_flight
 
     def _kept_paths(self) -> list[Path]:
         """Step directories still in use: everything else under :data:`STEP_DIRS` goes."""
@@ -395,19 +397,23 @@ class Learner:
             return Path(known)
         from p2phier.learn import api
 
-        await self.node.fetch_object(bundle_cid, [provider])
-        out = self.dir / "tiers" / bundle_cid
-        if not out.exists():
-            # The bundle CID comes from the parent's signed manifest and every block was
-            # hash-checked on fetch: it is the trust anchor for the tier inside.
-            await self._work(
-                api.import_tier,
-                self.node.store,
-                CID.parse(bundle_cid),
-                out,
-                expected_weights_cid=None,
-            )
-        self.state.tiers[bundle_cid] = str(out)
+        self._in_flight.add(bundle_cid)
+        try:
+            await self.node.fetch_object(bundle_cid, [provider])
+            out = self.dir / "tiers" / bundle_cid
+            if not out.exists():
+                # The bundle CID comes from the parent's signed manifest and every block was
+                # hash-checked on fetch: it is the trust anchor for the tier inside.
+                await self._work(
+                    api.import_tier,
+                    self.node.store,
+                    CID.parse(bundle_cid),
+                    out,
+                    expected_weights_cid=None,
+                )
+            self.state.tiers[bundle_cid] = str(out)
+        finally:
+            self._in_flight.discard(bundle_cid)
         return out
 
     # --- downstream: a new parent version -----------------------------------------------------

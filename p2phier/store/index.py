@@ -38,6 +38,10 @@ MAX_KIND_LEN = 64
 MAX_FIELD_LEN = 1024
 
 
+#: the most the index's write-ahead log keeps on disk after a checkpoint
+WAL_LIMIT_BYTES = 256 << 10
+
+
 class InvalidMetaError(StoreError, ValueError):
     """Object metadata is malformed (empty kind, overlong field, negative size...)."""
 
@@ -147,6 +151,12 @@ class Index:
             if self._path != ":memory:":
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = FULL")
+                # The write-ahead log is reused, never shrunk, after each checkpoint: without a
+                # limit it stays at its largest (about 4 MiB at SQLite's default checkpoint),
+                # and a long-running node's store would never look settled.  Checkpoint every
+                # 256 pages and truncate the log to 256 KiB afterwards.
+                db.execute("PRAGMA wal_autocheckpoint = 256")
+                db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES:d}")
 
         try:
             self._run("open it (is it an SQLite database?)", configure)

@@ -134,13 +134,13 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     # tier (each has the root tier on disk); updates and versions cost less than full models.
     model = {n["name"]: n["model_bytes"] for n in run["nodes"]}
     report = json.loads((run_dir / "report.json").read_text())["summary"]
-    for r in (1, 2):
-        assert by_round[r]["en"]["update_bytes_in"] > 0, by_round[r]["en"]
+    for n in (1, 2):
+        assert by_round[n]["en"]["update_bytes_in"] > 0, by_round[n]["en"]
         for name in ("news-a", "news-b", "health"):
-            leaf = by_round[r][name]
+            leaf = by_round[n][name]
             assert 0 < leaf["update_bytes_out"] < model[name], leaf
             assert leaf["bytes_out"] >= leaf["update_bytes_out"], leaf
-        assert 0 < report["rounds"][r]["pct_of_full"] < 100, report["rounds"][r]
+        assert 0 < report["rounds"][n]["pct_of_full"] < 100, report["rounds"][n]
     assert all(by_round[1][name]["version_bytes_in"] > 0 for name in ("news-a", "news-b", "health"))
     assert all(n["tier_bytes_in"] == 0 for rnd in run["rounds"] for n in rnd["nodes"])
     # Nothing is left running, and `devnet down` agrees.
@@ -298,4 +298,38 @@ def test_network_attackers_are_isolated_and_no_honest_node_is(tmp_path: Path) ->
     assert second["collected"] != "collect_s", second
     honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
     assert honest <= set(second["children_updates"]), second
+    assert _no_node_left(run_dir) == []
+
+
+@pytest.mark.xdist_group("devnet-longrun")
+def test_fifty_rounds_leave_store_files_and_memory_flat(tmp_path: Path) -> None:
+    """Issue 15, bounded resources: a parent-child pair on the tiny tier through 50 rounds.
+    After warm-up nothing grows with the rounds: each node's store bytes (retention and garbage
+    collection every 20 s), its files (step directories removed) and its RSS (histories and
+    per-peer state bounded).  Growth is judged between the rounds 21-35 and 36-50: a node that
+    kept one more artifact, directory or buffer per round would add 15 of each in between.
+    Store bytes and files rise between collections and fall at each: their lows (what is left
+    after a collection) are compared, memory's highs."""
+    run_dir = tmp_path / "longrun"
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-longrun.toml"), "--dir",
+                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [r["round"] for r in run["rounds"]] == list(range(51))
+    leaf = _learner(run_dir, "en")
+    assert leaf["round"] == 50 and leaf["rounds"]["50"]["sent"]["topic"].startswith("/p2phier/")
+    # its data ran out in round 2: it trained on its latest arrival again, and still sent
+    assert leaf["rounds"]["3"]["trained_on"] == "latest arrival again (no new data)"
+    master = _learner(run_dir, "master")
+    assert all(master["rounds"][str(r)]["n_updates"] == 1 for r in (3, 25, 50)), master["rounds"]
+    for name in ("master", "en"):
+        series = [{n["node"]: n for n in r["nodes"]}[name] for r in run["rounds"]]
+        first, second = series[21:36], series[36:51]
+        checks = (("store_bytes", min, 512 << 10), ("disk_files", min, 24),
+                  ("rss_bytes", max, 24 << 20))  # fmt: skip
+        for key, pick, slack in checks:
+            early = pick(x[key] for x in first)
+            late = pick(x[key] for x in second)
+            assert early > 0, (name, key)
+            assert late <= early + slack, (name, key, early, late)
     assert _no_node_left(run_dir) == []
