@@ -18,6 +18,9 @@ baselines) and reports:
   ``propagation_p99_s``; rebase compute excluded), and the whole chain master -> last node
   applied per round (training and rebases included);
 * peak RSS per node process;
+* each parent's model on its children's pooled held-out data after round 1 and after the last
+  round, against its children's mean accuracy on their own (``parents_vs_children_acc_pts``:
+  the worst parent, goal >= 0; every parent better after the last round than after round 1);
 * accuracy per tier and the hierarchy's mean accuracy vs each node alone and vs one central model
   on the pooled data (``hier_vs_isolated_acc_pts``, ``hier_vs_central_acc_pts``; positive = the
   hierarchy is better).
@@ -92,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     tier_bytes = sum(r.get("tier_bytes", 0) for r in every)
     res: dict[str, Any] = dict(record.resources)
     store_mib = res.get("store_mib", {})
+    parents = summary["parents_vs_children_acc_pts"]
+    gaps = [p["vs_children_pts"] for p in parents.values() if p["vs_children_pts"] is not None]
+    parents_pts = min(gaps) if gaps else None  # the worst parent: the goal is for every one
+    improved = {
+        name: p["after_round_1"] is not None and p["after_last"] > p["after_round_1"]
+        for name, p in parents.items()
+    }
     hops = [d for r in rounds for d in res.get("hop_delays_s", {}).get(str(r["round"]), [])]
     prop = p99(hops)
     chains = {int(k): v for k, v in res.get("chain_s", {}).items()}
@@ -142,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
              f"<= {UPDATE_GOAL_PCT}%",
              verdict(update_pct is not None and update_pct <= UPDATE_GOAL_PCT)),
             ("tier_bytes (downloads of full tiers)", tier_bytes, "", ""),
+            ("parents_vs_children_acc_pts (worst parent)",
+             f"{parents_pts:+.1f}" if parents_pts is not None else "-", ">= 0",
+             verdict(parents_pts is not None and parents_pts >= 0)),
+            ("parents better after the last round than after round 1",
+             f"{sum(improved.values())} of {len(improved)}", "every one",
+             verdict(bool(improved) and all(improved.values()))),
             ("store_mib_per_node (max)", f"{max(store_mib.values()):.1f}" if store_mib else "-",
              "", ""),
             ("propagation_p99_s (per hop)", f"{prop:.2f}" if prop is not None else "-",
@@ -175,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 "round_bytes_pct_of_full": pct,
                 "round_bytes": {r["round"]: r["wire_bytes"] for r in every},
                 "update_pct_of_full": update_pct,
+                "parents_vs_children_acc_pts": parents_pts,
+                "parents": parents,
                 "tier_bytes": tier_bytes,
                 "tier_bytes_per_round": {r["round"]: r.get("tier_bytes", 0) for r in every},
                 "store_mib_per_node": store_mib,

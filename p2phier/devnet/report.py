@@ -399,7 +399,9 @@ def summarise(run: RunRecord) -> dict[str, Any]:
             }
         )
     compare = _compare(run, final)
+    parents = parents_vs_children(run)
     return {
+        "parents_vs_children_acc_pts": parents,
         "scenario": run.scenario,
         "final_accuracy": final,
         "final_accuracy_per_tier": {k: _mean(v) for k, v in sorted(per_tier.items())},
@@ -408,6 +410,38 @@ def summarise(run: RunRecord) -> dict[str, Any]:
         "comparison": compare,
         "verdict": verdict(compare),
     }
+
+
+def parents_vs_children(run: RunRecord) -> dict[str, dict[str, float | None]]:
+    """Per parent with a referee score: its model's accuracy on its children's pooled
+    held-out data after round 1 and after the last round, and how far the last lies above
+    its children's mean accuracy on their own held-out data (unweighted), in points."""
+    if not run.rounds:
+        return {}
+    one = [r for r in run.rounds if r.round == 1]
+    first = {nr.node: nr for nr in one[0].nodes} if one else {}
+    last = {nr.node: nr for nr in run.rounds[-1].nodes}
+    out: dict[str, dict[str, float | None]] = {}
+    for n in run.nodes:
+        nr = last.get(n.name)
+        if nr is None or nr.accuracy_children is None:
+            continue
+        kids = [
+            acc
+            for c in run.nodes
+            if c.parent == n.name
+            and (acc := getattr(last.get(c.name), "accuracy_own", None)) is not None
+        ]
+        mean_kids = _mean(kids)
+        out[n.name] = {
+            "after_round_1": getattr(first.get(n.name), "accuracy_children", None),
+            "after_last": nr.accuracy_children,
+            "children_mean_own": mean_kids,
+            "vs_children_pts": None
+            if mean_kids is None
+            else 100.0 * (nr.accuracy_children - mean_kids),
+        }
+    return out
 
 
 def _compare(run: RunRecord, final: Mapping[str, float]) -> dict[str, Any]:

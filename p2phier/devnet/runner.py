@@ -610,9 +610,10 @@ def run_devnet(
             )  # fmt: skip
             t1 = time.time()
             delays[str(r)], chains[str(r)] = hop_delays(devnet, st, (t0, t1))
-            # The referee's scores cost a model load per parent: the first and last rounds
-            # show the change (and what the CI test asserts); rounds in between are skipped.
-            scores = referee_scores(prepared, st) if r == scenario.rounds else {}
+            # The referee's scores cost a model load per parent: rounds 0, 1 and the last show
+            # the change (what the CI test and bench/devnet.py's parents figure use); rounds
+            # in between are skipped.
+            scores = referee_scores(prepared, st) if r in (1, scenario.rounds) else {}
             rounds.append(
                 round_info(
                     devnet,

@@ -126,6 +126,12 @@ def test_the_report_files_exist_and_say_the_right_numbers(tmp_path: Path) -> Non
         100 * (20_000 / (MODEL // 3) * 2 + 20_000 / (MODEL // 12)) / 3
     )
     assert first["tier_bytes"] == 7_500_000 and summary["rounds"][1]["tier_bytes"] == 0
+    # news after round 1 (0.6) and after the last (0.8) on its children's pooled data, against
+    # its children's (biz 0.8, tech 0.7) mean on their own: 0.8 - 0.75
+    news = summary["parents_vs_children_acc_pts"]["news"]
+    assert news["after_round_1"] == pytest.approx(0.6) and news["after_last"] == pytest.approx(0.8)
+    assert news["vs_children_pts"] == pytest.approx(5.0)
+    assert set(summary["parents_vs_children_acc_pts"]) == {"news"}
     assert first["all_block_bytes"] == 3 * 50_000
     assert summary["rounds"][1]["held"] == ["news"] and summary["rounds"][0]["published"] == [
         "news"
