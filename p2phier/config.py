@@ -179,7 +179,15 @@ def _nice(value: Any) -> int:
 
 
 def _seconds_or_zero(value: Any) -> float:
-    """Like seconds, but 0 means "never" (e.g. rounds only on request)."""
+    """Like seconds, but 0 means "never" (e.g. rounds only on request); from the
+    environment or a flag it arrives as text ("0", "0.0")."""
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return _seconds(value)  # its error names the value
+        if number == 0:
+            return 0.0
     if value == 0 and not isinstance(value, bool):
         return 0.0
     return _seconds(value)

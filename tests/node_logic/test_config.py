@@ -140,6 +140,20 @@ def test_precedence_file_env_flag(
     assert cfg.sources["node.layer"] == "file"
 
 
+@pytest.mark.parametrize("zero", ["0", "0.0", " 0 "])
+def test_zero_means_never_from_the_environment_too(zero: str) -> None:
+    """ "0" from an environment variable is "never", as 0 in the file is (it was refused)."""
+    node = {"P2PHIER_NODE_LAYER": "master"}
+    cfg = _load(None, {**node, "P2PHIER_LEARN_ROUND_INTERVAL_S": zero,
+                       "P2PHIER_RETENTION_GC_INTERVAL_S": zero})  # fmt: skip
+    assert cfg.learn_round_interval_s == 0.0 and cfg.retention_gc_interval_s == 0.0
+    ninety = _load(None, {**node, "P2PHIER_LEARN_ROUND_INTERVAL_S": "90"})
+    assert ninety.learn_round_interval_s == 90.0
+    for bad in ("soon", "-1"):
+        with pytest.raises(ConfigError, match="round_interval_s"):
+            _load(None, {**node, "P2PHIER_LEARN_ROUND_INTERVAL_S": bad})
+
+
 def test_every_setting_can_come_from_the_environment(tmp_path: Path) -> None:
     env = {
         "P2PHIER_HOME": "state",
