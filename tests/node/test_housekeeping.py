@@ -27,26 +27,12 @@ from p2phier.node.retention import Held
 from p2phier.records import Layer, RecordBook, sign_record
 from p2phier.store import DiskStore, MemoryStore
 from p2phier.unixfs import iter_dag
+from tests.node.fakes import FakeFetcher
 from tests.node_logic.helpers import BASE, T0, announcement, ident, record
 
 LOCAL = 50
 TOPIC = up_topic(ident(LOCAL).peer_id)
 KEEP = 2
-
-
-class FakeFetcher:
-    def __init__(self, source: MemoryStore, dest: DiskStore) -> None:
-        self.source = source
-        self.dest = dest
-
-    async def fetch(
-        self, cid: CID, providers: list[str], *, timeout: float, pin: bool, **_: Any
-    ) -> Any:
-        for block_cid, block in iter_dag(cid, self.source.get_block):
-            self.dest.put_block(block_cid, block)
-
-    async def providers(self, cid: CID) -> list[str]:
-        return []
 
 
 class Parent:

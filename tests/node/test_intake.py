@@ -22,36 +22,11 @@ from p2phier.identity import Identity, PeerId
 from p2phier.node.intake import Evidence, UpdateIntake
 from p2phier.records import Layer, RecordBook, sign_record
 from p2phier.store import DiskStore, MemoryStore
-from p2phier.unixfs import iter_dag
+from tests.node.fakes import FakeFetcher
 from tests.node_logic.helpers import BASE, T0, announcement, ident, record
 
 LOCAL = 50  # the parent
 TOPIC = up_topic(ident(LOCAL).peer_id)
-
-
-class FakeFetcher:
-    """Bitswap as far as the intake sees it: blocks copied from ``source``; a CID in
-    ``hold`` is not served until its event is set (a stalling provider)."""
-
-    def __init__(self, source: MemoryStore, dest: DiskStore) -> None:
-        self.source = source
-        self.dest = dest
-        self.hold: dict[str, trio.Event] = {}
-        self.started: list[str] = []
-
-    async def fetch(
-        self, cid: CID, providers: list[str], *, timeout: float, pin: bool, **_: Any
-    ) -> Any:
-        self.started.append(str(cid))
-        gate = self.hold.get(str(cid))
-        if gate is not None:
-            await gate.wait()
-        for block_cid, block in iter_dag(cid, self.source.get_block):
-            self.dest.put_block(block_cid, block)
-        return None
-
-    async def providers(self, cid: CID) -> list[str]:
-        return []
 
 
 class World:
