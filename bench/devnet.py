@@ -30,6 +30,7 @@ Every comparison is a ratio or difference against a baseline measured in the sam
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -51,17 +52,17 @@ def p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0] if __doc__ else "devnet benchmark")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--keep", action="store_true", help="keep the run directory")
-    args = p.parse_args(argv)
+def _update_pct(rounds: list[dict[str, Any]]) -> float | None:
+    """Each update's bytes as % of its sender's full model: mean over the rounds' means."""
+    upd = [r["update_pct_of_full"] for r in rounds if r.get("update_pct_of_full") is not None]
+    return sum(upd) / len(upd) if upd else None
+
+
+def _run(scenario: Any, rounds: int, *, keep: bool) -> tuple[Any, dict[str, Any]]:
+    """One devnet run of ``scenario`` (nodes, rounds, baselines): its record and summary."""
     from p2phier.devnet.report import summarise, write_report
     from p2phier.devnet.runner import run_devnet
-    from p2phier.devnet.scenario import load_scenario
 
-    name = "ci.toml" if args.quick else "default.toml"
-    scenario = load_scenario(ROOT / "devnet" / "scenarios" / name).with_rounds(args.rounds)
     run_dir = Path(tempfile.mkdtemp(prefix="p2phier-bench-devnet-"))
     phases: list[str] = []
 
@@ -70,28 +71,58 @@ def main(argv: list[str] | None = None) -> int:
             phases.append(phase)
             log(f"  [{phase}] {sum(s is not None for s in st.values())}/{len(st)} nodes answering")
 
-    t0 = time.perf_counter()
     try:
-        log(f"devnet bench: scenario {scenario.name}, {args.rounds} rounds, in {run_dir}")
-        record = run_devnet(
-            scenario,
-            run_dir / "run",
-            on_poll=on_poll,
-        )
+        log(f"devnet bench: scenario {scenario.name}, {rounds} rounds, "
+            f"wire {scenario.learning.wire_encoding}, in {run_dir}")  # fmt: skip
+        record = run_devnet(scenario, run_dir / "run", on_poll=on_poll)
         write_report(record, run_dir / "run")
-        summary = summarise(record)
+        return record, summarise(record)
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
-    total_s = time.perf_counter() - t0
 
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0] if __doc__ else "devnet benchmark")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=None, help="the scenario's seed (shards, init)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument(
+        "--compare-wire",
+        action="store_true",
+        help="run the scenario again with fp16 full adapters on the wire and compare",
+    )
+    args = p.parse_args(argv)
+    from p2phier.devnet.scenario import load_scenario
+
+    name = "ci.toml" if args.quick else "default.toml"
+    scenario = load_scenario(ROOT / "devnet" / "scenarios" / name).with_rounds(args.rounds)
+    if args.seed is not None:
+        scenario = dataclasses.replace(scenario, seed=args.seed)
+    t0 = time.perf_counter()
+    record, summary = _run(scenario, args.rounds, keep=args.keep)
+    total_s = time.perf_counter() - t0
+    fp16: dict[str, Any] | None = None
+    if args.compare_wire:
+        # the same scenario and seeds, every update and version a full fp16 adapter: what the
+        # int8 deltas cost in accuracy (goal: within 0.5 pt of this run's hierarchy accuracy)
+        learning = dataclasses.replace(scenario.learning, wire_encoding="fp16")
+        log("devnet bench: the same run again with wire_encoding = fp16 (comparison)")
+        _, fp16_summary = _run(
+            dataclasses.replace(scenario, learning=learning), args.rounds, keep=args.keep
+        )
+        fp16 = {
+            "update_pct_of_full": _update_pct(fp16_summary["rounds"]),
+            "round_bytes": {r["round"]: r["wire_bytes"] for r in fp16_summary["rounds"]},
+            "hier_acc": fp16_summary["comparison"]["hierarchy"],
+            "final_accuracy": fp16_summary["final_accuracy"],
+        }
     every = summary["rounds"]  # bytes: round 0 (set-up: first versions, tiers) included
     rounds = [r for r in every if r["round"] >= 1]
     wire = sum(r["wire_bytes"] for r in every)
     full = sum(r["full_model_bytes"] for r in every)
     pct = 100.0 * wire / full if full else None
-    upd = [r["update_pct_of_full"] for r in every if r.get("update_pct_of_full") is not None]
-    update_pct = sum(upd) / len(upd) if upd else None
+    update_pct = _update_pct(every)
     tier_bytes = sum(r.get("tier_bytes", 0) for r in every)
     res: dict[str, Any] = dict(record.resources)
     store_mib = res.get("store_mib", {})
@@ -167,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             ("hier_vs_central_acc_pts", f"{vs_central:+.1f}" if vs_central is not None else "-",
              "", ""),
             ("peak RSS per node (MiB, max)", f"{max(rss.values()):.0f}" if rss else "-", "", ""),
+            *_wire_rows(fp16, update_pct, hier),
         ],
     )  # fmt: skip
     print_table(
@@ -206,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 "central_acc": central,
                 "hier_vs_isolated_acc_pts": vs_alone,
                 "hier_vs_central_acc_pts": vs_central,
+                "wire_encoding": scenario.learning.wire_encoding,
+                "fp16_run": fp16,
+                "int8_vs_fp16_acc_pts": _acc_pts(hier, fp16),
                 "verdict": summary["verdict"],
                 "goals": {
                     "round_bytes_pct_of_full": {
@@ -224,6 +259,29 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     return 0
+
+
+def _acc_pts(hier: float | None, fp16: dict[str, Any] | None) -> float | None:
+    if hier is None or fp16 is None or fp16["hier_acc"] is None:
+        return None
+    return 100.0 * (hier - float(fp16["hier_acc"]))
+
+
+def _wire_rows(
+    fp16: dict[str, Any] | None, update_pct: float | None, hier: float | None
+) -> list[tuple[str, str, str, str]]:
+    """The comparison with an fp16 run of the same scenario and seeds (``--compare-wire``)."""
+    if fp16 is None:
+        return []
+    pts = _acc_pts(hier, fp16)
+    pct = fp16["update_pct_of_full"]
+    return [
+        ("fp16 run: update_pct_of_full", f"{pct:.4f}%" if pct is not None else "-", "", ""),
+        ("int8 deltas vs fp16: update bytes",
+         f"{update_pct / pct:.2f}x" if update_pct and pct else "-", "", ""),
+        ("int8 deltas vs fp16: hierarchy accuracy pts", f"{pts:+.1f}" if pts is not None else "-",
+         ">= -0.5", verdict(pts is not None and pts >= -0.5)),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ are documented in ``node/NODE.md``).
 The learning settings (training budget, aggregation and timing rules) are
 :class:`LearnSettings`, declared once with each field's default, check and
 scenario table: a plan holds them at its top level, a devnet scenario in its
-``[training]``, ``[aggregation]`` and ``[timing]`` tables (:func:`parse_settings`
+``[training]``, ``[aggregation]``, ``[timing]`` and ``[wire]`` tables (:func:`parse_settings`
 checks both), and the devnet launcher copies them into every node's plan with
 :func:`settings_json`, never field by field.
 
@@ -68,7 +68,11 @@ RECORD_FIELDS = ("uid", "text", "label", "domain", "subdomain")
 MAX_FIELD_CHARS = 1 << 20
 MAX_VOCAB = 1 << 24
 #: the tables of a devnet scenario that hold learning settings (``table`` of each setting)
-TABLES = ("training", "aggregation", "timing")
+TABLES = ("training", "aggregation", "timing", "wire")
+#: how a node's updates and versions travel: ``int8-delta`` (against the artifact the
+#: receiver already holds, a full fp16 keyframe when it holds none), or ``fp16`` (a full
+#: adapter every time: the comparison run of ``bench/devnet.py --compare-wire``)
+WIRE_ENCODINGS = ("int8-delta", "fp16")
 
 _T = TypeVar("_T")
 
@@ -100,9 +104,10 @@ class LearnSettings:
     """How a node trains, aggregates and publishes: declared once, here.
 
     A plan holds these at its top level; a devnet scenario gives every node the same in
-    its ``[training]``, ``[aggregation]`` and ``[timing]`` tables (each field's ``table``),
-    checked by the same checks, and the launcher writes them into each node's plan as
-    they are (:func:`settings_json`).  A new field here is a new key of both formats.
+    its ``[training]``, ``[aggregation]``, ``[timing]`` and ``[wire]`` tables (each
+    field's ``table``), checked by the same checks, and the launcher writes them into
+    each node's plan as they are (:func:`settings_json`).  A new field here is a new key
+    of both formats.
     """
 
     steps_per_cycle: int = _setting(8, Int(0, 100_000), "training")
@@ -131,6 +136,11 @@ class LearnSettings:
     min_updates: int = _setting(1, Int(0, 100_000), "timing")
     #: longest wait for children's updates after the round starts
     collect_s: float = _setting(60.0, Num(0.0, 86_400.0), "timing")
+    wire_encoding: str = _setting("int8-delta", Choice(WIRE_ENCODINGS), "wire")
+    #: a full (fp16) adapter at least every this many artifacts of a stream (1: every time),
+    #: so that a newcomer's fetch and every reader's verification walk at most this many
+    #: deltas (the artifact limit ``max_chain`` is 64)
+    keyframe_every: int = _setting(8, Int(1, 64), "wire")
 
 
 #: every learning setting, in declaration order

@@ -149,8 +149,18 @@ class PoisoningLearner(Learner):
         return [*super()._kept_paths(), *([self._first] if self._first else [])]
 
     async def _pack(
-        self, adapter: Path, *, base_version: str | None, round_: int, metrics: Any = None
+        self,
+        adapter: Path,
+        *,
+        base_version: str | None,
+        round_: int,
+        metrics: Any = None,
+        stream: str = "up",
     ) -> Artifact:
+        if stream != "up":  # only what it sends its parent is poisoned
+            return await super()._pack(
+                adapter, base_version=base_version, round_=round_, metrics=metrics, stream=stream
+            )
         local = self.state.local
         leaf = self.state.flat is None and local is not None and bool(local.on)
         # a leaf's update: the model it was trained on, where the poison is computed against

@@ -8,7 +8,7 @@ schedule of new local data per round, the number of rounds, the aggregation
 rule, the timing-rule thresholds, faults at given rounds, the training budget,
 and ``attackers``: training nodes that run as attackers
 (:mod:`p2phier.devnet.attacker`).  ``devnet/README.md`` documents the format key
-by key.  The learning settings (``[training]``, ``[aggregation]``, ``[timing]``)
+by key.  The learning settings (``[training]``, ``[aggregation]``, ``[timing]``, ``[wire]``)
 are :class:`~p2phier.learnplan.LearnSettings`, declared and checked there: what
 the scenario says is what every node's plan holds.
 
@@ -186,7 +186,7 @@ class Scenario:
     rounds: int
     nodes: tuple[NodeSpec, ...]
     tiers: Mapping[str, TierSpec]
-    #: every node's learning settings ([training], [aggregation], [timing]); each node's
+    #: every node's learning settings ([training], [aggregation], [timing], [wire]); each node's
     #: plan holds them as they are (p2phier.devnet.runner.node_plan)
     learning: LearnSettings
     arrival: ArrivalSpec
@@ -598,7 +598,7 @@ def _parse_scenario(data: Mapping[str, Any], name: str) -> Scenario:
     nodes = _resolve_parents(parsed)
 
     settings = dict(DEVNET_SETTINGS)
-    for table in TABLES:  # [training], [aggregation], [timing]: checked as a plan is
+    for table in TABLES:  # [training], [aggregation], [timing], [wire]: checked as a plan is
         t = root.sub(table)
         settings.update(t.settings())
         t.done()

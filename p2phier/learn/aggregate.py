@@ -169,7 +169,9 @@ def effective_to_lora(effective: Tensors, rank: int, lora_alpha: float) -> Refac
 
     The factors are balanced (``B = U sqrt(S)``, ``A = sqrt(S) V^T``) so neither
     carries all the magnitude; the scaling is ``lora_alpha / rank`` as PEFT uses.
-    The result is deterministic for identical inputs.
+    The result is deterministic for identical inputs, and each singular pair's sign is
+    fixed (the largest entry of each ``U`` column positive) so that nearby inputs give
+    nearby factors.
     """
     if rank <= 0:
         raise AggregationError(f"rank must be positive, got {rank}")
@@ -188,6 +190,12 @@ def effective_to_lora(effective: Tensors, rank: int, lora_alpha: float) -> Refac
             raise AggregationError(f"merged delta {key} has shape {tensor.shape}; need 2-D")
         target = tensor / scaling
         u, s, vt = np.linalg.svd(target, full_matrices=False)
+        # Each singular pair's sign is arbitrary (LAPACK's choice flips with tiny changes of
+        # the matrix): fix it, so that consecutive versions of a slowly changing model have
+        # close factors and a version travels as a small delta on the previous one.
+        flip = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
+        flip[flip == 0] = 1.0
+        u, vt = u * flip, vt * flip[:, None]
         k = min(rank, s.shape[0])
         root = np.sqrt(s[:k])
         b = np.zeros((tensor.shape[0], rank))

@@ -399,6 +399,13 @@ class UpdateIntake:
             )
             art = await trio.to_thread.run_sync(read_artifact, self.store.get_block, current)
             m = art.manifest
+            if current != cid and m.author != ann.author:
+                # an update stream is its author's own lineage: a delta on somebody else's
+                # artifact would pass their work off as a change of its own
+                raise ProvenanceError(
+                    f"artifact {cid}'s lineage holds {current}, signed by {m.author}, not by "
+                    f"its announcer {ann.author}"
+                )
             if current == cid:
                 try:
                     check_provenance(ann, art.manifest, art.cid)

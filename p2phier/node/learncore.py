@@ -20,8 +20,8 @@ from typing import Any
 from p2phier.errors import P2PHierError
 
 #: the format of ``learn/state.json`` this code writes (files without one are format 0:
-#: the same fields, written before the format was versioned)
-STATE_FORMAT = 1
+#: the same fields, written before the format was versioned; format 1 lacks ``sent``)
+STATE_FORMAT = 2
 #: a round's record and the applied-versions list are kept for this many entries
 MAX_ROUNDS_KEPT = 256
 MAX_APPLIED_KEPT = 32
@@ -52,6 +52,22 @@ class LocalRef:
 
 
 @dataclass
+class SentRef:
+    """The last artifact of one outgoing stream (``up``: updates to the parent; ``down``:
+    versions to the children): its CID, who it went to, and how many deltas lie between it
+    and its keyframe (0: it is a full adapter)."""
+
+    cid: str
+    to: str
+    chain: int
+
+
+#: the receiver of the ``down`` stream: whoever is this node's child (a newcomer lacking the
+#: previous version fetches the lineage)
+CHILDREN = "children"
+
+
+@dataclass
 class LearnerState:
     """Everything the learner keeps across restarts (see :mod:`p2phier.node.learner`)."""
 
@@ -67,6 +83,7 @@ class LearnerState:
     seq: int = 0  # step directories numbered so far
     applied: list[dict[str, Any]] = field(default_factory=list)  # parent versions applied
     accuracy_own: float | None = None
+    sent: dict[str, SentRef] = field(default_factory=dict)  # stream -> its last artifact
 
     def record_round(self, r: int, rec: dict[str, Any]) -> None:
         self.rounds[str(r)] = rec
@@ -85,7 +102,7 @@ class LearnerState:
         if not isinstance(data, Mapping):
             raise StateError("the learner state is not a JSON object")
         fmt = data.get("format", 0)
-        if fmt not in (0, STATE_FORMAT):
+        if fmt not in range(STATE_FORMAT + 1) or isinstance(fmt, bool):
             raise StateError(f"learner state format {fmt!r}: this node reads 0..{STATE_FORMAT}")
         return cls(
             tier=_opt_obj(data, "tier"),
@@ -100,6 +117,7 @@ class LearnerState:
             seq=_count(data, "seq"),
             applied=_obj_list(data, "applied"),
             accuracy_own=_opt_float(data, "accuracy_own"),
+            sent=_sent(data),
         )
 
 
@@ -171,6 +189,55 @@ def _local(data: Mapping[str, Any]) -> LocalRef | None:
     if not isinstance(dir_, str) or not isinstance(on, str):
         raise StateError("learner state field 'local' needs string 'dir' and 'on'")
     return LocalRef(dir_, on)
+
+
+def _sent(data: Mapping[str, Any]) -> dict[str, SentRef]:
+    out: dict[str, SentRef] = {}
+    for stream, value in _obj_map(data, "sent").items():
+        cid, to, chain = value.get("cid"), value.get("to"), value.get("chain")
+        if stream not in STREAMS or not isinstance(cid, str) or not isinstance(to, str):
+            raise StateError(f"learner state field 'sent'.{stream} needs a stream of {STREAMS} "
+                             "and string 'cid' and 'to'")  # fmt: skip
+        if isinstance(chain, bool) or not isinstance(chain, int) or chain < 0:
+            raise StateError(f"learner state field 'sent'.{stream}.chain must be a whole number")
+        out[stream] = SentRef(cid, to, chain)
+    return out
+
+
+#: the outgoing streams: updates to the parent, versions to the children
+STREAMS = ("up", "down")
+
+
+@dataclass(frozen=True)
+class WireChoice:
+    """How the next artifact of a stream is packed: as a delta on ``parent`` (a CID), or
+    full (``parent`` None), and why."""
+
+    parent: str | None
+    reason: str
+
+
+def wire_choice(
+    previous: SentRef | None, to: str, *, encoding: str, keyframe_every: int
+) -> WireChoice:
+    """Delta or keyframe for the next artifact of a stream going to ``to``.
+
+    A delta is on the stream's previous artifact, which its receiver holds (it received
+    it; a receiver that lacks it fetches the lineage, a full adapter and at most
+    ``keyframe_every - 1`` deltas).  A keyframe when the plan says ``fp16``, when there is
+    no previous artifact, when the receiver changed (a new parent never received ours),
+    or when the chain is ``keyframe_every`` long.  The driver falls back to a keyframe
+    when packing the delta fails (the shapes changed, the previous artifact is gone).
+    """
+    if encoding == "fp16":
+        return WireChoice(None, "full: the plan's wire_encoding is fp16")
+    if previous is None:
+        return WireChoice(None, "keyframe: nothing sent on this stream yet")
+    if previous.to != to:
+        return WireChoice(None, f"keyframe: the receiver changed ({previous.to} -> {to})")
+    if previous.chain + 1 >= keyframe_every:
+        return WireChoice(None, f"keyframe: every {keyframe_every} artifacts")
+    return WireChoice(previous.cid, f"int8 delta on {previous.cid}")
 
 
 # --- decisions ---------------------------------------------------------------------------------

@@ -29,10 +29,12 @@ LoRA on the new model and keeps its personal head, and the new flat is relayed
 to the children.  Known limit: an update the parent's timing rule held back is
 dropped at the next rebase; the node relearns it from its replay buffer.
 
-What to do next (rebase, a round, or wait, and why; failed steps retried with
-backoff) is decided by :class:`p2phier.node.learncore.LearnerCore`, who a round
-waits for by :class:`p2phier.node.collect.Collection`; this module is the trio
-driver that carries the steps out.  State (``learn/state.json``,
+What leaves the node (packing, delta or keyframe, publishing) is
+:class:`p2phier.node.outbox.Outbox`'s.  What to do next (rebase, a round, or wait,
+and why; failed steps retried with backoff) is decided by
+:class:`p2phier.node.learncore.LearnerCore`, who a round waits for by
+:class:`p2phier.node.collect.Collection`; this module is the trio driver that carries
+the steps out.  State (``learn/state.json``,
 :class:`~p2phier.node.learncore.LearnerState`) is written atomically after
 every step, so a restarted node resumes from its store and catches up from its
 parent; step directories the state no longer names are removed after each step.
@@ -43,7 +45,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
 import shutil
 import time
 from collections import deque
@@ -71,6 +72,7 @@ from p2phier.node.learncore import (
     VersionSeen,
     Wait,
 )
+from p2phier.node.outbox import Outbox
 from p2phier.node.worker import PriorityWorker
 from p2phier.trust.standing import Standing
 
@@ -93,7 +95,7 @@ _T = TypeVar("_T")
 _Update = VersionSeen
 
 
-class Learner:
+class Learner(Outbox):
     """One node's learning worker (see the module docstring)."""
 
     def __init__(self, node: NodeDaemon, plan: LearnPlan) -> None:
@@ -498,43 +500,6 @@ class Learner:
         base = self.state.base
         return ([Path(base.dir)] if base else []), None
 
-    async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
-        art = await self._pack(flat, base_version=base_cid, round_=round_)
-        self.state.flat = VersionRef(str(art.cid), str(flat), round_)
-        self.state.published[str(art.cid)] = str(flat)
-        if self.node.config.layer.below is not None:
-            try:
-                await self.node.publish(str(art.cid), "children")
-            except P2PHierError as exc:
-                self.errors.append(f"publish to children: {exc}")
-
-    async def _pack(
-        self, adapter: Path, *, base_version: str | None, round_: int, metrics: Any = None
-    ) -> Artifact:
-        from p2phier.artifact import pack_adapter
-
-        tier = self.state.tier
-        if tier is None:
-            raise P2PHierError("this node has no tier yet")
-        node = self.node
-        art: Artifact = await self._work(
-            lambda: pack_adapter(
-                node.store,
-                adapter,
-                node.identity,
-                layer=node.config.layer.label,
-                domain=node.config.domain,
-                base_model_id=tier["tier_id"],
-                base_model_cid=tier["bundle_cid"],
-                encoding="fp16",
-                round=round_,
-                metrics={k: float(v) for k, v in (metrics or {}).items() if _finite(v)},
-                now=node.clock(),
-                base_version=base_version,
-            )
-        )
-        return art
-
     # --- a round ------------------------------------------------------------------------------
     def _arrived(self, round_: int) -> list[Any]:
         assert self.data is not None
@@ -597,15 +562,6 @@ class Learner:
         rec["wall_s"] = round(time.time() - began, 3)
         self.state.record_round(r, rec)
         logger.info("round %d done: %s", r, rec)
-
-    async def _send_up(self, art: Artifact) -> dict[str, Any] | str:
-        if self.node.hierarchy.parent is None:
-            return "no parent"
-        try:
-            return await self.node.publish(str(art.cid), "parent")
-        except P2PHierError as exc:
-            self.errors.append(f"publish to parent: {exc}")
-            return str(exc)
 
     async def _collect(self, r: int, began: float, rec: dict[str, Any]) -> dict[str, _Update]:
         """Children's updates on the current flat, once :class:`Collection` says the round's
@@ -794,7 +750,3 @@ class Learner:
             "pending_updates": sorted(self.updates),
             "errors": list(self.errors),
         }
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)

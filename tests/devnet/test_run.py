@@ -8,6 +8,7 @@ accepted artifacts, the run record.  They are the slowest tests of the suite
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -143,6 +144,16 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
         assert 0 < report["rounds"][n]["pct_of_full"] < 100, report["rounds"][n]
     assert all(by_round[1][name]["version_bytes_in"] > 0 for name in ("news-a", "news-b", "health"))
     assert all(n["tier_bytes_in"] == 0 for rnd in run["rounds"] for n in rnd["nodes"])
+    # Issue 15: after its first (full) update, a leaf sends int8 deltas on its previous one,
+    # which the parent holds: the parent fetched fewer bytes for it than for the full one.
+    ids = {n["name"]: n["peer_id"] for n in run["nodes"]}
+    got = _accepted(run_dir, "en")
+    for name in ("news-a", "news-b", "health"):
+        ups = sorted((a for a in got if a["author"] == ids[name]), key=lambda a: a["seq"])
+        assert len(ups) >= 2 and ups[0]["parent"] is None, ups
+        for prev, cur in itertools.pairwise(ups):
+            assert cur["parent"] == prev["cid"], ups
+            assert 0 < cur["wire_bytes"] < ups[0]["wire_bytes"], ups
     # Nothing is left running, and `devnet down` agrees.
     assert _no_node_left(run_dir) == []
     down = _cli("devnet", "down", "--dir", str(run_dir), "--json", timeout=60)

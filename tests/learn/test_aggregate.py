@@ -355,3 +355,18 @@ def test_plain_fedavg_is_captured_by_one_scaled_update_and_the_screen_is_not() -
     assert "evil" not in [u.child for u in kept] and not verdicts["evil"].ok
     screened = aggregate(kept, AggregationConfig(Rule.FEDAVG), partial=True).delta
     assert cosine(screened, honest_mean) > 0.9
+
+
+def test_refactorised_factors_have_fixed_signs() -> None:
+    """Issue 15: a version travels as a delta on the previous one.  Each singular pair's
+    sign is arbitrary in LAPACK (it flips with small changes of the matrix), which would
+    make two nearly equal models' factors differ by twice their size; the sign is fixed:
+    the largest entry of each ``B`` column is positive, the product unchanged."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = (rng.standard_normal((24, 4)) @ rng.standard_normal((4, 20))).astype(np.float32)
+        ref = effective_to_lora({MOD + DELTA_SUFFIX: m}, 4, 8.0)
+        b, a = ref.state[MOD + LORA_B_SUFFIX], ref.state[MOD + LORA_A_SUFFIX]
+        rows = np.argmax(np.abs(b), axis=0)
+        assert np.all(b[rows, np.arange(b.shape[1])] > 0)
+        np.testing.assert_allclose(b @ a * (8.0 / 4), m, atol=1e-4)

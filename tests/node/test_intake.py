@@ -300,3 +300,44 @@ async def test_an_older_announcement_handed_on_late_is_dropped_and_counts_agains
     dropped = world.intake.status()["announcements_dropped_by_peer"][str(ident(1).peer_id)]
     assert dropped == {"replay": 15}
     assert world.evidence == []
+
+
+async def test_a_delta_on_the_authors_own_previous_update_is_accepted(world: World) -> None:
+    """Issue 15: updates travel as int8 deltas on the author's previous update."""
+    world.child(1)
+    first = world.pack(1, 4)
+    delta = world.pack(1, 5, parent=first.cid, encoding="int8-delta", round=2)
+    assert delta.stored_bytes < first.stored_bytes
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, first, 1), "c1")
+        await _until(lambda: world.accepted, "first accepted")
+        ann = world.announce(1, delta, 2, round_=2, parent=first.cid)
+        assert world.intake.offer(TOPIC, ann, "c1")
+        await _until(lambda: len(world.accepted) == 2, "delta accepted")
+        nursery.cancel_scope.cancel()
+    assert world.accepted == [str(first.cid), str(delta.cid)] and world.evidence == []
+    # the delta's pins hold its lineage: the parent cannot be collected from under it
+    assert {first.cid, delta.cid} <= set(world.store.pins())
+
+
+async def test_an_update_whose_lineage_runs_through_another_authors_artifact_is_dropped(
+    world: World,
+) -> None:
+    """A hostile child announces a delta on its sibling's update: the receiver would
+    rebuild the sibling's work as the child's own.  Dropped as provenance evidence against
+    the announcer, nothing pinned."""
+    world.child(1)
+    world.child(2)
+    sibling = world.pack(2, 7)
+    theft = world.pack(1, 8, parent=sibling.cid, encoding="int8-delta")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, theft, 1, parent=sibling.cid), "c1")
+        await _until(lambda: world.evidence, "evidence")
+        nursery.cancel_scope.cancel()
+    assert world.accepted == []
+    (ev,) = world.evidence
+    assert ev.peer == str(ident(1).peer_id) and ev.kind == "provenance"
+    assert "not by its announcer" in ev.detail
+    assert not world.store.pins()

@@ -10,6 +10,7 @@ import pytest
 from p2phier.node.learncore import (
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
+    CHILDREN,
     MAX_ROUNDS_KEPT,
     STATE_FORMAT,
     LearnerCore,
@@ -17,10 +18,12 @@ from p2phier.node.learncore import (
     LocalRef,
     Rebase,
     RunRound,
+    SentRef,
     StateError,
     VersionRef,
     VersionSeen,
     Wait,
+    wire_choice,
 )
 
 PARENT = "12D3KooWparent"
@@ -41,6 +44,7 @@ def _ready(**kw: Any) -> LearnerState:
 # --- saved state -------------------------------------------------------------------------------
 def test_state_round_trips_through_json_with_its_format() -> None:
     st = _ready(local=LocalRef("/l", "/v1"), consumed=2, round=2, accuracy_own=0.5)
+    st.sent = {"up": SentRef("bafy-u", PARENT, 3), "down": SentRef("bafy-d", CHILDREN, 0)}
     st.record_round(2, {"round": 2, "decision": "published"})
     data = json.loads(json.dumps(st.to_json()))
     assert data["format"] == STATE_FORMAT
@@ -53,6 +57,8 @@ def test_a_state_written_before_formats_existed_still_loads() -> None:
               "rounds": {"3": {"round": 3}}, "seq": 7, "applied": []}  # fmt: skip
     st = LearnerState.from_json(legacy)
     assert st.base == VersionRef("c", "/d", 3) and st.round == 3 and st.seq == 7
+    # format 1 had no record of what was sent: the next artifact of each stream is a keyframe
+    assert LearnerState.from_json({**legacy, "format": 1}).sent == {}
 
 
 @pytest.mark.parametrize(
@@ -68,6 +74,10 @@ def test_a_state_written_before_formats_existed_still_loads() -> None:
         ({"rounds": {"1": 5}}, "'rounds'"),
         ({"applied": "x"}, "'applied'"),
         ({"accuracy_own": float("nan")}, "'accuracy_own'"),
+        ({"sent": {"sideways": {"cid": "c", "to": "p", "chain": 0}}}, "'sent'.sideways"),
+        ({"sent": {"up": {"cid": "c", "to": "p", "chain": -1}}}, "'sent'.up.chain"),
+        ({"sent": {"up": {"cid": 1, "to": "p", "chain": 0}}}, "'sent'.up"),
+        ({"format": True}, "format True"),
     ],
 )
 def test_a_malformed_state_is_refused_naming_the_field(data: object, field: str) -> None:
@@ -157,3 +167,42 @@ def test_a_failed_rebase_backs_off_and_blocks_rounds_on_the_old_version_meanwhil
     wait = core.next(_ready(), PARENT, 1.0)
     assert isinstance(wait, Wait) and wait.reason.startswith("rebase on bafy-v2 failed")
     assert core.next(_ready(), PARENT, at) == Rebase(_v("bafy-v2", round_=2))
+
+
+# --- the wire: delta or keyframe ----------------------------------------------------------------
+def _choose(previous: SentRef | None, to: str = PARENT, **kw: Any) -> str | None:
+    args: dict[str, Any] = {"encoding": "int8-delta", "keyframe_every": 8} | kw
+    return wire_choice(previous, to, **args).parent
+
+
+def test_the_first_artifact_of_a_stream_is_a_keyframe_and_the_next_a_delta_on_it() -> None:
+    assert _choose(None) is None
+    assert _choose(SentRef("bafy-u1", PARENT, 0)) == "bafy-u1"
+    assert _choose(SentRef("bafy-d1", CHILDREN, 5), CHILDREN) == "bafy-d1"
+
+
+def test_a_new_receiver_gets_a_keyframe() -> None:
+    """A new parent never received the previous update: a delta on it would make the
+    parent fetch the whole lineage."""
+    choice = wire_choice(SentRef("bafy-u1", PARENT, 0), "12D3KooWother",
+                         encoding="int8-delta", keyframe_every=8)  # fmt: skip
+    assert choice.parent is None and "receiver changed" in choice.reason
+
+
+@pytest.mark.parametrize("every", [1, 2, 8, 64])
+def test_a_keyframe_comes_at_least_every_keyframe_every_artifacts(every: int) -> None:
+    previous: SentRef | None = None
+    kinds = []
+    for i in range(3 * every):
+        parent = _choose(previous, keyframe_every=every)
+        kinds.append(parent is None)
+        chain = previous.chain + 1 if parent is not None and previous else 0
+        previous = SentRef(f"bafy-{i}", PARENT, chain)
+        assert previous.chain < every  # a reader walks at most ``every`` artifacts
+    assert kinds == ([True] + [False] * (every - 1)) * 3
+
+
+def test_fp16_sends_full_adapters_only() -> None:
+    choice = wire_choice(SentRef("bafy-u1", PARENT, 0), PARENT, encoding="fp16",
+                         keyframe_every=8)  # fmt: skip
+    assert choice.parent is None and "fp16" in choice.reason

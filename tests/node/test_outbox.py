@@ -1,0 +1,160 @@
+"""What leaves the learner (p2phier.node.outbox): int8 deltas on what the receiver holds,
+keyframes when it holds nothing (issue 15, section 2).
+
+The learner's driver is stood in for: a real store and identity, a node that records what
+it publishes; the packing is the real ``pack_adapter`` and readers rebuild with the real
+``materialise``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+from safetensors.numpy import load_file
+
+from p2phier.artifact import materialise, read_artifact
+from p2phier.artifact.synthetic import write_synthetic_adapter
+from p2phier.artifact.verify import BlockSource
+from p2phier.cid import CID
+from p2phier.identity import Identity
+from p2phier.learnplan import LearnSettings
+from p2phier.node.learncore import CHILDREN, LearnerState
+from p2phier.node.outbox import Outbox
+from p2phier.store import MemoryStore
+
+PARENT = "12D3KooWparent"
+HIDDEN = 128  # tensors large enough that their bytes, not the safetensors header, count
+
+
+class Box(Outbox):
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        self.store = MemoryStore()
+        self.published: list[tuple[str, str]] = []
+        self.node: Any = SimpleNamespace(
+            store=self.store,
+            identity=Identity.from_seed(b"\x07" * 32),
+            config=SimpleNamespace(
+                layer=SimpleNamespace(label="subdomain", below=object()),
+                domain="en/news/tech",
+            ),
+            hierarchy=SimpleNamespace(parent=PARENT),
+            clock=lambda: 1_700_000_000.0,
+            publish=self._publish,
+        )
+        self.plan: Any = replace(LearnSettings(), **settings)
+        self.state = LearnerState(tier={"tier_id": "test/tiny-bert", "bundle_cid": None})
+        self.errors: deque[str] = deque()
+        self.tmp = tmp
+        self.n = 0
+
+    async def _publish(self, cid: str, to: str) -> dict[str, Any]:
+        self.published.append((cid, to))
+        return {}
+
+    async def _work(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    def adapter(self, seed: int, *, r: int = 2, near: Path | None = None) -> Path:
+        """A synthetic adapter; ``near``: a small step away from that one (a training round)."""
+        self.n += 1
+        out = self.tmp / f"a{self.n}"
+        if near is None:
+            return write_synthetic_adapter(out, seed=seed, r=r, hidden=HIDDEN)
+        rng = np.random.default_rng(seed)
+        prev = load_file(str(near / "adapter_model.safetensors"))
+        step = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32)
+                for k, v in prev.items()}  # fmt: skip
+        return write_synthetic_adapter(out, seed=seed, r=r, hidden=HIDDEN, tensors=step)
+
+    def send(self, adapter: Path, round_: int, stream: str = "up") -> Any:
+        return trio.run(
+            lambda: self._pack(adapter, base_version=None, round_=round_, stream=stream)
+        )
+
+    def rebuilt(self, cid: Any, name: str) -> dict[str, Any]:
+        out = materialise(self.store, cid, self.tmp / f"rebuilt-{name}")
+        return load_file(str(out / "adapter_model.safetensors"))
+
+
+def _max_err(a: dict[str, Any], b: dict[str, Any]) -> float:
+    assert set(a) == set(b)
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def test_updates_go_as_int8_deltas_on_the_previous_one_and_rebuild_within_int8_error(
+    tmp_path: Path,
+) -> None:
+    box = Box(tmp_path)
+    a1 = box.adapter(1)
+    art1 = box.send(a1, 1)
+    assert art1.manifest.parent is None and art1.manifest.encoding.value == "fp16"
+    adapters, arts = [a1], [art1]
+    for r in range(2, 5):
+        adapters.append(box.adapter(r, near=adapters[-1]))
+        arts.append(box.send(adapters[-1], r))
+        m = arts[-1].manifest
+        assert m.parent == arts[-2].cid and m.encoding.value == "int8-delta"
+        assert box.state.sent["up"].chain == r - 1
+        # int8 against fp16: the payload is at most about half (zstd gains more on small steps)
+        assert m.tensors.size < 0.6 * art1.manifest.tensors.size
+    for i, (adapter, art) in enumerate(zip(adapters, arts, strict=True)):
+        want = load_file(str(adapter / "adapter_model.safetensors"))
+        got = box.rebuilt(art.cid, str(i))
+        # int8 of each delta against the *rebuilt* previous: errors never add up along the
+        # chain (each is at most max|delta|/254 of its own step, here well under 1e-3)
+        assert _max_err(want, got) < (2e-3 if art.manifest.parent is None else 1e-3)
+
+
+def test_a_new_parent_gets_a_keyframe(tmp_path: Path) -> None:
+    box = Box(tmp_path)
+    a1 = box.adapter(1)
+    box.send(a1, 1)
+    box.node.hierarchy.parent = "12D3KooWnewparent"
+    art = box.send(box.adapter(2, near=a1), 2)
+    assert art.manifest.parent is None
+    assert box.state.sent["up"].to == "12D3KooWnewparent"
+
+
+def test_a_delta_that_cannot_be_packed_falls_back_to_a_keyframe(tmp_path: Path) -> None:
+    """Another rank (a re-factorised version) has other shapes: no delta, and no failure."""
+    box = Box(tmp_path)
+    box.send(box.adapter(1, r=2), 1)
+    art = box.send(box.adapter(2, r=3), 2)
+    assert art.manifest.parent is None and box.state.sent["up"].chain == 0
+    # the previous artifact gone from the store: a keyframe again
+    box.store.close()
+    box.store = box.node.store = MemoryStore()
+    art = box.send(box.adapter(3, r=3), 3)
+    assert art.manifest.parent is None
+
+
+@pytest.mark.parametrize(("settings", "kinds"), [
+    ({"keyframe_every": 3}, [None, 0, 1, None, 3, 4]),
+    ({"wire_encoding": "fp16"}, [None] * 6),
+])  # fmt: skip
+def test_versions_go_down_as_the_plan_says(
+    tmp_path: Path, settings: dict[str, Any], kinds: list[int | None]
+) -> None:
+    box = Box(tmp_path, **settings)
+    adapter = box.adapter(1)
+    cids = []
+    for r in range(1, 7):
+        trio.run(lambda r=r, a=adapter: box._publish_flat(a, base_cid=None, round_=r))
+        assert box.state.flat is not None
+        cids.append(box.state.flat.cid)
+        adapter = box.adapter(r + 1, near=adapter)
+    got = []
+    for cid in cids:
+        art = read_artifact(BlockSource(box.store).get_block, CID.parse(cid))
+        got.append(None if art.manifest.parent is None else cids.index(str(art.manifest.parent)))
+    assert got == kinds
+    assert [to for _, to in box.published] == ["children"] * 6
+    assert box.state.sent["down"].to == CHILDREN
