@@ -164,6 +164,11 @@ class Refactorised:
         return max(self.relative_error.values(), default=0.0)
 
 
+#: singular values below this times a matrix's largest count as zero (lossless_rank, and the
+#: exact zeros of effective_to_lora)
+LOSSLESS_RTOL = 1e-6
+
+
 def effective_to_lora(effective: Tensors, rank: int, lora_alpha: float) -> Refactorised:
     """Effective tensors -> PEFT LoRA tensors of rank ``rank`` (truncated SVD).
 
@@ -196,7 +201,10 @@ def effective_to_lora(effective: Tensors, rank: int, lora_alpha: float) -> Refac
         flip = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
         flip[flip == 0] = 1.0
         u, vt = u * flip, vt * flip[:, None]
-        k = min(rank, s.shape[0])
+        # components the matrix does not have (below lossless_rank's tolerance) are exact
+        # zeros: a fixed rank above the matrix's own costs nothing once compressed, and
+        # keeps consecutive versions the same shape (a version travels as a delta)
+        k = min(rank, int(np.sum(s > LOSSLESS_RTOL * s[0])) if s.size and s[0] > 0 else 0)
         root = np.sqrt(s[:k])
         b = np.zeros((tensor.shape[0], rank))
         a = np.zeros((rank, tensor.shape[1]))
@@ -210,7 +218,7 @@ def effective_to_lora(effective: Tensors, rank: int, lora_alpha: float) -> Refac
     return Refactorised(state=state, rank=rank, lora_alpha=lora_alpha, relative_error=errors)
 
 
-def lossless_rank(effective: Tensors, max_rank: int, rtol: float = 1e-6) -> int:
+def lossless_rank(effective: Tensors, max_rank: int, rtol: float = LOSSLESS_RTOL) -> int:
     """The smallest rank (<= ``max_rank``) that keeps every merged delta's spectrum.
 
     Singular values below ``rtol`` times a matrix's largest are treated as zero.

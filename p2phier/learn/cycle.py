@@ -27,7 +27,6 @@ from p2phier.learn.aggregate import (
     AggregationConfig,
     Rule,
     effective_to_lora,
-    lossless_rank,
 )
 from p2phier.learn.continual import ContinualConfig
 from p2phier.learn.data import Example
@@ -274,6 +273,9 @@ def aggregate(
         probe_examples=examples(probe) if plan.rule == "probe_scored" else (),
         probe_train=_train(plan, plan.seed),
         max_rank=plan.version_rank,
+        # every version at the plan's rank (components the model lacks are exact zeros):
+        # consecutive versions keep one shape, so each travels as a delta on the previous
+        rank=plan.version_rank,
         seed=plan.seed,
         init_seed=plan.seed,
         # the parent's held-out set: what each update alone does to it (the screen's
@@ -423,7 +425,8 @@ def update_since(flat: Path, base: Path | None, out_dir: Path, *, max_rank: int)
     """What a node learned since its last rebase: ``flat - base`` (LoRA parts), its own heads.
 
     A parent sends this upstream; the grandparent aggregates it like any child's
-    update.  Re-factorised at the lossless rank (at most ``max_rank``).
+    update.  Re-factorised at ``max_rank`` (components beyond the update's own rank are
+    exact zeros), so that consecutive updates keep one shape and travel as deltas.
     """
     if out_dir.exists():
         return out_dir
@@ -434,7 +437,7 @@ def update_since(flat: Path, base: Path | None, out_dir: Path, *, max_rank: int)
         for key in list(eff):
             if key.endswith(DELTA_SUFFIX) and key in below:
                 eff[key] = (eff[key].astype(np.float64) - below[key]).astype(np.float32)
-    rank = max(1, lossless_rank(eff, max_rank))
+    rank = max_rank
     ratio = float(own.config["lora_alpha"]) / float(own.config["r"])
     ref = effective_to_lora(eff, rank, ratio * rank)
     config = dict(own.config)

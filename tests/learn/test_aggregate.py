@@ -370,3 +370,17 @@ def test_refactorised_factors_have_fixed_signs() -> None:
         rows = np.argmax(np.abs(b), axis=0)
         assert np.all(b[rows, np.arange(b.shape[1])] > 0)
         np.testing.assert_allclose(b @ a * (8.0 / 4), m, atol=1e-4)
+
+
+def test_a_rank_above_the_matrixs_own_is_padded_with_exact_zeros() -> None:
+    """Issue 15: versions and parents' updates keep the plan's rank whatever the merged
+    delta's own, so consecutive ones have one shape (each travels as a delta on the
+    previous); the components the matrix lacks are exact zeros (free once compressed)."""
+    rng = np.random.default_rng(5)
+    m = (rng.standard_normal((24, 3)) @ rng.standard_normal((3, 20))).astype(np.float32)
+    ref = effective_to_lora({MOD + DELTA_SUFFIX: m}, 16, 32.0)
+    b, a = ref.state[MOD + LORA_B_SUFFIX], ref.state[MOD + LORA_A_SUFFIX]
+    assert b.shape == (24, 16) and a.shape == (16, 20)
+    assert not b[:, 3:].any() and not a[3:, :].any()
+    np.testing.assert_allclose(b @ a * (32.0 / 16), m, atol=1e-4)
+    assert ref.max_relative_error < 1e-5
