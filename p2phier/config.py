@@ -304,6 +304,7 @@ _SCHEMA: dict[str, _Field] = {
     "log.level": _Field(_level, "info"),
     "learn.enabled": _Field(_bool, False),
     "learn.round_interval_s": _Field(_seconds_or_zero, 3600.0),
+    "learn.follow_parent": _Field(_bool, True),
     "learn.plan": _Field(_path, "learn/plan.json"),
     "learn.worker_nice": _Field(_nice, 10),
     "retention.gc_interval_s": _Field(_seconds_or_zero, 600.0),
@@ -364,6 +365,9 @@ class NodeConfig:
     log_level: str
     learn_enabled: bool
     learn_round_interval_s: float
+    #: a node with a parent runs a round on each new version of its parent (its own timer
+    #: then drives nothing: only the root's does)
+    learn_follow_parent: bool
     learn_plan: Path
     learn_worker_nice: int
     #: seconds between garbage collections (the node's unneeded pins released first); 0: never
@@ -433,6 +437,7 @@ class NodeConfig:
             "log.level": self.log_level,
             "learn.enabled": self.learn_enabled,
             "learn.round_interval_s": self.learn_round_interval_s,
+            "learn.follow_parent": self.learn_follow_parent,
             "learn.plan": str(self.learn_plan),
             "learn.worker_nice": self.learn_worker_nice,
             "retention.gc_interval_s": self.retention_gc_interval_s,
@@ -619,6 +624,7 @@ def load_config(
         log_level=values["log.level"],
         learn_enabled=values["learn.enabled"],
         learn_round_interval_s=values["learn.round_interval_s"],
+        learn_follow_parent=values["learn.follow_parent"],
         learn_plan=plan if plan.is_absolute() else home / plan,
         learn_worker_nice=values["learn.worker_nice"],
         retention_gc_interval_s=values["retention.gc_interval_s"],

@@ -198,12 +198,32 @@ def test_check_plan_loads_the_data_file_too(tmp_path: Path) -> None:
 
 def test_the_templates_in_node_md_are_valid(tmp_path: Path) -> None:
     doc = (Path(__file__).resolve().parents[1] / "node" / "NODE.md").read_text()
-    plan, data = re.findall(r"```json\n(.*?)```", doc, re.S)
-    (tmp_path / "plan.json").write_text(plan)
+    blocks = re.findall(r"```json\n(.*?)```", doc, re.S)
+    (data,) = [b for b in blocks if '"arrivals"' in b]
+    plans = [b for b in blocks if b is not data]
+    assert len(plans) == 2  # "The learning plan" and "Joining a network"
     (tmp_path / "data.json").write_text(data)
-    loaded = check_plan(tmp_path / "plan.json")
-    assert loaded.trains and loaded.data == tmp_path / "data.json"
+    for plan in plans:
+        (tmp_path / "plan.json").write_text(plan)
+        loaded = check_plan(tmp_path / "plan.json")
+        assert loaded.trains and loaded.data == tmp_path / "data.json"
     assert [len(a) for a in load_data(tmp_path / "data.json").arrivals] == [1, 0]
+
+
+def test_the_config_of_node_md_joining_section_is_valid(tmp_path: Path) -> None:
+    """NODE.md's "Joining a network" config.toml loads as a node's config: a leaf that
+    learns and follows its parent."""
+    from p2phier.config import load_config
+    from p2phier.identity import Identity
+
+    doc = (Path(__file__).resolve().parents[1] / "node" / "NODE.md").read_text()
+    (toml,) = re.findall(r"```toml\n(.*?)```", doc, re.S)
+    peer = str(Identity.from_seed(b"\x05" * 32).peer_id)  # for the placeholder 12D3KooW...
+    text = re.sub(r"(?m)^ +", "", toml).replace("12D3KooW...", peer)
+    (tmp_path / "config.toml").write_text(text)
+    cfg = load_config(tmp_path / "config.toml", environ={}, flags={"home": str(tmp_path)})
+    assert cfg.layer.label == "domain" and cfg.domain == "en/news"
+    assert cfg.learn_enabled and cfg.learn_follow_parent and cfg.bootstrap
 
 
 def test_node_md_documents_every_learning_setting_with_its_default() -> None:

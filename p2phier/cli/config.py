@@ -184,6 +184,17 @@ def _coerce(kind: str, name: str, value: Any, base: Path) -> Any:
     raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover - schema bug
 
 
+def resolve_config_file(home: Path, flag: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The config file every command reads (the CLI's settings and ``node run``'s alike):
+    ``--config``, else ``$P2PHIER_CONFIG``, else ``<home>/config.toml`` when it exists."""
+    if flag is not None:
+        return flag.expanduser().absolute()
+    if environ.get(ENV_CONFIG, "").strip():
+        return Path(environ[ENV_CONFIG]).expanduser().absolute()
+    candidate = home / CONFIG_NAME
+    return candidate if candidate.is_file() else None
+
+
 def load_settings(
     home_flag: Path | None = None,
     config_flag: Path | None = None,
@@ -192,13 +203,7 @@ def load_settings(
     """Resolve every setting from defaults, the config file and the environment."""
     env = os.environ if environ is None else environ
     home = resolve_home(home_flag, env)
-    if config_flag is not None:
-        config_file: Path | None = config_flag.expanduser().absolute()
-    elif env.get(ENV_CONFIG, "").strip():
-        config_file = Path(env[ENV_CONFIG]).expanduser().absolute()
-    else:
-        candidate = home / CONFIG_NAME
-        config_file = candidate if candidate.is_file() else None
+    config_file = resolve_config_file(home, config_flag, env)
 
     values: dict[tuple[str, str], Any] = {
         ("store", "path"): home / STORE_NAME,

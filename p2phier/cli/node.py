@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +24,13 @@ from typing import Annotated, Any
 import typer
 
 from p2phier.cli import output
-from p2phier.cli.config import CLIContext, ConfigOption, HomeOption
+from p2phier.cli.config import (
+    CLIContext,
+    ConfigOption,
+    HomeOption,
+    resolve_config_file,
+    resolve_home,
+)
 
 node_app = typer.Typer(
     help="Run a p2phier node, or ask a running one its status.", no_args_is_help=True
@@ -106,7 +113,10 @@ def node_run(
         "listen": list(listen) if listen else None,
         "bootstrap": list(bootstrap) if bootstrap else None,
     }
-    cfg = load_config(cli.config_flag, flags=flags)
+    # the same file the CLI reads: --config, $P2PHIER_CONFIG, else <home>/config.toml (it
+    # was only --config, so a node run as NODE.md's "Joining" says ignored its config.toml)
+    home_dir = resolve_home(cli.home_flag, os.environ)
+    cfg = load_config(resolve_config_file(home_dir, cli.config_flag, os.environ), flags=flags)
     if cfg.learn_enabled:
         # Before the key, the store and the network: the learner reads these files only once
         # the node is up, where a bad one would stop the node as an internal error.

@@ -54,6 +54,17 @@ FAST_ENV: dict[str, str] = {
     "TRANSFORMERS_OFFLINE": "1",
 }
 
+#: nodes left running by :meth:`NodeProc.detach`: still this process's children, held so
+#: that each is reaped once stopped (:func:`reap_detached`) rather than left a zombie
+_DETACHED: list[subprocess.Popen[bytes]] = []
+
+
+def reap_detached() -> int:
+    """Reap the detached nodes that have exited; returns how many still run."""
+    _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
+    return len(_DETACHED)
+
+
 #: listen on an ephemeral loopback port; the ready line says which
 LOOPBACK_LISTEN = "/ip4/127.0.0.1/tcp/0"
 
@@ -178,6 +189,15 @@ class NodeProc:
         if rc:
             print(f"node {self.name} exited with status {rc}\n{self.log_tail()}", file=sys.stderr)
         return rc
+
+    def detach(self) -> None:
+        """Leave the node running without this object: its pipe closed (it prints only its
+        ready line); ``devnet down`` stops it by the pid the run state records."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.stdout is not None:
+                proc.stdout.close()
+            _DETACHED.append(proc)
 
     def kill(self) -> int | None:
         """SIGKILL at once and wait; returns the exit status (None if it was not running)."""

@@ -37,7 +37,7 @@ from p2phier.announce import topic_purpose
 from p2phier.config import STORE_NAME
 from p2phier.devnet.baseline_job import BaselineJob, is_baseline_job
 from p2phier.devnet.baselines import NodeData, build_node_data
-from p2phier.devnet.procs import FAST_ENV, NodeProc
+from p2phier.devnet.procs import FAST_ENV, NodeProc, reap_detached
 from p2phier.devnet.report import NodeInfo, NodeRound, RoundInfo, RunRecord
 from p2phier.devnet.scenario import NodeSpec, Scenario
 from p2phier.errors import P2PHierError
@@ -136,11 +136,12 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
                                                         list(nd.test)))  # fmt: skip
         plan = node_plan(scenario, node, root, info.weights_cid)
         write_atomic(learn / "plan.json", json.dumps(plan, indent=1, sort_keys=True).encode())
-        # Rounds come from the launcher; a devnet lasts minutes, so its nodes collect their
-        # garbage every 20 s rather than every 10 minutes (retention.gc_interval_s).
+        # Rounds come from the launcher (the devnet's clock: no timer, nobody follows its
+        # parent on its own); a devnet lasts minutes, so its nodes collect their garbage
+        # every 20 s rather than every 10 minutes (retention.gc_interval_s).
         write_atomic(
             home / "node.toml",
-            b"[learn]\nenabled = true\nround_interval_s = 0.0\n\n"
+            b"[learn]\nenabled = true\nround_interval_s = 0.0\nfollow_parent = false\n\n"
             b"[retention]\ngc_interval_s = 20.0\n",
         )
     # Derived tiers' sizes: the student keeps its blocks and vocabulary share (measured later).
@@ -230,6 +231,12 @@ class Devnet:
         self._record()
         if first is not None:
             raise first
+
+    def detach(self) -> None:
+        """Leave every node running (the run state keeps their pids for ``devnet down``)."""
+        self._record()
+        for proc in self.nodes.values():
+            proc.detach()
 
     def _signal(self, name: str, sig: signal.Signals) -> None:
         proc = self.nodes[name].proc
@@ -632,7 +639,9 @@ def run_devnet(
             job.stop()
         raise
     finally:
-        if not keep_running:
+        if keep_running:  # the nodes stay up for whoever called (devnet down stops them)
+            devnet.detach()
+        else:
             devnet.close()
     base = None
     if job is not None:
@@ -710,6 +719,7 @@ def down(run_dir: Path, grace: float = 10.0) -> list[str]:
         if isinstance(pid, int) and _is_ours(pid):
             os.kill(pid, signal.SIGKILL)
             done.append(f"SIGKILL {name} ({pid})")
+    reap_detached()  # nodes this very process left running (run_devnet(keep_running=True))
     return done
 
 

@@ -275,10 +275,14 @@ class LearnerCore:
     """What the learning worker does next (see the module docstring).
 
     ``is_root``: the node has no layer above (the master), so it needs no parent version
-    before its rounds."""
+    before its rounds.  ``follow_parent``: a new parent version, once applied, starts a
+    round (:meth:`rebased`): the rounds of a network follow its master's clock."""
 
-    def __init__(self, *, is_root: bool, requested_round: int = 0) -> None:
+    def __init__(
+        self, *, is_root: bool, requested_round: int = 0, follow_parent: bool = False
+    ) -> None:
         self.is_root = is_root
+        self.follow_parent = follow_parent
         self.requested_round = requested_round
         self.versions: dict[str, VersionSeen] = {}  # parent peer id -> its latest version
         self._failures: dict[str, int] = {}
@@ -289,6 +293,21 @@ class LearnerCore:
             raise ValueError("rounds start at 1")
         self.requested_round = max(self.requested_round, r)
         return self.requested_round
+
+    def rebased(self, v: VersionSeen, state: LearnerState) -> int | None:
+        """The node applied its parent's version ``v``: a follower asks itself for one more
+        round than both ``v``'s and its own last, so that it trains on the new model and
+        sends its parent an update on it (the parent aggregates only updates on its current
+        version; an update the node sent on the previous one no longer counts).  Returns the
+        round requested, or None (not following)."""
+        if not self.follow_parent or self.is_root:
+            return None
+        return self.request_round(max(v.round, state.round) + 1)
+
+    def timer_drives_rounds(self) -> bool:
+        """Whether ``learn.round_interval_s`` starts this node's rounds: the root's, and a
+        node's that does not follow its parent."""
+        return self.is_root or not self.follow_parent
 
     def version_seen(self, v: VersionSeen) -> None:
         # Kept per author: the parent may be re-selected after its version was accepted.

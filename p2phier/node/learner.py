@@ -108,7 +108,9 @@ class Learner(Outbox):
         self.errors: deque[str] = deque(maxlen=16)
         self.state = self._load_state()
         self.core = LearnerCore(
-            is_root=node.config.layer.above is None, requested_round=self.state.round
+            is_root=node.config.layer.above is None,
+            requested_round=self.state.round,
+            follow_parent=node.config.learn_follow_parent,
         )
         self.data: NodeData | None = None
         self.updates: dict[str, _Update] = {}  # child peer id -> its latest update
@@ -169,9 +171,10 @@ class Learner(Outbox):
 
     def retained(self) -> set[str]:
         """The CIDs this learner still needs (the store's retention keeps them pinned): its
-        tiers, its parent's version, its own versions, and updates not yet aggregated."""
+        tiers, its parent's version, its own versions, updates not yet aggregated, and the
+        last artifact of each outgoing stream (the next one is a delta on it)."""
         st = self.state
-        keep = set(st.tiers) | set(st.published)
+        keep = set(st.tiers) | set(st.published) | {ref.cid for ref in st.sent.values()}
         keep.update(ref.cid for ref in (st.base, st.flat) if ref is not None)
         if st.tier is not None and st.tier.get("bundle_cid"):
             keep.add(str(st.tier["bundle_cid"]))
@@ -273,7 +276,10 @@ class Learner(Outbox):
             self.data = await self._work(load_data, self.plan.data)
         await self._guard("start", self._start)
         await self._guard("catch up", self._catch_up)
-        interval = self.node.config.learn_round_interval_s
+        # a follower's rounds start with its parent's versions (LearnerCore.rebased)
+        interval = (
+            self.node.config.learn_round_interval_s if self.core.timer_drives_rounds() else 0.0
+        )
         next_auto = time.monotonic() + interval
         while True:
             self.busy = ""
@@ -336,6 +342,10 @@ class Learner(Outbox):
             # A failure (e.g. the parent's tier could not be fetched yet) is retried later.
             if await self._guard("rebase", lambda: self._apply(action.version)):
                 self.core.succeeded("rebase")
+                asked = self.core.rebased(action.version, self.state)
+                if asked is not None:
+                    logger.info("parent version %s (round %d): round %d follows",
+                                action.version.cid, action.version.round, asked)  # fmt: skip
             else:
                 self.core.failed("rebase", time.monotonic())
         else:

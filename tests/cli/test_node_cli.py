@@ -121,3 +121,22 @@ def test_node_run_refuses_a_bad_plan_before_starting(
         assert part in lines[0], r
     assert "internal error" not in r.stderr
     assert not (home / "identity.key").exists() and not (home / "store").exists()
+
+
+def test_node_run_reads_the_homes_config_toml_as_every_command_does(
+    cli: Runner, home: Path, tmp_path: Path
+) -> None:
+    """NODE.md's "Joining a network": ``p2phier --home H node run`` with the settings in
+    ``H/config.toml``.  ``node run`` read only ``--config``: the layer set in the file was
+    missing.  Here the file's learning plan is broken, so the refusal names it (and the node
+    starts nothing); with the file ignored, the error would be the missing layer instead."""
+    config = _node_home(home, {**PLAN, "tier": {"source": "int8"}}, {"arrivals": [], "test": []})
+    (home / "config.toml").write_text(config.read_text())
+    r = cli("--home", home, "node", "run", timeout=60)
+    assert r.returncode == 2, r
+    assert "plan.tier.tier_id" in r.stderr and "node.layer" not in r.stderr, r
+    # $P2PHIER_CONFIG, then the home's file, as for the CLI's own settings
+    other = tmp_path / "elsewhere.toml"
+    other.write_text('[node]\nlayer = "nonsense"\n')
+    r = cli("--home", home, "node", "run", timeout=60, env={"P2PHIER_CONFIG": str(other)})
+    assert r.returncode == 2 and "nonsense" in r.stderr, r

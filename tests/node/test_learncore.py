@@ -206,3 +206,29 @@ def test_fp16_sends_full_adapters_only() -> None:
     choice = wire_choice(SentRef("bafy-u1", PARENT, 0), PARENT, encoding="fp16",
                          keyframe_every=8)  # fmt: skip
     assert choice.parent is None and "fp16" in choice.reason
+
+
+# --- following the parent's versions ------------------------------------------------------------
+def test_a_follower_runs_a_round_on_each_new_parent_version() -> None:
+    """Issue 15: a node outside the devnet learns on its own: its parent's new version,
+    once applied, starts its next round (one past both the version's and its own last)."""
+    core = LearnerCore(is_root=False, follow_parent=True)
+    st = _ready(round=0)
+    assert core.rebased(_v("bafy-v0", round_=0), st) == 1
+    assert core.next(st, PARENT, 0.0) == RunRound(1)
+    st.round = 1
+    # a later version of the parent's round 5: round 6
+    assert core.rebased(_v("bafy-v5", round_=5), st) == 6
+    st.round = 6
+    # the parent relays its own parent's version under an older round: still one more round,
+    # so that the node's update is on the parent's current version
+    assert core.rebased(_v("bafy-relay", round_=5), st) == 7
+    assert not core.timer_drives_rounds()
+
+
+def test_without_following_or_at_the_root_versions_start_no_round() -> None:
+    st = _ready(round=2)
+    assert LearnerCore(is_root=False).rebased(_v(round_=3), st) is None
+    root = LearnerCore(is_root=True, follow_parent=True)
+    assert root.rebased(_v(round_=3), st) is None
+    assert root.timer_drives_rounds() and LearnerCore(is_root=False).timer_drives_rounds()
