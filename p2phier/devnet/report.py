@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2phier.devnet.stats import mean_gap_interval
 from p2phier.errors import ConfigError
 from p2phier.fields import FieldError, Type, checked, get
 from p2phier.fsutil import load_json, write_atomic
@@ -64,6 +65,7 @@ class NodeInfo:
     model_bytes: int  # size of the node's full model (what a full-model exchange sends)
     trains: bool = True
     peer_id: str | None = None
+    test_examples: int = 0  # its held-out set (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ _NODE_INFO = {
     "model_bytes": (int, True),
     "trains": (bool, False),
     "peer_id": (_OPT_STR, False),
+    "test_examples": (int, False),
 }
 _NODE_ROUND = {
     "node": (str, True),
@@ -460,11 +463,22 @@ def _compare(run: RunRecord, final: Mapping[str, float]) -> dict[str, Any]:
         for name in names
     ]
     central = [b.central[n] for n in names if n in b.central]
+    sizes = {n.name: n.test_examples for n in run.nodes}
+    known = bool(names) and all(sizes.get(n, 0) > 0 for n in names)
     return {
         "nodes": rows,
         "hierarchy": _mean([final[n] for n in names]),
         "isolated": _mean([b.isolated[n] for n in names]),
         "central": _mean(central) if len(central) == len(names) else None,
+        # 95% half-widths of the gaps, in points (None: held-out sizes not recorded)
+        "vs_isolated_ci_pts": mean_gap_interval(
+            [(final[n], b.isolated[n], sizes[n]) for n in names]
+        )
+        if known
+        else None,
+        "vs_central_ci_pts": mean_gap_interval([(final[n], b.central[n], sizes[n]) for n in names])
+        if known and len(central) == len(names)
+        else None,
         "isolated_steps": b.isolated_steps,
         "central_steps": b.central_steps,
         "notes": b.notes,
@@ -483,9 +497,14 @@ def verdict(compare: Mapping[str, Any]) -> str:
         head = "the hierarchy did NOT help (worse than training alone)"
     else:
         head = "the hierarchy did NOT help (no better than training alone)"
-    line = f"Verdict: {head}: mean accuracy {hier:.3f} vs {alone:.3f} alone ({gain:+.1f} pts)"
+    ci_alone, ci_central = compare.get("vs_isolated_ci_pts"), compare.get("vs_central_ci_pts")
+    line = f"Verdict: {head}: mean accuracy {hier:.3f} vs {alone:.3f} alone ({gain:+.1f}"
+    line += f" ± {ci_alone:.1f} pts)" if ci_alone is not None else " pts)"
     if central is not None:
-        line += f", {central:.3f} central ({100.0 * (hier - central):+.1f} pts)"
+        line += f", {central:.3f} central ({100.0 * (hier - central):+.1f}"
+        line += f" ± {ci_central:.1f} pts)" if ci_central is not None else " pts)"
+    if ci_alone is not None:
+        line += " (95% intervals from the held-out set sizes)"
     return line + "."
 
 

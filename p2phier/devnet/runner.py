@@ -557,6 +557,7 @@ def node_infos(devnet: Devnet, st: Mapping[str, dict[str, Any] | None]) -> tuple
                 ),
                 trains=node.trains,
                 peer_id=devnet.nodes[node.name].ready.get("peer_id"),
+                test_examples=len(data.test) if (data := devnet.p.data.get(node.name)) else 0,
             )
         )
     return tuple(out)

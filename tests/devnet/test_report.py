@@ -207,3 +207,28 @@ def test_the_cli_regenerates_the_report(tmp_path: Path, capsys: pytest.CaptureFi
     assert all(Path(p).is_file() for p in out["files"])
     assert main(["devnet", "report", str(tmp_path / "nothing")]) == 2
     assert "is not a devnet run directory" in capsys.readouterr().err
+
+
+def test_the_verdict_gives_intervals_when_the_held_out_sizes_are_recorded() -> None:
+    """The held-out sets are small: the verdict says how far each gap could be noise."""
+    import dataclasses
+
+    from p2phier.devnet.stats import mean_gap_interval
+
+    run = synthetic_run()
+    sizes = {"biz": 40, "tech": 20, "dev": 8}
+    nodes = tuple(dataclasses.replace(n, test_examples=sizes.get(n.name, 0)) for n in run.nodes)
+    sized = dataclasses.replace(run, nodes=nodes)
+    again = RunRecord.from_json(json.loads(json.dumps(sized.to_json())))
+    assert {n.name: n.test_examples for n in again.nodes}["dev"] == 8
+    compare = summarise(again)["comparison"]
+    want = mean_gap_interval([(0.8, 0.6, 40), (0.7, 0.6, 20), (0.6, 0.6, 8)])
+    assert compare["vs_isolated_ci_pts"] == pytest.approx(want)
+    assert compare["vs_central_ci_pts"] == pytest.approx(
+        mean_gap_interval([(0.8, 0.9, 40), (0.7, 0.8, 20), (0.6, 0.7, 8)])
+    )
+    line = summarise(again)["verdict"]
+    assert f"(+10.0 ± {want:.1f} pts)" in line and "95% intervals" in line
+    # without the sizes (an older run record) there is no interval, and no claim of one
+    assert summarise(run)["comparison"]["vs_isolated_ci_pts"] is None
+    assert "±" not in summarise(run)["verdict"]
