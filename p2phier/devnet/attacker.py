@@ -43,7 +43,11 @@ sets the strength, default 1, and the first round it attacks in, default 1):
     times their standard deviation, coordinate-wise;
 ``ipm``
     inner-product manipulation (Xie et al. 2020): likewise, and sends minus
-    STRENGTH (default 0.5) times their mean.
+    STRENGTH (default 0.5) times their mean;
+``alie-late``, ``ipm-late``
+    the same, sent only once the parent has published its version of the round
+    (a colluder slower than the round, as the real ones on MiniLM are): the
+    parent must screen an update that comes after its round.
 
 Both craft where the parent aggregates: on the merged LoRA deltas (``B @ A``)
 and head differences, and send the result as a LoRA adapter again.  If no
@@ -165,15 +169,18 @@ class PoisoningLearner(Learner):
         leaf = self.state.flat is None and local is not None and bool(local.on)
         # a leaf's update: the model it was trained on, where the poison is computed against
         on = Path(local.on) if leaf and local is not None else None
-        if on is not None and round_ >= self.from_round and self.behaviour in ("alie", "ipm"):
+        colluder, _, late = self.behaviour.partition("-")
+        if on is not None and round_ >= self.from_round and colluder in ("alie", "ipm"):
             honest = await self._siblings(round_, base_version)
             if not honest:
                 logger.warning("%s: no sibling's update in %.0f s", self.behaviour, SIBLING_WAIT_S)
             else:
                 adapter = await self._work(
-                    collude, self.behaviour, self.strength, [adapter, *honest],
+                    collude, colluder, self.strength, [adapter, *honest],
                     on, out=self._new_dir("poisoned"),
                 )  # fmt: skip
+            if late:
+                await self._round_closed(round_)
         elif on is not None and round_ >= self.from_round and self.behaviour != "label-flip":
             if self.behaviour == "stale":
                 self._first = self._first or adapter
@@ -186,6 +193,22 @@ class PoisoningLearner(Learner):
         return await super()._pack(
             adapter, base_version=base_version, round_=round_, metrics=metrics
         )
+
+    async def _round_closed(self, round_: int) -> None:
+        """Wait (up to :data:`LATE_WAIT_S`) until the parent published its version of round
+        ``round_``: a colluder slower than its round, whose update comes after it (a parent
+        that waits for this child, as in a network's first round where every child is a
+        newcomer, gets it after the wait)."""
+        import trio
+
+        deadline = time.monotonic() + LATE_WAIT_S
+        while time.monotonic() < deadline:
+            parent = self.node.hierarchy.parent
+            seen = self.core.versions.get(str(parent)) if parent is not None else None
+            if seen is not None and seen.round >= round_:
+                return
+            await trio.sleep(0.5)
+        logger.warning("%s: the parent published no version of round %d", self.behaviour, round_)
 
     async def _siblings(self, round_: int, base_version: str | None) -> list[Path]:
         """The adapters of the siblings' updates of this round on the same version, as
@@ -283,9 +306,12 @@ def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:
     return [dataclasses.replace(r, label=mirror.get(r.label, r.label)) for r in records]
 
 
-POISONING = ("sign-flip", "scale", "noise", "free-ride", "stale", "label-flip", "alie", "ipm")
+POISONING = ("sign-flip", "scale", "noise", "free-ride", "stale", "label-flip", "alie", "ipm",
+             "alie-late", "ipm-late")  # fmt: skip
 #: what knowing the round's honest updates takes: their publication, seconds at most
 SIBLING_WAIT_S = 120.0
+#: the longest a late colluder waits for its parent's version of the round
+LATE_WAIT_S = 30.0
 
 
 def poisoning_daemon(behaviour: str, strength: float, from_round: int = 1) -> type[NodeDaemon]:
@@ -308,7 +334,7 @@ ATTACKS: dict[str, type[NodeDaemon]] = {
 }
 
 #: a behaviour's strength when none is given (``scale``: model replacement among 10)
-DEFAULT_STRENGTH = {"scale": 10.0, "ipm": 0.5}
+DEFAULT_STRENGTH = {"scale": 10.0, "ipm": 0.5, "ipm-late": 0.5}
 
 
 def daemon_class(attack: str) -> type[NodeDaemon]:

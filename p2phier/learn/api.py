@@ -370,6 +370,28 @@ def aggregate_round(
     return RoundResult(path, result, chosen, refactored.max_relative_error, verdicts)
 
 
+def screen_updates(
+    version: Path,
+    children: Mapping[str, tuple[Path, float]],
+    *,
+    trusted: Sequence[str] = (OWN_UPDATE,),
+    quality: QualityConfig | None = None,
+) -> dict[str, Verdict]:
+    """The quality screen of :func:`aggregate_round` alone (the parent's own update as the
+    trusted reference, no trusted-set loss): a verdict on every update but the
+    ``trusted`` ones.  For an update that came after its round was aggregated: it is
+    judged against the round's updates as if it had come in time, and its verdict is
+    evidence although the update no longer counts."""
+    updates = [
+        ChildUpdate(child, child_update(path, version), weight)
+        for child, (path, weight) in sorted(children.items())
+    ]
+    _check_coverage(updates, read_adapter(version).effective(), version)
+    own = next((u.delta for u in updates if u.child == OWN_UPDATE), None)
+    _, verdicts = screen_round(updates, own, trusted=trusted, config=quality)
+    return dict(verdicts)
+
+
 def trusted_loss(
     tier_dir: Path,
     version: Path,

@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from p2phier.learn import api
+from p2phier.learn import calibrate as calibration
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
     AggregationConfig,
     Rule,
     effective_to_lora,
 )
+from p2phier.learn.calibrate import as_received, received_heads
 from p2phier.learn.continual import ContinualConfig
 from p2phier.learn.data import Example
 from p2phier.learn.models import configure_torch, load_tier, read_tier_info
@@ -40,6 +42,7 @@ from p2phier.learn.train import (
     write_adapter,
 )
 from p2phier.learnplan import CONTINUAL, DataRecord, LearnPlan, LearnSettings
+from p2phier.trust.quality import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -288,15 +291,7 @@ def aggregate(
         "rule": result.aggregation.rule.value,
         "rank": result.rank,
         "weights": {c.child: c.weight for c in result.aggregation.children},
-        "screen": {
-            a: {
-                "ok": v.ok,
-                "penalty": round(v.penalty, 3),
-                "harm": None if v.harm is None else round(v.harm, 4),
-                "reason": v.reason(),
-            }
-            for a, v in result.verdicts.items()
-        },
+        "screen": _verdicts(result.verdicts),
         "aggregate_s": 0.0,
         # the updates aggregated: the screen may have left some out
         "n_updates": len(result.aggregation.children),
@@ -343,6 +338,25 @@ def aggregate(
     return out
 
 
+def _verdicts(verdicts: Mapping[str, Verdict]) -> dict[str, dict[str, Any]]:
+    return {
+        a: {
+            "ok": v.ok,
+            "penalty": round(v.penalty, 3),
+            "harm": None if v.harm is None else round(v.harm, 4),
+            "reason": v.reason(),
+        }
+        for a, v in verdicts.items()
+    }
+
+
+def screen_late(version: Path, updates: Mapping[str, tuple[Path, float]]) -> dict[str, Any]:
+    """The screen's verdicts on a round's updates (``author -> (adapter, weight)``, the
+    node's own under ``OWN_UPDATE``) on ``version``, the flat they were trained on, as
+    :func:`aggregate` reports them: for an update that came after its round."""
+    return _verdicts(api.screen_updates(version, updates))
+
+
 #: A held domain is judged on its own only with at least this many validation examples:
 #: with fewer, one example's flip moves its accuracy by more than any sane tolerance.
 MIN_HELD_EXAMPLES = 10
@@ -375,7 +389,9 @@ def rebase(
     personal: Sequence[DataRecord],
     accuracy_before: float | None = None,
 ) -> dict[str, Any]:
-    """Move ``own`` from ``old_stack`` onto ``new_stack`` (fresh LoRA, own head kept).
+    """Move ``own`` from ``old_stack`` onto ``new_stack`` (the plan's ``rebase``: ``keep``,
+    the adapter stays as it is on the new model; ``reset``, a fresh LoRA, own head kept;
+    either way the head is then fine-tuned on the node's own data).
 
     ``accuracy_before``: the node's last accuracy on ``test`` with ``own`` (saves a pass).
     """
@@ -390,7 +406,7 @@ def rebase(
         out_dir,
         eval_sets={"own": examples(test)} if test else {},
         ancestors=list(new_stack[:-1]),
-        mode="reset",
+        mode="keep" if plan.rebase == "keep" else "reset",
         personal_examples=examples(personal) if plan.personal_head_steps else (),
         head_train=_train(plan, plan.seed, steps=plan.personal_head_steps),
         max_length=plan.max_length,
@@ -421,17 +437,24 @@ def evaluate(
     return scores.get("accuracy.own")
 
 
-def update_since(flat: Path, base: Path | None, out_dir: Path, *, max_rank: int) -> Path:
+def update_since(
+    flat: Path, base: Path | None, out_dir: Path, *, max_rank: int, received: Path | None = None
+) -> Path:
     """What a node learned since its last rebase: ``flat - base`` (LoRA parts), its own heads.
 
     A parent sends this upstream; the grandparent aggregates it like any child's
     update.  Re-factorised at ``max_rank`` (components beyond the update's own rank are
     exact zeros), so that consecutive updates keep one shape and travel as deltas.
+    ``received``: the parent's version as it arrived, where ``base`` is that version
+    calibrated to this tier (:mod:`p2phier.learn.calibrate`): the heads are then sent
+    as ``received + (flat - base)``, so that the calibration stays here.
     """
     if out_dir.exists():
         return out_dir
     own = read_adapter(flat)
     eff = own.effective()
+    if received is not None and base is not None:
+        eff = received_heads(eff, calibrated=base, received=received)
     if base is not None:
         below = read_adapter(base).effective()
         for key in list(eff):
@@ -443,6 +466,61 @@ def update_since(flat: Path, base: Path | None, out_dir: Path, *, max_rank: int)
     config = dict(own.config)
     config.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
     return write_adapter(out_dir, ref.state, config)
+
+
+def calibrates(own_tier: Path, their_tier: Path) -> bool:
+    """Whether a version from ``their_tier`` is calibrated before this tier uses it: when
+    this tier is distilled from it (fewer blocks, its own features).  An int8 copy keeps
+    its source's features, and the same tier needs nothing."""
+    own, theirs = read_tier_info(own_tier), read_tier_info(their_tier)
+    return own.weights_cid != theirs.weights_cid and bool(own.layers)
+
+
+def calibrate(
+    plan: LearnPlan,
+    tier_dir: Path,
+    mapped: Path,
+    out_dir: Path,
+    *,
+    their_tier: Path,
+    version: Path,
+    records: Sequence[DataRecord],
+    seed: int,
+) -> dict[str, Any]:
+    """The parent's ``version`` (on ``their_tier``), mapped into this tier as ``mapped``,
+    fitted to this tier on the node's own ``records``
+    (:func:`p2phier.learn.calibrate.calibrate`)."""
+    began = time.monotonic()
+    if not out_dir.exists():
+        calibration.calibrate(
+            tier_dir,
+            mapped,
+            out_dir,
+            teacher_tier_dir=their_tier,
+            teacher=version,
+            examples=examples(records),
+            steps=plan.calibrate_steps,
+            lr=plan.calibrate_lr,
+            batch_size=plan.batch_size,
+            max_length=plan.max_length,
+            seed=seed,
+        )
+    return {"adapter": str(out_dir), "calibrate_s": round(time.monotonic() - began, 3)}
+
+
+def sendable(adapter: Path, out_dir: Path, *, calibrated: Path, received: Path) -> Path:
+    """A leaf's adapter trained on a calibrated version, its heads expressed against the
+    version as received (:func:`p2phier.learn.calibrate.as_received`)."""
+    if out_dir.exists():
+        return out_dir
+    return as_received(adapter, calibrated=calibrated, received=received, out_dir=out_dir)
+
+
+def learned_since(plan: LearnPlan, own: Path, since: Path, out_dir: Path) -> Path:
+    """What a kept adapter learned since its last rebase: ``own - since`` (LoRA parts, at
+    twice the plan's LoRA rank: the difference of two rank-r products is exact there), its
+    heads as they are."""
+    return update_since(own, since, out_dir, max_rank=2 * plan.lora_r)
 
 
 def same_tier(a: Path, b: Path) -> bool:

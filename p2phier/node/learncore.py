@@ -20,8 +20,9 @@ from typing import Any
 from p2phier.errors import P2PHierError
 
 #: the format of ``learn/state.json`` this code writes (files without one are format 0:
-#: the same fields, written before the format was versioned; format 1 lacks ``sent``)
-STATE_FORMAT = 2
+#: the same fields, written before the format was versioned; format 1 lacks ``sent``,
+#: format 2 ``local.since``)
+STATE_FORMAT = 3
 #: a round's record and the applied-versions list are kept for this many entries
 MAX_ROUNDS_KEPT = 256
 MAX_APPLIED_KEPT = 32
@@ -45,10 +46,13 @@ class VersionRef:
 
 @dataclass
 class LocalRef:
-    """The node's own adapter (``dir``), trained on top of the model at ``on``."""
+    """The node's own adapter (``dir``), trained on top of the model at ``on``; ``since``:
+    the adapter as it was at the last rebase that kept it (what the node has learned since
+    is ``dir - since``; empty: everything in ``dir`` is new)."""
 
     dir: str
     on: str
+    since: str = ""
 
 
 @dataclass
@@ -185,10 +189,10 @@ def _local(data: Mapping[str, Any]) -> LocalRef | None:
     value = _opt_obj(data, "local")
     if value is None:
         return None
-    dir_, on = value.get("dir"), value.get("on")
-    if not isinstance(dir_, str) or not isinstance(on, str):
-        raise StateError("learner state field 'local' needs string 'dir' and 'on'")
-    return LocalRef(dir_, on)
+    dir_, on, since = value.get("dir"), value.get("on"), value.get("since", "")
+    if not isinstance(dir_, str) or not isinstance(on, str) or not isinstance(since, str):
+        raise StateError("learner state field 'local' needs string 'dir', 'on' and 'since'")
+    return LocalRef(dir_, on, since)
 
 
 def _sent(data: Mapping[str, Any]) -> dict[str, SentRef]:

@@ -10,28 +10,36 @@ The model of one node (all adapters live in the node's own tier space):
 
 * ``base``: the parent's latest *flat* version (its complete model as one
   adapter), mapped block by block into this node's tier when the tiers
-  differ; the master has none;
+  differ, and calibrated on the node's own data where this tier is distilled
+  (the node's updates are measured against it, their heads expressed against
+  the version as received); the master has none;
 * ``flat`` (nodes with children): this node's complete model, published to
   its children (signed by this node, ``base_version`` = the parent's flat);
 * ``local`` (nodes that train): a LoRA adapter with a personal head, trained
   on newly arrived private data on top of ``flat`` (or ``base`` for a leaf).
 
 A round (``learn.round R``): a training node runs a continual-learning cycle
-on the data that arrived by round R; a leaf publishes ``local`` to its parent.
+on the data that arrived by round R; a leaf publishes its update to its parent.
 A parent collects its children's updates for round R (those trained on its
 current flat, until every registered child has sent one or ``collect_s``
-passes), adds its own ``local``, aggregates under the plan's rule and applies
-the timing rule; a published candidate becomes the new flat and goes to the
-children.  A non-root parent then sends ``flat - base`` upstream.  When a new
-parent version arrives, the node rebases: a parent's flat becomes the new base
-(its contribution went upstream), a training node's ``local`` restarts its
-LoRA on the new model and keeps its personal head, and the new flat is relayed
-to the children.  Known limit: an update the parent's timing rule held back is
-dropped at the next rebase; the node relearns it from its replay buffer.
+passes), adds its own, aggregates under the plan's rule and applies the timing
+rule; a published candidate becomes the new flat and goes to the children.  A
+child's update of that round that comes later is still screened against the
+round's updates, and its verdict is evidence against its author.  A non-root
+parent then sends ``flat - base`` upstream.  When a new parent version arrives,
+the node rebases: a parent's flat becomes the new base (its contribution went
+upstream), a training node's ``local`` restarts its LoRA keeping its personal
+head (the plan's ``rebase = "reset"``, the default) or stays on top of the new
+model (``"keep"``: its next update is only what it learns from then on,
+``local - since``), and the new flat is relayed to the children.  Known limit:
+an update the parent's timing rule held back is dropped at the next rebase; the
+node relearns it from its replay buffer.
 
 What leaves the node (packing, delta or keyframe, publishing) is
-:class:`p2phier.node.outbox.Outbox`'s.  What to do next (rebase, a round, or wait,
-and why; failed steps retried with backoff) is decided by
+:class:`p2phier.node.outbox.Outbox`'s; applying a parent's version (its tier, the
+mapping, the calibration, the rebase) is :class:`p2phier.node.inbound.Inbound`'s.
+What to do next (rebase, a round, or wait, and why; failed steps retried with backoff)
+is decided by
 :class:`p2phier.node.learncore.LearnerCore`, who a round waits for by
 :class:`p2phier.node.collect.Collection`; this module is the trio driver that carries
 the steps out.  State (``learn/state.json``,
@@ -49,6 +57,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -62,6 +71,7 @@ from p2phier.fsutil import load_json, write_atomic
 from p2phier.learn.aggregate import OWN_UPDATE
 from p2phier.learnplan import LearnPlan, NodeData, load_data
 from p2phier.node.collect import ChildSeen, Collection
+from p2phier.node.inbound import Inbound
 from p2phier.node.learncore import (
     LearnerCore,
     LearnerState,
@@ -72,7 +82,6 @@ from p2phier.node.learncore import (
     VersionSeen,
     Wait,
 )
-from p2phier.node.outbox import Outbox
 from p2phier.node.worker import PriorityWorker
 from p2phier.trust.standing import Standing
 
@@ -87,15 +96,31 @@ POLL_S = 0.25
 #: where learning steps write; what the state no longer names is removed after each step
 #: (tiers are kept: a node has one, and its parents' and teacher's)
 STEP_DIRS = ("local", "candidate", "up", "flat", "versions", "mapped", "updates", "mapped-up",
-             "poisoned", "sibling")  # fmt: skip
+             "poisoned", "sibling", "calibrated", "own")  # fmt: skip
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
 _Update = VersionSeen
+#: how long a round's late updates are still screened, at least (else the plan's collect_s)
+LATE_SCREEN_MIN_S = 300.0
 
 
-class Learner(Outbox):
+@dataclass
+class ScreenedRound:
+    """A round's screen, kept for the updates that come after it: its round, the flat its
+    updates were trained on, the updates screened (``author -> (adapter, weight)``, the
+    node's own included) and every author judged so far."""
+
+    round: int
+    flat_cid: str
+    flat_dir: Path
+    updates: dict[str, tuple[Path, float]]
+    judged: set[str]
+    until: float  # monotonic time after which late updates are no longer screened
+
+
+class Learner(Inbound):
     """One node's learning worker (see the module docstring)."""
 
     def __init__(self, node: NodeDaemon, plan: LearnPlan) -> None:
@@ -125,6 +150,8 @@ class Learner(Outbox):
         self._unsaved = False
         #: CIDs a step is fetching or importing (a tier bundle): kept pinned meanwhile
         self._in_flight: set[str] = set()
+        #: the last round screened, for its late updates (_screen_late)
+        self._screened: ScreenedRound | None = None
 
     @property
     def requested_round(self) -> int:
@@ -186,8 +213,13 @@ class Learner(Outbox):
         """Step directories still in use: everything else under :data:`STEP_DIRS` goes."""
         st = self.state
         paths = [Path(ref.dir) for ref in (st.base, st.flat) if ref is not None]
+        received = self._received()
+        if received is not None:
+            paths.append(received)
+        if self._screened is not None:  # what late updates are screened against
+            paths += [self._screened.flat_dir, *(p for p, _ in self._screened.updates.values())]
         if st.local is not None:
-            paths += [Path(st.local.dir), *([Path(st.local.on)] if st.local.on else [])]
+            paths += [Path(p) for p in (st.local.dir, st.local.on, st.local.since) if p]
         return paths
 
     def _sweep(self) -> int:
@@ -332,6 +364,8 @@ class Learner(Outbox):
         """Do what :class:`LearnerCore` says is next: rebase, a round, or wait (and say why)."""
         if self._unsaved:
             self._save()
+        if self._late():
+            await self._guard("late screen", self._screen_late)
         parent = self.node.hierarchy.parent
         action = self.core.next(self.state, str(parent) if parent else None, time.monotonic())
         if isinstance(action, Wait):
@@ -400,106 +434,6 @@ class Learner(Outbox):
         self.node.set_base_model(facts["tier_id"])
         logger.info("tier %s ready (%s)", facts["tier_id"], facts["bundle_cid"])
 
-    async def _tier_of(self, bundle_cid: str | None, provider: str) -> Path:
-        """The parent's tier dir: known already, or fetched by its bundle CID and verified."""
-        if bundle_cid is None:
-            raise ValueError("the parent's version names no base model CID")
-        known = self.state.tiers.get(bundle_cid)
-        if known and Path(known).is_dir():
-            return Path(known)
-        from p2phier.learn import api
-
-        self._in_flight.add(bundle_cid)
-        try:
-            await self.node.fetch_object(bundle_cid, [provider])
-            out = self.dir / "tiers" / bundle_cid
-            if not out.exists():
-                # The bundle CID comes from the parent's signed manifest and every block was
-                # hash-checked on fetch: it is the trust anchor for the tier inside.
-                await self._work(
-                    api.import_tier,
-                    self.node.store,
-                    CID.parse(bundle_cid),
-                    out,
-                    expected_weights_cid=None,
-                )
-            self.state.tiers[bundle_cid] = str(out)
-        finally:
-            self._in_flight.discard(bundle_cid)
-        return out
-
-    # --- downstream: a new parent version -----------------------------------------------------
-    async def _apply(self, v: _Update) -> None:
-        from p2phier.learn import cycle
-
-        began = time.time()
-        their_tier = await self._tier_of(v.base_model_cid, v.author)
-        raw = self.dir / "versions" / v.cid
-        if not raw.exists():
-            await self._work(self._unpack, v.cid, raw, their_tier)
-        if self.state.tier is None:
-            records = self._arrived(1) if self.data else []
-            out = self.dir / "tier"
-            if out.exists():
-                shutil.rmtree(out)
-            facts = await self._work(cycle.build_tier, self.plan, their_tier, out, records)
-            await self._set_tier(facts)
-        tier = self._tier_dir()
-        if await self._work(cycle.same_tier, tier, their_tier):
-            base_dir = raw
-        else:
-            (mapped,) = await self._work(
-                cycle.map_stack,
-                [raw],
-                [self.dir / "mapped" / v.cid],
-                own_tier=tier,
-                their_tier=their_tier,
-            )
-            base_dir = mapped
-        old_base = self.state.base
-        self.state.base = VersionRef(v.cid, str(base_dir), v.round)
-        entry: dict[str, Any] = {"cid": v.cid, "round": v.round, "created_ms": v.created_ms}
-        if self.plan.parent:
-            # A parent: its contribution went upstream; the parent's model is its model now.
-            # Announcement rounds never go back (receivers refuse it): a node ahead of a slow
-            # parent relays its version under its own round.
-            await self._publish_flat(
-                base_dir, base_cid=v.cid, round_=max(v.round, self.state.round)
-            )
-        local = self.state.local
-        if local is not None and old_base is not None:
-            on = Path(self._flat().dir) if self.state.flat else base_dir
-            result = await self._rebase_local(tier, Path(local.on), on)
-            entry["accuracy_before"] = before = result["before"].get("accuracy.own")
-            entry["accuracy_own"] = after = result["accuracy_own"]
-            if before is not None and after is not None and after < before:
-                # The parent's new model serves this node's own held-out data worse than its
-                # model before did, its personal head retrained on top: say so.
-                entry["own_accuracy_fell"] = round(before - after, 4)
-                msg = (f"parent version {v.cid}: own held-out accuracy fell from {before:.3f} "
-                       f"to {after:.3f} on rebase")  # fmt: skip
-                logger.warning("%s", msg)
-                self.errors.append(msg)
-        elif self.data is not None and self.data.test:
-            stack, adapter = self._model()
-            entry["accuracy_own"] = await self._work(
-                cycle.evaluate, self.plan, tier, stack, adapter, self.data.test
-            )
-        now = time.time()
-        entry["applied_ms"] = int(now * 1000)
-        entry["propagation_s"] = round(max(0.0, now - v.created_ms / 1000.0), 3)
-        entry["apply_s"] = round(now - began, 3)
-        self.state.record_applied(entry)
-        self.state.accuracy_own = entry.get("accuracy_own", self.state.accuracy_own)
-        logger.info("applied parent version %s (round %d): %s", v.cid, v.round, entry)
-
-    def _unpack(self, cid: str, out: Path, tier: Path) -> None:
-        """Write an update's adapter, checked against the modules of the tier it was made on."""
-        from p2phier.artifact import materialise
-        from p2phier.learn.models import tier_module_names
-
-        materialise(self.node.store, CID.parse(cid), out, base_modules=tier_module_names(tier))
-
     def _model(self) -> tuple[list[Path], Path | None]:
         """This node's current model as (stack, adapter)."""
         local = self.state.local
@@ -554,14 +488,22 @@ class Learner(Outbox):
                 seed=self.plan.seed + r,
             )
             self.state.consumed = r
-            self.state.local = LocalRef(result["adapter"], str(stack[0]) if stack else "")
+            on = str(stack[0]) if stack else ""
+            since = local.since if local is not None and local.on == on else ""
+            self.state.local = LocalRef(result["adapter"], on, since)
             rec.update(
                 trained=len(new), train_s=result["train_s"], accuracy_own=result["accuracy_own"]
             )
             self.state.accuracy_own = result["accuracy_own"]
             if self.state.flat is None and self.state.base is not None:
+                adapter, received = await self._own_update(), self._received()
+                if received is not None:  # the calibration stays here
+                    adapter = await self._work(
+                        cycle.sendable, adapter, self._new_dir("up"),
+                        calibrated=Path(self.state.base.dir), received=received,
+                    )  # fmt: skip
                 art = await self._pack(
-                    Path(result["adapter"]),
+                    adapter,
                     base_version=self.state.base.cid,
                     round_=r,
                     metrics=result["metrics"],
@@ -572,6 +514,19 @@ class Learner(Outbox):
         rec["wall_s"] = round(time.time() - began, 3)
         self.state.record_round(r, rec)
         logger.info("round %d done: %s", r, rec)
+
+    async def _own_update(self) -> Path:
+        """The node's own update: its adapter, or what it learned since the last rebase that
+        kept the adapter (the rest is in the version it is on already)."""
+        from p2phier.learn import cycle
+
+        local = self.state.local
+        assert local is not None
+        if not local.since:
+            return Path(local.dir)
+        return await self._work(
+            cycle.learned_since, self.plan, Path(local.dir), Path(local.since), self._new_dir("own")
+        )
 
     async def _collect(self, r: int, began: float, rec: dict[str, Any]) -> dict[str, _Update]:
         """Children's updates on the current flat, once :class:`Collection` says the round's
@@ -607,28 +562,6 @@ class Learner(Outbox):
                 return fresh
             await trio.sleep(POLL_S)
 
-    async def _rebase_local(self, tier: Path, old_on: Path, new_on: Path) -> dict[str, Any]:
-        """Move the local adapter from ``old_on`` onto ``new_on`` (fresh LoRA, personal head)."""
-        from p2phier.learn import cycle
-
-        local = self.state.local
-        if local is None:
-            raise P2PHierError("this node has no adapter of its own to rebase")
-        result = await self._work(
-            cycle.rebase,
-            self.plan,
-            tier,
-            Path(local.dir),
-            old_stack=[old_on],
-            new_stack=[new_on],
-            out_dir=self._new_dir("local"),
-            test=self.data.test if self.data else (),
-            personal=self._arrived(self.state.consumed) if self.data else (),
-            accuracy_before=self.state.accuracy_own,
-        )
-        self.state.local = LocalRef(result["adapter"], str(new_on))
-        return result
-
     async def _prepare_update(self, u: _Update, tier: Path) -> Path:
         """A child's verified update as an adapter dir in this node's tier space."""
         from p2phier.learn import cycle
@@ -647,7 +580,7 @@ class Learner(Outbox):
         from p2phier.learn import cycle
 
         tier = self._tier_dir()
-        flat = Path(self._flat().dir)
+        flat, flat_cid = Path(self._flat().dir), self._flat().cid
         fresh = await self._collect(r, began, rec)
         rec["children_updates"] = sorted(fresh)
         updates: dict[str, tuple[Path, float]] = {}
@@ -678,7 +611,7 @@ class Learner(Outbox):
         rec["trust_weights"] = weights
         local = self.state.local
         if self.plan.trains and local is not None and local.on == str(flat):
-            updates[OWN_UPDATE] = (Path(local.dir), 1.0)
+            updates[OWN_UPDATE] = (await self._own_update(), 1.0)
         if updates:
             out = await self._work(
                 cycle.aggregate,
@@ -703,6 +636,11 @@ class Learner(Outbox):
                 elif weights.get(author, {}).get("weight") == 0.0:
                     excluded[author] = f"weight 0: {weights[author]['why']}"
             rec["screen"] = {a: v["reason"] for a, v in out["screen"].items()}
+            # an update of this round that comes after it is still screened (_screen_late)
+            self._screened = ScreenedRound(
+                r, flat_cid, flat, dict(updates), set(fresh) | {OWN_UPDATE},
+                until=time.monotonic() + max(self.plan.collect_s, LATE_SCREEN_MIN_S),
+            )  # fmt: skip
             rec.update(
                 decision="published" if out["publish"] else "held",
                 reason=out["reason"],
@@ -721,7 +659,7 @@ class Learner(Outbox):
                     # a trainer's own accuracy is its local (personal) model's, set below
                     self.state.accuracy_own = out["validation_after"]
                 if local is not None and self.plan.trains:
-                    result = await self._rebase_local(tier, flat, Path(out["candidate"]))
+                    result = await self._rebase_local(tier, flat, Path(self._flat().dir))
                     self.state.accuracy_own = result["accuracy_own"]
         else:
             rec.update(decision="held", reason="no updates arrived", n_updates=0)
@@ -736,9 +674,56 @@ class Learner(Outbox):
                 Path(base.dir),
                 self._new_dir("up"),
                 max_rank=self.plan.version_rank,
+                received=self._received(),
             )
             art = await self._pack(up, base_version=base.cid, round_=r)
             rec["sent"] = await self._send_up(art)
+
+    def _late(self) -> list[_Update]:
+        """Children's updates of the last screened round that came after it, on the flat it
+        aggregated, once that flat is no longer the current one (while it is, the next
+        round screens them with the others)."""
+        ctx = self._screened
+        if ctx is None:
+            return []
+        if time.monotonic() > ctx.until:
+            self._screened = None
+            return []
+        if self.state.flat is None or self.state.flat.cid == ctx.flat_cid:
+            return []
+        children = {str(c) for c in self.node.hierarchy.children}
+        return [
+            u
+            for a, u in sorted(self.updates.items())
+            if a in children and a not in ctx.judged
+            and u.base_version == ctx.flat_cid and u.round == ctx.round
+        ]  # fmt: skip
+
+    async def _screen_late(self) -> None:
+        """Screen each late update against its round's updates; its verdict is evidence
+        against its author like any other (an attacker that waits for its siblings'
+        updates to craft its own, as ALIE and IPM do, is always late), though the update
+        no longer counts."""
+        from p2phier.learn import cycle
+
+        ctx = self._screened
+        assert ctx is not None
+        guard, tier = self.node.guard, self._tier_dir()
+        for u in self._late():
+            ctx.judged.add(u.author)
+            if guard.is_isolated(u.author):
+                continue
+            path = await self._prepare_update(u, tier)
+            verdicts = await self._work(
+                cycle.screen_late, ctx.flat_dir, {**ctx.updates, u.author: (path, 1.0)}
+            )
+            v = verdicts[u.author]
+            if v["penalty"] > 0:
+                guard.bad_update(u.author, v["penalty"], f"round {ctx.round} (late): {v['reason']}")
+            self.state.rounds.setdefault(str(ctx.round), {}).setdefault("late_screen", {})[
+                u.author
+            ] = v["reason"]
+            logger.info("round %d: late update from %s: %s", ctx.round, u.author, v["reason"])
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -45,19 +45,34 @@ class Outbox:
     plan: LearnPlan
     state: LearnerState
     errors: deque[str]
+    dir: Path
 
     async def _work(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         raise NotImplementedError  # the learner's worker thread
 
     async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
+        """Publish ``flat`` to the children as this node's version, and hold the version as
+        its artifact rebuilds it (an int8 delta or an fp16 keyframe is not ``flat`` to the
+        last bit): the children train on that, so their updates are measured against it
+        here too.  Otherwise every child's update would carry the encoding's error, the same
+        in all of them (two children that learned nothing would send one update: twins)."""
         art = await self._pack(flat, base_version=base_cid, round_=round_, stream="down")
-        self.state.flat = VersionRef(str(art.cid), str(flat), round_)
-        self.state.published[str(art.cid)] = str(flat)
+        held = await self._work(self._as_published, str(art.cid), self.dir / "flat" / str(art.cid))
+        self.state.flat = VersionRef(str(art.cid), str(held), round_)
+        self.state.published[str(art.cid)] = str(held)
         if self.node.config.layer.below is not None:
             try:
                 await self.node.publish(str(art.cid), "children")
             except P2PHierError as exc:
                 self.errors.append(f"publish to children: {exc}")
+
+    def _as_published(self, cid: str, out: Path) -> Path:
+        """The adapter the artifact ``cid`` stands for, as any reader rebuilds it (blocking)."""
+        from p2phier.artifact import materialise
+
+        if not out.exists():
+            materialise(self.node.store, cid, out)
+        return out
 
     async def _send_up(self, art: Artifact) -> dict[str, Any] | str:
         if self.node.hierarchy.parent is None:

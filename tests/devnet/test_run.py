@@ -206,6 +206,44 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
     assert _no_node_left(run_dir) == []
 
 
+@pytest.mark.xdist_group("devnet-attack")
+def test_a_colluder_whose_update_comes_after_the_round_is_still_screened_and_isolated(
+    tmp_path: Path,
+) -> None:
+    """A real IPM colluder (it fetches its siblings' updates, sends -0.5 x their mean) that
+    sends only once the parent has published the round's version.  Round 1: every child is
+    a newcomer, the parent waits for it, and the screen leaves its update out.  Round 2:
+    the parent waits for its known children only; the colluder's update comes after the
+    round and is screened late (the verdict is evidence though the update no longer
+    counts).  By the end the parent has isolated the colluder, and nobody else."""
+    run_dir = tmp_path / "collude"
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-collude.toml"), "--dir",
+                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
+    colluder = peers["mixed"]
+    honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
+    en = _learner(run_dir, "en")
+    first = en["rounds"]["1"]
+    assert colluder in first["children_updates"], first  # waited for: a newcomer in round 1
+    assert first["excluded_updates"][colluder].startswith("screen: opposes"), first
+    second = en["rounds"]["2"]
+    assert colluder not in second["children_updates"], second  # it came after the round...
+    assert honest <= set(second["children_updates"]), second
+    assert second["late_screen"][colluder].startswith("opposes"), second  # ...and was screened
+    for r in ("1", "2", "3"):
+        rec = en["rounds"][r]
+        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
+        assert colluder not in aggregated, rec
+        assert len(honest - aggregated) <= 1, rec  # see the scaling attacker's test
+        assert set(rec.get("late_screen", {})) <= {colluder}, rec
+    run = json.loads((run_dir / "run.json").read_text())
+    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
+    assert last["en"]["isolated_peers"] == ["mixed"], last["en"]
+    assert all(n["isolated"] == 0 for name, n in last.items() if name != "en"), last
+    assert _no_node_left(run_dir) == []
+
+
 @pytest.mark.xdist_group("devnet-fault")
 def test_a_killed_subdomain_node_restarts_and_catches_up(tmp_path: Path) -> None:
     run_dir = tmp_path / "fault"

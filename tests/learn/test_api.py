@@ -304,3 +304,56 @@ def test_the_trusted_set_tells_a_label_flipper_from_honest_children(
     harmful = {a for a, v in result.verdicts.items() if "harmful" in v.flags}
     assert harmful == {"c0"}, {a: v.reason() for a, v in result.verdicts.items()}
     assert "c0" not in {c.child for c in result.aggregation.children}
+
+
+# --- the screen alone, for an update that came after its round ----------------------------------
+
+_MOD = "base_model.model.encoder.layer.0.attention.self.query"
+_HEAD = "base_model.model.classifier.weight"
+_LORA = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["query"]}
+
+
+def _toy(path: Path, a: np.ndarray, b: np.ndarray, head: np.ndarray) -> Path:
+    from p2phier.learn.train import write_adapter
+
+    state = {_MOD + ".lora_A.weight": a, _MOD + ".lora_B.weight": b, _HEAD: head}
+    return write_adapter(path, {k: v.astype(np.float32) for k, v in state.items()}, _LORA)
+
+
+def test_screen_updates_judges_a_late_update_against_the_rounds_updates(tmp_path: Path) -> None:
+    """What a parent runs on an update that came after its round (an IPM colluder, which
+    waited for the honest updates, always does): the same verdicts as the round's screen,
+    the parent's own update the trusted reference."""
+    from p2phier.devnet.attacker import collude
+    from p2phier.learn.aggregate import OWN_UPDATE
+
+    rng = np.random.default_rng(0)
+    zero_b, head = np.zeros((5, 2)), rng.normal(size=(3, 5))
+    version = _toy(tmp_path / "version", rng.normal(size=(2, 6)), zero_b, head)
+    # honest updates share a direction (they learn the same task), each with its own noise
+    common_a, common_b, common_h = (
+        rng.normal(size=(2, 6)),
+        rng.normal(size=(5, 2)),
+        rng.normal(size=(3, 5)),
+    )
+    children: dict[str, tuple[Path, float]] = {}
+    for i, name in enumerate(["a", "b", "c", "d", "e", OWN_UPDATE]):
+        path = _toy(
+            tmp_path / f"h{i}",
+            common_a + 0.3 * rng.normal(size=(2, 6)),
+            common_b + 0.3 * rng.normal(size=(5, 2)),
+            head + common_h + 0.3 * rng.normal(size=(3, 5)),
+        )
+        children[name] = (path, 1.0)
+    honest = [p for name, (p, _) in children.items() if name != OWN_UPDATE]
+    late = collude("ipm", 0.5, honest, version, out=tmp_path / "ipm")
+    verdicts = api.screen_updates(version, {**children, "late": (late, 1.0)})
+    assert OWN_UPDATE not in verdicts  # the trusted reference is not judged
+    assert verdicts["late"].flags and "opposes" in verdicts["late"].flags
+    assert verdicts["late"].penalty >= 0.5
+    assert all(verdicts[n].ok for n in "abcde"), {n: verdicts[n].reason() for n in "abcde"}
+    # an honest late update is judged ok
+    again = _toy(tmp_path / "h-late", common_a + 0.3 * rng.normal(size=(2, 6)),
+                 common_b + 0.3 * rng.normal(size=(5, 2)),
+                 head + common_h + 0.3 * rng.normal(size=(3, 5)))  # fmt: skip
+    assert api.screen_updates(version, {**children, "late": (again, 1.0)})["late"].ok

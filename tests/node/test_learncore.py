@@ -43,7 +43,7 @@ def _ready(**kw: Any) -> LearnerState:
 
 # --- saved state -------------------------------------------------------------------------------
 def test_state_round_trips_through_json_with_its_format() -> None:
-    st = _ready(local=LocalRef("/l", "/v1"), consumed=2, round=2, accuracy_own=0.5)
+    st = _ready(local=LocalRef("/l", "/v1", "/l0"), consumed=2, round=2, accuracy_own=0.5)
     st.sent = {"up": SentRef("bafy-u", PARENT, 3), "down": SentRef("bafy-d", CHILDREN, 0)}
     st.record_round(2, {"round": 2, "decision": "published"})
     data = json.loads(json.dumps(st.to_json()))
@@ -59,6 +59,11 @@ def test_a_state_written_before_formats_existed_still_loads() -> None:
     assert st.base == VersionRef("c", "/d", 3) and st.round == 3 and st.seq == 7
     # format 1 had no record of what was sent: the next artifact of each stream is a keyframe
     assert LearnerState.from_json({**legacy, "format": 1}).sent == {}
+    # format 2 had no "since": everything in the local adapter was learned since its rebase
+    local = {"dir": "/l", "on": "/d"}
+    assert LearnerState.from_json({**legacy, "format": 2, "local": local}).local == LocalRef(
+        "/l", "/d", ""
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,6 +75,7 @@ def test_a_state_written_before_formats_existed_still_loads() -> None:
         ({"round": True}, "'round'"),
         ({"base": {"cid": 1, "dir": "/d"}}, "'base'"),
         ({"local": {"dir": "/d"}}, "'local'"),
+        ({"local": {"dir": "/d", "on": "/v", "since": 3}}, "'local'"),
         ({"tiers": {"a": 1}}, "'tiers'"),
         ({"rounds": {"1": 5}}, "'rounds'"),
         ({"applied": "x"}, "'applied'"),

@@ -53,6 +53,7 @@ class Box(Outbox):
         self.state = LearnerState(tier={"tier_id": "test/tiny-bert", "bundle_cid": None})
         self.errors: deque[str] = deque()
         self.tmp = tmp
+        self.dir = tmp / "learn"
         self.n = 0
 
     async def _publish(self, cid: str, to: str) -> dict[str, Any]:
@@ -158,3 +159,26 @@ def test_versions_go_down_as_the_plan_says(
     assert got == kinds
     assert [to for _, to in box.published] == ["children"] * 6
     assert box.state.sent["down"].to == CHILDREN
+
+
+def test_a_parent_holds_its_version_as_its_children_rebuild_it(tmp_path: Path) -> None:
+    """The children train on the version as its artifact rebuilds it (int8 delta, fp16
+    keyframe): the parent measures their updates against the same bytes."""
+    from p2phier.artifact import materialise
+    from p2phier.learn.train import read_adapter
+
+    box = Box(tmp_path)
+    adapter = box.adapter(1)
+    for r in (1, 2):
+        trio.run(lambda r=r, a=adapter: box._publish_flat(a, base_cid=None, round_=r))
+        assert box.state.flat is not None
+        held = Path(box.state.flat.dir)
+        assert held != adapter and box.state.published[box.state.flat.cid] == str(held)
+        rebuilt = materialise(box.store, box.state.flat.cid, tmp_path / f"child-{r}")
+        mine, theirs, exact = (read_adapter(p).state for p in (held, rebuilt, adapter))
+        assert mine.keys() == theirs.keys() == exact.keys()
+        for key in mine:
+            np.testing.assert_array_equal(mine[key], theirs[key])
+        # ...which is not the adapter to the last bit (fp16 keyframe, then an int8 delta)
+        assert any(not np.array_equal(mine[k], exact[k]) for k in mine)
+        adapter = box.adapter(r + 1, near=adapter)
