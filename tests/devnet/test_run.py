@@ -160,6 +160,19 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     assert down.returncode == 0 and json.loads(down.stdout)["stopped"] == []
 
 
+def _topic_leaves_run(tmp_path: Path, scenario: str) -> tuple[Path, str, set[str], dict[str, Any]]:
+    """Run a scenario of ci-attack's network (en with one leaf per BBC topic and the
+    attacker ``mixed``): its run dir, the attacker's and the honest leaves' peer ids, and
+    en's learner state."""
+    run_dir = tmp_path / scenario
+    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / f"{scenario}.toml"), "--dir",
+                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
+    honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
+    return run_dir, peers["mixed"], honest, _learner(run_dir, "en")
+
+
 @pytest.mark.xdist_group("devnet-attack")
 def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: Path) -> None:
     """A real attacker node (model replacement: its update times 10) among 5 honest leaves:
@@ -174,14 +187,7 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
     screen's documented price (``p2phier/trust/quality.py``), and a known weakness with leaves
     of one topic each.  Not allowed: an honest update left out by a size or copy check, a
     zero trust weight, more than one honest update left out a round, an honest isolation."""
-    run_dir = tmp_path / "attack"
-    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-attack.toml"), "--dir",
-                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
-    attacker = peers["mixed"]
-    honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
-    en = _learner(run_dir, "en")
+    run_dir, attacker, honest, en = _topic_leaves_run(tmp_path, "ci-attack")
     first = en["rounds"]["1"]
     assert attacker in first["children_updates"]  # it did send an update...
     assert first["excluded_updates"][attacker].startswith("screen: outsized"), first
@@ -216,14 +222,7 @@ def test_a_colluder_whose_update_comes_after_the_round_is_still_screened_and_iso
     the parent waits for its known children only; the colluder's update comes after the
     round and is screened late (the verdict is evidence though the update no longer
     counts).  By the end the parent has isolated the colluder, and nobody else."""
-    run_dir = tmp_path / "collude"
-    result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-collude.toml"), "--dir",
-                  str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    peers = {name: n["peer_id"] for name, n in _state(run_dir)["nodes"].items()}
-    colluder = peers["mixed"]
-    honest = {peers[n] for n in ("business", "tech", "sports", "politics", "entertainment")}
-    en = _learner(run_dir, "en")
+    run_dir, colluder, honest, en = _topic_leaves_run(tmp_path, "ci-collude")
     first = en["rounds"]["1"]
     assert colluder in first["children_updates"], first  # waited for: a newcomer in round 1
     assert first["excluded_updates"][colluder].startswith("screen: opposes"), first

@@ -119,3 +119,42 @@ def tiny_cls_dir(
     path = tmp_path_factory.mktemp("tiers") / "tiny-cls"
     build_tiny_classifier_tier(path, texts, labels, max_vocab=1500)
     return path
+
+
+# --- a tier lineage: a 3-block tiny teacher, a student of its blocks [0, 2] (student block 1
+# is teacher block 2) and an int8 copy of the student ---
+
+
+@pytest.fixture(scope="session")
+def examples(bbc_split: tuple[list[Example], list[Example]]) -> list[Example]:
+    return sample_per_label(bbc_split[0], 6, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiers(
+    tmp_path_factory: pytest.TempPathFactory,
+    bbc_split: tuple[list[Example], list[Example]],
+    labels: tuple[str, ...],
+    examples: list[Example],
+    torch_ready: None,
+) -> dict[str, Path]:
+    from p2phier.learn import api
+    from p2phier.learn.tiny import build_tiny_classifier_tier
+
+    root = tmp_path_factory.mktemp("tiermap")
+    texts = [e.text for e in sample_per_label(bbc_split[0], 30, seed=0)]
+    build_tiny_classifier_tier(
+        root / "teacher", texts, labels, tier_id="tiny/teacher-l3", layers=3, max_vocab=1500
+    )
+    api.distil_student(
+        root / "teacher",
+        root / "student",
+        examples,
+        tier_id="tiny/student-l2",
+        layers=[0, 2],
+        steps=3,
+        batch_size=8,
+        max_length=32,
+    )
+    api.quantise_tier(root / "student", root / "int8", tier_id="tiny/student-l2-int8")
+    return {name: root / name for name in ("teacher", "student", "int8")}

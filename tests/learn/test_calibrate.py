@@ -14,7 +14,7 @@ import pytest
 from p2phier.learn import api, cycle
 from p2phier.learn.aggregate import DELTA_SUFFIX, LORA_A_SUFFIX, LORA_B_SUFFIX
 from p2phier.learn.calibrate import as_received, calibrate, received_heads
-from p2phier.learn.data import Example, sample_per_label
+from p2phier.learn.data import Example
 from p2phier.learn.models import ModelError, load_tier
 from p2phier.learn.train import Session, TrainConfig, read_adapter
 from p2phier.learnplan import DataRecord, LearnPlan, TierPlan
@@ -24,34 +24,6 @@ from .conftest import ML
 pytestmark = ML
 
 QUICK = TrainConfig(steps=6, batch_size=8, lr=5e-3, max_length=32)
-
-
-@pytest.fixture(scope="module")
-def examples(bbc_split: tuple[list[Example], list[Example]]) -> list[Example]:
-    return sample_per_label(bbc_split[0], 6, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tiers(
-    tmp_path_factory: pytest.TempPathFactory,
-    bbc_split: tuple[list[Example], list[Example]],
-    labels: tuple[str, ...],
-    examples: list[Example],
-    torch_ready: None,
-) -> dict[str, Path]:
-    from p2phier.learn.tiny import build_tiny_classifier_tier
-
-    root = tmp_path_factory.mktemp("calibrate")
-    texts = [e.text for e in sample_per_label(bbc_split[0], 30, seed=0)]
-    build_tiny_classifier_tier(
-        root / "teacher", texts, labels, tier_id="tiny/teacher-l3", layers=3, max_vocab=1500
-    )
-    api.distil_student(
-        root / "teacher", root / "student", examples, tier_id="tiny/student-l2",
-        layers=[0, 2], steps=3, batch_size=8, max_length=32,
-    )  # fmt: skip
-    api.quantise_tier(root / "student", root / "int8", tier_id="tiny/student-l2-int8")
-    return {name: root / name for name in ("teacher", "student", "int8")}
 
 
 @pytest.fixture(scope="module")
