@@ -18,22 +18,22 @@ The model of one node (all adapters live in the node's own tier space):
 * ``local`` (nodes that train): a LoRA adapter with a personal head, trained
   on newly arrived private data on top of ``flat`` (or ``base`` for a leaf).
 
-A round (``learn.round R``): a training node runs a continual-learning cycle
-on the data that arrived by round R; a leaf publishes its update to its parent.
-A parent collects its children's updates for round R (those trained on its
-current flat, until every registered child has sent one or ``collect_s``
-passes), adds its own, aggregates under the plan's rule and applies the timing
-rule; a published candidate becomes the new flat and goes to the children.  A
-child's update of that round that comes later is still screened against the
-round's updates, and its verdict is evidence against its author.  A non-root
-parent then sends ``flat - base`` upstream.  When a new parent version arrives,
-the node rebases: a parent's flat becomes the new base (its contribution went
-upstream), a training node's ``local`` restarts its LoRA keeping its personal
-head (the plan's ``rebase = "reset"``, the default) or stays on top of the new
-model (``"keep"``: its next update is only what it learns from then on,
-``local - since``), and the new flat is relayed to the children.  Known limit:
-an update the parent's timing rule held back is dropped at the next rebase; the
-node relearns it from its replay buffer.
+A round (``learn.round R``): a training node runs a continual-learning cycle on the
+data that arrived by round R; a leaf publishes its update to its parent. A parent
+collects its children's updates for round R (those trained on its current flat,
+until every registered child has sent one or ``collect_s`` passes), adds its own,
+aggregates under the plan's rule and applies the timing rule; a published candidate
+becomes the new flat and goes to the children. A child's update of that round that
+comes later is still screened against the round's updates, and its verdict is
+evidence against its author. A non-root parent then sends what it learned upstream,
+``aggregate - base``, whether the timing rule published the aggregate to its
+children or held it back. When a new parent version arrives, the node rebases: a
+parent's flat becomes the new base (its contribution went upstream), a training
+node's ``local`` restarts its LoRA keeping its personal head (the plan's ``rebase =
+"reset"``, the default) or stays on top of the new model (``"keep"``: its next
+update is only what it learns from then on, ``local - since``), and the new flat is
+relayed to the children. An aggregate the timing rule held back never reaches the
+node's children directly: it went up, and comes back in the parent's next version.
 
 What leaves the node (packing, delta or keyframe, publishing) is
 :class:`p2phier.node.outbox.Outbox`'s; applying a parent's version (its tier, the
@@ -612,6 +612,7 @@ class Learner(Inbound):
         local = self.state.local
         if self.plan.trains and local is not None and local.on == str(flat):
             updates[OWN_UPDATE] = (await self._own_update(), 1.0)
+        candidate: Path | None = None  # this round's aggregate, published or held
         if updates:
             out = await self._work(
                 cycle.aggregate,
@@ -636,6 +637,7 @@ class Learner(Inbound):
                 elif weights.get(author, {}).get("weight") == 0.0:
                     excluded[author] = f"weight 0: {weights[author]['why']}"
             rec["screen"] = {a: v["reason"] for a, v in out["screen"].items()}
+            candidate = Path(out["candidate"])
             # an update of this round that comes after it is still screened (_screen_late)
             self._screened = ScreenedRound(
                 r, flat_cid, flat, dict(updates), set(fresh) | {OWN_UPDATE},
@@ -668,9 +670,17 @@ class Learner(Inbound):
             logger.warning("round %d: updates left out: %s", r, excluded)
         base = self.state.base
         if base is not None:
+            # What goes up is what this node learned, published or not: the timing rule
+            # decides what its children get, and the parent screens and decides for itself.
+            # A held candidate kept back would stop every round's learning at the first
+            # node whose small validation set did not move (the default devnet's healthcare
+            # students held every round, and the MiniLM tiers never saw their data).
+            held = candidate is not None and rec.get("decision") == "held"
+            learned = candidate if held and candidate is not None else Path(self._flat().dir)
+            rec["sent_held_candidate"] = held
             up = await self._work(
                 cycle.update_since,
-                Path(self._flat().dir),
+                learned,
                 Path(base.dir),
                 self._new_dir("up"),
                 max_rank=self.plan.version_rank,
