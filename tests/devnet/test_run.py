@@ -164,7 +164,7 @@ def _topic_leaves_run(tmp_path: Path, scenario: str) -> tuple[Path, str, set[str
     """Run a scenario of ci-attack's network (en with one leaf per BBC topic and the
     attacker ``mixed``): its run dir, the attacker's and the honest leaves' peer ids, and
     en's learner state."""
-    run_dir = tmp_path / scenario
+    run_dir = tmp_path / "run"  # short: the control sockets' paths are limited to 100 bytes
     result = _cli("devnet", "up", "--scenario", str(SCENARIOS / f"{scenario}.toml"), "--dir",
                   str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
