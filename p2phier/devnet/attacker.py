@@ -334,7 +334,7 @@ ATTACKS: dict[str, type[NodeDaemon]] = {
 }
 
 #: a behaviour's strength when none is given (``scale``: model replacement among 10)
-DEFAULT_STRENGTH = {"scale": 10.0, "ipm": 0.5, "ipm-late": 0.5}
+DEFAULT_STRENGTH = {"scale": 10.0, "ipm": 0.5}  # a "-late" colluder: its colluder's
 
 
 def daemon_class(attack: str) -> type[NodeDaemon]:
@@ -354,7 +354,11 @@ def daemon_class(attack: str) -> type[NodeDaemon]:
             return network_daemon(name, amount)
     if name in POISONING:
         try:
-            value = float(strength) if strength else DEFAULT_STRENGTH.get(name, 1.0)
+            value = (
+                float(strength)
+                if strength
+                else DEFAULT_STRENGTH.get(name.removesuffix("-late"), 1.0)
+            )
             from_round = int(first) if first else 1
         except ValueError:
             value, from_round = -1.0, 0

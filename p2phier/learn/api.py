@@ -312,10 +312,7 @@ def aggregate_round(
     (:func:`trusted_loss`; the ``harmful`` check).
     """
     rule = rule or AggregationConfig()
-    updates = [
-        ChildUpdate(child, child_update(path, version), weight)
-        for child, (path, weight) in sorted(children.items())
-    ]
+    updates = _child_updates(children, version)
     current = read_adapter(version)
     current_effective = current.effective()
     covered = _check_coverage(updates, current_effective, version)
@@ -370,6 +367,13 @@ def aggregate_round(
     return RoundResult(path, result, chosen, refactored.max_relative_error, verdicts)
 
 
+def _child_updates(children: Mapping[str, tuple[Path, float]], version: Path) -> list[ChildUpdate]:
+    return [
+        ChildUpdate(child, child_update(path, version), weight)
+        for child, (path, weight) in sorted(children.items())
+    ]
+
+
 def screen_updates(
     version: Path,
     children: Mapping[str, tuple[Path, float]],
@@ -382,10 +386,7 @@ def screen_updates(
     ``trusted`` ones.  For an update that came after its round was aggregated: it is
     judged against the round's updates as if it had come in time, and its verdict is
     evidence although the update no longer counts."""
-    updates = [
-        ChildUpdate(child, child_update(path, version), weight)
-        for child, (path, weight) in sorted(children.items())
-    ]
+    updates = _child_updates(children, version)
     _check_coverage(updates, read_adapter(version).effective(), version)
     own = next((u.delta for u in updates if u.child == OWN_UPDATE), None)
     _, verdicts = screen_round(updates, own, trusted=trusted, config=quality)

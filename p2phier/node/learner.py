@@ -675,8 +675,8 @@ class Learner(Inbound):
             # A held candidate kept back would stop every round's learning at the first
             # node whose small validation set did not move (the default devnet's healthcare
             # students held every round, and the MiniLM tiers never saw their data).
-            held = candidate is not None and rec.get("decision") == "held"
-            learned = candidate if held and candidate is not None else Path(self._flat().dir)
+            held = rec.get("decision") == "held" and candidate is not None
+            learned = candidate if held and candidate else Path(self._flat().dir)
             rec["sent_held_candidate"] = held
             up = await self._work(
                 cycle.update_since,
