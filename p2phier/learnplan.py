@@ -67,6 +67,8 @@ CONTINUAL = ("naive", "replay", "ewc", "replay+ewc", "replay+logits")
 RECORD_FIELDS = ("uid", "text", "label", "domain", "subdomain")
 MAX_FIELD_CHARS = 1 << 20
 MAX_VOCAB = 1 << 24
+MAX_LABELS = 4096
+MAX_LABEL_CHARS = 256
 #: the tables of a devnet scenario that hold learning settings (``table`` of each setting)
 TABLES = ("training", "aggregation", "timing", "wire")
 #: how a node's updates and versions travel: ``int8-delta`` (against the artifact the
@@ -185,6 +187,10 @@ class LearnPlan(LearnSettings):
     train: bool = False  # runs local cycles on its arrivals (else: data is a validation set)
     parent: bool = True  # aggregates children and publishes versions (False: a leaf)
     seed: int = 0
+    #: the labels this node's model answers with: its domain's task (a news node's topics,
+    #: never a drug review's sentiment, though the tier's head holds both); empty: every label
+    #: of the tier.  Accuracies, the timing rule's included, are measured among these.
+    labels: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -209,6 +215,20 @@ def _layers(value: Any) -> tuple[int, ...]:
         isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 256 for i in value
     ):
         raise FieldError(f"must be a list of block indices 0..255, got {shown(value)}")
+    return tuple(value)
+
+
+def _labels(value: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_LABELS
+        or not all(isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS for x in value)
+        or len(set(value)) != len(value)
+    ):
+        raise FieldError(
+            f"must be a list of at most {MAX_LABELS} distinct label names "
+            f"(1-{MAX_LABEL_CHARS} characters), got {shown(value)}"
+        )
     return tuple(value)
 
 
@@ -246,6 +266,7 @@ def _parse_plan(data: object, base: Path) -> LearnPlan:
         train=get(data, "train", Bool(null_is_false=True), "plan", False),
         parent=get(data, "parent", Bool(), "plan", True),
         seed=get(data, "seed", Int(0, 2**31 - 1), "plan", 0),
+        labels=get(data, "labels", _labels, "plan", ()),
         **parse_settings(data, "plan"),
     )
 

@@ -43,6 +43,9 @@ def test_a_good_plan_resolves_paths_against_its_directory(tmp_path: Path) -> Non
     assert plan.trains and not plan.parent
     assert plan.rule == "median" and plan.collect_s == 30.0
     assert plan.steps_per_cycle == 8  # default
+    assert plan.labels == ()  # default: every label of the tier
+    named = load_plan(_write(tmp_path, {**GOOD, "labels": ["tech", "sport"]}))
+    assert named.labels == ("tech", "sport")
 
 
 def test_every_continual_method_is_a_plan_choice(tmp_path: Path) -> None:
@@ -72,6 +75,10 @@ def test_every_continual_method_is_a_plan_choice(tmp_path: Path) -> None:
         ({"continual": "replay+distil"}, "plan.continual"),
         ({"logit_replay_weight": 0}, "plan.logit_replay_weight"),
         ({"logit_replay_weight": float("nan")}, "plan.logit_replay_weight"),
+        ({"labels": "tech"}, "plan.labels"),
+        ({"labels": ["tech", "tech"]}, "plan.labels"),
+        ({"labels": ["tech", ""]}, "plan.labels"),
+        ({"labels": ["x" * 300]}, "plan.labels"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, change: dict[str, Any], field: str) -> None:

@@ -180,6 +180,25 @@ def labels_of(data: Mapping[str, NodeData]) -> tuple[str, ...]:
     return tuple(sorted({e.label for d in data.values() for e in (*d.train, *d.test)}))
 
 
+def answer_labels(scenario: Scenario, data: Mapping[str, NodeData], name: str) -> tuple[str, ...]:
+    """The labels ``name``'s model answers with (its plan's ``labels``): those of the
+    datasets its own and its descendants' shards come from, the domain's task; empty where
+    that is every label of the shared head (the master, the language node).  Every
+    accuracy of the node, the baselines' on its held-out data included, is measured among
+    these."""
+    subtree = [scenario.node(name), *scenario.descendants(name)]
+    datasets = {n.shard.dataset for n in subtree if n.shard is not None}
+    labels = sorted(
+        {
+            e.label
+            for n in scenario.nodes
+            if n.shard is not None and n.shard.dataset in datasets and n.name in data
+            for e in (*data[n.name].train, *data[n.name].test)
+        }
+    )
+    return () if not labels or set(labels) == set(labels_of(data)) else tuple(labels)
+
+
 # --- baselines ------------------------------------------------------------------------------
 
 
@@ -317,6 +336,7 @@ def isolated_baseline(
             lora=_lora(scenario),
             eval_sets={"own": nd.test},
             init_seed=scenario.seed,
+            answers=answer_labels(scenario, data, node.name),
         )
         isolated[node.name] = result.metrics.scores["accuracy.own"]
         log.info("isolated baseline %s: %.3f", node.name, isolated[node.name])
@@ -361,15 +381,18 @@ def central_candidate(
     )
     acc = result.metrics.scores["accuracy.valid"]
     log.info("central baseline at lr %g: validation accuracy %.3f", lr, acc)
-    scores = api.evaluate(
-        root,
-        {n.name: data[n.name].test for n in trainers},
-        adapter=result.adapter_dir,
-        max_length=t.max_length,
-    )
-    return CentralCandidate(
-        lr, acc, {n.name: scores[f"accuracy.{n.name}"] for n in trainers}, result.adapter_dir
-    )
+    # on each node's held-out data among the labels of its domain, as the nodes are measured
+    scores = {
+        n.name: api.evaluate(
+            root,
+            {"own": data[n.name].test},
+            adapter=result.adapter_dir,
+            max_length=t.max_length,
+            answers=answer_labels(scenario, data, n.name),
+        )["accuracy.own"]
+        for n in trainers
+    }
+    return CentralCandidate(lr, acc, scores, result.adapter_dir)
 
 
 def combine_baselines(

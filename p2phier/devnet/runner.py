@@ -36,7 +36,7 @@ from typing import Any
 from p2phier.announce import topic_purpose
 from p2phier.config import STORE_NAME
 from p2phier.devnet.baseline_job import BaselineJob, is_baseline_job
-from p2phier.devnet.baselines import NodeData, build_node_data
+from p2phier.devnet.baselines import NodeData, answer_labels, build_node_data
 from p2phier.devnet.procs import FAST_ENV, NodeProc, reap_detached
 from p2phier.devnet.report import NodeInfo, NodeRound, RoundInfo, RunRecord
 from p2phier.devnet.scenario import NodeSpec, Scenario
@@ -135,6 +135,8 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
             write_atomic(learn / "data.json", dump_data([list(a) for a in nd.arrivals],
                                                         list(nd.test)))  # fmt: skip
         plan = node_plan(scenario, node, root, info.weights_cid)
+        if labels := answer_labels(scenario, data, node.name):
+            plan["labels"] = list(labels)
         write_atomic(learn / "plan.json", json.dumps(plan, indent=1, sort_keys=True).encode())
         # Rounds come from the launcher (the devnet's clock: no timer, nobody follows its
         # parent on its own); a devnet lasts minutes, so its nodes collect their garbage
@@ -532,6 +534,7 @@ def referee_scores(prepared: Prepared, st: Mapping[str, dict[str, Any] | None]) 
         result = api.evaluate(
             Path(tier["dir"]), {"children": pooled}, adapter=Path(flat["dir"]),
             max_length=s.learning.max_length,
+            answers=answer_labels(s, prepared.data, node.name),
         )  # fmt: skip
         scores[node.name] = result["accuracy.children"]
     return scores

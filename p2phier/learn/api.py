@@ -151,9 +151,11 @@ def evaluate(
     parents: Sequence[Path] = (),
     adapter: Path | None = None,
     max_length: int = 64,
+    answers: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Accuracy (classifiers) or perplexity (causal LMs) of a stack on each set."""
-    session = Session(load_tier(tier_dir), parents=parents, adapter=adapter)
+    """Accuracy (classifiers, among ``answers``: the labels of the domain's task, empty for
+    all) or perplexity (causal LMs) of a stack on each set."""
+    session = Session(load_tier(tier_dir), parents=parents, adapter=adapter, answers=answers)
     return _scores(session, eval_sets, max_length)
 
 
@@ -184,6 +186,7 @@ def train_cycle(
     eval_sets: Mapping[str, Sequence[Example]] | None = None,
     seed: int = 0,
     init_seed: int = 0,
+    answers: Sequence[str] = (),
 ) -> CycleResult:
     """One local learning cycle on newly arrived ``examples``; writes the adapter to ``out_dir``.
 
@@ -199,10 +202,12 @@ def train_cycle(
     # training seed: updates then start from one row space and stay comparable
     # (with per-child random A matrices, same-task updates are near-orthogonal).
     if adapter is not None and fresh_lora:
-        session = Session(tier, parents=parents, settings=lora, seed=init_seed)
+        session = Session(tier, parents=parents, settings=lora, seed=init_seed, answers=answers)
         session.load_heads(read_adapter(adapter))
     else:
-        session = Session(tier, parents=parents, adapter=adapter, settings=lora, seed=init_seed)
+        session = Session(
+            tier, parents=parents, adapter=adapter, settings=lora, seed=init_seed, answers=answers
+        )
     eval_sets = dict(eval_sets or {})
     forgetting: dict[str, float] = {}
     if tier.info.task == "causal_lm":
@@ -452,6 +457,7 @@ def decide_publish(
     n_updates: int,
     parents: Sequence[Path] = (),
     max_length: int = 64,
+    answers: Sequence[str] = (),
 ) -> PublishDecision:
     """Evaluate the current version and the candidate, then apply the timing rule.
 
@@ -464,7 +470,7 @@ def decide_publish(
         raise ModelError("a causal LM is validated by perplexity: use higher_is_better=False")
 
     def measure(adapter: Path) -> Evaluation:
-        session = Session(tier, parents=[*parents, adapter])
+        session = Session(tier, parents=[*parents, adapter], answers=answers)
         if lm:
             return Evaluation(session.perplexity([e.text for e in validation], max_length), {})
         # One forward pass per distinct example: the held domains usually regroup the
@@ -522,6 +528,7 @@ def rebase(
     init_seed: int = 0,
     lora: LoraSettings | None = None,
     before: Mapping[str, float] | None = None,
+    answers: Sequence[str] = (),
 ) -> RebaseResult:
     """Move a child from ``old_version`` to ``new_version`` and report its change in scores.
 
@@ -532,13 +539,19 @@ def rebase(
     """
     tier = load_tier(tier_dir)
     if before is None:  # the caller may know them already (its last evaluation)
-        before_session = Session(tier, parents=[*ancestors, old_version], adapter=own_adapter)
+        before_session = Session(
+            tier, parents=[*ancestors, old_version], adapter=own_adapter, answers=answers
+        )
         before = _scores(before_session, eval_sets, max_length)
     own = read_adapter(own_adapter)
     if mode == "keep":
-        session = Session(tier, parents=[*ancestors, new_version], adapter=own_adapter)
+        session = Session(
+            tier, parents=[*ancestors, new_version], adapter=own_adapter, answers=answers
+        )
     elif mode == "reset":
-        session = Session(tier, parents=[*ancestors, new_version], settings=lora, seed=init_seed)
+        session = Session(
+            tier, parents=[*ancestors, new_version], settings=lora, seed=init_seed, answers=answers
+        )
         session.load_heads(own)
     else:
         raise ModelError(f"rebase mode must be 'reset' or 'keep', not {mode!r}")

@@ -235,6 +235,7 @@ def train(
         eval_sets={"own": examples(test)} if test else None,
         seed=seed,
         init_seed=shared_init_seed(stack, plan.seed),
+        answers=plan.labels,
     )
     return {
         "adapter": str(result.adapter_dir),
@@ -312,6 +313,7 @@ def aggregate(
             n_updates=kept,
             parents=stack,
             max_length=plan.max_length,
+            answers=plan.labels,
         )
         out.update(
             publish=decision.publish,
@@ -414,6 +416,7 @@ def rebase(
         init_seed=shared_init_seed(new_stack, plan.seed),
         lora=_lora(plan),
         before={"accuracy.own": accuracy_before} if accuracy_before is not None and test else None,
+        answers=plan.labels,
     )
     return {
         "adapter": str(result.adapter_dir),
@@ -432,7 +435,7 @@ def evaluate(
         return None
     scores = api.evaluate(
         tier_dir, {"own": examples(test)}, parents=stack, adapter=adapter,
-        max_length=plan.max_length,
+        max_length=plan.max_length, answers=plan.labels,
     )  # fmt: skip
     return scores.get("accuracy.own")
 

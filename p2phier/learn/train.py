@@ -221,10 +221,12 @@ class Session:
         adapter: Path | None = None,
         settings: LoraSettings | None = None,
         seed: int = 0,
+        answers: Sequence[str] = (),
     ) -> None:
         from peft import LoraConfig, get_peft_model
 
         self.tier = tier
+        self.answers = self._answer_ids(answers)
         self.settings = settings or LoraSettings()
         self.parents = tuple(Path(p) for p in parents)
         model = copy.deepcopy(tier.model)
@@ -435,8 +437,28 @@ class Session:
             return torch.zeros((0, len(self.tier.labels)))
         return torch.cat(outs)
 
+    def _answer_ids(self, answers: Sequence[str]) -> tuple[int, ...]:
+        """The label indices of ``answers`` (a domain's task: the labels its model answers
+        with); empty: every label of the tier."""
+        index = {label: i for i, label in enumerate(self.tier.labels)}
+        unknown = sorted(set(answers) - set(index))
+        if unknown:
+            raise ModelError(
+                f"answer labels {unknown} are not labels of tier {self.tier.info.tier_id} "
+                f"{list(self.tier.labels)}"
+            )
+        return tuple(sorted(index[a] for a in set(answers)))
+
     def predict(self, texts: Sequence[str], max_length: int = 64) -> list[str]:
-        ids = self.logits(texts, max_length).argmax(dim=-1).tolist()
+        """The most likely label of each text among the session's ``answers`` (a domain's
+        model answers within its domain's task: a news article is never given a
+        drug review's sentiment, however the shared head scores it)."""
+        logits = self.logits(texts, max_length)
+        if self.answers and logits.numel():
+            allowed = torch.tensor(self.answers, dtype=torch.long)
+            ids = allowed[logits[:, allowed].argmax(dim=-1)].tolist()
+        else:
+            ids = logits.argmax(dim=-1).tolist()
         return [self.tier.labels[i] for i in ids]
 
     def accuracy(self, examples: Sequence[Example], max_length: int = 64) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from p2phier.devnet.baselines import build_node_data, labels_of, run_baselines
+from p2phier.devnet.baselines import answer_labels, build_node_data, labels_of, run_baselines
 from p2phier.devnet.scenario import ScenarioError, load_scenario, scenarios_dir
 
 
@@ -30,6 +30,18 @@ def test_shards_are_disjoint_skewed_deterministic_and_arrive_as_scheduled() -> N
         assert home >= round(node.shard.skew * (node.shard.train + node.shard.test))
     assert build_node_data(s) == data
     assert len(labels_of(data)) == 8  # 5 BBC topics + 3 sentiments share one head
+
+
+def test_each_node_answers_with_the_labels_of_its_domain() -> None:
+    s = load_scenario(scenarios_dir() / "default.toml")
+    data = build_node_data(s)
+    topics = ("business", "entertainment", "politics", "sports", "tech")
+    sentiments = ("negative", "neutral", "positive")
+    assert answer_labels(s, data, "master") == answer_labels(s, data, "en") == ()  # all 8
+    for name in ("news", "news-tech", "dev-business"):
+        assert answer_labels(s, data, name) == topics
+    for name in ("healthcare", "health-depression", "dev-contraception"):
+        assert answer_labels(s, data, name) == sentiments
 
 
 def test_asking_for_more_data_than_exists_names_the_node() -> None:

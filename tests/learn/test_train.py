@@ -11,7 +11,7 @@ import torch
 
 from p2phier.errors import ArtifactError
 from p2phier.learn.data import Example, sample_per_label
-from p2phier.learn.models import load_tier, write_tier
+from p2phier.learn.models import ModelError, load_tier, write_tier
 from p2phier.learn.tiny import train_bpe_tokenizer
 from p2phier.learn.train import (
     ADAPTER_CONFIG,
@@ -141,3 +141,30 @@ def test_adapter_for_another_model_is_refused(
     lm_adapter = Session(load_tier(lm_dir)).save(tmp_path / "lm-adapter")
     with pytest.raises(AdapterError):
         Session(load_tier(tiny_cls_dir), parents=[lm_adapter])
+
+
+def test_a_session_answers_only_among_its_domain_labels(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    tier = load_tier(tiny_cls_dir)
+    examples = bbc_split[1][:40]
+    texts = [e.text for e in examples]
+    free = Session(tier, seed=1)
+    chosen = free.predict(texts, 32)
+    # the two labels the unrestricted model picks least often: a restriction that changes
+    # what it answers, and an accuracy measured among them only
+    ranked = sorted(tier.labels, key=lambda lab: (chosen.count(lab), lab))
+    answers = ranked[:2]
+    narrow = Session(tier, seed=1, answers=answers)
+    torch.testing.assert_close(narrow.logits(texts, 32), free.logits(texts, 32))
+    got = narrow.predict(texts, 32)
+    assert set(got) <= set(answers) and set(chosen) - set(answers)
+    logits = free.logits(texts, 32)
+    idx = [tier.labels.index(a) for a in answers]
+    want = [answers[i] for i in logits[:, idx].argmax(dim=-1).tolist()]
+    assert got == want
+    assert narrow.accuracy(examples, 32) == sum(
+        g == e.label for g, e in zip(got, examples, strict=True)
+    ) / len(examples)
+    with pytest.raises(ModelError, match="not labels of tier"):
+        Session(tier, answers=["no-such-label"])
