@@ -145,6 +145,12 @@ class LearnSettings:
     rule: str = _setting("fedavg", Choice(RULES), "aggregation")
     trim_ratio: float = _setting(0.2, Num(0.0, 0.49), "aggregation")
     clip_norm: float | None = _setting(None, Optional(Num(0.0, 1e6, open_lo=True)), "aggregation")
+    #: a parent that does not train (its version is its only model) but has a validation set
+    #: keeps what it published of its own since its last base on top of its parent's next
+    #: version, where its validation set says that serves its domain better than the version
+    #: alone (the grandparent averaged the node's update with its siblings': a news update
+    #: with a health one)
+    keep_domain: bool = _setting(True, Bool(), "aggregation")
     #: the most LoRA rank a published version keeps (bytes on the wire)
     version_rank: int = _setting(16, Int(1, 256), "aggregation")
     margin: float = _setting(0.005, Num(0.0, 1e6), "timing")

@@ -471,6 +471,65 @@ def update_since(
     return write_adapter(out_dir, ref.state, config)
 
 
+def keep_domain(
+    plan: LearnPlan,
+    tier_dir: Path,
+    version: Path,
+    out_dir: Path,
+    *,
+    flat: Path,
+    base: Path,
+    validation: Sequence[DataRecord],
+    round_: int,
+    now: float,
+) -> dict[str, Any]:
+    """A parent's new ``version`` with what this node published of its own since it took
+    its last one on top (``version + (flat - base)``: its domain's part, which the
+    grandparent's average diluted among its siblings'), kept where the node's validation
+    set says it serves the domain better than the version alone (the timing rule).
+
+    Returns ``adapter`` (the result or ``version`` itself), ``kept`` and the rule's reason.
+    """
+    began = time.monotonic()
+    if not out_dir.exists():
+        mine, below, theirs = (read_adapter(p) for p in (flat, base, version))
+        eff, own, old = theirs.effective(), mine.effective(), below.effective()
+        for key, value in eff.items():
+            if key in own and key in old and own[key].shape == old[key].shape == value.shape:
+                eff[key] = (
+                    np.asarray(value, np.float64) + own[key] - np.asarray(old[key], np.float64)
+                ).astype(np.float32)
+        rank = plan.version_rank
+        ratio = float(theirs.config["lora_alpha"]) / float(theirs.config["r"])
+        ref = effective_to_lora(eff, rank, ratio * rank)
+        config = dict(theirs.config)
+        config.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
+        write_adapter(out_dir, ref.state, config)
+    valid = examples(validation)
+    decision = api.decide_publish(
+        tier_dir,
+        version,
+        out_dir,
+        validation=valid,
+        held=held_domains(valid),
+        policy=TimingPolicy(plan.margin, plan.tolerance, True, 1),
+        now=now,
+        round=round_,
+        n_updates=1,
+        max_length=plan.max_length,
+        answers=plan.labels,
+    )
+    logger.info("domain part %s in %.1f s: %s", "kept" if decision.publish else "dropped",
+                time.monotonic() - began, decision.reason)  # fmt: skip
+    return {
+        "adapter": str(out_dir if decision.publish else version),
+        "kept": decision.publish,
+        "reason": decision.reason,
+        "validation_version": decision.validation_before,
+        "validation_kept": decision.validation_after,
+    }
+
+
 def calibrates(own_tier: Path, their_tier: Path) -> bool:
     """Whether a version from ``their_tier`` is calibrated before this tier uses it: when
     this tier is distilled from it (fewer blocks, its own features).  An int8 copy keeps

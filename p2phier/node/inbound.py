@@ -142,9 +142,13 @@ class Inbound(Outbox):
             base_dir = Path(fitted["adapter"])
             entry["calibrate_s"] = fitted["calibrate_s"]
         old_base = self.state.base
+        if self.plan.parent:
+            # A parent: its contribution went upstream, where it was averaged with its
+            # siblings'; the parent's model is its model now, with its own domain's part
+            # kept on top where its validation set says so.
+            base_dir = await self._domain_part(base_dir, v, old_base, entry)
         self.state.base = VersionRef(v.cid, str(base_dir), v.round)
         if self.plan.parent:
-            # A parent: its contribution went upstream; the parent's model is its model now.
             # Announcement rounds never go back (receivers refuse it): a node ahead of a slow
             # parent relays its version under its own round.
             await self._publish_flat(
@@ -179,6 +183,46 @@ class Inbound(Outbox):
         self.state.record_applied(entry)
         self.state.accuracy_own = entry.get("accuracy_own", self.state.accuracy_own)
         logger.info("applied parent version %s (round %d): %s", v.cid, v.round, entry)
+
+    async def _domain_part(
+        self, version: Path, v: VersionSeen, old_base: VersionRef | None, entry: dict[str, Any]
+    ) -> Path:
+        """``version`` (the parent's, in this tier), or it with this node's own domain's part
+        on top (:func:`cycle.keep_domain`: the grandparent averaged this node's update with its
+        siblings', so the version serves this domain less than what the node had) where its
+        validation set says that is better.  The part is the node's flat minus the version
+        it lies on: the version a part kept last time lay on (a part once kept stays, on
+        every later version, until the validation set says otherwise), else its last base
+        (what it published of its own since)."""
+        from p2phier.learn import cycle
+
+        flat = self.state.flat
+        on = Path(self.state.domain_on) if self.state.domain_on else None
+        if on is None or not on.is_dir():
+            on = Path(old_base.dir) if old_base is not None else None
+        if (
+            not self.plan.keep_domain
+            # a trainer keeps its own learning in its adapter and personal head; its flat
+            # serves its children (and each check costs it a step on its critical path)
+            or self.plan.trains
+            or on is None
+            or flat is None
+            or self.data is None
+            or not self.data.test
+            or Path(flat.dir) == on  # nothing of its own
+        ):
+            self.state.domain_on = ""
+            return version
+        result = await self._work(
+            cycle.keep_domain, self.plan, self._tier_dir(), version, self._new_dir("domain"),
+            flat=Path(flat.dir), base=on, validation=self.data.test,
+            round_=v.round, now=self.node.clock(),
+        )  # fmt: skip
+        entry["domain_part"] = {
+            k: result[k] for k in ("kept", "reason", "validation_version", "validation_kept")
+        }
+        self.state.domain_on = str(version) if result["kept"] else ""
+        return Path(result["adapter"])
 
     def _unpack(self, cid: str, out: Path, tier: Path) -> None:
         """Write an update's adapter, checked against the modules of the tier it was made on."""

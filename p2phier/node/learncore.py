@@ -21,8 +21,8 @@ from p2phier.errors import P2PHierError
 
 #: the format of ``learn/state.json`` this code writes (files without one are format 0:
 #: the same fields, written before the format was versioned; format 1 lacks ``sent``,
-#: format 2 ``local.since``)
-STATE_FORMAT = 3
+#: format 2 ``local.since``, format 3 ``domain_on``)
+STATE_FORMAT = 4
 #: a round's record and the applied-versions list are kept for this many entries
 MAX_ROUNDS_KEPT = 256
 MAX_APPLIED_KEPT = 32
@@ -88,6 +88,9 @@ class LearnerState:
     applied: list[dict[str, Any]] = field(default_factory=list)  # parent versions applied
     accuracy_own: float | None = None
     sent: dict[str, SentRef] = field(default_factory=dict)  # stream -> its last artifact
+    #: the parent's version (in this tier) that a parent's kept domain part lies on: its
+    #: flat minus this is its own domain's part (``keep_domain``); "": none kept
+    domain_on: str = ""
 
     def record_round(self, r: int, rec: dict[str, Any]) -> None:
         self.rounds[str(r)] = rec
@@ -122,6 +125,7 @@ class LearnerState:
             applied=_obj_list(data, "applied"),
             accuracy_own=_opt_float(data, "accuracy_own"),
             sent=_sent(data),
+            domain_on=_str(data, "domain_on"),
         )
 
 
@@ -183,6 +187,13 @@ def _ref(data: Mapping[str, Any], key: str) -> VersionRef | None:
     if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
         raise StateError(f"learner state field {key!r}.round must be a whole number >= 0")
     return VersionRef(cid, dir_, round_)
+
+
+def _str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise StateError(f"learner state field {key!r} must be a string")
+    return value
 
 
 def _local(data: Mapping[str, Any]) -> LocalRef | None:

@@ -96,7 +96,7 @@ POLL_S = 0.25
 #: where learning steps write; what the state no longer names is removed after each step
 #: (tiers are kept: a node has one, and its parents' and teacher's)
 STEP_DIRS = ("local", "candidate", "up", "flat", "versions", "mapped", "updates", "mapped-up",
-             "poisoned", "sibling", "calibrated", "own")  # fmt: skip
+             "poisoned", "sibling", "calibrated", "own", "domain")  # fmt: skip
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -220,6 +220,8 @@ class Learner(Inbound):
             paths += [self._screened.flat_dir, *(p for p, _ in self._screened.updates.values())]
         if st.local is not None:
             paths += [Path(p) for p in (st.local.dir, st.local.on, st.local.since) if p]
+        if st.domain_on:  # what the kept domain part lies on
+            paths.append(Path(st.domain_on))
         return paths
 
     def _sweep(self) -> int:

@@ -44,6 +44,7 @@ def _ready(**kw: Any) -> LearnerState:
 # --- saved state -------------------------------------------------------------------------------
 def test_state_round_trips_through_json_with_its_format() -> None:
     st = _ready(local=LocalRef("/l", "/v1", "/l0"), consumed=2, round=2, accuracy_own=0.5)
+    st.domain_on = "/v1"
     st.sent = {"up": SentRef("bafy-u", PARENT, 3), "down": SentRef("bafy-d", CHILDREN, 0)}
     st.record_round(2, {"round": 2, "decision": "published"})
     data = json.loads(json.dumps(st.to_json()))
@@ -64,6 +65,8 @@ def test_a_state_written_before_formats_existed_still_loads() -> None:
     assert LearnerState.from_json({**legacy, "format": 2, "local": local}).local == LocalRef(
         "/l", "/d", ""
     )
+    # format 3 kept no domain part
+    assert LearnerState.from_json({**legacy, "format": 3}).domain_on == ""
 
 
 @pytest.mark.parametrize(
@@ -84,6 +87,7 @@ def test_a_state_written_before_formats_existed_still_loads() -> None:
         ({"sent": {"up": {"cid": "c", "to": "p", "chain": -1}}}, "'sent'.up.chain"),
         ({"sent": {"up": {"cid": 1, "to": "p", "chain": 0}}}, "'sent'.up"),
         ({"format": True}, "format True"),
+        ({"domain_on": 5}, "'domain_on'"),
     ],
 )
 def test_a_malformed_state_is_refused_naming_the_field(data: object, field: str) -> None:
