@@ -255,6 +255,23 @@ def wire_choice(
     return WireChoice(previous.cid, f"int8 delta on {previous.cid}")
 
 
+def sends_held(before: float | None, after: float | None, *, tolerance: float) -> bool:
+    """Whether a parent sends up a round's aggregate its timing rule held back.
+
+    What goes up is what the node learned, published or not: the rule decides what its
+    children get, and the grandparent screens and decides for itself (the default devnet's
+    healthcare students held every round, and the MiniLM tiers never saw their data).  But
+    not an aggregate that made the node's own validation set worse by more than the rule's
+    ``tolerance``: the grandparent may have no validation set of its own (a language
+    node), and would take it (default devnet, seed 1: healthcare's round-2 aggregate fell
+    from 0.65 to 0.20, went up, and came back down as its parent's version).  No
+    validation set: sent.
+    """
+    if before is None or after is None:
+        return True
+    return after >= before - tolerance
+
+
 # --- decisions ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VersionSeen:

@@ -81,6 +81,7 @@ from p2phier.node.learncore import (
     VersionRef,
     VersionSeen,
     Wait,
+    sends_held,
 )
 from p2phier.node.worker import PriorityWorker
 from p2phier.trust.standing import Standing
@@ -672,12 +673,15 @@ class Learner(Inbound):
             logger.warning("round %d: updates left out: %s", r, excluded)
         base = self.state.base
         if base is not None:
-            # What goes up is what this node learned, published or not: the timing rule
-            # decides what its children get, and the parent screens and decides for itself.
-            # A held candidate kept back would stop every round's learning at the first
-            # node whose small validation set did not move (the default devnet's healthcare
-            # students held every round, and the MiniLM tiers never saw their data).
+            # What goes up is what this node learned, published or not, unless it made the
+            # node's validation set worse (learncore.sends_held).
             held = rec.get("decision") == "held" and candidate is not None
+            if held and not sends_held(
+                rec.get("validation_before"), rec.get("validation_after"),
+                tolerance=self.plan.tolerance,
+            ):  # fmt: skip
+                held = False
+                rec["held_candidate_kept_home"] = "it made this node's validation set worse"
             learned = candidate if held and candidate else Path(self._flat().dir)
             rec["sent_held_candidate"] = held
             up = await self._work(

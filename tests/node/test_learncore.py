@@ -23,6 +23,7 @@ from p2phier.node.learncore import (
     VersionRef,
     VersionSeen,
     Wait,
+    sends_held,
     wire_choice,
 )
 
@@ -242,3 +243,15 @@ def test_without_following_or_at_the_root_versions_start_no_round() -> None:
     root = LearnerCore(is_root=True, follow_parent=True)
     assert root.rebased(_v(round_=3), st) is None
     assert root.timer_drives_rounds() and LearnerCore(is_root=False).timer_drives_rounds()
+
+
+def test_a_held_aggregate_goes_up_unless_it_made_the_validation_set_worse() -> None:
+    # held because it did not improve enough (or a held domain dropped): still sent up
+    assert sends_held(0.55, 0.55, tolerance=0.01)
+    assert sends_held(0.55, 0.545, tolerance=0.01)
+    assert sends_held(0.5, 0.6, tolerance=0.01)
+    # worse than the rule tolerates: kept home (seed 1's healthcare: 0.65 -> 0.20)
+    assert not sends_held(0.65, 0.2, tolerance=0.01)
+    assert not sends_held(0.65, 0.6, tolerance=0.02)
+    # no validation set to judge by: sent, the grandparent screens it
+    assert sends_held(None, None, tolerance=0.01) and sends_held(0.5, None, tolerance=0.01)
