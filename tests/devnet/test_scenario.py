@@ -366,7 +366,9 @@ def test_the_ci_fault_scenario_has_a_cross_tier_edge_and_a_kill_restart() -> Non
 
 #: LearnPlan's fields that are a node's own (tier, data, role, seed: from the topology), not
 #: settings a scenario gives every node; any other field must reach the plan from the scenario
-NODE_OWN = {"tier", "data", "train", "parent", "seed", "extra"}
+# a node's own plan fields: from its place in the topology, or (``labels``: the labels of
+# its subtree's datasets, baselines.answer_labels) from the data the launcher deals out
+NODE_OWN = {"tier", "data", "train", "parent", "seed", "extra", "labels"}
 
 
 def _other_value(check: Any, default: Any) -> Any:
