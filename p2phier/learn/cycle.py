@@ -463,12 +463,19 @@ def update_since(
         for key in list(eff):
             if key.endswith(DELTA_SUFFIX) and key in below:
                 eff[key] = (eff[key].astype(np.float64) - below[key]).astype(np.float32)
-    rank = max_rank
-    ratio = float(own.config["lora_alpha"]) / float(own.config["r"])
+    return _write_at_rank(eff, own.config, out_dir, max_rank)
+
+
+def _write_at_rank(
+    eff: Mapping[str, Any], config: Mapping[str, Any], out_dir: Path, rank: int
+) -> Path:
+    """Effective tensors written as an adapter re-factorised at ``rank`` (``config``'s
+    alpha/r ratio kept)."""
+    ratio = float(config["lora_alpha"]) / float(config["r"])
     ref = effective_to_lora(eff, rank, ratio * rank)
-    config = dict(own.config)
-    config.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
-    return write_adapter(out_dir, ref.state, config)
+    out = dict(config)
+    out.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
+    return write_adapter(out_dir, ref.state, out)
 
 
 def keep_domain(
@@ -499,12 +506,7 @@ def keep_domain(
                 eff[key] = (
                     np.asarray(value, np.float64) + own[key] - np.asarray(old[key], np.float64)
                 ).astype(np.float32)
-        rank = plan.version_rank
-        ratio = float(theirs.config["lora_alpha"]) / float(theirs.config["r"])
-        ref = effective_to_lora(eff, rank, ratio * rank)
-        config = dict(theirs.config)
-        config.update(r=rank, lora_alpha=ratio * rank, rank_pattern={}, alpha_pattern={})
-        write_adapter(out_dir, ref.state, config)
+        _write_at_rank(eff, theirs.config, out_dir, plan.version_rank)
     valid = examples(validation)
     decision = api.decide_publish(
         tier_dir,
