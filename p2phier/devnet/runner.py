@@ -331,10 +331,16 @@ class Devnet:
                     continue
                 # Both ends: a restarted node restores its parent from its saved state before
                 # it has registered again, and a round its parent starts without it would
-                # close without its update.
+                # close without its update.  Connected too: the parent still lists a killed
+                # child until its registration expires, and counts one it has no connection
+                # to as gone (p2phier/node/collect.py).
                 ps = st.get(node.parent)
-                if ps is not None and self.nodes[node.name].peer_id not in ps.get("children", []):
+                me = self.nodes[node.name].peer_id
+                if ps is not None and me not in ps.get("children", []):
                     waiting.append(f"{node.name}: not yet registered with {node.parent}")
+                    continue
+                if ps is not None and me not in ps.get("peers", []):
+                    waiting.append(f"{node.name}: not connected to {node.parent}")
                     continue
                 if not (learn.get("base") or {}).get("cid"):
                     waiting.append(f"{node.name}: no parent version yet")

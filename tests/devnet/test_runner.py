@@ -1,0 +1,66 @@
+"""The launcher's view of the network (``p2phier.devnet.runner.Devnet``) on stand-in
+statuses: no process is started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from p2phier.devnet.procs import REPO
+from p2phier.devnet.runner import Devnet, Prepared
+from p2phier.devnet.scenario import load_scenario
+
+
+class _Running:
+    def poll(self) -> None:
+        return None
+
+
+class _Proc:
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.proc = _Running()
+
+
+def _devnet(tmp_path: Path) -> Devnet:
+    scenario = load_scenario(REPO / "devnet" / "scenarios" / "ci-fault.toml")
+    devnet = Devnet(Prepared(scenario, tmp_path, {}, tmp_path, {}))
+    devnet.nodes = {n.name: _Proc(f"peer-{n.name}") for n in scenario.nodes}  # type: ignore[misc]
+    return devnet
+
+
+def _statuses(devnet: Devnet) -> dict[str, dict[str, Any] | None]:
+    """Every node formed: its parent lists it as a registered, connected child."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for node in devnet.s.nodes:
+        kids = [f"peer-{c.name}" for c in devnet.s.nodes if c.parent == node.name]
+        parent = f"peer-{node.parent}" if node.parent else None
+        out[node.name] = {
+            "parent": parent,
+            "children": kids,
+            "peers": [*kids, *([parent] if parent else [])],
+            "learn": {"base": {"cid": "bafy"} if parent else None, "tier": {"tier_id": "t"}},
+        }
+    return out
+
+
+def test_a_formed_network_waits_for_nobody(tmp_path: Path) -> None:
+    devnet = _devnet(tmp_path)
+    assert devnet.formed(_statuses(devnet)) == []
+
+
+def test_a_restarted_child_its_parent_still_lists_but_has_no_connection_to_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """A killed child stays on its parent's list until its registration expires (90 s), and
+    it restores its parent and version from its store when restarted: without the
+    connection its parent would start the round counting it as gone (CI saw the restarted
+    node's update miss round 2)."""
+    devnet = _devnet(tmp_path)
+    st = _statuses(devnet)
+    news = st["news"]
+    assert news is not None
+    news["peers"] = [p for p in news["peers"] if p != "peer-news-tech"]
+    assert devnet.formed(st) == ["news-tech: not connected to news"]
+    news["children"] = [p for p in news["children"] if p != "peer-news-tech"]
+    assert devnet.formed(st) == ["news-tech: not yet registered with news"]
