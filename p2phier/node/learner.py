@@ -105,6 +105,8 @@ _T = TypeVar("_T")
 _Update = VersionSeen
 #: how long a round's late updates are still screened, at least (else the plan's collect_s)
 LATE_SCREEN_MIN_S = 300.0
+#: how many past rounds' screens are kept for late updates (their adapters stay on disk)
+LATE_SCREEN_ROUNDS = 2
 
 
 @dataclass
@@ -151,8 +153,8 @@ class Learner(Inbound):
         self._unsaved = False
         #: CIDs a step is fetching or importing (a tier bundle): kept pinned meanwhile
         self._in_flight: set[str] = set()
-        #: the last round screened, for its late updates (_screen_late)
-        self._screened: ScreenedRound | None = None
+        #: the last rounds screened (oldest first), for their late updates (_screen_late)
+        self._screened: list[ScreenedRound] = []
 
     @property
     def requested_round(self) -> int:
@@ -217,8 +219,8 @@ class Learner(Inbound):
         received = self._received()
         if received is not None:
             paths.append(received)
-        if self._screened is not None:  # what late updates are screened against
-            paths += [self._screened.flat_dir, *(p for p, _ in self._screened.updates.values())]
+        for ctx in self._screened:  # what late updates are screened against
+            paths += [ctx.flat_dir, *(p for p, _ in ctx.updates.values())]
         if st.local is not None:
             paths += [Path(p) for p in (st.local.dir, st.local.on, st.local.since) if p]
         if st.domain_on:  # what the kept domain part lies on
@@ -563,6 +565,9 @@ class Learner(Inbound):
                     logger.info("round %d: collecting ended: %s", r, why)
                 rec["collected"] = why
                 return fresh
+            if self._late():
+                await self._guard("late screen", self._screen_late)
+                self.busy = f"round {r}"
             await trio.sleep(POLL_S)
 
     async def _prepare_update(self, u: _Update, tier: Path) -> Path:
@@ -642,10 +647,12 @@ class Learner(Inbound):
             rec["screen"] = {a: v["reason"] for a, v in out["screen"].items()}
             candidate = Path(out["candidate"])
             # an update of this round that comes after it is still screened (_screen_late)
-            self._screened = ScreenedRound(
+            screened = ScreenedRound(
                 r, flat_cid, flat, dict(updates), set(fresh) | {OWN_UPDATE},
                 until=time.monotonic() + max(self.plan.collect_s, LATE_SCREEN_MIN_S),
             )  # fmt: skip
+            older = [c for c in self._screened if c.round != r]
+            self._screened = [*older, screened][-LATE_SCREEN_ROUNDS:]
             rec.update(
                 decision="published" if out["publish"] else "held",
                 reason=out["reason"],
@@ -695,21 +702,17 @@ class Learner(Inbound):
             art = await self._pack(up, base_version=base.cid, round_=r)
             rec["sent"] = await self._send_up(art)
 
-    def _late(self) -> list[_Update]:
-        """Children's updates of the last screened round that came after it, on the flat it
-        aggregated, once that flat is no longer the current one (while it is, the next
+    def _late(self) -> list[tuple[ScreenedRound, _Update]]:
+        """Children's updates of the last screened rounds that came after them, on the flat
+        each aggregated, once that flat is no longer the current one (while it is, the next
         round screens them with the others)."""
-        ctx = self._screened
-        if ctx is None:
-            return []
-        if time.monotonic() > ctx.until:
-            self._screened = None
-            return []
-        if self.state.flat is None or self.state.flat.cid == ctx.flat_cid:
-            return []
+        now = time.monotonic()
+        self._screened = [c for c in self._screened if now <= c.until]
+        flat = self.state.flat.cid if self.state.flat is not None else None
         children = {str(c) for c in self.node.hierarchy.children}
         return [
-            u
+            (ctx, u)
+            for ctx in self._screened if flat != ctx.flat_cid
             for a, u in sorted(self.updates.items())
             if a in children and a not in ctx.judged
             and u.base_version == ctx.flat_cid and u.round == ctx.round
@@ -719,13 +722,12 @@ class Learner(Inbound):
         """Screen each late update against its round's updates; its verdict is evidence
         against its author like any other (an attacker that waits for its siblings'
         updates to craft its own, as ALIE and IPM do, is always late), though the update
-        no longer counts."""
+        no longer counts.  Checked between steps and while a round collects: a late update
+        may come while the next round waits for its children."""
         from p2phier.learn import cycle
 
-        ctx = self._screened
-        assert ctx is not None
         guard, tier = self.node.guard, self._tier_dir()
-        for u in self._late():
+        for ctx, u in self._late():
             ctx.judged.add(u.author)
             if guard.is_isolated(u.author):
                 continue
