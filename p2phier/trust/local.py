@@ -80,10 +80,11 @@ class Param:
 #: hash-checked, signed channel (-5: three of them within a day).  A rate violation
 #: is -0.1 per dropped message: a burst of a hundred over budget isolates, a few do
 #: not.  An update the parent's quality screen left out (against its probe and the
-#: round's consensus, outsized, idle, noise, or a colluder's twin: trust/quality.py)
-#: is -6: the intake accepted it first (+1), so each such round nets -5 and the
-#: third isolates (within 3 rounds, as bench/attacks.py measures), while an honest
-#: child flagged once in a while earns it back at +1 per accepted round.  Positive
+#: round's consensus, outsized, idle, noise, an echo of the round or a colluder's
+#: twin: trust/quality.py) is -6 at full severity, and a flagged update earns no
+#: credit, so two such rounds isolate (weaker, graded evidence adds up over a third:
+#: within 3 rounds, as bench/attacks.py measures), while an honest child flagged
+#: once in a while earns it back at +1 per update aggregated.  Positive
 #: evidence (+1 per useful update, +0.1 per MiB served) decays over a week and can
 #: offset occasional accidents, but never a proof.  Proofs isolate at once.
 DEFAULT_PARAMS: dict[Kind, Param] = {

@@ -25,15 +25,30 @@ Flags, for what the published attacks must do to matter:
 ``opposes``
     the update points against both references.  Graded: the less negative of
     its two cosines, past ``oppose_margin``, over ``oppose_span`` gives a
-    severity in 0..1, and 0.5 flags it.  Where the round agrees only weakly
+    severity in 0..1, and 0.5 flags it.  Weaker opposition to both, between 0
+    and the flag, is graded evidence from 0 up to 0.5 but no flag: a sign flipper
+    whose round has begun to converge still points slightly against both (-0.12
+    and -0.37 in ``bench/attacks.py``), while an honest child's better cosine was
+    under 0 in 8 of 1,800 updates of agreeing rounds (-0.11 the least).  Where
+    the round agrees only weakly
     (non-IID children on real LoRA: cosines with the consensus of 0.1-0.2,
     measured in ``devnet/scenarios/attack.toml``), a negative cosine also counts
     by how far it lies below the round's own spread (robust z: median and MAD of
     the round's cosines; from ``oppose_z`` below, over ``oppose_z_span``).
     Sign-flipping, inner-product manipulation, label flipping once it bites.
+    An update the z test flags whose cosines are as near zero as ``unaligned``
+    asks is noise, and flagged so too;
 ``outsized``
     its norm is over ``outsized_ratio`` times the round's median: scaling and
-    model replacement, which must be large to survive averaging;
+    model replacement, which must be large to survive averaging.  Below that, in
+    a round that agrees (see the gates), a norm over ``large_from`` times the
+    median is graded evidence (severity 0..1 up to ``outsized_ratio``), though
+    not a flag: a model-replacement update at 2.9 times would otherwise count as
+    useful.  Honest updates there reach 2.48 times the median, rarely (2 of 5,460
+    over 2 in ``bench/attacks.py``'s world on 9 seeds; from 2.0 that one update
+    isolated an honest child two noise flags had brought to the threshold), and
+    scaling attackers come as low as 2.48 too: the two overlap, so this evidence
+    starts at 2.5 and counts only beside other evidence;
 ``idle``
     its norm is under ``idle_ratio`` times the median: a free-rider sending
     back (almost) nothing;
@@ -61,6 +76,15 @@ Flags, for what the published attacks must do to matter:
     round 3), and the check isolated that honest leaf.  Applied alone, an update
     of skewed data is biased towards its topics whether its labels are true or
     not; the simulator's milder mixtures hide that;
+``echo``
+    (almost) the mean of the others: its cosine with the round's consensus is
+    at least ``echo_above`` and ``echo_gap`` above the round's median cosine.  A
+    free-rider that sends back what its siblings sent (ALIE with one attacker,
+    whose published ``z`` is 0: the honest mean exactly).  Two honest children
+    of different private data do not sit that close to everyone's middle: in
+    ``bench/attacks.py``'s 13,000 honest non-IID updates the highest cosine was
+    0.78 (round median 0.67) and the widest gap over the median 0.33 (cosine 0.39);
+    where every child agrees (IID data) the median is high too and no gap opens;
 ``twin``
     (almost) the same update as another author's (cosine over ``twin_above``,
     lengths within :data:`TWIN_LENGTH`): colluders that compute one crafted
@@ -114,6 +138,9 @@ class QualityConfig:
     noise_sigmas: float = 3.0
     consensus_min: float = 0.2
     twin_above: float = 0.995
+    echo_above: float = 0.8
+    echo_gap: float = 0.25
+    large_from: float = 2.5
     #: None: the ``harmful`` check is off (the default: see the module docstring)
     harm_ratio: float | None = None
     harm_span: float = 0.2
@@ -126,6 +153,8 @@ class QualityConfig:
             raise UsageError("oppose_margin must lie in [0, 1), oppose_span in (0, 1]")
         if not 0 <= self.unaligned_below < self.consensus_min <= 1:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
+        if not (1 <= self.large_from < self.outsized_ratio and 0 < self.echo_gap <= 1):
+            raise UsageError("need 1 <= large_from < outsized_ratio and echo_gap in (0, 1]")
         if not (0 < self.twin_above <= 1 and self.min_updates >= 3 and self.noise_sigmas > 0):
             raise UsageError("need twin_above in (0, 1], min_updates >= 3, noise_sigmas > 0")
         if not ((self.harm_ratio is None or self.harm_ratio > 0) and self.harm_span > 0):
@@ -234,6 +263,7 @@ def screen(
             cos_p = {a: _cos(updates[a], probe) for a in authors}
     twins = _twins(updates, authors, norms, cfg.twin_above)
     harm = _harm(loss, authors) if enough else {}
+    flag_at = cfg.oppose_margin + cfg.oppose_span / 2  # the cosine whose severity is 0.5
     out: dict[str, Verdict] = {}
     for a in authors:
         ratio = norms[a] / median_norm if median_norm > 0 else (0.0 if norms[a] == 0 else math.inf)
@@ -246,12 +276,18 @@ def screen(
             # in trust over rounds, while the odd negative cosine of an honest child on
             # non-IID data, or of a converged round, weighs little
             severity = min(1.0, max(0.0, (-max(refs) - cfg.oppose_margin) / cfg.oppose_span))
+            # below the flag, weaker opposition to both references is weaker evidence (up
+            # to 0.5 where the flag begins): a sign flipper whose round has begun to
+            # converge still points against both, an honest child rarely does
+            severity = max(severity, 0.5 * min(1.0, max(0.0, -max(refs)) / flag_at))
         if cc is not None and spread > 0 and max(refs) < 0:
             # an outlier against the round, even where the round agrees only weakly
             z = (cc - mid) / spread
             severity = max(severity, min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span)))
         if severity >= 0.5:
             flags.append("opposes")
+        if cc is not None and agreed and cc >= cfg.echo_above and cc - mid >= cfg.echo_gap:
+            flags.append("echo")
         hurt = harm.get(a)
         harm_severity = 0.0
         if hurt is not None and cfg.harm_ratio is not None:
@@ -265,6 +301,9 @@ def screen(
         # a far larger one is flagged, and the others are bounded by ``scale``.
         if enough and ratio > cfg.outsized_ratio * (1 if judge else 2):
             flags.append("outsized")
+        elif enough and judge and ratio > cfg.large_from:
+            large = (ratio - cfg.large_from) / (cfg.outsized_ratio - cfg.large_from)
+            severity = max(severity, min(1.0, large))
         if enough and median_norm > 0 and ratio < cfg.idle_ratio:
             flags.append("idle")
         # Noise is as orthogonal to everything as chance allows (|cos| about 1/sqrt(d)
@@ -275,7 +314,7 @@ def screen(
         if (
             cc is not None
             and (judge or cp is not None)
-            and not flags
+            and not set(flags) - {"opposes"}  # a near-zero cosine the z test flagged
             and all(abs(c) < near for c in refs)
         ):
             flags.append("unaligned")

@@ -268,3 +268,96 @@ def test_a_trusted_loss_must_be_finite() -> None:
         TrustedLoss(1.0, {}, 0.0)
     with pytest.raises(UsageError):
         QualityConfig(harm_span=0.0)
+
+
+def _flat(u: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(u[k], np.float64).ravel() for k in sorted(u)])
+
+
+def _shaped(like: dict[str, np.ndarray], flat: np.ndarray) -> dict[str, np.ndarray]:
+    sizes = np.cumsum([like[k].size for k in sorted(like)])[:-1]
+    parts = np.split(flat, sizes)
+    return {k: p.reshape(like[k].shape) for k, p in zip(sorted(like), parts, strict=True)}
+
+
+def _orthogonal(seed: int, *refs: np.ndarray) -> np.ndarray:
+    """A unit vector orthogonal to every one of ``refs``."""
+    v = np.random.default_rng(seed).normal(size=DIM)
+    for _ in range(2):
+        for r in refs:
+            v -= v @ r / (r @ r) * r
+    return v / np.linalg.norm(v)
+
+
+def test_an_update_that_echoes_the_round_is_flagged_where_children_differ() -> None:
+    """A free-rider sending the mean of its siblings' updates (ALIE with one attacker:
+    the paper's z is 0) sits closer to the round's middle than any honest child of its
+    own data; where the children all agree (IID) no gap opens and nobody is flagged."""
+    updates, probe = honest_round(12, n=9, signal=0.8, spread=1.0)
+    honest = screen(updates, probe)
+    assert flags(honest) == {}
+    assert max(v.cos_consensus or 0 for v in honest.values()) < QualityConfig().echo_above
+    updates["echo"] = {k: np.mean([u[k] for u in updates.values()], 0) for k in updates["c0"]}
+    verdicts = screen(updates, probe)
+    assert flags(verdicts) == {"echo": ("echo",)}, verdicts["echo"]
+    assert verdicts["echo"].penalty == 1.0
+    iid, iid_probe = honest_round(13, n=9, signal=1.0, spread=0.25)
+    iid["mean"] = {k: np.mean([u[k] for u in iid.values()], 0) for k in iid["c0"]}
+    assert flags(screen(iid, iid_probe)) == {}
+
+
+def test_a_large_update_in_an_agreeing_round_is_evidence_not_a_flag() -> None:
+    updates, probe = honest_round(4)
+    cfg = QualityConfig()
+    for times, expected in ((2.3, 0.0), (2.7, 0.45), (2.9, 0.85)):
+        updates["big"] = {k: times * v for k, v in updates["c3"].items()}
+        v = screen(updates, probe)["big"]
+        assert v.ok and v.scale < 1, v  # bounded, still aggregated
+        ratio = (v.norm_ratio - cfg.large_from) / (cfg.outsized_ratio - cfg.large_from)
+        assert v.penalty == pytest.approx(max(0.0, ratio)), v
+        assert v.penalty == pytest.approx(expected, abs=0.15), v
+    # where the round has converged honest children differ in size: no evidence
+    loose, loose_probe = honest_round(6, signal=0.0, spread=1.0)
+    loose["big"] = {k: 2.9 * v for k, v in loose["c0"].items()}
+    assert screen(loose, loose_probe)["big"].penalty == 0.0
+
+
+def test_weak_opposition_to_both_references_is_weak_evidence() -> None:
+    """Below the ``opposes`` flag, an update that points slightly against both the probe
+    and the consensus (a sign flipper once the round begins to converge) is graded
+    evidence, up to 0.5 where the flag begins; honest updates of the round get none."""
+    # children that share the round's direction to different degrees: their cosines
+    # spread (0.1-0.8), so a slightly negative one is no outlier for the z test
+    rng = np.random.default_rng(14)
+    direction = rng.normal(size=DIM)
+    direction /= np.linalg.norm(direction)
+    rows = []
+    for signal in np.linspace(0.15, 1.5, 9):
+        own = rng.normal(size=DIM)
+        rows.append(signal * direction + own / np.linalg.norm(own))
+    like = honest_round(14)[1]
+    updates = {f"c{i}": _shaped(like, row) for i, row in enumerate(rows)}
+    probe = _shaped(like, direction + 0.5 * _orthogonal(5, direction))
+    mean = _flat({k: np.mean([u[k] for u in updates.values()], 0) for k in updates["c0"]})
+    down = -mean / np.linalg.norm(mean)
+    side = _orthogonal(3, mean, _flat(probe))
+    norm = np.linalg.norm(_flat(updates["c0"]))
+    updates["weak"] = _shaped(updates["c0"], norm * (0.12 * down + np.sqrt(1 - 0.12**2) * side))
+    verdicts = screen(updates, probe)
+    v = verdicts["weak"]
+    assert v.cos_probe is not None and v.cos_consensus is not None
+    assert max(v.cos_probe, v.cos_consensus) < 0, v
+    assert v.ok and 0.1 < v.penalty < 0.5, v
+    assert all(verdicts[a].penalty == 0 for a in updates if a != "weak")
+
+
+def test_noise_the_z_test_calls_opposing_is_flagged_as_noise_too() -> None:
+    """In a round that agrees tightly, an update orthogonal to everything lies far below
+    the round's cosines (the z test's ``opposes``); its near-zero cosines make it noise,
+    a full flag, not a graded one."""
+    updates, probe = honest_round(15, n=9, signal=1.0, spread=0.3)
+    mean = _flat({k: np.mean([u[k] for u in updates.values()], 0) for k in updates["c0"]})
+    noise = _orthogonal(4, mean, _flat(probe)) * np.linalg.norm(_flat(updates["c0"]))
+    updates["noise"] = _shaped(updates["c0"], noise)
+    v = screen(updates, probe)["noise"]
+    assert "unaligned" in v.flags and v.penalty == 1.0, v
