@@ -369,8 +369,8 @@ class Learner(Inbound):
         """Do what :class:`LearnerCore` says is next: rebase, a round, or wait (and say why)."""
         if self._unsaved:
             self._save()
-        if self._late():
-            await self._guard("late screen", self._screen_late)
+        if late := self._late():
+            await self._guard("late screen", lambda: self._screen_late(late))
         parent = self.node.hierarchy.parent
         action = self.core.next(self.state, str(parent) if parent else None, time.monotonic())
         if isinstance(action, Wait):
@@ -565,8 +565,8 @@ class Learner(Inbound):
                     logger.info("round %d: collecting ended: %s", r, why)
                 rec["collected"] = why
                 return fresh
-            if self._late():
-                await self._guard("late screen", self._screen_late)
+            if late := self._late():
+                await self._guard("late screen", lambda: self._screen_late(late))
                 self.busy = f"round {r}"
             await trio.sleep(POLL_S)
 
@@ -718,7 +718,7 @@ class Learner(Inbound):
             and u.base_version == ctx.flat_cid and u.round == ctx.round
         ]  # fmt: skip
 
-    async def _screen_late(self) -> None:
+    async def _screen_late(self, late: list[tuple[ScreenedRound, _Update]]) -> None:
         """Screen each late update against its round's updates; its verdict is evidence
         against its author like any other (an attacker that waits for its siblings'
         updates to craft its own, as ALIE and IPM do, is always late), though the update
@@ -727,7 +727,7 @@ class Learner(Inbound):
         from p2phier.learn import cycle
 
         guard, tier = self.node.guard, self._tier_dir()
-        for ctx, u in self._late():
+        for ctx, u in late:
             ctx.judged.add(u.author)
             if guard.is_isolated(u.author):
                 continue
