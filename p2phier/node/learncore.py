@@ -285,6 +285,23 @@ class VersionSeen:
     created_ms: int
 
 
+def pending_after_publish(
+    updates: Mapping[str, VersionSeen],
+    aggregated: Mapping[str, VersionSeen],
+    flats: set[str],
+) -> dict[str, VersionSeen]:
+    """The children's updates a parent still holds once it published a round: not the ones
+    the round aggregated, nor ones on a flat it neither trains on nor screens late updates
+    against (``flats``).  Publishing takes time (announce, then the peer record), and a
+    child's update may come meanwhile: a late one of the round just closed is kept for the
+    late screen, one on the new version for the next round."""
+    return {
+        a: u
+        for a, u in updates.items()
+        if aggregated.get(a) != u and u.base_version is not None and u.base_version in flats
+    }
+
+
 @dataclass(frozen=True)
 class Rebase:
     version: VersionSeen

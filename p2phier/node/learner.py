@@ -81,6 +81,7 @@ from p2phier.node.learncore import (
     VersionRef,
     VersionSeen,
     Wait,
+    pending_after_publish,
     sends_held,
 )
 from p2phier.node.worker import PriorityWorker
@@ -666,7 +667,9 @@ class Learner(Inbound):
                 await self._publish_flat(
                     Path(out["candidate"]), base_cid=base.cid if base else None, round_=r
                 )
-                self.updates.clear()
+                # not clear(): an update that came while the version was published stays
+                flats = {self._flat().cid, *(c.flat_cid for c in self._screened)}
+                self.updates = pending_after_publish(self.updates, fresh, flats)
                 if out["validation_after"] is not None and not self.plan.trains:
                     # a trainer's own accuracy is its local (personal) model's, set below
                     self.state.accuracy_own = out["validation_after"]

@@ -23,6 +23,7 @@ from p2phier.node.learncore import (
     VersionRef,
     VersionSeen,
     Wait,
+    pending_after_publish,
     sends_held,
     wire_choice,
 )
@@ -255,3 +256,22 @@ def test_a_held_aggregate_goes_up_unless_it_made_the_validation_set_worse() -> N
     assert not sends_held(0.65, 0.6, tolerance=0.02)
     # no validation set to judge by: sent, the grandparent screens it
     assert sends_held(None, None, tolerance=0.01) and sends_held(0.5, None, tolerance=0.01)
+
+
+def test_updates_that_came_while_a_round_was_published_are_kept() -> None:
+    """The parent published round 2 (on flat v1; its new version is v2).  What it aggregated
+    goes; a child's round-2 update on v1 that came during the publishing stays for the late
+    screen, one already on v2 for round 3; one on a flat it no longer screens against goes."""
+
+    def up(author: str, cid: str, base: str | None, round_: int = 2) -> VersionSeen:
+        return VersionSeen(author, cid, round_, base, "bafy-tier", 0)
+
+    a, b = up("a", "u-a", "v1"), up("b", "u-b", "v1")
+    late, early, stale = up("c", "u-c", "v1"), up("d", "u-d", "v2", 3), up("e", "u-e", "v0", 1)
+    held = {"a": a, "b": b, "c": late, "d": early, "e": stale, "x": up("x", "u-x", None)}
+    kept = pending_after_publish(held, {"a": a, "b": b}, {"v2", "v1"})
+    assert kept == {"c": late, "d": early}
+    # a child that sent a newer update on v1 while the round was being published keeps it
+    b2 = up("b", "u-b2", "v1")
+    assert pending_after_publish({**held, "b": b2}, {"a": a, "b": b}, {"v2"}) == {"d": early}
+    assert pending_after_publish({**held, "b": b2}, {"a": a, "b": b}, {"v1", "v2"})["b"] == b2
