@@ -34,7 +34,8 @@ Flags, for what the published attacks must do to matter:
     (non-IID children on real LoRA: cosines with the consensus of 0.1-0.2,
     measured in ``devnet/scenarios/attack.toml``), a negative cosine also counts
     by how far it lies below the round's own spread (robust z: median and MAD of
-    the round's cosines; from ``oppose_z`` below, over ``oppose_z_span``).
+    the other updates' cosines, the MAD at least ``oppose_z_floor``; from ``oppose_z``
+    below, over ``oppose_z_span``).
     Sign-flipping, inner-product manipulation, label flipping once it bites.
     An update the z test flags whose cosines are as near zero as ``unaligned``
     asks is noise, and flagged so too;
@@ -131,6 +132,7 @@ class QualityConfig:
     oppose_span: float = 0.15
     oppose_z: float = 4.0
     oppose_z_span: float = 2.0
+    oppose_z_floor: float = 0.08
     outsized_ratio: float = 3.0
     clip_ratio: float = 1.5
     idle_ratio: float = 0.05
@@ -151,6 +153,8 @@ class QualityConfig:
             raise UsageError("need outsized_ratio >= clip_ratio >= 1 and idle_ratio in [0, 1)")
         if not (0 <= self.oppose_margin < 1 and 0 < self.oppose_span <= 1):
             raise UsageError("oppose_margin must lie in [0, 1), oppose_span in (0, 1]")
+        if not (self.oppose_z > 0 and self.oppose_z_span > 0 and self.oppose_z_floor > 0):
+            raise UsageError("oppose_z, oppose_z_span and oppose_z_floor must be positive")
         if not 0 <= self.unaligned_below < self.consensus_min <= 1:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
         if not (1 <= self.large_from < self.outsized_ratio and 0 < self.echo_gap <= 1):
@@ -250,10 +254,7 @@ def screen(
             cos_c[a] = _cos(updates[a], _median(stacks, without=a))
     agreed = [c for c in cos_c.values() if c is not None]
     judge = bool(agreed) and float(np.median(agreed)) >= cfg.consensus_min
-    # how far below the round's own spread an update's cosine lies (robust z: median and
-    # MAD), for rounds whose updates agree only weakly (non-IID children, real LoRA)
     mid = float(np.median(agreed)) if agreed else 0.0
-    spread = 1.4826 * float(np.median([abs(c - mid) for c in agreed])) if agreed else 0.0
     # the probe counts only while it agrees with the round: an honest parent's own
     # update is noise too once its model has converged on its data
     cos_p: dict[str, float | None] = {}
@@ -280,9 +281,9 @@ def screen(
             # to 0.5 where the flag begins): a sign flipper whose round has begun to
             # converge still points against both, an honest child rarely does
             severity = max(severity, 0.5 * min(1.0, max(0.0, -max(refs)) / flag_at))
-        if cc is not None and spread > 0 and max(refs) < 0:
+        if cc is not None and max(refs) < 0:
             # an outlier against the round, even where the round agrees only weakly
-            z = (cc - mid) / spread
+            z = _robust_z(cc, [c for b, c in cos_c.items() if b != a and c is not None], cfg)
             severity = max(severity, min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span)))
         if severity >= 0.5:
             flags.append("opposes")
@@ -326,6 +327,20 @@ def screen(
             a, norms[a], ratio, cp, cc, hurt, twins.get(a), tuple(flags), penalty, scale
         )
     return out
+
+
+def _robust_z(c: float, others: list[float], cfg: QualityConfig) -> float:
+    """How far ``c`` lies from the other updates' cosines, in their robust spread (median
+    and MAD; 0 without others).  Leave-one-out, as the consensus is: with six updates an
+    outlier's own cosine widens the MAD it is measured in (an IPM colluder at -0.70 among
+    honest -0.24..0.20 scored z -4.0 with itself, -9.4 without).  The spread is at least
+    ``oppose_z_floor``: honest updates that agree closely would otherwise make a mildly
+    different honest one an outlier of many sigmas."""
+    if not others:
+        return 0.0
+    mid = float(np.median(others))
+    mad = 1.4826 * float(np.median([abs(x - mid) for x in others]))
+    return (c - mid) / max(mad, cfg.oppose_z_floor)
 
 
 def _harm(loss: TrustedLoss | None, authors: list[str]) -> dict[str, float]:

@@ -138,6 +138,39 @@ def test_a_weakly_agreeing_round_still_flags_an_update_far_below_it() -> None:
     assert flags(verdicts).keys() == {"flip"}
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_a_colluder_is_an_outlier_of_the_others_spread_not_of_its_own(seed: int) -> None:
+    """A weakly agreeing round of six: five honest children, one of them a dissenter
+    (partly against the others' mean, cosine about -0.3), and an IPM colluder (-0.5 x the
+    honest mean, plus noise: about -0.6).  Measured in its own cosine's spread (as before)
+    the colluder went unflagged in a real run (z -4.0) while dissenters were flagged
+    fully in 7 of these 20 rounds; measured in the others' spread (leave-one-out, its
+    MAD at least ``oppose_z_floor``) the colluder is flagged every time and an honest
+    child earns at most a trace of evidence."""
+    rng = np.random.default_rng(100 + seed)
+    updates, _ = honest_round(seed, n=5, signal=0.25, spread=1.0)
+
+    def flat(u: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([u["a.lora_delta"].ravel(), u["head"]])
+
+    def shaped(v: np.ndarray) -> dict[str, np.ndarray]:
+        return {"a.lora_delta": v[:300].reshape(20, 15), "head": v[300:]}
+
+    mean = np.mean([flat(u) for u in updates.values()], axis=0)
+    noise = rng.normal(size=DIM)
+    noise *= np.linalg.norm(mean) / np.linalg.norm(noise)
+    updates["ipm"] = shaped(-0.5 * mean + 0.5 * noise)
+    own = rng.normal(size=DIM)
+    own *= np.linalg.norm(flat(updates["c0"])) / np.linalg.norm(own)
+    updates["dissent"] = shaped(own - 0.35 * np.linalg.norm(own) * mean / np.linalg.norm(mean))
+    verdicts = screen(updates, None)
+    assert (
+        verdicts["dissent"].cos_consensus is not None and verdicts["dissent"].cos_consensus < -0.15
+    )
+    assert "opposes" in verdicts["ipm"].flags, verdicts["ipm"]
+    assert all(v.penalty < 0.1 for a, v in verdicts.items() if a != "ipm"), verdicts
+
+
 def test_a_converged_round_flags_only_a_far_larger_update() -> None:
     updates, probe = honest_round(6, signal=0.0, spread=1.0)
     updates["outlier"] = {k: 4 * v for k, v in updates["c0"].items()}  # x4: bounded only
