@@ -35,7 +35,10 @@ Flags, for what the published attacks must do to matter:
     measured in ``devnet/scenarios/attack.toml``), a negative cosine also counts
     by how far it lies below the round's own spread (robust z: median and MAD of
     the other updates' cosines, the MAD at least ``oppose_z_floor``; from ``oppose_z``
-    below, over ``oppose_z_span``).
+    below, over ``oppose_z_span``), in full only from a cosine of
+    ``-oppose_z_depth`` (less in proportion above it): an honest single-topic child
+    lies at -0.2..-0.3 in such rounds, several of the round's spreads below it, while
+    an IPM colluder lies at -0.7.
     Sign-flipping, inner-product manipulation, label flipping once it bites.
     An update the z test flags whose cosines are as near zero as ``unaligned``
     asks is noise, and flagged so too;
@@ -133,6 +136,7 @@ class QualityConfig:
     oppose_z: float = 4.0
     oppose_z_span: float = 2.0
     oppose_z_floor: float = 0.08
+    oppose_z_depth: float = 0.5
     outsized_ratio: float = 3.0
     clip_ratio: float = 1.5
     idle_ratio: float = 0.05
@@ -153,8 +157,8 @@ class QualityConfig:
             raise UsageError("need outsized_ratio >= clip_ratio >= 1 and idle_ratio in [0, 1)")
         if not (0 <= self.oppose_margin < 1 and 0 < self.oppose_span <= 1):
             raise UsageError("oppose_margin must lie in [0, 1), oppose_span in (0, 1]")
-        if not (self.oppose_z > 0 and self.oppose_z_span > 0 and self.oppose_z_floor > 0):
-            raise UsageError("oppose_z, oppose_z_span and oppose_z_floor must be positive")
+        if min(self.oppose_z, self.oppose_z_span, self.oppose_z_floor, self.oppose_z_depth) <= 0:
+            raise UsageError("oppose_z, oppose_z_span, oppose_z_floor, oppose_z_depth must be > 0")
         if not 0 <= self.unaligned_below < self.consensus_min <= 1:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
         if not (1 <= self.large_from < self.outsized_ratio and 0 < self.echo_gap <= 1):
@@ -284,7 +288,10 @@ def screen(
         if cc is not None and max(refs) < 0:
             # an outlier against the round, even where the round agrees only weakly
             z = _robust_z(cc, [c for b, c in cos_c.items() if b != a and c is not None], cfg)
-            severity = max(severity, min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span)))
+            outlier = min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span))
+            # ...in full only as far as it points against the round: a non-IID honest
+            # child's dissent (-0.2..-0.3 in real rounds) is evidence, a colluder's -0.7 a flag
+            severity = max(severity, outlier * min(1.0, -cc / cfg.oppose_z_depth))
         if severity >= 0.5:
             flags.append("opposes")
         if cc is not None and agreed and cc >= cfg.echo_above and cc - mid >= cfg.echo_gap:
