@@ -138,16 +138,20 @@ def prepare(scenario: Scenario, run_dir: Path) -> Prepared:
         if labels := answer_labels(scenario, data, node.name):
             plan["labels"] = list(labels)
         write_atomic(learn / "plan.json", json.dumps(plan, indent=1, sort_keys=True).encode())
-        # Rounds come from the launcher (the devnet's clock: no timer, nobody follows its
-        # parent on its own); a devnet lasts minutes, so its nodes collect their garbage
-        # every 20 s rather than every 10 minutes (retention.gc_interval_s).
-        write_atomic(
-            home / "node.toml",
-            b"[learn]\nenabled = true\nround_interval_s = 0.0\nfollow_parent = false\n\n"
-            b"[retention]\ngc_interval_s = 20.0\n",
-        )
+        write_atomic(home / "node.toml", node_toml(scenario))
     # Derived tiers' sizes: the student keeps its blocks and vocabulary share (measured later).
     return prepared
+
+
+def node_toml(scenario: Scenario) -> bytes:
+    """Each devnet node's config file.  Rounds come from the launcher (the devnet's clock:
+    no timer, nobody follows its parent on its own); a devnet lasts minutes, so its nodes
+    collect their garbage every ``scenario.gc_interval_s`` (20 s) rather than every 10
+    minutes."""
+    return (
+        "[learn]\nenabled = true\nround_interval_s = 0.0\nfollow_parent = false\n\n"
+        f"[retention]\ngc_interval_s = {scenario.gc_interval_s!r}\n"
+    ).encode()
 
 
 # --- the running devnet ---------------------------------------------------------------------

@@ -67,6 +67,9 @@ MAX_SHARD = 100_000
 #: default is LearnSettings'): twelve processes on two cores train slowly, so a parent
 #: waits longer for its children's updates.
 DEVNET_SETTINGS: Mapping[str, Any] = {"collect_s": 900.0}
+#: How often a devnet's nodes collect their garbage (``retention.gc_interval_s``; a node's
+#: default is 10 minutes, a devnet lasts minutes): the scenario's ``gc_interval_s``.
+DEVNET_GC_INTERVAL_S = 20.0
 
 DATASETS = ("bbc", "drugs")
 #: The BBC News topics (dataset ``bbc``: group = topic = label).  Drug-review
@@ -193,6 +196,7 @@ class Scenario:
     arrival: ArrivalSpec
     faults: tuple[FaultSpec, ...] = ()
     attackers: tuple[AttackerSpec, ...] = ()
+    gc_interval_s: float = DEVNET_GC_INTERVAL_S
     format: int = FORMAT_VERSION
 
     # views ------------------------------------------------------------------------------
@@ -574,6 +578,7 @@ def _parse_scenario(data: Mapping[str, Any], name: str) -> Scenario:
     description = root.get("description", _str, "")
     seed = root.get("seed", Int(0, 2**31 - 1), 0)
     rounds = root.get("rounds", Int(1, MAX_ROUNDS))
+    gc_interval_s = root.get("gc_interval_s", Num(0.5, 3600.0), DEVNET_GC_INTERVAL_S)
 
     tiers_table = root.sub("tiers", required=True)
     tiers: dict[str, TierSpec] = {}
@@ -657,6 +662,7 @@ def _parse_scenario(data: Mapping[str, Any], name: str) -> Scenario:
         arrival=arrival,
         faults=tuple(faults),
         attackers=tuple(attackers),
+        gc_interval_s=gc_interval_s,
         format=fmt,
     )
     _check_topology(scenario, paths)

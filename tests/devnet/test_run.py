@@ -355,11 +355,13 @@ def test_network_attackers_are_isolated_and_no_honest_node_is(tmp_path: Path) ->
 def test_fifty_rounds_leave_store_files_and_memory_flat(tmp_path: Path) -> None:
     """Issue 15, bounded resources: a parent-child pair on the tiny tier through 50 rounds.
     After warm-up nothing grows with the rounds: each node's store bytes (retention and garbage
-    collection every 20 s), its files (step directories removed) and its RSS (histories and
+    collection every second), its files (step directories removed) and its RSS (histories and
     per-peer state bounded).  Growth is judged between the rounds 21-35 and 36-50: a node that
     kept one more artifact, directory or buffer per round would add 15 of each in between.
-    Store bytes and files rise between collections and fall at each: their lows (what is left
-    after a collection) are compared, memory's highs."""
+    Store bytes and files rise as a stream's int8-delta chain grows (a delta needs its lineage
+    back to the last keyframe) and fall once a keyframe lets the old chain go, every 8 rounds:
+    each window's lows (collected every round, so at the same point of the chain in both) are
+    compared, memory's highs."""
     run_dir = tmp_path / "longrun"
     result = _cli("devnet", "up", "--scenario", str(SCENARIOS / "ci-longrun.toml"), "--dir",
                   str(run_dir), "--no-live", "--no-baselines", "--json")  # fmt: skip

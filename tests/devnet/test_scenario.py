@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from p2phier.devnet.runner import node_plan
+from p2phier.config import load_config
+from p2phier.devnet.runner import node_plan, node_toml
 from p2phier.devnet.scenario import (
     DEVNET_SETTINGS,
     Scenario,
@@ -314,6 +315,11 @@ BAD: list[tuple[str, str, str]] = [
         "attackers[0].strength: only flood (announcements per second) and sybil",
     ),
     ("newer format", "format = 2\n" + SMALL, "format: scenario format 2 is not known"),
+    (
+        "garbage collected too often",
+        "gc_interval_s = 0.1\n" + SMALL,
+        "gc_interval_s: 0.1 is outside",
+    ),
 ]
 
 
@@ -330,6 +336,19 @@ def test_a_bad_scenario_names_the_field(text: str, expected: str) -> None:
 def test_the_small_scenario_itself_is_valid() -> None:
     s = parse(SMALL)  # the BAD table's failures come from their edits alone
     assert [n.parent for n in s.nodes] == [None, "master", "en"]
+
+
+def test_each_node_collects_its_garbage_as_often_as_the_scenario_says(tmp_path: Path) -> None:
+    """20 s by default; ci-longrun asks for every second (its rounds take ~2 s).  The
+    config file each node is given says so, as the node reads it."""
+    for text, expected in ((SMALL, 20.0), ("gc_interval_s = 1\n" + SMALL, 1.0)):
+        path = tmp_path / "node.toml"
+        path.write_bytes(node_toml(parse(text)))
+        config = load_config(path, environ={}, flags={"node.layer": "master"}, cwd=tmp_path)
+        assert config.retention_gc_interval_s == expected
+        assert config.learn_enabled and not config.learn_follow_parent
+    longrun = load_scenario(scenarios_dir() / "ci-longrun.toml")
+    assert longrun.gc_interval_s == 1.0
 
 
 def test_a_bad_file_is_refused_with_its_path(tmp_path: Path) -> None:
