@@ -128,7 +128,10 @@ def test_an_artifact_signed_by_another_key_is_not_the_announcers_update(
     status = master.status()
     assert zz.peer_id not in status["children"]
     en = provenance_net["en"]
-    assert en.peer_id in status["children"] and en.peer_id not in status["isolated"]
+    # the honest child stays (waited for: a loaded machine may let its registration lapse
+    # for a moment; a child dropped along with the attacker would never come back)
+    wait_for("en to be the master's child", lambda: en.peer_id in master.status()["children"])
+    assert en.peer_id not in master.status()["isolated"]
     r = master.cli("trust", "--json")
     assert r.returncode == 0, r.stderr
     view = json.loads(r.stdout)
