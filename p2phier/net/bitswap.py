@@ -362,24 +362,35 @@ class Bitswap:
             return sum(len(block) for _, block in iter_dag(root, self.store.get_block))
 
     async def _session_events(self, fetch: Fetch, events: list[SessionEvent]) -> None:
-        for event in events:
-            if isinstance(event, SendMessage):
-                self._note_asked(event, fetch.deadline)
-                self._enqueue(event.peer, event.frame_parts())
-            elif isinstance(event, BlockFetched):
-                await self._writer.put(fetch, event.cid, event.data)
-            elif isinstance(event, FetchComplete | FetchFailed):
-                fetch.wake.set()
-            elif isinstance(event, PeerTimedOut):
-                logger.info(
-                    "bitswap: %s did not answer %s for %s in time; asking elsewhere",
-                    event.peer,
-                    event.want_type.name,
-                    event.cid,
-                )
-            elif isinstance(event, LocalBlockCorrupt):
-                logger.error("bitswap: local block %s was corrupt; fetching it again", event.cid)
-            # Misbehaviour events were recorded (and hooked) by the ledger book already.
+        # Every block is counted as pending before the first await: the session may
+        # complete in another task meanwhile (see StoreWriter.reserve).
+        unput = self._writer.reserve(fetch, sum(isinstance(e, BlockFetched) for e in events))
+        try:
+            for event in events:
+                if isinstance(event, BlockFetched):
+                    unput -= 1  # put() itself gives it back if cancelled
+                    await self._writer.put(fetch, event.cid, event.data)
+                else:
+                    self._session_event(fetch, event)
+        finally:
+            self._writer.release(fetch, unput)
+
+    def _session_event(self, fetch: Fetch, event: SessionEvent) -> None:
+        if isinstance(event, SendMessage):
+            self._note_asked(event, fetch.deadline)
+            self._enqueue(event.peer, event.frame_parts())
+        elif isinstance(event, FetchComplete | FetchFailed):
+            fetch.wake.set()
+        elif isinstance(event, PeerTimedOut):
+            logger.info(
+                "bitswap: %s did not answer %s for %s in time; asking elsewhere",
+                event.peer,
+                event.want_type.name,
+                event.cid,
+            )
+        elif isinstance(event, LocalBlockCorrupt):
+            logger.error("bitswap: local block %s was corrupt; fetching it again", event.cid)
+        # Misbehaviour events were recorded (and hooked) by the ledger book already.
 
     def _note_asked(self, send: SendMessage, deadline: float) -> None:
         wl = send.message.wantlist

@@ -6,10 +6,10 @@ store one durability step (file-system syncs), so blocks are gathered up to
 ``store_batch_bytes`` while they keep coming, and written in a worker thread.
 
 A block handed to the writer is the fetch's responsibility until it is
-written: :meth:`StoreWriter.put` counts it in ``Fetch.pending_puts`` and
-:meth:`StoreWriter.drain` waits for them, so a fetch that ends (complete,
-failed or timed out) returns only once every block it received is in the
-store.  A later fetch then resumes from them instead of fetching them again
+written: :meth:`StoreWriter.reserve` counts it in ``Fetch.pending_puts`` (a
+message's blocks at once) and :meth:`StoreWriter.drain` waits for them, so a
+fetch that ends (complete, failed or timed out) returns only once every block
+it received is in the store.  A later fetch then resumes from them instead of fetching them again
 (a timed-out fetch used to return while its blocks were still queued here).
 """
 
@@ -41,10 +41,33 @@ class StoreWriter:
         self._on_stored = on_stored
         self._send, self._recv = trio.open_memory_channel[Put](config.store_queue)
 
+    @staticmethod
+    def reserve(fetch: Fetch, count: int) -> int:
+        """Count ``count`` blocks of ``fetch`` as pending before they are queued; returns
+        ``count``.  Each is then :meth:`put`, or given back with :meth:`release`.
+
+        A message's blocks are reserved together, before the first ``await``: the
+        session may complete in another message's task while some of them still
+        wait for room in the queue, and the fetch must wait for those too (counted
+        one by one, the count could reach zero in between and the fetch pin an
+        incomplete DAG).
+        """
+        if count:
+            fetch.pending_puts += count
+            # A new event only when the last one fired: a task waiting on an unfired
+            # one must be woken by it (replacing it stranded the fetch loop).
+            if fetch.flushed.is_set():
+                fetch.flushed = trio.Event()
+        return count
+
+    def release(self, fetch: Fetch, count: int) -> None:
+        """``count`` reserved blocks will not be put (their task was cancelled)."""
+        for _ in range(count):
+            self._done(fetch)
+
     async def put(self, fetch: Fetch, cid: CID, data: bytes) -> None:
-        """Queue one verified block of ``fetch`` (waits while the queue is full)."""
-        fetch.pending_puts += 1
-        fetch.flushed = trio.Event()
+        """Queue one verified block of ``fetch``, reserved with :meth:`reserve`
+        (waits while the queue is full)."""
         try:
             await self._send.send(Put(cid, data, fetch))
         except BaseException:  # cancelled while the queue was full: this one is not stored

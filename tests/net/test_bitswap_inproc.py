@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -365,3 +367,32 @@ async def test_a_fetched_dag_the_reader_would_refuse_is_stored_but_never_pinned(
                 )
             assert fetcher.store.has_object(root)  # every block arrived...
             assert fetcher.store.pins() == {} and fetcher.store.query() == []  # ...none kept
+
+
+class _SlowStore(MemoryStore):
+    """A store whose writes take a while (a slow disk): the writer's queue fills."""
+
+    def put_blocks(
+        self, blocks: Iterable[tuple[CID | str, bytes]], *, verified: bool = False
+    ) -> list[bool]:
+        time.sleep(0.03)  # in the writer's worker thread: a slow disk, not a test pause
+        return super().put_blocks(blocks, verified=verified)
+
+
+async def test_a_fetch_whose_store_lags_behind_several_providers_completes() -> None:
+    """Blocks from several providers' messages wait for a slow store while the session
+    completes in another message's task: the fetch waits for every one of them, then
+    pins.  (Found by bench/net.py's 4-provider fetch: the fetch loop waited on an event
+    a later put had replaced and hung until its deadline.)"""
+    data = data_of(4 * MiB, seed=11)
+    config = dataclasses.replace(FAST, store_queue=1, store_batch_bytes=1)
+    for attempt in range(4):
+        stores = [_SlowStore(), MemoryStore(), MemoryStore(), MemoryStore()]
+        async with open_nodes(4, config=config, stores=stores) as (fetcher, *providers):
+            root = {p.store.add_bytes(data) for p in providers}.pop()
+            with trio.fail_after(20):
+                await fetcher.bitswap.fetch(root, [p.addr for p in providers], timeout=60)
+            assert fetcher.store.get_bytes(root) == data, attempt
+            assert fetcher.store.pins() == {root: "recursive"}
+        for s in stores:
+            s.close()
