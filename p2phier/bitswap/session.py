@@ -13,12 +13,19 @@ How a fetch proceeds:
 
 1. Resume: a block the local store already holds (and that still hashes to its
    CID) is not fetched; its children are explored from the local copy.
-2. Discovery: every missing block is asked of every provider as ``want-have``
-   with ``sendDontHave``.
+2. Discovery: every missing block is asked as ``want-have`` (with
+   ``sendDontHave``) of every provider not yet *confirmed*.  A provider is
+   confirmed once it answered ``HAVE`` to, or delivered, some block of this DAG.
 3. Transfer: a block is asked as ``want-block`` (again with ``sendDontHave``)
-   from one peer that answered ``HAVE``, the one with the fewest blocks in
-   flight (at most ``max_inflight_per_peer`` each), so the blocks of a DAG are
-   split across all providers that have them.
+   from one peer that answered ``HAVE`` to it or is confirmed, the one with the
+   fewest blocks in flight (at most ``max_inflight_per_peer`` each), so the
+   blocks of a DAG are split across all providers that have them.  A confirmed
+   provider is asked for the block itself at once, without a want-have round
+   first (as boxo's sessions do once a peer has shown it holds the DAG): a
+   provider holding a root almost always holds the whole DAG, and one that does
+   not answers ``DONT_HAVE`` at once.  Each level of the DAG (root, inner
+   nodes, leaves) so costs one round trip, not two.  A confirmed peer that lets
+   a want run out is confirmed no more (it is asked want-have again).
 4. Deadlines: a want-block not answered within ``block_timeout``, or a
    want-have not answered within ``have_timeout``, counts as a failure of that
    peer for that block: it is cancelled there and asked elsewhere.  A DONT_HAVE
@@ -171,7 +178,9 @@ class _Provider:
     inflight: set[CID] = field(default_factory=set)  # keys with a want-block here
     asked: set[CID] = field(default_factory=set)  # keys ever asked here
     banned: bool = False
-    #: (-priority, tie, key) of blocks this peer said HAVE to that wait for a free
+    #: said HAVE to, or delivered, some block of this DAG: asked want-block directly
+    confirmed: bool = False
+    #: (-priority, tie, key) of blocks this peer can be asked for that wait for a free
     #: slot; entries go stale (want settled, asked elsewhere) and are dropped when seen
     ready: list[tuple[int, int, CID]] = field(default_factory=list)
 
@@ -413,6 +422,7 @@ class Session:
     # --- internals: messages in ---------------------------------------------------------------
     def _accept(self, key: CID, want: _Want, data: bytes, peer: str, account: bool) -> None:
         self._settle(key, want, sender=peer)
+        self._providers[peer].confirmed = True
         if account:
             ledger = self.ledgers.get(peer)
             ledger.blocks_received += 1
@@ -441,6 +451,8 @@ class Session:
 
     def _presence(self, peer: str, st: _Provider, cid: CID, kind: PresenceType) -> None:
         key = block_key(cid)
+        if kind is PresenceType.HAVE and key in st.asked:
+            st.confirmed = True  # even for a block settled meanwhile (see _schedule)
         want = self._wants.get(key)
         if want is None or key not in st.asked or peer in want.ruled_out:
             return
@@ -479,6 +491,14 @@ class Session:
                 want.holder = None
             self._dirty.add(key)
         st.inflight.clear()
+        self._unconfirm(st)
+
+    def _unconfirm(self, st: _Provider) -> None:
+        """``st`` is no longer asked for blocks on trust: what waited only for its free
+        slots is scheduled afresh (or it would wait for nothing)."""
+        st.confirmed = False
+        self._dirty.update(key for _, _, key in st.ready if key in self._wants)
+        st.ready.clear()
 
     # --- internals: scheduling -----------------------------------------------------------------
     def _usable(self, peer: str) -> bool:
@@ -505,6 +525,7 @@ class Session:
             if kind is WantType.BLOCK:
                 want.holder = None
                 self._providers[peer].inflight.discard(key)
+                self._unconfirm(self._providers[peer])  # slow or stalling: ask it first
                 want.haves.discard(peer)
                 want.ruled_out[peer] = f"did not deliver within {self.config.block_timeout}s"
                 self.ledgers.get(peer).timeouts += 1
@@ -545,7 +566,19 @@ class Session:
             want = wants.get(key)
             if want is None or want.holder is not None:
                 continue
-            holders = [p for p in want.haves if self._usable(p) and p not in want.ruled_out]
+            holders = self._holders(want)
+            # discovery: every provider not known to hold the DAG is asked whether it
+            # has the block (a HAVE confirms it, and it takes its share)
+            for peer, st in self._providers.items():
+                if (
+                    st.banned
+                    or st.confirmed
+                    or peer in want.haves
+                    or peer in want.ruled_out
+                    or peer in want.have_pending
+                ):
+                    continue
+                self._ask_have(key, want, peer, now)
             if holders:
                 cap = self._cap()
                 free = [p for p in holders if len(self._providers[p].inflight) < cap]
@@ -560,13 +593,18 @@ class Session:
                 )
                 self._ask_block(key, want, peer, now)
                 continue
-            for peer, st in self._providers.items():
-                if st.banned or peer in want.ruled_out or peer in want.have_pending:
-                    continue
-                self._ask_have(key, want, peer, now)
             if not want.have_pending:
                 self._fail(want.cid, self._why_unavailable(want))
                 return
+
+    def _holders(self, want: _Want) -> list[str]:
+        """Usable peers that can be asked for ``want``'s block itself: those that said
+        HAVE to it, and the confirmed ones (unless ruled out for it)."""
+        return [
+            p
+            for p, st in self._providers.items()
+            if not st.banned and p not in want.ruled_out and (st.confirmed or p in want.haves)
+        ]
 
     def _best_ready(self) -> tuple[int, CID] | None:
         """``(priority, key)`` of the most urgent block waiting for a provider that now
@@ -583,7 +621,7 @@ class Session:
                 if (
                     want is not None
                     and want.holder is None
-                    and peer in want.haves
+                    and (st.confirmed or peer in want.haves)
                     and peer not in want.ruled_out
                 ):
                     break

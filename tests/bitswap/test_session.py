@@ -23,6 +23,7 @@ from p2phier.bitswap import (
     SendMessage,
     Session,
     SessionConfig,
+    SessionEvent,
     WantEntry,
     WantType,
 )
@@ -175,7 +176,6 @@ def test_a_node_with_several_sessions_can_defer_the_unsolicited_verdict() -> Non
 
 def test_two_providers_share_the_blocks() -> None:
     root, blocks = build_dag(16, 100, fanout=16)
-    leaves = [c for c in blocks if c != root]
     s = session(root, ["A", "B"], config=SessionConfig(max_inflight_per_peer=4))
     s.poll(0.0)
     for p in ("A", "B"):
@@ -184,12 +184,11 @@ def test_two_providers_share_the_blocks() -> None:
     holder = "A" if kinds(ev, "A") == {root: "block"} else "B"
     s.receive_message(holder, block(root, blocks[root]), 0.2)
     ev = s.poll(0.2)
-    assert set(kinds(ev, "A")) >= set(leaves) and set(kinds(ev, "B")) >= set(leaves)
-    s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
-    s.receive_message("B", presence(*((c, HAVE) for c in leaves)), 0.3)
-    ev = s.poll(0.3)
+    # both said HAVE to the root: the leaves are asked as blocks at once, no want-have
+    # round first, four at each, none twice
     at_a = [c for c, k in kinds(ev, "A").items() if k == "block"]
     at_b = [c for c, k in kinds(ev, "B").items() if k == "block"]
+    assert set(kinds(ev, "A").values()) == set(kinds(ev, "B").values()) == {"block"}
     assert len(at_a) == 4 and len(at_b) == 4 and not set(at_a) & set(at_b)
     # delivering frees slots: the rest is split the same way until done
     t = 0.4
@@ -207,27 +206,30 @@ def test_two_providers_share_the_blocks() -> None:
 
 def root_fetched_from_a(
     root: CID, blocks: dict[CID, bytes], peers: list[str], *, max_inflight_per_peer: int
-) -> Session:
-    """A session over ``peers`` that has asked for and received the root block from A."""
+) -> tuple[Session, list[SessionEvent]]:
+    """A session over ``peers`` that has asked for and received the root block from A
+    (only A answered), and what it did then."""
     s = session(root, peers, config=SessionConfig(max_inflight_per_peer=max_inflight_per_peer))
     s.poll(0.0)
     s.receive_message("A", presence((root, HAVE)), 0.1)
     s.poll(0.1)
     s.receive_message("A", block(root, blocks[root]), 0.2)
-    s.poll(0.2)
-    return s
+    return s, s.poll(0.2)
 
 
 def test_a_freed_slot_goes_to_the_most_urgent_waiting_block_the_freed_peer_has() -> None:
     root, blocks = build_dag(12, 64, fanout=12)
     leaves = [c for c in blocks if c != root]  # discovery order = priority order
-    s = root_fetched_from_a(root, blocks, ["A", "B"], max_inflight_per_peer=2)
-    # A has every leaf, B only the last two
-    s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
+    s, ev = root_fetched_from_a(root, blocks, ["A", "B"], max_inflight_per_peer=2)
+    # A, confirmed by the root, is asked for the most urgent leaves at once; B, which
+    # has not answered anything yet, is asked whether it has each
+    assert kinds(ev, "A") == dict.fromkeys(leaves[:2], "block")
+    assert kinds(ev, "B") == {root: "cancel", **dict.fromkeys(leaves, "have")}
+    # B has only the last two
     s.receive_message("B", presence(*((c, HAVE) for c in leaves[-2:])), 0.3)
     s.receive_message("B", presence(*((c, DONT) for c in leaves[:-2])), 0.3)
     ev = s.poll(0.3)
-    assert [c for c, k in kinds(ev, "A").items() if k == "block"] == leaves[:2]
+    assert "A" not in {e.peer for e in events_of(ev, SendMessage)}
     # B's free slots go to the blocks it has, though more urgent ones wait for A
     assert [c for c, k in kinds(ev, "B").items() if k == "block"] == leaves[-2:]
     assert s.poll(0.3) == []  # everyone is busy: nothing to do, nothing re-sent
@@ -243,12 +245,48 @@ def test_a_freed_slot_goes_to_the_most_urgent_waiting_block_the_freed_peer_has()
     assert [c for c, k in kinds(s.poll(0.6), "A").items() if k == "block"] == [leaves[3]]
 
 
+def test_a_confirmed_provider_without_a_block_says_so_and_it_is_asked_elsewhere() -> None:
+    """A provider that said HAVE to the root is asked for its children at once; one it
+    lacks (DONT_HAVE) goes to the others, who are asked first (they never answered)."""
+    root, blocks = build_dag(3, 64, fanout=3)
+    leaves = [c for c in blocks if c != root]
+    s, ev = root_fetched_from_a(root, blocks, ["A", "B"], max_inflight_per_peer=4)
+    assert kinds(ev, "A") == dict.fromkeys(leaves, "block")
+    s.receive_message("A", presence((leaves[0], DONT)), 0.3)
+    s.receive_message("B", presence((leaves[0], HAVE)), 0.3)
+    assert kinds(s.poll(0.3), "B") == {leaves[0]: "block"}
+    for peer, c in (("B", leaves[0]), ("A", leaves[1]), ("A", leaves[2])):
+        s.receive_message(peer, block(c, blocks[c]), 0.4)
+    assert s.complete
+
+
+def test_a_confirmed_provider_that_stalls_loses_its_queue_and_nothing_is_stranded() -> None:
+    """Blocks waiting only for a confirmed provider's free slots are asked afresh when
+    it lets a want run out (otherwise they would wait for a slot that is never used)."""
+    root, blocks = build_dag(6, 64, fanout=6)
+    leaves = [c for c in blocks if c != root]
+    s, ev = root_fetched_from_a(root, blocks, ["A", "B"], max_inflight_per_peer=2)
+    assert kinds(ev, "A") == dict.fromkeys(leaves[:2], "block")  # 4 wait for A's slots
+    s.receive_message("B", presence((leaves[0], HAVE)), 0.3)
+    s.receive_message("B", presence(*((c, DONT) for c in leaves[1:])), 0.3)
+    assert s.poll(0.3) == []
+    s.receive_message("A", block(leaves[1], blocks[leaves[1]]), 0.4)
+    assert kinds(s.poll(0.4), "A") == {leaves[2]: "block"}
+    ev = s.poll(0.2 + SessionConfig().block_timeout)  # leaves[0] runs out at A
+    assert events_of(ev, PeerTimedOut) == [PeerTimedOut("A", leaves[0], WantType.BLOCK)]
+    assert kinds(ev, "B") == {leaves[0]: "block"}
+    # A is asked again for what waited for it, but whether it has it first
+    assert kinds(ev, "A") == {leaves[0]: "cancel", **dict.fromkeys(leaves[3:], "have")}
+    s.receive_message("A", presence(*((c, HAVE) for c in leaves[3:])), 15.3)
+    assert kinds(s.poll(15.3), "A") == {leaves[3]: "block"}  # one slot is still taken
+
+
 def test_scheduling_a_large_dag_does_not_rescan_every_waiting_block() -> None:
     root, blocks = build_dag(3000, 8, fanout=3000)
     leaves = [c for c in blocks if c != root]
-    s = root_fetched_from_a(root, blocks, ["A"], max_inflight_per_peer=4)
-    s.receive_message("A", presence(*((c, HAVE) for c in leaves)), 0.3)
-    asked = [c for c, k in kinds(s.poll(0.3), "A").items() if k == "block"]
+    s, ev = root_fetched_from_a(root, blocks, ["A"], max_inflight_per_peer=4)
+    asked = [c for c, k in kinds(ev, "A").items() if k == "block"]
+    assert len(asked) == 4 and set(kinds(ev, "A").values()) == {"block"}
     order: list[CID] = []
     calls = 0
     original = s._best_ready
