@@ -36,12 +36,18 @@ from libp2p.peer.peerstore import PeerStoreError
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from p2phier.errors import ConfigError, NetworkError, PeerTimeoutError
+from p2phier.errors import ConfigError, NetworkError, PeerTimeoutError, ProtocolViolationError
 from p2phier.identity import Identity
 
 from .gate import InboundGate, install_gate
 from .keys import keypair_from_identity, libp2p_peer_id, peer_id_str
-from .streams import STREAM_ERRORS, reset_quietly, stream_peer
+from .streams import (
+    STREAM_ERRORS,
+    StreamClosedError,
+    reset_quietly,
+    select_protocol,
+    stream_peer,
+)
 
 PING_PROTOCOL = "/ipfs/ping/1.0.0"
 PING_LENGTH = 32
@@ -231,18 +237,31 @@ class Host:
         try:
             with trio.fail_after(limit):
                 try:
-                    return await self.libp2p.new_stream(pid, [TProtocol(protocol)])
+                    stream = await self.libp2p.get_network().new_stream(pid)
                 except STREAM_ERRORS:
                     if not self._forget_closed_connections(pid):
                         raise
-                # Every connection listed was a closed one the swarm had not removed
-                # yet (the peer closed it; seen with kubo): dial afresh, once.
-                await self.connect(peer, timeout=limit)
-                return await self.libp2p.new_stream(pid, [TProtocol(protocol)])
+                    # Every connection listed was a closed one the swarm had not removed
+                    # yet (the peer closed it; seen with kubo): dial afresh, once.
+                    await self.connect(peer, timeout=limit)
+                    stream = await self.libp2p.get_network().new_stream(pid)
+                try:
+                    await select_protocol(stream, protocol)  # one round trip, not two
+                except BaseException as exc:
+                    with trio.CancelScope(shield=True):
+                        await reset_quietly(stream)
+                    if isinstance(exc, StreamClosedError | ProtocolViolationError):
+                        why = f"cannot open a {protocol} stream to {peer}: {exc}"
+                        raise DialError(why) from None
+                    raise
+                stream.set_protocol(TProtocol(protocol))
+                return stream
         except trio.TooSlowError:
             raise PeerTimeoutError(
                 f"opening a {protocol} stream to {peer} took more than {limit}s"
             ) from None
+        except DialError:
+            raise  # (a ConnectionError, so an OSError: said once, not wrapped again)
         except STREAM_ERRORS as exc:
             raise DialError(
                 f"cannot open a {protocol} stream to {peer}: {_cause_chain(exc)}"

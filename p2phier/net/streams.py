@@ -213,6 +213,83 @@ async def read_frame(stream: INetStream, *, max_frame_size: int, timeout: float)
     return frame
 
 
+#: multistream-select 1.0's header line (libp2p/specs connections, multiformats)
+MULTISTREAM = b"/multistream/1.0.0"
+#: longest multistream-select line accepted (a protocol id; libp2p caps them at 1 KiB)
+MAX_SELECT_LINE = 1024
+
+
+class ProtocolRefusedError(StreamClosedError):
+    """The peer answered ``na`` to the protocol proposed on a new stream."""
+
+
+async def select_protocol(stream: INetStream, protocol: str) -> None:
+    """Negotiate ``protocol`` on a stream we opened, in one round trip.
+
+    The header and the proposal go out in ONE write, and both answers are read
+    after it (pipelined, as go-libp2p and js-libp2p dial; the listener just finds
+    both lines buffered).  py-libp2p 0.8.1's client waits for the header's echo
+    before it proposes: a second round trip on every stream a node opens, e.g.
+    before the first want of a fetch and before a provider's first answer.
+    Exactly the two answer lines are read (a byte at a time for each length), so
+    nothing the peer sends after them is taken.  The caller bounds the time.
+    """
+    proposal = protocol.encode()
+    if len(proposal) + 1 > MAX_SELECT_LINE or b"\n" in proposal:
+        raise ProtocolViolationError(f"not a protocol id: {protocol!r}")
+    lines = [MULTISTREAM, proposal]
+    try:
+        await stream.write(b"".join(encode_frame(line + b"\n") for line in lines))
+        header = await _read_select_line(stream)
+        if header != MULTISTREAM:
+            raise ProtocolViolationError(
+                f"{stream_peer(stream)} answered {header[:64]!r}, not the multistream header"
+            )
+        answer = await _read_select_line(stream)
+    except STREAM_ERRORS as exc:
+        raise StreamClosedError(
+            f"cannot negotiate {protocol} with {stream_peer(stream)}: {_describe(exc)}"
+        ) from None
+    if answer == b"na":
+        raise ProtocolRefusedError(f"{stream_peer(stream)} does not speak {protocol}")
+    if answer != proposal:
+        raise ProtocolViolationError(
+            f"{stream_peer(stream)} answered {answer[:64]!r} to the proposal of {protocol}"
+        )
+
+
+async def _read_select_line(stream: INetStream) -> bytes:
+    """One ``varint(len) || line \\n`` message of multistream-select, read exactly."""
+    length = shift = 0
+    while True:
+        byte = await _read_exactly(stream, 1)
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+        if shift > 14:
+            raise ProtocolViolationError("multistream-select length varint too long")
+    if not 1 <= length <= MAX_SELECT_LINE:
+        raise ProtocolViolationError(f"multistream-select line of {length} bytes refused")
+    line = await _read_exactly(stream, length)
+    if not line.endswith(b"\n"):
+        raise ProtocolViolationError("multistream-select line without its newline")
+    return line[:-1]
+
+
+async def _read_exactly(stream: INetStream, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = await stream.read(n - len(data))
+        except StreamEOF:
+            chunk = b""
+        if not chunk:
+            raise StreamClosedError(f"{stream_peer(stream)} closed the stream while negotiating")
+        data += chunk
+    return data
+
+
 async def reset_quietly(stream: INetStream, timeout: float = 2.0) -> None:
     """Reset a stream we give up on; errors (it may already be dead) are logged, not raised."""
     with trio.move_on_after(timeout) as scope:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
+from libp2p.abc import INetStream
 
 from p2phier.errors import ConfigError, InvalidPeerIdError, PeerTimeoutError
 from p2phier.identity import Identity
 from p2phier.net import DialError, HostConfig, PeerAddr, open_host
+
+from .procs import children
 
 A = Identity.from_seed(b"\x01" * 32)
 B = Identity.from_seed(b"\x02" * 32)
@@ -103,3 +108,39 @@ async def test_a_protocol_the_peer_does_not_speak_is_refused() -> None:
         await a.connect(b.addrs[0])
         with pytest.raises(DialError, match="/p2phier-test/none/1"):
             await a.open_stream(b.peer_id, "/p2phier-test/none/1", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "match"),
+    [
+        ("huge", DialError, "length varint too long"),
+        ("long", DialError, "line of 16000 bytes refused"),
+        ("garbage", DialError, "line without its newline"),
+        ("bad-header", DialError, "not the multistream header"),
+        ("wrong-echo", DialError, "/something/else/1"),
+        ("na", DialError, "does not speak"),
+        ("cut", DialError, "closed the stream while negotiating"),
+        ("silent", PeerTimeoutError, "took more than 3"),
+    ],
+)
+async def test_a_peer_that_lies_in_stream_negotiation_is_refused_within_the_deadline(
+    tmp_path: Path, mode: str, error: type[Exception], match: str
+) -> None:
+    """A real peer process answers our (pipelined) multistream-select proposal with
+    garbage, a huge length, another protocol, a refusal, an early close, or silence:
+    each is a clear error within the open deadline, nothing is allocated for the
+    declared gigabyte, and the node opens streams to an honest peer right after."""
+    with children(tmp_path) as kids:
+        liar = kids.spawn("bad_select_proc", f"liar-{mode}", "--mode", mode).wait_ready()
+        async with open_host(A) as a, open_host(B) as b:
+            b.set_stream_handler("/p2phier-test/ok/1", _close_at_once)
+            await a.connect(liar.addr)
+            with trio.fail_after(15), pytest.raises(error, match=match):
+                await a.open_stream(liar.peer_id, "/p2phier-test/ok/1", timeout=3)
+            await a.connect(b.addrs[0])
+            stream = await a.open_stream(b.peer_id, "/p2phier-test/ok/1", timeout=10)
+            await stream.close()
+
+
+async def _close_at_once(stream: INetStream) -> None:
+    await stream.close()
