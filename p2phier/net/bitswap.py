@@ -61,7 +61,6 @@ from p2phier.bitswap import (
     PROTOCOL_ID,
     WRONG_BLOCK,
     BlockFetched,
-    BlockPayload,
     BlockSource,
     Engine,
     EngineAction,
@@ -82,7 +81,7 @@ from p2phier.bitswap import (
     WantsDropped,
     block_key,
 )
-from p2phier.cid import CID, DAG_PB, IDENTITY
+from p2phier.cid import CID, DAG_PB
 from p2phier.errors import (
     BlockNotFoundError,
     HashMismatchError,
@@ -105,6 +104,7 @@ from .bitswap_state import (
     FetchStats,
     Outbound,
     Put,
+    work_ahead,
 )
 from .bitswap_writer import StoreWriter
 from .host import Host, PeerAddr
@@ -560,30 +560,7 @@ class Bitswap:
         nodes = self._fetches and any(b.codec == DAG_PB for b in blocks)
         if not nodes and sum(len(b.data) for b in blocks) < self.config.hash_in_thread_bytes:
             return Ahead([b.claimed_key() for b in blocks])
-        return await trio.to_thread.run_sync(self._work_ahead, blocks, bool(nodes))
-
-    def _work_ahead(self, blocks: Sequence[BlockPayload], nodes: bool) -> Ahead:
-        """In a worker thread (see :meth:`_prepare`)."""
-        ahead = Ahead([b.claimed_key() for b in blocks])
-        local = ahead.local
-        for payload, key in zip(blocks, ahead.claimed, strict=True) if nodes else ():
-            if key.codec != DAG_PB:
-                continue
-            try:
-                children = ahead.links[key] = child_links(key, payload.data)
-            except P2PHierError:
-                continue  # not a valid node: the session says so when it gets there
-            for child in children:
-                ckey = block_key(child)
-                if ckey in local or ckey.multihash.code == IDENTITY:
-                    continue
-                try:
-                    local[ckey] = self.store.get_block(ckey)
-                except BlockNotFoundError:
-                    local[ckey] = None
-                except StoreError as exc:
-                    local[ckey] = exc
-        return ahead
+        return await trio.to_thread.run_sync(work_ahead, self.store, blocks, bool(nodes))
 
     async def _judge_blocks(
         self,

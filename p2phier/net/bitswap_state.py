@@ -3,7 +3,8 @@
 Owns :class:`BitswapConfig` (what an operator or a test may tune) and the
 small mutable records :class:`~p2phier.net.bitswap.Bitswap` keeps between
 events: the outbound queue of one peer, one running fetch, the work done for a
-received message in a worker thread, one block waiting for the store writer.
+received message in a worker thread (and :func:`work_ahead`, which does it),
+one block waiting for the store writer.
 Split from :mod:`p2phier.net.bitswap` so that the driver module holds only
 behaviour.
 """
@@ -12,14 +13,23 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 from libp2p.abc import INetStream
 
-from p2phier.bitswap import EngineConfig, Session, SessionConfig
-from p2phier.cid import CID
-from p2phier.errors import NetworkError, StoreError, UsageError
+from p2phier.bitswap import BlockPayload, EngineConfig, Session, SessionConfig, block_key
+from p2phier.cid import CID, DAG_PB, IDENTITY
+from p2phier.errors import (
+    BlockNotFoundError,
+    NetworkError,
+    P2PHierError,
+    StoreError,
+    UsageError,
+)
+from p2phier.store import ContentStore
+from p2phier.unixfs import child_links
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +150,31 @@ class Ahead:
 
 
 NOTHING_AHEAD = Ahead([])
+
+
+def work_ahead(store: ContentStore, blocks: Sequence[BlockPayload], nodes: bool) -> Ahead:
+    """In a worker thread: what each block hashes to and, when ``nodes``, each DAG
+    node's children and the store's answer for each (see ``Bitswap._prepare``)."""
+    ahead = Ahead([b.claimed_key() for b in blocks])
+    local = ahead.local
+    for payload, key in zip(blocks, ahead.claimed, strict=True) if nodes else ():
+        if key.codec != DAG_PB:
+            continue
+        try:
+            children = ahead.links[key] = child_links(key, payload.data)
+        except P2PHierError:
+            continue  # not a valid node: the session says so when it gets there
+        for child in children:
+            ckey = block_key(child)
+            if ckey in local or ckey.multihash.code == IDENTITY:
+                continue
+            try:
+                local[ckey] = store.get_block(ckey)
+            except BlockNotFoundError:
+                local[ckey] = None
+            except StoreError as exc:
+                local[ckey] = exc
+    return ahead
 
 
 @dataclass(frozen=True, slots=True)
