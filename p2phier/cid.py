@@ -58,6 +58,8 @@ def encode_varint(value: int) -> bytes:
 
 def decode_varint(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
     """Decode a minimal unsigned varint at ``offset``; return ``(value, new_offset)``."""
+    if offset < len(buf) and buf[offset] < 0x80:  # one byte: the common case
+        return buf[offset], offset + 1
     value = 0
     shift = 0
     for i in range(MAX_VARINT_BYTES):

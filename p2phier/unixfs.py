@@ -110,6 +110,8 @@ def _pb_varint(value: int) -> bytes:
 
 
 def _read_varint(buf: memoryview, pos: int, what: str) -> tuple[int, int]:
+    if pos < len(buf) and buf[pos] < 0x80:  # one byte: most tags and lengths (hot in walks)
+        return buf[pos], pos + 1
     value = 0
     for i in range(10):
         if pos + i >= len(buf):
