@@ -9,8 +9,9 @@ A block handed to the writer is the fetch's responsibility until it is
 written: :meth:`StoreWriter.reserve` counts it in ``Fetch.pending_puts`` (a
 message's blocks at once) and :meth:`StoreWriter.drain` waits for them, so a
 fetch that ends (complete, failed or timed out) returns only once every block
-it received is in the store.  A later fetch then resumes from them instead of fetching them again
-(a timed-out fetch used to return while its blocks were still queued here).
+it received is in the store.  A later fetch then resumes from them instead of
+fetching them again (a timed-out fetch used to return while its blocks were
+still queued here).
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ class StoreWriter:
                 fetch.flushed = trio.Event()
         return count
 
-    def release(self, fetch: Fetch, count: int) -> None:
+    @staticmethod
+    def release(fetch: Fetch, count: int) -> None:
         """``count`` reserved blocks will not be put (their task was cancelled)."""
-        for _ in range(count):
-            self._done(fetch)
+        if count:
+            fetch.pending_puts -= count
+            if not fetch.pending_puts:
+                fetch.flushed.set()
 
     async def put(self, fetch: Fetch, cid: CID, data: bytes) -> None:
         """Queue one verified block of ``fetch``, reserved with :meth:`reserve`

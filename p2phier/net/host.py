@@ -247,12 +247,13 @@ class Host:
                     stream = await self.libp2p.get_network().new_stream(pid)
                 try:
                     await select_protocol(stream, protocol)  # one round trip, not two
-                except BaseException as exc:
+                except (StreamClosedError, ProtocolViolationError) as exc:
                     with trio.CancelScope(shield=True):
                         await reset_quietly(stream)
-                    if isinstance(exc, StreamClosedError | ProtocolViolationError):
-                        why = f"cannot open a {protocol} stream to {peer}: {exc}"
-                        raise DialError(why) from None
+                    raise DialError(f"cannot open a {protocol} stream to {peer}: {exc}") from None
+                except BaseException:  # cancelled or timed out: the half-open stream goes too
+                    with trio.CancelScope(shield=True):
+                        await reset_quietly(stream)
                     raise
                 stream.set_protocol(TProtocol(protocol))
                 return stream

@@ -34,7 +34,8 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.stream.exceptions import StreamEOF
 
 from p2phier.bitswap.framing import FrameDecoder, encode_frame
-from p2phier.errors import NetworkError, PeerTimeoutError, ProtocolViolationError
+from p2phier.cid import decode_varint
+from p2phier.errors import CIDError, NetworkError, PeerTimeoutError, ProtocolViolationError
 
 logger = logging.getLogger(__name__)
 
@@ -260,15 +261,15 @@ async def select_protocol(stream: INetStream, protocol: str) -> None:
 
 async def _read_select_line(stream: INetStream) -> bytes:
     """One ``varint(len) || line \\n`` message of multistream-select, read exactly."""
-    length = shift = 0
-    while True:
-        byte = await _read_exactly(stream, 1)
-        length |= (byte[0] & 0x7F) << shift
-        shift += 7
-        if not byte[0] & 0x80:
-            break
-        if shift > 14:
+    prefix = b""
+    while not prefix or prefix[-1] & 0x80:
+        if len(prefix) == 2:  # 14 bits already cover MAX_SELECT_LINE
             raise ProtocolViolationError("multistream-select length varint too long")
+        prefix += await _read_exactly(stream, 1)
+    try:
+        length, _ = decode_varint(prefix)
+    except CIDError as exc:
+        raise ProtocolViolationError(f"multistream-select length: {exc}") from None
     if not 1 <= length <= MAX_SELECT_LINE:
         raise ProtocolViolationError(f"multistream-select line of {length} bytes refused")
     line = await _read_exactly(stream, length)
