@@ -12,7 +12,9 @@ What is the product's code and what is simulated:
   counts 0.25, an isolated child 0), the update screen
   (:func:`p2phier.trust.quality.screen`, the parent's own update as the probe, and each
   update's cost, applied alone, to the parent's own data as its trusted set: the
-  cross-entropy the learning code measures with ``api.trusted_loss``), the
+  cross-entropy the learning code measures with ``api.trusted_loss``, and where the
+  update, at the screen's ``mislabel_scale`` of its size, moves each topic's
+  examples' probability, as it measures them for the ``mislabels`` check), the
   evidence it yields (``Kind.BAD_UPDATE``; ``Kind.USEFUL_UPDATE`` for every update
   accepted, as the daemon's intake gives it), isolation, and the aggregation rule of
   the default plan (:func:`p2phier.learn.aggregate.aggregate`, FedAvg weighted by trust,
@@ -245,6 +247,36 @@ def ce_loss(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float
     return float(-logp[np.arange(len(y)), y].mean())
 
 
+def label_mass(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
+               ) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Per topic of ``y``: the mean probability the model gives each topic on its examples."""
+    logits = x @ model[KEYS[0]].T.astype(np.float64) + model[KEYS[1]]
+    logits -= logits.max(1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(1, keepdims=True)
+    present = sorted(set(y.tolist()))
+    return {TOPICS[lo]: {TOPICS[k]: float(p[y == lo, k].mean()) for k in present}
+            for lo in present}  # fmt: skip
+
+
+def trusted_loss(model: dict[str, np.ndarray], updates: Mapping[str, Mapping[str, np.ndarray]],
+                 x: np.ndarray, y: np.ndarray) -> TrustedLoss:  # fmt: skip
+    """What ``api.trusted_loss`` measures on the parent's data, for the simulated model (the
+    probability moves with each update at the screen's ``mislabel_scale`` of its size)."""
+    after = {a: applied(model, u) for a, u in updates.items()}
+    small = QualityConfig().mislabel_scale
+    moved = {a: applied(model, {k: small * v for k, v in u.items()}) for a, u in updates.items()}
+    counts = {TOPICS[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=len(TOPICS))) if n}
+    return TrustedLoss(
+        ce_loss(model, x, y),
+        {a: ce_loss(m, x, y) for a, m in after.items()},
+        math.log(len(TOPICS)),
+        before_mass=label_mass(model, x, y),
+        after_mass={a: label_mass(m, x, y) for a, m in moved.items()},
+        label_counts=counts,
+    )
+
+
 def applied(
     model: dict[str, np.ndarray], update: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -301,11 +333,7 @@ def simulate(world: World, attack: str | None, n_bad: int, seed: int, defended: 
                 live.append(ChildUpdate(child, u, trust.weight(child, now)[0]))
             own_update = ChildUpdate("self", own, 1.0)
             px, py = world.x[world.parent], world.y[world.parent]
-            loss = TrustedLoss(
-                ce_loss(model, px, py),
-                {u.child: ce_loss(applied(model, u.delta), px, py) for u in live},
-                math.log(len(TOPICS)),
-            )
+            loss = trusted_loss(model, {u.child: u.delta for u in live}, px, py)
             updates, verdicts = screen_round(
                 [*live, own_update], own, trusted=("self",), config=quality, loss=loss
             )

@@ -39,6 +39,8 @@ import math
 import os
 import re
 import shutil
+import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,10 +345,11 @@ def aggregate_round(
     judged = {c: path for c, (path, _) in children.items() if c not in set(trusted)}
     loss = None
     cfg = quality or QualityConfig()
-    if trusted_examples and cfg.harm_ratio is not None and len(judged) >= cfg.min_updates:
+    if trusted_examples and cfg.needs_loss and len(judged) >= cfg.min_updates:
         loss = trusted_loss(
-            tier_dir, version, judged, trusted_examples, parents=parents, max_length=max_length
-        )
+            tier_dir, version, judged, trusted_examples, parents=parents,
+            max_length=max_length, mass_scale=cfg.mislabel_scale,
+        )  # fmt: skip
     kept, verdicts = screen_round(
         updates, own if own is not None else probe, trusted=trusted, config=quality, loss=loss
     )
@@ -406,18 +409,60 @@ def trusted_loss(
     *,
     parents: Sequence[Path] = (),
     max_length: int = 64,
+    mass_scale: float = 0.1,
 ) -> TrustedLoss:
     """The loss on ``examples`` of the version, and of the version with each child's
     adapter (trained on it) applied alone; a harm of 1 is a classifier's chance loss,
-    log(labels), or a language model's loss before the round."""
+    log(labels), or a language model's loss before the round.  A classifier's also per
+    label, and where each label's examples' probability goes with each child's update
+    applied at ``mass_scale`` of its size (its first-order effect, as a round's average
+    applies it: in full, an update overfit to a few examples of one topic moves other
+    topics' examples erratically; see ``mislabels`` in :mod:`p2phier.trust.quality`)."""
     tier = load_tier(tier_dir)
-    before = Session(tier, parents=[*parents, version]).mean_loss(examples, max_length)
-    after = {
-        child: Session(tier, parents=[*parents, version, path]).mean_loss(examples, max_length)
-        for child, path in sorted(children.items())
-    }
-    unit = before if tier.info.task == "causal_lm" else math.log(max(len(tier.labels), 2))
-    return TrustedLoss(before, after, max(unit, 1e-6))
+    if tier.info.task == "causal_lm":
+        loss = Session(tier, parents=[*parents, version]).mean_loss(examples, max_length)
+        each = {
+            child: Session(tier, parents=[*parents, version, path]).mean_loss(examples, max_length)
+            for child, path in sorted(children.items())
+        }
+        return TrustedLoss(loss, each, max(loss, 1e-6))
+    # a classifier's: per label too (one forward pass each)
+    before, before_by, before_mass = Session(tier, parents=[*parents, version]).label_stats(
+        examples, max_length
+    )
+    after: dict[str, float] = {}
+    after_by: dict[str, dict[str, float]] = {}
+    after_mass: dict[str, dict[str, dict[str, float]]] = {}
+    heads = _heads(read_adapter(version))
+    with tempfile.TemporaryDirectory(prefix="p2phier-scaled-") as tmp:
+        for child, path in sorted(children.items()):
+            session = Session(tier, parents=[*parents, version, path])
+            after[child], after_by[child], _ = session.label_stats(examples, max_length)
+            small = _scaled_adapter(path, heads, mass_scale, Path(tmp) / f"c{len(after_mass)}")
+            session = Session(tier, parents=[*parents, version, small])
+            _, _, after_mass[child] = session.label_stats(examples, max_length)
+    unit = math.log(max(len(tier.labels), 2))
+    counts = dict(Counter(e.label for e in examples))
+    return TrustedLoss(before, after, unit, before_by, after_by, before_mass, after_mass, counts)
+
+
+def _scaled_adapter(
+    adapter_dir: Path, base_heads: Mapping[str, NDArray[np.float32]], factor: float, out: Path
+) -> Path:
+    """A copy of an adapter whose update is ``factor`` times the original: every LoRA
+    ``B`` factor scaled (so ``B @ A`` is), every head ``factor`` of the way from the
+    base's."""
+    adapter = read_adapter(adapter_dir)
+    state: dict[str, NDArray[np.float32]] = {}
+    for key, value in adapter.state.items():
+        if ".lora_B." in key:
+            state[key] = (value.astype(np.float64) * factor).astype(np.float32)
+        elif key in base_heads and base_heads[key].shape == value.shape:
+            base = base_heads[key].astype(np.float64)
+            state[key] = (base + factor * (value.astype(np.float64) - base)).astype(np.float32)
+        else:
+            state[key] = value
+    return write_adapter(out, state, adapter.config)
 
 
 def _check_coverage(

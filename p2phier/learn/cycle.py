@@ -283,7 +283,7 @@ def aggregate(
         seed=plan.seed,
         init_seed=plan.seed,
         # the parent's held-out set: what each update alone does to it (the screen's
-        # ``harmful`` check); no child ever sees it
+        # ``mislabels`` and ``harmful`` checks); no child ever sees it
         trusted_examples=examples(validation),
         max_length=plan.max_length,
     )
@@ -346,6 +346,7 @@ def _verdicts(verdicts: Mapping[str, Verdict]) -> dict[str, dict[str, Any]]:
             "ok": v.ok,
             "penalty": round(v.penalty, 3),
             "harm": None if v.harm is None else round(v.harm, 4),
+            "mislabel": None if v.mislabel is None else round(v.mislabel, 4),
             "reason": v.reason(),
         }
         for a, v in verdicts.items()

@@ -79,7 +79,42 @@ Flags, for what the published attacks must do to matter:
     parent's held-out set as much as the label flipper's (1.68 against 1.81 in
     round 3), and the check isolated that honest leaf.  Applied alone, an update
     of skewed data is biased towards its topics whether its labels are true or
-    not; the simulator's milder mixtures hide that;
+    not; the simulator's milder mixtures hide that (``mislabels`` tells them apart);
+``mislabels``
+    applied alone, it teaches the parent's model that the trusted examples of one
+    label are another label's, which that label's own examples contradict.  The
+    learning code applies each update at ``mislabel_scale`` (0.1) of its size, about
+    the weight a round's average gives it: its first-order effect (in full, an
+    honest update overfit to a few examples of one topic moved the politics
+    examples of a real run to business, 0.14 -> 0.90).  Per pair of labels (l, k)
+    of the trusted set: how far the update moves l's examples towards k (their mean
+    probability of k), as a share of the way they had left to go (1 - before, at
+    least :data:`MIN_ROOM`), minus the share by which it moves k's own examples
+    towards k (none if it moves them away); the largest over the pairs, over the
+    round's median of the same where that is positive, in units of the round's
+    median teaching (each update's largest share of a label's own examples moved
+    towards it: how far a round's children move the model depends on the model and
+    their training, the ratio does not), past ``mislabel_from``, over
+    ``mislabel_span``, gives a severity in 0..1, and 0.5 flags it.  An honest child
+    teaches the labels of its data: its bias towards them moves every label's
+    examples their way, its own labels' examples most (their features are the ones
+    it learned), however skewed its data and however much its update costs the
+    other labels.  A label flipper moves the examples of its data's true labels to
+    the labels it was told, while those labels' own examples gain nothing or lose.
+    Measured on two real MiniLM runs (``devnet/scenarios/attack.toml`` and
+    ``attack-collude.toml``, 10 leaves of one or two topics, rounds 3-4, the
+    parent's 40 held-out articles): honest leaves at most 0.25 (an entertainment
+    leaf; the others under 0.17), the label flipper 0.72 and 0.87, the sign
+    flipper 0.28 and 0.50; the defaults leave the honest leaves no evidence at
+    all.  In ``bench/attacks.py``'s simulator (a softmax head, milder honest
+    updates) honest children stay under 0.04, but label flippers fall from about
+    0.85 in round 1 to 0.2-0.4 by round 3 as the honest majority's model grows
+    confident, so there the check isolates a 10 % flipper and weighs the others
+    rather than isolating them within 3 rounds.  The ``harmful`` check could not
+    tell the real ones apart (an honest single-topic leaf cost the trusted set as
+    much as the flipper); this check asks where the probability goes.  Measured
+    only for a classifier's trusted set, labels with ``mislabel_examples`` or more
+    examples, and with ``min_updates`` or more updates.  On by default.
 ``echo``
     (almost) the mean of the others: its cosine with the round's consensus is
     at least ``echo_above`` and ``echo_gap`` above the round's median cosine.  A
@@ -112,7 +147,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -123,6 +158,10 @@ Tensors = Mapping[str, NDArray[np.floating]]
 
 #: two updates of one direction are twins only if their lengths differ by less than this
 TWIN_LENGTH = 0.05
+#: the ``mislabels`` check measures a move as a share of the way left to a probability of 1,
+#: and never of less than this (a label the model already gives 0.99 has no way to go, and
+#: its examples' noise must not become a large share)
+MIN_ROOM = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +189,13 @@ class QualityConfig:
     #: None: the ``harmful`` check is off (the default: see the module docstring)
     harm_ratio: float | None = None
     harm_span: float = 0.2
+    #: None: the ``mislabels`` check is off
+    mislabel_from: float | None = 0.3
+    mislabel_span: float = 0.3
+    #: the share of its size at which an update is applied for the ``mislabels`` check
+    mislabel_scale: float = 0.1
+    #: a label counts in the ``mislabels`` check only with this many trusted examples
+    mislabel_examples: int = 3
     min_updates: int = 5
 
     def __post_init__(self) -> None:
@@ -167,6 +213,21 @@ class QualityConfig:
             raise UsageError("need twin_above in (0, 1], min_updates >= 3, noise_sigmas > 0")
         if not ((self.harm_ratio is None or self.harm_ratio > 0) and self.harm_span > 0):
             raise UsageError("harm_ratio and harm_span must be positive")
+        if not (
+            (self.mislabel_from is None or 0 <= self.mislabel_from < 1)
+            and self.mislabel_span > 0
+            and 0 < self.mislabel_scale <= 1
+            and self.mislabel_examples >= 1
+        ):
+            raise UsageError(
+                "need mislabel_from in [0, 1), mislabel_span > 0, mislabel_scale in (0, 1], "
+                "mislabel_examples >= 1"
+            )
+
+    @property
+    def needs_loss(self) -> bool:
+        """Whether a check uses the parent's trusted set (:class:`TrustedLoss`)."""
+        return self.harm_ratio is not None or self.mislabel_from is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +241,21 @@ class TrustedLoss:
     before: float
     after: Mapping[str, float]
     unit: float
+    #: per label of the trusted set: the loss before the round (empty: not measured)
+    before_by_label: Mapping[str, float] = field(default_factory=dict)
+    #: per author measured, per label: the loss with its update applied alone
+    after_by_label: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: per label of the trusted set, the mean probability the model gives each of its
+    #: labels on that label's examples, before the round (empty: not measured)
+    before_mass: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: per author measured: the same with its update applied alone
+    after_mass: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
+    #: per label of the trusted set: how many examples it has
+    label_counts: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        values = [self.before, *self.after.values()]
+        values = [self.before, *self.after.values(), *self.before_by_label.values()]
+        values += [v for per in self.after_by_label.values() for v in per.values()]
         if not all(math.isfinite(v) and v >= 0 for v in values):
             raise UsageError("a trusted-set loss must be finite and non-negative")
         if not (math.isfinite(self.unit) and self.unit > 0):
@@ -201,6 +274,9 @@ class Verdict:
     #: trusted-set loss this update adds, applied alone, in the loss's unit (None: not
     #: measured)
     harm: float | None
+    #: how far, applied alone, it moves one label's trusted examples to another label
+    #: beyond what it does for that label's own (None: not measured; see ``mislabels``)
+    mislabel: float | None
     twin: str | None  # the author whose update this one (almost) equals
     flags: tuple[str, ...]
     #: how much evidence against the author (0..1; a flagged update counts at least 0.5)
@@ -221,6 +297,8 @@ class Verdict:
             parts.append(f"cos consensus {self.cos_consensus:+.2f}")
         if self.harm is not None:
             parts.append(f"harm {self.harm:+.2f}")
+        if self.mislabel is not None:
+            parts.append(f"mislabel {self.mislabel:+.2f}")
         if self.twin is not None:
             parts.append(f"same as {self.twin}")
         return f"{'+'.join(self.flags) or 'ok'} ({', '.join(parts)})"
@@ -268,6 +346,7 @@ def screen(
             cos_p = {a: _cos(updates[a], probe) for a in authors}
     twins = _twins(updates, authors, norms, cfg.twin_above)
     harm = _harm(loss, authors) if enough else {}
+    mislabel = _mislabel(loss, authors, cfg.mislabel_examples) if enough else {}
     flag_at = cfg.oppose_margin + cfg.oppose_span / 2  # the cosine whose severity is 0.5
     out: dict[str, Verdict] = {}
     for a in authors:
@@ -303,6 +382,12 @@ def screen(
         if harm_severity >= 0.5:
             flags.append("harmful")
         severity = max(severity, harm_severity)
+        moved = mislabel.get(a)
+        if moved is not None and cfg.mislabel_from is not None:
+            moved_severity = min(1.0, max(0.0, (moved - cfg.mislabel_from) / cfg.mislabel_span))
+            if moved_severity >= 0.5:
+                flags.append("mislabels")
+            severity = max(severity, moved_severity)
         # While the round learns, honest updates have like norms and a large one is a
         # boost; once it has converged, a child whose data differ from most keeps a
         # larger update than the rest (up to x4.5 of the median measured): then only
@@ -328,10 +413,10 @@ def screen(
             flags.append("unaligned")
         if a in twins:
             flags.append("twin")
-        penalty = 1.0 if set(flags) - {"opposes", "harmful"} else severity
+        penalty = 1.0 if set(flags) - {"opposes", "harmful", "mislabels"} else severity
         scale = min(1.0, cfg.clip_ratio / ratio) if ratio > 0 else 1.0
         out[a] = Verdict(
-            a, norms[a], ratio, cp, cc, hurt, twins.get(a), tuple(flags), penalty, scale
+            a, norms[a], ratio, cp, cc, hurt, moved, twins.get(a), tuple(flags), penalty, scale
         )
     return out
 
@@ -362,6 +447,43 @@ def _harm(loss: TrustedLoss | None, authors: list[str]) -> dict[str, float]:
         return {}
     floor = max(loss.before, float(np.median([loss.after[a] for a in measured])))
     return {a: max(0.0, loss.after[a] - floor) / loss.unit for a in measured}
+
+
+def _mislabel(loss: TrustedLoss | None, authors: list[str], min_examples: int) -> dict[str, float]:
+    """Per author measured: the most its update (applied at a share of its size, as the
+    learning code measured it) moves the trusted examples of one label towards another
+    label ``k``, beyond what it moves ``k``'s own examples towards ``k``; each move as
+    the share it takes of the way left to go (from the probability before to 1), so
+    that a label the model already knows well is not counted as unmoved.  Over the
+    round's median of the same where that is positive, in units of the round's median
+    teaching (each update's largest move of a label's own examples towards it): the
+    scale of a round's moves depends on the model and how far its children train, the
+    ratio does not.  Labels with ``min_examples`` or more trusted examples only."""
+    if loss is None or not loss.before_mass:
+        return {}
+    labels = sorted(
+        k for k in loss.before_mass if loss.label_counts.get(k, min_examples) >= min_examples
+    )
+    if len(labels) < 2:
+        return {}
+    before = np.array([[loss.before_mass[lo][k] for k in labels] for lo in labels])
+    room = np.maximum(1.0 - before, MIN_ROOM)
+    raw: dict[str, float] = {}
+    teach: list[float] = []
+    for a in authors:
+        mass = loss.after_mass.get(a)
+        if mass is None:
+            continue
+        share = (np.array([[mass[lo][k] for k in labels] for lo in labels]) - before) / room
+        own = np.maximum(np.diag(share), 0.0)
+        np.fill_diagonal(share, -np.inf)  # column k: the other labels' examples moved to k
+        raw[a] = float(np.max(share.max(axis=0) - own))
+        teach.append(float(own.max()))
+    unit = float(np.median(teach)) if teach else 0.0
+    if unit <= 0:  # a round that teaches nothing: nothing to compare a move with
+        return {}
+    floor = max(0.0, float(np.median(list(raw.values()))))
+    return {a: (v - floor) / unit for a, v in raw.items()}
 
 
 def _size(update: Tensors) -> int:

@@ -280,7 +280,8 @@ def test_the_trusted_set_tells_a_label_flipper_from_honest_children(
     """Six children train on version 0; one of them on its data with every label mirrored.
     Applied alone, its adapter makes the parent's held-out set (which no child sees)
     worse, the honest ones hardly: the round's screen (``trusted_loss``) flags the
-    flipper as harmful, and only it, and leaves it out."""
+    flipper as harmful, and only it, and leaves it out; and, with the screen's defaults,
+    as moving one label's examples to another (``mislabels``)."""
     train, test = bbc_split
     labels = sorted({e.label for e in train})
     mirror = dict(zip(labels, reversed(labels), strict=True))
@@ -303,6 +304,17 @@ def test_the_trusted_set_tells_a_label_flipper_from_honest_children(
     assert harm["c0"] > 2 * max(h for a, h in harm.items() if a != "c0"), harm
     harmful = {a for a, v in result.verdicts.items() if "harmful" in v.flags}
     assert harmful == {"c0"}, {a: v.reason() for a, v in result.verdicts.items()}
+    # where its probability goes: the flipper moves each label's examples to the mirrored
+    # label, which honest children never do (on by default; the harmful check is not)
+    moved = {a: v.mislabel for a, v in result.verdicts.items()}
+    assert all(m is not None for m in moved.values()), moved
+    assert {a for a, v in result.verdicts.items() if "mislabels" in v.flags} == {"c0"}, moved
+    default = api.aggregate_round(
+        master_dir, v0, children, tmp_path / "v1-default", trusted_examples=trusted,
+        max_length=48,
+    )  # fmt: skip
+    assert {a for a, v in default.verdicts.items() if not v.ok} == {"c0"}, moved
+    assert default.verdicts["c0"].flags == ("mislabels",)
     assert "c0" not in {c.child for c in result.aggregation.children}
 
 

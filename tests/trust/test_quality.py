@@ -394,3 +394,99 @@ def test_noise_the_z_test_calls_opposing_is_flagged_as_noise_too() -> None:
     updates["noise"] = _shaped(updates["c0"], noise)
     v = screen(updates, probe)["noise"]
     assert "unaligned" in v.flags and v.penalty == 1.0, v
+
+
+LABELS = ("business", "sport", "tech")
+
+
+def mass(diag: float, toward: dict[tuple[str, str], float] | None = None) -> dict:  # type: ignore[type-arg]
+    """Per label, the mean probability of each label on its examples: ``diag`` on its own,
+    the rest spread evenly, then the ``toward[(l, k)]`` moves of l's examples to k."""
+    rest = (1.0 - diag) / (len(LABELS) - 1)
+    m = {lo: {k: diag if k == lo else rest for k in LABELS} for lo in LABELS}
+    for (lo, k), amount in (toward or {}).items():
+        m[lo][k] += amount
+        m[lo][lo] -= amount
+    return m
+
+
+def mislabel_loss(after: dict) -> TrustedLoss:  # type: ignore[type-arg]
+    return TrustedLoss(
+        1.0, {a: 1.0 for a in after}, float(np.log(3)),
+        before_mass=mass(0.5), after_mass=after, label_counts={k: 8 for k in LABELS},
+    )  # fmt: skip
+
+
+def test_an_update_that_teaches_one_labels_examples_as_another_is_flagged() -> None:
+    """A label flipper (its sport articles labelled tech) moves the trusted set's sport
+    examples to tech while tech's own examples gain nothing.  Honest children teach
+    their labels, moving their own examples furthest (a skewed child's bias moves the
+    others a little, less than its own): not flagged, whatever their direction."""
+    updates, probe = honest_round(7)
+    after = {}
+    for i, a in enumerate(sorted(updates)):
+        k = LABELS[i % 3]  # an honest child of one label: its examples gain most
+        after[a] = mass(0.5)
+        for lo in LABELS:
+            after[a][lo][k] += 0.3 if lo == k else 0.1
+            after[a][lo][lo if lo != k else LABELS[(i + 1) % 3]] -= 0.3 if lo == k else 0.1
+    after["c3"] = mass(0.5, {("sport", "tech"): 0.4, ("tech", "sport"): 0.1})
+    verdicts = screen(updates, probe, loss=mislabel_loss(after))  # on by default
+    assert flags(verdicts) == {"c3": ("mislabels",)}
+    v = verdicts["c3"]
+    # sport -> tech: 0.4 of sport's way left to tech (0.75) = 0.53; tech's own: -0.1;
+    # in units of the round's median teaching (an honest child's own label: 0.3 of 0.5)
+    assert v.mislabel == pytest.approx((0.4 / 0.75) / (0.3 / 0.5), abs=1e-6)
+    assert v.penalty == 1.0 and "mislabel +0.89" in v.reason()
+    assert all(verdicts[a].mislabel <= 0 for a in verdicts if a != "c3")  # type: ignore[operator]
+    off = screen(updates, probe, QualityConfig(mislabel_from=None), loss=mislabel_loss(after))
+    assert flags(off) == {}
+
+
+def test_a_label_the_model_already_knows_is_not_counted_as_unmoved() -> None:
+    """An honest child of tech, where the model already gives tech 0.95: its own examples
+    can gain 0.05 at most, while its bias moves business examples to tech by 0.2.  As
+    shares of the way each had left, tech's own moved all of theirs: not a mislabel."""
+    updates, probe = honest_round(8)
+    before = mass(0.5)
+    before["tech"] = {"business": 0.025, "sport": 0.025, "tech": 0.95}
+    teach = {lo: dict(v) for lo, v in before.items()}
+    teach["tech"] = {"business": 0.0, "sport": 0.0, "tech": 1.0}
+    teach["business"]["tech"] += 0.2
+    teach["business"]["business"] -= 0.2
+    after = {}
+    for a in sorted(updates):  # the others teach business a little
+        after[a] = {lo: dict(v) for lo, v in before.items()}
+        after[a]["business"]["business"] += 0.2
+        after[a]["business"]["sport"] -= 0.2
+    after["c0"] = teach
+    loss = TrustedLoss(1.0, {a: 1.0 for a in updates}, 1.1, before_mass=before,
+                       after_mass=after, label_counts={k: 8 for k in LABELS})  # fmt: skip
+    verdicts = screen(updates, probe, loss=loss)
+    assert verdicts["c0"].ok and verdicts["c0"].mislabel is not None
+    assert verdicts["c0"].mislabel < 0.3
+
+
+def test_mislabels_needs_enough_examples_per_label_and_counts_over_the_median() -> None:
+    updates, probe = honest_round(9)
+    honest = mass(0.5, {("sport", "business"): 0.1})
+    honest["business"]["business"] += 0.2  # teaches business: its own examples move most
+    honest["business"]["tech"] -= 0.2
+    flip = mass(0.5, {("sport", "tech"): 0.4})
+    flip["business"]["business"] += 0.2
+    flip["business"]["tech"] -= 0.2
+    after = {a: honest for a in updates} | {"c1": flip}
+    loss = mislabel_loss(after)
+    assert screen(updates, probe, loss=loss)["c1"].flags == ("mislabels",)
+    counts = {"business": 8, "sport": 2, "tech": 8}
+    few = TrustedLoss(1.0, loss.after, loss.unit, before_mass=loss.before_mass,
+                      after_mass=after, label_counts=counts)  # fmt: skip
+    v = screen(updates, probe, loss=few)["c1"]  # sport has 2 examples: not judged
+    assert v.ok and v.mislabel is not None and v.mislabel <= 0
+    # every child moving sport to tech alike (the trusted set's sport articles read as
+    # tech to everyone's data): the round's median, not a flag
+    same = screen(updates, probe, loss=mislabel_loss({a: flip for a in updates}))
+    assert flags(same) == {} and all(v.mislabel == 0 for v in same.values())
+    # a round that teaches nothing has no unit to measure a move in
+    idle = mislabel_loss({a: mass(0.5) for a in updates} | {"c1": flip})
+    assert screen(updates, probe, loss=idle)["c1"].mislabel is None
