@@ -101,12 +101,14 @@ Flags, for what the published attacks must do to matter:
     it learned), however skewed its data and however much its update costs the
     other labels.  A label flipper moves the examples of its data's true labels to
     the labels it was told, while those labels' own examples gain nothing or lose.
-    Measured on two real MiniLM runs (``devnet/scenarios/attack.toml`` and
-    ``attack-collude.toml``, 10 leaves of one or two topics, rounds 3-4, the
-    parent's 40 held-out articles): honest leaves at most 0.25 (an entertainment
-    leaf; the others under 0.17), the label flipper 0.72 and 0.87, the sign
-    flipper 0.28 and 0.50; the defaults leave the honest leaves no evidence at
-    all.  In ``bench/attacks.py``'s simulator (a softmax head, milder honest
+    Measured on real MiniLM runs (``devnet/scenarios/attack.toml``, its clean
+    twin and ``attack-collude.toml``, 10 leaves of one or two topics, the parent's
+    40 held-out articles, 4 rounds each): honest leaves at most 0.25 (most under
+    0.1), the label flipper 0.27 and 0.40 in rounds 1-2 and 0.72-0.87 in rounds
+    3-4, the sign flipper up to 0.50 in rounds 3-4; the defaults leave the honest
+    leaves no evidence at all, and isolate the label flipper in round 4 (its first
+    two rounds lie where the honest leaves' largest values do).  In
+    ``bench/attacks.py``'s simulator (a softmax head, milder honest
     updates) honest children stay under 0.04, but label flippers fall from about
     0.85 in round 1 to 0.2-0.4 by round 3 as the honest majority's model grows
     confident, so there the check isolates a 10 % flipper and weighs the others
