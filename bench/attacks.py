@@ -260,11 +260,11 @@ def label_mass(model: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
 
 
 def trusted_loss(model: dict[str, np.ndarray], updates: Mapping[str, Mapping[str, np.ndarray]],
-                 x: np.ndarray, y: np.ndarray) -> TrustedLoss:  # fmt: skip
+                 x: np.ndarray, y: np.ndarray, small: float) -> TrustedLoss:  # fmt: skip
     """What ``api.trusted_loss`` measures on the parent's data, for the simulated model (the
-    probability moves with each update at the screen's ``mislabel_scale`` of its size)."""
+    probability moves with each update at ``small`` of its size, the screen's
+    ``mislabel_scale``)."""
     after = {a: applied(model, u) for a, u in updates.items()}
-    small = QualityConfig().mislabel_scale
     moved = {a: applied(model, {k: small * v for k, v in u.items()}) for a, u in updates.items()}
     counts = {TOPICS[c]: int(n) for c, n in enumerate(np.bincount(y, minlength=len(TOPICS))) if n}
     return TrustedLoss(
@@ -333,7 +333,8 @@ def simulate(world: World, attack: str | None, n_bad: int, seed: int, defended: 
                 live.append(ChildUpdate(child, u, trust.weight(child, now)[0]))
             own_update = ChildUpdate("self", own, 1.0)
             px, py = world.x[world.parent], world.y[world.parent]
-            loss = trusted_loss(model, {u.child: u.delta for u in live}, px, py)
+            small = (quality or QualityConfig()).mislabel_scale
+            loss = trusted_loss(model, {u.child: u.delta for u in live}, px, py, small)
             updates, verdicts = screen_round(
                 [*live, own_update], own, trusted=("self",), config=quality, loss=loss
             )

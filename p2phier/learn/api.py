@@ -348,7 +348,8 @@ def aggregate_round(
     if trusted_examples and cfg.needs_loss and len(judged) >= cfg.min_updates:
         loss = trusted_loss(
             tier_dir, version, judged, trusted_examples, parents=parents,
-            max_length=max_length, mass_scale=cfg.mislabel_scale,
+            max_length=max_length, harm=cfg.harm_ratio is not None,
+            mass_scale=cfg.mislabel_scale,
         )  # fmt: skip
     kept, verdicts = screen_round(
         updates, own if own is not None else probe, trusted=trusted, config=quality, loss=loss
@@ -409,41 +410,44 @@ def trusted_loss(
     *,
     parents: Sequence[Path] = (),
     max_length: int = 64,
+    harm: bool = True,
     mass_scale: float = 0.1,
 ) -> TrustedLoss:
-    """The loss on ``examples`` of the version, and of the version with each child's
-    adapter (trained on it) applied alone; a harm of 1 is a classifier's chance loss,
-    log(labels), or a language model's loss before the round.  A classifier's also per
-    label, and where each label's examples' probability goes with each child's update
-    applied at ``mass_scale`` of its size (its first-order effect, as a round's average
-    applies it: in full, an update overfit to a few examples of one topic moves other
-    topics' examples erratically; see ``mislabels`` in :mod:`p2phier.trust.quality`)."""
+    """The loss on ``examples`` of the version and, with ``harm``, of the version with
+    each child's adapter (trained on it) applied alone; a harm of 1 is a classifier's
+    chance loss, log(labels), or a language model's loss before the round.  A
+    classifier's also: where each label's examples' probability goes with each child's
+    update applied at ``mass_scale`` of its size (its first-order effect, as a round's
+    average applies it: in full, an update overfit to a few examples of one topic moves
+    other topics' examples erratically; see ``mislabels`` in
+    :mod:`p2phier.trust.quality`)."""
     tier = load_tier(tier_dir)
+
+    def loss_with(path: Path) -> float:
+        return Session(tier, parents=[*parents, version, path]).mean_loss(examples, max_length)
+
+    full = sorted(children.items()) if harm else []
     if tier.info.task == "causal_lm":
         loss = Session(tier, parents=[*parents, version]).mean_loss(examples, max_length)
-        each = {
-            child: Session(tier, parents=[*parents, version, path]).mean_loss(examples, max_length)
-            for child, path in sorted(children.items())
-        }
-        return TrustedLoss(loss, each, max(loss, 1e-6))
-    # a classifier's: per label too (one forward pass each)
-    before, before_by, before_mass = Session(tier, parents=[*parents, version]).label_stats(
+        return TrustedLoss(loss, {c: loss_with(p) for c, p in full}, max(loss, 1e-6))
+    before, before_mass = Session(tier, parents=[*parents, version]).label_mass(
         examples, max_length
     )
-    after: dict[str, float] = {}
-    after_by: dict[str, dict[str, float]] = {}
     after_mass: dict[str, dict[str, dict[str, float]]] = {}
     heads = _heads(read_adapter(version))
     with tempfile.TemporaryDirectory(prefix="p2phier-scaled-") as tmp:
-        for child, path in sorted(children.items()):
-            session = Session(tier, parents=[*parents, version, path])
-            after[child], after_by[child], _ = session.label_stats(examples, max_length)
-            small = _scaled_adapter(path, heads, mass_scale, Path(tmp) / f"c{len(after_mass)}")
+        for i, (child, path) in enumerate(sorted(children.items())):
+            small = _scaled_adapter(path, heads, mass_scale, Path(tmp) / str(i))
             session = Session(tier, parents=[*parents, version, small])
-            _, _, after_mass[child] = session.label_stats(examples, max_length)
-    unit = math.log(max(len(tier.labels), 2))
-    counts = dict(Counter(e.label for e in examples))
-    return TrustedLoss(before, after, unit, before_by, after_by, before_mass, after_mass, counts)
+            _, after_mass[child] = session.label_mass(examples, max_length)
+    return TrustedLoss(
+        before,
+        {c: loss_with(p) for c, p in full},
+        math.log(max(len(tier.labels), 2)),
+        before_mass,
+        after_mass,
+        dict(Counter(e.label for e in examples)),
+    )
 
 
 def _scaled_adapter(

@@ -479,31 +479,28 @@ class Session:
         return float(torch.nn.functional.cross_entropy(logits, self.label_ids(examples)))
 
     @torch.no_grad()
-    def label_stats(
+    def label_mass(
         self, examples: Sequence[Example], max_length: int = 64
-    ) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
-        """Mean cross-entropy on ``examples``; per label they carry, the mean over that
-        label's examples; and per label they carry, the mean probability the model gives
-        each label they carry on that label's examples (one forward pass; classifiers)."""
+    ) -> tuple[float, dict[str, dict[str, float]]]:
+        """Mean cross-entropy on ``examples`` and, per label they carry, the mean
+        probability the model gives each label they carry on that label's examples (one
+        forward pass; classifiers only)."""
         if self.tier.info.task == "causal_lm":
-            raise ModelError("per-label losses need a classifier tier")
+            raise ModelError("per-label probabilities need a classifier tier")
         if not examples:
             raise ModelError("cannot measure a loss on no examples")
         logits = self.logits([e.text for e in examples], max_length)
-        ids = self.label_ids(examples)
-        each = torch.nn.functional.cross_entropy(logits, ids, reduction="none")
+        loss = float(torch.nn.functional.cross_entropy(logits, self.label_ids(examples)))
         probs = torch.softmax(logits, dim=-1)
         present = sorted({e.label for e in examples})
         index = {label: i for i, label in enumerate(self.tier.labels)}
         cols = torch.tensor([index[label] for label in present], dtype=torch.long)
-        losses: dict[str, float] = {}
         mass: dict[str, dict[str, float]] = {}
         for label in present:
             rows = torch.tensor([i for i, e in enumerate(examples) if e.label == label])
-            losses[label] = float(each[rows].mean())
             mean = probs[rows][:, cols].mean(dim=0).tolist()
             mass[label] = dict(zip(present, mean, strict=True))
-        return float(each.mean()), losses, mass
+        return loss, mass
 
     @torch.no_grad()
     def perplexity(self, texts: Sequence[str], max_length: int = 64, batch: int = 16) -> float:

@@ -243,10 +243,6 @@ class TrustedLoss:
     before: float
     after: Mapping[str, float]
     unit: float
-    #: per label of the trusted set: the loss before the round (empty: not measured)
-    before_by_label: Mapping[str, float] = field(default_factory=dict)
-    #: per author measured, per label: the loss with its update applied alone
-    after_by_label: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     #: per label of the trusted set, the mean probability the model gives each of its
     #: labels on that label's examples, before the round (empty: not measured)
     before_mass: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -256,8 +252,7 @@ class TrustedLoss:
     label_counts: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        values = [self.before, *self.after.values(), *self.before_by_label.values()]
-        values += [v for per in self.after_by_label.values() for v in per.values()]
+        values = [self.before, *self.after.values()]
         if not all(math.isfinite(v) and v >= 0 for v in values):
             raise UsageError("a trusted-set loss must be finite and non-negative")
         if not (math.isfinite(self.unit) and self.unit > 0):
