@@ -101,18 +101,26 @@ Flags, for what the published attacks must do to matter:
     it learned), however skewed its data and however much its update costs the
     other labels.  A label flipper moves the examples of its data's true labels to
     the labels it was told, while those labels' own examples gain nothing or lose.
-    Measured on real MiniLM runs (``devnet/scenarios/attack.toml``, its clean
-    twin and ``attack-collude.toml``, 10 leaves of one or two topics, the parent's
-    40 held-out articles, 4 rounds each): honest leaves at most 0.25 (most under
-    0.1), the label flipper 0.27 and 0.40 in rounds 1-2 and 0.72-0.87 in rounds
-    3-4, the sign flipper up to 0.50 in rounds 3-4; the defaults leave the honest
-    leaves no evidence at all, and isolate the label flipper in round 4 (its first
-    two rounds lie where the honest leaves' largest values do).  In
-    ``bench/attacks.py``'s simulator (a softmax head, milder honest
-    updates) honest children stay under 0.04, but label flippers fall from about
-    0.85 in round 1 to 0.2-0.4 by round 3 as the honest majority's model grows
-    confident, so there the check isolates a 10 % flipper and weighs the others
-    rather than isolating them within 3 rounds.  The ``harmful`` check could not
+    A per-label mean over n examples is noisy as 1/sqrt(n): with fewer than
+    ``mislabel_full_examples`` (20) trusted examples of the fewest label counted,
+    ``mislabel_from`` and ``mislabel_span`` grow as sqrt(20 / n).  Measured on real
+    MiniLM runs (``devnet/scenarios/attack.toml``, its clean twin and
+    ``attack-collude.toml``, 10 leaves of one or two topics, 4 rounds each): with
+    the parent's 40 held-out articles (8 per label) honest leaves reached 0.25 (most
+    under 0.1) and the label flipper 0.27, 0.40, 0.72 and 0.76 in rounds 1-4; with
+    100 (20 per label, as the scenarios now give it) honest leaves reached 0.18 but
+    once (0.33, an entertainment leaf in round 3 of one attack run), the label
+    flipper 0.25, 0.81, 0.39, 0.09 in one run and 0.25, 0.83, 0.50 in another
+    (isolated in round 3), the sign flipper at most 0.24.  From 0.15, a flag from
+    0.25 (with 8 per label from 0.24, a flag from 0.40, above the honest 0.25): the
+    honest leaf's 0.33 was one flag, which its aggregated rounds outweigh.  In
+    ``bench/attacks.py``'s simulator (a softmax head, 20 trusted examples per label,
+    milder honest updates) honest children stay under 0.1, and label flippers fall
+    from about 0.85 in round 1 to 0.2-0.4 by round 3 as the honest majority's model
+    grows confident; from 0.15 they are isolated within 2-3 rounds but one: at 30 %
+    on seed 1 an attacker whose data is 98 of 122 articles of the label the mirror
+    keeps (politics) is flagged once and otherwise looks honest.  The ``harmful``
+    check could not
     tell the real ones apart (an honest single-topic leaf cost the trusted set as
     much as the flipper); this check asks where the probability goes.  Measured
     only for a classifier's trusted set, labels with ``mislabel_examples`` or more
@@ -192,8 +200,11 @@ class QualityConfig:
     harm_ratio: float | None = None
     harm_span: float = 0.2
     #: None: the ``mislabels`` check is off
-    mislabel_from: float | None = 0.3
-    mislabel_span: float = 0.3
+    mislabel_from: float | None = 0.15
+    mislabel_span: float = 0.2
+    #: ``mislabel_from`` and ``mislabel_span`` hold from this many trusted examples per
+    #: label; with fewer (the fewest label counted) both grow as sqrt(this / fewer)
+    mislabel_full_examples: int = 20
     #: the share of its size at which an update is applied for the ``mislabels`` check
     mislabel_scale: float = 0.1
     #: a label counts in the ``mislabels`` check only with this many trusted examples
@@ -219,11 +230,11 @@ class QualityConfig:
             (self.mislabel_from is None or 0 <= self.mislabel_from < 1)
             and self.mislabel_span > 0
             and 0 < self.mislabel_scale <= 1
-            and self.mislabel_examples >= 1
+            and 1 <= self.mislabel_examples <= self.mislabel_full_examples
         ):
             raise UsageError(
                 "need mislabel_from in [0, 1), mislabel_span > 0, mislabel_scale in (0, 1], "
-                "mislabel_examples >= 1"
+                "1 <= mislabel_examples <= mislabel_full_examples"
             )
 
     @property
@@ -344,6 +355,9 @@ def screen(
     twins = _twins(updates, authors, norms, cfg.twin_above)
     harm = _harm(loss, authors) if enough else {}
     mislabel = _mislabel(loss, authors, cfg.mislabel_examples) if enough else {}
+    # a per-label mean over n examples is noisy as 1/sqrt(n): honest children's largest
+    # values in real rounds were 0.25 with 8 trusted examples per label, 0.13 with 20
+    noise = math.sqrt(max(1.0, cfg.mislabel_full_examples / max(_fewest(loss, cfg), 1)))
     flag_at = cfg.oppose_margin + cfg.oppose_span / 2  # the cosine whose severity is 0.5
     out: dict[str, Verdict] = {}
     for a in authors:
@@ -381,7 +395,8 @@ def screen(
         severity = max(severity, harm_severity)
         moved = mislabel.get(a)
         if moved is not None and cfg.mislabel_from is not None:
-            moved_severity = min(1.0, max(0.0, (moved - cfg.mislabel_from) / cfg.mislabel_span))
+            over = (moved - noise * cfg.mislabel_from) / (noise * cfg.mislabel_span)
+            moved_severity = min(1.0, max(0.0, over))
             if moved_severity >= 0.5:
                 flags.append("mislabels")
             severity = max(severity, moved_severity)
@@ -481,6 +496,18 @@ def _mislabel(loss: TrustedLoss | None, authors: list[str], min_examples: int) -
         return {}
     floor = max(0.0, float(np.median(list(raw.values()))))
     return {a: (v - floor) / unit for a, v in raw.items()}
+
+
+def _fewest(loss: TrustedLoss | None, cfg: QualityConfig) -> int:
+    """The fewest trusted examples of a label the ``mislabels`` check counts."""
+    if loss is None:
+        return 0
+    counted = [
+        loss.label_counts.get(k, cfg.mislabel_examples)
+        for k in loss.before_mass
+        if loss.label_counts.get(k, cfg.mislabel_examples) >= cfg.mislabel_examples
+    ]
+    return min(counted, default=0)
 
 
 def _size(update: Tensors) -> int:

@@ -3,6 +3,8 @@ updates are not, and the gates keep a converged or disagreeing round from flaggi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -410,10 +412,10 @@ def mass(diag: float, toward: dict[tuple[str, str], float] | None = None) -> dic
     return m
 
 
-def mislabel_loss(after: dict) -> TrustedLoss:  # type: ignore[type-arg]
+def mislabel_loss(after: dict, per_label: int = 8) -> TrustedLoss:  # type: ignore[type-arg]
     return TrustedLoss(
         1.0, {a: 1.0 for a in after}, float(np.log(3)),
-        before_mass=mass(0.5), after_mass=after, label_counts={k: 8 for k in LABELS},
+        before_mass=mass(0.5), after_mass=after, label_counts={k: per_label for k in LABELS},
     )  # fmt: skip
 
 
@@ -441,6 +443,40 @@ def test_an_update_that_teaches_one_labels_examples_as_another_is_flagged() -> N
     assert all(verdicts[a].mislabel <= 0 for a in verdicts if a != "c3")  # type: ignore[operator]
     off = screen(updates, probe, QualityConfig(mislabel_from=None), loss=mislabel_loss(after))
     assert flags(off) == {}
+
+
+def test_mislabels_weighs_a_move_in_the_trusted_sets_noise() -> None:
+    """A per-label mean over few examples is noisy: a move that is a flag with 20 trusted
+    examples per label is weaker evidence with 8 (thresholds x sqrt(20 / 8)), and the
+    fewest label counted decides."""
+    updates, probe = honest_round(7)
+    after = {}
+    for i, a in enumerate(sorted(updates)):
+        k = LABELS[i % 3]
+        after[a] = mass(0.5)
+        for lo in LABELS:
+            after[a][lo][k] += 0.3 if lo == k else 0.1
+            after[a][lo][lo if lo != k else LABELS[(i + 1) % 3]] -= 0.3 if lo == k else 0.1
+    after["c3"] = mass(0.5, {("sport", "tech"): 0.15})  # (0.15 / 0.75) / (0.3 / 0.5) = 0.33
+    cfg = QualityConfig()
+    full = screen(updates, probe, loss=mislabel_loss(after, cfg.mislabel_full_examples))["c3"]
+    assert full.mislabel == pytest.approx(1 / 3, abs=1e-6)
+    assert full.flags == ("mislabels",) and full.penalty == pytest.approx(
+        (1 / 3 - cfg.mislabel_from) / cfg.mislabel_span  # type: ignore[operator]
+    )
+    few = screen(updates, probe, loss=mislabel_loss(after, 8))["c3"]
+    noise = math.sqrt(cfg.mislabel_full_examples / 8)
+    assert few.ok and few.penalty == pytest.approx(
+        (1 / 3 - noise * cfg.mislabel_from) / (noise * cfg.mislabel_span)  # type: ignore[operator]
+    )
+    many = screen(updates, probe, loss=mislabel_loss(after, 100))["c3"]  # never below the defaults
+    assert many.flags == ("mislabels",) and many.penalty == pytest.approx(full.penalty)
+    one_short = mislabel_loss(after, 100)
+    one_short = TrustedLoss(
+        1.0, one_short.after, one_short.unit, before_mass=one_short.before_mass,
+        after_mass=after, label_counts={"business": 100, "sport": 100, "tech": 8},
+    )  # fmt: skip
+    assert screen(updates, probe, loss=one_short)["c3"].penalty == pytest.approx(few.penalty)
 
 
 def test_a_label_the_model_already_knows_is_not_counted_as_unmoved() -> None:
