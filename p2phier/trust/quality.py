@@ -291,6 +291,9 @@ class Verdict:
     penalty: float = 0.0
     #: factor that bounds the update to ``clip_ratio`` times the round's median norm
     scale: float = 1.0
+    #: its cosine with the probe where the probe did not count (it disagreed with the
+    #: round): information for the round record, no check reads it
+    cos_probe_unused: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -301,6 +304,8 @@ class Verdict:
         parts = [f"norm x{self.norm_ratio:.2f} of median"]
         if self.cos_probe is not None:
             parts.append(f"cos probe {self.cos_probe:+.2f}")
+        elif self.cos_probe_unused is not None:
+            parts.append(f"cos probe {self.cos_probe_unused:+.2f} not counted")
         if self.cos_consensus is not None:
             parts.append(f"cos consensus {self.cos_consensus:+.2f}")
         if self.harm is not None:
@@ -348,10 +353,14 @@ def screen(
     # the probe counts only while it agrees with the round: an honest parent's own
     # update is noise too once its model has converged on its data
     cos_p: dict[str, float | None] = {}
+    unused: dict[str, float | None] = {}
     if probe is not None and enough:
         c = _cos(probe, _median(stacks))
+        seen = {a: _cos(updates[a], probe) for a in authors}
         if c is not None and c >= cfg.consensus_min:
-            cos_p = {a: _cos(updates[a], probe) for a in authors}
+            cos_p = seen
+        else:
+            unused = seen
     twins = _twins(updates, authors, norms, cfg.twin_above)
     harm = _harm(loss, authors) if enough else {}
     mislabel = _mislabel(loss, authors, cfg.mislabel_examples) if enough else {}
@@ -428,8 +437,9 @@ def screen(
         penalty = 1.0 if set(flags) - {"opposes", "harmful", "mislabels"} else severity
         scale = min(1.0, cfg.clip_ratio / ratio) if ratio > 0 else 1.0
         out[a] = Verdict(
-            a, norms[a], ratio, cp, cc, hurt, moved, twins.get(a), tuple(flags), penalty, scale
-        )
+            a, norms[a], ratio, cp, cc, hurt, moved, twins.get(a), tuple(flags), penalty, scale,
+            cos_probe_unused=unused.get(a),
+        )  # fmt: skip
     return out
 
 

@@ -123,6 +123,12 @@ def test_a_converged_round_flags_no_direction() -> None:
         verdicts = screen(updates, probe)
         assert all(v.cos_probe is None for v in verdicts.values())  # the probe says nothing
         assert flags(verdicts) == {}
+        # ...but the round record still shows each update's cosine with it, as not counted
+        for v in verdicts.values():
+            assert v.cos_probe_unused is not None
+            assert f"cos probe {v.cos_probe_unused:+.2f} not counted" in v.reason()
+    agreeing, probe = honest_round(4)
+    assert all(v.cos_probe_unused is None for v in screen(agreeing, probe).values())
 
 
 def test_a_weakly_agreeing_round_still_flags_an_update_far_below_it() -> None:
