@@ -365,7 +365,7 @@ def screen(
     harm = _harm(loss, authors) if enough else {}
     mislabel = _mislabel(loss, authors, cfg.mislabel_examples) if enough else {}
     # a per-label mean over n examples is noisy as 1/sqrt(n): honest children's largest
-    # values in real rounds were 0.25 with 8 trusted examples per label, 0.13 with 20
+    # values in real rounds were 0.25 with 8 trusted examples per label, 0.18 with 20
     noise = math.sqrt(max(1.0, cfg.mislabel_full_examples / max(_fewest(loss, cfg), 1)))
     flag_at = cfg.oppose_margin + cfg.oppose_span / 2  # the cosine whose severity is 0.5
     out: dict[str, Verdict] = {}
@@ -483,9 +483,7 @@ def _mislabel(loss: TrustedLoss | None, authors: list[str], min_examples: int) -
     ratio does not.  Labels with ``min_examples`` or more trusted examples only."""
     if loss is None or not loss.before_mass:
         return {}
-    labels = sorted(
-        k for k in loss.before_mass if loss.label_counts.get(k, min_examples) >= min_examples
-    )
+    labels = _counted_labels(loss, min_examples)
     if len(labels) < 2:
         return {}
     before = np.array([[loss.before_mass[lo][k] for k in labels] for lo in labels])
@@ -508,16 +506,19 @@ def _mislabel(loss: TrustedLoss | None, authors: list[str], min_examples: int) -
     return {a: (v - floor) / unit for a, v in raw.items()}
 
 
+def _counted_labels(loss: TrustedLoss, min_examples: int) -> list[str]:
+    """The trusted set's labels the ``mislabels`` check counts: ``min_examples`` or more."""
+    return sorted(
+        k for k in loss.before_mass if loss.label_counts.get(k, min_examples) >= min_examples
+    )
+
+
 def _fewest(loss: TrustedLoss | None, cfg: QualityConfig) -> int:
     """The fewest trusted examples of a label the ``mislabels`` check counts."""
     if loss is None:
         return 0
-    counted = [
-        loss.label_counts.get(k, cfg.mislabel_examples)
-        for k in loss.before_mass
-        if loss.label_counts.get(k, cfg.mislabel_examples) >= cfg.mislabel_examples
-    ]
-    return min(counted, default=0)
+    counted = _counted_labels(loss, cfg.mislabel_examples)
+    return min((loss.label_counts.get(k, cfg.mislabel_examples) for k in counted), default=0)
 
 
 def _size(update: Tensors) -> int:
