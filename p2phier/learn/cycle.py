@@ -25,6 +25,7 @@ from p2phier.learn import api
 from p2phier.learn import calibrate as calibration
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
+    OWN_UPDATE,
     AggregationConfig,
     Rule,
     effective_to_lora,
@@ -263,7 +264,10 @@ def aggregate(
     """Aggregate children's adapters into a candidate and apply the timing rule.
 
     ``version`` is the node's complete model (its flat adapter); ``stack`` is
-    normally empty for that reason.
+    normally empty for that reason.  ``probe``: the node's own training data, trained
+    into the probe update when the rule is probe-scored or the node has no update of
+    its own in ``updates`` (then the probe is the screen's trusted direction); empty:
+    no probe.
     """
     began = time.monotonic()
     rule = AggregationConfig(Rule(plan.rule), plan.trim_ratio, plan.clip_norm)
@@ -274,7 +278,12 @@ def aggregate(
         out_dir,
         parents=stack,
         rule=rule,
-        probe_examples=examples(probe) if plan.rule == "probe_scored" else (),
+        # the probe set trains the probe update: the probe-scored rule's reference, and the
+        # screen's trusted direction where the node sends no update of its own this round
+        # (a parent that does not train: FLTrust's root set, its training data)
+        probe_examples=(
+            examples(probe) if plan.rule == "probe_scored" or OWN_UPDATE not in updates else ()
+        ),
         probe_train=_train(plan, plan.seed),
         max_rank=plan.version_rank,
         # every version at the plan's rank (components the model lacks are exact zeros):

@@ -272,6 +272,19 @@ def sends_held(before: float | None, after: float | None, *, tolerance: float) -
     return after >= before - tolerance
 
 
+def probe_rounds(*, trains: bool, consumed: int, round_: int) -> int:
+    """How many rounds of the node's arrivals make its probe set in round ``round_``.
+
+    The probe set is the parent's own trusted training data (FLTrust's root set): the
+    screen's trusted direction, and the probe-scored rule's reference.  A node that
+    trains uses what it has trained on (``consumed``, so the probe matches its own
+    update); one that does not train never advances ``consumed`` and uses everything
+    that has arrived by this round (with ``consumed``, 0, its probe set was empty and
+    every probe-scored round failed).
+    """
+    return consumed if trains else max(0, round_)
+
+
 # --- decisions ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VersionSeen:

@@ -82,6 +82,7 @@ from p2phier.node.learncore import (
     VersionSeen,
     Wait,
     pending_after_publish,
+    probe_rounds,
     sends_held,
 )
 from p2phier.node.worker import PriorityWorker
@@ -623,6 +624,10 @@ class Learner(Inbound):
             updates[OWN_UPDATE] = (await self._own_update(), 1.0)
         candidate: Path | None = None  # this round's aggregate, published or held
         if updates:
+            probe: list[Any] = []
+            if self.data is not None:
+                trains, consumed = self.plan.trains, self.state.consumed
+                probe = self._arrived(probe_rounds(trains=trains, consumed=consumed, round_=r))
             out = await self._work(
                 cycle.aggregate,
                 self.plan,
@@ -631,7 +636,7 @@ class Learner(Inbound):
                 flat,
                 updates=updates,
                 out_dir=self._new_dir("candidate"),
-                probe=self._arrived(self.state.consumed) if self.data else [],
+                probe=probe,
                 validation=self.data.test if self.data else [],
                 round_=r,
                 now=self.node.clock(),

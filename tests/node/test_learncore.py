@@ -24,6 +24,7 @@ from p2phier.node.learncore import (
     VersionSeen,
     Wait,
     pending_after_publish,
+    probe_rounds,
     sends_held,
     wire_choice,
 )
@@ -275,3 +276,13 @@ def test_updates_that_came_while_a_round_was_published_are_kept() -> None:
     b2 = up("b", "u-b2", "v1")
     assert pending_after_publish({**held, "b": b2}, {"a": a, "b": b}, {"v2"}) == {"d": early}
     assert pending_after_publish({**held, "b": b2}, {"a": a, "b": b}, {"v1", "v2"})["b"] == b2
+
+
+def test_a_parent_that_does_not_train_probes_with_everything_that_has_arrived() -> None:
+    """The probe set: a training node's is what it trained on (its probe matches its own
+    update); a node that never trains never advances ``consumed``, and its probe set is
+    everything arrived by the round (with ``consumed`` it was empty, and every
+    probe-scored round failed with "needs the parent's probe update")."""
+    assert probe_rounds(trains=True, consumed=2, round_=3) == 2
+    assert probe_rounds(trains=False, consumed=0, round_=3) == 3
+    assert probe_rounds(trains=False, consumed=0, round_=0) == 0
