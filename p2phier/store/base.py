@@ -59,6 +59,7 @@ from p2phier.errors import (
 )
 from p2phier.fsutil import fsync_dir as fsync_dir  # noqa: PLC0414 - re-exported for artifact.car
 from p2phier.fsutil import write_atomic
+from p2phier.store.gclock import GcLock
 from p2phier.store.index import (
     PIN_DIRECT,
     PIN_RECURSIVE,
@@ -79,8 +80,6 @@ log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 1 << 20
 """Blocks larger than this (1 MiB) are refused before they are hashed or stored."""
-
-OS_SHARED, OS_EXCLUSIVE, OS_UNLOCK = "shared", "exclusive", "unlock"
 
 
 class NotPinnedError(StoreError, ValueError):
@@ -153,84 +152,6 @@ def block_key(cid: CID | str) -> CID:
     return parsed.to_v1() if parsed.version == 0 else parsed
 
 
-class _GcLock:
-    """Shared (ingest) / exclusive (GC) lock; shared holds are reentrant per thread.
-
-    Waiting GC blocks new ingests so it cannot starve.  ``os_lock`` mirrors the
-    in-process state onto a lock other processes see (the first shared holder
-    takes it, the last one releases it).
-    """
-
-    def __init__(self, os_lock: Callable[[str], None]) -> None:
-        self._cond = threading.Condition()
-        self._shared = 0
-        self._owner: int | None = None
-        self._waiting = 0
-        self._held = threading.local()
-        self._os_lock = os_lock
-
-    def _depth(self) -> int:
-        return int(getattr(self._held, "depth", 0))
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        depth = self._depth()
-        if depth or self._owner == threading.get_ident():
-            self._held.depth = depth + 1
-            try:
-                yield
-            finally:
-                self._held.depth = depth
-            return
-        with self._cond:
-            while self._owner is not None or self._waiting:
-                self._cond.wait()
-            if self._shared == 0:
-                self._os_lock(OS_SHARED)
-            self._shared += 1
-        self._held.depth = 1
-        try:
-            yield
-        finally:
-            self._held.depth = 0
-            with self._cond:
-                self._shared -= 1
-                if self._shared == 0:
-                    try:
-                        self._os_lock(OS_UNLOCK)
-                    finally:
-                        self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        me = threading.get_ident()
-        if self._depth() or self._owner == me:
-            raise StoreError("GC or block deletion cannot run inside an ingest of the same thread")
-        with self._cond:
-            self._waiting += 1
-            try:
-                while self._owner is not None or self._shared:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._owner = me
-            try:
-                self._os_lock(OS_EXCLUSIVE)
-            except BaseException:
-                self._owner = None
-                self._cond.notify_all()
-                raise
-        try:
-            yield
-        finally:
-            with self._cond:
-                try:
-                    self._os_lock(OS_UNLOCK)
-                finally:
-                    self._owner = None
-                    self._cond.notify_all()
-
-
 class ContentStore(ABC):
     """A content-addressed block store with UnixFS objects, pins, GC and an index."""
 
@@ -244,7 +165,7 @@ class ContentStore(ABC):
         self._index = index
         self.max_block_size = max_block_size
         self._clock = clock
-        self._gc_lock = _GcLock(self._os_lock)
+        self._gc_lock = GcLock(self._os_lock)
         self._ingests = threading.local()  # .depth: this thread's nesting of ingest()
         self._closed = False
         #: called (in the pinning thread, no pin or GC in between) after every pin made

@@ -68,12 +68,11 @@ from p2phier.errors import (
 from p2phier.fsutil import WriteBatch, fsync_dir, write_atomic
 from p2phier.store.base import (
     MAX_BLOCK_SIZE,
-    OS_EXCLUSIVE,
-    OS_SHARED,
     ContentStore,
     MetaSpec,
     block_key,
 )
+from p2phier.store.gclock import OS_EXCLUSIVE, OS_SHARED
 from p2phier.store.index import PIN_DIRECT, PIN_RECURSIVE, Index
 
 log = logging.getLogger(__name__)
