@@ -292,6 +292,8 @@ def aggregate_round(
     rule: AggregationConfig | None = None,
     probe_examples: Sequence[Example] = (),
     probe_train: TrainConfig | None = None,
+    probe_lora: LoraSettings | None = None,
+    answers: Sequence[str] = (),
     rank: int | None = None,
     max_rank: int = 64,
     seed: int = 0,
@@ -304,8 +306,12 @@ def aggregate_round(
     """Aggregate children's adapters (``child id -> (adapter dir, weight)``) into a candidate.
 
     Every child adapter must have been trained on ``parents + [version]``.
-    With the probe-scored rule the parent first trains on ``probe_examples``
-    (its small trusted set) to get the reference update.  ``rank=None``
+    With ``probe_examples`` (its small trusted set) the parent first trains the
+    probe update there, as a child trains: a fresh LoRA of ``probe_lora`` drawn
+    from ``init_seed`` (the children's shared seed, so that it lies in their row
+    space: from another seed its cosine with every child's update was 0.01-0.03 in
+    the real attack devnet), the node's ``answers``; the probe-scored rule's
+    reference and, without the parent's own update, the screen's trusted one.  ``rank=None``
     keeps the aggregate's full rank up to ``max_rank`` (no truncation loss).
 
     Every update but the ``trusted`` ones (the parent's own, under
@@ -325,7 +331,10 @@ def aggregate_round(
     covered = _check_coverage(updates, current_effective, version)
     probe = None
     if probe_examples:
-        session = Session(load_tier(tier_dir), parents=[*parents, version], seed=init_seed)
+        session = Session(
+            load_tier(tier_dir), parents=[*parents, version], settings=probe_lora,
+            seed=init_seed, answers=answers,
+        )  # fmt: skip
         session.load_heads(read_adapter(version))
         if session.tier.info.task == "causal_lm":
             session.train_lm(

@@ -284,13 +284,16 @@ def aggregate(
         probe_examples=(
             examples(probe) if plan.rule == "probe_scored" or OWN_UPDATE not in updates else ()
         ),
-        probe_train=_train(plan, plan.seed),
+        probe_train=_train(plan, plan.seed + round_),
+        # the probe trains as the children do, so that its update is comparable with theirs
+        probe_lora=_lora(plan),
+        answers=plan.labels,
         max_rank=plan.version_rank,
         # every version at the plan's rank (components the model lacks are exact zeros):
         # consecutive versions keep one shape, so each travels as a delta on the previous
         rank=plan.version_rank,
         seed=plan.seed,
-        init_seed=plan.seed,
+        init_seed=shared_init_seed([*stack, version], plan.seed),
         # the parent's held-out set: what each update alone does to it (the screen's
         # ``mislabels`` and ``harmful`` checks); no child ever sees it
         trusted_examples=examples(validation),

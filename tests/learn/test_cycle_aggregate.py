@@ -6,6 +6,7 @@ the probe-scored rule's reference.  Real MiniLM-free tiny tier, real training.""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,8 @@ from typing import Any
 import pytest
 
 from p2phier.devnet.attacker import poison
-from p2phier.learn import api, cycle
+from p2phier.learn import cycle
 from p2phier.learn.data import Example, sample_per_label
-from p2phier.learn.train import TrainConfig
 from p2phier.learnplan import DataRecord, LearnPlan, TierPlan
 
 from .conftest import ML
@@ -32,19 +32,22 @@ def test_a_parent_without_its_own_update_screens_with_a_probe_from_its_training_
     tmp_path: Path, master_dir: Path, bbc_split: tuple[list[Example], list[Example]]
 ) -> None:
     train, _ = bbc_split
-    quick = TrainConfig(steps=12, batch_size=8, lr=5e-3, max_length=48)
-    v0 = api.init_version(master_dir, tmp_path / "v0")
-    children: dict[str, tuple[Path, float]] = {}
-    for i in range(6):
-        data = sample_per_label(train, 8, seed=10 + i)
-        out = api.train_cycle(master_dir, tmp_path / f"c{i}", data, parents=[v0], train=quick)
-        children[f"c{i}"] = (out.adapter_dir, 1.0)
-    flipped = poison("sign-flip", 1.0, children["c0"][0], v0, out=tmp_path / "flip", seed=0)
-    children["c0"] = (flipped, 1.0)
     plan = LearnPlan(
         tier=TierPlan(source="dir", tier_id="t"), data=None,
-        steps_per_cycle=12, batch_size=8, lr=5e-3, max_length=48,
+        steps_per_cycle=12, batch_size=8, lr=5e-3, max_length=48, lora_r=4,
     )  # fmt: skip
+    # as the nodes do: the parent's first version, children training on it (cycle.train)
+    v0 = cycle.init_version(plan, master_dir, [], tmp_path / "v0")
+    children: dict[str, tuple[Path, float]] = {}
+    for i in range(6):
+        data = _records(sample_per_label(train, 8, seed=10 + i))
+        out = cycle.train(
+            plan, master_dir, [v0], tmp_path / f"c{i}", data, earlier=[], test=[],
+            adapter=None, seed=i,
+        )  # fmt: skip
+        children[f"c{i}"] = (Path(out["adapter"]), 1.0)
+    flipped = poison("sign-flip", 1.0, children["c0"][0], v0, out=tmp_path / "flip", seed=0)
+    children["c0"] = (flipped, 1.0)
     probe = _records(sample_per_label(train, 8, seed=50))
 
     def run(name: str, plan: LearnPlan, probe: list[DataRecord]) -> dict[str, Any]:
@@ -59,7 +62,13 @@ def test_a_parent_without_its_own_update_screens_with_a_probe_from_its_training_
     # with its training data as probe set, every update is (fedavg, the default rule)
     screened = run("probed", plan, probe)
     reasons = {a: v["reason"] for a, v in screened["screen"].items()}
-    assert all("cos probe" in r for r in reasons.values()), reasons
+    found = {a: re.search(r"cos probe ([-+.\d]+)", r) for a, r in reasons.items()}
+    probe_cos = {a: float(m[1]) for a, m in found.items() if m is not None}
+    # ...and the probe counts (it agrees with the round): it trained as the children did, a
+    # fresh LoRA from their shared seed on their version (from another seed its cosine with
+    # every child's update was 0.01-0.03 in the real attack devnet, and it never counted)
+    assert all("not counted" not in r for r in reasons.values()), reasons
+    assert min(probe_cos[f"c{i}"] for i in range(1, 6)) > 0.05 > -0.05 > probe_cos["c0"], reasons
     assert not screened["screen"]["c0"]["ok"], reasons  # the sign flipper is left out
     assert all(screened["screen"][f"c{i}"]["ok"] for i in range(1, 6)), reasons
     # probe-scored: the flipper, pointing against the probe, would weigh 0 (FLTrust's ReLU);
