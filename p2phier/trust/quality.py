@@ -38,7 +38,18 @@ Flags, for what the published attacks must do to matter:
     below, over ``oppose_z_span``), in full only from a cosine of
     ``-oppose_z_depth`` (less in proportion above it): an honest single-topic child
     lies at -0.2..-0.3 in such rounds, several of the round's spreads below it, while
-    an IPM colluder lies at -0.7.
+    an IPM colluder lies at -0.7.  The parent's probe tells those two apart
+    (the *probe depth* test, :func:`_probe_depth`): an update at least
+    ``probe_oppose_z`` below the round's spread that points against the probe
+    by as much as the round's other updates point its way (their median cosine
+    with it, at least ``probe_agree_min``; and an outlier of their cosines with
+    it too) is opposition, past ``probe_oppose_from`` of that median, over
+    ``probe_oppose_span``.  A sign flipper's update is an honest one negated
+    (-0.08 and -0.14 against a median +0.10 and +0.13, real MiniLM rounds 1-2);
+    an honest child of a topic the round opposes is about orthogonal to the
+    probe, which holds its topic too (-0.03 and -0.07 against +0.31 and +0.29,
+    the CI's tiny-tier runs).  It reads the probe whether or not it agrees with
+    the round's median (on MiniLM's non-IID leaves it does only at 0.1-0.2).
     Sign-flipping, inner-product manipulation, label flipping once it bites.
     An update the z test flags whose cosines are as near zero as ``unaligned``
     asks is noise, and flagged so too;
@@ -186,6 +197,14 @@ class QualityConfig:
     oppose_z_span: float = 2.0
     oppose_z_floor: float = 0.08
     oppose_z_depth: float = 0.5
+    #: the probe depth test (``opposes``): from this robust z against the round...
+    probe_oppose_z: float = 3.0
+    #: ...where the other updates' median cosine with the probe is at least this...
+    probe_agree_min: float = 0.05
+    #: ...the update's opposition to the probe in units of that median, past this, over
+    #: ``probe_oppose_span``
+    probe_oppose_from: float = 0.25
+    probe_oppose_span: float = 0.5
     outsized_ratio: float = 3.0
     clip_ratio: float = 1.5
     idle_ratio: float = 0.05
@@ -218,6 +237,13 @@ class QualityConfig:
             raise UsageError("oppose_margin must lie in [0, 1), oppose_span in (0, 1]")
         if min(self.oppose_z, self.oppose_z_span, self.oppose_z_floor, self.oppose_z_depth) <= 0:
             raise UsageError("oppose_z, oppose_z_span, oppose_z_floor, oppose_z_depth must be > 0")
+        if min(self.probe_oppose_z, self.probe_agree_min, self.probe_oppose_span) <= 0 or not (
+            self.probe_oppose_from >= 0
+        ):
+            raise UsageError(
+                "probe_oppose_z, probe_agree_min, probe_oppose_span must be > 0, "
+                "probe_oppose_from >= 0"
+            )
         if not 0 <= self.unaligned_below < self.consensus_min <= 1:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
         if not (1 <= self.large_from < self.outsized_ratio and 0 < self.echo_gap <= 1):
@@ -354,6 +380,7 @@ def screen(
     # update is noise too once its model has converged on its data
     cos_p: dict[str, float | None] = {}
     unused: dict[str, float | None] = {}
+    seen: dict[str, float | None] = {}
     if probe is not None and enough:
         c = _cos(probe, _median(stacks))
         seen = {a: _cos(updates[a], probe) for a in authors}
@@ -391,6 +418,7 @@ def screen(
             # ...in full only as far as it points against the round: a non-IID honest
             # child's dissent (-0.2..-0.3 in real rounds) is evidence, a colluder's -0.7 a flag
             severity = max(severity, outlier * min(1.0, -cc / cfg.oppose_z_depth))
+            severity = max(severity, _probe_depth(a, cc, z, seen, cfg))
         if severity >= 0.5:
             flags.append("opposes")
         if cc is not None and agreed and cc >= cfg.echo_above and cc - mid >= cfg.echo_gap:
@@ -441,6 +469,41 @@ def screen(
             cos_probe_unused=unused.get(a),
         )  # fmt: skip
     return out
+
+
+def _probe_depth(
+    a: str, cc: float, z: float, seen: Mapping[str, float | None], cfg: QualityConfig
+) -> float:
+    """The probe depth test's severity for author ``a`` (0 where it does not apply).
+
+    An update that is an outlier against the round (robust z ``probe_oppose_z`` or more
+    below) and points against the parent's probe, by as much as the round's other
+    updates point its way (their median cosine with it, at least ``probe_agree_min``):
+    a sign flipper's update is an honest one negated, so its cosine with the probe is
+    about minus theirs (-0.08 and -0.14 against a median +0.10 and +0.14 in rounds 1-2
+    of the real attack devnet).  An honest child of a topic the round opposes
+    dissents from the round as deeply (z -4.2..-5.7 in the CI's tiny-tier runs), but
+    it is about orthogonal to the parent's probe, which holds its topic too (-0.03
+    and -0.07 against a median +0.31 and +0.29: 0.1 and 0.24 of it).  Counted with
+    the probe whether it agrees with the round or not: on MiniLM's non-IID leaves it
+    agrees with the round's median only at 0.1-0.2, yet every honest leaf's cosine
+    with it was positive in rounds 1-3.
+    """
+    cp = seen.get(a)
+    if cp is None or cp >= 0 or cc >= 0 or z > -cfg.probe_oppose_z:
+        return 0.0
+    others = [c for b, c in seen.items() if b != a and c is not None]
+    mid = float(np.median(others)) if others else 0.0
+    if mid < cfg.probe_agree_min:
+        return 0.0
+    # ...and an outlier of the others' cosines with the probe too: where they agree with
+    # it only weakly, chance alone puts an orthogonal update's cosine below zero by as
+    # much as theirs lies above it
+    mad = 1.4826 * float(np.median([abs(c - mid) for c in others]))
+    if (cp - mid) / max(mad, 1e-12) > -cfg.probe_oppose_z:
+        return 0.0
+    depth = -cp / mid
+    return min(1.0, max(0.0, (depth - cfg.probe_oppose_from) / cfg.probe_oppose_span))
 
 
 def _robust_z(c: float, others: list[float], cfg: QualityConfig) -> float:

@@ -532,3 +532,42 @@ def test_mislabels_needs_enough_examples_per_label_and_counts_over_the_median() 
     # a round that teaches nothing has no unit to measure a move in
     idle = mislabel_loss({a: mass(0.5) for a in updates} | {"c1": flip})
     assert screen(updates, probe, loss=idle)["c1"].mislabel is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_update_against_the_round_and_the_probe_is_flagged_a_dissenter_is_not(
+    seed: int,
+) -> None:
+    """The probe depth test.  Real MiniLM leaves agree with the round and with the parent's
+    probe only weakly (cosines 0.05-0.24); a sign flipper's update is an honest one
+    negated, so its cosine with the probe is about minus theirs, while an honest child of a
+    topic the round opposes dissents from the round as deeply but is about orthogonal to
+    the probe (which holds its topic too).  The z test alone is turned off here (as it was,
+    in effect, for the real flipper: z -4.2 where it starts at 4) to see this test alone.
+    Large updates (real LoRA deltas have 10^5 elements and more): a cosine's chance part
+    is then small."""
+    dim = 20_000
+    rng = np.random.default_rng(seed)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return np.asarray(v / np.linalg.norm(v))
+
+    shared, majority = unit(rng.normal(size=dim)), unit(rng.normal(size=dim))
+    updates = {
+        f"c{i}": {"d": 0.2 * shared + 0.2 * majority + unit(rng.normal(size=dim))} for i in range(9)
+    }
+    probe = {"d": 0.6 * shared + unit(rng.normal(size=dim))}
+    z_off = QualityConfig(oppose_z=50.0)
+    flipped = {**updates, "flip": {"d": -updates["c0"]["d"]}}
+    assert screen(flipped, None, z_off)["flip"].flags == ()  # no probe: nothing to see
+    verdicts = screen(flipped, probe, z_off)
+    assert verdicts["flip"].flags == ("opposes",) and verdicts["flip"].penalty == 1.0
+    assert flags(verdicts).keys() == {"flip"}
+    # the dissenter: against the majority's topic, none of the probe's direction
+    dissent = {**updates, "dissent": {"d": -0.35 * majority + unit(rng.normal(size=dim))}}
+    judged = screen(dissent, probe, z_off)
+    assert judged["dissent"].cos_consensus is not None and judged["dissent"].cos_consensus < -0.1
+    assert flags(judged) == {} and judged["dissent"].penalty < 0.1, judged["dissent"]
+    # a probe the round's updates do not agree with says nothing
+    stranger = {"d": unit(rng.normal(size=dim))}
+    assert flags(screen(flipped, stranger, z_off)) == {}
