@@ -29,7 +29,10 @@ def _records(examples: list[Example]) -> list[DataRecord]:
 
 @pytest.mark.slow
 def test_a_parent_without_its_own_update_screens_with_a_probe_from_its_training_data(
-    tmp_path: Path, master_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+    tmp_path: Path,
+    master_dir: Path,
+    bbc_split: tuple[list[Example], list[Example]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     train, _ = bbc_split
     plan = LearnPlan(
@@ -78,3 +81,23 @@ def test_a_parent_without_its_own_update_screens_with_a_probe_from_its_training_
     assert all(w > 0 for w in scored["weights"].values()), scored["weights"]
     with pytest.raises(Exception, match="probe"):
         run("unprobed", replace(plan, rule="probe_scored"), [])
+    # with fewer updates than the screen's direction checks need, nothing reads a probe under
+    # fedavg: none is trained (a default devnet parent has 2 children: its rounds stay short)
+    from p2phier.learn.train import Session
+
+    trained: list[int] = []
+    real = Session.train_classifier
+
+    def counted(self: Session, *args: Any, **kwargs: Any) -> Any:
+        trained.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Session, "train_classifier", counted)
+    few = {c: children[c] for c in ("c1", "c2", "c3")}
+    out = cycle.aggregate(
+        plan, master_dir, [], v0, updates=few, out_dir=tmp_path / "few", probe=probe,
+        validation=[], round_=1, now=0.0,
+    )  # fmt: skip
+    assert trained == [] and set(out["weights"]) == set(few), out["weights"]
+    run("probed-again", plan, probe)  # six updates: the probe is trained
+    assert trained == [1]
