@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -59,10 +59,23 @@ FAST_ENV: dict[str, str] = {
 _DETACHED: list[subprocess.Popen[bytes]] = []
 
 
-def reap_detached() -> int:
-    """Reap the detached nodes that have exited; returns how many still run."""
-    _DETACHED[:] = [p for p in _DETACHED if p.poll() is None]
-    return len(_DETACHED)
+def reap_detached(signalled: Collection[int] = (), timeout: float = 0.0) -> int:
+    """Reap the detached nodes that have exited; returns how many still run.
+
+    Those in ``signalled`` (pids just sent SIGTERM or SIGKILL) are waited for, ``timeout``
+    seconds in all: a SIGKILLed node has not exited when ``kill`` returns, and /proc shows
+    a node's main thread gone before ``waitpid`` can reap the process (its other threads
+    still exiting), so one poll left such a node's Popen unreaped until the interpreter
+    exited ("subprocess N is still running")."""
+    deadline = time.monotonic() + timeout
+    left = []
+    for p in _DETACHED:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()) if p.pid in signalled else 0.0)
+        except subprocess.TimeoutExpired:
+            left.append(p)
+    _DETACHED[:] = left
+    return len(left)
 
 
 #: listen on an ephemeral loopback port; the ready line says which

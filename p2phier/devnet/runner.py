@@ -733,7 +733,8 @@ def down(run_dir: Path, grace: float = 10.0) -> list[str]:
         if isinstance(pid, int) and _is_ours(pid):
             os.kill(pid, signal.SIGKILL)
             done.append(f"SIGKILL {name} ({pid})")
-    reap_detached()  # nodes this very process left running (run_devnet(keep_running=True))
+    # nodes this very process left running (run_devnet(keep_running=True)) are its children
+    reap_detached({p for p in pids.values() if isinstance(p, int)}, timeout=grace)
     return done
 
 

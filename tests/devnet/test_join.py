@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from p2phier.devnet.procs import FAST_ENV, REPO
+from p2phier.devnet.procs import FAST_ENV, REPO, reap_detached
 from p2phier.devnet.runner import down, run_devnet
 from p2phier.devnet.scenario import load_scenario
 from p2phier.learn.data import load_bbc
@@ -175,3 +175,5 @@ def test_a_newcomer_joins_as_node_md_says_and_learns_on_its_own(tmp_path: Path) 
                 proc.stdout.close()
         if (run_dir / "devnet.json").exists():
             down(run_dir)
+    # every node this process left running was waited for by down(), none left to exit with it
+    assert reap_detached() == 0

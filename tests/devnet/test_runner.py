@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from p2phier.devnet.procs import REPO
 from p2phier.devnet.runner import Devnet, Prepared
 from p2phier.devnet.scenario import load_scenario
@@ -64,3 +66,30 @@ def test_a_restarted_child_its_parent_still_lists_but_has_no_connection_to_is_wa
     assert devnet.formed(st) == ["news-tech: not connected to news"]
     news["children"] = [p for p in news["children"] if p != "peer-news-tech"]
     assert devnet.formed(st) == ["news-tech: not yet registered with news"]
+
+
+def test_reaping_detached_nodes_waits_for_the_ones_just_signalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node left running (``keep_running``) stays this process's child: ``down`` signals it
+    and must wait for it, not poll once (a SIGKILLed process has not exited when ``kill``
+    returns; one poll left its Popen to warn "still running" at interpreter exit)."""
+    import signal
+    import subprocess
+    import sys
+
+    from p2phier.devnet import procs
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    a, b = subprocess.Popen(sleeper), subprocess.Popen(sleeper)
+    try:
+        monkeypatch.setattr(procs, "_DETACHED", [a, b])
+        assert procs.reap_detached() == 2  # both run: a poll reaps nothing
+        a.send_signal(signal.SIGKILL)
+        assert procs.reap_detached({a.pid}, timeout=30.0) == 1  # a is waited for, b runs on
+        assert a.returncode == -signal.SIGKILL and b.returncode is None
+        assert [b] == procs._DETACHED
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
