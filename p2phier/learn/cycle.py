@@ -25,7 +25,6 @@ from p2phier.learn import api
 from p2phier.learn import calibrate as calibration
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
-    OWN_UPDATE,
     AggregationConfig,
     Rule,
     effective_to_lora,
@@ -265,9 +264,8 @@ def aggregate(
 
     ``version`` is the node's complete model (its flat adapter); ``stack`` is
     normally empty for that reason.  ``probe``: the node's own training data, trained
-    into the probe update when the rule is probe-scored or the node has no update of
-    its own in ``updates`` (then the probe is the screen's trusted direction); empty:
-    no probe.
+    into the probe update where the round reads one (:func:`api.aggregate_round`);
+    empty: no probe.
     """
     began = time.monotonic()
     rule = AggregationConfig(Rule(plan.rule), plan.trim_ratio, plan.clip_norm)
@@ -278,12 +276,10 @@ def aggregate(
         out_dir,
         parents=stack,
         rule=rule,
-        # the probe set trains the probe update: the probe-scored rule's reference, and the
-        # screen's trusted direction where the node sends no update of its own this round
-        # (a parent that does not train: FLTrust's root set, its training data)
-        probe_examples=(
-            examples(probe) if plan.rule == "probe_scored" or OWN_UPDATE not in updates else ()
-        ),
+        # the probe set trains the probe update where a round reads it (api.aggregate_round
+        # decides): the probe-scored rule's reference, and the screen's trusted direction
+        # where the node sends no update of its own (FLTrust's root set, its training data)
+        probe_examples=examples(probe),
         probe_train=_train(plan, plan.seed + round_),
         # the probe trains as the children do, so that its update is comparable with theirs
         probe_lora=_lora(plan),

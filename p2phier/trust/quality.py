@@ -413,7 +413,8 @@ def screen(
             severity = max(severity, 0.5 * min(1.0, max(0.0, -max(refs)) / flag_at))
         if cc is not None and max(refs) < 0:
             # an outlier against the round, even where the round agrees only weakly
-            z = _robust_z(cc, [c for b, c in cos_c.items() if b != a and c is not None], cfg)
+            others = [c for b, c in cos_c.items() if b != a and c is not None]
+            z = _robust_z(cc, others, cfg.oppose_z_floor)
             outlier = min(1.0, max(0.0, (-z - cfg.oppose_z) / cfg.oppose_z_span))
             # ...in full only as far as it points against the round: a non-IID honest
             # child's dissent (-0.2..-0.3 in real rounds) is evidence, a colluder's -0.7 a flag
@@ -499,25 +500,24 @@ def _probe_depth(
     # ...and an outlier of the others' cosines with the probe too: where they agree with
     # it only weakly, chance alone puts an orthogonal update's cosine below zero by as
     # much as theirs lies above it
-    mad = 1.4826 * float(np.median([abs(c - mid) for c in others]))
-    if (cp - mid) / max(mad, 1e-12) > -cfg.probe_oppose_z:
+    if _robust_z(cp, others, 1e-12) > -cfg.probe_oppose_z:
         return 0.0
     depth = -cp / mid
     return min(1.0, max(0.0, (depth - cfg.probe_oppose_from) / cfg.probe_oppose_span))
 
 
-def _robust_z(c: float, others: list[float], cfg: QualityConfig) -> float:
+def _robust_z(c: float, others: list[float], floor: float) -> float:
     """How far ``c`` lies from the other updates' cosines, in their robust spread (median
     and MAD; 0 without others).  Leave-one-out, as the consensus is: with six updates an
     outlier's own cosine widens the MAD it is measured in (an IPM colluder at -0.70 among
     honest -0.24..0.20 scored z -4.0 with itself, -9.4 without).  The spread is at least
-    ``oppose_z_floor``: honest updates that agree closely would otherwise make a mildly
-    different honest one an outlier of many sigmas."""
+    ``floor`` (the z test's ``oppose_z_floor``): honest updates that agree closely would
+    otherwise make a mildly different honest one an outlier of many sigmas."""
     if not others:
         return 0.0
     mid = float(np.median(others))
     mad = 1.4826 * float(np.median([abs(x - mid) for x in others]))
-    return (c - mid) / max(mad, cfg.oppose_z_floor)
+    return (c - mid) / max(mad, floor)
 
 
 def _harm(loss: TrustedLoss | None, authors: list[str]) -> dict[str, float]:
