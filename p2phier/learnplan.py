@@ -161,6 +161,9 @@ class LearnSettings:
     min_updates: int = _setting(1, Int(0, 100_000), "timing")
     #: longest wait for children's updates after the round starts
     collect_s: float = _setting(60.0, Num(0.0, 86_400.0), "timing")
+    #: once every known child's update is in (a child whose updates were used before), the
+    #: least a round still waits for its newcomers' (p2phier.node.collect)
+    newcomer_min_s: float = _setting(10.0, Num(0.0, 86_400.0), "timing")
     wire_encoding: str = _setting("int8-delta", Choice(WIRE_ENCODINGS), "wire")
     #: a full (fp16) adapter at least every this many artifacts of a stream (1: every time),
     #: so that a newcomer's fetch and every reader's verification walk at most this many

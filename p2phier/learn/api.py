@@ -306,11 +306,12 @@ def aggregate_round(
     Every child adapter must have been trained on ``parents + [version]``.
     With ``probe_examples`` (its small trusted set) the parent first trains the
     probe update there where the round reads it (the probe-scored rule, or the
-    screen's direction checks without the parent's own update), as a child trains: a fresh LoRA of ``probe_lora`` drawn
-    from ``init_seed`` (the children's shared seed, so that it lies in their row
-    space: from another seed its cosine with every child's update was 0.01-0.03 in
-    the real attack devnet), the node's ``answers``; the probe-scored rule's
-    reference and, without the parent's own update, the screen's trusted one.  ``rank=None``
+    screen's direction checks without the parent's own update), as a child trains:
+    a fresh LoRA of ``probe_lora`` drawn from ``init_seed`` (the children's shared
+    seed, so that it lies in their row space: from another seed its cosine with
+    every child's update was 0.01-0.03 in the real attack devnet), the node's
+    ``answers``; the probe-scored rule's reference and, without the parent's own
+    update, the screen's trusted one.  ``rank=None``
     keeps the aggregate's full rank up to ``max_rank`` (no truncation loss).
 
     Every update but the ``trusted`` ones (the parent's own, under

@@ -25,8 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-#: the least a round waits for its newcomers' updates once every known child's is in
-NEWCOMER_MIN_S = 10.0
+from p2phier.learnplan import LearnSettings
+
+#: the least a round waits for its newcomers' updates once every known child's is in (the
+#: learning plan's ``newcomer_min_s``, declared there)
+NEWCOMER_MIN_S: float = LearnSettings.newcomer_min_s
 
 
 @dataclass(frozen=True)

@@ -545,6 +545,7 @@ class Learner(Inbound):
             collect_s=self.plan.collect_s,
             # A child whose connection dropped re-dials at its next registration refresh.
             gone_s=cfg.hierarchy.register_interval_s + cfg.dial_timeout_s,
+            newcomer_min_s=self.plan.newcomer_min_s,
             gone_since=self._gone_since,
         )
         trust = self.node.guard.trust
