@@ -320,6 +320,9 @@ class Verdict:
     #: its cosine with the probe where the probe did not count (it disagreed with the
     #: round): information for the round record, no check reads it
     cos_probe_unused: float | None = None
+    #: how one-sided its departure from the consensus is (see ``shifted``; None: too few
+    #: updates for a consensus)
+    shift: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -334,6 +337,8 @@ class Verdict:
             parts.append(f"cos probe {self.cos_probe_unused:+.2f} not counted")
         if self.cos_consensus is not None:
             parts.append(f"cos consensus {self.cos_consensus:+.2f}")
+        if self.shift is not None:
+            parts.append(f"shift {self.shift:+.2f}")
         if self.harm is not None:
             parts.append(f"harm {self.harm:+.2f}")
         if self.mislabel is not None:
@@ -369,10 +374,13 @@ def screen(
     enough = len(authors) >= cfg.min_updates
     cos_c: dict[str, float | None] = {}
     stacks = _stacks(updates, authors) if enough else {}
+    shift: dict[str, float | None] = {}
     if enough:
         for a in authors:
             # leave-one-out: an update must not pull its own reference its way
-            cos_c[a] = _cos(updates[a], _median(stacks, without=a))
+            consensus = _median(stacks, without=a)
+            cos_c[a] = _cos(updates[a], consensus)
+            shift[a] = _shift(updates[a], consensus)
     agreed = [c for c in cos_c.values() if c is not None]
     judge = bool(agreed) and float(np.median(agreed)) >= cfg.consensus_min
     mid = float(np.median(agreed)) if agreed else 0.0
@@ -467,7 +475,7 @@ def screen(
         scale = min(1.0, cfg.clip_ratio / ratio) if ratio > 0 else 1.0
         out[a] = Verdict(
             a, norms[a], ratio, cp, cc, hurt, moved, twins.get(a), tuple(flags), penalty, scale,
-            cos_probe_unused=unused.get(a),
+            cos_probe_unused=unused.get(a), shift=shift.get(a),
         )  # fmt: skip
     return out
 
@@ -610,6 +618,18 @@ def _cos(update: Tensors, ref: Tensors | None) -> float | None:
     if nu == 0.0:
         return 0.0
     return dot / math.sqrt(nu * nr)
+
+
+def _shift(update: Tensors, ref: Mapping[str, NDArray[np.float64]]) -> float | None:
+    """How one-sided ``update``'s departure from ``ref`` is: the sum of its differences
+    over the sum of their magnitudes, over the tensors both have (-1: every coordinate
+    lower; None: none in common, or no difference at all)."""
+    total = size = 0.0
+    for k in set(update) & set(ref):
+        d = np.asarray(update[k], np.float64) - ref[k]
+        total += float(d.sum())
+        size += float(np.abs(d).sum())
+    return total / size if size > 0 else None
 
 
 Stacks = dict[str, tuple[tuple[str, ...], NDArray[np.float64]]]
