@@ -150,6 +150,23 @@ Flags, for what the published attacks must do to matter:
     lengths within :data:`TWIN_LENGTH`): colluders that compute one crafted
     update and all send it (ALIE, IPM), or a copy of a sibling's.  Two honest
     children train on different private data and never agree that closely.
+``shifted``
+    its departure from the consensus moves (nearly) every coordinate the same way:
+    its *shift*, the sum of its differences from the consensus over the sum of
+    their magnitudes (-1: every coordinate lower), lies past ``shift_from`` from the
+    other updates' median shift (severity 0..1 over ``shift_span``; 0.5 flags it).
+    "A little is enough" (ALIE) sends the honest mean minus z standard deviations,
+    coordinate by coordinate: near the middle of the round by every distance and
+    cosine (its cosine with the consensus is the round's highest), but one-sided.
+    The real ALIE colluder of ``devnet/scenarios/attack-collude.toml`` (MiniLM, z 1)
+    had a shift of -1.00 in round 1, its nine honest siblings +0.13..+0.16 (they
+    lean the other way a little because the colluder pulls their leave-one-out
+    consensus its way: hence the others' median, not 0), the IPM colluder +0.34; in
+    ``bench/attacks.py``'s 3,000 clean non-IID updates no shift was further than
+    0.025 from 0.  An honest update's own data move it as often up as down, a short
+    one (less data) is not one-sided either.  A colluder that flips each coordinate's
+    sign at random is not shifted, but it then sends noise of an honest size, which
+    averaging cancels;
 
 Why the gates.  While the round learns, honest updates agree (the median
 cosine with the consensus is at least ``consensus_min``) and have like norms:
@@ -212,6 +229,10 @@ class QualityConfig:
     noise_sigmas: float = 3.0
     consensus_min: float = 0.2
     twin_above: float = 0.995
+    #: the ``shifted`` check: an update whose shift lies this far from the others' median
+    #: shift is evidence, over ``shift_span`` (half of it: a flag)
+    shift_from: float = 0.2
+    shift_span: float = 0.2
     echo_above: float = 0.8
     echo_gap: float = 0.25
     large_from: float = 2.5
@@ -248,6 +269,8 @@ class QualityConfig:
             raise UsageError("need 0 <= unaligned_below < consensus_min <= 1")
         if not (1 <= self.large_from < self.outsized_ratio and 0 < self.echo_gap <= 1):
             raise UsageError("need 1 <= large_from < outsized_ratio and echo_gap in (0, 1]")
+        if not (0 <= self.shift_from < 2 and self.shift_span > 0):
+            raise UsageError("need shift_from in [0, 2) and shift_span > 0")
         if not (0 < self.twin_above <= 1 and self.min_updates >= 3 and self.noise_sigmas > 0):
             raise UsageError("need twin_above in (0, 1], min_updates >= 3, noise_sigmas > 0")
         if not ((self.harm_ratio is None or self.harm_ratio > 0) and self.harm_span > 0):
@@ -430,6 +453,10 @@ def screen(
             severity = max(severity, _probe_depth(a, cc, z, seen, cfg))
         if severity >= 0.5:
             flags.append("opposes")
+        shifted = _shifted(a, shift, cfg)
+        if shifted >= 0.5:
+            flags.append("shifted")
+        severity = max(severity, shifted)
         if cc is not None and agreed and cc >= cfg.echo_above and cc - mid >= cfg.echo_gap:
             flags.append("echo")
         hurt = harm.get(a)
@@ -471,7 +498,7 @@ def screen(
             flags.append("unaligned")
         if a in twins:
             flags.append("twin")
-        penalty = 1.0 if set(flags) - {"opposes", "harmful", "mislabels"} else severity
+        penalty = 1.0 if set(flags) - {"opposes", "harmful", "mislabels", "shifted"} else severity
         scale = min(1.0, cfg.clip_ratio / ratio) if ratio > 0 else 1.0
         out[a] = Verdict(
             a, norms[a], ratio, cp, cc, hurt, moved, twins.get(a), tuple(flags), penalty, scale,
@@ -512,6 +539,21 @@ def _probe_depth(
         return 0.0
     depth = -cp / mid
     return min(1.0, max(0.0, (depth - cfg.probe_oppose_from) / cfg.probe_oppose_span))
+
+
+def _shifted(a: str, shift: Mapping[str, float | None], cfg: QualityConfig) -> float:
+    """The ``shifted`` check's severity for author ``a`` (0 without a shift): how far its
+    shift lies from the other updates' median shift, past ``shift_from``, over
+    ``shift_span``.  Measured against the others' median, not against 0: colluders in
+    the round pull the leave-one-out consensus of every honest update their way, so that
+    the honest ones all lean the other way a little (+0.22..+0.55 beside two or three
+    ALIE colluders at -0.9..-1.0 in ``bench/attacks.py``)."""
+    mine = shift.get(a)
+    others = [v for b, v in shift.items() if b != a and v is not None]
+    if mine is None or not others:
+        return 0.0
+    far = abs(mine - float(np.median(others)))
+    return min(1.0, max(0.0, (far - cfg.shift_from) / cfg.shift_span))
 
 
 def _robust_z(c: float, others: list[float], floor: float) -> float:

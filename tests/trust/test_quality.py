@@ -571,3 +571,35 @@ def test_an_update_against_the_round_and_the_probe_is_flagged_a_dissenter_is_not
     # a probe the round's updates do not agree with says nothing
     stranger = {"d": unit(rng.normal(size=dim))}
     assert flags(screen(flipped, stranger, z_off)) == {}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("z", [1.0, -1.0, 0.3])
+def test_a_little_is_enough_is_shifted_an_honest_update_is_not(seed: int, z: float) -> None:
+    """ALIE (Baruch et al. 2019) sends the honest mean minus z standard deviations, every
+    coordinate moved the same way: near the middle of the round by every distance, but
+    one-sided.  An honest update's departure from the consensus is its own data's, as
+    often up as down; one half as long as the rest (less data) is not one-sided either."""
+    updates, probe = honest_round(seed, n=9)
+    stack = {k: np.stack([u[k] for u in updates.values()]) for k in updates["c0"]}
+    updates["alie"] = {k: v.mean(0) - z * v.std(0) for k, v in stack.items()}
+    updates["short"] = {k: 0.5 * v for k, v in updates.pop("c8").items()}
+    verdicts = screen(updates, probe)
+    alie = verdicts["alie"]
+    assert alie.shift is not None and abs(alie.shift) > 0.5, alie
+    assert alie.flags == ("shifted",) and alie.penalty == 1.0, alie
+    assert flags(verdicts).keys() == {"alie"}
+    # two colluders lean the honest updates' consensus their way, and are still the outliers
+    updates["alie2"] = {k: v * 1.01 for k, v in updates["alie"].items()}
+    assert flags(screen(updates, probe)).keys() == {"alie", "alie2"}
+    # too few updates for a consensus: no shift is measured
+    few = {a: updates[a] for a in ("c0", "c1", "alie")}
+    assert all(v.shift is None for v in screen(few, probe).values())
+
+
+def test_a_shift_needs_a_difference() -> None:
+    same = {"a": np.ones((3, 4))}
+    verdicts = screen({f"c{i}": same for i in range(5)})
+    assert all(v.shift is None and "shifted" not in v.flags for v in verdicts.values())
+    with pytest.raises(UsageError):
+        QualityConfig(shift_span=0.0)
