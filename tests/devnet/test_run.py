@@ -243,6 +243,34 @@ def test_a_colluder_whose_update_comes_after_the_round_is_still_screened_and_iso
     assert _no_node_left(run_dir) == []
 
 
+@pytest.mark.xdist_group("devnet-attack")
+def test_a_little_is_enough_colluder_is_flagged_shifted_and_isolated(tmp_path: Path) -> None:
+    """A real ALIE colluder (it fetches its siblings' updates of the round and sends their
+    mean minus one standard deviation, coordinate by coordinate): its update sits in the
+    middle of the round by every distance, but moves every coordinate the same way.  The
+    parent flags it ``shifted`` in round 1 (every child a newcomer, waited for), screens its
+    next update in its round or late, isolates it, and nobody else."""
+    run_dir, colluder, honest, en = _topic_leaves_run(tmp_path, "ci-alie")
+    first = en["rounds"]["1"]
+    assert colluder in first["children_updates"], first
+    assert first["excluded_updates"][colluder].startswith("screen: shifted"), first
+    second = en["rounds"]["2"]
+    verdict = second.get("excluded_updates", {}).get(colluder) or second["late_screen"][colluder]
+    assert "shifted" in verdict.split(" (")[0], second
+    for r in ("1", "2", "3"):
+        rec = en["rounds"][r]
+        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
+        assert colluder not in aggregated, rec
+        assert len(honest - aggregated) <= 1, rec  # see the scaling attacker's test
+        assert set(rec.get("late_screen", {})) <= {colluder}, rec
+        assert all("shifted" not in rec["screen"][h] for h in honest & set(rec["screen"])), rec
+    run = json.loads((run_dir / "run.json").read_text())
+    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
+    assert last["en"]["isolated_peers"] == ["mixed"], last["en"]
+    assert all(n["isolated"] == 0 for name, n in last.items() if name != "en"), last
+    assert _no_node_left(run_dir) == []
+
+
 @pytest.mark.xdist_group("devnet-fault")
 def test_a_killed_subdomain_node_restarts_and_catches_up(tmp_path: Path) -> None:
     run_dir = tmp_path / "fault"
