@@ -154,7 +154,8 @@ Flags, for what the published attacks must do to matter:
     its departure from the consensus moves (nearly) every coordinate the same way:
     its *shift*, the sum of its differences from the consensus over the sum of
     their magnitudes (-1: every coordinate lower), lies past ``shift_from`` from the
-    other updates' median shift (severity 0..1 over ``shift_span``; 0.5 flags it).
+    other updates' median shift (severity 0..1 over ``shift_span``; 0.5 flags it),
+    and past ``noise_sigmas`` of chance (which matters only for toy-sized updates).
     "A little is enough" (ALIE) sends the honest mean minus z standard deviations,
     coordinate by coordinate: near the middle of the round by every distance and
     cosine (its cosine with the consensus is the round's highest), but one-sided.
@@ -453,7 +454,7 @@ def screen(
             severity = max(severity, _probe_depth(a, cc, z, seen, cfg))
         if severity >= 0.5:
             flags.append("opposes")
-        shifted = _shifted(a, shift, cfg)
+        shifted = _shifted(a, shift, cfg, _size(updates[a]))
         if shifted >= 0.5:
             flags.append("shifted")
         severity = max(severity, shifted)
@@ -541,19 +542,23 @@ def _probe_depth(
     return min(1.0, max(0.0, (depth - cfg.probe_oppose_from) / cfg.probe_oppose_span))
 
 
-def _shifted(a: str, shift: Mapping[str, float | None], cfg: QualityConfig) -> float:
+def _shifted(a: str, shift: Mapping[str, float | None], cfg: QualityConfig, size: int) -> float:
     """The ``shifted`` check's severity for author ``a`` (0 without a shift): how far its
     shift lies from the other updates' median shift, past ``shift_from``, over
     ``shift_span``.  Measured against the others' median, not against 0: colluders in
     the round pull the leave-one-out consensus of every honest update their way, so that
     the honest ones all lean the other way a little (+0.22..+0.55 beside two or three
-    ALIE colluders at -0.9..-1.0 in ``bench/attacks.py``)."""
+    ALIE colluders at -0.9..-1.0 in ``bench/attacks.py``).  Never within chance: the
+    shift of ``size`` differences of random sign spreads as sqrt(pi / 2 / size) (0.18
+    for 48 elements, where honest toy updates reached 0.45; 0.004 for a real LoRA
+    update's 10^5), and it counts only past ``noise_sigmas`` of that."""
     mine = shift.get(a)
     others = [v for b, v in shift.items() if b != a and v is not None]
     if mine is None or not others:
         return 0.0
     far = abs(mine - float(np.median(others)))
-    return min(1.0, max(0.0, (far - cfg.shift_from) / cfg.shift_span))
+    chance = cfg.noise_sigmas * math.sqrt(math.pi / 2 / max(size, 1))
+    return min(1.0, max(0.0, (far - max(cfg.shift_from, chance)) / cfg.shift_span))
 
 
 def _robust_z(c: float, others: list[float], floor: float) -> float:
