@@ -212,6 +212,24 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
     assert _no_node_left(run_dir) == []
 
 
+def _kept_out_and_isolated(
+    run_dir: Path, en: dict[str, Any], colluder: str, honest: set[str]
+) -> None:
+    """The colluder's updates never aggregated, at most one honest one left out a round, no
+    honest update screened late; by the end en isolated the colluder, and nobody else."""
+    for r in ("1", "2", "3"):
+        rec = en["rounds"][r]
+        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
+        assert colluder not in aggregated, rec
+        assert len(honest - aggregated) <= 1, rec  # see the scaling attacker's test
+        assert set(rec.get("late_screen", {})) <= {colluder}, rec
+    run = json.loads((run_dir / "run.json").read_text())
+    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
+    assert last["en"]["isolated_peers"] == ["mixed"], last["en"]
+    assert all(n["isolated"] == 0 for name, n in last.items() if name != "en"), last
+    assert _no_node_left(run_dir) == []
+
+
 @pytest.mark.xdist_group("devnet-attack")
 def test_a_colluder_whose_update_comes_after_the_round_is_still_screened_and_isolated(
     tmp_path: Path,
@@ -230,17 +248,7 @@ def test_a_colluder_whose_update_comes_after_the_round_is_still_screened_and_iso
     assert colluder not in second["children_updates"], second  # it came after the round...
     assert honest <= set(second["children_updates"]), second
     assert second["late_screen"][colluder].startswith("opposes"), second  # ...and was screened
-    for r in ("1", "2", "3"):
-        rec = en["rounds"][r]
-        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
-        assert colluder not in aggregated, rec
-        assert len(honest - aggregated) <= 1, rec  # see the scaling attacker's test
-        assert set(rec.get("late_screen", {})) <= {colluder}, rec
-    run = json.loads((run_dir / "run.json").read_text())
-    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
-    assert last["en"]["isolated_peers"] == ["mixed"], last["en"]
-    assert all(n["isolated"] == 0 for name, n in last.items() if name != "en"), last
-    assert _no_node_left(run_dir) == []
+    _kept_out_and_isolated(run_dir, en, colluder, honest)
 
 
 @pytest.mark.xdist_group("devnet-attack")
@@ -259,16 +267,8 @@ def test_a_little_is_enough_colluder_is_flagged_shifted_and_isolated(tmp_path: P
     assert "shifted" in verdict.split(" (")[0], second
     for r in ("1", "2", "3"):
         rec = en["rounds"][r]
-        aggregated = set(rec["trust_weights"]) - set(rec.get("excluded_updates", {}))
-        assert colluder not in aggregated, rec
-        assert len(honest - aggregated) <= 1, rec  # see the scaling attacker's test
-        assert set(rec.get("late_screen", {})) <= {colluder}, rec
         assert all("shifted" not in rec["screen"][h] for h in honest & set(rec["screen"])), rec
-    run = json.loads((run_dir / "run.json").read_text())
-    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
-    assert last["en"]["isolated_peers"] == ["mixed"], last["en"]
-    assert all(n["isolated"] == 0 for name, n in last.items() if name != "en"), last
-    assert _no_node_left(run_dir) == []
+    _kept_out_and_isolated(run_dir, en, colluder, honest)
 
 
 @pytest.mark.xdist_group("devnet-fault")
