@@ -23,7 +23,7 @@ import numpy as np
 
 from p2phier.artifact import Artifact
 from p2phier.identity import Identity
-from p2phier.learn import api, cycle
+from p2phier.learn import api, central, cycle
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
     AggregationConfig,
@@ -481,9 +481,12 @@ def run_hierarchy(
     re-factorises keeping up to rank 32, publishes the new version as an int8 artifact, and
     every child downloads it (see :class:`_ZeroBases`).  Everyone uses what the artifacts
     decode to, so int8 errors are part of the result.
-    Isolated: each child trains alone for ``rounds * steps`` on its shard.  Central: one
-    model on the pooled shards for ``rounds * steps`` steps of ``nodes * batch`` examples
-    (the same examples processed as the whole hierarchy).
+    Isolated: each child trains alone for ``rounds * steps`` on its shard.  Central: the
+    baseline every figure uses (:mod:`p2phier.learn.central`, as the devnet's): one model on
+    the pooled shards for ``nodes * rounds * steps`` steps at the children's batch size (the
+    same examples processed as the whole hierarchy), at the better of the children's rate and
+    a quarter of it on a validation split of the pooled training data (it trains on the other
+    90%).
     """
     info = read_tier_info(tier_dir)
     pool_src, test_src = stratified_split(news, [0.8, 0.2], seed=0)
@@ -574,12 +577,29 @@ def run_hierarchy(
         "pooled": sum(isolated_pooled) / len(isolated_pooled),
         "pooled_per_node": isolated_pooled,
     }
-    central_model = Session(tier, parents=[v0], settings=LORA, seed=0)
-    central_model.train_classifier(
-        pooled_train,
-        train_config(total_steps, seed=0, batch=scale.hier_batch * len(nodes)),
+    node_lr = train_config(scale.hier_steps, seed=0).lr  # the children's rate
+    candidates = [
+        central.train(
+            tier_dir,
+            root / f"central-lr{lr:g}",
+            pooled_train,
+            lr=lr,
+            steps=central.steps(total_steps, len(nodes)),
+            batch_size=scale.hier_batch,
+            max_length=MAX_LEN,
+            lora=LORA,
+            parents=[v0],
+        )
+        for lr in central.rates(node_lr)
+    ]
+    chosen = central.best(candidates)
+    central_model = Session(tier, parents=[v0], adapter=chosen.adapter_dir, settings=LORA)
+    central_scores = _node_scores(central_model, nodes, pooled_test)
+    central_scores.update(
+        lr=chosen.lr,
+        valid={f"{c.lr:g}": c.valid for c in candidates},
+        steps=central.steps(total_steps, len(nodes)),
     )
-    central = _node_scores(central_model, nodes, pooled_test)
 
     raw_data = sum(len(e.text.encode()) for e in pooled_train)
     full_model = info.weights_bytes
@@ -592,7 +612,7 @@ def run_hierarchy(
         "n_test": [len(te) for _, te in nodes],
         "hier": hier,
         "isolated": isolated,
-        "central": central,
+        "central": central_scores,
         "bytes_up": up,
         "bytes_down": down,
         "bytes_hier": up + down,

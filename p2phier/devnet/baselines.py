@@ -12,7 +12,8 @@ Owns:
   own tier alone on its whole shard, with the hierarchy's compute:
   ``steps_per_cycle x rounds`` steps) and the centralised one (one model of
   the master's tier trained on the pooled shards of every training node, with
-  their summed steps), both scored on each node's held-out data.
+  their summed steps, as :mod:`p2phier.learn.central` defines it for every
+  figure), both scored on each node's held-out data.
 
 This module and the devnet runner are the only devnet modules that use
 :mod:`p2phier.learn`; it is imported inside the functions, so importing this
@@ -27,12 +28,13 @@ import os
 import random
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2phier.devnet.report import Baselines
 from p2phier.devnet.scenario import NodeSpec, Scenario, ScenarioError
+from p2phier.learn.central import Candidate as CentralCandidate
 
 if TYPE_CHECKING:
     from p2phier.learn.data import Example
@@ -260,16 +262,6 @@ def _node_tier(
     return current
 
 
-@dataclass(frozen=True)
-class CentralCandidate:
-    """The central model trained at one learning rate: validation and per-node test accuracy."""
-
-    lr: float
-    valid: float
-    scores: Mapping[str, float]
-    adapter_dir: Path
-
-
 def _setup(scenario: Scenario) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -294,13 +286,11 @@ def _lora(scenario: Scenario) -> LoraSettings:
     return LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=t.train_pooler)
 
 
-def central_rates(scenario: Scenario) -> tuple[float, float]:
-    """The learning rates the central baseline tries: the nodes' and a quarter of it.
+def central_rates(scenario: Scenario) -> tuple[float, ...]:
+    """The learning rates the central baseline tries (:func:`p2phier.learn.central.rates`)."""
+    from p2phier.learn import central
 
-    The central model runs ``len(trainers)`` times the nodes' steps: the nodes' rate (chosen
-    for short local cycles) can be too high for that many.
-    """
-    return (scenario.learning.lr, scenario.learning.lr / 4)
+    return central.rates(scenario.learning.lr)
 
 
 def isolated_baseline(
@@ -350,49 +340,40 @@ def central_candidate(
     lr: float,
     root: Path | None = None,
 ) -> CentralCandidate:
-    """One central model (the root tier on the pooled training shards, the summed steps) at
-    learning rate ``lr``: its accuracy on a validation split of the pooled TRAINING data
-    (every 10th example; it trains on the other 90%) and on each node's held-out data."""
-    from p2phier.learn import api
-    from p2phier.learn.train import TrainConfig
+    """One central model at learning rate ``lr`` as :mod:`p2phier.learn.central` defines it
+    (the root tier on the pooled training shards, the summed steps, chosen on a validation
+    split of that training data), with its accuracy on each node's held-out data."""
+    from p2phier.learn import api, central
 
     _setup(scenario)
     t = scenario.learning
     trainers = _trainers(scenario, data)
     root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
-    pooled = [e for n in trainers for e in data[n.name].train]
-    valid = pooled[::10]
-    fit = [e for i, e in enumerate(pooled) if i % 10]
-    out = Path(work_dir) / f"central-lr{lr:g}"
-    result = api.train_cycle(
+    got = central.train(
         root,
-        out,
-        fit,
-        train=TrainConfig(
-            steps=t.steps_per_cycle * scenario.rounds * len(trainers),
-            batch_size=t.batch_size,
-            lr=lr,
-            max_length=t.max_length,
-            seed=scenario.seed,
-        ),
+        Path(work_dir) / f"central-lr{lr:g}",
+        [e for n in trainers for e in data[n.name].train],
+        lr=lr,
+        steps=central.steps(t.steps_per_cycle * scenario.rounds, len(trainers)),
+        batch_size=t.batch_size,
+        max_length=t.max_length,
         lora=_lora(scenario),
-        eval_sets={"valid": valid},
+        seed=scenario.seed,
         init_seed=scenario.seed,
     )
-    acc = result.metrics.scores["accuracy.valid"]
-    log.info("central baseline at lr %g: validation accuracy %.3f", lr, acc)
+    log.info("central baseline at lr %g: validation accuracy %.3f", lr, got.valid)
     # on each node's held-out data among the labels of its domain, as the nodes are measured
     scores = {
         n.name: api.evaluate(
             root,
             {"own": data[n.name].test},
-            adapter=result.adapter_dir,
+            adapter=got.adapter_dir,
             max_length=t.max_length,
             answers=answer_labels(scenario, data, n.name),
         )["accuracy.own"]
         for n in trainers
     }
-    return CentralCandidate(lr, acc, scores, result.adapter_dir)
+    return replace(got, scores=scores)
 
 
 def combine_baselines(
@@ -404,12 +385,11 @@ def combine_baselines(
 ) -> Baselines:
     """The baselines record: the central candidate with the best validation accuracy (the
     first on a tie, in :func:`central_rates` order), copied to ``work_dir/central``."""
+    from p2phier.learn import central
+
     if not candidates:
         raise ScenarioError("no central candidate to choose from")
-    best = candidates[0]
-    for c in candidates[1:]:
-        if c.valid > best.valid:
-            best = c
+    best = central.best(candidates)
     central_dir = Path(work_dir) / "central"
     if not central_dir.exists():
         shutil.copytree(best.adapter_dir, central_dir)

@@ -96,6 +96,10 @@ def test_smoke_run_prints_tables_and_ends_with_the_json_line(tmp_path: Path) -> 
     assert _number(result["hier_bytes_pct_of_raw_data"]) > 0
     hier = result["hierarchy"]
     assert hier["bytes_hier"] == hier["bytes_up"] + hier["bytes_down"] > 0
+    # the one central baseline: the better of two learning rates on a validation split
+    tried = hier["central"]["valid"]
+    assert len(tried) == 2 and f"{hier['central']['lr']:g}" in tried
+    assert tried[f"{hier['central']['lr']:g}"] == max(tried.values())
     assert math.isclose(
         result["hier_bytes_pct_of_central"],
         100 * hier["bytes_hier"] / hier["bytes_full_model_exchange"],
