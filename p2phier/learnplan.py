@@ -63,7 +63,8 @@ TIER_SOURCES = ("dir", "distil", "int8")
 RULES = ("fedavg", "median", "trimmed_mean", "norm_clip", "probe_scored")
 #: the continual-learning methods a node can run; what each turns on, with which parameters,
 #: is :func:`p2phier.learn.cycle.continual_config` (the one mapping, the bench's too)
-CONTINUAL = ("naive", "replay", "ewc", "replay+ewc", "replay+logits")
+CONTINUAL = ("naive", "replay", "ewc", "replay+ewc", "replay+logits", "replay+ace",
+             "replay+logits+ace")  # fmt: skip
 RECORD_FIELDS = ("uid", "text", "label", "domain", "subdomain")
 MAX_FIELD_CHARS = 1 << 20
 MAX_VOCAB = 1 << 24

@@ -12,6 +12,13 @@ configurable forgetting-prevention mechanisms:
   Hard labels alone let the shared head drift towards the new classes; the
   old logits keep the old decision margins (measured on BBC News
   class-incremental: replay alone forgets ~8 points);
+* asymmetric cross-entropy (ER-ACE, Caccia et al. 2022, "New insights on reducing
+  abrupt representation change in online continual learning"): the new examples'
+  loss counts only the labels present among the stage's new examples, the replayed
+  examples' every label.  New data of a few labels then stops pushing the other
+  labels' logits down (what makes a head drift towards the newest classes); replay
+  still teaches every label against every other.  Where the new examples hold every
+  label (an ordinary round), it is plain cross-entropy;
 * EWC (elastic weight consolidation): a quadratic penalty
   ``lambda/2 * sum F_i (theta_i - theta*_i)^2`` on the trainable parameters,
   with the diagonal Fisher ``F`` estimated from squared gradients on the data
@@ -54,6 +61,8 @@ class ContinualConfig:
     ewc_lambda: float = 0.0
     ewc_samples: int = 64
     logit_replay_weight: float = 0.0
+    #: asymmetric cross-entropy: the new examples' loss over the stage's new labels only
+    ace: bool = False
 
     def __post_init__(self) -> None:
         if self.replay_per_label < 0 or self.ewc_samples < 0:
@@ -76,6 +85,7 @@ class ContinualConfig:
                 ("replay", self.replay_per_label > 0),
                 ("logits", self.logit_replay_weight > 0),
                 ("ewc", self.ewc_lambda > 0),
+                ("ace", self.ace),
             )
             if on
         ]
@@ -201,6 +211,13 @@ class ContinualLearner:
             self._fisher[n] = self._fisher.get(n, torch.zeros_like(f)) + f
             self._anchor[n] = params[n].detach().clone()
 
+    def _absent_labels(self, new: Sequence[Example]) -> torch.Tensor | None:
+        """A mask of the head's labels that no example of ``new`` has (None: none absent)."""
+        labels = self.session.tier.labels
+        present = {e.label for e in new}
+        absent = torch.tensor([label not in present for label in labels], dtype=torch.bool)
+        return absent if bool(absent.any()) else None
+
     # --- stages ---
 
     def learn(
@@ -217,6 +234,9 @@ class ContinualLearner:
         new_sampler, replay_sampler = EpochSampler(len(new)), EpochSampler(max(1, len(replay)))
         use_ewc = cfg.ewc_lambda > 0 and bool(self._fisher)
         use_logits = cfg.logit_replay_weight > 0 and n_replay > 0
+        # ACE: the labels absent from the new examples, masked out of their loss (none
+        # absent: plain cross-entropy, so an ordinary round trains exactly as without it)
+        absent = self._absent_labels(new) if cfg.ace else None
 
         def loss(rng: random.Random) -> torch.Tensor:
             batch = [new[i] for i in new_sampler.take(n_new, rng)]
@@ -224,8 +244,19 @@ class ContinualLearner:
             if n_replay:
                 batch += [replay[i] for i in replay_sampler.take(n_replay, rng)]
             inputs = self.session.tier.encode([e.text for e in batch], tc.max_length)
-            out = self.session.model(**inputs, labels=self.session.label_ids(batch))
-            total: torch.Tensor = out.loss
+            labels = self.session.label_ids(batch)
+            if absent is None:
+                out = self.session.model(**inputs, labels=labels)
+                total: torch.Tensor = out.loss
+            else:
+                out = self.session.model(**inputs)
+                logits = out.logits.float()
+                masked = logits[:fresh].masked_fill(absent, float("-inf"))
+                ce = torch.nn.functional.cross_entropy
+                total = (
+                    ce(masked, labels[:fresh], reduction="sum")
+                    + ce(logits[fresh:], labels[fresh:], reduction="sum")
+                ) / len(batch)
             if use_logits:
                 kept = torch.stack([self._logits[e.uid] for e in batch[fresh:]])
                 total = total + cfg.logit_replay_weight * torch.nn.functional.mse_loss(

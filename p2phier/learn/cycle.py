@@ -88,11 +88,12 @@ def continual_config(plan: LearnSettings, seed: int) -> ContinualConfig | None:
     Every part of the name is one mechanism: ``replay`` (a class-balanced buffer of
     ``replay_per_label`` examples per label), ``ewc`` (:data:`EWC_LAMBDA`), ``logits``
     (replayed examples also pulled to their kept logits, ``logit_replay_weight``; it needs
-    the buffer, so with ``replay_per_label`` 0 it is off as the buffer is).
+    the buffer, so with ``replay_per_label`` 0 it is off as the buffer is), ``ace``
+    (asymmetric cross-entropy: the new examples' loss over their own labels only).
     ``bench/learn.py`` measures every method through this function too.
     """
     parts = set(plan.continual.split("+"))
-    unknown = parts - {"naive", "replay", "ewc", "logits"}
+    unknown = parts - {"naive", "replay", "ewc", "logits", "ace"}
     if unknown or plan.continual not in CONTINUAL:
         raise ValueError(f"unknown continual-learning method {plan.continual!r}")
     if parts == {"naive"}:
@@ -103,6 +104,7 @@ def continual_config(plan: LearnSettings, seed: int) -> ContinualConfig | None:
         replay_per_label=replay,
         ewc_lambda=EWC_LAMBDA if "ewc" in parts else 0.0,
         logit_replay_weight=plan.logit_replay_weight if "logits" in parts and replay else 0.0,
+        ace="ace" in parts,
     )
 
 

@@ -199,3 +199,56 @@ def test_the_nodes_cycle_resumes_from_its_earlier_data(
         replay=old,
     )
     assert resumed == [len(old)]
+
+
+def _head(session: Session) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().clone()
+        for n, p in session.model.named_parameters()
+        if p.requires_grad and "classifier" in n and p.dim() >= 1
+    }
+
+
+def test_ace_leaves_the_labels_absent_from_the_new_data_alone(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    """The new examples' loss counts only their own labels: without replay, the head rows of
+    every other label get no gradient (plain cross-entropy pushes them down)."""
+    train = TrainConfig(steps=4, batch_size=8, max_length=32, seed=1)
+    _, new = class_incremental(sample_per_label(bbc_split[0], 6, 0), [OLD, NEW])
+    rows = {}
+    for ace in (False, True):
+        session = Session(load_tier(tiny_cls_dir), seed=0)
+        absent = [i for i, label in enumerate(session.tier.labels) if label not in NEW]
+        assert absent and len(absent) < len(session.tier.labels)
+        before = _head(session)
+        config = ContinualConfig(train=train, replay_per_label=0, ace=ace)
+        assert config.strategy == ("ace" if ace else "naive")
+        ContinualLearner(session, config).learn(new, {"new": new})
+        after = _head(session)
+        assert before, "the tiny tier's head was not found"
+        rows[ace] = [bool(torch.equal(before[n][absent], after[n][absent])) for n in before]
+        present = [i for i in range(len(session.tier.labels)) if i not in absent]
+        assert not all(torch.equal(before[n][present], after[n][present]) for n in before)
+    assert not any(rows[False])  # plain cross-entropy moved the absent labels' rows
+    assert all(rows[True])  # ACE did not
+
+
+def test_ace_is_plain_cross_entropy_when_the_new_data_holds_every_label(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    train = TrainConfig(steps=3, batch_size=8, max_length=32, seed=2)
+    tier = load_tier(tiny_cls_dir)
+    data = sample_per_label(bbc_split[0], 4, 0)
+    assert {e.label for e in data} == set(tier.labels)
+    heads = []
+    for ace in (False, True):
+        session = Session(tier, seed=0)
+        config = ContinualConfig(train=train, replay_per_label=4, ace=ace)
+        learner = ContinualLearner(session, config)
+        learner.restore_buffer(data)
+        learner.learn(data, {})
+        heads.append(_head(session))
+    assert heads[0] and set(heads[0]) == set(heads[1])
+    for name in heads[0]:
+        assert torch.allclose(heads[0][name], heads[1][name], atol=1e-6), name

@@ -73,6 +73,7 @@ def test_every_continual_method_maps_to_one_config_from_the_plan() -> None:
     assert logits.replay_per_label == replay.replay_per_label == plan.replay_per_label
     assert replay.logit_replay_weight == 0.0 and replay.ewc_lambda == 0.0
     assert all(c.ewc_lambda == EWC_LAMBDA for m, c in configs.items() if c and "ewc" in m)
+    assert all(c.ace == ("ace" in m) for m, c in configs.items() if c)
     weighted = replace(plan, continual="replay+logits", logit_replay_weight=2.0)
     assert (c := continual_config(weighted, seed=0)) and c.logit_replay_weight == 2.0
     # no buffer, nothing to pull to its logits: plain fine-tuning's config, not an error
