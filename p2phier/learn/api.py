@@ -34,6 +34,7 @@ Records carry numbers only: no raw text ever leaves the node through them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -233,14 +234,8 @@ def train_cycle(
 
 
 def _with_train(config: ContinualConfig, train: TrainConfig) -> ContinualConfig:
-    return ContinualConfig(
-        train=train,
-        replay_per_label=config.replay_per_label,
-        replay_fraction=config.replay_fraction,
-        ewc_lambda=config.ewc_lambda,
-        ewc_samples=config.ewc_samples,
-        logit_replay_weight=config.logit_replay_weight,
-    )
+    """``config`` with ``train`` (every other field kept: a copy by hand once dropped one)."""
+    return dataclasses.replace(config, train=train)
 
 
 # --- upstream: updates, aggregation, publishing ----------------------------------------------

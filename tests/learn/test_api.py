@@ -369,3 +369,21 @@ def test_screen_updates_judges_a_late_update_against_the_rounds_updates(tmp_path
                  common_b + 0.3 * rng.normal(size=(5, 2)),
                  head + common_h + 0.3 * rng.normal(size=(3, 5)))  # fmt: skip
     assert api.screen_updates(version, {**children, "late": (again, 1.0)})["late"].ok
+
+
+def test_a_cycle_keeps_every_continual_setting_but_the_training_budget() -> None:
+    """train_cycle gives the continual learner its own TrainConfig; every other setting is
+    the caller's (a copy field by field once dropped ``ace``: the method silently ran as
+    ``replay+logits``)."""
+    from p2phier.learn.continual import ContinualConfig
+
+    config = ContinualConfig(
+        train=TrainConfig(steps=1), replay_per_label=3, replay_fraction=0.25, ewc_lambda=2.0,
+        ewc_samples=5, logit_replay_weight=0.5, ace=True,
+    )  # fmt: skip
+    defaults = ContinualConfig()
+    got = api._with_train(config, TrainConfig(steps=7))
+    assert got.train == TrainConfig(steps=7)
+    for f in dataclasses.fields(ContinualConfig):
+        if f.name != "train":
+            assert getattr(got, f.name) == getattr(config, f.name) != getattr(defaults, f.name)
