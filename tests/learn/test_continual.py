@@ -260,3 +260,37 @@ def test_ace_is_plain_cross_entropy_when_the_new_data_holds_every_label(
     assert heads[0] and set(heads[0]) == set(heads[1])
     for name in heads[0]:
         assert torch.allclose(heads[0][name], heads[1][name], atol=1e-6), name
+
+
+def test_ace_replays_the_new_examples_with_the_old_ones(
+    tiny_cls_dir: Path, bbc_split: tuple[list[Example], list[Example]]
+) -> None:
+    """Under ACE the replayed part of a batch (loss over every label) also draws from the
+    new examples, class-balanced: where the new labels are taught against the old ones."""
+    train = TrainConfig(steps=6, batch_size=8, max_length=32, seed=1)
+    old, new = class_incremental(sample_per_label(bbc_split[0], 6, 0), [OLD, NEW])
+    new_uids = {e.uid for e in new}
+    replayed: dict[bool, set[str]] = {}
+    for ace in (False, True):
+        session = Session(load_tier(tiny_cls_dir), seed=0)
+        learner = ContinualLearner(
+            session, ContinualConfig(train=train, replay_per_label=2, ace=ace)
+        )
+        learner.restore_buffer(old)
+        drawn: set[str] = set()
+        label_ids = session.label_ids
+
+        def record(batch, _ids=label_ids, _drawn=drawn):  # type: ignore[no-untyped-def]
+            _drawn.update(e.uid for e in batch[4:])  # the replayed half of a batch of 8
+            return _ids(batch)
+
+        session.label_ids = record  # type: ignore[method-assign]
+        learner.learn(new, {})
+        replayed[ace] = drawn
+    assert replayed[False] and not replayed[False] & new_uids
+    assert replayed[True] & new_uids
+    per_label: dict[str, int] = {}
+    for e in new:
+        if e.uid in replayed[True]:
+            per_label[e.label] = per_label.get(e.label, 0) + 1
+    assert set(per_label) == set(NEW) and max(per_label.values()) <= 2  # class-balanced
