@@ -578,13 +578,14 @@ def run_hierarchy(
         "pooled_per_node": isolated_pooled,
     }
     node_lr = train_config(scale.hier_steps, seed=0).lr  # the children's rate
+    central_steps = central.steps(total_steps, len(nodes))
     candidates = [
         central.train(
             tier_dir,
             root / f"central-lr{lr:g}",
             pooled_train,
             lr=lr,
-            steps=central.steps(total_steps, len(nodes)),
+            steps=central_steps,
             batch_size=scale.hier_batch,
             max_length=MAX_LEN,
             lora=LORA,
@@ -598,7 +599,7 @@ def run_hierarchy(
     central_scores.update(
         lr=chosen.lr,
         valid={f"{c.lr:g}": c.valid for c in candidates},
-        steps=central.steps(total_steps, len(nodes)),
+        steps=central_steps,
     )
 
     raw_data = sum(len(e.text.encode()) for e in pooled_train)

@@ -77,11 +77,7 @@ def best(candidates: Sequence[Candidate]) -> Candidate:
     """The candidate with the best validation accuracy (the first on a tie)."""
     if not candidates:
         raise UsageError("no central candidate to choose from")
-    out = candidates[0]
-    for c in candidates[1:]:
-        if c.valid > out.valid:
-            out = c
-    return out
+    return max(candidates, key=lambda c: c.valid)  # max keeps the first of equals
 
 
 def train(

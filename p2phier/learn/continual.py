@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from p2phier.learn.data import Example
+from p2phier.learn.data import Example, sample_per_label
 from p2phier.learn.models import ModelError
 from p2phier.learn.train import EpochSampler, Session, TrainConfig
 
@@ -220,17 +220,6 @@ class ContinualLearner:
             self._fisher[n] = self._fisher.get(n, torch.zeros_like(f)) + f
             self._anchor[n] = params[n].detach().clone()
 
-    def _per_label(self, examples: Sequence[Example], cap: int) -> list[Example]:
-        """Up to ``cap`` examples of each label of ``examples``, drawn with the learner's rng."""
-        by_label: dict[str, list[Example]] = {}
-        for e in examples:
-            by_label.setdefault(e.label, []).append(e)
-        out: list[Example] = []
-        for label in sorted(by_label):
-            group = by_label[label]
-            out += group if len(group) <= cap else self._rng.sample(group, cap)
-        return out
-
     def _absent_labels(self, new: Sequence[Example]) -> torch.Tensor | None:
         """ACE's mask over the head's labels: those no example of ``new`` has (None: none)."""
         present = {e.label for e in new}
@@ -256,7 +245,8 @@ class ContinualLearner:
             # the replayed examples' loss over every label is where the new labels are
             # taught against the old ones, class-balanced
             known = {e.uid for e in replay}
-            replay += [e for e in self._per_label(new, cfg.replay_per_label) if e.uid not in known]
+            drawn = sample_per_label(new, cfg.replay_per_label, seed=self._rng.randrange(1 << 30))
+            replay += [e for e in drawn if e.uid not in known]
         n_replay = round(tc.batch_size * cfg.replay_fraction) if replay else 0
         n_new = tc.batch_size - n_replay
         new_sampler, replay_sampler = EpochSampler(len(new)), EpochSampler(max(1, len(replay)))
