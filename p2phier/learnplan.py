@@ -122,7 +122,7 @@ class LearnSettings:
     lr: float = _setting(5e-3, Num(1e-8, 10.0), "training")
     max_length: int = _setting(64, Int(2, 4096), "training")  # tokens per example
     #: the method that forgot least in bench/learn.py (2026-12-06, two node cycles through
-    #: cycle.train, this budget): 1.1 pts (old topics 0.81 -> 0.81, new 0.66) against
+    #: cycle.train, this budget): 1.7 pts (old topics 0.81 -> 0.82, new 0.68) against
     #: replay+logits' 8.3 (0.90 -> 0.82, new 0.49) and replay's 45.5 (see
     #: p2phier.learn.continual for what ``ace`` does)
     continual: str = _setting("replay+logits+ace", Choice(CONTINUAL), "training")

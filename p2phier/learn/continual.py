@@ -22,7 +22,7 @@ configurable forgetting-prevention mechanisms:
   every label against every other, class-balanced.  Measured (bench/learn.py's
   class-incremental BBC News, the devnet's budget of 16 steps at lr 5e-3):
   ``replay+logits`` 0.898 -> 0.816 on the old topics and 0.485 on the new ones,
-  ``replay+logits+ace`` 0.809 -> 0.813 and 0.656 (masking only the labels the node
+  ``replay+logits+ace`` 0.809 -> 0.819 and 0.676 (masking only the labels the node
   already knew lost the old ones: 0.898 -> 0.705, new 0.247); a node with two of five
   topics on a parent version that knew all five (0.875), after two cycles: 0.646 on
   its own topics and 0.258 on all without it, 0.746 and 0.413 with it.  Where the new
