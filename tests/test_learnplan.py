@@ -42,7 +42,7 @@ def test_a_good_plan_resolves_paths_against_its_directory(tmp_path: Path) -> Non
     assert plan.data == tmp_path / "data.json"
     assert plan.trains and not plan.parent
     assert plan.rule == "median" and plan.collect_s == 30.0
-    assert plan.steps_per_cycle == 16  # default
+    assert plan.steps_per_cycle == 8  # default
     assert plan.labels == ()  # default: every label of the tier
     named = load_plan(_write(tmp_path, {**GOOD, "labels": ["tech", "sport"]}))
     assert named.labels == ("tech", "sport")
