@@ -437,6 +437,24 @@ class Session:
             return torch.zeros((0, len(self.tier.labels)))
         return torch.cat(outs)
 
+    @torch.no_grad()
+    def embeddings(
+        self, texts: Sequence[str], max_length: int = 64, batch: int = 32
+    ) -> NDArray[np.float32]:
+        """Each text's sentence embedding (a float32 numpy array [n, hidden]): the mean of the
+        last hidden states over its tokens (the master tier's sentence-transformers pooling),
+        scaled to unit length (:mod:`p2phier.learn.prototypes`)."""
+        outs = []
+        for i in range(0, len(texts), batch):
+            inputs = self.tier.encode(texts[i : i + batch], max_length)
+            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1].float()
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            outs.append(torch.nn.functional.normalize(pooled, dim=-1))
+        if not outs:
+            return np.zeros((0, 0), dtype=np.float32)
+        return torch.cat(outs).numpy().astype(np.float32)
+
     def _answer_ids(self, answers: Sequence[str]) -> tuple[int, ...]:
         """The label indices of ``answers`` (a domain's task: the labels its model answers
         with); empty: every label of the tier."""

@@ -1,0 +1,118 @@
+"""Class prototypes: exact merging (a property), nearest class mean, task routing, embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2phier.learn.prototypes import PrototypeError, Prototypes, route
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=40),
+    cut=st.floats(min_value=0.0, max_value=1.0),
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_merging_shards_gives_the_prototypes_of_the_pooled_examples(
+    n: int, cut: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    emb = _unit(rng.normal(size=(n, 6)))
+    labels = [("a", "b", "c")[i] for i in rng.integers(0, 3, size=n)]
+    k = int(cut * n)
+    pooled = Prototypes.of(emb, labels)
+    parts = [
+        Prototypes.of(emb[s], labels[s]) for s in (slice(0, k), slice(k, n)) if s.stop > s.start
+    ]
+    merged = parts[0].merge(*parts[1:])
+    assert merged.labels == pooled.labels and merged.counts == pooled.counts
+    np.testing.assert_allclose(merged.sums, pooled.sums, rtol=1e-12, atol=1e-12)
+    names, means = merged.means()
+    _, direct = pooled.means()
+    np.testing.assert_allclose(means, direct, atol=1e-12)
+    assert np.allclose(np.linalg.norm(means, axis=1), 1.0)
+    assert names == pooled.labels
+
+
+def test_nearest_class_mean_among_the_answers() -> None:
+    protos = Prototypes.of(np.eye(3), ["x", "y", "z"])
+    q = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.1, 0.0, 0.6]])
+    assert protos.nearest(q) == ["x", "z", "z"]
+    # restricted to the answers, the third query's nearest allowed label is x
+    assert protos.nearest(q, answers=("x", "y")) == ["x", "y", "x"]
+    with pytest.raises(PrototypeError, match="no prototype"):
+        protos.nearest(q, answers=("w",))
+    with pytest.raises(PrototypeError, match="shape"):
+        protos.nearest(np.ones((2, 4)))
+
+
+def test_route_answers_with_the_head_inside_the_task_the_prototypes_pick() -> None:
+    # two tasks in a 4-label head: topics (t1, t2) and sentiments (s1, s2)
+    labels = ("s1", "s2", "t1", "t2")
+    protos = Prototypes.of(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), labels)
+    tasks = {"news": ["t1", "t2"], "health": ["s1", "s2"]}
+    emb = np.array([[0.05, 1.0], [1.0, 0.02]])  # a news text, a review
+    # the head prefers a sentiment for the news text (its logits are not comparable across
+    # tasks) and, inside the topics, t2
+    logits = np.array([[5.0, 4.0, 1.0, 2.0], [0.0, 3.0, 9.0, 1.0]])
+    assert route(logits, emb, protos, tasks, labels) == ["t2", "s2"]
+    # the union head alone would have answered s1 and t1: both wrong tasks
+    assert [labels[i] for i in logits.argmax(axis=1)] == ["s1", "t1"]
+    with pytest.raises(PrototypeError, match="in tasks"):
+        route(logits, emb, protos, {"a": ["t1"], "b": ["t1"]}, labels)
+    with pytest.raises(PrototypeError, match="not among the head"):
+        route(logits, emb, protos, {"a": ["q"]}, labels)
+
+
+def test_bad_prototypes_are_refused() -> None:
+    with pytest.raises(PrototypeError, match="duplicate"):
+        Prototypes(("a", "a"), np.zeros((2, 3)), (1, 1))
+    with pytest.raises(PrototypeError, match="positive count"):
+        Prototypes(("a",), np.zeros((1, 3)), (0,))
+    with pytest.raises(PrototypeError, match="finite"):
+        Prototypes(("a",), np.full((1, 3), np.nan), (1,))
+    with pytest.raises(PrototypeError, match="sums of shape"):
+        Prototypes(("a", "b"), np.zeros((1, 3)), (1, 1))
+    with pytest.raises(PrototypeError, match="dimension"):
+        Prototypes.of(np.eye(2), ["a", "b"]).merge(Prototypes.of(np.eye(3), ["a", "b", "c"]))
+    with pytest.raises(PrototypeError, match="labels for embeddings"):
+        Prototypes.of(np.eye(2), ["a"])
+
+
+@pytest.mark.ml
+@pytest.mark.xdist_group("learn-ml")
+@pytest.mark.usefixtures("torch_ready")
+def test_session_embeddings_are_unit_mean_pooled_and_separate_the_datasets(
+    master_dir: Path, bbc: list, drugs: list
+) -> None:
+    """Under the master tier a news article lies nearer the news prototypes than a drug
+    review's: the routing the language node lacks (bench/routing.py) is there to be had."""
+    from p2phier.learn.data import sample_per_label
+    from p2phier.learn.models import load_tier
+    from p2phier.learn.train import Session
+
+    session = Session(load_tier(master_dir))
+    train = sample_per_label(bbc, 6, seed=0) + sample_per_label(drugs, 6, seed=0)
+    seen = {e.uid for e in train}
+    test = [e for e in sample_per_label(bbc, 8, seed=1) + sample_per_label(drugs, 8, seed=1)
+            if e.uid not in seen]  # fmt: skip
+    emb = session.embeddings([e.text for e in train], max_length=64)
+    assert emb.dtype == np.float32 and emb.shape == (len(train), 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # padding does not change an embedding: alone or in a batch with longer texts
+    alone = session.embeddings([train[0].text], max_length=64)
+    np.testing.assert_allclose(alone[0], emb[0], atol=1e-5)
+    protos = Prototypes.of(emb, [e.domain for e in train])
+    test_emb = session.embeddings([e.text for e in test], max_length=64)
+    right = sum(p == e.domain for p, e in zip(protos.nearest(test_emb), test, strict=True))
+    # the default devnet's language node: 230 of 233 (bench/routing.py)
+    assert len(test) >= 50 and right >= 0.9 * len(test), (right, len(test))
