@@ -273,6 +273,10 @@ class RoundResult:
     refactor_error: float  # max relative error of the re-factorisation over modules
     #: the quality screen's verdict on every update but the trusted ones
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
+    #: the parent's probe-set update (on what the children cover) where the round trained one:
+    #: its screen's trusted direction without the parent's own update, kept for the round's
+    #: late updates (:func:`screen_updates`)
+    probe: Mapping[str, NDArray[np.float32]] | None = None
 
 
 def aggregate_round(
@@ -380,7 +384,7 @@ def aggregate_round(
         chosen,
         refactored.max_relative_error,
     )
-    return RoundResult(path, result, chosen, refactored.max_relative_error, verdicts)
+    return RoundResult(path, result, chosen, refactored.max_relative_error, verdicts, probe)
 
 
 def _child_updates(children: Mapping[str, tuple[Path, float]], version: Path) -> list[ChildUpdate]:
@@ -396,16 +400,19 @@ def screen_updates(
     *,
     trusted: Sequence[str] = (OWN_UPDATE,),
     quality: QualityConfig | None = None,
+    probe: Mapping[str, NDArray[np.float32]] | None = None,
 ) -> dict[str, Verdict]:
     """The quality screen of :func:`aggregate_round` alone (the parent's own update as the
-    trusted reference, no trusted-set loss): a verdict on every update but the
+    trusted reference, else the round's ``probe`` (:attr:`RoundResult.probe`), as the
+    round's screen had it; no trusted-set loss): a verdict on every update but the
     ``trusted`` ones.  For an update that came after its round was aggregated: it is
     judged against the round's updates as if it had come in time, and its verdict is
     evidence although the update no longer counts."""
     updates = _child_updates(children, version)
     _check_coverage(updates, read_adapter(version).effective(), version)
     own = next((u.delta for u in updates if u.child == OWN_UPDATE), None)
-    _, verdicts = screen_round(updates, own, trusted=trusted, config=quality)
+    reference = own if own is not None else probe
+    _, verdicts = screen_round(updates, reference, trusted=trusted, config=quality)
     return dict(verdicts)
 
 

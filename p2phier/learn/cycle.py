@@ -306,6 +306,9 @@ def aggregate(
         "aggregate_s": 0.0,
         # the updates aggregated: the screen may have left some out
         "n_updates": len(result.aggregation.children),
+        # the screen's trusted direction where the round trained a probe (numpy tensors, kept
+        # in memory by the learner for the round's late updates: screen_late)
+        "probe": result.probe,
     }
     kept = out["n_updates"]
     valid = examples(validation)
@@ -363,11 +366,15 @@ def _verdicts(verdicts: Mapping[str, Verdict]) -> dict[str, dict[str, Any]]:
     }
 
 
-def screen_late(version: Path, updates: Mapping[str, tuple[Path, float]]) -> dict[str, Any]:
+def screen_late(
+    version: Path, updates: Mapping[str, tuple[Path, float]], probe: Any = None
+) -> dict[str, Any]:
     """The screen's verdicts on a round's updates (``author -> (adapter, weight)``, the
     node's own under ``OWN_UPDATE``) on ``version``, the flat they were trained on, as
-    :func:`aggregate` reports them: for an update that came after its round."""
-    return _verdicts(api.screen_updates(version, updates))
+    :func:`aggregate` reports them: for an update that came after its round.  ``probe``:
+    the round's (``aggregate``'s ``probe``), the trusted direction of a parent that sends
+    no own update, as its round's screen had it."""
+    return _verdicts(api.screen_updates(version, updates, probe=probe))
 
 
 #: A held domain is judged on its own only with at least this many validation examples:

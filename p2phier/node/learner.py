@@ -123,6 +123,9 @@ class ScreenedRound:
     updates: dict[str, tuple[Path, float]]
     judged: set[str]
     until: float  # monotonic time after which late updates are no longer screened
+    #: the round's probe (the screen's trusted direction where the node sent no own update):
+    #: without it a late update was judged with no trusted direction at all
+    probe: Any = None
 
 
 class Learner(Inbound):
@@ -657,6 +660,7 @@ class Learner(Inbound):
             screened = ScreenedRound(
                 r, flat_cid, flat, dict(updates), set(fresh) | {OWN_UPDATE},
                 until=time.monotonic() + max(self.plan.collect_s, LATE_SCREEN_MIN_S),
+                probe=out.get("probe"),
             )  # fmt: skip
             older = [c for c in self._screened if c.round != r]
             self._screened = [*older, screened][-LATE_SCREEN_ROUNDS:]
@@ -742,7 +746,7 @@ class Learner(Inbound):
                 continue
             path = await self._prepare_update(u, tier)
             verdicts = await self._work(
-                cycle.screen_late, ctx.flat_dir, {**ctx.updates, u.author: (path, 1.0)}
+                cycle.screen_late, ctx.flat_dir, {**ctx.updates, u.author: (path, 1.0)}, ctx.probe
             )
             v = verdicts[u.author]
             if v["penalty"] > 0:

@@ -371,6 +371,46 @@ def test_screen_updates_judges_a_late_update_against_the_rounds_updates(tmp_path
     assert api.screen_updates(version, {**children, "late": (again, 1.0)})["late"].ok
 
 
+def test_a_late_update_is_judged_with_the_rounds_probe_where_the_parent_sent_no_update(
+    tmp_path: Path,
+) -> None:
+    """A parent that does not train sends no own update: its round's screen took its probe
+    as the trusted direction, and so does the late screen (it had none: a CI run let an IPM
+    colluder's late update pass as ``ok`` that its round-1 screen had flagged ``opposes``
+    with the probe)."""
+    from p2phier.devnet.attacker import collude
+
+    rng = np.random.default_rng(0)
+    zero_b, head = np.zeros((5, 2)), rng.normal(size=(3, 5))
+    version = _toy(tmp_path / "version", rng.normal(size=(2, 6)), zero_b, head)
+    # honest updates nearly orthogonal to each other (one topic each), all with a part along
+    # the parent's probe (what its training data teaches)
+    common_a, common_b, common_h = (
+        rng.normal(size=(2, 6)),
+        rng.normal(size=(5, 2)),
+        rng.normal(size=(3, 5)),
+    )
+
+    def honest(path: Path, share: float) -> Path:
+        return _toy(path, share * common_a + rng.normal(size=(2, 6)),
+                    share * common_b + rng.normal(size=(5, 2)),
+                    head + share * common_h + rng.normal(size=(3, 5)))  # fmt: skip
+
+    children = {name: (honest(tmp_path / name, 0.3), 1.0) for name in "abcde"}
+    probe = api.child_update(honest(tmp_path / "probe", 1.5), version)
+    late = collude("ipm", 0.5, [p for p, _ in children.values()], version, out=tmp_path / "ipm")
+    everyone = {**children, "late": (late, 1.0)}
+    # (without the probe this very screen judges the late update ok: its consensus cosine,
+    # -0.75, is within the honest updates' spread)
+    with_probe = api.screen_updates(version, everyone, probe=probe)
+    assert "opposes" in with_probe["late"].flags, with_probe["late"].reason()
+    assert all(with_probe[n].ok for n in "abcde"), {n: with_probe[n].reason() for n in "abcde"}
+    # through the node's step, as the learner calls it for a late update
+    from p2phier.learn import cycle
+
+    assert cycle.screen_late(version, everyone, probe)["late"]["reason"].startswith("opposes")
+
+
 def test_a_cycle_keeps_every_continual_setting_but_the_training_budget() -> None:
     """train_cycle gives the continual learner its own TrainConfig; every other setting is
     the caller's (a copy field by field once dropped ``ace``: the method silently ran as
