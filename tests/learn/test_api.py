@@ -332,6 +332,20 @@ def _toy(path: Path, a: np.ndarray, b: np.ndarray, head: np.ndarray) -> Path:
     return write_adapter(path, {k: v.astype(np.float32) for k, v in state.items()}, _LORA)
 
 
+def _toy_round(
+    tmp_path: Path, rng: np.random.Generator
+) -> tuple[Path, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A toy round's version (zero LoRA B, a random head), its head, and the direction
+    (LoRA A, LoRA B, head) its honest updates share, drawn from ``rng`` in that order."""
+    head = rng.normal(size=(3, 5))
+    version = _toy(tmp_path / "version", rng.normal(size=(2, 6)), np.zeros((5, 2)), head)
+    return (
+        version,
+        head,
+        (rng.normal(size=(2, 6)), rng.normal(size=(5, 2)), rng.normal(size=(3, 5))),
+    )
+
+
 def test_screen_updates_judges_a_late_update_against_the_rounds_updates(tmp_path: Path) -> None:
     """What a parent runs on an update that came after its round (an IPM colluder, which
     waited for the honest updates, always does): the same verdicts as the round's screen,
@@ -340,14 +354,8 @@ def test_screen_updates_judges_a_late_update_against_the_rounds_updates(tmp_path
     from p2phier.learn.aggregate import OWN_UPDATE
 
     rng = np.random.default_rng(0)
-    zero_b, head = np.zeros((5, 2)), rng.normal(size=(3, 5))
-    version = _toy(tmp_path / "version", rng.normal(size=(2, 6)), zero_b, head)
+    version, head, (common_a, common_b, common_h) = _toy_round(tmp_path, rng)
     # honest updates share a direction (they learn the same task), each with its own noise
-    common_a, common_b, common_h = (
-        rng.normal(size=(2, 6)),
-        rng.normal(size=(5, 2)),
-        rng.normal(size=(3, 5)),
-    )
     children: dict[str, tuple[Path, float]] = {}
     for i, name in enumerate(["a", "b", "c", "d", "e", OWN_UPDATE]):
         path = _toy(
@@ -381,15 +389,9 @@ def test_a_late_update_is_judged_with_the_rounds_probe_where_the_parent_sent_no_
     from p2phier.devnet.attacker import collude
 
     rng = np.random.default_rng(0)
-    zero_b, head = np.zeros((5, 2)), rng.normal(size=(3, 5))
-    version = _toy(tmp_path / "version", rng.normal(size=(2, 6)), zero_b, head)
+    version, head, (common_a, common_b, common_h) = _toy_round(tmp_path, rng)
     # honest updates nearly orthogonal to each other (one topic each), all with a part along
     # the parent's probe (what its training data teaches)
-    common_a, common_b, common_h = (
-        rng.normal(size=(2, 6)),
-        rng.normal(size=(5, 2)),
-        rng.normal(size=(3, 5)),
-    )
 
     def honest(path: Path, share: float) -> Path:
         return _toy(path, share * common_a + rng.normal(size=(2, 6)),
