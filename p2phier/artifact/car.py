@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
-from p2phier.artifact.pack import KIND_ARTIFACT, KIND_CONFIG, KIND_TENSORS
+from p2phier.artifact.pack import KIND_ARTIFACT, KIND_CONFIG, KIND_PROTOTYPES, KIND_TENSORS
 from p2phier.artifact.verify import Artifact, BlockSource, Resolved, resolve
 from p2phier.cid import CID, DAG_PB, RAW, SHA2_256, decode_varint, encode_varint
 from p2phier.errors import ArtifactError, CIDError, HashMismatchError, UsageError
@@ -312,7 +312,10 @@ class CarIndex(Mapping[CID, bytes]):
 
 def _artifact_roots(art: Artifact) -> list[tuple[CID, str]]:
     m = art.manifest
-    return [(art.cid, KIND_ARTIFACT), (m.config.cid, KIND_CONFIG), (m.tensors.cid, KIND_TENSORS)]
+    out = [(art.cid, KIND_ARTIFACT), (m.config.cid, KIND_CONFIG), (m.tensors.cid, KIND_TENSORS)]
+    if m.prototypes is not None:
+        out.append((m.prototypes.cid, KIND_PROTOTYPES))
+    return out
 
 
 def export_car(
@@ -413,6 +416,7 @@ def _import_indexed(store: ContentStore, blocks: CarIndex, limits: Limits) -> CI
                         KIND_ARTIFACT: len(art.envelope_bytes),
                         KIND_CONFIG: m.config.size,
                         KIND_TENSORS: m.tensors.size,
+                        KIND_PROTOTYPES: m.prototypes.size if m.prototypes else 0,
                     }[kind]
                     store.record(
                         MetaSpec(kind=kind, **common).to_meta(block_key(obj), size, m.created)

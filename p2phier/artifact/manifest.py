@@ -165,6 +165,8 @@ class Manifest:
     tensors_raw_size: int
     #: the parent node's version this adapter was trained on (its stack); not a delta base
     base_version: CID | None = None
+    #: the author's class prototypes (``protofile.py``); ``None``: it sends none
+    prototypes: ContentRef | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -207,6 +209,15 @@ class Manifest:
             raise ManifestError(f"created time {self.created_ms!r} out of range")
         if not isinstance(self.tensors_raw_size, int) or not 0 <= self.tensors_raw_size < 2**63:
             raise ManifestError("tensors_raw_size out of range")
+        if self.prototypes is not None and not isinstance(self.prototypes, ContentRef):
+            raise ManifestError("prototypes must be a ContentRef")
+
+    @property
+    def files(self) -> tuple[CID, ...]:
+        """The files this artifact names (not its envelope or lineage): config, payload and,
+        where it has them, its prototypes."""
+        refs = (self.config, self.tensors, self.prototypes)
+        return tuple(r.cid for r in refs if r is not None)
 
     # convenience -------------------------------------------------------------------------
     @property
@@ -236,6 +247,9 @@ class Manifest:
             "tensors": {"cid": str(self.tensors.cid), "size": self.tensors.size},
             "tensors_raw_size": self.tensors_raw_size,
             "base_version": str(self.base_version) if self.base_version else None,
+            "prototypes": None
+            if self.prototypes is None
+            else {"cid": str(self.prototypes.cid), "size": self.prototypes.size},
         }
 
     # codec ----------------------------------------------------------------------------------
@@ -256,6 +270,10 @@ class Manifest:
             tensors_raw_size=self.tensors_raw_size,
             base_version=self.base_version.to_bytes() if self.base_version else b"",
         )
+        if self.prototypes is not None:
+            msg.prototypes.CopyFrom(
+                pb.ContentRef(cid=self.prototypes.cid.to_bytes(), size=self.prototypes.size)
+            )
         for m in self.metrics:
             msg.metrics.add(name=m.name, value=m.value)
         data = msg.SerializeToString(deterministic=True)
@@ -301,6 +319,9 @@ class Manifest:
             tensors=ContentRef(_cid(msg.tensors.cid, "tensors CID"), msg.tensors.size),
             tensors_raw_size=msg.tensors_raw_size,
             base_version=_opt_cid(msg.base_version, "base version CID"),
+            prototypes=ContentRef(_cid(msg.prototypes.cid, "prototypes CID"), msg.prototypes.size)
+            if msg.HasField("prototypes")
+            else None,
             format_version=msg.format_version,
         )
 

@@ -3,7 +3,8 @@
 Owns :func:`materialise`: verify the artifact and its whole lineage (see
 :mod:`p2phier.artifact.verify`), apply the deltas onto the full adapter at the
 root of the chain, and write ``adapter_config.json`` + ``adapter_model.safetensors``
-(float32, PEFT tensor names, ``{"format": "pt"}`` metadata) so that
+(float32, PEFT tensor names, ``{"format": "pt"}`` metadata; and the leaf's
+``prototypes.safetensors`` where it carries one) so that
 ``peft.PeftModel.from_pretrained(base_model, out_dir)`` loads it.
 
 Writes are crash-safe: a new directory is assembled under a temporary name
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.pack import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from p2phier.artifact.protofile import PROTOTYPES_FILE
 from p2phier.artifact.tensors import iter_safetensors
 from p2phier.artifact.verify import BlockSource, resolve
 from p2phier.cid import CID
@@ -59,12 +61,21 @@ def materialise(
 
     def files() -> list[tuple[str, Iterable[bytes | memoryview] | bytes]]:
         weights = iter_safetensors(resolved.tensors, {"format": "pt"})
-        return [(ADAPTER_WEIGHTS, weights), (ADAPTER_CONFIG, resolved.config_bytes)]
+        out: list[tuple[str, Iterable[bytes | memoryview] | bytes]] = [
+            (ADAPTER_WEIGHTS, weights),
+            (ADAPTER_CONFIG, resolved.config_bytes),
+        ]
+        if resolved.prototypes is not None:
+            out.append((PROTOTYPES_FILE, resolved.prototypes))
+        return out
 
     try:
         if out.exists():
             for name, data in files():
                 write_atomic(out / name, data)
+            if resolved.prototypes is None:
+                # an earlier artifact's prototypes are not this one's
+                (out / PROTOTYPES_FILE).unlink(missing_ok=True)
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")

@@ -43,6 +43,7 @@ from p2phier.artifact.compress import compress_into_store
 from p2phier.artifact.encode import Encoding, encode_tensors
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.manifest import ContentRef, Manifest, metrics_from_mapping, sign_manifest
+from p2phier.artifact.protofile import MAX_PROTOTYPES_BYTES, PROTOTYPES_FILE, decode_prototypes
 from p2phier.artifact.tensors import (
     F32Array,
     check_finite,
@@ -73,6 +74,7 @@ PICKLED_WEIGHTS = "adapter_model.bin"
 KIND_ARTIFACT = "artifact"
 KIND_CONFIG = "adapter-config"
 KIND_TENSORS = "adapter-tensors"
+KIND_PROTOTYPES = "prototypes"
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
@@ -136,6 +138,10 @@ def pack_adapter(
     ``encoding`` defaults to fp32 for a full adapter and int8-delta for a delta.
     """
     config, tensors = read_adapter_dir(adapter_dir, limits=limits)
+    protos = Path(adapter_dir) / PROTOTYPES_FILE
+    prototypes = (
+        _read_bounded(protos, MAX_PROTOTYPES_BYTES, "prototypes") if protos.exists() else None
+    )
     return pack_tensors(
         store,
         config,
@@ -153,6 +159,7 @@ def pack_adapter(
         now=now,
         limits=limits,
         base_version=base_version,
+        prototypes=prototypes,
     )
 
 
@@ -174,8 +181,12 @@ def pack_tensors(
     now: float,
     limits: Limits = DEFAULT_LIMITS,
     base_version: CID | str | None = None,
+    prototypes: bytes | None = None,
 ) -> Artifact:
     """Pack adapter tensors (PEFT names, full weights) with their config.
+
+    ``prototypes``: a prototypes file (:mod:`p2phier.artifact.protofile`) to carry, checked
+    here as a reader will check it; never a delta.
 
     The in-memory twin of :func:`pack_adapter` for callers that hold tensors.
     ``base_version`` names the parent node's version the adapter was trained on
@@ -233,6 +244,8 @@ def pack_tensors(
             f"the encoded payload is {len(payload_raw)} bytes, over the limit of "
             f"{limits.max_decompressed} that readers accept"
         )
+    if prototypes is not None:
+        decode_prototypes(prototypes)  # what every reader checks, before anything is stored
     config_bytes = canonical_config_bytes(config, base_model_id)
     if len(config_bytes) > limits.max_config:
         raise UsageError(f"adapter config is {len(config_bytes)} bytes, over {limits.max_config}")
@@ -249,6 +262,12 @@ def pack_tensors(
         tensors_cid, payload_size = compress_into_store(
             store, payload_raw, meta=MetaSpec(kind=KIND_TENSORS, **common), pin=False
         )
+        protos_ref = None
+        if prototypes is not None:
+            protos_cid = store.add_bytes(
+                prototypes, MetaSpec(kind=KIND_PROTOTYPES, **common), pin=False
+            )
+            protos_ref = ContentRef(protos_cid, len(prototypes))
         art = _store_envelope(
             store,
             identity,
@@ -257,10 +276,11 @@ def pack_tensors(
                 config=ContentRef(config_cid, len(config_bytes)),
                 tensors=ContentRef(tensors_cid, payload_size),
                 tensors_raw_size=len(payload_raw),
+                prototypes=protos_ref,
             ),
             MetaSpec(kind=KIND_ARTIFACT, **common),
         )
-        _pin_all(store, (config_cid, tensors_cid, art.cid))
+        _pin_all(store, (*art.manifest.files, art.cid))
     log.info(
         "packed %s (%s, %d tensors, payload %d -> %d bytes)",
         art.cid,

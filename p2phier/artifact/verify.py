@@ -37,6 +37,7 @@ from p2phier.artifact.compress import decompress
 from p2phier.artifact.encode import decode_tensors
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.manifest import Envelope, Manifest, open_envelope
+from p2phier.artifact.protofile import MAX_PROTOTYPES_BYTES, decode_prototypes
 from p2phier.artifact.tensors import F32Array, check_finite, parse_safetensors
 from p2phier.cid import CID
 from p2phier.errors import (
@@ -76,9 +77,10 @@ class Artifact:
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes of the three files this artifact stores (envelope, config, payload)."""
+        """Bytes of the files this artifact stores (envelope, config, payload, prototypes)."""
         m = self.manifest
-        return len(self.envelope_bytes) + m.config.size + m.tensors.size
+        protos = m.prototypes.size if m.prototypes is not None else 0
+        return len(self.envelope_bytes) + m.config.size + m.tensors.size + protos
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,8 @@ class Content:
     config: AdapterConfig
     config_bytes: bytes
     tensors: dict[str, F32Array]
+    #: the artifact's prototypes file, checked (``None``: it carries none)
+    prototypes: bytes | None = None
 
 
 class BlockSource:
@@ -195,9 +199,7 @@ def artifact_files(
     chain = walk_lineage(
         cid, lambda c: read_artifact(get_block, c, limits=limits), max_chain=limits.max_chain
     )
-    files = (
-        f for art in chain for f in (art.cid, art.manifest.config.cid, art.manifest.tensors.cid)
-    )
+    files = (f for art in chain for f in (art.cid, *art.manifest.files))
     return tuple(dict.fromkeys(block_key(f) for f in files))
 
 
@@ -261,7 +263,23 @@ def read_content(
         check_adapter_tensors(
             config, {n: t.shape for n, t in tensors.items()}, base_modules=base_modules
         )
-    return Content(config, config_bytes, tensors)
+    return Content(config, config_bytes, tensors, read_prototypes(get_block, m))
+
+
+def read_prototypes(get_block: BlockGetter, m: Manifest) -> bytes | None:
+    """The manifest's prototypes file, read within its size limit and checked."""
+    if m.prototypes is None:
+        return None
+    data = bytes(
+        read_object(get_block, m.prototypes.cid, max_size=MAX_PROTOTYPES_BYTES, what="prototypes")
+    )
+    if len(data) != m.prototypes.size:
+        raise ManifestError(
+            f"prototypes file {m.prototypes.cid} is {len(data)} bytes; the manifest says "
+            f"{m.prototypes.size}"
+        )
+    decode_prototypes(data)
+    return data
 
 
 def apply_delta(
@@ -302,6 +320,8 @@ class Resolved:
     config: AdapterConfig
     config_bytes: bytes
     tensors: dict[str, F32Array]
+    #: the leaf's prototypes file, checked (``None``: it carries none)
+    prototypes: bytes | None = None
 
     @property
     def artifact(self) -> Artifact:
@@ -353,7 +373,8 @@ def resolve(
                     f"update {art.cid} does not fit its own adapter config: {exc}"
                 ) from None
     assert content is not None  # a chain has at least one artifact
-    return Resolved(chain, content.config, content.config_bytes, acc)
+    # the loop ends at the leaf: its prototypes are the chain's (they are never deltas)
+    return Resolved(chain, content.config, content.config_bytes, acc, content.prototypes)
 
 
 def verify_artifact(
@@ -416,6 +437,7 @@ def summarise(resolved: Resolved) -> dict[str, object]:
             "config": m.config.size,
             "payload": m.tensors.size,
             "payload_decompressed": m.tensors_raw_size,
+            "prototypes": m.prototypes.size if m.prototypes is not None else 0,
             "stored": art.stored_bytes,
         },
     }

@@ -241,7 +241,7 @@ class PoisoningLearner(Learner):
                     # the signed envelope, then its content (attack traffic: "other")
                     await node.fetch_object(head, providers, purpose="other")
                     env = await self._work(read_artifact, node.store.get_block, CID.parse(head))
-                    for ref in (env.manifest.config.cid, env.manifest.tensors.cid):
+                    for ref in env.manifest.files:
                         await node.fetch_object(str(ref), providers, purpose="other")
                     art = await self._work(verify_artifact, node.store, head)
                     m = art.manifest

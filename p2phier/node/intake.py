@@ -418,7 +418,7 @@ class UpdateIntake:
                         f"artifact {cid} is larger than the {ann.size} bytes its announcement "
                         "declared"
                     )
-            for ref in (m.config.cid, m.tensors.cid):
+            for ref in m.files:
                 await self._fetcher.fetch(
                     ref, providers, timeout=timeout, pin=False, purpose=purpose, stats=stats
                 )

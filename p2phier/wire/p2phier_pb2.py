@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rp2phier.proto\x12\np2phier.v1\"\'\n\nContentRef\x12\x0b\n\x03\x63id\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\x81\x03\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x15\n\rbase_model_id\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x61se_model_cid\x18\x03 \x01(\x0c\x12\x0e\n\x06parent\x18\x04 \x01(\x0c\x12\r\n\x05layer\x18\x05 \x01(\t\x12\x0e\n\x06\x64omain\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x04\x12&\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x14.p2phier.v1.Encoding\x12#\n\x07metrics\x18\t \x03(\x0b\x32\x12.p2phier.v1.Metric\x12\x0e\n\x06\x61uthor\x18\n \x01(\x0c\x12\x12\n\ncreated_ms\x18\x0b \x01(\x03\x12&\n\x06\x63onfig\x18\x0c \x01(\x0b\x32\x16.p2phier.v1.ContentRef\x12\'\n\x07tensors\x18\r \x01(\x0b\x32\x16.p2phier.v1.ContentRef\x12\x18\n\x10tensors_raw_size\x18\x0e \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x0f \x01(\x0c\"E\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\x0c\"b\n\x0c\x43\x61pabilities\x12\x11\n\tram_bytes\x18\x01 \x01(\x04\x12\x12\n\nmax_params\x18\x02 \x01(\x04\x12+\n\x08hardware\x18\x03 \x01(\x0e\x32\x19.p2phier.v1.HardwareClass\"\x97\x02\n\nNodeRecord\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0f\n\x07peer_id\x18\x02 \x01(\x0c\x12\r\n\x05\x61\x64\x64rs\x18\x03 \x03(\t\x12$\n\x05layer\x18\x04 \x01(\x0e\x32\x15.p2phier.v1.NodeLayer\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\x15\n\rbase_model_id\x18\x06 \x01(\t\x12.\n\x0c\x63\x61pabilities\x18\x07 \x01(\x0b\x32\x18.p2phier.v1.Capabilities\x12\x0c\n\x04head\x18\x08 \x01(\x0c\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x11\n\tissued_ms\x18\n \x01(\x03\x12\x12\n\nexpires_ms\x18\x0b \x01(\x03\x12\x12\n\nstarted_ms\x18\x0c \x01(\x03\"5\n\x10SignedNodeRecord\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x92\x02\n\x0c\x41nnouncement\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\x0c\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x0b\n\x03\x63id\x18\x04 \x01(\x0c\x12\x0e\n\x06parent\x18\x05 \x01(\x0c\x12$\n\x05layer\x18\x06 \x01(\x0e\x32\x15.p2phier.v1.NodeLayer\x12\x0e\n\x06\x64omain\x18\x07 \x01(\t\x12\x15\n\rbase_model_id\x18\x08 \x01(\t\x12\r\n\x05round\x18\t \x01(\x04\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x12\n\ncreated_ms\x18\x0b \x01(\x03\x12#\n\x07metrics\x18\x0c \x03(\x0b\x32\x12.p2phier.v1.Metric\x12\x0c\n\x04size\x18\r \x01(\x04\"=\n\x12SignedAnnouncement\x12\x14\n\x0c\x61nnouncement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x0cTrustOpinion\x12\x0f\n\x07subject\x18\x01 \x01(\x0c\x12\x15\n\ropinion_milli\x18\x02 \x01(\x12\"*\n\nTrustProof\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06signed\x18\x02 \x03(\x0c\"\xab\x01\n\x0bTrustReport\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08reporter\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tissued_ms\x18\x04 \x01(\x03\x12*\n\x08opinions\x18\x05 \x03(\x0b\x32\x18.p2phier.v1.TrustOpinion\x12&\n\x06proofs\x18\x06 \x03(\x0b\x32\x16.p2phier.v1.TrustProof\"6\n\x11SignedTrustReport\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c*|\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x11\n\rENCODING_FP32\x10\x01\x12\x11\n\rENCODING_FP16\x10\x02\x12\x17\n\x13\x45NCODING_INT8_DELTA\x10\x03\x12\x17\n\x13\x45NCODING_TOPK_DELTA\x10\x04*\x9f\x01\n\tNodeLayer\x12\x1a\n\x16NODE_LAYER_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_LAYER_MASTER\x10\x01\x12\x17\n\x13NODE_LAYER_LANGUAGE\x10\x02\x12\x15\n\x11NODE_LAYER_DOMAIN\x10\x03\x12\x18\n\x14NODE_LAYER_SUBDOMAIN\x10\x04\x12\x15\n\x11NODE_LAYER_DEVICE\x10\x05*\x97\x01\n\rHardwareClass\x12\x1e\n\x1aHARDWARE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12HARDWARE_CLASS_GPU\x10\x01\x12\x16\n\x12HARDWARE_CLASS_CPU\x10\x02\x12\x19\n\x15HARDWARE_CLASS_MOBILE\x10\x03\x12\x1b\n\x17HARDWARE_CLASS_EMBEDDED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rp2phier.proto\x12\np2phier.v1\"\'\n\nContentRef\x12\x0b\n\x03\x63id\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xad\x03\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x15\n\rbase_model_id\x18\x02 \x01(\t\x12\x16\n\x0e\x62\x61se_model_cid\x18\x03 \x01(\x0c\x12\x0e\n\x06parent\x18\x04 \x01(\x0c\x12\r\n\x05layer\x18\x05 \x01(\t\x12\x0e\n\x06\x64omain\x18\x06 \x01(\t\x12\r\n\x05round\x18\x07 \x01(\x04\x12&\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x14.p2phier.v1.Encoding\x12#\n\x07metrics\x18\t \x03(\x0b\x32\x12.p2phier.v1.Metric\x12\x0e\n\x06\x61uthor\x18\n \x01(\x0c\x12\x12\n\ncreated_ms\x18\x0b \x01(\x03\x12&\n\x06\x63onfig\x18\x0c \x01(\x0b\x32\x16.p2phier.v1.ContentRef\x12\'\n\x07tensors\x18\r \x01(\x0b\x32\x16.p2phier.v1.ContentRef\x12\x18\n\x10tensors_raw_size\x18\x0e \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x0f \x01(\x0c\x12*\n\nprototypes\x18\x10 \x01(\x0b\x32\x16.p2phier.v1.ContentRef\"E\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\x0c\"b\n\x0c\x43\x61pabilities\x12\x11\n\tram_bytes\x18\x01 \x01(\x04\x12\x12\n\nmax_params\x18\x02 \x01(\x04\x12+\n\x08hardware\x18\x03 \x01(\x0e\x32\x19.p2phier.v1.HardwareClass\"\x97\x02\n\nNodeRecord\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0f\n\x07peer_id\x18\x02 \x01(\x0c\x12\r\n\x05\x61\x64\x64rs\x18\x03 \x03(\t\x12$\n\x05layer\x18\x04 \x01(\x0e\x32\x15.p2phier.v1.NodeLayer\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12\x15\n\rbase_model_id\x18\x06 \x01(\t\x12.\n\x0c\x63\x61pabilities\x18\x07 \x01(\x0b\x32\x18.p2phier.v1.Capabilities\x12\x0c\n\x04head\x18\x08 \x01(\x0c\x12\x0b\n\x03seq\x18\t \x01(\x04\x12\x11\n\tissued_ms\x18\n \x01(\x03\x12\x12\n\nexpires_ms\x18\x0b \x01(\x03\x12\x12\n\nstarted_ms\x18\x0c \x01(\x03\"5\n\x10SignedNodeRecord\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x92\x02\n\x0c\x41nnouncement\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\x0c\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x0b\n\x03\x63id\x18\x04 \x01(\x0c\x12\x0e\n\x06parent\x18\x05 \x01(\x0c\x12$\n\x05layer\x18\x06 \x01(\x0e\x32\x15.p2phier.v1.NodeLayer\x12\x0e\n\x06\x64omain\x18\x07 \x01(\t\x12\x15\n\rbase_model_id\x18\x08 \x01(\t\x12\r\n\x05round\x18\t \x01(\x04\x12\x0b\n\x03seq\x18\n \x01(\x04\x12\x12\n\ncreated_ms\x18\x0b \x01(\x03\x12#\n\x07metrics\x18\x0c \x03(\x0b\x32\x12.p2phier.v1.Metric\x12\x0c\n\x04size\x18\r \x01(\x04\"=\n\x12SignedAnnouncement\x12\x14\n\x0c\x61nnouncement\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x0cTrustOpinion\x12\x0f\n\x07subject\x18\x01 \x01(\x0c\x12\x15\n\ropinion_milli\x18\x02 \x01(\x12\"*\n\nTrustProof\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06signed\x18\x02 \x03(\x0c\"\xab\x01\n\x0bTrustReport\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08reporter\x18\x02 \x01(\x0c\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x11\n\tissued_ms\x18\x04 \x01(\x03\x12*\n\x08opinions\x18\x05 \x03(\x0b\x32\x18.p2phier.v1.TrustOpinion\x12&\n\x06proofs\x18\x06 \x03(\x0b\x32\x16.p2phier.v1.TrustProof\"6\n\x11SignedTrustReport\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c*|\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x11\n\rENCODING_FP32\x10\x01\x12\x11\n\rENCODING_FP16\x10\x02\x12\x17\n\x13\x45NCODING_INT8_DELTA\x10\x03\x12\x17\n\x13\x45NCODING_TOPK_DELTA\x10\x04*\x9f\x01\n\tNodeLayer\x12\x1a\n\x16NODE_LAYER_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_LAYER_MASTER\x10\x01\x12\x17\n\x13NODE_LAYER_LANGUAGE\x10\x02\x12\x15\n\x11NODE_LAYER_DOMAIN\x10\x03\x12\x18\n\x14NODE_LAYER_SUBDOMAIN\x10\x04\x12\x15\n\x11NODE_LAYER_DEVICE\x10\x05*\x97\x01\n\rHardwareClass\x12\x1e\n\x1aHARDWARE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12HARDWARE_CLASS_GPU\x10\x01\x12\x16\n\x12HARDWARE_CLASS_CPU\x10\x02\x12\x19\n\x15HARDWARE_CLASS_MOBILE\x10\x03\x12\x1b\n\x17HARDWARE_CLASS_EMBEDDED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'p2phier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=1675
-  _globals['_ENCODING']._serialized_end=1799
-  _globals['_NODELAYER']._serialized_start=1802
-  _globals['_NODELAYER']._serialized_end=1961
-  _globals['_HARDWARECLASS']._serialized_start=1964
-  _globals['_HARDWARECLASS']._serialized_end=2115
+  _globals['_ENCODING']._serialized_start=1719
+  _globals['_ENCODING']._serialized_end=1843
+  _globals['_NODELAYER']._serialized_start=1846
+  _globals['_NODELAYER']._serialized_end=2005
+  _globals['_HARDWARECLASS']._serialized_start=2008
+  _globals['_HARDWARECLASS']._serialized_end=2159
   _globals['_CONTENTREF']._serialized_start=29
   _globals['_CONTENTREF']._serialized_end=68
   _globals['_METRIC']._serialized_start=70
   _globals['_METRIC']._serialized_end=107
   _globals['_MANIFEST']._serialized_start=110
-  _globals['_MANIFEST']._serialized_end=495
-  _globals['_SIGNEDMANIFEST']._serialized_start=497
-  _globals['_SIGNEDMANIFEST']._serialized_end=566
-  _globals['_CAPABILITIES']._serialized_start=568
-  _globals['_CAPABILITIES']._serialized_end=666
-  _globals['_NODERECORD']._serialized_start=669
-  _globals['_NODERECORD']._serialized_end=948
-  _globals['_SIGNEDNODERECORD']._serialized_start=950
-  _globals['_SIGNEDNODERECORD']._serialized_end=1003
-  _globals['_ANNOUNCEMENT']._serialized_start=1006
-  _globals['_ANNOUNCEMENT']._serialized_end=1280
-  _globals['_SIGNEDANNOUNCEMENT']._serialized_start=1282
-  _globals['_SIGNEDANNOUNCEMENT']._serialized_end=1343
-  _globals['_TRUSTOPINION']._serialized_start=1345
-  _globals['_TRUSTOPINION']._serialized_end=1399
-  _globals['_TRUSTPROOF']._serialized_start=1401
-  _globals['_TRUSTPROOF']._serialized_end=1443
-  _globals['_TRUSTREPORT']._serialized_start=1446
-  _globals['_TRUSTREPORT']._serialized_end=1617
-  _globals['_SIGNEDTRUSTREPORT']._serialized_start=1619
-  _globals['_SIGNEDTRUSTREPORT']._serialized_end=1673
+  _globals['_MANIFEST']._serialized_end=539
+  _globals['_SIGNEDMANIFEST']._serialized_start=541
+  _globals['_SIGNEDMANIFEST']._serialized_end=610
+  _globals['_CAPABILITIES']._serialized_start=612
+  _globals['_CAPABILITIES']._serialized_end=710
+  _globals['_NODERECORD']._serialized_start=713
+  _globals['_NODERECORD']._serialized_end=992
+  _globals['_SIGNEDNODERECORD']._serialized_start=994
+  _globals['_SIGNEDNODERECORD']._serialized_end=1047
+  _globals['_ANNOUNCEMENT']._serialized_start=1050
+  _globals['_ANNOUNCEMENT']._serialized_end=1324
+  _globals['_SIGNEDANNOUNCEMENT']._serialized_start=1326
+  _globals['_SIGNEDANNOUNCEMENT']._serialized_end=1387
+  _globals['_TRUSTOPINION']._serialized_start=1389
+  _globals['_TRUSTOPINION']._serialized_end=1443
+  _globals['_TRUSTPROOF']._serialized_start=1445
+  _globals['_TRUSTPROOF']._serialized_end=1487
+  _globals['_TRUSTREPORT']._serialized_start=1490
+  _globals['_TRUSTREPORT']._serialized_end=1661
+  _globals['_SIGNEDTRUSTREPORT']._serialized_start=1663
+  _globals['_SIGNEDTRUSTREPORT']._serialized_end=1717
 # @@protoc_insertion_point(module_scope)

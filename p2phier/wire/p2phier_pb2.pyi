@@ -65,7 +65,7 @@ class Metric(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("format_version", "base_model_id", "base_model_cid", "parent", "layer", "domain", "round", "encoding", "metrics", "author", "created_ms", "config", "tensors", "tensors_raw_size", "base_version")
+    __slots__ = ("format_version", "base_model_id", "base_model_cid", "parent", "layer", "domain", "round", "encoding", "metrics", "author", "created_ms", "config", "tensors", "tensors_raw_size", "base_version", "prototypes")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_CID_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class Manifest(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_RAW_SIZE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOTYPES_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     base_model_id: str
     base_model_cid: bytes
@@ -96,7 +97,8 @@ class Manifest(_message.Message):
     tensors: ContentRef
     tensors_raw_size: int
     base_version: bytes
-    def __init__(self, format_version: _Optional[int] = ..., base_model_id: _Optional[str] = ..., base_model_cid: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., layer: _Optional[str] = ..., domain: _Optional[str] = ..., round: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., author: _Optional[bytes] = ..., created_ms: _Optional[int] = ..., config: _Optional[_Union[ContentRef, _Mapping]] = ..., tensors: _Optional[_Union[ContentRef, _Mapping]] = ..., tensors_raw_size: _Optional[int] = ..., base_version: _Optional[bytes] = ...) -> None: ...
+    prototypes: ContentRef
+    def __init__(self, format_version: _Optional[int] = ..., base_model_id: _Optional[str] = ..., base_model_cid: _Optional[bytes] = ..., parent: _Optional[bytes] = ..., layer: _Optional[str] = ..., domain: _Optional[str] = ..., round: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., metrics: _Optional[_Iterable[_Union[Metric, _Mapping]]] = ..., author: _Optional[bytes] = ..., created_ms: _Optional[int] = ..., config: _Optional[_Union[ContentRef, _Mapping]] = ..., tensors: _Optional[_Union[ContentRef, _Mapping]] = ..., tensors_raw_size: _Optional[int] = ..., base_version: _Optional[bytes] = ..., prototypes: _Optional[_Union[ContentRef, _Mapping]] = ...) -> None: ...
 
 class SignedManifest(_message.Message):
     __slots__ = ("manifest", "signature", "signer")

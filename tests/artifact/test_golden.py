@@ -51,13 +51,20 @@ def _manifest(fields: dict[str, Any], ident: Identity) -> Manifest:
         config=ContentRef(CID.parse(fields["config"]["cid"]), fields["config"]["size"]),
         tensors=ContentRef(CID.parse(fields["tensors"]["cid"]), fields["tensors"]["size"]),
         tensors_raw_size=fields["tensors_raw_size"],
+        base_version=opt(fields.get("base_version")),
+        prototypes=ContentRef(CID.parse(protos["cid"]), protos["size"])
+        if (protos := fields.get("prototypes"))
+        else None,
     )
 
 
 def test_vector_file_is_versioned() -> None:
     assert DOC["format_version"] == 1
     assert DOC["signing_domain"].encode() == SIGNING_DOMAIN
-    assert len(DOC["vectors"]) >= 2
+    assert len(DOC["vectors"]) >= 3
+    # every optional field appears in some vector
+    assert any(v["fields"].get("prototypes") for v in DOC["vectors"])
+    assert any(v["fields"].get("base_version") for v in DOC["vectors"])
 
 
 @pytest.mark.parametrize("vec", DOC["vectors"], ids=lambda v: v["name"])
