@@ -1,22 +1,21 @@
 """The class-prototypes file an artifact may carry (protocol/artifact.md section 10).
 
-What this module owns: the bytes of a node's class prototypes (per label the *sum* of its
-training examples' unit-length sentence embeddings and their count, the task each label
-belongs to, and the embedding space they were computed in), their encoding and their
-checks.  Pure (numpy): what the prototypes mean and how they are used is
-:mod:`p2phier.learn.prototypes`.
+What this module owns: the bytes of a node's class prototypes (per label the *mean* of its
+training examples' unit-length sentence embeddings and their count, so that a parent merges
+its children's exactly; the task each label belongs to; the embedding space they were
+computed in), their encoding and their checks.  Pure (numpy): what the prototypes mean and
+how they are used is :mod:`p2phier.learn.prototypes`.
 
-The file is a safetensors file, stored uncompressed (a few KiB: 8 labels x 384 floats):
+The file is a safetensors file, stored uncompressed (about 6 KiB: 8 labels x 384 halves):
 
-* tensors ``sums`` (F32, ``[labels, dim]``) and ``counts`` (I64, ``[labels]``);
+* tensors ``means`` (F16, ``[labels, dim]``) and ``counts`` (I64, ``[labels]``);
 * metadata ``format`` = :data:`PROTOTYPES_FORMAT`, ``labels`` and ``tasks`` (JSON lists of
   strings, one per row; labels unique and sorted), ``space`` (the weights CID of the encoder
   whose embeddings they are).
 
 A peer's file is hostile until checked: its size before it is read, the header's, every
-name's length and count, every count in ``1..MAX_COUNT``, every sum finite and no longer than
-its count (a sum of ``n`` unit vectors has norm at most ``n``: a longer one was not made by
-the rule, and would outweigh honest rows when merged).
+name's length and count, every count in ``1..MAX_COUNT``, every mean finite and of norm at
+most 1 (a mean of unit vectors is no longer: a longer one was not made by the rule).
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ MAX_DIM = 4096
 MAX_COUNT = 1_000_000
 MAX_NAME = 64
 MAX_SPACE = 128
-#: float32 rounding of a sum of unit vectors (relative), below which a norm is not "too long"
-NORM_SLACK = 1e-3
+#: half-float rounding of a mean of unit vectors, below which a norm is not "too long"
+NORM_SLACK = 2e-3
 
 _NAME_RE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 
@@ -58,15 +57,15 @@ class PrototypeTable:
     labels: tuple[str, ...]
     tasks: tuple[str, ...]
     space: str
-    sums: npt.NDArray[np.float32]  # [len(labels), dim]
+    means: npt.NDArray[np.float16]  # [len(labels), dim]
     counts: npt.NDArray[np.int64]  # [len(labels)]
 
     def __post_init__(self) -> None:
-        check_table(self.labels, self.tasks, self.space, self.sums, self.counts)
+        check_table(self.labels, self.tasks, self.space, self.means, self.counts)
 
     @property
     def dim(self) -> int:
-        return int(self.sums.shape[1])
+        return int(self.means.shape[1])
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:
@@ -80,7 +79,7 @@ def _names(value: Any, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def check_table(labels: Any, tasks: Any, space: Any, sums: Any, counts: Any) -> None:
+def check_table(labels: Any, tasks: Any, space: Any, means: Any, counts: Any) -> None:
     """Every rule of the format (see the module docstring); a :class:`PrototypeFileError`."""
     labels = _names(labels, "labels")
     tasks = _names(tasks, "tasks")
@@ -90,11 +89,11 @@ def check_table(labels: Any, tasks: Any, space: Any, sums: Any, counts: Any) -> 
         raise PrototypeFileError(f"{len(labels)} labels but {len(tasks)} tasks")
     if not isinstance(space, str) or not 1 <= len(space) <= MAX_SPACE or not space.isascii():
         raise PrototypeFileError(f"space must be 1-{MAX_SPACE} ASCII characters (a CID)")
-    if not isinstance(sums, np.ndarray) or sums.dtype != np.float32 or sums.ndim != 2:
-        raise PrototypeFileError("sums must be a float32 matrix")
-    if sums.shape[0] != len(labels) or not 1 <= sums.shape[1] <= MAX_DIM:
+    if not isinstance(means, np.ndarray) or means.dtype != np.float16 or means.ndim != 2:
+        raise PrototypeFileError("means must be a float16 matrix")
+    if means.shape[0] != len(labels) or not 1 <= means.shape[1] <= MAX_DIM:
         raise PrototypeFileError(
-            f"sums of shape {list(sums.shape)} for {len(labels)} labels (dimension 1-{MAX_DIM})"
+            f"means of shape {list(means.shape)} for {len(labels)} labels (dimension 1-{MAX_DIM})"
         )
     if (
         not isinstance(counts, np.ndarray)
@@ -104,22 +103,22 @@ def check_table(labels: Any, tasks: Any, space: Any, sums: Any, counts: Any) -> 
         raise PrototypeFileError(f"counts must be {len(labels)} int64 values")
     if counts.min() < 1 or counts.max() > MAX_COUNT:
         raise PrototypeFileError(f"every count must lie in 1..{MAX_COUNT}")
-    if not np.all(np.isfinite(sums)):
-        raise PrototypeFileError("prototype sums are not finite")
-    norms = np.linalg.norm(sums.astype(np.float64), axis=1)
-    over = norms > counts * (1.0 + NORM_SLACK) + NORM_SLACK
+    if not np.all(np.isfinite(means)):
+        raise PrototypeFileError("prototype means are not finite")
+    norms = np.linalg.norm(means.astype(np.float64), axis=1)
+    over = norms > 1.0 + NORM_SLACK
     if over.any():
         i = int(np.argmax(over))
         raise PrototypeFileError(
-            f"label {labels[i]!r}: its sum has norm {norms[i]:.4g}, longer than its count "
-            f"{int(counts[i])} (a sum of unit vectors cannot be)"
+            f"label {labels[i]!r}: its mean has norm {norms[i]:.4g}, longer than 1 "
+            "(a mean of unit vectors cannot be)"
         )
 
 
 def encode_prototypes(table: PrototypeTable) -> bytes:
     """The file's bytes (deterministic)."""
     data = write_safetensors(
-        {"counts": table.counts, "sums": table.sums},
+        {"counts": table.counts, "means": table.means},
         {
             "format": PROTOTYPES_FORMAT,
             "labels": json.dumps(list(table.labels), separators=(",", ":")),
@@ -155,14 +154,14 @@ def decode_prototypes(data: bytes | bytearray | memoryview) -> PrototypeTable:
             f"prototypes file has format {st.metadata.get('format')!r:.40}; "
             f"expected {PROTOTYPES_FORMAT!r}"
         )
-    if set(st.infos) != {"sums", "counts"}:
-        raise PrototypeFileError(f"prototypes file holds {sorted(st.infos)}, not sums and counts")
-    if st.infos["sums"].dtype != "F32" or st.infos["counts"].dtype != "I64":
-        raise PrototypeFileError("prototypes file: sums must be F32 and counts I64")
+    if set(st.infos) != {"means", "counts"}:
+        raise PrototypeFileError(f"prototypes file holds {sorted(st.infos)}, not means and counts")
+    if st.infos["means"].dtype != "F16" or st.infos["counts"].dtype != "I64":
+        raise PrototypeFileError("prototypes file: means must be F16 and counts I64")
     return PrototypeTable(
         labels=_names(_json_list(st.metadata.get("labels"), "labels"), "labels"),
         tasks=_names(_json_list(st.metadata.get("tasks"), "tasks"), "tasks"),
         space=st.metadata.get("space", ""),
-        sums=np.array(st.array("sums"), dtype=np.float32),
+        means=np.array(st.array("means"), dtype=np.float16),
         counts=np.array(st.array("counts"), dtype=np.int64),
     )

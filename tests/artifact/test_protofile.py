@@ -48,13 +48,13 @@ def table(seed: int = 0, labels: tuple[str, ...] = ("a", "b", "c"), dim: int = 8
     rows = []
     for n in counts:
         v = rng.standard_normal((int(n), dim))
-        rows.append((v / np.linalg.norm(v, axis=1, keepdims=True)).sum(axis=0))
-    sums = np.stack(rows).astype(np.float32)
+        rows.append((v / np.linalg.norm(v, axis=1, keepdims=True)).mean(axis=0))
+    means = np.stack(rows).astype(np.float16)
     return PrototypeTable(labels, tuple("t" + str(i % 2) for i in range(len(labels))), SPACE,
-                          sums, counts)  # fmt: skip
+                          means, counts)  # fmt: skip
 
 
-def raw_file(sums: np.ndarray, counts: np.ndarray, meta: dict[str, str] | None = None) -> bytes:
+def raw_file(means: np.ndarray, counts: np.ndarray, meta: dict[str, str] | None = None) -> bytes:
     metadata = {
         "format": PROTOTYPES_FORMAT,
         "labels": json.dumps(["a", "b"]),
@@ -62,7 +62,7 @@ def raw_file(sums: np.ndarray, counts: np.ndarray, meta: dict[str, str] | None =
         "space": SPACE,
     }
     metadata.update(meta or {})
-    return write_safetensors({"sums": sums, "counts": counts}, metadata)
+    return write_safetensors({"means": means, "counts": counts}, metadata)
 
 
 @settings(max_examples=40, deadline=None)
@@ -76,32 +76,32 @@ def test_a_table_survives_encoding_exactly(seed: int, n: int, dim: int) -> None:
     t = table(seed, labels, dim)
     back = decode_prototypes(encode_prototypes(t))
     assert back.labels == t.labels and back.tasks == t.tasks and back.space == t.space
-    np.testing.assert_array_equal(back.sums, t.sums)
+    np.testing.assert_array_equal(back.means, t.means)
     np.testing.assert_array_equal(back.counts, t.counts)
     assert encode_prototypes(back) == encode_prototypes(t)  # one byte form
 
 
-GOOD_SUMS = np.array([[0.5, 0.5], [1.0, 0.0]], dtype=np.float32)
+GOOD_MEANS = np.array([[0.5, 0.5], [1.0, 0.0]], dtype=np.float16)
 GOOD_COUNTS = np.array([1, 2], dtype=np.int64)
 
 
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
-        (raw_file(np.array([[3.0, 0.0], [1.0, 0.0]], np.float32), GOOD_COUNTS), "longer than"),
-        (raw_file(GOOD_SUMS, np.array([0, 2], np.int64)), "every count"),
-        (raw_file(GOOD_SUMS, np.array([1, MAX_COUNT + 1], np.int64)), "every count"),
-        (raw_file(np.array([[np.nan, 0], [1, 0]], np.float32), GOOD_COUNTS), "not finite"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"format": "other"}), "format"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"labels": '["b","a"]'}), "sorted"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"labels": '["a","a"]'}), "sorted"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"labels": '{"a":1,"b":2}'}), "list"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"labels": "not json"}), "JSON"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"tasks": '["x"]'}), "tasks"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS, {"space": ""}), "space"),
-        (raw_file(GOOD_SUMS.astype(np.float64), GOOD_COUNTS), "F32"),
-        (raw_file(GOOD_SUMS, GOOD_COUNTS.astype(np.int32)), "I64"),
-        (raw_file(GOOD_SUMS[:1], GOOD_COUNTS), "shape"),
+        (raw_file(np.array([[1.1, 0.0], [1.0, 0.0]], np.float16), GOOD_COUNTS), "longer than"),
+        (raw_file(GOOD_MEANS, np.array([0, 2], np.int64)), "every count"),
+        (raw_file(GOOD_MEANS, np.array([1, MAX_COUNT + 1], np.int64)), "every count"),
+        (raw_file(np.array([[np.nan, 0], [1, 0]], np.float16), GOOD_COUNTS), "not finite"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"format": "other"}), "format"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"labels": '["b","a"]'}), "sorted"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"labels": '["a","a"]'}), "sorted"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"labels": '{"a":1,"b":2}'}), "list"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"labels": "not json"}), "JSON"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"tasks": '["x"]'}), "tasks"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"space": ""}), "space"),
+        (raw_file(GOOD_MEANS.astype(np.float32), GOOD_COUNTS), "F16"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS.astype(np.int32)), "I64"),
+        (raw_file(GOOD_MEANS[:1], GOOD_COUNTS), "shape"),
         (b"\x00" * (MAX_PROTOTYPES_BYTES + 1), "over the limit"),
         (b"\x80\x04garbage-pickle", "pickle"),
     ],
@@ -113,7 +113,7 @@ def test_a_hostile_file_is_refused_with_the_reason(data: bytes, needle: str) -> 
 
 def test_a_refused_file_is_a_prototype_file_error() -> None:
     with pytest.raises(PrototypeFileError):
-        decode_prototypes(raw_file(GOOD_SUMS, np.array([0, 2], np.int64)))
+        decode_prototypes(raw_file(GOOD_MEANS, np.array([0, 2], np.int64)))
 
 
 def _pack(store: MemoryStore, directory: Path, author: Identity, **kw: object) -> Artifact:
@@ -160,7 +160,7 @@ def test_a_packer_cannot_sign_prototypes_a_reader_would_refuse(
     store: MemoryStore, author: Identity, tmp_path: Path
 ) -> None:
     a = write_adapter(tmp_path / "a")
-    too_long = np.array([[3.0, 0], [1, 0]], np.float32)
+    too_long = np.array([[3.0, 0], [1, 0]], np.float16)
     (a / PROTOTYPES_FILE).write_bytes(raw_file(too_long, GOOD_COUNTS))
     before = set(store.iter_block_cids())
     with pytest.raises(PrototypeFileError, match="longer than"):
