@@ -5,8 +5,13 @@ Run ``python bench/routing.py RUN_DIR`` on a devnet run that was kept
 with one JSON object.  For every parent node it scores the model the devnet's referee scores
 (the parent's last version on its tier) on its descendants' pooled held-out data, five ways:
 
-* ``union``: among the node's answers (its plan's ``labels``: its subtree's tasks; every label
-  for the master and the language node).  This is the devnet's ``parents_vs_children`` figure;
+* ``answered``: the node's model as it answers, the devnet referee's figure
+  (``parents_vs_children``): among its answers (its plan's ``labels``: its subtree's tasks;
+  every label for the master and the language node), each text routed to a task by the
+  class prototypes the node holds (its descendants' merged, travelling up with their
+  updates: ``learn/prototypes.py``) where they span several tasks;
+* ``union``: its head alone among the same answers (what the referee scored before
+  prototypes travelled);
 * ``task_given``: each example among the labels of its own task (its dataset), as a
   multi-task model is used when the caller names the task.  The gap to ``union`` is what
   answering across tasks costs;
@@ -15,11 +20,10 @@ with one JSON object.  For every parent node it scores the model the devnet's re
 * ``ncm``: the nearest class prototype's label itself (no head);
 * ``route_ok``: how often the nearest prototype names the right task.
 
-The prototypes are every descendant's *training* data (what had arrived by the end) embedded
-by the parent's model and merged: what a parent would hold if each descendant sent it one
-mean vector per label in the parent's embedding space.  That is an upper bound for the
-product (students and devices run other tiers; a student holds its teacher, a device does
-not): information for the design, not a figure of the product.  The children's mean is
+For ``routed``, ``ncm`` and ``route_ok`` the prototypes are every descendant's *training* data
+(what had arrived by the end) embedded by the parent's model and merged: an upper bound (the
+product's travel only from nodes that hold the root tier's encoder: devices send none),
+information for the design; ``answered`` is the product's figure.  The children's mean is
 their own accuracy on their own held-out data after the last round (the report's).
 Nothing here changes the run.
 """
@@ -45,6 +49,12 @@ def _load(run: Path) -> tuple[dict[str, Any], dict[str, Path]]:
     return report, homes
 
 
+def _prototypes_of(home: Path) -> str | None:
+    """The node's merged prototypes file, where it holds one (node/protos.py)."""
+    path = home / "learn" / "prototypes" / "merged.safetensors"
+    return str(path) if path.exists() else None
+
+
 def _descendants(nodes: Sequence[dict[str, Any]], name: str) -> list[str]:
     out: list[str] = []
     for n in nodes:
@@ -56,9 +66,9 @@ def _descendants(nodes: Sequence[dict[str, Any]], name: str) -> list[str]:
 def score_parent(
     home: Path, train: Sequence[Any], test: Sequence[Any], max_length: int
 ) -> dict[str, Any] | None:
-    """The five scores of the parent at ``home`` (``None``: it holds no version)."""
+    """The six scores of the parent at ``home`` (``None``: it holds no version)."""
     from p2phier.learn.models import load_tier
-    from p2phier.learn.prototypes import Prototypes, route
+    from p2phier.learn.prototypes import Prototypes, load, route
     from p2phier.learn.train import Session
 
     learn = home / "learn"
@@ -77,6 +87,13 @@ def score_parent(
             labels.append(e.label)
     texts = [e.text for e in test]
     union = session.accuracy(test, max_length)
+    held = load(Path(state_protos)) if (state_protos := _prototypes_of(home)) else None
+    answered, held_tasks = union, 0
+    if held is not None:
+        as_node = Session(tier, adapter=Path(flat["dir"]), answers=answers)
+        if as_node.use_prototypes(held):
+            answered = as_node.accuracy(test, max_length)
+            held_tasks = len(held.task_groups(answers))
     logits = session.logits(texts, max_length).numpy()
     column = {label: i for i, label in enumerate(tier.labels)}
     given = 0
@@ -91,6 +108,8 @@ def score_parent(
     task_of = {label: t for t, ls in tasks.items() for label in ls}
     n = len(test)
     return {
+        "answered": answered,
+        "prototype_tasks": held_tasks,
         "union": union,
         "task_given": given / n,
         "routed": sum(p == e.label for p, e in zip(routed, test, strict=True)) / n,
@@ -141,14 +160,25 @@ def main(argv: list[str] | None = None) -> int:
         scores["children_mean_own"] = sum(kids) / len(kids) if kids else None
         results[node["name"]] = scores
     rows = [
-        [name, s["examples"], *(f"{s[k]:.3f}" for k in ("union", "task_given", "routed", "ncm")),
+        [name, s["examples"],
+         *(f"{s[k]:.3f}" for k in ("answered", "union", "task_given", "routed", "ncm")),
          f"{s['route_ok']:.3f}",
          f"{s['children_mean_own']:.3f}" if s["children_mean_own"] is not None else "-"]
         for name, s in results.items()
     ]  # fmt: skip
     print_table(
         f"Parents on their descendants' pooled held-out data ({args.run})",
-        ["parent", "examples", "union", "task given", "routed", "ncm", "route ok", "children"],
+        [
+            "parent",
+            "examples",
+            "answered",
+            "union",
+            "task given",
+            "routed",
+            "ncm",
+            "route ok",
+            "children",
+        ],
         rows,
     )
     if args.json:

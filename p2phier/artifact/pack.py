@@ -132,16 +132,18 @@ def pack_adapter(
     now: float,
     limits: Limits = DEFAULT_LIMITS,
     base_version: CID | str | None = None,
+    prototypes: bytes | None = None,
 ) -> Artifact:
     """Pack a PEFT adapter directory as a signed artifact (a delta if ``parent`` is given).
 
     ``encoding`` defaults to fp32 for a full adapter and int8-delta for a delta.
+    ``prototypes``: the prototypes file to carry; ``None``: the directory's
+    ``prototypes.safetensors``, where it has one.
     """
     config, tensors = read_adapter_dir(adapter_dir, limits=limits)
     protos = Path(adapter_dir) / PROTOTYPES_FILE
-    prototypes = (
-        _read_bounded(protos, MAX_PROTOTYPES_BYTES, "prototypes") if protos.exists() else None
-    )
+    if prototypes is None and protos.exists():
+        prototypes = _read_bounded(protos, MAX_PROTOTYPES_BYTES, "prototypes")
     return pack_tensors(
         store,
         config,

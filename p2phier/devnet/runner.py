@@ -541,10 +541,14 @@ def referee_scores(prepared: Prepared, st: Mapping[str, dict[str, Any] | None]) 
         ]  # fmt: skip
         if not flat or not tier or not pooled:
             continue
+        protos = learn.get("prototypes")
         result = api.evaluate(
             Path(tier["dir"]), {"children": pooled}, adapter=Path(flat["dir"]),
             max_length=s.learning.max_length,
             answers=answer_labels(s, prepared.data, node.name),
+            # the node's model as it answers: routed by its class prototypes where its
+            # answers span several tasks (learn/prototypes.py)
+            prototypes=Path(protos) if protos else None,
         )  # fmt: skip
         scores[node.name] = result["accuracy.children"]
     return scores

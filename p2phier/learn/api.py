@@ -74,6 +74,9 @@ from p2phier.learn.models import (
     read_tier_info,
 )
 from p2phier.learn.pareto import TierCandidate
+from p2phier.learn.prototypes import Prototypes
+from p2phier.learn.prototypes import load as load_prototypes
+from p2phier.learn.prototypes import save as save_prototypes
 from p2phier.learn.tierops import distil_student as distil_student  # noqa: PLC0414 - the interface's
 from p2phier.learn.tierops import export_tier as export_tier  # noqa: PLC0414 - the interface's
 from p2phier.learn.tierops import import_tier as import_tier  # noqa: PLC0414 - the interface's
@@ -85,6 +88,7 @@ from p2phier.learn.train import (
     LoraSettings,
     Session,
     TrainConfig,
+    pooled_embeddings,
     read_adapter,
     write_adapter,
 )
@@ -153,11 +157,32 @@ def evaluate(
     adapter: Path | None = None,
     max_length: int = 64,
     answers: Sequence[str] = (),
+    prototypes: Path | None = None,
 ) -> dict[str, float]:
     """Accuracy (classifiers, among ``answers``: the labels of the domain's task, empty for
-    all) or perplexity (causal LMs) of a stack on each set."""
+    all) or perplexity (causal LMs) of a stack on each set.  ``prototypes``: the node's
+    class prototypes file, with which a model whose answers span several tasks routes each
+    text to its task (:func:`p2phier.learn.prototypes.answer`; only prototypes in this
+    tier's base space are used)."""
     session = Session(load_tier(tier_dir), parents=parents, adapter=adapter, answers=answers)
+    if prototypes is not None and (protos := load_prototypes(prototypes)) is not None:
+        session.use_prototypes(protos)
     return _scores(session, eval_sets, max_length)
+
+
+def class_prototypes(
+    space_dir: Path, examples: Sequence[Example], out: Path, max_length: int = 64
+) -> dict[str, Any]:
+    """The prototypes of ``examples`` (each label's task: its example's ``domain``) in the
+    base space of the tier at ``space_dir`` (its model without adapters), saved to ``out``."""
+    tier = load_tier(space_dir)
+    if not examples:
+        raise ModelError("no examples to make prototypes of")
+    emb = pooled_embeddings(tier, tier.model, [e.text for e in examples], max_length)
+    tasks = {e.label: e.domain for e in examples}
+    protos = Prototypes.of(emb, [e.label for e in examples], tasks, tier.info.weights_cid)
+    save_prototypes(protos, out)
+    return {"labels": len(protos.labels), "examples": len(examples), "space": protos.space}
 
 
 def init_version(

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from p2phier.learn import api
+from p2phier.errors import P2PHierError
+from p2phier.learn import api, prototypes
 from p2phier.learn import calibrate as calibration
 from p2phier.learn.aggregate import (
     DELTA_SUFFIX,
@@ -447,13 +448,13 @@ def rebase(
 
 def evaluate(
     plan: LearnPlan, tier_dir: Path, stack: Sequence[Path], adapter: Path | None,
-    test: Sequence[DataRecord],
+    test: Sequence[DataRecord], *, protos: Path | None = None,
 ) -> float | None:  # fmt: skip
     if not test:
         return None
     scores = api.evaluate(
         tier_dir, {"own": examples(test)}, parents=stack, adapter=adapter,
-        max_length=plan.max_length, answers=plan.labels,
+        max_length=plan.max_length, answers=plan.labels, prototypes=protos,
     )  # fmt: skip
     return scores.get("accuracy.own")
 
@@ -607,3 +608,59 @@ def learned_since(plan: LearnPlan, own: Path, since: Path, out_dir: Path) -> Pat
 
 def same_tier(a: Path, b: Path) -> bool:
     return read_tier_info(a).weights_cid == read_tier_info(b).weights_cid
+
+
+# --- class prototypes (learn/prototypes.py): computed, merged, travelling upward ------------
+
+
+def prototype_space(own_tier: Path, tiers: Sequence[Path]) -> Path | None:
+    """Where this node computes its class prototypes: the root tier's base encoder (a tier
+    distilled from no teacher), its own tier if it is one, else its teacher among ``tiers``
+    (a student holds the tier it was distilled from); ``None`` for a tier two steps from the
+    root (an int8 device's teacher is a student)."""
+    info = read_tier_info(own_tier)
+    if info.teacher_cid is None:
+        return own_tier
+    for tier in tiers:
+        other = read_tier_info(tier)
+        if other.weights_cid == info.teacher_cid and other.teacher_cid is None:
+            return tier
+    return None
+
+
+def own_prototypes(
+    plan: LearnPlan, space: Path, records: Sequence[DataRecord], out: Path
+) -> dict[str, Any]:
+    """The prototypes of the node's training data so far (``records``) in ``space``."""
+    return api.class_prototypes(space, examples(records), out, plan.max_length)
+
+
+def merge_prototypes(
+    own: Path | None, senders: Mapping[str, tuple[Path, float]], out: Path
+) -> dict[str, Any] | None:
+    """This node's prototypes (its own and its children's, each child's capped and weighed
+    by its trust: :func:`prototypes.merge_senders`) written to ``out``; ``None``: there are
+    none (``out`` removed)."""
+    mine = prototypes.load(own) if own is not None else None
+    theirs = {}
+    skipped: dict[str, str] = {}
+    for name, (path, weight) in senders.items():
+        try:
+            found = prototypes.load(path)
+        except P2PHierError as exc:  # checked when it arrived: a damaged local file
+            skipped[name] = str(exc)
+            continue
+        if found is not None:
+            theirs[name] = (found, weight)
+    merged, refused = prototypes.merge_senders(mine, theirs)
+    skipped.update(refused)
+    if merged is None:
+        out.unlink(missing_ok=True)
+        return None
+    prototypes.save(merged, out)
+    return {
+        "labels": len(merged.labels),
+        "tasks": sorted(set(merged.tasks)),
+        "senders": sorted(set(theirs) - set(refused)),
+        "skipped": skipped,
+    }

@@ -20,17 +20,32 @@ its head, told the task, got 73% of them (bench/routing.py).
 Embeddings are mean-pooled last hidden states (the sentence-transformers pooling of the
 master tier, all-MiniLM-L6-v2), each scaled to unit length; computing them is
 :meth:`p2phier.learn.train.Session.embeddings`.  Pure numpy here.
+
+A node's prototypes travel with its artifacts (``prototypes.safetensors``, checked by
+:mod:`p2phier.artifact.protofile`; :func:`to_file`, :func:`from_file`), computed in one
+space for the whole tree: the root tier's base encoder, without adapters (what every
+MiniLM node holds, and every student as its teacher), so that a parent merges its
+children's exactly; :func:`answer` is the prediction a node whose answers span several
+tasks makes with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from p2phier.artifact.protofile import (
+    MAX_PROTOTYPES_BYTES,
+    PrototypeTable,
+    decode_prototypes,
+    encode_prototypes,
+)
 from p2phier.errors import LearnError
+from p2phier.fsutil import read_capped, write_atomic
 
 
 class PrototypeError(LearnError, ValueError):
@@ -43,7 +58,11 @@ class Prototypes:
 
     labels: tuple[str, ...]
     sums: NDArray[np.float64]  # [len(labels), dim]
-    counts: tuple[int, ...]
+    counts: tuple[float, ...]  # examples (a merge may weigh a sender's below 1 each)
+    #: the task (label group: a dataset's labels) of each label; empty: one task
+    tasks: tuple[str, ...] = ()
+    #: the weights CID of the encoder whose embeddings these are ("": unnamed)
+    space: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -53,18 +72,30 @@ class Prototypes:
             raise PrototypeError(
                 f"{n} labels but sums of shape {self.sums.shape} and {len(self.counts)} counts"
             )
-        if any(c <= 0 for c in self.counts):
+        if self.tasks and len(self.tasks) != n:
+            raise PrototypeError(f"{n} labels but {len(self.tasks)} tasks")
+        if any(not c > 0 for c in self.counts):
             raise PrototypeError(f"every label needs a positive count: {self.counts}")
         if not np.all(np.isfinite(self.sums)):
             raise PrototypeError("prototype sums are not finite")
+
+    def task_of(self, label: str) -> str:
+        return self.tasks[self.labels.index(label)] if self.tasks else ""
 
     @property
     def dim(self) -> int:
         return int(self.sums.shape[1])
 
     @classmethod
-    def of(cls, embeddings: NDArray[np.floating], labels: Sequence[str]) -> Prototypes:
-        """The prototypes of examples with these (unit) ``embeddings`` and ``labels``."""
+    def of(
+        cls,
+        embeddings: NDArray[np.floating],
+        labels: Sequence[str],
+        tasks: Mapping[str, str] | None = None,
+        space: str = "",
+    ) -> Prototypes:
+        """The prototypes of examples with these (unit) ``embeddings`` and ``labels``
+        (``tasks``: each label's task, where known)."""
         emb = np.asarray(embeddings, dtype=np.float64)
         if emb.ndim != 2 or emb.shape[0] != len(labels) or emb.shape[0] == 0:
             raise PrototypeError(f"{len(labels)} labels for embeddings of shape {emb.shape}")
@@ -75,22 +106,61 @@ class Prototypes:
         for row, label in zip(emb, labels, strict=True):
             sums[index[label]] += row
             counts[index[label]] += 1
-        return cls(names, sums, tuple(counts))
+        task_names = tuple(tasks[n] for n in names) if tasks else ()
+        return cls(names, sums, tuple(float(c) for c in counts), task_names, space)
 
     def merge(self, *others: Prototypes) -> Prototypes:
-        """These and ``others`` pooled: per label, sums and counts added."""
+        """These and ``others`` pooled: per label, sums and counts added.  All must share one
+        space and give a label the same task."""
         sums: dict[str, NDArray[np.float64]] = {}
-        counts: dict[str, int] = {}
+        counts: dict[str, float] = {}
+        tasks: dict[str, str] = {}
         for p in (self, *others):
             if p.dim != self.dim:
                 raise PrototypeError(f"cannot merge prototypes of dimension {p.dim} and {self.dim}")
+            if p.space != self.space:
+                raise PrototypeError(
+                    f"cannot merge prototypes of spaces {p.space} and {self.space}"
+                )
             for label, row, count in zip(p.labels, p.sums, p.counts, strict=True):
+                task = p.task_of(label)
+                if tasks.setdefault(label, task) != task:
+                    raise PrototypeError(
+                        f"label {label!r} is in task {tasks[label]!r} and in task {task!r}"
+                    )
                 sums[label] = sums[label] + row if label in sums else row.copy()
-                counts[label] = counts.get(label, 0) + count
+                counts[label] = counts.get(label, 0.0) + count
         names = tuple(sorted(sums))
+        keep_tasks = any(p.tasks for p in (self, *others))
         return Prototypes(
-            names, np.stack([sums[n] for n in names]), tuple(counts[n] for n in names)
+            names,
+            np.stack([sums[n] for n in names]),
+            tuple(counts[n] for n in names),
+            tuple(tasks[n] for n in names) if keep_tasks else (),
+            self.space,
         )
+
+    def weighed(self, weight: float, cap: float) -> Prototypes:
+        """Each label's count capped at ``cap`` and then times ``weight`` (its mean kept):
+        what one sender's prototypes count for in a merge."""
+        if not 0.0 < weight <= 1.0 or not cap > 0:
+            raise PrototypeError(f"weight {weight} must lie in (0, 1] and cap {cap} above 0")
+        scale = np.asarray([weight * min(1.0, cap / c) for c in self.counts])
+        return Prototypes(
+            self.labels,
+            self.sums * scale[:, None],
+            tuple(float(c * f) for c, f in zip(self.counts, scale, strict=True)),
+            self.tasks,
+            self.space,
+        )
+
+    def task_groups(self, answers: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+        """Task -> its labels among ``answers`` (empty: all) that have a prototype."""
+        groups: dict[str, list[str]] = {}
+        for label in self.labels:
+            if not answers or label in answers:
+                groups.setdefault(self.task_of(label), []).append(label)
+        return {t: tuple(v) for t, v in sorted(groups.items())}
 
     def means(self, answers: Sequence[str] = ()) -> tuple[tuple[str, ...], NDArray[np.float64]]:
         """The labels among ``answers`` (empty: all) and their unit-length mean embeddings."""
@@ -139,3 +209,116 @@ def route(
         cols = [column[m] for m in tasks[task_of[label]]]
         out.append(labels[cols[int(np.argmax(row[cols]))]])
     return out
+
+
+def answer(
+    logits: NDArray[np.floating],
+    embeddings: NDArray[np.floating] | None,
+    prototypes: Prototypes | None,
+    labels: Sequence[str],
+    answers: Sequence[str] = (),
+) -> list[str]:
+    """Each example's label among ``answers`` (empty: every label of the head).
+
+    Where the answers span two or more tasks that have prototypes, the head answers among the
+    labels of the task of the example's nearest prototype (labels with no prototype compete
+    in every task: nothing says where they belong); otherwise among all the answers.
+    ``labels``: the head's label of each logit column."""
+    allowed = [label for label in labels if not answers or label in answers]
+    lg = np.asarray(logits, dtype=np.float64)
+    groups = prototypes.task_groups(allowed) if prototypes is not None else {}
+    if prototypes is None or embeddings is None or len(groups) < 2:
+        cols = [labels.index(label) for label in allowed]
+        return [allowed[int(np.argmax(row[cols]))] for row in lg]
+    covered = {label for members in groups.values() for label in members}
+    free = [label for label in allowed if label not in covered]
+    tasks = {task: (*members, *free) for task, members in groups.items()}
+    near = prototypes.nearest(embeddings, answers=tuple(covered))
+    column = {label: i for i, label in enumerate(labels)}
+    out = []
+    for row, label in zip(lg, near, strict=True):
+        members = tasks[prototypes.task_of(label)]
+        cols = [column[m] for m in members]
+        out.append(members[int(np.argmax(row[cols]))])
+    return out
+
+
+# --- the file an artifact carries (p2phier.artifact.protofile) ----------------------------------
+
+
+def to_file(prototypes: Prototypes) -> bytes:
+    """The prototypes file's bytes: each mean (norm at most 1) as half floats, each count
+    rounded (at least 1)."""
+    if not prototypes.tasks or not prototypes.space:
+        raise PrototypeError("prototypes need their tasks and space to be sent")
+    counts = np.asarray(prototypes.counts, dtype=np.float64)
+    means = prototypes.sums / counts[:, None]
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    means = means / np.maximum(norms, 1.0)  # float error only: a mean of unit vectors
+    return encode_prototypes(
+        PrototypeTable(
+            prototypes.labels,
+            prototypes.tasks,
+            prototypes.space,
+            means.astype(np.float16),
+            np.maximum(1, np.rint(counts)).astype(np.int64),
+        )
+    )
+
+
+def from_file(data: bytes) -> Prototypes:
+    """Checked prototypes from a file's bytes (a peer's: hostile; see protofile)."""
+    t = decode_prototypes(data)
+    counts = t.counts.astype(np.float64)
+    return Prototypes(
+        t.labels,
+        t.means.astype(np.float64) * counts[:, None],
+        tuple(float(c) for c in counts),
+        t.tasks,
+        t.space,
+    )
+
+
+def load(path: Path) -> Prototypes | None:
+    """The prototypes in ``path`` (``None``: there is no such file)."""
+    if not path.exists():
+        return None
+    return from_file(read_capped(path, MAX_PROTOTYPES_BYTES, "prototypes file", PrototypeError))
+
+
+def save(prototypes: Prototypes, path: Path) -> Path:
+    write_atomic(path, to_file(prototypes))
+    return path
+
+
+#: what one sender's prototypes count for at most, per label, in examples: a child that
+#: claims a million examples of a label counts as this many (the devnet's shards hold 20-80)
+SENDER_CAP = 1000.0
+
+
+def merge_senders(
+    own: Prototypes | None,
+    senders: Mapping[str, tuple[Prototypes, float]],
+    *,
+    cap: float = SENDER_CAP,
+) -> tuple[Prototypes | None, dict[str, str]]:
+    """A node's prototypes: its own and each sender's (``name -> (prototypes, weight)``),
+    every sender's counts capped at ``cap`` per label and weighed by its trust ``weight``.
+    Senders of weight 0, of another space than the node's (its own, else the first
+    sender's) or that give a label another task than the rest are left out, each with its
+    reason."""
+    skipped: dict[str, str] = {}
+    merged = own
+    for name, (protos, weight) in sorted(senders.items()):
+        if not weight > 0:
+            skipped[name] = "weight 0"
+            continue
+        part = protos.weighed(min(1.0, weight), cap)
+        if merged is None:
+            merged = part
+            continue
+        try:
+            merged = merged.merge(part)
+        except PrototypeError as exc:
+            skipped[name] = str(exc)
+    return merged, skipped

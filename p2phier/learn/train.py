@@ -53,6 +53,7 @@ from p2phier.learn.models import (
     find_head_modules,
     find_lora_targets,
 )
+from p2phier.learn.prototypes import Prototypes, answer
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,24 @@ def apply_adapter(model: torch.nn.Module, adapter: Adapter) -> None:
 # --- sessions ---------------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def pooled_embeddings(
+    tier: Tier, model: torch.nn.Module, texts: Sequence[str], max_length: int = 64, batch: int = 32
+) -> NDArray[np.float32]:
+    """Each text's unit-length mean-pooled last hidden state under ``model`` (``tier``'s
+    model, adapted or not: ``tier.model`` is its base), a float32 array [n, hidden]."""
+    outs = []
+    for i in range(0, len(texts), batch):
+        inputs = tier.encode(texts[i : i + batch], max_length)
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1].float()
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        outs.append(torch.nn.functional.normalize(pooled, dim=-1))
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(outs).numpy().astype(np.float32)
+
+
 class Session:
     """A trainable LoRA adapter on a tier with ancestor adapters merged underneath."""
 
@@ -227,6 +246,7 @@ class Session:
 
         self.tier = tier
         self.answers = self._answer_ids(answers)
+        self.prototypes: Prototypes | None = None  # see use_prototypes
         self.settings = settings or LoraSettings()
         self.parents = tuple(Path(p) for p in parents)
         model = copy.deepcopy(tier.model)
@@ -443,17 +463,17 @@ class Session:
     ) -> NDArray[np.float32]:
         """Each text's sentence embedding (a float32 numpy array [n, hidden]): the mean of the
         last hidden states over its tokens (the master tier's sentence-transformers pooling),
-        scaled to unit length (:mod:`p2phier.learn.prototypes`)."""
-        outs = []
-        for i in range(0, len(texts), batch):
-            inputs = self.tier.encode(texts[i : i + batch], max_length)
-            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-1].float()
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-            outs.append(torch.nn.functional.normalize(pooled, dim=-1))
-        if not outs:
-            return np.zeros((0, 0), dtype=np.float32)
-        return torch.cat(outs).numpy().astype(np.float32)
+        scaled to unit length (:mod:`p2phier.learn.prototypes`), under this session's model."""
+        return pooled_embeddings(self.tier, self.model, texts, max_length, batch)
+
+    def use_prototypes(self, prototypes: Prototypes) -> bool:
+        """Answer with ``prototypes`` from now on (:func:`p2phier.learn.prototypes.answer`)
+        where they lie in this tier's base space (embeddings of the tier's base model, no
+        adapters); ``False``: they lie in another space, and are not used."""
+        if prototypes.space != self.tier.info.weights_cid:
+            return False
+        self.prototypes = prototypes
+        return True
 
     def _answer_ids(self, answers: Sequence[str]) -> tuple[int, ...]:
         """The label indices of ``answers`` (a domain's task: the labels its model answers
@@ -472,6 +492,10 @@ class Session:
         model answers within its domain's task: a news article is never given a
         drug review's sentiment, however the shared head scores it)."""
         logits = self.logits(texts, max_length)
+        if self.prototypes is not None and logits.numel():
+            emb = pooled_embeddings(self.tier, self.tier.model, texts, max_length)
+            answers = [self.tier.labels[i] for i in self.answers]
+            return answer(logits.numpy(), emb, self.prototypes, self.tier.labels, answers)
         if self.answers and logits.numel():
             allowed = torch.tensor(self.answers, dtype=torch.long)
             ids = allowed[logits[:, allowed].argmax(dim=-1)].tolist()

@@ -85,6 +85,7 @@ from p2phier.node.learncore import (
     probe_rounds,
     sends_held,
 )
+from p2phier.node.protos import ProtoBook
 from p2phier.node.worker import PriorityWorker
 from p2phier.trust.standing import Standing
 
@@ -128,7 +129,7 @@ class ScreenedRound:
     probe: Any = None
 
 
-class Learner(Inbound):
+class Learner(Inbound, ProtoBook):
     """One node's learning worker (see the module docstring)."""
 
     def __init__(self, node: NodeDaemon, plan: LearnPlan) -> None:
@@ -160,6 +161,7 @@ class Learner(Inbound):
         self._in_flight: set[str] = set()
         #: the last rounds screened (oldest first), for their late updates (_screen_late)
         self._screened: list[ScreenedRound] = []
+        self.proto_info: dict[str, Any] = {}  # the last prototype steps (status)
 
     @property
     def requested_round(self) -> int:
@@ -505,6 +507,7 @@ class Learner(Inbound):
                 trained=len(new), train_s=result["train_s"], accuracy_own=result["accuracy_own"]
             )
             self.state.accuracy_own = result["accuracy_own"]
+            await self._own_prototypes(r)
             if self.state.flat is None and self.state.base is not None:
                 adapter, received = await self._own_update(), self._received()
                 if received is not None:  # the calibration stays here
@@ -655,6 +658,11 @@ class Learner(Inbound):
                 elif weights.get(author, {}).get("weight") == 0.0:
                     excluded[author] = f"weight 0: {weights[author]['why']}"
             rec["screen"] = {a: v["reason"] for a, v in out["screen"].items()}
+            kept = [a for a in fresh if a in updates and a not in excluded]
+            for author in kept:
+                self._keep_child_prototypes(author, self.dir / "updates" / fresh[author].cid)
+            if kept:
+                await self._merge_prototypes()
             candidate = Path(out["candidate"])
             # an update of this round that comes after it is still screened (_screen_late)
             screened = ScreenedRound(
@@ -774,5 +782,7 @@ class Learner(Inbound):
             "rounds": s["rounds"],
             "applied": s["applied"],
             "pending_updates": sorted(self.updates),
+            "prototypes": str(p) if (p := self.prototypes_file()) else None,
+            "prototypes_info": self.proto_info,
             "errors": list(self.errors),
         }

@@ -50,6 +50,9 @@ class Outbox:
     async def _work(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         raise NotImplementedError  # the learner's worker thread
 
+    def prototypes_bytes(self) -> bytes | None:
+        return None  # node/protos.py: a node with prototypes sends them up
+
     async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
         """Publish ``flat`` to the children as this node's version, and hold the version as
         its artifact rebuilds it (an int8 delta or an fp16 keyframe is not ``flat`` to the
@@ -108,13 +111,16 @@ class Outbox:
         if choice.parent is not None:
             try:
                 art = await self._pack_as(
-                    adapter, tier, base_version, round_, metrics, parent=choice.parent
-                )
+                    adapter, tier, base_version, round_, metrics, parent=choice.parent,
+                    stream=stream,
+                )  # fmt: skip
             except P2PHierError as exc:
                 reason = f"keyframe: the delta on {choice.parent} could not be packed ({exc})"
                 logger.info("%s: %s", stream, reason)
         if art is None:
-            art = await self._pack_as(adapter, tier, base_version, round_, metrics, parent=None)
+            art = await self._pack_as(
+                adapter, tier, base_version, round_, metrics, parent=None, stream=stream
+            )
         chain = previous.chain + 1 if art.manifest.parent is not None and previous else 0
         self.state.sent[stream] = SentRef(str(art.cid), to, chain)
         logger.debug("%s artifact %s (%d bytes): %s", stream, art.cid, art.stored_bytes, reason)
@@ -129,10 +135,14 @@ class Outbox:
         metrics: Any,
         *,
         parent: str | None,
+        stream: str,
     ) -> Artifact:
         from p2phier.artifact import pack_adapter
 
         node = self.node
+        # the node's class prototypes go up with its updates (node/protos.py), never down:
+        # its children answer within their own tasks
+        protos = self.prototypes_bytes() if stream == "up" else None
         art: Artifact = await self._work(
             lambda: pack_adapter(
                 node.store,
@@ -148,6 +158,7 @@ class Outbox:
                 metrics={k: float(v) for k, v in (metrics or {}).items() if _finite(v)},
                 now=node.clock(),
                 base_version=base_version,
+                prototypes=protos,
             )
         )
         return art

@@ -154,9 +154,11 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
         for prev, cur in itertools.pairwise(ups):
             assert cur["parent"] == prev["cid"], ups
             assert 0 < cur["wire_bytes"] < ups[0]["wire_bytes"], ups
-    # bench/routing.py on this run: its `union` score is the referee's figure for the language
-    # node (same model, data and answers), and class prototypes of its children's training data
-    # name the task (news topics or drug-review sentiments) of nearly every held-out example.
+    # bench/routing.py on this run: its `answered` score is the referee's figure for the
+    # language node (same model, data, answers and prototypes); the prototypes the node holds
+    # came up from its children with their updates and span both tasks (news topics and
+    # drug-review sentiments); and class prototypes of its children's training data name the
+    # task of nearly every held-out example.
     routing = subprocess.run(
         [sys.executable, str(REPO / "bench" / "routing.py"), str(run_dir), "--json"],
         capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **FAST_ENV},
@@ -165,7 +167,8 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
     assert routing.returncode == 0, routing.stderr[-4000:]
     scores = json.loads(routing.stdout.strip().splitlines()[-1])["parents"]
     assert set(scores) == {"master", "en"}, scores
-    assert scores["en"]["union"] == pytest.approx(by_round[2]["en"]["accuracy_children"])
+    assert scores["en"]["answered"] == pytest.approx(by_round[2]["en"]["accuracy_children"])
+    assert scores["en"]["prototype_tasks"] == 2, scores["en"]
     assert scores["en"]["route_ok"] >= 0.9, scores["en"]
     # Nothing is left running, and `devnet down` agrees.
     assert _no_node_left(run_dir) == []

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2phier.learn.prototypes import PrototypeError, Prototypes, route
+from p2phier.learn.prototypes import (
+    PrototypeError,
+    Prototypes,
+    answer,
+    from_file,
+    merge_senders,
+    route,
+    to_file,
+)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -116,3 +124,69 @@ def test_session_embeddings_are_unit_mean_pooled_and_separate_the_datasets(
     right = sum(p == e.domain for p, e in zip(protos.nearest(test_emb), test, strict=True))
     # the default devnet's language node: 230 of 233 (bench/routing.py)
     assert len(test) >= 50 and right >= 0.9 * len(test), (right, len(test))
+
+
+# --- what a node does with them: files, merges of senders, answers ------------------------------
+
+
+def _rows(rows: list[list[float]]) -> np.ndarray:
+    a = np.asarray(rows, dtype=np.float64)
+    out: np.ndarray = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return out
+
+
+SPACE = "bafkreihzvvaicl5orubrkophsynigwuuu3mogkwr44mzkmt76yx7kz7hre"
+TASKS = {"t1": "news", "t2": "news", "s1": "health", "s2": "health"}
+
+
+def _protos(rows: list[list[float]], labels: list[str], space: str = SPACE) -> Prototypes:
+    return Prototypes.of(_rows(rows), labels, TASKS, space)
+
+
+def test_prototypes_survive_their_file_with_means_and_counts() -> None:
+    p = _protos([[1, 0, 0], [0.8, 0.2, 0], [0, 1, 0], [0, 0, 1]], ["t1", "t1", "s1", "s2"])
+    back = from_file(to_file(p))
+    assert back.labels == p.labels and back.tasks == p.tasks and back.space == SPACE
+    assert back.counts == (1.0, 1.0, 2.0)
+    np.testing.assert_allclose(back.sums, p.sums, atol=2e-3)
+    with pytest.raises(PrototypeError, match="tasks and space"):
+        to_file(Prototypes.of(np.eye(2), ["a", "b"]))
+
+
+def test_a_sender_counts_at_most_its_cap_and_its_trust_weight() -> None:
+    own = _protos([[1, 0, 0]], ["t1"])
+    liar = Prototypes(("t1",), np.array([[0.0, 1e6, 0.0]]), (1e6,), ("news",), SPACE)
+    merged, skipped = merge_senders(own, {"liar": (liar, 1.0)}, cap=1.0)
+    assert skipped == {}
+    assert merged is not None and merged.counts == (2.0,)  # its million counts as 1
+    mean = merged.means()[1][0]
+    np.testing.assert_allclose(mean, _rows([[1, 1, 0]])[0])
+    half, _ = merge_senders(own, {"liar": (liar, 0.5)}, cap=1.0)
+    assert half is not None and half.counts == (1.5,)
+    none, skipped = merge_senders(own, {"zero": (liar, 0.0)})
+    assert none is own and skipped == {"zero": "weight 0"}
+
+
+def test_senders_of_another_space_or_task_are_left_out_with_the_reason() -> None:
+    own = _protos([[1, 0, 0]], ["t1"])
+    other_space = _protos([[0, 1, 0]], ["s1"], space="bafkother")
+    other_task = Prototypes(("t1",), np.array([[0.0, 1.0, 0.0]]), (1.0,), ("health",), SPACE)
+    merged, skipped = merge_senders(own, {"a": (other_space, 1.0), "b": (other_task, 1.0)})
+    assert merged == own
+    assert "spaces" in skipped["a"] and "task" in skipped["b"]
+
+
+def test_a_node_answers_within_the_task_of_the_nearest_prototype() -> None:
+    labels = ["t1", "t2", "s1", "s2"]
+    protos = _protos([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.1]], labels)
+    # the head prefers a sentiment for a news text; the prototypes send it to news
+    logits = np.array([[0.0, 1.0, 5.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
+    emb = _rows([[1, 0.05, 0], [0.05, 1, 0]])
+    assert answer(logits, emb, protos, labels) == ["t2", "s2"]
+    # among the answers of one task there is nothing to route: the head decides
+    assert answer(logits, emb, protos, labels, answers=["t1", "t2"]) == ["t2", "t1"]
+    assert answer(logits, emb, None, labels) == ["s1", "s2"]
+    # a label with no prototype competes in every task
+    only_news = _protos([[1, 0, 0], [0, 1, 0]], ["t1", "s1"])
+    logits = np.array([[0.0, 9.0, 0.0, 0.0], [0.0, 9.0, 1.0, 0.0]])
+    assert answer(logits, emb, only_news, labels) == ["t2", "t2"]

@@ -1,0 +1,125 @@
+"""The node's class prototypes (``ProtoBook``, a part of ``Learner``; no torch, no trio
+beyond the learner's worker).
+
+What this module owns: where a node keeps its prototypes (``learn/prototypes/``: its own
+training data's, ``own.safetensors``; each child's latest as its update carried them,
+``from/<peer>.safetensors``; their merge, ``merged.safetensors``: what the node sends up
+with its updates and answers with), when they are recomputed (after each training cycle;
+after each aggregation, from the children whose updates the round kept) and whose count:
+a child isolated or distrusted since is left out, every other weighed by its trust weight
+now and capped per label (:func:`p2phier.learn.prototypes.merge_senders`).  A failure here
+is logged and said in the node's errors; it never fails a round.
+
+Why: a parent whose answers span several tasks (the language node over news topics and
+drug-review sentiments) routes each text to its task by its nearest prototype
+(:func:`p2phier.learn.prototypes.answer`); no node trains its head across tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from p2phier.artifact.protofile import PROTOTYPES_FILE
+from p2phier.node.outbox import Outbox
+from p2phier.trust.standing import Standing
+
+logger = logging.getLogger(__name__)
+
+PROTOTYPES_DIR = "prototypes"
+OWN = "own.safetensors"
+MERGED = "merged.safetensors"
+FROM = "from"
+
+
+class ProtoBook(Outbox):
+    """Keeping and merging the node's prototypes (a mixin of ``Learner``)."""
+
+    proto_info: dict[str, Any]
+
+    def _tier_dir(self) -> Path:
+        raise NotImplementedError
+
+    def _arrived(self, round_: int) -> list[Any]:
+        raise NotImplementedError
+
+    @property
+    def _protos(self) -> Path:
+        return self.dir / PROTOTYPES_DIR
+
+    def prototypes_file(self) -> Path | None:
+        """The node's merged prototypes, where it has any."""
+        path = self._protos / MERGED
+        return path if path.exists() else None
+
+    def prototypes_bytes(self) -> bytes | None:
+        path = self.prototypes_file()
+        return path.read_bytes() if path is not None else None
+
+    async def _own_prototypes(self, round_: int) -> None:
+        """Recompute the prototypes of the node's training data so far, then the merge."""
+        from p2phier.learn import cycle
+
+        try:
+            tiers = [Path(d) for d in self.state.tiers.values()]
+            space = await self._work(cycle.prototype_space, self._tier_dir(), tiers)
+            if space is None:
+                self.proto_info["own"] = "no root-tier encoder on this node"
+                return
+            self._protos.mkdir(parents=True, exist_ok=True)
+            self.proto_info["own"] = await self._work(
+                cycle.own_prototypes, self.plan, space, self._arrived(round_), self._protos / OWN
+            )
+        except Exception as exc:  # never fails the round: the prototypes are an aid
+            self._proto_failed("own prototypes", exc)
+            return
+        await self._merge_prototypes()
+
+    def _keep_child_prototypes(self, author: str, update_dir: Path) -> None:
+        """A kept child update's prototypes (checked when it was verified) as its latest;
+        an update without them leaves the child's earlier ones."""
+        src = update_dir / PROTOTYPES_FILE
+        if not src.exists():
+            return
+        dest = self._protos / FROM / f"{author}.safetensors"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+
+    async def _merge_prototypes(self) -> None:
+        from p2phier.learn import cycle
+
+        guard = self.node.guard
+        now = self.node.clock()
+        self._protos.mkdir(parents=True, exist_ok=True)
+        senders: dict[str, tuple[Path, float]] = {}
+        left_out: dict[str, str] = {}
+        for path in sorted((self._protos / FROM).glob("*.safetensors")):
+            author = path.name.removesuffix(".safetensors")
+            if guard.is_isolated(author) or guard.standing(author) is Standing.DISTRUSTED:
+                left_out[author] = "isolated or distrusted"
+                continue
+            senders[author] = (path, guard.trust.weight(author, now)[0])
+        own = self._protos / OWN
+        try:
+            info = await self._work(
+                cycle.merge_prototypes,
+                own if own.exists() else None,
+                senders,
+                self._protos / MERGED,
+            )
+        except Exception as exc:
+            self._proto_failed("prototype merge", exc)
+            return
+        self.proto_info["merged"] = info
+        if left_out:
+            self.proto_info["left_out"] = left_out
+
+    def _proto_failed(self, what: str, exc: Exception) -> None:
+        msg = f"{what}: {exc}"
+        logger.warning("%s", msg)
+        self.errors.append(msg)
