@@ -36,6 +36,11 @@ sets the strength, default 1, and the first round it attacks in, default 1):
     trains honestly on its data with every label replaced by its mirror in the
     sorted label set (data poisoning: the update itself is well-formed).
 
+``proto-lie``
+    sends its honest update with class prototypes that lie as far as the format lets them:
+    every label's mean negated (it points away from the label's examples) and every count
+    a million (the format's limit).
+
 ``alie``
     "a little is enough" (Baruch et al. 2019): waits for its siblings' updates of
     the round (their records name their heads; updates are published by hash, so
@@ -148,6 +153,14 @@ class PoisoningLearner(Learner):
             return _flip_labels(arrived, self.data)
         return arrived
 
+    def prototypes_bytes(self) -> bytes | None:
+        honest = super().prototypes_bytes()
+        if self.behaviour != "proto-lie" or honest is None:
+            return honest
+        if self.requested_round < self.from_round:
+            return honest
+        return lying_prototypes(honest)
+
     def _kept_paths(self) -> list[Path]:
         # the stale attacker re-sends its first adapter: its directory must survive the sweep
         return [*super()._kept_paths(), *([self._first] if self._first else [])]
@@ -181,7 +194,7 @@ class PoisoningLearner(Learner):
                 )  # fmt: skip
             if late:
                 await self._round_closed(round_)
-        elif on is not None and round_ >= self.from_round and self.behaviour != "label-flip":
+        elif on is not None and round_ >= self.from_round and self.behaviour not in HONEST_UPDATES:
             if self.behaviour == "stale":
                 self._first = self._first or adapter
                 adapter = self._first
@@ -296,6 +309,17 @@ def collude(
     return write_adapter(out, lora.state, config)
 
 
+def lying_prototypes(honest: bytes) -> bytes:
+    """``honest`` prototypes with every mean negated and every count at the format's limit."""
+    from p2phier.artifact.protofile import MAX_COUNT
+    from p2phier.learn.prototypes import Prototypes, from_file, to_file
+
+    p = from_file(honest)
+    counts = tuple(float(MAX_COUNT) for _ in p.labels)
+    means = -p.sums / np.asarray(p.counts)[:, None]
+    return to_file(Prototypes(p.labels, means * MAX_COUNT, counts, p.tasks, p.space))
+
+
 def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:
     """Every label replaced by its mirror in the sorted set of the node's labels (its
     held-out data stays true: it measures what the poisoned model does)."""
@@ -307,7 +331,9 @@ def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:
 
 
 POISONING = ("sign-flip", "scale", "noise", "free-ride", "stale", "label-flip", "alie", "ipm",
-             "alie-late", "ipm-late")  # fmt: skip
+             "alie-late", "ipm-late", "proto-lie")  # fmt: skip
+#: updates an attack leaves honest (it lies elsewhere)
+HONEST_UPDATES = ("label-flip", "proto-lie")
 #: what knowing the round's honest updates takes: their publication, seconds at most
 SIBLING_WAIT_S = 120.0
 #: the longest a late colluder waits for its parent's version of the round

@@ -82,7 +82,7 @@ FAULT_ACTIONS = ("kill", "freeze", "restart")
 #: poisoning: what a training node sends its parent (p2phier/devnet/attacker.py)
 POISONING_BEHAVIOURS = (
     "sign_flip", "scale", "noise", "label_flip", "stale", "free_ride", "alie", "ipm",
-    "alie_late", "ipm_late",
+    "alie_late", "ipm_late", "proto_lie",
 )  # fmt: skip
 #: network attacks any node but the master may run (p2phier/devnet/netattack.py)
 NETWORK_BEHAVIOURS = ("wrong_blocks", "flood", "equivocate", "slander", "fake_master", "sybil")

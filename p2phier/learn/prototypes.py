@@ -31,6 +31,7 @@ tasks makes with them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,19 @@ class Prototypes:
             self.space,
         )
 
-    def weighed(self, weight: float, cap: float) -> Prototypes:
-        """Each label's count capped at ``cap`` and then times ``weight`` (its mean kept):
-        what one sender's prototypes count for in a merge."""
-        if not 0.0 < weight <= 1.0 or not cap > 0:
-            raise PrototypeError(f"weight {weight} must lie in (0, 1] and cap {cap} above 0")
-        scale = np.asarray([weight * min(1.0, cap / c) for c in self.counts])
+    def weighed(self, weight: float, cap: float | Mapping[str, float]) -> Prototypes:
+        """Each label's count capped at ``cap`` (one for all, or per label: a label not in
+        the mapping is not capped) and then times ``weight`` (its mean kept): what one
+        sender's prototypes count for in a merge."""
+        caps = cap if isinstance(cap, Mapping) else dict.fromkeys(self.labels, cap)
+        if not 0.0 < weight <= 1.0 or not all(c > 0 for c in caps.values()):
+            raise PrototypeError(f"weight {weight} must lie in (0, 1] and every cap above 0")
+        scale = np.asarray(
+            [
+                weight * min(1.0, caps.get(label, math.inf) / c)
+                for label, c in zip(self.labels, self.counts, strict=True)
+            ]
+        )
         return Prototypes(
             self.labels,
             self.sums * scale[:, None],
@@ -302,23 +310,41 @@ def merge_senders(
     *,
     cap: float = SENDER_CAP,
 ) -> tuple[Prototypes | None, dict[str, str]]:
-    """A node's prototypes: its own and each sender's (``name -> (prototypes, weight)``),
-    every sender's counts capped at ``cap`` per label and weighed by its trust ``weight``.
+    """A node's prototypes: its own and each sender's (``name -> (prototypes, weight)``).
+
+    A sender's count for a label is capped at ``cap`` and at the lower median of the
+    counts that every contributor of that label (the node itself included) claims, then
+    weighed by its trust ``weight``: a sender that claims a million examples counts as much
+    as the median contributor, so one liar among ``k`` honest contributors of a label holds
+    at most about ``1/(k+1)`` of its mean (half, with one).  Counts cannot be proven; the
+    bound is what is left, and its price: an honest sender above the median counts as the
+    median too (the merge is exact while no sender claims more than the median).
+
     Senders of weight 0, of another space than the node's (its own, else the first
     sender's) or that give a label another task than the rest are left out, each with its
     reason."""
     skipped: dict[str, str] = {}
-    merged = own
+    accepted: dict[str, tuple[Prototypes, float]] = {}
+    probe = own
     for name, (protos, weight) in sorted(senders.items()):
         if not weight > 0:
             skipped[name] = "weight 0"
             continue
-        part = protos.weighed(min(1.0, weight), cap)
-        if merged is None:
-            merged = part
-            continue
         try:
-            merged = merged.merge(part)
+            probe = protos if probe is None else probe.merge(protos)
         except PrototypeError as exc:
             skipped[name] = str(exc)
+            continue
+        accepted[name] = (protos, weight)
+    claims: dict[str, list[float]] = {}
+    for p in [*([own] if own is not None else []), *(p for p, _ in accepted.values())]:
+        for label, count in zip(p.labels, p.counts, strict=True):
+            claims.setdefault(label, []).append(count)
+    caps = {
+        label: min(cap, sorted(counts)[(len(counts) - 1) // 2]) for label, counts in claims.items()
+    }
+    merged = own
+    for protos, weight in accepted.values():
+        part = protos.weighed(min(1.0, weight), caps)
+        merged = part if merged is None else merged.merge(part)
     return merged, skipped

@@ -228,6 +228,51 @@ def test_a_scaling_attacker_is_left_out_and_isolated_and_nobody_else(tmp_path: P
     assert _no_node_left(run_dir) == []
 
 
+@pytest.mark.xdist_group("devnet-attack")
+def test_a_child_lying_in_its_class_prototypes_counts_as_a_median_contributor(
+    tmp_path: Path,
+) -> None:
+    """A real attacker leaf sends honest updates with class prototypes that lie as far as
+    the format lets them (every mean negated, every count a million).  The parent verifies
+    and keeps them as the leaf's latest, and its merge counts the liar, per label, as no
+    more than the label's lower-median contributor (``learn/prototypes.merge_senders``): the
+    million never reaches its merge, nor its parent's.  Nobody is isolated (counts cannot be
+    proven; the bound is the defence), and no node fails."""
+    from p2phier.artifact.protofile import MAX_COUNT
+    from p2phier.learn.prototypes import load
+
+    run_dir, liar, honest, en = _topic_leaves_run(tmp_path, "ci-protolie")
+    for r in ("1", "2", "3"):  # the lie is in the prototypes only: its updates count
+        rec = en["rounds"][r]
+        assert liar in set(rec["trust_weights"]) - set(rec.get("excluded_updates", {})), rec
+    homes = {name: Path(n["home"]) for name, n in _state(run_dir)["nodes"].items()}
+    book = homes["en"] / "learn" / "prototypes"
+    sent = {f.name.removesuffix(".safetensors"): load(f) for f in (book / "from").iterdir()}
+    assert set(sent) == honest | {liar}, sorted(sent)
+    lie = sent[liar]
+    assert lie is not None and set(lie.counts) == {float(MAX_COUNT)}
+    merged = load(book / "merged.safetensors")
+    assert merged is not None
+    for label, count in zip(merged.labels, merged.counts, strict=True):
+        claims = sorted(
+            p.counts[p.labels.index(label)]
+            for p in sent.values()
+            if p is not None and label in p.labels
+        )
+        cap = claims[(len(claims) - 1) // 2]
+        bound = sum(min(c, cap) for c in claims)
+        assert count <= bound + 1, (label, count, claims)  # + 1: counts are rounded
+        if label in lie.labels:
+            honest_total = sum(claims) - MAX_COUNT
+            assert count <= honest_total + cap + 1, (label, count, claims)
+    master = load(homes["master"] / "learn" / "prototypes" / "merged.safetensors")
+    assert master is not None and max(master.counts) < MAX_COUNT / 100, master.counts
+    run = json.loads((run_dir / "run.json").read_text())
+    last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
+    assert all(n["isolated"] == 0 for n in last.values()), last
+    assert _no_node_left(run_dir) == []
+
+
 def _kept_out_and_isolated(
     run_dir: Path, en: dict[str, Any], colluder: str, honest: set[str]
 ) -> None:

@@ -153,18 +153,33 @@ def test_prototypes_survive_their_file_with_means_and_counts() -> None:
         to_file(Prototypes.of(np.eye(2), ["a", "b"]))
 
 
-def test_a_sender_counts_at_most_its_cap_and_its_trust_weight() -> None:
+def test_a_sender_counts_at_most_the_median_contributor_and_its_trust_weight() -> None:
     own = _protos([[1, 0, 0]], ["t1"])
     liar = Prototypes(("t1",), np.array([[0.0, 1e6, 0.0]]), (1e6,), ("news",), SPACE)
-    merged, skipped = merge_senders(own, {"liar": (liar, 1.0)}, cap=1.0)
+    merged, skipped = merge_senders(own, {"liar": (liar, 1.0)})
     assert skipped == {}
     assert merged is not None and merged.counts == (2.0,)  # its million counts as 1
     mean = merged.means()[1][0]
     np.testing.assert_allclose(mean, _rows([[1, 1, 0]])[0])
-    half, _ = merge_senders(own, {"liar": (liar, 0.5)}, cap=1.0)
+    half, _ = merge_senders(own, {"liar": (liar, 0.5)})
     assert half is not None and half.counts == (1.5,)
     none, skipped = merge_senders(own, {"zero": (liar, 0.0)})
     assert none is own and skipped == {"zero": "weight 0"}
+    # among three honest senders (10, 20, 30 examples) the liar counts as the lower median
+    # (20), as does every sender above it: exactness traded for a bound
+    honest = {
+        f"h{n}": (
+            Prototypes(("t1",), np.array([[float(n), 0, 0]]), (float(n),), ("news",), SPACE),
+            1.0,
+        )
+        for n in (10, 20, 30)
+    }
+    merged, _ = merge_senders(None, {**honest, "liar": (liar, 1.0)})
+    assert merged is not None and merged.counts == (70.0,)
+    assert merged.means()[1][0] @ np.array([1.0, 0, 0]) > 0.9  # the honest direction holds
+    # a sole sender of a label is capped only at SENDER_CAP
+    alone, _ = merge_senders(None, {"liar": (liar, 1.0)})
+    assert alone is not None and alone.counts == (1000.0,)
 
 
 def test_senders_of_another_space_or_task_are_left_out_with_the_reason() -> None:
