@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the scenario again with fp16 full adapters on the wire and compare",
     )
+    p.add_argument(
+        "--answer-by",
+        choices=("head", "validated"),
+        default=None,
+        help="the nodes' answer_by setting (default: the scenario's)",
+    )
     args = p.parse_args(argv)
     from p2phier.devnet.scenario import load_scenario
 
@@ -102,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     scenario = load_scenario(ROOT / "devnet" / "scenarios" / name).with_rounds(args.rounds)
     if args.seed is not None:
         scenario = dataclasses.replace(scenario, seed=args.seed)
+    if args.answer_by is not None:
+        learning = dataclasses.replace(scenario.learning, answer_by=args.answer_by)
+        scenario = dataclasses.replace(scenario, learning=learning)
     t0 = time.perf_counter()
     record, summary = _run(scenario, args.rounds, keep=args.keep)
     total_s = time.perf_counter() - t0

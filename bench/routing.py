@@ -91,7 +91,13 @@ def score_parent(
     answered, held_tasks = union, 0
     if held is not None:
         as_node = Session(tier, adapter=Path(flat["dir"]), answers=answers)
-        if as_node.use_prototypes(held):
+        answering = learn / "prototypes" / "answering.json"
+        ncm = (
+            json.loads(answering.read_text()).get("ncm_tasks", [])
+            if plan.get("answer_by") == "validated" and answering.exists()
+            else []
+        )
+        if as_node.use_prototypes(held, ncm):
             answered = as_node.accuracy(test, max_length)
             held_tasks = len(held.task_groups(answers))
     logits = session.logits(texts, max_length).numpy()

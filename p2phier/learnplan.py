@@ -78,6 +78,8 @@ TABLES = ("training", "aggregation", "timing", "wire")
 WIRE_ENCODINGS = ("int8-delta", "fp16")
 #: what a node's own adapter does on a rebase (``LearnSettings.rebase``)
 REBASE_MODES = ("keep", "reset")
+#: how a node with class prototypes answers within a task (LearnSettings.answer_by)
+ANSWER_BY = ("head", "validated")
 
 _T = TypeVar("_T")
 
@@ -158,6 +160,11 @@ class LearnSettings:
     #: alone (the grandparent averaged the node's update with its siblings': a news update
     #: with a health one)
     keep_domain: bool = _setting(True, Bool(), "aggregation")
+    #: how a node holding class prototypes (learn/prototypes.py) answers within a task:
+    #: ``head`` (its model's head), or ``validated``: by nearest prototype for each task its
+    #: validation set (the plan's held-out data) answers better that way, re-decided after
+    #: each aggregation.  Off by default until measured in the default devnet
+    answer_by: str = _setting("head", Choice(ANSWER_BY), "aggregation")
     #: the most LoRA rank a published version keeps (bytes on the wire)
     version_rank: int = _setting(16, Int(1, 256), "aggregation")
     margin: float = _setting(0.005, Num(0.0, 1e6), "timing")

@@ -549,6 +549,7 @@ def referee_scores(prepared: Prepared, st: Mapping[str, dict[str, Any] | None]) 
             # the node's model as it answers: routed by its class prototypes where its
             # answers span several tasks (learn/prototypes.py)
             prototypes=Path(protos) if protos else None,
+            ncm_tasks=learn.get("ncm_tasks") or (),
         )  # fmt: skip
         scores[node.name] = result["accuracy.children"]
     return scores

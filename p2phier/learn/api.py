@@ -158,16 +158,36 @@ def evaluate(
     max_length: int = 64,
     answers: Sequence[str] = (),
     prototypes: Path | None = None,
+    ncm_tasks: Sequence[str] = (),
 ) -> dict[str, float]:
     """Accuracy (classifiers, among ``answers``: the labels of the domain's task, empty for
     all) or perplexity (causal LMs) of a stack on each set.  ``prototypes``: the node's
     class prototypes file, with which a model whose answers span several tasks routes each
     text to its task (:func:`p2phier.learn.prototypes.answer`; only prototypes in this
-    tier's base space are used)."""
+    tier's base space are used), and answers the tasks in ``ncm_tasks`` by nearest
+    prototype."""
     session = Session(load_tier(tier_dir), parents=parents, adapter=adapter, answers=answers)
     if prototypes is not None and (protos := load_prototypes(prototypes)) is not None:
-        session.use_prototypes(protos)
+        session.use_prototypes(protos, ncm_tasks)
     return _scores(session, eval_sets, max_length)
+
+
+def validate_ncm(
+    tier_dir: Path,
+    adapter: Path,
+    prototypes: Path,
+    validation: Sequence[Example],
+    *,
+    answers: Sequence[str] = (),
+    max_length: int = 64,
+) -> dict[str, dict[str, float]]:
+    """Per task of ``validation``, the model's head against the nearest prototype
+    (:meth:`Session.validate_ncm`); empty without prototypes in this tier's space."""
+    protos = load_prototypes(prototypes)
+    if protos is None:
+        return {}
+    session = Session(load_tier(tier_dir), adapter=adapter, answers=answers)
+    return session.validate_ncm(protos, validation, max_length)
 
 
 def class_prototypes(

@@ -664,3 +664,21 @@ def merge_prototypes(
         "senders": sorted(set(theirs) - set(refused)),
         "skipped": skipped,
     }
+
+
+def choose_answering(
+    plan: LearnPlan, tier_dir: Path, flat: Path, protos: Path, validation: Sequence[DataRecord]
+) -> dict[str, Any]:
+    """Which tasks this node answers by nearest prototype (``plan.answer_by = "validated"``):
+    those its validation set answers better that way with its current model (``flat``), and
+    its accuracy on that set as it then answers."""
+    tasks = api.validate_ncm(
+        tier_dir, flat, protos, examples(validation), answers=plan.labels,
+        max_length=plan.max_length,
+    )  # fmt: skip
+    ncm = sorted(t for t, v in tasks.items() if v["ncm"])
+    scores = api.evaluate(
+        tier_dir, {"validation": examples(validation)}, adapter=flat,
+        max_length=plan.max_length, answers=plan.labels, prototypes=protos, ncm_tasks=ncm,
+    )  # fmt: skip
+    return {"ncm_tasks": ncm, "tasks": tasks, "accuracy": scores.get("accuracy.validation")}

@@ -32,7 +32,7 @@ tasks makes with them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,30 +224,70 @@ def answer(
     embeddings: NDArray[np.floating] | None,
     prototypes: Prototypes | None,
     labels: Sequence[str],
+    *,
     answers: Sequence[str] = (),
+    ncm_tasks: Collection[str] = (),
 ) -> list[str]:
     """Each example's label among ``answers`` (empty: every label of the head).
 
-    Where the answers span two or more tasks that have prototypes, the head answers among the
-    labels of the task of the example's nearest prototype (labels with no prototype compete
-    in every task: nothing says where they belong); otherwise among all the answers.
-    ``labels``: the head's label of each logit column."""
+    Where the answers span two or more tasks that have prototypes, each example goes to the
+    task of its nearest prototype (labels with no prototype compete in every task: nothing
+    says where they belong); otherwise all examples are in the one task.  Within its task
+    the head answers, or, for a task in ``ncm_tasks`` (where the node's validation set said
+    so), the nearest prototype among the task's labels.  ``labels``: the head's label of
+    each logit column."""
     allowed = [label for label in labels if not answers or label in answers]
     lg = np.asarray(logits, dtype=np.float64)
     groups = prototypes.task_groups(allowed) if prototypes is not None else {}
-    if prototypes is None or embeddings is None or len(groups) < 2:
+    if prototypes is None or embeddings is None or not groups:
         cols = [labels.index(label) for label in allowed]
         return [allowed[int(np.argmax(row[cols]))] for row in lg]
-    covered = {label for members in groups.values() for label in members}
+    covered = tuple(label for members in groups.values() for label in members)
     free = [label for label in allowed if label not in covered]
     tasks = {task: (*members, *free) for task, members in groups.items()}
-    near = prototypes.nearest(embeddings, answers=tuple(covered))
+    if len(groups) >= 2:
+        routed = [prototypes.task_of(n) for n in prototypes.nearest(embeddings, covered)]
+    else:
+        routed = [next(iter(groups))] * len(lg)
     column = {label: i for i, label in enumerate(labels)}
-    out = []
-    for row, label in zip(lg, near, strict=True):
-        members = tasks[prototypes.task_of(label)]
+    out: list[str] = [""] * len(lg)
+    for task in set(routed):
+        rows = [i for i, t in enumerate(routed) if t == task]
+        if task in ncm_tasks:
+            near = prototypes.nearest(np.asarray(embeddings)[rows], groups[task])
+            for i, label in zip(rows, near, strict=True):
+                out[i] = label
+            continue
+        members = tasks[task]
         cols = [column[m] for m in members]
-        out.append(members[int(np.argmax(row[cols]))])
+        for i in rows:
+            out[i] = members[int(np.argmax(lg[i][cols]))]
+    return out
+
+
+def ncm_where_better(
+    logits: NDArray[np.floating],
+    embeddings: NDArray[np.floating],
+    prototypes: Prototypes,
+    labels: Sequence[str],
+    truth: Sequence[str],
+    *,
+    answers: Sequence[str] = (),
+) -> dict[str, dict[str, float]]:
+    """Per task of the validation examples (``truth``: their labels), the accuracy of the
+    head and of the nearest prototype within the task, routed as :func:`answer` routes,
+    and ``ncm`` 1.0 where the nearest prototype got strictly more right."""
+    head = answer(logits, embeddings, prototypes, labels, answers=answers)
+    groups = prototypes.task_groups([a for a in labels if not answers or a in answers])
+    out: dict[str, dict[str, float]] = {}
+    for task in groups:
+        ncm = answer(logits, embeddings, prototypes, labels, answers=answers, ncm_tasks={task})
+        rows = [i for i, t in enumerate(truth) if t in groups[task]]
+        if not rows:
+            continue
+        h = sum(head[i] == truth[i] for i in rows) / len(rows)
+        n = sum(ncm[i] == truth[i] for i in rows) / len(rows)
+        out[task] = {"examples": float(len(rows)), "head": h, "nearest": n, "ncm": float(n > h)}
     return out
 
 
@@ -312,13 +352,13 @@ def merge_senders(
 ) -> tuple[Prototypes | None, dict[str, str]]:
     """A node's prototypes: its own and each sender's (``name -> (prototypes, weight)``).
 
-    A sender's count for a label is capped at ``cap`` and at the lower median of the
-    counts that every contributor of that label (the node itself included) claims, then
-    weighed by its trust ``weight``: a sender that claims a million examples counts as much
-    as the median contributor, so one liar among ``k`` honest contributors of a label holds
-    at most about ``1/(k+1)`` of its mean (half, with one).  Counts cannot be proven; the
-    bound is what is left, and its price: an honest sender above the median counts as the
-    median too (the merge is exact while no sender claims more than the median).
+    Each sender counts for at most as many examples in all as the median contributor (the
+    lower median of every contributor's total count, the node itself included): a sender
+    claiming more is scaled down as a whole (its labels keep their proportions), each label
+    then capped at ``cap``, and weighed by its trust ``weight``.  So a liar claiming a
+    million examples counts as one median sender's data, wherever it puts them; honest
+    senders are merged exactly while none holds more than the median.  Counts cannot be
+    proven; the bound is what is left.
 
     Senders of weight 0, of another space than the node's (its own, else the first
     sender's) or that give a label another task than the rest are left out, each with its
@@ -336,15 +376,14 @@ def merge_senders(
             skipped[name] = str(exc)
             continue
         accepted[name] = (protos, weight)
-    claims: dict[str, list[float]] = {}
-    for p in [*([own] if own is not None else []), *(p for p, _ in accepted.values())]:
-        for label, count in zip(p.labels, p.counts, strict=True):
-            claims.setdefault(label, []).append(count)
-    caps = {
-        label: min(cap, sorted(counts)[(len(counts) - 1) // 2]) for label, counts in claims.items()
-    }
+    totals = sorted(
+        sum(p.counts)
+        for p in [*([own] if own is not None else []), *(p for p, _ in accepted.values())]
+    )
+    median = totals[(len(totals) - 1) // 2] if totals else 0.0
     merged = own
     for protos, weight in accepted.values():
-        part = protos.weighed(min(1.0, weight), caps)
+        share = min(1.0, weight) * min(1.0, median / sum(protos.counts))
+        part = protos.weighed(share, cap / share)  # the cap applies after the share
         merged = part if merged is None else merged.merge(part)
     return merged, skipped

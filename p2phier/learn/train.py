@@ -53,7 +53,7 @@ from p2phier.learn.models import (
     find_head_modules,
     find_lora_targets,
 )
-from p2phier.learn.prototypes import Prototypes, answer
+from p2phier.learn.prototypes import Prototypes, answer, ncm_where_better
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +247,7 @@ class Session:
         self.tier = tier
         self.answers = self._answer_ids(answers)
         self.prototypes: Prototypes | None = None  # see use_prototypes
+        self.ncm_tasks: tuple[str, ...] = ()
         self.settings = settings or LoraSettings()
         self.parents = tuple(Path(p) for p in parents)
         model = copy.deepcopy(tier.model)
@@ -466,14 +467,33 @@ class Session:
         scaled to unit length (:mod:`p2phier.learn.prototypes`), under this session's model."""
         return pooled_embeddings(self.tier, self.model, texts, max_length, batch)
 
-    def use_prototypes(self, prototypes: Prototypes) -> bool:
-        """Answer with ``prototypes`` from now on (:func:`p2phier.learn.prototypes.answer`)
-        where they lie in this tier's base space (embeddings of the tier's base model, no
-        adapters); ``False``: they lie in another space, and are not used."""
+    def use_prototypes(self, prototypes: Prototypes, ncm_tasks: Sequence[str] = ()) -> bool:
+        """Answer with ``prototypes`` from now on (:func:`p2phier.learn.prototypes.answer`;
+        the tasks in ``ncm_tasks`` by nearest prototype) where they lie in this tier's base
+        space (embeddings of the tier's base model, no adapters); ``False``: they lie in
+        another space, and are not used."""
         if prototypes.space != self.tier.info.weights_cid:
             return False
         self.prototypes = prototypes
+        self.ncm_tasks = tuple(ncm_tasks)
         return True
+
+    def validate_ncm(
+        self, prototypes: Prototypes, examples: Sequence[Example], max_length: int = 64
+    ) -> dict[str, dict[str, float]]:
+        """Per task, this model's head and the nearest of ``prototypes`` on ``examples``
+        (a validation set): :func:`p2phier.learn.prototypes.ncm_where_better`; empty where
+        the prototypes lie in another space."""
+        if prototypes.space != self.tier.info.weights_cid or not examples:
+            return {}
+        texts = [e.text for e in examples]
+        logits = self.logits(texts, max_length).numpy()
+        emb = pooled_embeddings(self.tier, self.tier.model, texts, max_length)
+        answers = [self.tier.labels[i] for i in self.answers]
+        return ncm_where_better(
+            logits, emb, prototypes, self.tier.labels, [e.label for e in examples],
+            answers=answers,
+        )  # fmt: skip
 
     def _answer_ids(self, answers: Sequence[str]) -> tuple[int, ...]:
         """The label indices of ``answers`` (a domain's task: the labels its model answers
@@ -495,7 +515,10 @@ class Session:
         if self.prototypes is not None and logits.numel():
             emb = pooled_embeddings(self.tier, self.tier.model, texts, max_length)
             answers = [self.tier.labels[i] for i in self.answers]
-            return answer(logits.numpy(), emb, self.prototypes, self.tier.labels, answers)
+            return answer(
+                logits.numpy(), emb, self.prototypes, self.tier.labels,
+                answers=answers, ncm_tasks=self.ncm_tasks,
+            )  # fmt: skip
         if self.answers and logits.numel():
             allowed = torch.tensor(self.answers, dtype=torch.long)
             ids = allowed[logits[:, allowed].argmax(dim=-1)].tolist()

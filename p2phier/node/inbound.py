@@ -182,6 +182,8 @@ class Inbound(Outbox):
         entry["apply_s"] = round(now - began, 3)
         self.state.record_applied(entry)
         self.state.accuracy_own = entry.get("accuracy_own", self.state.accuracy_own)
+        if self.plan.parent:
+            await self._choose_answering()  # its model changed
         logger.info("applied parent version %s (round %d): %s", v.cid, v.round, entry)
 
     async def _domain_part(

@@ -694,6 +694,7 @@ class Learner(Inbound, ProtoBook):
                 if local is not None and self.plan.trains:
                     result = await self._rebase_local(tier, flat, Path(self._flat().dir))
                     self.state.accuracy_own = result["accuracy_own"]
+            await self._choose_answering()
         else:
             rec.update(decision="held", reason="no updates arrived", n_updates=0)
         if excluded:
@@ -784,5 +785,6 @@ class Learner(Inbound, ProtoBook):
             "pending_updates": sorted(self.updates),
             "prototypes": str(p) if (p := self.prototypes_file()) else None,
             "prototypes_info": self.proto_info,
+            "ncm_tasks": self.ncm_tasks(),
             "errors": list(self.errors),
         }

@@ -53,6 +53,9 @@ class Outbox:
     def prototypes_bytes(self) -> bytes | None:
         return None  # node/protos.py: a node with prototypes sends them up
 
+    async def _choose_answering(self) -> None:
+        return None  # node/protos.py
+
     async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
         """Publish ``flat`` to the children as this node's version, and hold the version as
         its artifact rebuilds it (an int8 delta or an fp16 keyframe is not ``flat`` to the

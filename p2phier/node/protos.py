@@ -7,8 +7,10 @@ training data's, ``own.safetensors``; each child's latest as its update carried 
 with its updates and answers with), when they are recomputed (after each training cycle;
 after each aggregation, from the children whose updates the round kept) and whose count:
 a child isolated or distrusted since is left out, every other weighed by its trust weight
-now and capped per label (:func:`p2phier.learn.prototypes.merge_senders`).  A failure here
-is logged and said in the node's errors; it never fails a round.
+now and capped per label (:func:`p2phier.learn.prototypes.merge_senders`); with plan
+``answer_by = "validated"``, which tasks it answers by nearest prototype (``answering.json``,
+re-decided on its validation set after each aggregation and each parent version).  A
+failure here is logged and said in the node's errors; it never fails a round.
 
 Why: a parent whose answers span several tasks (the language node over news topics and
 drug-review sentiments) routes each text to its task by its nearest prototype
@@ -17,6 +19,7 @@ drug-review sentiments) routes each text to its task by its nearest prototype
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -24,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from p2phier.artifact.protofile import PROTOTYPES_FILE
+from p2phier.errors import P2PHierError
+from p2phier.fsutil import load_json, write_atomic
+from p2phier.learnplan import NodeData
 from p2phier.node.outbox import Outbox
 from p2phier.trust.standing import Standing
 
@@ -32,6 +38,7 @@ logger = logging.getLogger(__name__)
 PROTOTYPES_DIR = "prototypes"
 OWN = "own.safetensors"
 MERGED = "merged.safetensors"
+ANSWERING = "answering.json"
 FROM = "from"
 
 
@@ -39,6 +46,7 @@ class ProtoBook(Outbox):
     """Keeping and merging the node's prototypes (a mixin of ``Learner``)."""
 
     proto_info: dict[str, Any]
+    data: NodeData | None
 
     def _tier_dir(self) -> Path:
         raise NotImplementedError
@@ -89,6 +97,45 @@ class ProtoBook(Outbox):
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
+
+    def ncm_tasks(self) -> list[str]:
+        """The tasks this node answers by nearest prototype (``answer_by = "validated"``)."""
+        path = self._protos / ANSWERING
+        if self.plan.answer_by != "validated" or not path.exists():
+            return []
+        try:
+            return list(load_json(path, 64 * 1024, "answering file").get("ncm_tasks", []))
+        except P2PHierError as exc:  # unreadable: answer by head, and say so
+            self._proto_failed("answering file", exc)
+            return []
+
+    async def _choose_answering(self) -> None:
+        """Re-decide, on the node's validation set and its current model, which tasks it
+        answers by nearest prototype (plan ``answer_by = "validated"``); a parent that does
+        not train then measures its own accuracy as it answers."""
+        from p2phier.learn import cycle
+
+        protos, flat = self.prototypes_file(), self.state.flat
+        if (
+            self.plan.answer_by != "validated"
+            or self.data is None
+            or not self.data.test
+            or protos is None
+            or flat is None
+        ):
+            return
+        try:
+            result = await self._work(
+                cycle.choose_answering, self.plan, self._tier_dir(), Path(flat.dir), protos,
+                self.data.test,
+            )  # fmt: skip
+            write_atomic(self._protos / ANSWERING, json.dumps(result).encode())
+        except Exception as exc:
+            self._proto_failed("answering by prototypes", exc)
+            return
+        self.proto_info["answering"] = result
+        if result["accuracy"] is not None and not self.plan.trains:
+            self.state.accuracy_own = result["accuracy"]
 
     async def _merge_prototypes(self) -> None:
         from p2phier.learn import cycle

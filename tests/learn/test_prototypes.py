@@ -15,6 +15,7 @@ from p2phier.learn.prototypes import (
     answer,
     from_file,
     merge_senders,
+    ncm_where_better,
     route,
     to_file,
 )
@@ -165,19 +166,26 @@ def test_a_sender_counts_at_most_the_median_contributor_and_its_trust_weight() -
     assert half is not None and half.counts == (1.5,)
     none, skipped = merge_senders(own, {"zero": (liar, 0.0)})
     assert none is own and skipped == {"zero": "weight 0"}
-    # among three honest senders (10, 20, 30 examples) the liar counts as the lower median
-    # (20), as does every sender above it: exactness traded for a bound
+
+    def sender(counts: dict[str, float]) -> tuple[Prototypes, float]:
+        names = sorted(counts)
+        sums = np.array([[counts[n], 0.0, 0.0] for n in names])
+        tasks = tuple("news" for _ in names)
+        return Prototypes(tuple(names), sums, tuple(counts[n] for n in names), tasks, SPACE), 1.0
+
+    # non-IID honest senders (each mostly its own topic, 20 examples) merge exactly; the
+    # liar's million per label count as one median sender's 20 in all, in its proportions
     honest = {
-        f"h{n}": (
-            Prototypes(("t1",), np.array([[float(n), 0, 0]]), (float(n),), ("news",), SPACE),
-            1.0,
-        )
-        for n in (10, 20, 30)
+        "a": sender({"t1": 18, "t2": 2}),
+        "b": sender({"t1": 1, "t2": 19}),
+        "c": sender({"t1": 10, "t2": 10}),
     }
-    merged, _ = merge_senders(None, {**honest, "liar": (liar, 1.0)})
-    assert merged is not None and merged.counts == (70.0,)
-    assert merged.means()[1][0] @ np.array([1.0, 0, 0]) > 0.9  # the honest direction holds
-    # a sole sender of a label is capped only at SENDER_CAP
+    lie = sender({"t1": 1e6, "t2": 1e6})
+    merged, _ = merge_senders(None, {**honest, "liar": lie})
+    assert merged is not None and merged.counts == (39.0, 41.0)
+    clean, _ = merge_senders(None, honest)
+    assert clean is not None and clean.counts == (29.0, 31.0)
+    # a sole sender is capped only at SENDER_CAP per label
     alone, _ = merge_senders(None, {"liar": (liar, 1.0)})
     assert alone is not None and alone.counts == (1000.0,)
 
@@ -205,3 +213,58 @@ def test_a_node_answers_within_the_task_of_the_nearest_prototype() -> None:
     only_news = _protos([[1, 0, 0], [0, 1, 0]], ["t1", "s1"])
     logits = np.array([[0.0, 9.0, 0.0, 0.0], [0.0, 9.0, 1.0, 0.0]])
     assert answer(logits, emb, only_news, labels) == ["t2", "t2"]
+
+
+def test_a_task_the_validation_set_prefers_by_prototype_is_answered_by_prototype() -> None:
+    labels = ["t1", "t2", "s1", "s2"]
+    protos = _protos([[1, 0, 0], [0.6, 0, 0.8], [0, 1, 0], [0, 0.9, 0.1]], labels)
+    # the head is wrong about news (t1 for a text near t2's prototype), right about health
+    logits = np.array([[5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 3.0]])
+    emb = _rows([[0.6, 0.05, 0.8], [0.05, 1, 0]])
+    truth = ["t2", "s2"]
+    assert answer(logits, emb, protos, labels) == ["t1", "s2"]
+    assert answer(logits, emb, protos, labels, ncm_tasks={"news"}) == ["t2", "s2"]
+    # health by prototype would answer s1 (the nearest of its prototypes): worse there
+    assert answer(logits, emb, protos, labels, ncm_tasks={"news", "health"}) == ["t2", "s1"]
+    chosen = ncm_where_better(logits, emb, protos, labels, truth)
+    assert chosen["news"] == {"examples": 1.0, "head": 0.0, "nearest": 1.0, "ncm": 1.0}
+    assert chosen["health"] == {"examples": 1.0, "head": 1.0, "nearest": 0.0, "ncm": 0.0}
+    # one task among the answers: no routing, the same choice within it
+    only_news = answer(logits, emb, protos, labels, answers=["t1", "t2"], ncm_tasks={"news"})
+    assert only_news == ["t2", "t1"]
+
+
+@pytest.mark.ml
+@pytest.mark.xdist_group("learn-ml")
+@pytest.mark.usefixtures("torch_ready")
+def test_a_node_makes_prototypes_of_its_data_and_answers_with_them(
+    master_dir: Path, bbc: list, drugs: list, tmp_path: Path
+) -> None:
+    """The product's path: prototypes of a node's examples in the master tier's base space
+    (api.class_prototypes), a file a model is then scored with (api.evaluate), the choice of
+    answering a task by nearest prototype on a validation set (api.validate_ncm)."""
+    from p2phier.learn import api
+    from p2phier.learn.data import sample_per_label
+    from p2phier.learn.models import load_tier
+
+    train = sample_per_label(bbc, 6, seed=0) + sample_per_label(drugs, 6, seed=0)
+    seen = {e.uid for e in train}
+    test = [e for e in sample_per_label(bbc, 6, seed=2) + sample_per_label(drugs, 6, seed=2)
+            if e.uid not in seen]  # fmt: skip
+    path = tmp_path / "prototypes.safetensors"
+    info = api.class_prototypes(master_dir, train, path, max_length=64)
+    assert info["space"] == load_tier(master_dir).info.weights_cid
+    protos = from_file(path.read_bytes())
+    assert set(protos.tasks) == {"news", "health"} and sum(protos.counts) == len(train)
+    flat = api.init_version(master_dir, tmp_path / "flat")  # an untrained head
+    sets = {"test": test}
+    head = api.evaluate(master_dir, sets, adapter=flat)["accuracy.test"]
+    both = api.evaluate(master_dir, sets, adapter=flat, prototypes=path,
+                        ncm_tasks=["news", "health"])["accuracy.test"]  # fmt: skip
+    assert both > head and both >= 0.5, (both, head)
+    chosen = api.validate_ncm(master_dir, flat, path, test)
+    heads = set(load_tier(master_dir).labels)  # a task is answered where the head has labels
+    answerable = [e for e in test if e.label in heads]
+    assert set(chosen) == {e.domain for e in answerable}
+    assert sum(v["examples"] for v in chosen.values()) == len(answerable)
+    assert chosen["news"]["ncm"] == 1.0, chosen  # an untrained head loses to the prototypes
