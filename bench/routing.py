@@ -10,6 +10,8 @@ with one JSON object.  For every parent node it scores the model the devnet's re
   every label for the master and the language node), each text routed to a task by the
   class prototypes the node holds (its descendants' merged, travelling up with their
   updates: ``learn/prototypes.py``) where they span several tasks;
+* ``held_ncm``: the nearest of the prototypes the node holds, in every task (what
+  ``answer_by = "validated"`` answers where the node's validation set prefers prototypes);
 * ``union``: its head alone among the same answers (what the referee scored before
   prototypes travelled);
 * ``task_given``: each example among the labels of its own task (its dataset), as a
@@ -88,7 +90,7 @@ def score_parent(
     texts = [e.text for e in test]
     union = session.accuracy(test, max_length)
     held = load(Path(state_protos)) if (state_protos := _prototypes_of(home)) else None
-    answered, held_tasks = union, 0
+    answered, held_tasks, held_ncm = union, 0, None
     if held is not None:
         as_node = Session(tier, adapter=Path(flat["dir"]), answers=answers)
         answering = learn / "prototypes" / "answering.json"
@@ -100,6 +102,10 @@ def score_parent(
         if as_node.use_prototypes(held, ncm):
             answered = as_node.accuracy(test, max_length)
             held_tasks = len(held.task_groups(answers))
+            # every task by nearest held prototype: what answer_by = "validated" answers
+            # where the node's validation set prefers prototypes for all of its tasks
+            as_node.use_prototypes(held, list(held.task_groups(answers)))
+            held_ncm = as_node.accuracy(test, max_length)
     logits = session.logits(texts, max_length).numpy()
     column = {label: i for i, label in enumerate(tier.labels)}
     given = 0
@@ -116,6 +122,7 @@ def score_parent(
     return {
         "answered": answered,
         "prototype_tasks": held_tasks,
+        "held_ncm": held_ncm,
         "union": union,
         "task_given": given / n,
         "routed": sum(p == e.label for p, e in zip(routed, test, strict=True)) / n,
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         [name, s["examples"],
          *(f"{s[k]:.3f}" for k in ("answered", "union", "task_given", "routed", "ncm")),
+         f"{s['held_ncm']:.3f}" if s["held_ncm"] is not None else "-",
          f"{s['route_ok']:.3f}",
          f"{s['children_mean_own']:.3f}" if s["children_mean_own"] is not None else "-"]
         for name, s in results.items()
@@ -182,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "task given",
             "routed",
             "ncm",
+            "held ncm",
             "route ok",
             "children",
         ],
