@@ -31,7 +31,6 @@ tasks makes with them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,19 +140,12 @@ class Prototypes:
             self.space,
         )
 
-    def weighed(self, weight: float, cap: float | Mapping[str, float]) -> Prototypes:
-        """Each label's count capped at ``cap`` (one for all, or per label: a label not in
-        the mapping is not capped) and then times ``weight`` (its mean kept): what one
-        sender's prototypes count for in a merge."""
-        caps = cap if isinstance(cap, Mapping) else dict.fromkeys(self.labels, cap)
-        if not 0.0 < weight <= 1.0 or not all(c > 0 for c in caps.values()):
-            raise PrototypeError(f"weight {weight} must lie in (0, 1] and every cap above 0")
-        scale = np.asarray(
-            [
-                weight * min(1.0, caps.get(label, math.inf) / c)
-                for label, c in zip(self.labels, self.counts, strict=True)
-            ]
-        )
+    def weighed(self, weight: float, cap: float) -> Prototypes:
+        """Each label's count capped at ``cap`` and then times ``weight`` (its mean kept):
+        what one sender's prototypes count for in a merge."""
+        if not 0.0 < weight <= 1.0 or not cap > 0:
+            raise PrototypeError(f"weight {weight} must lie in (0, 1] and cap {cap} above 0")
+        scale = np.asarray([weight * min(1.0, cap / c) for c in self.counts])
         return Prototypes(
             self.labels,
             self.sums * scale[:, None],
