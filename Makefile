@@ -40,7 +40,7 @@ $(HELIA_STAMP): $(STAMP) $(HELIA)/package.json $(HELIA)/package-lock.json $(HELI
 
 # pytest's exit 5 (no tests collected) counts as a failure: a suite that runs nothing is broken.
 test: $(STAMP) $(HELIA_STAMP)
-	@$(PY) -m pytest -n auto --dist loadgroup -q; rc=$$?; \
+	@$(PY) -m pytest -n auto --dist loadgroup -q --durations=30; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 # The main job: the default 12-node devnet (every node its own process) doing real learning

@@ -573,6 +573,9 @@ class Learner(Inbound, ProtoBook):
                 if why != "every child":
                     logger.info("round %d: collecting ended: %s", r, why)
                 rec["collected"] = why
+                # how long the children took as this parent saw it: what the timing rule's
+                # grace for newcomers followed
+                rec["collect_took_s"] = round(now - began, 3)
                 return fresh
             if late := self._late():
                 await self._guard("late screen", lambda: self._screen_late(late))
