@@ -29,7 +29,11 @@ of their own; these are the same attacks on a whole running network.
     runs COUNT (default 10) more identities in its own process, from its own address:
     each registers as a child of the node's parent (in the node's layer, under a
     domain of its own below the node's) and gossips trust reports that praise the
-    whole cluster and rate every other node at the lowest opinion.
+    whole cluster and rate every other node at the lowest opinion.  The cluster joins a
+    running network: once the node (a learner) has applied its parent's first
+    aggregate.  In a network's first round everyone is a newcomer and a round waits for
+    all (``node/collect.py``, unit-tested there); from then on newcomers that never send
+    must not hold any round to ``collect_s``, which is what a devnet can show.
 """
 
 from __future__ import annotations
@@ -210,11 +214,20 @@ class SybilDaemon(AttackLoopDaemon):
     count = 10
 
     async def attack(self) -> None:
+        while not self._network_running():
+            await trio.sleep(0.5)
         ids = [Identity.generate() for _ in range(self.count)]
         cluster = {self.peer, *(i.peer_id for i in ids)}
         async with trio.open_nursery() as nursery:
             for k, me in enumerate(ids):
                 nursery.start_soon(self._sybil, k, me, cluster)
+
+    def _network_running(self) -> bool:
+        """This node applied its parent's aggregate of a round (or does not learn)."""
+        if self.learner is None:
+            return True
+        base = self.learner.state.base
+        return base is not None and base.round >= 1
 
     async def _sybil(self, k: int, me: Identity, cluster: set[PeerId]) -> None:
         domain = f"{self.config.domain}/sybil{k}" if self.config.domain else f"sybil{k}"
