@@ -12,6 +12,7 @@ dependent float summation order).
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -91,6 +92,10 @@ class Scale:
     robust_per_label: int
     robust_steps: int
     robust_test_per_label: int
+    # the smoke run's forgetting part trains this much less than a node (None: the plan's
+    # defaults, what every figure uses); the smoke checks the wiring, not the numbers
+    cil_steps: int | None = None
+    cil_max_length: int | None = None
 
 
 SMOKE = Scale(
@@ -116,6 +121,8 @@ SMOKE = Scale(
     robust_per_label=3,
     robust_steps=1,
     robust_test_per_label=2,
+    cil_steps=1,
+    cil_max_length=32,
 )
 QUICK = Scale(
     name="quick",
@@ -313,12 +320,20 @@ def _tier_row(
 # --- 2. forgetting ----------------------------------------------------------------------------
 
 
-def forgetting_plan(tier_dir: Path, continual: str, seed: int) -> LearnPlan:
+def forgetting_plan(
+    tier_dir: Path, continual: str, seed: int, scale: Scale | None = None
+) -> LearnPlan:
     """A training node's plan with the product's defaults (:class:`LearnSettings`), but for
-    its continual-learning method and its seed: what the forgetting part measures."""
+    its continual-learning method and its seed: what the forgetting part measures.  Only
+    the smoke scale trains less (``cil_steps``, ``cil_max_length``)."""
     info = read_tier_info(tier_dir)
     tier = TierPlan("dir", info.tier_id, dir=tier_dir, weights_cid=info.weights_cid)
-    return LearnPlan(tier=tier, data=None, train=True, parent=False, seed=seed, continual=continual)
+    plan = LearnPlan(tier=tier, data=None, train=True, parent=False, seed=seed, continual=continual)
+    if scale is not None and scale.cil_steps is not None:
+        plan = dataclasses.replace(plan, steps_per_cycle=scale.cil_steps)
+    if scale is not None and scale.cil_max_length is not None:
+        plan = dataclasses.replace(plan, max_length=scale.cil_max_length)
+    return plan
 
 
 def _records(examples: Sequence[Example]) -> list[DataRecord]:
@@ -350,7 +365,7 @@ def run_forgetting(
     # varies, and every figure is the mean over the seeds.
     for seed in range(scale.cil_seeds):
         for name in methods:
-            plan = forgetting_plan(tier_dir, name, seed)
+            plan = forgetting_plan(tier_dir, name, seed, scale)
             root = work / "forgetting" / f"seed{seed}" / name.replace("+", "-")
             # round r's cycle seed is the plan's seed + r, as on a node
             first = cycle.train(
