@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2phier.learn.prototypes import (
+    NCM_ALPHA,
     PrototypeError,
     Prototypes,
     answer,
@@ -17,6 +18,7 @@ from p2phier.learn.prototypes import (
     merge_senders,
     ncm_where_better,
     route,
+    sign_test_p,
     to_file,
 )
 
@@ -215,6 +217,19 @@ def test_a_node_answers_within_the_task_of_the_nearest_prototype() -> None:
     assert answer(logits, emb, only_news, labels) == ["t2", "t2"]
 
 
+def test_the_sign_test_is_the_exact_one_sided_binomial_tail() -> None:
+    assert sign_test_p(0, 0) == 1.0  # never disagreeing is no evidence
+    assert sign_test_p(5, 0) == 1 / 32
+    assert sign_test_p(0, 3) == 1.0
+    assert sign_test_p(3, 1) == 5 / 16
+    # the health node's 20 reviews: 13 right by prototype, 11 by its head, so at best 2 wins
+    # to none where they disagree: far from enough; 15 wins to 5 is enough, 14 to 6 not
+    assert sign_test_p(2, 0) == 0.25
+    assert sign_test_p(15, 5) < NCM_ALPHA < sign_test_p(14, 6)
+    with pytest.raises(ValueError):
+        sign_test_p(-1, 2)
+
+
 def test_a_task_the_validation_set_prefers_by_prototype_is_answered_by_prototype() -> None:
     labels = ["t1", "t2", "s1", "s2"]
     protos = _protos([[1, 0, 0], [0.6, 0, 0.8], [0, 1, 0], [0, 0.9, 0.1]], labels)
@@ -226,9 +241,17 @@ def test_a_task_the_validation_set_prefers_by_prototype_is_answered_by_prototype
     assert answer(logits, emb, protos, labels, ncm_tasks={"news"}) == ["t2", "s2"]
     # health by prototype would answer s1 (the nearest of its prototypes): worse there
     assert answer(logits, emb, protos, labels, ncm_tasks={"news", "health"}) == ["t2", "s1"]
-    chosen = ncm_where_better(logits, emb, protos, labels, truth)
-    assert chosen["news"] == {"examples": 1.0, "head": 0.0, "nearest": 1.0, "ncm": 1.0}
-    assert chosen["health"] == {"examples": 1.0, "head": 1.0, "nearest": 0.0, "ncm": 0.0}
+    # one example each is no evidence: the prototypes win it, but a coin would as often
+    once = ncm_where_better(logits, emb, protos, labels, truth)
+    assert once["news"] == {"examples": 1.0, "head": 0.0, "nearest": 1.0, "p": 0.5, "ncm": 0.0}
+    # five such news texts are (1/32 <= 0.05); the health texts still prefer the head
+    chosen = ncm_where_better(
+        np.tile(logits, (5, 1)), np.tile(emb, (5, 1)), protos, labels, truth * 5
+    )
+    assert chosen["news"] == {"examples": 5.0, "head": 0.0, "nearest": 1.0, "p": 1 / 32,
+                              "ncm": 1.0}  # fmt: skip
+    assert chosen["health"] == {"examples": 5.0, "head": 1.0, "nearest": 0.0, "p": 1.0,
+                                "ncm": 0.0}  # fmt: skip
     # one task among the answers: no routing, the same choice within it
     only_news = answer(logits, emb, protos, labels, answers=["t1", "t2"], ncm_tasks={"news"})
     assert only_news == ["t2", "t1"]
