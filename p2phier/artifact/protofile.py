@@ -11,7 +11,10 @@ The file is a safetensors file, stored uncompressed (about 6 KiB: 8 labels x 384
 * tensors ``means`` (F16, ``[labels, dim]``) and ``counts`` (I64, ``[labels]``);
 * metadata ``format`` = :data:`PROTOTYPES_FORMAT`, ``labels`` and ``tasks`` (JSON lists of
   strings, one per row; labels unique and sorted), ``space`` (the weights CID of the encoder
-  whose embeddings they are).
+  whose embeddings they are); optionally ``ncm_tasks`` (a JSON list of some of those tasks,
+  sorted, unique): the tasks its author answers by nearest prototype, having found that
+  better on its validation set (or inherited from its children): a parent without a
+  validation set of its own weighs these claims (:mod:`p2phier.learn.prototypes`).
 
 A peer's file is hostile until checked: its size before it is read, the header's, every
 name's length and count, every count in ``1..MAX_COUNT``, every mean finite and of norm at
@@ -59,9 +62,11 @@ class PrototypeTable:
     space: str
     means: npt.NDArray[np.float16]  # [len(labels), dim]
     counts: npt.NDArray[np.int64]  # [len(labels)]
+    ncm_tasks: tuple[str, ...] = ()  # tasks its author answers by nearest prototype
 
     def __post_init__(self) -> None:
         check_table(self.labels, self.tasks, self.space, self.means, self.counts)
+        check_ncm_tasks(self.ncm_tasks, self.tasks)
 
     @property
     def dim(self) -> int:
@@ -115,17 +120,30 @@ def check_table(labels: Any, tasks: Any, space: Any, means: Any, counts: Any) ->
         )
 
 
+def check_ncm_tasks(ncm_tasks: Any, tasks: tuple[str, ...]) -> None:
+    """``ncm_tasks``: sorted, unique, each one of the file's tasks."""
+    if not isinstance(ncm_tasks, tuple) or any(not isinstance(t, str) for t in ncm_tasks):
+        raise PrototypeFileError("ncm_tasks must be a list of task names")
+    if list(ncm_tasks) != sorted(set(ncm_tasks)):
+        raise PrototypeFileError("ncm_tasks must be sorted and unique")
+    unknown = set(ncm_tasks) - set(tasks)
+    if unknown:
+        raise PrototypeFileError(
+            f"ncm_tasks names tasks the file has no label of: {sorted(unknown)}"
+        )
+
+
 def encode_prototypes(table: PrototypeTable) -> bytes:
-    """The file's bytes (deterministic)."""
-    data = write_safetensors(
-        {"counts": table.counts, "means": table.means},
-        {
-            "format": PROTOTYPES_FORMAT,
-            "labels": json.dumps(list(table.labels), separators=(",", ":")),
-            "tasks": json.dumps(list(table.tasks), separators=(",", ":")),
-            "space": table.space,
-        },
-    )
+    """The file's bytes (deterministic; ``ncm_tasks`` written only when there are some)."""
+    metadata = {
+        "format": PROTOTYPES_FORMAT,
+        "labels": json.dumps(list(table.labels), separators=(",", ":")),
+        "tasks": json.dumps(list(table.tasks), separators=(",", ":")),
+        "space": table.space,
+    }
+    if table.ncm_tasks:
+        metadata["ncm_tasks"] = json.dumps(list(table.ncm_tasks), separators=(",", ":"))
+    data = write_safetensors({"counts": table.counts, "means": table.means}, metadata)
     if len(data) > MAX_PROTOTYPES_BYTES:
         raise PrototypeFileError(
             f"prototypes file is {len(data)} bytes, over the limit of {MAX_PROTOTYPES_BYTES}"
@@ -158,10 +176,13 @@ def decode_prototypes(data: bytes | bytearray | memoryview) -> PrototypeTable:
         raise PrototypeFileError(f"prototypes file holds {sorted(st.infos)}, not means and counts")
     if st.infos["means"].dtype != "F16" or st.infos["counts"].dtype != "I64":
         raise PrototypeFileError("prototypes file: means must be F16 and counts I64")
+    raw_ncm = st.metadata.get("ncm_tasks")
+    ncm = () if raw_ncm is None else _names(_json_list(raw_ncm, "ncm_tasks"), "ncm_tasks")
     return PrototypeTable(
         labels=_names(_json_list(st.metadata.get("labels"), "labels"), "labels"),
         tasks=_names(_json_list(st.metadata.get("tasks"), "tasks"), "tasks"),
         space=st.metadata.get("space", ""),
         means=np.array(st.array("means"), dtype=np.float16),
         counts=np.array(st.array("counts"), dtype=np.int64),
+        ncm_tasks=ncm,
     )

@@ -38,8 +38,8 @@ sets the strength, default 1, and the first round it attacks in, default 1):
 
 ``proto-lie``
     sends its honest update with class prototypes that lie as far as the format lets them:
-    every label's mean negated (it points away from the label's examples) and every count
-    a million (the format's limit).
+    every label's mean negated (it points away from the label's examples), every count
+    a million (the format's limit), and every task claimed as answered by them.
 
 ``alie``
     "a little is enough" (Baruch et al. 2019): waits for its siblings' updates of
@@ -310,14 +310,16 @@ def collude(
 
 
 def lying_prototypes(honest: bytes) -> bytes:
-    """``honest`` prototypes with every mean negated and every count at the format's limit."""
+    """``honest`` prototypes with every mean negated and every count at the format's limit,
+    claiming to answer every task by them (a parent's vote on how to answer)."""
     from p2phier.artifact.protofile import MAX_COUNT
     from p2phier.learn.prototypes import Prototypes, from_file, to_file
 
     p = from_file(honest)
     counts = tuple(float(MAX_COUNT) for _ in p.labels)
     means = -p.sums / np.asarray(p.counts)[:, None]
-    return to_file(Prototypes(p.labels, means * MAX_COUNT, counts, p.tasks, p.space))
+    lie = Prototypes(p.labels, means * MAX_COUNT, counts, p.tasks, p.space, frozenset(p.tasks))
+    return to_file(lie)
 
 
 def _flip_labels(records: list[Any], data: NodeData | None) -> list[Any]:

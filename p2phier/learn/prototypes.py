@@ -31,6 +31,7 @@ tasks makes with them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ class Prototypes:
     tasks: tuple[str, ...] = ()
     #: the weights CID of the encoder whose embeddings these are ("": unnamed)
     space: str = ""
+    #: the tasks their holder answers by nearest prototype (chosen on its validation set,
+    #: or by its senders' vote: :func:`merge_senders`); travels with the file
+    ncm_tasks: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -75,6 +79,8 @@ class Prototypes:
             )
         if self.tasks and len(self.tasks) != n:
             raise PrototypeError(f"{n} labels but {len(self.tasks)} tasks")
+        if not self.ncm_tasks <= set(self.tasks):
+            raise PrototypeError(f"ncm tasks {sorted(self.ncm_tasks)} are not all tasks here")
         if any(not c > 0 for c in self.counts):
             raise PrototypeError(f"every label needs a positive count: {self.counts}")
         if not np.all(np.isfinite(self.sums)):
@@ -112,7 +118,8 @@ class Prototypes:
 
     def merge(self, *others: Prototypes) -> Prototypes:
         """These and ``others`` pooled: per label, sums and counts added.  All must share one
-        space and give a label the same task."""
+        space and give a label the same task.  The pool answers no task by prototype
+        (``ncm_tasks`` is a holder's choice, not a property of the data)."""
         sums: dict[str, NDArray[np.float64]] = {}
         counts: dict[str, float] = {}
         tasks: dict[str, str] = {}
@@ -153,7 +160,19 @@ class Prototypes:
             tuple(float(c * f) for c, f in zip(self.counts, scale, strict=True)),
             self.tasks,
             self.space,
+            self.ncm_tasks,
         )
+
+    def task_counts(self) -> dict[str, float]:
+        """Task -> the examples its labels count."""
+        out: dict[str, float] = {}
+        for label, count in zip(self.labels, self.counts, strict=True):
+            out[self.task_of(label)] = out.get(self.task_of(label), 0.0) + count
+        return out
+
+    def answering(self, ncm_tasks: Collection[str]) -> Prototypes:
+        """The same prototypes, answering ``ncm_tasks`` (those among its tasks) by them."""
+        return dataclasses.replace(self, ncm_tasks=frozenset(ncm_tasks) & set(self.tasks))
 
     def task_groups(self, answers: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
         """Task -> its labels among ``answers`` (empty: all) that have a prototype."""
@@ -332,6 +351,7 @@ def to_file(prototypes: Prototypes) -> bytes:
             prototypes.space,
             means.astype(np.float16),
             np.maximum(1, np.rint(counts)).astype(np.int64),
+            tuple(sorted(prototypes.ncm_tasks)),
         )
     )
 
@@ -346,6 +366,7 @@ def from_file(data: bytes) -> Prototypes:
         tuple(float(c) for c in counts),
         t.tasks,
         t.space,
+        frozenset(t.ncm_tasks),
     )
 
 
@@ -404,8 +425,28 @@ def merge_senders(
     )
     median = totals[(len(totals) - 1) // 2] if totals else 0.0
     merged = own
+    parts: list[Prototypes] = []
     for protos, weight in accepted.values():
         share = min(1.0, weight) * min(1.0, median / sum(protos.counts))
         part = protos.weighed(share, cap / share)  # the cap applies after the share
+        parts.append(part)
         merged = part if merged is None else merged.merge(part)
+    if merged is not None and parts:
+        merged = merged.answering(ncm_vote(merged, parts))
     return merged, skipped
+
+
+def ncm_vote(merged: Prototypes, parts: Sequence[Prototypes]) -> set[str]:
+    """The tasks of ``merged`` answered by nearest prototype on its senders' word: those
+    where senders answering the task by prototype hold more than half its (weighed)
+    examples.  The senders that hold a task's data validated that choice on their own
+    models and sets; a parent without a validation set of its own follows them.  A
+    sender's vote weighs what its data counts for in the merge: bounded as its counts are."""
+    totals = merged.task_counts()
+    yes: dict[str, float] = {}
+    for part in parts:
+        for task, count in part.task_counts().items():
+            if task in part.ncm_tasks:
+                yes[task] = yes.get(task, 0.0) + count
+    # (a share's float rounding must not turn a tie into a majority)
+    return {t for t, n in yes.items() if n > totals.get(t, 0.0) * (0.5 + 1e-9)}

@@ -62,8 +62,19 @@ class ProtoBook(Outbox):
         return path if path.exists() else None
 
     def prototypes_bytes(self) -> bytes | None:
+        """What the node sends up: its merged prototypes, saying which tasks it answers by
+        them (:meth:`ncm_tasks`)."""
+        from p2phier.learn.prototypes import load, to_file
+
         path = self.prototypes_file()
-        return path.read_bytes() if path is not None else None
+        if path is None:
+            return None
+        try:
+            merged = load(path)
+            return None if merged is None else to_file(merged.answering(self.ncm_tasks()))
+        except P2PHierError as exc:  # the update goes without them, and the node says why
+            self._proto_failed("prototypes to send", exc)
+            return None
 
     async def _own_prototypes(self, round_: int) -> None:
         """Recompute the prototypes of the node's training data so far, then the merge."""
@@ -95,15 +106,25 @@ class ProtoBook(Outbox):
         write_atomic(dest, src.read_bytes())  # at most 2 MiB, checked when it arrived
 
     def ncm_tasks(self) -> list[str]:
-        """The tasks this node answers by nearest prototype (``answer_by = "validated"``)."""
-        path = self._protos / ANSWERING
-        if self.plan.answer_by != "validated" or not path.exists():
+        """The tasks this node answers by nearest prototype (``answer_by = "validated"``):
+        where its validation set holds a task, as that set said (``answering.json``); any
+        other task as the children holding its data said, by the vote their merge kept
+        (:func:`p2phier.learn.prototypes.ncm_vote`): a language node without data of its
+        own answers the news topics as the news node found best."""
+        from p2phier.learn.prototypes import load
+
+        if self.plan.answer_by != "validated":
             return []
+        path, merged_path = self._protos / ANSWERING, self._protos / MERGED
         try:
-            return list(load_json(path, 64 * 1024, "answering file").get("ncm_tasks", []))
+            decided = load_json(path, 64 * 1024, "answering file") if path.exists() else {}
+            merged = load(merged_path)
         except P2PHierError as exc:  # unreadable: answer by head, and say so
             self._proto_failed("answering file", exc)
             return []
+        validated = set(decided.get("tasks", {}))
+        inherited = set(merged.ncm_tasks) if merged is not None else set()
+        return sorted(set(decided.get("ncm_tasks", [])) | (inherited - validated))
 
     async def _choose_answering(self) -> None:
         """Re-decide, on the node's validation set and its current model, which tasks it

@@ -3,6 +3,7 @@ pack, verify, pin, CAR and materialise (protocol/artifact.md section 10)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -70,12 +71,16 @@ def raw_file(means: np.ndarray, counts: np.ndarray, meta: dict[str, str] | None 
     seed=st.integers(0, 2**31),
     n=st.integers(1, 12),
     dim=st.integers(1, 64),
+    ncm=st.booleans(),
 )
-def test_a_table_survives_encoding_exactly(seed: int, n: int, dim: int) -> None:
+def test_a_table_survives_encoding_exactly(seed: int, n: int, dim: int, ncm: bool) -> None:
     labels = tuple(sorted(f"label-{i}" for i in range(n)))
     t = table(seed, labels, dim)
+    if ncm:  # the tasks its author answers by prototype, where it says so
+        t = dataclasses.replace(t, ncm_tasks=tuple(sorted(set(t.tasks)))[:1])
     back = decode_prototypes(encode_prototypes(t))
     assert back.labels == t.labels and back.tasks == t.tasks and back.space == t.space
+    assert back.ncm_tasks == t.ncm_tasks
     np.testing.assert_array_equal(back.means, t.means)
     np.testing.assert_array_equal(back.counts, t.counts)
     assert encode_prototypes(back) == encode_prototypes(t)  # one byte form
@@ -99,6 +104,10 @@ GOOD_COUNTS = np.array([1, 2], dtype=np.int64)
         (raw_file(GOOD_MEANS, GOOD_COUNTS, {"labels": "not json"}), "JSON"),
         (raw_file(GOOD_MEANS, GOOD_COUNTS, {"tasks": '["x"]'}), "tasks"),
         (raw_file(GOOD_MEANS, GOOD_COUNTS, {"space": ""}), "space"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"ncm_tasks": '["y"]'}), "no label of"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"ncm_tasks": '["x","x"]'}), "sorted and unique"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"ncm_tasks": "[]"}), "list of 1-"),
+        (raw_file(GOOD_MEANS, GOOD_COUNTS, {"ncm_tasks": '"x"'}), "list of 1-"),
         (raw_file(GOOD_MEANS.astype(np.float32), GOOD_COUNTS), "F16"),
         (raw_file(GOOD_MEANS, GOOD_COUNTS.astype(np.int32)), "I64"),
         (raw_file(GOOD_MEANS[:1], GOOD_COUNTS), "shape"),
@@ -109,6 +118,14 @@ GOOD_COUNTS = np.array([1, 2], dtype=np.int64)
 def test_a_hostile_file_is_refused_with_the_reason(data: bytes, needle: str) -> None:
     with pytest.raises(P2PHierError, match=needle):
         decode_prototypes(data)
+
+
+def test_a_file_without_ncm_tasks_answers_no_task_by_prototype() -> None:
+    assert decode_prototypes(raw_file(GOOD_MEANS, GOOD_COUNTS)).ncm_tasks == ()
+    said = decode_prototypes(raw_file(GOOD_MEANS, GOOD_COUNTS, {"ncm_tasks": '["x"]'}))
+    assert said.ncm_tasks == ("x",)
+    # none is written as no key: the files of version 1 without the field are unchanged
+    assert b"ncm_tasks" not in encode_prototypes(table())
 
 
 def test_a_refused_file_is_a_prototype_file_error() -> None:

@@ -273,6 +273,12 @@ def test_a_child_lying_in_its_class_prototypes_counts_as_a_median_child(
     assert answering["ncm_tasks"] in ([], ["news"]) and 0 <= answering["accuracy"] <= 1
     master = load(homes["master"] / "learn" / "prototypes" / "merged.safetensors")
     assert master is not None and max(master.counts) < MAX_COUNT / 100, master.counts
+    # The master has no data to choose by: it answers a task by prototype where en (its
+    # only child) said, in the file it sent, that it does so (en's validated choice)
+    en_peer = _state(run_dir)["nodes"]["en"]["peer_id"]
+    from_en = load(homes["master"] / "learn" / "prototypes" / "from" / f"{en_peer}.safetensors")
+    assert from_en is not None and from_en.ncm_tasks <= {"news"}, from_en
+    assert master.ncm_tasks == from_en.ncm_tasks, (master.ncm_tasks, from_en.ncm_tasks)
     run = json.loads((run_dir / "run.json").read_text())
     last = {n["node"]: n for n in run["rounds"][-1]["nodes"]}
     assert all(n["isolated"] == 0 for n in last.values()), last

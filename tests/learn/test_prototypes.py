@@ -201,6 +201,32 @@ def test_senders_of_another_space_or_task_are_left_out_with_the_reason() -> None
     assert "spaces" in skipped["a"] and "task" in skipped["b"]
 
 
+def test_a_parent_answers_a_task_by_prototype_where_the_senders_holding_it_do() -> None:
+    """``ncm_tasks`` travels in the file; a merge keeps the tasks whose senders answering
+    them by prototype hold more than half the task's (weighed, bounded) examples."""
+    news = _protos([[1, 0, 0], [0.9, 0.1, 0], [0.8, 0.2, 0]], ["t1", "t1", "t2"])
+    health = _protos([[0, 1, 0], [0, 0.9, 0.1]], ["s1", "s2"])
+    news_says = from_file(to_file(news.answering({"news"})))
+    assert news_says.ncm_tasks == {"news"}
+    merged, _ = merge_senders(None, {"news": (news_says, 1.0), "health": (health, 1.0)})
+    assert merged is not None and merged.ncm_tasks == {"news"}
+    # a sender that does not hold a task's data cannot vote for it: its claim is dropped
+    assert health.answering({"news"}).ncm_tasks == frozenset()
+    # two senders of one task, one of each mind: the larger (after its bound) decides;
+    # a tie is no majority
+    other = _protos([[1, 0, 0], [0.7, 0.3, 0]], ["t1", "t2"])
+    tie, _ = merge_senders(None, {"a": (news_says, 1.0), "b": (other, 1.0)})
+    assert tie is not None and tie.ncm_tasks == frozenset()  # 2 of 4 weighed examples
+    lighter, _ = merge_senders(None, {"a": (news_says, 1.0), "b": (other, 0.5)})
+    assert lighter is not None and lighter.ncm_tasks == {"news"}  # 2 of 3
+    # the node's own data counts in the task and never says "by prototype"
+    mine = _protos([[1, 0, 0], [0.95, 0.05, 0], [0.9, 0.1, 0]], ["t1", "t2", "t2"])
+    outvoted, _ = merge_senders(mine, {"news": (news_says, 1.0)})
+    assert outvoted is not None and outvoted.ncm_tasks == frozenset()
+    with pytest.raises(PrototypeError, match="not all tasks"):
+        Prototypes(("t1",), np.eye(1), (1.0,), ("news",), SPACE, frozenset({"health"}))
+
+
 def test_a_node_answers_within_the_task_of_the_nearest_prototype() -> None:
     labels = ["t1", "t2", "s1", "s2"]
     protos = _protos([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.1]], labels)
