@@ -162,9 +162,11 @@ class LearnSettings:
     keep_domain: bool = _setting(True, Bool(), "aggregation")
     #: how a node holding class prototypes (learn/prototypes.py) answers within a task:
     #: ``head`` (its model's head), or ``validated``: by nearest prototype for each task its
-    #: validation set (the plan's held-out data) answers better that way, re-decided after
-    #: each aggregation.  Off by default until measured in the default devnet
-    answer_by: str = _setting("head", Choice(ANSWER_BY), "aggregation")
+    #: validation set (the plan's held-out data) answers better that way beyond chance,
+    #: re-decided after each aggregation and parent version; a task outside that set as its
+    #: children holding the task's data said.  Without a validation set nor such children
+    #: it is the head: the default costs nothing where it cannot help
+    answer_by: str = _setting("validated", Choice(ANSWER_BY), "aggregation")
     #: the most LoRA rank a published version keeps (bytes on the wire)
     version_rank: int = _setting(16, Int(1, 256), "aggregation")
     margin: float = _setting(0.005, Num(0.0, 1e6), "timing")
