@@ -251,6 +251,7 @@ def test_a_child_lying_in_its_class_prototypes_counts_as_a_median_child(
     assert set(sent) == honest | {liar}, sorted(sent)
     lie = sent[liar]
     assert lie is not None and set(lie.counts) == {float(MAX_COUNT)}
+    assert lie.ncm_tasks == set(lie.tasks)  # it claims to answer news by its prototypes
     merged = load(book / "merged.safetensors")
     assert merged is not None
     # en has no training data of its own: its merge is its children's, each scaled to at
@@ -266,6 +267,9 @@ def test_a_child_lying_in_its_class_prototypes_counts_as_a_median_child(
         )
         assert count <= bound + 1, (label, count, bound)  # + 1: counts are rounded
     assert sum(merged.counts) <= sum(totals[:-1]) + median + len(merged.labels), merged.counts
+    # its claim is a vote weighed as its counts are: one median child's data of six leaves'
+    # (the honest leaves claim nothing: a leaf answers by its head) does not carry it
+    assert merged.ncm_tasks == frozenset(), merged.ncm_tasks
     # en answers by prototype where its validation set says so (answer_by = "validated"):
     # its choice, made with the merged prototypes, is on disk for the referee
     answering = json.loads((book / "answering.json").read_text())
