@@ -70,8 +70,9 @@ def score_parent(
 ) -> dict[str, Any] | None:
     """The six scores of the parent at ``home`` (``None``: it holds no version)."""
     from p2phier.learn.models import load_tier
-    from p2phier.learn.prototypes import Prototypes, load, route
+    from p2phier.learn.prototypes import Prototypes, answering_tasks, load, route
     from p2phier.learn.train import Session
+    from p2phier.learnplan import LearnSettings
 
     learn = home / "learn"
     state = json.loads((learn / "state.json").read_text())
@@ -94,11 +95,11 @@ def score_parent(
     if held is not None:
         as_node = Session(tier, adapter=Path(flat["dir"]), answers=answers)
         answering = learn / "prototypes" / "answering.json"
-        ncm = (
-            json.loads(answering.read_text()).get("ncm_tasks", [])
-            if plan.get("answer_by") == "validated" and answering.exists()
-            else []
-        )
+        decided = json.loads(answering.read_text()) if answering.exists() else None
+        by = plan.get("answer_by", LearnSettings.answer_by)
+        # as the node answers (node/protos.py): its validation set's choice, else its
+        # children's vote kept in its merged prototypes
+        ncm = answering_tasks(decided, held) if by == "validated" else []
         if as_node.use_prototypes(held, ncm):
             answered = as_node.accuracy(test, max_length)
             held_tasks = len(held.task_groups(answers))

@@ -36,6 +36,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -330,6 +331,17 @@ def ncm_where_better(
             "ncm": float(wins > losses and p <= NCM_ALPHA),
         }
     return out
+
+
+def answering_tasks(decided: Mapping[str, Any] | None, held: Prototypes | None) -> list[str]:
+    """The tasks a node (``answer_by = "validated"``) answers by nearest prototype: where its
+    validation set holds a task, as that set decided (``decided``: its ``answering.json``,
+    :func:`p2phier.learn.cycle.choose_answering`); any other task as its senders' vote kept
+    in its merged prototypes (``held``, :func:`ncm_vote`)."""
+    decided = decided or {}
+    validated = set(decided.get("tasks", {}))
+    inherited = set(held.ncm_tasks) if held is not None else set()
+    return sorted(set(decided.get("ncm_tasks", [])) | (inherited - validated))
 
 
 # --- the file an artifact carries (p2phier.artifact.protofile) ----------------------------------

@@ -111,7 +111,7 @@ class ProtoBook(Outbox):
         other task as the children holding its data said, by the vote their merge kept
         (:func:`p2phier.learn.prototypes.ncm_vote`): a language node without data of its
         own answers the news topics as the news node found best."""
-        from p2phier.learn.prototypes import load
+        from p2phier.learn.prototypes import answering_tasks, load
 
         if self.plan.answer_by != "validated":
             return []
@@ -122,9 +122,7 @@ class ProtoBook(Outbox):
         except P2PHierError as exc:  # unreadable: answer by head, and say so
             self._proto_failed("answering file", exc)
             return []
-        validated = set(decided.get("tasks", {}))
-        inherited = set(merged.ncm_tasks) if merged is not None else set()
-        return sorted(set(decided.get("ncm_tasks", [])) | (inherited - validated))
+        return answering_tasks(decided, merged)
 
     async def _choose_answering(self) -> None:
         """Re-decide, on the node's validation set and its current model, which tasks it
