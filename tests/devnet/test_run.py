@@ -333,15 +333,21 @@ def test_a_little_is_enough_colluder_is_flagged_shifted_and_isolated(tmp_path: P
     """A real ALIE colluder (it fetches its siblings' updates of the round and sends their
     mean minus one standard deviation, coordinate by coordinate): its update sits in the
     middle of the round by every distance, but moves every coordinate the same way.  The
-    parent flags it ``shifted`` in round 1 (every child a newcomer, waited for), screens its
-    next update in its round or late, isolates it, and nobody else."""
+    parent flags it ``shifted`` in round 1 (every child a newcomer, waited for), screens each
+    later update in its round or late, isolates it, and nobody else.  The colluder waits for
+    its siblings' updates of a round before it sends: a newcomer the round did not wait for,
+    it may still be waiting when the parent's next version arrives, and follow that version
+    into the next round without an update for this one (seen once in CI: rounds 1 and 3)."""
     run_dir, colluder, honest, en = _topic_leaves_run(tmp_path, "ci-alie")
     first = en["rounds"]["1"]
     assert colluder in first["children_updates"], first
     assert first["excluded_updates"][colluder].startswith("screen: shifted"), first
-    second = en["rounds"]["2"]
-    verdict = second.get("excluded_updates", {}).get(colluder) or second["late_screen"][colluder]
-    assert "shifted" in verdict.split(" (")[0], second
+    later = sorted({a["round"] for a in _accepted(run_dir, "en") if a["author"] == colluder} - {1})
+    assert later, "the colluder sent nothing after round 1"
+    for r in later:
+        rec = en["rounds"][str(r)]
+        verdict = rec.get("excluded_updates", {}).get(colluder) or rec["late_screen"][colluder]
+        assert "shifted" in verdict.split(" (")[0], rec
     for r in ("1", "2", "3"):
         rec = en["rounds"][r]
         assert all("shifted" not in rec["screen"][h] for h in honest & set(rec["screen"])), rec
