@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2phier.artifact.protofile import PROTOTYPES_FILE
 from p2phier.errors import P2PHierError
@@ -30,6 +30,9 @@ from p2phier.fsutil import load_json, write_atomic
 from p2phier.learnplan import NodeData
 from p2phier.node.outbox import Outbox
 from p2phier.trust.standing import Standing
+
+if TYPE_CHECKING:
+    from p2phier.learn.prototypes import Prototypes
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class ProtoBook(Outbox):
             return None
         try:
             merged = load(path)
-            return None if merged is None else to_file(merged.answering(self.ncm_tasks()))
+            return None if merged is None else to_file(merged.answering(self.ncm_tasks(merged)))
         except P2PHierError as exc:  # the update goes without them, and the node says why
             self._proto_failed("prototypes to send", exc)
             return None
@@ -105,12 +108,13 @@ class ProtoBook(Outbox):
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(dest, src.read_bytes())  # at most 2 MiB, checked when it arrived
 
-    def ncm_tasks(self) -> list[str]:
+    def ncm_tasks(self, merged: Prototypes | None = None) -> list[str]:
         """The tasks this node answers by nearest prototype (``answer_by = "validated"``):
         where its validation set holds a task, as that set said (``answering.json``); any
         other task as the children holding its data said, by the vote their merge kept
         (:func:`p2phier.learn.prototypes.ncm_vote`): a language node without data of its
-        own answers the news topics as the news node found best."""
+        own answers the news topics as the news node found best.  ``merged``: the merged
+        prototypes where the caller has read them already (else read here)."""
         from p2phier.learn.prototypes import answering_tasks, load
 
         if self.plan.answer_by != "validated":
@@ -118,7 +122,7 @@ class ProtoBook(Outbox):
         path, merged_path = self._protos / ANSWERING, self._protos / MERGED
         try:
             decided = load_json(path, 64 * 1024, "answering file") if path.exists() else {}
-            merged = load(merged_path)
+            merged = merged if merged is not None else load(merged_path)
         except P2PHierError as exc:  # unreadable: answer by head, and say so
             self._proto_failed("answering file", exc)
             return []
