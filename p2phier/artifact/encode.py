@@ -1,4 +1,4 @@
-"""Tensor encodings of an update: fp32, fp16, int8-quantised delta, top-k sparse delta.
+"""Tensor encodings of an update: fp32, fp16, int8 (full or delta), top-k sparse delta.
 
 Owns :class:`Encoding` and the mapping between a dict of float32 tensors (a
 full adapter, or a delta ``child - parent``) and the tensors actually stored
@@ -9,6 +9,8 @@ fp32           ``T``: F32, same shape
 fp16           ``T``: F16, same shape (values beyond fp16 range refused)
 int8-delta     ``T``: I8 in [-127, 127], same shape; ``T::scale``: F32 []
                (symmetric per-tensor scale = max|d| / 127; decoded q*scale)
+int8           the same layout, of a full adapter (never with a parent: that is
+               int8-delta); what a node's keyframes use
 topk-delta     ``T::shape``: I64 [ndim]; ``T::idx``: I32 [k] flat indices,
                strictly increasing; ``T::val``: F32 [k]
 =============  ==========================================================
@@ -53,11 +55,23 @@ class Encoding(enum.Enum):
     FP16 = "fp16"
     INT8_DELTA = "int8-delta"
     TOPK_DELTA = "topk-delta"
+    INT8 = "int8"
 
     @property
     def delta_only(self) -> bool:
         """True for encodings that only make sense relative to a parent."""
         return self in (Encoding.INT8_DELTA, Encoding.TOPK_DELTA)
+
+    @property
+    def full_only(self) -> bool:
+        """True for encodings that store a full adapter only (with a parent the same bytes
+        would be another encoding's)."""
+        return self is Encoding.INT8
+
+    @property
+    def int8(self) -> bool:
+        """The int8 layout: ``T`` as I8 and ``T::scale`` as an F32 scalar."""
+        return self in (Encoding.INT8, Encoding.INT8_DELTA)
 
     @classmethod
     def parse(cls, text: str | Encoding) -> Encoding:
@@ -104,7 +118,7 @@ def encode_tensors(
                 raise UsageError(f"tensor {n!r} has values beyond the fp16 range; use fp32")
             out16[n] = f.astype(np.float16)
         return Encoded(out16)
-    if encoding is Encoding.INT8_DELTA:
+    if encoding.int8:
         out8: dict[str, npt.NDArray[Any]] = {}
         for n, t in tensors.items():
             q, scale = quantise_int8(_as_f32(n, t))
@@ -195,7 +209,7 @@ def decode_tensors(st: SafeTensors, encoding: Encoding, *, max_decoded: int) -> 
         _check_total(total, max_decoded)
         return {name: st.floats(name) for name in infos}
     bases = sorted({name.split(SEP, 1)[0] for name in infos})
-    if encoding is Encoding.INT8_DELTA:
+    if encoding.int8:
         expected = {n for b in bases for n in (b, b + SEP + "scale")}
         _check_names(infos.keys(), expected, encoding)
         _check_total(sum(4 * math.prod(infos[b].shape) for b in bases), max_decoded)

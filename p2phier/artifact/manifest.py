@@ -68,6 +68,7 @@ _TO_PB = {
     Encoding.FP16: pb.ENCODING_FP16,
     Encoding.INT8_DELTA: pb.ENCODING_INT8_DELTA,
     Encoding.TOPK_DELTA: pb.ENCODING_TOPK_DELTA,
+    Encoding.INT8: pb.ENCODING_INT8,
 }
 _FROM_PB = {v: k for k, v in _TO_PB.items()}
 
@@ -198,6 +199,11 @@ class Manifest:
             raise ManifestError(f"encoding {self.encoding!r} is not an Encoding")
         if self.encoding.delta_only and self.parent is None:
             raise ManifestError(f"encoding {self.encoding.value} needs a parent update")
+        if self.encoding.full_only and self.parent is not None:
+            raise ManifestError(
+                f"encoding {self.encoding.value} stores a full adapter: a delta on a parent "
+                "is int8-delta"
+            )
         if len(self.metrics) > MAX_METRICS:
             raise ManifestError(f"{len(self.metrics)} metrics, over the limit of {MAX_METRICS}")
         names = [m.name for m in self.metrics]

@@ -202,6 +202,8 @@ def pack_tensors(
         enc = Encoding.INT8_DELTA if parent_cid is not None else Encoding.FP32
     if enc.delta_only and parent_cid is None:
         raise UsageError(f"encoding {enc.value} stores a delta: give the parent update")
+    if enc.full_only and parent_cid is not None:
+        raise UsageError(f"encoding {enc.value} stores a full adapter: a delta is int8-delta")
     if not isinstance(now, int | float) or now < 0:
         raise UsageError(f"now must be a Unix time in seconds, not {now!r}")
     metric_list = metrics_from_mapping(metrics or {})

@@ -47,7 +47,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: store.max_object_size by default: far above any model tier or update, far below what
 #: a DAG that fans in to a few blocks can declare (a 1.5 MB one declared 16 TiB)
 DEFAULT_MAX_OBJECT_SIZE = 64 << 30
-ENCODINGS = ("fp32", "fp16", "int8-delta", "topk-delta")
+ENCODINGS = ("fp32", "fp16", "int8", "int8-delta", "topk-delta")
 
 # (section, key) -> kind.  "path" values default to a place under the home directory.
 _SCHEMA: dict[tuple[str, str], str] = {

@@ -232,6 +232,14 @@ class WireChoice:
     reason: str
 
 
+def keyframe_encoding(wire_encoding: str) -> str:
+    """How a stream's full adapters (keyframes) are encoded under the plan's
+    ``wire_encoding``: ``int8`` beside int8 deltas (the deltas' own precision, at half an
+    fp16 keyframe's bytes; round 1 is every stream's keyframe), ``fp16`` when
+    the plan sends full fp16 adapters every time (the comparison run)."""
+    return "fp16" if wire_encoding == "fp16" else "int8"
+
+
 def wire_choice(
     previous: SentRef | None, to: str, *, encoding: str, keyframe_every: int
 ) -> WireChoice:

@@ -4,9 +4,9 @@ Owns :class:`Outbox`, the part of :class:`~p2phier.node.learner.Learner` that pa
 adapter as a signed artifact and publishes it.  How each artifact travels is
 :func:`p2phier.node.learncore.wire_choice`'s decision (pure): by default an int8
 delta on the stream's previous artifact, which the receiver already holds, and a
-full fp16 adapter (a keyframe) when it holds none, when the receiver changed, or
-every ``keyframe_every`` artifacts.  A delta is packed against the previous
-artifact *as readers rebuild it* (:func:`p2phier.artifact.pack_adapter`), so
+full adapter (a keyframe: int8, or fp16 where the plan sends fp16) when it holds none,
+when the receiver changed, or every ``keyframe_every`` artifacts.  A delta is packed
+against the previous artifact *as readers rebuild it* (:func:`p2phier.artifact.pack_adapter`), so
 quantisation error never compounds along a chain.  A delta that cannot be packed
 (the shapes changed: a re-factorised version of another rank, another tier; the
 previous artifact gone from the store) falls back to a keyframe, logged: a node
@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from p2phier.artifact import Artifact
 from p2phier.errors import P2PHierError
 from p2phier.learnplan import LearnPlan
-from p2phier.node.learncore import CHILDREN, LearnerState, SentRef, VersionRef, wire_choice
+from p2phier.node.learncore import (
+    CHILDREN,
+    LearnerState,
+    SentRef,
+    VersionRef,
+    keyframe_encoding,
+    wire_choice,
+)
 
 if TYPE_CHECKING:
     from p2phier.node.daemon import NodeDaemon
@@ -58,7 +65,7 @@ class Outbox:
 
     async def _publish_flat(self, flat: Path, *, base_cid: str | None, round_: int) -> None:
         """Publish ``flat`` to the children as this node's version, and hold the version as
-        its artifact rebuilds it (an int8 delta or an fp16 keyframe is not ``flat`` to the
+        its artifact rebuilds it (an int8 delta or an int8 keyframe is not ``flat`` to the
         last bit): the children train on that, so their updates are measured against it
         here too.  Otherwise every child's update would carry the encoding's error, the same
         in all of them (two children that learned nothing would send one update: twins)."""
@@ -155,7 +162,9 @@ class Outbox:
                 domain=node.config.domain,
                 base_model_id=tier["tier_id"],
                 base_model_cid=tier["bundle_cid"],
-                encoding="int8-delta" if parent is not None else "fp16",
+                encoding="int8-delta"
+                if parent is not None
+                else keyframe_encoding(self.plan.wire_encoding),
                 parent=parent,
                 round=round_,
                 metrics={k: float(v) for k, v in (metrics or {}).items() if _finite(v)},

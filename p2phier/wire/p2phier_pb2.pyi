@@ -14,6 +14,7 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_FP16: _ClassVar[Encoding]
     ENCODING_INT8_DELTA: _ClassVar[Encoding]
     ENCODING_TOPK_DELTA: _ClassVar[Encoding]
+    ENCODING_INT8: _ClassVar[Encoding]
 
 class NodeLayer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ ENCODING_FP32: Encoding
 ENCODING_FP16: Encoding
 ENCODING_INT8_DELTA: Encoding
 ENCODING_TOPK_DELTA: Encoding
+ENCODING_INT8: Encoding
 NODE_LAYER_UNSPECIFIED: NodeLayer
 NODE_LAYER_MASTER: NodeLayer
 NODE_LAYER_LANGUAGE: NodeLayer

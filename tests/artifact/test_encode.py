@@ -1,4 +1,5 @@
-"""fp32 / fp16 / int8-delta / top-k-delta encodings: error bounds, error feedback, hostile parts.
+"""fp32 / fp16 / int8 / int8-delta / top-k-delta encodings: error bounds, error feedback,
+hostile parts.
 
 Every property test goes through the stored form (safetensors bytes, parsed
 back with the hostile parser), so it tests what a peer actually receives.
@@ -46,12 +47,13 @@ def test_fp16_error_bound(x: np.ndarray) -> None:
     assert (np.abs(out.astype(np.float64) - x) <= bound).all()
 
 
-@given(arrays)
-def test_int8_error_bound(x: np.ndarray) -> None:
-    encoded = encode_tensors({NAME: x}, Encoding.INT8_DELTA).tensors
+@pytest.mark.parametrize("encoding", [Encoding.INT8, Encoding.INT8_DELTA])
+@given(x=arrays)
+def test_int8_error_bound(encoding: Encoding, x: np.ndarray) -> None:
+    encoded = encode_tensors({NAME: x}, encoding).tensors
     assert encoded[NAME].dtype == np.int8
     assert int(encoded[NAME].min(initial=0)) >= -127
-    out = through_storage(encoded, Encoding.INT8_DELTA)[NAME]
+    out = through_storage(encoded, encoding)[NAME]
     peak = float(np.abs(x).max())
     scale = peak / 127.0
     err = float(np.abs(out.astype(np.float64) - x).max())
@@ -232,3 +234,17 @@ def test_hostile_encoded_parts(
 ) -> None:
     with pytest.raises(TensorFileError, match=message):
         through_storage(parts, encoding)
+    if encoding is Encoding.INT8_DELTA:  # the full adapter's int8 reads the same parts
+        with pytest.raises(TensorFileError, match=message):
+            through_storage(parts, Encoding.INT8)
+
+
+def test_int8_full_and_delta_share_a_layout_not_a_meaning() -> None:
+    """``int8`` is a full adapter only: it needs no parent and refuses one."""
+    assert Encoding.INT8.full_only and not Encoding.INT8.delta_only
+    assert Encoding.INT8_DELTA.delta_only and not Encoding.INT8_DELTA.full_only
+    x = np.linspace(-1, 1, 9, dtype=np.float32)
+    full, delta = (
+        encode_tensors({NAME: x}, e).tensors for e in (Encoding.INT8, Encoding.INT8_DELTA)
+    )
+    assert {k: v.tobytes() for k, v in full.items()} == {k: v.tobytes() for k, v in delta.items()}

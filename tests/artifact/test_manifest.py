@@ -57,7 +57,11 @@ metric_maps = st.dictionaries(
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
     encoding = draw(st.sampled_from(list(Encoding)))
-    parent = draw(cids) if encoding.delta_only else draw(st.none() | cids)
+    parent = (
+        draw(cids) if encoding.delta_only
+        else None if encoding.full_only
+        else draw(st.none() | cids)
+    )  # fmt: skip
     return Manifest(
         base_model_id=draw(st.from_regex(r"[\x21-\x7e]{1,40}", fullmatch=True)),
         base_model_cid=draw(st.none() | cids),
@@ -240,6 +244,7 @@ def test_invalid_domains(domain: str) -> None:
         ({"base_model_id": ""}, "base model id"),
         ({"round": -1}, "round"),
         ({"parent": None}, "needs a parent"),
+        ({"encoding": Encoding.INT8}, "full adapter"),
         ({"metrics": (Metric("b", 1.0), Metric("a", 1.0))}, "sorted"),
         ({"metrics": (Metric("a", 1.0), Metric("a", 2.0))}, "duplicates"),
         ({"parent": CID(1, 0x71, CID.raw(b"x").multihash)}, "parent CID"),

@@ -312,6 +312,24 @@ def test_delta_encoding_needs_a_parent(
     assert not list(store.iter_block_cids())
 
 
+def test_int8_full_adapter_refuses_a_parent(
+    store: MemoryStore, author: Identity, tmp_path: Path
+) -> None:
+    """``int8`` is a keyframe's encoding; a delta in int8 is ``int8-delta``."""
+    full = pack(store, write_adapter(tmp_path / "a"), author, encoding="int8")
+    assert full.manifest.encoding.value == "int8" and full.manifest.parent is None
+    out = materialise(store, full.cid, tmp_path / "out")
+    got = safetensors.numpy.load_file(str(out / "adapter_model.safetensors"))
+    want = adapter_tensors()
+    assert got.keys() == want.keys()
+    for name, w in want.items():  # per tensor within half a step of max|w| / 127
+        assert float(np.abs(got[name] - w).max()) <= float(np.abs(w).max()) / 254 * 1.0001
+    before = snapshot(store)
+    with pytest.raises(UsageError, match="full adapter"):
+        pack(store, write_adapter(tmp_path / "b"), author, encoding="int8", parent=full.cid)
+    assert snapshot(store) == before
+
+
 def test_parent_with_other_shapes(store: MemoryStore, author: Identity, tmp_path: Path) -> None:
     parent = pack(store, write_adapter(tmp_path / "p"), author)
     before = snapshot(store)

@@ -56,6 +56,12 @@ def test_pack_full_then_delta_and_inspect(cli: Runner, home: Path, tmp_path: Pat
     for enc in ("fp16", "topk-delta", "fp32"):
         out = _pack(cli, a2, "--parent", str(first["cid"]), "--encoding", enc, "--round", "7")
         assert out["encoding"] == enc and out["round"] == 7
+    # int8 is a full adapter (a node's keyframes); with a parent it is refused, clearly
+    full = _pack(cli, a2, "--encoding", "int8")
+    assert full["encoding"] == "int8" and full["parent"] is None
+    refused = cli("artifact", "pack", a2, *PACK, "--parent", str(first["cid"]), "--encoding",
+                  "int8", "--json")  # fmt: skip
+    assert refused.returncode != 0 and "full adapter" in refused.stdout.decode() + refused.stderr
 
     human = cli("artifact", "inspect", second["cid"])
     assert "int8-delta" in human.text and str(first["cid"]) in human.text
