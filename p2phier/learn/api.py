@@ -180,14 +180,16 @@ def validate_ncm(
     *,
     answers: Sequence[str] = (),
     max_length: int = 64,
+    current: Sequence[str] = (),
 ) -> dict[str, dict[str, float]]:
     """Per task of ``validation``, the model's head against the nearest prototype
-    (:meth:`Session.validate_ncm`); empty without prototypes in this tier's space."""
+    (:meth:`Session.validate_ncm`; ``current``: the tasks answered by prototype now);
+    empty without prototypes in this tier's space."""
     protos = load_prototypes(prototypes)
     if protos is None:
         return {}
     session = Session(load_tier(tier_dir), adapter=adapter, answers=answers)
-    return session.validate_ncm(protos, validation, max_length)
+    return session.validate_ncm(protos, validation, max_length, current=current)
 
 
 def class_prototypes(

@@ -667,14 +667,22 @@ def merge_prototypes(
 
 
 def choose_answering(
-    plan: LearnPlan, tier_dir: Path, flat: Path, protos: Path, validation: Sequence[DataRecord]
+    plan: LearnPlan,
+    tier_dir: Path,
+    flat: Path,
+    protos: Path,
+    validation: Sequence[DataRecord],
+    *,
+    current: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Which tasks this node answers by nearest prototype (``plan.answer_by = "validated"``):
-    those its validation set answers better that way with its current model (``flat``), and
-    its accuracy on that set as it then answers."""
+    """Which tasks this node answers by nearest prototype (``plan.answer_by = "validated"``)
+    with its current model (``flat``): a task its validation set shows better answered the
+    other way than it is now (``current``: the tasks it answers by prototype now) changes
+    (:func:`p2phier.learn.prototypes.ncm_where_better`); and its accuracy on that set as it
+    then answers."""
     tasks = api.validate_ncm(
         tier_dir, flat, protos, examples(validation), answers=plan.labels,
-        max_length=plan.max_length,
+        max_length=plan.max_length, current=current,
     )  # fmt: skip
     ncm = sorted(t for t, v in tasks.items() if v["ncm"])
     scores = api.evaluate(

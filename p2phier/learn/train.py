@@ -27,7 +27,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -479,11 +479,16 @@ class Session:
         return True
 
     def validate_ncm(
-        self, prototypes: Prototypes, examples: Sequence[Example], max_length: int = 64
+        self,
+        prototypes: Prototypes,
+        examples: Sequence[Example],
+        max_length: int = 64,
+        current: Collection[str] = (),
     ) -> dict[str, dict[str, float]]:
         """Per task, this model's head and the nearest of ``prototypes`` on ``examples``
-        (a validation set): :func:`p2phier.learn.prototypes.ncm_where_better`; empty where
-        the prototypes lie in another space."""
+        (a validation set): :func:`p2phier.learn.prototypes.ncm_where_better` (``current``:
+        the tasks answered by prototype now); empty where the prototypes lie in another
+        space."""
         if prototypes.space != self.tier.info.weights_cid or not examples:
             return {}
         texts = [e.text for e in examples]
@@ -492,7 +497,7 @@ class Session:
         answers = [self.tier.labels[i] for i in self.answers]
         return ncm_where_better(
             logits, emb, prototypes, self.tier.labels, [e.label for e in examples],
-            answers=answers,
+            answers=answers, current=current,
         )  # fmt: skip
 
     def _answer_ids(self, answers: Sequence[str]) -> tuple[int, ...]:

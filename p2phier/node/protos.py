@@ -128,10 +128,23 @@ class ProtoBook(Outbox):
             return []
         return answering_tasks(decided, merged)
 
+    def _validated_ncm(self) -> list[str]:
+        """The tasks the node's validation set last chose to answer by prototype (a choice
+        changes only where the set shows the other way better: ``choose_answering``)."""
+        path = self._protos / ANSWERING
+        try:
+            decided = load_json(path, 64 * 1024, "answering file") if path.exists() else {}
+        except P2PHierError as exc:  # decided afresh, and said
+            self._proto_failed("answering file", exc)
+            return []
+        chosen = decided.get("ncm_tasks", [])
+        return [t for t in chosen if isinstance(t, str)] if isinstance(chosen, list) else []
+
     async def _choose_answering(self) -> None:
         """Re-decide, on the node's validation set and its current model, which tasks it
-        answers by nearest prototype (plan ``answer_by = "validated"``); a parent that does
-        not train then measures its own accuracy as it answers."""
+        answers by nearest prototype (plan ``answer_by = "validated"``; a task changes only
+        where the set shows the other way better); a parent that does not train then
+        measures its own accuracy as it answers."""
         from p2phier.learn import cycle
 
         protos, flat = self.prototypes_file(), self.state.flat
@@ -146,7 +159,7 @@ class ProtoBook(Outbox):
         try:
             result = await self._work(
                 cycle.choose_answering, self.plan, self._tier_dir(), Path(flat.dir), protos,
-                self.data.test,
+                self.data.test, current=self._validated_ncm(),
             )  # fmt: skip
             write_atomic(self._protos / ANSWERING, json.dumps(result).encode())
         except Exception as exc:

@@ -269,18 +269,52 @@ def test_a_task_the_validation_set_prefers_by_prototype_is_answered_by_prototype
     assert answer(logits, emb, protos, labels, ncm_tasks={"news", "health"}) == ["t2", "s1"]
     # one example each is no evidence: the prototypes win it, but a coin would as often
     once = ncm_where_better(logits, emb, protos, labels, truth)
-    assert once["news"] == {"examples": 1.0, "head": 0.0, "nearest": 1.0, "p": 0.5, "ncm": 0.0}
+    assert once["news"] == {"examples": 1.0, "head": 0.0, "nearest": 1.0, "wins": 1.0,
+                            "losses": 0.0, "p": 0.5, "p_head": 1.0, "ncm": 0.0}  # fmt: skip
     # five such news texts are (1/32 <= 0.05); the health texts still prefer the head
     chosen = ncm_where_better(
         np.tile(logits, (5, 1)), np.tile(emb, (5, 1)), protos, labels, truth * 5
     )
-    assert chosen["news"] == {"examples": 5.0, "head": 0.0, "nearest": 1.0, "p": 1 / 32,
+    assert chosen["news"] == {"examples": 5.0, "head": 0.0, "nearest": 1.0, "wins": 5.0,
+                              "losses": 0.0, "p": 1 / 32, "p_head": 1.0,
                               "ncm": 1.0}  # fmt: skip
-    assert chosen["health"] == {"examples": 5.0, "head": 1.0, "nearest": 0.0, "p": 1.0,
+    assert chosen["health"] == {"examples": 5.0, "head": 1.0, "nearest": 0.0, "wins": 0.0,
+                                "losses": 5.0, "p": 1.0, "p_head": 1 / 32,
                                 "ncm": 0.0}  # fmt: skip
     # one task among the answers: no routing, the same choice within it
     only_news = answer(logits, emb, protos, labels, answers=["t1", "t2"], ncm_tasks={"news"})
     assert only_news == ["t2", "t1"]
+
+
+def test_a_way_of_answering_changes_only_where_the_other_is_shown_better() -> None:
+    """A task answered by prototype keeps them until the head wins beyond chance, and one
+    answered by head keeps it until the prototypes do: no switching on an example or two."""
+    labels = ["t1", "t2", "s1", "s2"]
+    protos = _protos([[1, 0, 0], [0.6, 0, 0.8], [0, 1, 0], [0, 0.9, 0.1]], labels)
+    # news text 0: the head right (t1), its nearest prototype wrong (t2); text 1: the reverse
+    logits = np.array([[5.0, 0.0, 0.0, 0.0], [5.0, 0.0, 0.0, 0.0]])
+    emb = _rows([[0.6, 0.05, 0.8], [0.6, 0.05, 0.8]])
+    truth = ["t1", "t2"]
+
+    def choice(head_wins: int, proto_wins: int, current: set[str]) -> dict[str, float]:
+        rows = [0] * head_wins + [1] * proto_wins
+        return ncm_where_better(
+            logits[rows], emb[rows], protos, labels, [truth[i] for i in rows], current=current
+        )["news"]
+
+    # the head right 2 more often (3 to 5: p_head = 0.36): by prototype now, it stays so
+    kept = choice(5, 3, {"news"})
+    assert (kept["wins"], kept["losses"], kept["ncm"]) == (3.0, 5.0, 1.0)
+    assert kept["p_head"] == pytest.approx(0.363, abs=1e-3)
+    # ...and by head now, it stays by head
+    assert choice(5, 3, set())["ncm"] == 0.0
+    # the head right on 5 where the prototypes are on none (p_head = 1/32): it goes back
+    back = choice(5, 0, {"news"})
+    assert (back["p_head"], back["ncm"]) == (1 / 32, 0.0)
+    # the prototypes ahead but not beyond chance (14 to 6 is not; 15 to 5 is)
+    assert choice(6, 14, set())["ncm"] == 0.0
+    assert choice(5, 15, set())["ncm"] == 1.0
+    assert choice(6, 14, {"news"})["ncm"] == 1.0
 
 
 @pytest.mark.ml

@@ -8,6 +8,7 @@ import json
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -83,3 +84,46 @@ def test_an_unreadable_answering_file_means_the_head_and_an_error(tmp_path: Path
     (book.dir / PROTOTYPES_DIR / MERGED).write_bytes(b"garbage")
     assert book.prototypes_bytes() is None  # the update goes without them, said why
     assert "prototypes to send" in book.errors[-1]
+
+
+def test_the_validation_set_decides_from_the_choice_it_made_last(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Re-deciding passes the tasks it answers by prototype now (a choice changes only where
+    the set shows the other way better); a missing or unusable file means none."""
+    import trio
+
+    from p2phier.learn import cycle
+
+    book = Book(tmp_path, answer_by="validated")
+    _merged(book, set())
+    assert book._validated_ncm() == []  # nothing decided yet
+    _answering(book, {"news": True, "health": False})
+    assert book._validated_ncm() == ["news"]
+    seen: list[Any] = []
+
+    def choose(*args: Any, current: Any = ()) -> dict[str, Any]:
+        seen.append(list(current))
+        return {"ncm_tasks": [], "tasks": {"news": {"ncm": 0.0}}, "accuracy": 0.5}
+
+    async def work(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(cycle, "choose_answering", choose)
+    book.state = SimpleNamespace(flat=SimpleNamespace(dir=str(tmp_path / "flat")))
+    book.data = SimpleNamespace(test=["an example"])
+    book._tier_dir = lambda: tmp_path / "tier"  # type: ignore[method-assign]
+    book._work = work  # type: ignore[method-assign]
+    book.state.accuracy_own = None
+    book.plan = SimpleNamespace(answer_by="validated", trains=False)
+    trio.run(book._choose_answering)
+    assert seen == [["news"]]
+    assert book.state.accuracy_own == 0.5  # a node that does not train: as it now answers
+    assert book._validated_ncm() == []  # the new decision was written
+    # a hostile or broken file: decided afresh (from the head), and said
+    (book.dir / PROTOTYPES_DIR / ANSWERING).write_text(json.dumps({"ncm_tasks": [1, "news"]}))
+    assert book._validated_ncm() == ["news"]
+    (book.dir / PROTOTYPES_DIR / ANSWERING).write_text(json.dumps({"ncm_tasks": "news"}))
+    assert book._validated_ncm() == []
+    (book.dir / PROTOTYPES_DIR / ANSWERING).write_text("[")
+    assert book._validated_ncm() == [] and "answering file" in book.errors[-1]
