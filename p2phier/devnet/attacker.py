@@ -17,6 +17,11 @@ Attacks:
 ``claims-uptime``
     its signed node record claims it started 23 hours ago (self-reported
     uptime once decided parent choice while every latency was unknown).
+``malformed-artifact``
+    announces whatever artifact it is told to without verifying it (an honest
+    node verifies what it publishes): a manifest that breaks the format's rules,
+    a payload a reader must refuse; what it announces comes from the envelope's
+    raw protobuf, unchecked.
 
 Poisoning (a training node's updates to its parent; ``ATTACK[:STRENGTH][@ROUND]``
 sets the strength, default 1, and the first round it attacks in, default 1):
@@ -78,7 +83,7 @@ from p2phier.artifact import Artifact
 from p2phier.cid import CID
 from p2phier.errors import P2PHierError
 from p2phier.learnplan import NodeData
-from p2phier.node.daemon import NodeDaemon
+from p2phier.node.daemon import NodeDaemon, Publishable
 from p2phier.node.learner import Learner
 
 logger = logging.getLogger("p2phier.devnet.attacker")  # also when run as __main__
@@ -102,6 +107,23 @@ class ClaimsUptimeDaemon(NodeDaemon):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.started_ms -= self.CLAIMED_UPTIME_S * 1000
+
+
+class MalformedArtifactDaemon(NodeDaemon):
+    """Announces an artifact in its store as it is, verified by nobody."""
+
+    async def _publishable(self, cid: CID) -> Publishable:
+        from p2phier.wire import p2phier_pb2 as pb
+
+        envelope = self.store.get_block(cid)  # the test stores a single-block envelope
+        signed = pb.SignedManifest.FromString(envelope)
+        m = pb.Manifest.FromString(signed.manifest)
+        files = [cid, *(CID.from_bytes(r.cid) for r in (m.config, m.tensors) if r.cid)]
+        for f in files:
+            self.store.pin(f)
+        parent = CID.from_bytes(m.parent) if m.parent else None
+        size = len(envelope) + m.config.size + m.tensors.size
+        return Publishable(parent, m.round, (), size, tuple(files))
 
 
 def poison(
@@ -359,6 +381,7 @@ def poisoning_daemon(behaviour: str, strength: float, from_round: int = 1) -> ty
 ATTACKS: dict[str, type[NodeDaemon]] = {
     "foreign-artifact": ForeignArtifactDaemon,
     "claims-uptime": ClaimsUptimeDaemon,
+    "malformed-artifact": MalformedArtifactDaemon,
 }
 
 #: a behaviour's strength when none is given (``scale``: model replacement among 10)

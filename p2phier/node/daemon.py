@@ -101,6 +101,17 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.5
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Publishable:
+    """What an announcement says of the artifact it names, and the files it pinned."""
+
+    parent: CID | None
+    round: int
+    metrics: tuple[tuple[str, float], ...]
+    size: int  # envelope, config and payload bytes
+    files: tuple[CID, ...]
+
+
 class NodeDaemon:
     """One p2phier peer on running network services (:meth:`open` builds both).
 
@@ -471,28 +482,23 @@ class NodeDaemon:
             topic = down_topic(self.peer)
         else:
             raise UsageError(f"--to must be parent or children, not {to!r}")
-        art = await trio.to_thread.run_sync(
-            lambda: verify_artifact(self.store, cid, expected_base_model=self.base_model_id)
-        )
-        m = art.manifest
-        self._check_publishable(cid, art)
-        files = await trio.to_thread.run_sync(pin_artifact, self.store, cid)
-        self.housekeeping.published(cid, topic, m.round, files)
+        facts = await self._publishable(cid)
+        self.housekeeping.published(cid, topic, facts.round, facts.files)
         now = self.clock()
         self._ann_seq = next_seq(self._ann_seq, now)
         ann = Announcement(
             author=self.peer,
             topic=topic,
             cid=cid,
-            parent=m.parent,
+            parent=facts.parent,
             layer=self.config.layer,
             domain=self.config.domain,
             base_model_id=self.base_model_id,
-            round=m.round,
+            round=facts.round,
             seq=self._ann_seq,
             created_ms=now_ms(now),
-            metrics=tuple(sorted((x.name, float(x.value)) for x in m.metrics))[:16],
-            size=art.stored_bytes,
+            metrics=facts.metrics[:16],
+            size=facts.size,
         )
         signed = sign_announcement(ann, self.identity)
         self._announcements[topic] = signed
@@ -510,9 +516,22 @@ class NodeDaemon:
             "topic": topic,
             "seq": ann.seq,
             "round": ann.round,
-            "bytes": art.stored_bytes,
+            "bytes": facts.size,
             "subscribers": self.services.gossip.peers_on(topic),
         }
+
+    async def _publishable(self, cid: CID) -> Publishable:
+        """What an announcement of ``cid`` says, once it is verified as this node's own
+        update for its place, with its files pinned (the devnet's malformed-artifact attacker
+        skips the checks)."""
+        art = await trio.to_thread.run_sync(
+            lambda: verify_artifact(self.store, cid, expected_base_model=self.base_model_id)
+        )
+        m = art.manifest
+        self._check_publishable(cid, art)
+        files = await trio.to_thread.run_sync(pin_artifact, self.store, cid)
+        metrics = tuple(sorted((x.name, float(x.value)) for x in m.metrics))
+        return Publishable(m.parent, m.round, metrics, art.stored_bytes, files)
 
     def _check_publishable(self, cid: CID, art: Artifact) -> None:
         """An announcement says "this is my update": only this node's own, for its place."""
