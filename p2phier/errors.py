@@ -139,6 +139,12 @@ class ManifestError(ArtifactError):
     """A manifest is malformed or violates a limit."""
 
 
+class NewerManifestError(ManifestError):
+    """A manifest uses what a newer format has and this build does not know (a field, an
+    encoding number): refused, but not evidence against its author (it may run a newer
+    release)."""
+
+
 class BaseModelMismatchError(ArtifactError):
     """An update targets a different base model than the one it is applied to."""
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 
 from p2phier.artifact.encode import Encoding
@@ -37,6 +38,7 @@ from p2phier.errors import (
     FormatVersionError,
     IdentityError,
     ManifestError,
+    NewerManifestError,
     SignatureError,
 )
 from p2phier.identity import Identity, PeerId
@@ -299,11 +301,17 @@ class Manifest:
                 f"(this build reads version {FORMAT_VERSION}); upgrade p2phier"
             )
         if msg.SerializeToString(deterministic=True) != bytes(data):
+            if len(unknown_fields.UnknownFieldSet(_parse(pb.Manifest, data, "manifest"))):
+                raise NewerManifestError(
+                    "manifest has fields this build does not know (a newer format); upgrade p2phier"
+                )
             raise ManifestError(
-                "manifest is not canonically encoded (unknown, repeated or out-of-order fields)"
+                "manifest is not canonically encoded (repeated or out-of-order fields)"
             )
         if msg.encoding not in _FROM_PB:
-            raise ManifestError(f"manifest has unknown encoding number {msg.encoding}")
+            raise NewerManifestError(
+                f"manifest has unknown encoding number {msg.encoding} (a newer format?)"
+            )
         if not msg.HasField("config") or not msg.HasField("tensors"):
             raise ManifestError("manifest lacks its config or tensors reference")
         try:
@@ -332,12 +340,17 @@ class Manifest:
         )
 
 
-def _parse_canonical(cls: Any, data: bytes, what: str) -> Any:
+def _parse(cls: Any, data: bytes, what: str) -> Any:
     msg = cls()
     try:
         msg.ParseFromString(bytes(data))
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ManifestError(f"{what} is not a valid protobuf message: {exc}") from None
+    return msg
+
+
+def _parse_canonical(cls: Any, data: bytes, what: str) -> Any:
+    msg = _parse(cls, data, what)
     msg.DiscardUnknownFields()
     return msg
 

@@ -67,6 +67,7 @@ EVIDENCE_KINDS: dict[str, Kind] = {
     "replay": Kind.REPLAY,
     "rate": Kind.RATE,
     "stall": Kind.STALL,
+    "bad-artifact": Kind.BAD_ARTIFACT,
 }
 
 
@@ -164,7 +165,7 @@ class Guard:
             return
         if ev.proof:
             self._keep_proof(ev.peer, kind.value, ev.proof)
-        if kind in (Kind.PROVENANCE, Kind.BAD_SIGNATURE):
+        if kind in (Kind.PROVENANCE, Kind.BAD_SIGNATURE, Kind.BAD_ARTIFACT):
             self.misbehaviour.append({"peer": ev.peer, "reason": ev.kind, "detail": ev.detail})
         self.enforce(self.trust.observe(ev.peer, kind, self.clock(), detail=ev.detail))
 

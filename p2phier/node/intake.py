@@ -52,8 +52,10 @@ from p2phier.artifact.verify import read_artifact
 from p2phier.cid import CID
 from p2phier.errors import (
     ArtifactError,
+    FormatVersionError,
     MissingBlocksError,
     NetworkError,
+    NewerManifestError,
     P2PHierError,
     PeerTimeoutError,
     ProtocolViolationError,
@@ -85,6 +87,8 @@ RATE = "rate"
 MAX_GIVEN_UP = 4096
 #: the drop reason of an update whose artifact is not what its announcement said
 PROVENANCE = "provenance"
+#: the evidence kind of an announced update whose artifact fails verification
+BAD_ARTIFACT = "bad-artifact"
 
 
 class Fetcher(Protocol):
@@ -359,6 +363,16 @@ class UpdateIntake:
         # busy provider).  Its re-publications are duplicates and never fetched again, so
         # retry it here while it is still the author's newest on that topic.
         transient = isinstance(exc, NetworkError | MissingBlocksError | trio.TooSlowError)
+        if isinstance(exc, ArtifactError) and not isinstance(
+            exc, MissingBlocksError | FormatVersionError | NewerManifestError
+        ):
+            # Bytes its author signed and announced by hash that break the format: no
+            # accident of the network (the blocks matched their CIDs).  What a newer
+            # release may write and this one cannot read is refused without blame.
+            self._count_drop(str(ann.author), BAD_ARTIFACT)
+            self.on_evidence(
+                Evidence(str(ann.author), BAD_ARTIFACT, str(exc), now_ms(self.clock()))
+            )
         if isinstance(exc, PeerTimeoutError | trio.TooSlowError):
             # The author announced it and did not serve it in time: a stall, remembered
             # (it weighs little and decays: an honest node on a bad link recovers).

@@ -53,6 +53,9 @@ class Kind(enum.StrEnum):
     # first-hand observations
     BAD_SIGNATURE = "bad-signature"
     WRONG_BLOCK = "wrong-block"  # bytes that do not hash to the CID asked for, or unasked
+    #: announced an artifact that fails verification (a manifest, payload or lineage that
+    #: breaks the format's rules; never one of a newer format this node cannot read)
+    BAD_ARTIFACT = "bad-artifact"
     STALL = "stall"  # a fetch from it timed out
     #: an author's old announcement again: not fed by the node (any relay may hand one on
     #: late; the bytes are the author's honest signature), kept for other callers
@@ -77,7 +80,9 @@ class Param:
 #: relay's replay, a stall on a bad link), before it is isolated.  A stall (-1)
 #: halves in an hour: more than ten within minutes isolate, one every two hours
 #: never does.  A bad signature or a wrong block cannot happen by accident on a
-#: hash-checked, signed channel (-5: three of them within a day).  A rate violation
+#: hash-checked, signed channel (-5: three of them within a day); nor can an artifact
+#: its author signed and announced that fails verification (-5 likewise; what a newer
+#: release may write and this one cannot read is never counted).  A rate violation
 #: is -0.1 per dropped message: a burst of a hundred over budget isolates, a few do
 #: not.  An update the parent's quality screen left out (against its probe and the
 #: round's consensus, outsized, idle, noise, an echo of the round or a colluder's
@@ -92,6 +97,7 @@ DEFAULT_PARAMS: dict[Kind, Param] = {
     Kind.EQUIVOCATION: Param(-100.0, 7 * 86_400.0, proof=True),
     Kind.BAD_SIGNATURE: Param(-5.0, 86_400.0),
     Kind.WRONG_BLOCK: Param(-5.0, 86_400.0),
+    Kind.BAD_ARTIFACT: Param(-5.0, 86_400.0),
     Kind.STALL: Param(-1.0, 3_600.0),
     Kind.REPLAY: Param(-0.5, 3_600.0),
     Kind.RATE: Param(-0.1, 600.0),

@@ -341,3 +341,57 @@ async def test_an_update_whose_lineage_runs_through_another_authors_artifact_is_
     assert ev.peer == str(ident(1).peer_id) and ev.kind == "provenance"
     assert "not by its announcer" in ev.detail
     assert not world.store.pins()
+
+
+def _forged(world: World, i: int, like: Artifact, *, parent: CID | None = None,
+            extra: bytes = b"") -> Any:  # fmt: skip
+    """``like`` re-signed by child ``i`` with its manifest changed: a parent named, or
+    ``extra`` protobuf bytes appended (a field this build does not know)."""
+    from types import SimpleNamespace
+
+    from p2phier.artifact import SIGNING_DOMAIN, Envelope
+    from p2phier.wire import p2phier_pb2 as pb
+
+    m = pb.Manifest.FromString(like.manifest.to_bytes())
+    if parent is not None:
+        m.parent = parent.to_bytes()
+    data = m.SerializeToString(deterministic=True) + extra
+    env = Envelope(data, ident(i).sign(SIGNING_DOMAIN, data), ident(i).peer_id.multihash_bytes)
+    cid = world.source.add_bytes(env.to_bytes())
+    return SimpleNamespace(cid=cid, stored_bytes=like.stored_bytes + len(extra))
+
+
+@pytest.mark.parametrize(
+    ("flaw", "blamed"),
+    [("int8-with-a-parent", True), ("a-field-of-a-newer-format", False)],
+)
+async def test_an_artifact_that_breaks_the_format_is_evidence_a_newer_one_is_not(
+    world: World, flaw: str, blamed: bool
+) -> None:
+    """An update its author signed and announced that fails verification counts against it
+    (bad-artifact); one that only uses what a newer release writes (an unknown field) is
+    refused without blame: its author may run a newer p2phier."""
+    world.child(1)
+    like = world.pack(1, 8, encoding="int8")
+    if flaw == "int8-with-a-parent":
+        art = _forged(world, 1, like, parent=like.cid)
+    else:
+        art = _forged(world, 1, like, extra=bytes([0xF8, 0x07, 0x01]))  # field 127, varint 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, art, 1), "c1")
+        await _until(lambda: world.intake.status()["fetch_failures"], "the refusal")
+        nursery.cancel_scope.cancel()
+    assert world.accepted == []
+    (failure,) = world.intake.status()["fetch_failures"]
+    assert failure["cid"] == str(art.cid)
+    dropped = world.intake.status()["announcements_dropped_by_peer"]
+    if blamed:
+        assert "full adapter" in failure["error"]
+        (ev,) = world.evidence
+        assert (ev.peer, ev.kind) == (str(ident(1).peer_id), "bad-artifact")
+        assert dropped == {str(ident(1).peer_id): {"bad-artifact": 1}}
+    else:
+        assert "newer format" in failure["error"]
+        assert world.evidence == [] and dropped == {}
+    assert not world.store.pins()

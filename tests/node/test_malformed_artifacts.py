@@ -6,7 +6,9 @@ its store the way a hostile author would build them, signed with its own key, so
 provenance holds and only their content is wrong.  The int8 encoding (a full adapter:
 the node's keyframes) is the newest way to be wrong: a manifest that names a parent with
 it, and a payload outside its symmetric range.  Its parent must refuse each with a clear
-reason, never crash, and go on accepting the same child's valid updates.
+reason, count it against the child (bad-artifact evidence: two within a day are
+tolerated, three isolate), never crash, and go on accepting the child's valid updates
+until then.
 """
 
 from __future__ import annotations
@@ -112,10 +114,25 @@ def test_int8_artifacts_a_reader_must_refuse_are_refused_and_the_child_still_hea
                      lambda: _failure(master, out_of_range))  # fmt: skip
     assert "-128" in error, error
 
-    # nothing of either was taken, the master is up, and the child's next valid update is
-    # accepted as before
+    # nothing of either was taken; each counts against its author (bad-artifact: signed and
+    # announced by hash, no accident of the network), and the master is up
     assert {with_parent, out_of_range}.isdisjoint(_accepted(master))
+    status = master.status()
+    assert status["announcements_dropped_by_peer"][zz.peer_id]["bad-artifact"] == 2
+    assert [m["reason"] for m in status["misbehaviour"] if m["peer"] == zz.peer_id] == [
+        "bad-artifact",
+        "bad-artifact",
+    ]
+    # two within a day do not isolate (trust/local.py: -5 each against -10, and its valid
+    # keyframe counted +1): its next valid update is accepted as before
+    assert zz.peer_id not in status["isolated"] and zz.peer_id in status["children"]
     after = _valid_int8(zz, 2, round_=4)
     zz.call("publish", {"cid": after, "to": "parent"})
     wait_for("the master to accept zz's next valid update", lambda: after in _accepted(master))
-    assert master.proc.poll() is None and zz.peer_id in master.status()["children"]
+    # a third does: the child is isolated and dropped
+    third = _forge(zz, good, 5, parent=good)
+    zz.call("publish", {"cid": third, "to": "parent"})
+    wait_for("the master to isolate zz", lambda: zz.peer_id in master.status()["isolated"])
+    status = master.status()
+    assert third not in _accepted(master) and zz.peer_id not in status["children"]
+    assert master.proc.poll() is None
