@@ -28,6 +28,7 @@ from p2phier.errors import (
     AuthorMismatchError,
     FormatVersionError,
     ManifestError,
+    NewerManifestError,
     SignatureError,
 )
 from p2phier.identity import Identity
@@ -152,9 +153,11 @@ def _sample() -> Manifest:
     )
 
 
-def test_unknown_field_is_refused() -> None:
+def test_unknown_field_is_refused_as_a_newer_format() -> None:
+    """Refused, and told apart from a malformed manifest: its author may run a newer release
+    (a node does not count it against the author; a malformed one it does)."""
     data = _sample().to_bytes() + bytes([0xF8, 0x07, 0x01])  # field 127, varint 1
-    with pytest.raises(ManifestError, match="canonical"):
+    with pytest.raises(NewerManifestError, match="newer format"):
         Manifest.from_bytes(data)
 
 
@@ -162,14 +165,16 @@ def test_reordered_fields_are_refused() -> None:
     data = _sample().to_bytes()
     # move the leading format_version field (08 01) to the end: same message, other bytes
     assert data[:2] == b"\x08\x01"
-    with pytest.raises(ManifestError, match="canonical"):
+    with pytest.raises(ManifestError, match="canonical") as info:
         Manifest.from_bytes(data[2:] + data[:2])
+    assert not isinstance(info.value, NewerManifestError)  # malformed, not newer
 
 
 def test_repeated_scalar_field_is_refused() -> None:
     data = _sample().to_bytes()
-    with pytest.raises(ManifestError, match="canonical"):
+    with pytest.raises(ManifestError, match="canonical") as info:
         Manifest.from_bytes(b"\x08\x01" + data)
+    assert not isinstance(info.value, NewerManifestError)
 
 
 def test_unknown_format_version() -> None:
@@ -184,7 +189,7 @@ def test_unknown_encoding_number() -> None:
     msg = pb.Manifest()
     msg.ParseFromString(_sample().to_bytes())
     msg.encoding = 99  # type: ignore[assignment]
-    with pytest.raises(ManifestError, match="unknown encoding"):
+    with pytest.raises(NewerManifestError, match="unknown encoding"):
         Manifest.from_bytes(msg.SerializeToString(deterministic=True))
 
 
