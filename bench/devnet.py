@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the scenario again with fp16 full adapters on the wire and compare",
     )
     p.add_argument(
+        "--wire",
+        choices=("int8-delta", "fp16"),
+        default=None,
+        help="the nodes' wire_encoding (default: the scenario's); --compare-wire runs both",
+    )
+    p.add_argument(
         "--answer-by",
         choices=("head", "validated"),
         default=None,
@@ -110,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         scenario = dataclasses.replace(scenario, seed=args.seed)
     if args.answer_by is not None:
         learning = dataclasses.replace(scenario.learning, answer_by=args.answer_by)
+        scenario = dataclasses.replace(scenario, learning=learning)
+    if args.wire is not None:
+        learning = dataclasses.replace(scenario.learning, wire_encoding=args.wire)
         scenario = dataclasses.replace(scenario, learning=learning)
     t0 = time.perf_counter()
     record, summary = _run(scenario, args.rounds, keep=args.keep)
