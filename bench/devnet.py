@@ -1,7 +1,8 @@
 """Devnet benchmark: the default scenario end to end, as real node processes on this machine.
 
 Run ``python bench/devnet.py`` (``--quick`` runs the 5-node CI scenario instead, ``--json`` ends
-stdout with one JSON object).  It runs exactly what ``p2phier devnet up`` runs (every node its
+stdout with one JSON object; ``--wire fp16`` sends full fp16 adapters, ``--compare-wire`` runs
+the scenario both ways).  It runs exactly what ``p2phier devnet up`` runs (every node its
 own process on 127.0.0.1, rounds driven through the nodes, then the isolated and centralised
 baselines) and reports:
 
