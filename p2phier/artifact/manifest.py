@@ -294,14 +294,16 @@ class Manifest:
         """Strict parse: bounded, canonical encoding only, every field validated."""
         if len(data) > MAX_MANIFEST:
             raise ManifestError(f"manifest is {len(data)} bytes, over the limit of {MAX_MANIFEST}")
-        msg = _parse_canonical(pb.Manifest, data, "manifest")
+        msg = _parse(pb.Manifest, data, "manifest")
+        newer = len(unknown_fields.UnknownFieldSet(msg)) > 0
+        msg.DiscardUnknownFields()
         if msg.format_version != FORMAT_VERSION:
             raise FormatVersionError(
                 f"manifest format version {msg.format_version} is not supported "
                 f"(this build reads version {FORMAT_VERSION}); upgrade p2phier"
             )
         if msg.SerializeToString(deterministic=True) != bytes(data):
-            if len(unknown_fields.UnknownFieldSet(_parse(pb.Manifest, data, "manifest"))):
+            if newer:
                 raise NewerManifestError(
                     "manifest has fields this build does not know (a newer format); upgrade p2phier"
                 )

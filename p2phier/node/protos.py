@@ -119,25 +119,31 @@ class ProtoBook(Outbox):
 
         if self.plan.answer_by != "validated":
             return []
-        path, merged_path = self._protos / ANSWERING, self._protos / MERGED
+        decided = self._decided()
+        if decided is None:  # unreadable: answer by head (said)
+            return []
         try:
-            decided = load_json(path, 64 * 1024, "answering file") if path.exists() else {}
-            merged = merged if merged is not None else load(merged_path)
+            merged = merged if merged is not None else load(self._protos / MERGED)
         except P2PHierError as exc:  # unreadable: answer by head, and say so
             self._proto_failed("answering file", exc)
             return []
         return answering_tasks(decided, merged)
 
-    def _validated_ncm(self) -> list[str]:
-        """The tasks the node's validation set last chose to answer by prototype (a choice
-        changes only where the set shows the other way better: ``choose_answering``)."""
+    def _decided(self) -> dict[str, Any] | None:
+        """The node's last answering decision (``answering.json``; empty before the first);
+        None, and said, where it cannot be read."""
         path = self._protos / ANSWERING
         try:
-            decided = load_json(path, 64 * 1024, "answering file") if path.exists() else {}
-        except P2PHierError as exc:  # decided afresh, and said
+            return load_json(path, 64 * 1024, "answering file") if path.exists() else {}
+        except P2PHierError as exc:
             self._proto_failed("answering file", exc)
-            return []
-        chosen = decided.get("ncm_tasks", [])
+            return None
+
+    def _validated_ncm(self) -> list[str]:
+        """The tasks the node's validation set last chose to answer by prototype (a choice
+        changes only where the set shows the other way better: ``choose_answering``); none
+        where the file cannot be read (decided afresh)."""
+        chosen = (self._decided() or {}).get("ncm_tasks", [])
         return [t for t in chosen if isinstance(t, str)] if isinstance(chosen, list) else []
 
     async def _choose_answering(self) -> None:
