@@ -130,8 +130,22 @@ Flags, for what the published attacks must do to matter:
     from about 0.85 in round 1 to 0.2-0.4 by round 3 as the honest majority's model
     grows confident; from 0.15 they are isolated within 2-3 rounds but one: at 30 %
     on seed 1 an attacker whose data is 98 of 122 articles of the label the mirror
-    keeps (politics) is flagged once and otherwise looks honest.  The ``harmful``
-    check could not
+    keeps (politics) teaches 22 wrong answers and scored 0.32, 0.18, 0.11, 0.09 in
+    rounds 1-4 while its round's honest children stayed under 0.02 after round 1.
+    Hence the *outlier* part: a value of at least ``mislabel_z_min`` (0.075, half the
+    evidence threshold: under it a move is in any round's noise) that lies
+    ``mislabel_z`` (3.5) or more robust spreads above the round's other values (median
+    and MAD, leave-one-out, the MAD at least ``mislabel_z_floor``, 0.02; both scaled by
+    the noise factor below) is evidence from there, over ``mislabel_z_span`` (3): a
+    flag from z 5, in full from 6.5.  That flipper lay 6.5 and 8.1 spreads above its
+    round in rounds 2-3 and is isolated in round 2; in ``bench/attacks.py``'s 13,080
+    honest updates (every attack and the clean runs, seeds 0-2) none over 0.075, the
+    highest z of those over 0.05 3.9.  Where honest children spread widely, as real
+    leaves of one topic do (up to 0.18, most under 0.1), a value among them is no
+    outlier and only the thresholds above count.  It cannot see a flipper whose wrong
+    answers teach its target label too (tech articles labelled business teach business
+    features: on seed 3 of the simulator, beyond the bench's seeds, one such stays
+    under 0.03 after round 1).  The ``harmful`` check could not
     tell the real ones apart (an honest single-topic leaf cost the trusted set as
     much as the flipper); this check asks where the probability goes.  Measured
     only for a classifier's trusted set, labels with ``mislabel_examples`` or more
@@ -250,6 +264,14 @@ class QualityConfig:
     mislabel_scale: float = 0.1
     #: a label counts in the ``mislabels`` check only with this many trusted examples
     mislabel_examples: int = 3
+    #: the ``mislabels`` outlier test: a value at least ``mislabel_z_min`` (times the
+    #: noise factor) that lies this many robust spreads above the round's other values
+    #: (their MAD at least ``mislabel_z_floor``, times the noise factor) is evidence, over
+    #: ``mislabel_z_span`` (None: the outlier test is off)
+    mislabel_z: float | None = 3.5
+    mislabel_z_span: float = 3.0
+    mislabel_z_floor: float = 0.02
+    mislabel_z_min: float = 0.075
     min_updates: int = 5
 
     def __post_init__(self) -> None:
@@ -285,6 +307,15 @@ class QualityConfig:
             raise UsageError(
                 "need mislabel_from in [0, 1), mislabel_span > 0, mislabel_scale in (0, 1], "
                 "1 <= mislabel_examples <= mislabel_full_examples"
+            )
+        if (
+            (self.mislabel_z is not None and self.mislabel_z <= 0)
+            or min(self.mislabel_z_span, self.mislabel_z_floor) <= 0
+            or not 0 <= self.mislabel_z_min < 1
+        ):
+            raise UsageError(
+                "mislabel_z, mislabel_z_span, mislabel_z_floor must be > 0, "
+                "mislabel_z_min in [0, 1)"
             )
 
     @property
@@ -471,6 +502,14 @@ def screen(
         if moved is not None and cfg.mislabel_from is not None:
             over = (moved - noise * cfg.mislabel_from) / (noise * cfg.mislabel_span)
             moved_severity = min(1.0, max(0.0, over))
+            others = [m for b, m in mislabel.items() if b != a]
+            if cfg.mislabel_z is not None and moved >= noise * cfg.mislabel_z_min and others:
+                # ...or far above what the round's other children move: a flipper whose
+                # data is mostly of a label its mapping keeps teaches few wrong answers,
+                # persistently, while honest children of that round move next to none
+                z = _robust_z(moved, others, noise * cfg.mislabel_z_floor)
+                outlier = (z - cfg.mislabel_z) / cfg.mislabel_z_span
+                moved_severity = max(moved_severity, min(1.0, max(0.0, outlier)))
             if moved_severity >= 0.5:
                 flags.append("mislabels")
             severity = max(severity, moved_severity)
