@@ -84,8 +84,19 @@ LocalFn = Callable[[CID], bytes | None]
 _TOP_PRIORITY = 1 << 30
 
 
+#: why a provider is ruled out for a block it answered DONT_HAVE to
+SAID_DONT_HAVE = "said DONT_HAVE"
+
+
 class FetchFailedError(NetworkError, LookupError):
-    """A DAG could not be fetched: some block is held by no reachable, honest provider."""
+    """A DAG could not be fetched: some block is held by no reachable, honest provider.
+
+    ``dont_have``: the providers that answered DONT_HAVE for the block the fetch failed
+    on (a peer that announced the DAG and then says it lacks it withheld it)."""
+
+    def __init__(self, message: str, *, dont_have: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.dont_have = dont_have
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,7 +472,7 @@ class Session:
             want.haves.add(peer)
         else:
             want.haves.discard(peer)
-            want.ruled_out[peer] = "said DONT_HAVE"
+            want.ruled_out[peer] = SAID_DONT_HAVE
             if want.holder == peer:
                 want.holder = None
                 st.inflight.discard(key)
@@ -594,7 +605,8 @@ class Session:
                 self._ask_block(key, want, peer, now)
                 continue
             if not want.have_pending:
-                self._fail(want.cid, self._why_unavailable(want))
+                refused = frozenset(p for p, why in want.ruled_out.items() if why == SAID_DONT_HAVE)
+                self._fail(want.cid, self._why_unavailable(want), dont_have=refused)
                 return
 
     def _holders(self, want: _Want) -> list[str]:
@@ -657,14 +669,14 @@ class Session:
         answers = "; ".join(f"{p}: {why}" for p, why in sorted(want.ruled_out.items()))
         return f"no provider could deliver block {want.cid} ({answers or 'no usable provider'})"
 
-    def _fail(self, cid: CID | None, reason: str) -> None:
+    def _fail(self, cid: CID | None, reason: str, dont_have: frozenset[str] = frozenset()) -> None:
         if self._finished:
             return
         logger.info("bitswap fetch of %s failed: %s", self.root, reason)
         for key, want in list(self._wants.items()):
             self._settle(key, want, sender=None)
         self._finished = True
-        self.error = FetchFailedError(f"cannot fetch {self.root}: {reason}")
+        self.error = FetchFailedError(f"cannot fetch {self.root}: {reason}", dont_have=dont_have)
         self._events.append(FetchFailed(cid, reason))
         self._heap.clear()
 

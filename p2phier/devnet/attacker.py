@@ -64,7 +64,7 @@ and head differences, and send the result as a LoRA adapter again.  If no
 sibling's update arrives within ``SIBLING_WAIT_S``, the node sends its honest
 update.
 
-Network attacks (``wrong-blocks``, ``flood[:RATE]``, ``equivocate``, ``slander``,
+Network attacks (``wrong-blocks``, ``withhold``, ``flood[:RATE]``, ``equivocate``, ``slander``,
 ``fake-master``, ``sybil[:COUNT]``) live in :mod:`p2phier.devnet.netattack`.
 """
 

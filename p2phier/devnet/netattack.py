@@ -13,6 +13,10 @@ of their own; these are the same attacks on a whole running network.
     serves every block with one bit flipped (its Bitswap engine's hash check before
     serving, which keeps an honest node from ever sending a corrupt block, is off):
     whoever fetches from it receives bytes that fail their CID;
+``withhold``
+    a free-rider: it fetches what it wants like any node, announces its updates as
+    usual, and serves nothing (its Bitswap engine finds no block it holds, so every
+    want is answered DONT_HAVE);
 ``flood[:RATE]``
     announces RATE (default 50) updates per second on its parent's up topic, each a
     new CID it never serves (the announcement flood of issue 14);
@@ -48,7 +52,7 @@ import trio
 
 from p2phier.announce import RECORDS_TOPIC, Announcement, sign_announcement, up_topic
 from p2phier.cid import CID
-from p2phier.errors import NetworkError, P2PHierError
+from p2phier.errors import BlockNotFoundError, NetworkError, P2PHierError
 from p2phier.identity import Identity, PeerId
 from p2phier.net.host import PeerAddr, open_host
 from p2phier.net.pubsub import GossipConfig, open_gossip
@@ -113,6 +117,25 @@ class WrongBlocksDaemon(NodeDaemon):
         engine.config = dataclasses.replace(engine.config, verify_before_serving=False)
         reader = engine.source  # the driver's read-ahead source over the store
         reader.source = _Corrupting(reader.source)  # type: ignore[attr-defined]
+
+
+class _Withholding:
+    """A block source that holds nothing."""
+
+    def block_size(self, cid: CID) -> int:
+        raise BlockNotFoundError(f"withheld: {cid}")
+
+    def get_block(self, cid: CID) -> bytes:
+        raise BlockNotFoundError(f"withheld: {cid}")
+
+
+class WithholdDaemon(NodeDaemon):
+    """Takes and never serves (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        reader = self.services.bitswap.engine.source  # the read-ahead source over the store
+        reader.source = _Withholding()  # type: ignore[attr-defined]
 
 
 class FloodDaemon(AttackLoopDaemon):
@@ -283,6 +306,7 @@ def _sybil_record(
 #: network attacks by name (``ATTACK[:N]``: ``flood``'s rate, ``sybil``'s count)
 NETWORK: dict[str, type[NodeDaemon]] = {
     "wrong-blocks": WrongBlocksDaemon,
+    "withhold": WithholdDaemon,
     "flood": FloodDaemon,
     "equivocate": EquivocateDaemon,
     "slander": SlanderDaemon,

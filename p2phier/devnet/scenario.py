@@ -85,7 +85,15 @@ POISONING_BEHAVIOURS = (
     "alie_late", "ipm_late", "proto_lie",
 )  # fmt: skip
 #: network attacks any node but the master may run (p2phier/devnet/netattack.py)
-NETWORK_BEHAVIOURS = ("wrong_blocks", "flood", "equivocate", "slander", "fake_master", "sybil")
+NETWORK_BEHAVIOURS = (
+    "wrong_blocks",
+    "withhold",
+    "flood",
+    "equivocate",
+    "slander",
+    "fake_master",
+    "sybil",
+)
 ATTACK_BEHAVIOURS = POISONING_BEHAVIOURS + NETWORK_BEHAVIOURS
 #: attackers that never take their scenario place (the launcher does not wait for them):
 #: an equivocator is isolated on sight, a fake master claims another layer

@@ -180,6 +180,7 @@ class NodeDaemon:
             on_change=self._mark_dirty,
             rank_providers=lambda providers: self.guard.rank_providers(providers),  # noqa: PLW0108
             on_pinned=lambda ann, files: self.housekeeping.accepted(ann, files),  # noqa: PLW0108
+            served_to=self._served_to,
         )
         #: evidence about peers in, trust's isolations enforced (p2phier/node/guard.py)
         self.guard = Guard(
@@ -458,6 +459,11 @@ class NodeDaemon:
             self.base_model_id = base_model_id
             self._issue_record()
             self._spawn(self.records.publish)
+
+    def _served_to(self, peer: str) -> int:
+        """Block bytes this node has sent ``peer`` (its Bitswap ledger; 0 if it has none)."""
+        ledgers = self.services.bitswap.ledgers
+        return ledgers.get(peer).bytes_sent if peer in ledgers else 0
 
     async def _dht_providers(self, cid: CID) -> list[str]:
         try:

@@ -68,6 +68,7 @@ EVIDENCE_KINDS: dict[str, Kind] = {
     "rate": Kind.RATE,
     "stall": Kind.STALL,
     "bad-artifact": Kind.BAD_ARTIFACT,
+    "free-ride": Kind.FREE_RIDE,
 }
 
 
@@ -165,7 +166,7 @@ class Guard:
             return
         if ev.proof:
             self._keep_proof(ev.peer, kind.value, ev.proof)
-        if kind in (Kind.PROVENANCE, Kind.BAD_SIGNATURE, Kind.BAD_ARTIFACT):
+        if kind in (Kind.PROVENANCE, Kind.BAD_SIGNATURE, Kind.BAD_ARTIFACT, Kind.FREE_RIDE):
             self.misbehaviour.append({"peer": ev.peer, "reason": ev.kind, "detail": ev.detail})
         self.enforce(self.trust.observe(ev.peer, kind, self.clock(), detail=ev.detail))
 

@@ -49,6 +49,7 @@ from p2phier.announce import (
 )
 from p2phier.artifact import DEFAULT_LIMITS, Artifact, pin_artifact, verify_artifact
 from p2phier.artifact.verify import read_artifact
+from p2phier.bitswap import FetchFailedError
 from p2phier.cid import CID
 from p2phier.errors import (
     ArtifactError,
@@ -89,6 +90,9 @@ MAX_GIVEN_UP = 4096
 PROVENANCE = "provenance"
 #: the evidence kind of an announced update whose artifact fails verification
 BAD_ARTIFACT = "bad-artifact"
+#: the evidence kind of an author that withheld its newest announced update (said
+#: DONT_HAVE) while taking blocks from this node
+FREE_RIDE = "free-ride"
 
 
 class Fetcher(Protocol):
@@ -138,6 +142,7 @@ class UpdateIntake:
         max_parallel: int = MAX_PARALLEL_FETCHES,
         rank_providers: Callable[[list[str]], list[str]] = lambda providers: providers,
         on_pinned: Callable[[Announcement, tuple[CID, ...]], None] = lambda ann, files: None,
+        served_to: Callable[[str], int] = lambda peer: 0,
     ) -> None:
         self.local = local
         self.store = store
@@ -150,6 +155,10 @@ class UpdateIntake:
         self.on_change = on_change
         self.on_pinned = on_pinned
         self.rank_providers = rank_providers
+        #: block bytes this node has served a peer (its Bitswap ledger here)
+        self.served_to = served_to
+        #: announcements whose author was found withholding them (counted once each)
+        self._withheld: OrderedDict[str, None] = OrderedDict()
         #: announcements each sender may make this node check, per second and at once
         self.budget = RateBudget(ANNOUNCEMENTS)
         self.accepted: deque[dict[str, Any]] = deque(maxlen=MAX_ACCEPTED)
@@ -373,6 +382,8 @@ class UpdateIntake:
             self.on_evidence(
                 Evidence(str(ann.author), BAD_ARTIFACT, str(exc), now_ms(self.clock()))
             )
+        if isinstance(exc, FetchFailedError) and str(ann.author) in exc.dont_have:
+            self._withholding(ann, exc)
         if isinstance(exc, PeerTimeoutError | trio.TooSlowError):
             # The author announced it and did not serve it in time: a stall, remembered
             # (it weighs little and decays: an honest node on a bad link recovers).
@@ -384,6 +395,29 @@ class UpdateIntake:
         else:
             self._give_up(key)
             logger.warning("update %s from %s rejected: %s", key, ann.author, exc)
+
+    def _withholding(self, ann: Announcement, exc: FetchFailedError) -> None:
+        """The author said DONT_HAVE for a block of the update it announced.  An honest
+        node pins what it publishes before announcing it and keeps its newest (and the
+        lineage its deltas need: node/retention.py), so for its newest announcement that
+        is withholding: free-riding where it took blocks from this node (its ledger
+        here), else a stall.  Counted once per announcement (its retries ask again); an
+        older announcement a relay handed on late may be gone from its author by right."""
+        key = str(ann.cid)
+        mark = self.filter.high_water(ann.topic, ann.author)
+        if key in self._withheld or (mark is not None and mark.seq != ann.seq):
+            return
+        self._withheld[key] = None
+        while len(self._withheld) > MAX_GIVEN_UP:
+            self._withheld.popitem(last=False)
+        author = str(ann.author)
+        took = self.served_to(author)
+        kind = FREE_RIDE if took > 0 else STALL
+        detail = f"announced {key} and then said DONT_HAVE for its blocks"
+        if took > 0:
+            detail += f", having taken {took} bytes of blocks from this node"
+        logger.warning("%s from %s: %s", kind, author, detail)
+        self.on_evidence(Evidence(author, kind, f"{detail} ({exc})", now_ms(self.clock())))
 
     def _give_up(self, cid: str) -> None:
         self._given_up[cid] = None

@@ -57,6 +57,9 @@ class Kind(enum.StrEnum):
     #: breaks the format's rules; never one of a newer format this node cannot read)
     BAD_ARTIFACT = "bad-artifact"
     STALL = "stall"  # a fetch from it timed out
+    #: announced an artifact, then said it does not have it (DONT_HAVE), while taking
+    #: blocks from this node (its Bitswap ledger here): it takes and will not serve
+    FREE_RIDE = "free-ride"
     #: an author's old announcement again: not fed by the node (any relay may hand one on
     #: late; the bytes are the author's honest signature), kept for other callers
     REPLAY = "replay"
@@ -82,7 +85,12 @@ class Param:
 #: never does.  A bad signature or a wrong block cannot happen by accident on a
 #: hash-checked, signed channel (-5: three of them within a day); nor can an artifact
 #: its author signed and announced that fails verification (-5 likewise; what a newer
-#: release may write and this one cannot read is never counted).  A rate violation
+#: release may write and this one cannot read is never counted).  Free-riding is -4
+#: (three withheld announcements within a day isolate): an author that said DONT_HAVE
+#: for its own newest announcement, whose blocks it pinned before announcing it and
+#: keeps (node/retention.py), while its ledger here shows blocks it took; a peer that
+#: only takes is no evidence (a leaf takes its parent's versions and serves little by
+#: role), and one that withholds but took nothing counts as a stall.  A rate violation
 #: is -0.1 per dropped message: a burst of a hundred over budget isolates, a few do
 #: not.  An update the parent's quality screen left out (against its probe and the
 #: round's consensus, outsized, idle, noise, an echo of the round or a colluder's
@@ -99,6 +107,7 @@ DEFAULT_PARAMS: dict[Kind, Param] = {
     Kind.WRONG_BLOCK: Param(-5.0, 86_400.0),
     Kind.BAD_ARTIFACT: Param(-5.0, 86_400.0),
     Kind.STALL: Param(-1.0, 3_600.0),
+    Kind.FREE_RIDE: Param(-4.0, 86_400.0),
     Kind.REPLAY: Param(-0.5, 3_600.0),
     Kind.RATE: Param(-0.1, 600.0),
     Kind.BAD_UPDATE: Param(-6.0, 86_400.0),

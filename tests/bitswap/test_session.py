@@ -373,6 +373,8 @@ def test_dont_have_from_every_provider_fails_the_fetch_with_reasons() -> None:
     assert "A: said DONT_HAVE" in f.reason and "B: said DONT_HAVE" in f.reason
     assert s.done and not s.complete
     assert str(SINGLE) in str(s.error)
+    # who said so travels with the error (an announcer that withholds what it announced)
+    assert isinstance(s.error, FetchFailedError) and s.error.dont_have == {"A", "B"}
 
 
 def test_an_unanswered_want_have_counts_as_no_after_its_deadline() -> None:
@@ -383,6 +385,7 @@ def test_an_unanswered_want_have_counts_as_no_after_its_deadline() -> None:
     assert PeerTimedOut("B", SINGLE, WantType.HAVE) in ev
     (f,) = events_of(ev, FetchFailed)
     assert "B: did not answer want-have within 5.0s" in f.reason
+    assert isinstance(s.error, FetchFailedError) and s.error.dont_have == {"A"}  # not B
 
 
 def test_dont_have_from_the_holder_moves_the_block_at_once() -> None:

@@ -395,3 +395,49 @@ async def test_an_artifact_that_breaks_the_format_is_evidence_a_newer_one_is_not
         assert "newer format" in failure["error"]
         assert world.evidence == [] and dropped == {}
     assert not world.store.pins()
+
+
+async def test_an_author_that_withholds_its_announced_update_is_free_riding_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An author that says DONT_HAVE for the update it just announced withholds it: a
+    free-ride where its ledger here shows blocks this node served it, a stall where it
+    took nothing; counted once per announcement however often it is retried, and never
+    against another provider that lacks it."""
+    import p2phier.node.intake as intake_mod
+    from p2phier.bitswap import FetchFailedError
+
+    monkeypatch.setattr(intake_mod, "FETCH_RETRY_S", (0.0,) * len(intake_mod.FETCH_RETRY_S))
+    world.child(1)
+    world.child(2)
+    author1, author2 = str(ident(1).peer_id), str(ident(2).peer_id)
+    took = {author1: 3 << 20}
+    world.intake.served_to = lambda peer: took.get(peer, 0)
+    calls: list[str] = []
+
+    async def withheld(cid: CID, providers: list[str], *, timeout: float, **_: Any) -> Any:
+        calls.append(str(cid))
+        raise FetchFailedError(
+            f"cannot fetch {cid}: no provider could deliver it",
+            dont_have=frozenset([str(ident(7).peer_id), *providers]),
+        )
+
+    async def nobody_else(cid: CID) -> list[str]:
+        return [str(ident(7).peer_id)]  # a provider the DHT names, which lacks it too
+
+    world.fetcher.fetch = withheld  # type: ignore[method-assign]
+    world.fetcher.providers = nobody_else  # type: ignore[method-assign]
+    attempts = 1 + len(intake_mod.FETCH_RETRY_S)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
+        assert world.intake.offer(TOPIC, world.announce(1, world.pack(1, 1), 1), author1)
+        assert world.intake.offer(TOPIC, world.announce(2, world.pack(2, 2), 1), author2)
+        # every retry of both ran, and failed the same way
+        await _until(lambda: len(calls) >= 2 * attempts, "retries")
+        await _until(lambda: not world.intake.fetching and not world.intake.queued, "idle")
+        nursery.cancel_scope.cancel()
+    assert len(calls) == 2 * attempts
+    kinds = sorted((ev.peer, ev.kind) for ev in world.evidence)
+    assert kinds == sorted([(author1, "free-ride"), (author2, "stall")]), world.evidence
+    (ride,) = [ev for ev in world.evidence if ev.kind == "free-ride"]
+    assert f"{3 << 20} bytes" in ride.detail and "DONT_HAVE" in ride.detail
