@@ -95,6 +95,13 @@ BAD_ARTIFACT = "bad-artifact"
 FREE_RIDE = "free-ride"
 
 
+def _remember(seen: OrderedDict[str, None], key: str, cap: int) -> None:
+    """Add ``key`` to ``seen``, forgetting the oldest beyond ``cap``."""
+    seen[key] = None
+    while len(seen) > cap:
+        seen.popitem(last=False)
+
+
 class Fetcher(Protocol):
     """What the intake needs from the network: Bitswap fetches and DHT provider lookups."""
 
@@ -407,9 +414,7 @@ class UpdateIntake:
         mark = self.filter.high_water(ann.topic, ann.author)
         if key in self._withheld or (mark is not None and mark.seq != ann.seq):
             return
-        self._withheld[key] = None
-        while len(self._withheld) > MAX_GIVEN_UP:
-            self._withheld.popitem(last=False)
+        _remember(self._withheld, key, MAX_GIVEN_UP)
         author = str(ann.author)
         took = self.served_to(author)
         kind = FREE_RIDE if took > 0 else STALL
@@ -420,9 +425,7 @@ class UpdateIntake:
         self.on_evidence(Evidence(author, kind, f"{detail} ({exc})", now_ms(self.clock())))
 
     def _give_up(self, cid: str) -> None:
-        self._given_up[cid] = None
-        while len(self._given_up) > MAX_GIVEN_UP:
-            self._given_up.popitem(last=False)
+        _remember(self._given_up, cid, MAX_GIVEN_UP)
 
     async def _retry(self, ann: Announcement, attempt: int) -> None:
         await trio.sleep(FETCH_RETRY_S[attempt - 1])

@@ -1,6 +1,9 @@
 """Pieces the hostile helper processes share: a signed node record of their own, and
 running an attack until the test closes their stdin (or their lifetime ends); and, on
-the test's side, stopping such a helper (:func:`stop_helper`)."""
+the test's side, stopping such a helper (:func:`stop_helper`), and for a test driving a
+real attacker node (``p2phier.devnet.attacker``): an update of its own packed in its
+store (:func:`pack_own_update`) and a fetch failure its parent lists
+(:func:`fetch_failure`)."""
 
 from __future__ import annotations
 
@@ -9,14 +12,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
+from p2phier.artifact import pack_adapter
+from p2phier.artifact.synthetic import write_synthetic_adapter
 from p2phier.cid import CID
 from p2phier.config import DEFAULT_BASE_MODEL
+from p2phier.devnet.procs import NodeProc
 from p2phier.identity import Identity
 from p2phier.net.host import Host
 from p2phier.records import Capabilities, HardwareClass, Layer, NodeRecord, sign_record
+from p2phier.store import DiskStore
 
 
 def signed_record(
@@ -73,3 +81,26 @@ def stop_helper(proc: subprocess.Popen[str]) -> None:
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def pack_own_update(
+    node: NodeProc, seed: int, round_: int, *, layer: str, domain: str, **pack: Any
+) -> str:
+    """A valid update of the running ``node``'s own (a synthetic adapter signed with its
+    key), packed and pinned in its store as a node packs one; its CID."""
+    adapter = write_synthetic_adapter(node.home.parent / f"adapter-{seed}", seed=seed)
+    with DiskStore(node.home / "store") as store:
+        art = pack_adapter(
+            store, adapter, Identity.load(node.home / "identity.key"), layer=layer,
+            domain=domain, base_model_id=DEFAULT_BASE_MODEL, round=round_,
+            now=1_767_225_600.0 + seed, **pack,
+        )  # fmt: skip
+    return str(art.cid)
+
+
+def fetch_failure(node: NodeProc, cid: str) -> str | None:
+    """The error ``node`` lists for its failed fetch of ``cid`` (None: none listed)."""
+    for f in node.status()["fetch_failures"]:
+        if f["cid"] == cid:
+            return str(f["error"])
+    return None

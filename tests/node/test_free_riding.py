@@ -17,12 +17,9 @@ from typing import Any
 
 import pytest
 
-from p2phier.artifact import pack_adapter
-from p2phier.artifact.synthetic import write_synthetic_adapter
-from p2phier.config import DEFAULT_BASE_MODEL
 from p2phier.devnet.procs import NodeProc, open_cluster, wait_for
-from p2phier.identity import Identity
 from p2phier.store import DiskStore
+from tests.node.peer_kit import fetch_failure, pack_own_update
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +30,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProc
 
 
 def _update(node: NodeProc, seed: int, round_: int) -> str:
-    """A valid update of ``node``'s own, packed and pinned in its store as a node does."""
-    adapter = write_synthetic_adapter(node.home.parent / f"adapter-{seed}", seed=seed)
-    with DiskStore(node.home / "store") as store:
-        art = pack_adapter(
-            store, adapter, Identity.load(node.home / "identity.key"), layer="language",
-            domain="zz", base_model_id=DEFAULT_BASE_MODEL, round=round_,
-            now=1_767_225_600.0 + seed,
-        )  # fmt: skip
-    return str(art.cid)
-
-
-def _failure(master: NodeProc, cid: str) -> str | None:
-    for f in master.status()["fetch_failures"]:
-        if f["cid"] == cid:
-            return str(f["error"])
-    return None
+    return pack_own_update(node, seed, round_, layer="language", domain="zz")
 
 
 def _evidence(master: NodeProc, peer: str) -> dict[str, Any]:
@@ -65,7 +47,9 @@ def test_a_child_that_takes_and_withholds_what_it_announces_is_isolated(
     # It announces an update and says DONT_HAVE for it, having taken nothing: a stall
     first = _update(zz, 1, round_=1)
     zz.call("publish", {"cid": first, "to": "parent"})
-    error = wait_for("the master's fetch of zz's update to fail", lambda: _failure(master, first))
+    error = wait_for(
+        "the master's fetch of zz's update to fail", lambda: fetch_failure(master, first)
+    )
     assert "DONT_HAVE" in error, error
     wait_for("a stall counted against zz", lambda: _evidence(master, zz.peer_id).get("stall"))
     assert "free-ride" not in _evidence(master, zz.peer_id)

@@ -398,16 +398,16 @@ async def test_an_artifact_that_breaks_the_format_is_evidence_a_newer_one_is_not
 
 
 async def test_an_author_that_withholds_its_announced_update_is_free_riding_once(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: World, autojump_clock: trio.abc.Clock
 ) -> None:
     """An author that says DONT_HAVE for the update it just announced withholds it: a
     free-ride where its ledger here shows blocks this node served it, a stall where it
-    took nothing; counted once per announcement however often it is retried, and never
-    against another provider that lacks it."""
-    import p2phier.node.intake as intake_mod
+    took nothing; counted once per announcement however often it is retried (its real
+    back-offs, on trio's autojumping clock), and never against another provider that
+    lacks it."""
     from p2phier.bitswap import FetchFailedError
+    from p2phier.node.intake import FETCH_RETRY_S
 
-    monkeypatch.setattr(intake_mod, "FETCH_RETRY_S", (0.0,) * len(intake_mod.FETCH_RETRY_S))
     world.child(1)
     world.child(2)
     author1, author2 = str(ident(1).peer_id), str(ident(2).peer_id)
@@ -427,14 +427,15 @@ async def test_an_author_that_withholds_its_announced_update_is_free_riding_once
 
     world.fetcher.fetch = withheld  # type: ignore[method-assign]
     world.fetcher.providers = nobody_else  # type: ignore[method-assign]
-    attempts = 1 + len(intake_mod.FETCH_RETRY_S)
+    attempts = 1 + len(FETCH_RETRY_S)
+    wait = sum(FETCH_RETRY_S) + 60.0  # virtual seconds
     async with trio.open_nursery() as nursery:
         nursery.start_soon(world.intake.run, world.fetcher, nursery.start_soon)
         assert world.intake.offer(TOPIC, world.announce(1, world.pack(1, 1), 1), author1)
         assert world.intake.offer(TOPIC, world.announce(2, world.pack(2, 2), 1), author2)
         # every retry of both ran, and failed the same way
-        await _until(lambda: len(calls) >= 2 * attempts, "retries")
-        await _until(lambda: not world.intake.fetching and not world.intake.queued, "idle")
+        await _until(lambda: len(calls) >= 2 * attempts, "retries", wait)
+        await _until(lambda: not world.intake.fetching and not world.intake.queued, "idle", wait)
         nursery.cancel_scope.cancel()
     assert len(calls) == 2 * attempts
     kinds = sorted((ev.peer, ev.kind) for ev in world.evidence)

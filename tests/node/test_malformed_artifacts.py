@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from p2phier.artifact import SIGNING_DOMAIN, Envelope, pack_adapter
+from p2phier.artifact import SIGNING_DOMAIN, Envelope
 from p2phier.artifact.compress import compress
 from p2phier.artifact.encode import SEP, Encoding, encode_tensors
 from p2phier.artifact.synthetic import write_synthetic_adapter
 from p2phier.artifact.tensors import write_safetensors
 from p2phier.artifact.verify import META_ENCODING, META_FORMAT, PAYLOAD_FORMAT, BlockSource
 from p2phier.cid import CID
-from p2phier.config import DEFAULT_BASE_MODEL
 from p2phier.devnet.procs import NodeProc, open_cluster, wait_for
 from p2phier.identity import Identity
 from p2phier.store import DiskStore
 from p2phier.wire import p2phier_pb2 as pb
+from tests.node.peer_kit import fetch_failure, pack_own_update
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +42,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProc
 
 def _valid_int8(node: NodeProc, seed: int, round_: int) -> str:
     """A valid int8 keyframe of ``node``'s own, packed into its store as a node packs one."""
-    adapter = write_synthetic_adapter(node.home.parent / f"adapter-{seed}", seed=seed)
-    with DiskStore(node.home / "store") as store:
-        art = pack_adapter(
-            store, adapter, Identity.load(node.home / "identity.key"), layer="language",
-            domain="zz", base_model_id=DEFAULT_BASE_MODEL, round=round_, encoding="int8",
-            now=1_767_225_600.0 + seed,
-        )  # fmt: skip
-    return str(art.cid)
+    return pack_own_update(node, seed, round_, layer="language", domain="zz", encoding="int8")
 
 
 def _forge(
@@ -81,13 +74,6 @@ def _forge(
         return str(store.add_bytes(env.to_bytes(), pin=False))
 
 
-def _failure(master: NodeProc, cid: str) -> str | None:
-    for f in master.status()["fetch_failures"]:
-        if f["cid"] == cid:
-            return str(f["error"])
-    return None
-
-
 def _accepted(master: NodeProc) -> set[str]:
     return {a["cid"] for a in master.status()["accepted"]}
 
@@ -105,13 +91,13 @@ def test_int8_artifacts_a_reader_must_refuse_are_refused_and_the_child_still_hea
     with_parent = _forge(zz, good, 2, parent=good)
     zz.call("publish", {"cid": with_parent, "to": "parent"})
     error = wait_for("the master to refuse int8 with a parent",
-                     lambda: _failure(master, with_parent))  # fmt: skip
+                     lambda: fetch_failure(master, with_parent))  # fmt: skip
     assert "full adapter" in error and "int8-delta" in error, error
 
     out_of_range = _forge(zz, good, 3, minus_128=True)
     zz.call("publish", {"cid": out_of_range, "to": "parent"})
     error = wait_for("the master to refuse the -128 payload",
-                     lambda: _failure(master, out_of_range))  # fmt: skip
+                     lambda: fetch_failure(master, out_of_range))  # fmt: skip
     assert "-128" in error, error
 
     # nothing of either was taken; each counts against its author (bad-artifact: signed and
