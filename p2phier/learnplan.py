@@ -182,6 +182,12 @@ class LearnSettings:
     #: so that a newcomer's fetch and every reader's verification walk at most this many
     #: deltas (the artifact limit ``max_chain`` is 64)
     keyframe_every: int = _setting(8, Int(1, 64), "wire")
+    #: an update's int8 step is at least each tensor's RMS over this (0: the finest step,
+    #: max|x|/127): coarser steps compress better and an update is averaged with its
+    #: siblings' at the parent; a version (the whole model its children train on) always
+    #: travels at the finest step.  Where the full update then compresses smaller than the
+    #: delta on the previous one (a LoRA trained afresh after a rebase), the full one goes
+    update_rms_steps: float = _setting(8.0, Num(0.0, 1024.0), "wire")
 
 
 #: every learning setting, in declaration order

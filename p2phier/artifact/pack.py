@@ -39,7 +39,7 @@ from p2phier.artifact.adapter import (
     check_adapter_tensors,
     parse_adapter_config,
 )
-from p2phier.artifact.compress import compress_into_store
+from p2phier.artifact.compress import compress, compress_into_store
 from p2phier.artifact.encode import Encoding, encode_tensors
 from p2phier.artifact.limits import DEFAULT_LIMITS, Limits
 from p2phier.artifact.manifest import ContentRef, Manifest, metrics_from_mapping, sign_manifest
@@ -133,12 +133,15 @@ def pack_adapter(
     limits: Limits = DEFAULT_LIMITS,
     base_version: CID | str | None = None,
     prototypes: bytes | None = None,
+    int8_rms_steps: float = 0.0,
+    keyframe: Encoding | str | None = None,
 ) -> Artifact:
     """Pack a PEFT adapter directory as a signed artifact (a delta if ``parent`` is given).
 
     ``encoding`` defaults to fp32 for a full adapter and int8-delta for a delta.
     ``prototypes``: the prototypes file to carry; ``None``: the directory's
-    ``prototypes.safetensors``, where it has one.
+    ``prototypes.safetensors``, where it has one.  ``int8_rms_steps`` and ``keyframe``:
+    see :func:`pack_tensors`.
     """
     config, tensors = read_adapter_dir(adapter_dir, limits=limits)
     protos = Path(adapter_dir) / PROTOTYPES_FILE
@@ -162,6 +165,8 @@ def pack_adapter(
         limits=limits,
         base_version=base_version,
         prototypes=prototypes,
+        int8_rms_steps=int8_rms_steps,
+        keyframe=keyframe,
     )
 
 
@@ -184,6 +189,8 @@ def pack_tensors(
     limits: Limits = DEFAULT_LIMITS,
     base_version: CID | str | None = None,
     prototypes: bytes | None = None,
+    int8_rms_steps: float = 0.0,
+    keyframe: Encoding | str | None = None,
 ) -> Artifact:
     """Pack adapter tensors (PEFT names, full weights) with their config.
 
@@ -193,6 +200,13 @@ def pack_tensors(
     The in-memory twin of :func:`pack_adapter` for callers that hold tensors.
     ``base_version`` names the parent node's version the adapter was trained on
     (recorded in the manifest; unlike ``parent`` it is not a delta base).
+
+    ``int8_rms_steps``: an int8 encoding's step is at least each tensor's RMS over this
+    (0: the finest step; :func:`~p2phier.artifact.encode.encode_tensors`), the RMS of the
+    full tensor also for a delta.  ``keyframe`` (with ``parent``): the full adapter in
+    this encoding is packed instead of the delta where its compressed payload is smaller
+    (an adapter trained afresh after a rebase is no closer to its predecessor than to
+    zero, and at a coarse step the delta's wider spread costs more bits).
     """
     parent_cid = CID.parse(parent) if parent is not None else None
     version_cid = CID.parse(base_version) if base_version is not None else None
@@ -200,6 +214,9 @@ def pack_tensors(
     enc = Encoding.parse(encoding) if encoding is not None else None
     if enc is None:
         enc = Encoding.INT8_DELTA if parent_cid is not None else Encoding.FP32
+    key_enc = Encoding.parse(keyframe) if keyframe is not None else None
+    if key_enc is not None and key_enc.delta_only:
+        raise UsageError(f"a keyframe is a full adapter, not {key_enc.value}")
     if enc.delta_only and parent_cid is None:
         raise UsageError(f"encoding {enc.value} stores a delta: give the parent update")
     if enc.full_only and parent_cid is not None:
@@ -229,7 +246,15 @@ def pack_tensors(
     weights = {name: _f32(name, t) for name, t in tensors.items()}
     check_adapter_tensors(config, {n: t.shape for n, t in weights.items()})
 
-    values = weights
+    def payload(values: Mapping[str, F32Array], encoding: Encoding) -> bytes:
+        encoded = encode_tensors(
+            values, encoding, topk_fraction=topk_fraction, int8_rms_steps=int8_rms_steps,
+            reference=weights,
+        )  # fmt: skip
+        return write_safetensors(
+            encoded.tensors, {META_FORMAT: PAYLOAD_FORMAT, META_ENCODING: encoding.value}
+        )
+
     if parent_cid is not None:
         resolved = resolve(
             BlockSource(store).get_block,
@@ -238,11 +263,14 @@ def pack_tensors(
             expected_base_model=base_model_id,
         )
         check_room_for_child(resolved.chain, limits=limits)
-        values = _subtract(weights, resolved.tensors, parent_cid)
-    encoded = encode_tensors(values, enc, topk_fraction=topk_fraction)
-    payload_raw = write_safetensors(
-        encoded.tensors, {META_FORMAT: PAYLOAD_FORMAT, META_ENCODING: enc.value}
-    )
+        payload_raw = payload(_subtract(weights, resolved.tensors, parent_cid), enc)
+        if key_enc is not None:
+            key_raw = payload(weights, key_enc)
+            if len(compress(key_raw)) < len(compress(payload_raw)):
+                payload_raw, enc, parent_cid = key_raw, key_enc, None
+                checked = dataclasses.replace(checked, parent=None, encoding=enc)
+    else:
+        payload_raw = payload(weights, enc)
     if len(payload_raw) > limits.max_decompressed:
         raise UsageError(
             f"the encoded payload is {len(payload_raw)} bytes, over the limit of "

@@ -7,7 +7,9 @@ delta on the stream's previous artifact, which the receiver already holds, and a
 full adapter (a keyframe: int8, or fp16 where the plan sends fp16) when it holds none,
 when the receiver changed, or every ``keyframe_every`` artifacts.  A delta is packed
 against the previous artifact *as readers rebuild it* (:func:`p2phier.artifact.pack_adapter`), so
-quantisation error never compounds along a chain.  A delta that cannot be packed
+quantisation error never compounds along a chain.  Updates going up use the plan's coarser
+int8 step (``update_rms_steps``) and travel whole where that compresses smaller than the
+delta; versions going down keep the finest step.  A delta that cannot be packed
 (the shapes changed: a re-factorised version of another rank, another tier; the
 previous artifact gone from the store) falls back to a keyframe, logged: a node
 never fails to send because of its encoding.  No torch, no trio of its own: it
@@ -153,6 +155,7 @@ class Outbox:
         # the node's class prototypes go up with its updates (node/protos.py), never down:
         # its children answer within their own tasks
         protos = self.prototypes_bytes() if stream == "up" else None
+        coarse = self.plan.update_rms_steps if stream == "up" else 0.0
         art: Artifact = await self._work(
             lambda: pack_adapter(
                 node.store,
@@ -166,6 +169,14 @@ class Outbox:
                 if parent is not None
                 else keyframe_encoding(self.plan.wire_encoding),
                 parent=parent,
+                # updates at the plan's coarser step, and whole where that is smaller;
+                # versions at the finest step (see LearnSettings.update_rms_steps).  At
+                # the finest step a delta and the whole take about the same bytes: 0
+                # keeps the former wire exactly
+                int8_rms_steps=coarse,
+                keyframe=keyframe_encoding(self.plan.wire_encoding)
+                if coarse and parent is not None
+                else None,
                 round=round_,
                 metrics={k: float(v) for k, v in (metrics or {}).items() if _finite(v)},
                 now=node.clock(),

@@ -60,6 +60,47 @@ def test_int8_error_bound(encoding: Encoding, x: np.ndarray) -> None:
     assert err <= scale / 2 * (1 + 1e-5) + 1e-37
 
 
+@given(x=arrays, ref=arrays, k=st.sampled_from([0.5, 2.0, 8.0, 100.0]))
+def test_int8_at_a_coarser_step_never_clips_and_errs_at_most_half_a_step(
+    x: np.ndarray, ref: np.ndarray, k: float
+) -> None:
+    """The step is max(max|x|/127, rms(reference)/k): what the decoder reads is the scale it
+    always read, no entry is clipped, each is off by at most half a step."""
+    encoded = encode_tensors(
+        {NAME: x}, Encoding.INT8_DELTA, int8_rms_steps=k, reference={NAME: ref}
+    ).tensors
+    assert int(encoded[NAME].min(initial=0)) >= -127
+    out = through_storage(encoded, Encoding.INT8_DELTA)[NAME]
+    rms = float(np.sqrt(np.mean(np.square(ref.astype(np.float64)))))
+    step = max(float(np.abs(x).max()) / 127.0, rms / k)
+    assert float(np.abs(out.astype(np.float64) - x).max()) <= step / 2 * (1 + 1e-5) + 1e-37
+    if np.abs(x).max() > 0 and step > 1e-30:  # (zeros, or under float32: scale 0)
+        assert float(encoded[NAME + "::scale"]) >= step * (1 - 1e-6)
+
+
+def test_a_coarser_step_compresses_a_gaussian_tensor_better() -> None:
+    from p2phier.artifact.compress import compress
+
+    x = np.random.default_rng(0).standard_normal(20_000).astype(np.float32)
+    sizes = [
+        len(
+            compress(
+                write_safetensors(
+                    encode_tensors({NAME: x}, Encoding.INT8, int8_rms_steps=k).tensors
+                )
+            )
+        )
+        for k in (0.0, 8.0, 4.0)
+    ]
+    assert sizes[1] < 0.8 * sizes[0] and sizes[2] < sizes[1]
+
+
+@pytest.mark.parametrize("k", [-1.0, math.nan, math.inf])
+def test_a_coarser_step_must_be_a_number_from_zero(k: float) -> None:
+    with pytest.raises(UsageError, match="int8_rms_steps"):
+        encode_tensors({NAME: np.ones(3, np.float32)}, Encoding.INT8, int8_rms_steps=k)
+
+
 @given(arrays, st.floats(min_value=0.01, max_value=1.0))
 def test_topk_keeps_the_largest_entries_exactly(x: np.ndarray, fraction: float) -> None:
     result = encode_tensors({NAME: x}, Encoding.TOPK_DELTA, topk_fraction=fraction)

@@ -90,10 +90,11 @@ def _max_err(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
+@pytest.mark.parametrize("rms_steps", [0.0, 8.0])
 def test_updates_go_as_int8_deltas_on_the_previous_one_and_rebuild_within_int8_error(
-    tmp_path: Path,
+    tmp_path: Path, rms_steps: float
 ) -> None:
-    box = Box(tmp_path)
+    box = Box(tmp_path, update_rms_steps=rms_steps)
     a1 = box.adapter(1)
     art1 = box.send(a1, 1)
     # the keyframe: a full adapter in int8, half what the same adapter takes in fp16
@@ -114,15 +115,57 @@ def test_updates_go_as_int8_deltas_on_the_previous_one_and_rebuild_within_int8_e
         want = load_file(str(adapter / "adapter_model.safetensors"))
         got = box.rebuilt(art.cid, str(i))
         # int8 of each delta against the *rebuilt* previous: errors never add up along the
-        # chain (each is at most max|x|/254 per tensor of what that artifact encodes: the
-        # whole adapter for the keyframe, its own step for a delta)
+        # chain (each is at most half a step per tensor of what that artifact encodes: the
+        # whole adapter for the keyframe, its own step for a delta; the step max|x|/127, or
+        # at the plan's coarser step the RMS of the whole tensor over update_rms_steps)
         encoded = want if art.manifest.parent is None else {
             k: want[k] - rebuilt[-1][k] for k in want
         }  # fmt: skip
         for k in want:
-            bound = float(np.max(np.abs(encoded[k]))) / 254 * (1 + 1e-5) + 1e-7
+            step = float(np.max(np.abs(encoded[k]))) / 127
+            if rms_steps:
+                step = max(step, float(np.sqrt(np.mean(np.square(want[k])))) / rms_steps)
+            bound = step / 2 * (1 + 1e-5) + 1e-7
             assert float(np.max(np.abs(want[k] - got[k]))) <= bound, (i, k)
         rebuilt.append(got)
+
+
+def test_a_coarser_step_makes_updates_smaller_and_versions_keep_the_finest(
+    tmp_path: Path,
+) -> None:
+    fine, coarse = Box(tmp_path / "fine", update_rms_steps=0.0), Box(tmp_path / "coarse")
+    assert coarse.plan.update_rms_steps == 8.0  # the default
+    a1 = fine.adapter(1)
+    sizes = [b.send(a1, 1).manifest.tensors.size for b in (fine, coarse)]
+    assert sizes[1] < 0.8 * sizes[0]
+    # a version going down is the whole model the children train on: the finest step
+    trio.run(lambda: coarse._publish_flat(a1, base_cid=None, round_=1))
+    assert coarse.state.flat is not None
+    held = load_file(str(Path(coarse.state.flat.dir) / "adapter_model.safetensors"))
+    want = load_file(str(a1 / "adapter_model.safetensors"))
+    for k in want:
+        bound = float(np.max(np.abs(want[k]))) / 254 * (1 + 1e-5) + 1e-7
+        assert float(np.max(np.abs(want[k] - held[k]))) <= bound, k
+
+
+def test_an_update_trained_afresh_goes_whole_where_that_is_smaller(tmp_path: Path) -> None:
+    """After a rebase the LoRA restarts: the new update is no nearer its predecessor than
+    zero, and the delta's wider spread costs more at the coarse step.  The whole update goes
+    (and the chain starts again); a round's small step on the same adapter stays a delta."""
+    box = Box(tmp_path)
+    a1 = box.adapter(1)
+    box.send(a1, 1)
+    a2 = box.adapter(2, near=a1)
+    assert box.send(a2, 2).manifest.parent is not None
+    fresh = box.adapter(3)  # another random adapter of the same shapes
+    art = box.send(fresh, 3)
+    assert art.manifest.parent is None and art.manifest.encoding.value == "int8"
+    assert box.state.sent["up"].chain == 0
+    rebuilt = box.rebuilt(art.cid, "fresh")
+    want = load_file(str(fresh / "adapter_model.safetensors"))
+    for k in want:
+        step = max(float(np.max(np.abs(want[k]))) / 127, float(np.sqrt(np.mean(want[k] ** 2))) / 8)
+        assert float(np.max(np.abs(want[k] - rebuilt[k]))) <= step / 2 * (1 + 1e-5) + 1e-7
 
 
 def test_a_new_parent_gets_a_keyframe(tmp_path: Path) -> None:
