@@ -108,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the nodes' answer_by setting (default: the scenario's)",
     )
+    p.add_argument(
+        "--update-rms-steps",
+        type=float,
+        default=None,
+        help="the nodes' update_rms_steps (0: updates at the finest int8 step; default: the "
+        "scenario's)",
+    )
     args = p.parse_args(argv)
     from p2phier.devnet.scenario import load_scenario
 
@@ -120,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         scenario = dataclasses.replace(scenario, learning=learning)
     if args.wire is not None:
         learning = dataclasses.replace(scenario.learning, wire_encoding=args.wire)
+        scenario = dataclasses.replace(scenario, learning=learning)
+    if args.update_rms_steps is not None:
+        learning = dataclasses.replace(scenario.learning, update_rms_steps=args.update_rms_steps)
         scenario = dataclasses.replace(scenario, learning=learning)
     t0 = time.perf_counter()
     record, summary = _run(scenario, args.rounds, keep=args.keep)
@@ -267,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hier_vs_isolated_ci_pts": ci_alone,
                 "hier_vs_central_ci_pts": ci_central,
                 "wire_encoding": scenario.learning.wire_encoding,
+                "update_rms_steps": scenario.learning.update_rms_steps,
                 "fp16_run": fp16,
                 "int8_vs_fp16_acc_pts": _acc_pts(hier, fp16),
                 "verdict": summary["verdict"],
