@@ -52,7 +52,8 @@ def _rebuilt_updates(home: Path, work: Path) -> list[dict[str, np.ndarray]]:
     store = DiskStore(home / "store")
     try:
         get = BlockSource(store).get_block
-        chain, cur = [], CID.parse(sent["cid"])
+        chain: list[CID] = []
+        cur: CID | None = CID.parse(sent["cid"])
         while cur is not None:
             art = read_artifact(get, cur)
             chain.append(art.cid)
