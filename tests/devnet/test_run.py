@@ -144,16 +144,24 @@ def test_the_ci_devnet_forms_learns_and_leaves_no_process(tmp_path: Path) -> Non
         assert 0 < report["rounds"][n]["pct_of_full"] < 100, report["rounds"][n]
     assert all(by_round[1][name]["version_bytes_in"] > 0 for name in ("news-a", "news-b", "health"))
     assert all(n["tier_bytes_in"] == 0 for rnd in run["rounds"] for n in rnd["nodes"])
-    # Issue 15: after its first (full) update, a leaf sends int8 deltas on its previous one,
-    # which the parent holds: the parent fetched fewer bytes for it than for the full one.
+    # Issue 15: a leaf's updates travel at the plan's coarse int8 step (update_rms_steps), each
+    # an int8 delta on its previous one (which the parent holds) or whole where that is smaller
+    # (these leaves' LoRA restarts after each rebase, so whole it is): under 0.075% of the
+    # leaf's model each (0.058-0.063% measured; at the finest step 0.082-0.088%).  Versions go
+    # down at the finest step as int8 deltas on the previous version, which the child holds.
     ids = {n["name"]: n["peer_id"] for n in run["nodes"]}
     got = _accepted(run_dir, "en")
     for name in ("news-a", "news-b", "health"):
         ups = sorted((a for a in got if a["author"] == ids[name]), key=lambda a: a["seq"])
         assert len(ups) >= 2 and ups[0]["parent"] is None, ups
         for prev, cur in itertools.pairwise(ups):
-            assert cur["parent"] == prev["cid"], ups
-            assert 0 < cur["wire_bytes"] < ups[0]["wire_bytes"], ups
+            assert cur["parent"] in (None, prev["cid"]), ups
+        assert all(0 < u["wire_bytes"] < 0.00075 * model[name] for u in ups), (model[name], ups)
+        held = _accepted(run_dir, name)
+        versions = sorted((a for a in held if a["author"] == ids["en"]), key=lambda a: a["seq"])
+        assert versions[0]["parent"] is None, versions
+        deltas = [(p, c) for p, c in itertools.pairwise(versions) if c["parent"] is not None]
+        assert deltas and all(c["parent"] == p["cid"] for p, c in deltas), versions
     # bench/routing.py on this run: its `answered` score is the referee's figure for the
     # language node (same model, data, answers and prototypes); the prototypes the node holds
     # came up from its children with their updates and span both tasks (news topics and
