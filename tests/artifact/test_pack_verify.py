@@ -330,6 +330,32 @@ def test_int8_full_adapter_refuses_a_parent(
     assert snapshot(store) == before
 
 
+def test_a_keyframe_goes_instead_of_a_delta_only_where_smaller(
+    store: MemoryStore, author: Identity, tmp_path: Path
+) -> None:
+    """``keyframe``: the whole adapter where it compresses smaller than the delta (an adapter
+    unrelated to its parent), the delta where that is smaller (a small step from it); a
+    keyframe is never a delta encoding."""
+    base = pack(store, write_adapter(tmp_path / "a"), author, encoding="int8")
+    rng = np.random.default_rng(3)
+    near = {k: v + 0.001 * rng.standard_normal(v.shape).astype(np.float32)
+            for k, v in adapter_tensors().items()}  # fmt: skip
+    far = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in near.items()}
+    kw = {"parent": base.cid, "keyframe": "int8", "int8_rms_steps": 8.0}
+    small = pack(store, write_adapter(tmp_path / "near", tensors=near), author, **kw)
+    assert small.manifest.parent == base.cid and small.manifest.encoding.value == "int8-delta"
+    whole = pack(store, write_adapter(tmp_path / "far", tensors=far), author, **kw)
+    assert whole.manifest.parent is None and whole.manifest.encoding.value == "int8"
+    got = load(materialise(store, whole.cid, tmp_path / "out"))
+    for name, w in far.items():  # within half a step: max(max|w| / 127, rms(w) / 8)
+        step = max(float(np.abs(w).max()) / 127, float(np.sqrt(np.mean(w**2))) / 8)
+        assert float(np.abs(got[name] - w).max()) <= step / 2 * 1.0001
+    before = snapshot(store)
+    with pytest.raises(UsageError, match="keyframe is a full adapter"):
+        pack(store, write_adapter(tmp_path / "c"), author, parent=base.cid, keyframe="int8-delta")
+    assert snapshot(store) == before
+
+
 def test_parent_with_other_shapes(store: MemoryStore, author: Identity, tmp_path: Path) -> None:
     parent = pack(store, write_adapter(tmp_path / "p"), author)
     before = snapshot(store)
