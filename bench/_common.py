@@ -84,3 +84,14 @@ def emit_json(result: dict[str, Any]) -> None:
     """The last stdout line: one JSON object."""
     sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def load_kept_run(run: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A kept devnet run directory's report and each node's home (the analyses of a run:
+    bench/routing.py, bench/wire.py)."""
+    report = json.loads((run / "report.json").read_text())
+    homes = {
+        name: Path(n["home"])
+        for name, n in json.loads((run / "devnet.json").read_text())["nodes"].items()
+    }
+    return report, homes

@@ -37,18 +37,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import log, parser, print_table
+from _common import load_kept_run, log, parser, print_table
 
 TASKS_KEY = "domain"  # Example.domain: the dataset's task ("news" topics, "health" sentiments)
-
-
-def _load(run: Path) -> tuple[dict[str, Any], dict[str, Path]]:
-    report = json.loads((run / "report.json").read_text())
-    homes = {
-        name: Path(n["home"])
-        for name, n in json.loads((run / "devnet.json").read_text())["nodes"].items()
-    }
-    return report, homes
 
 
 def _prototypes_of(home: Path) -> str | None:
@@ -143,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2phier.learn.cycle import examples
     from p2phier.learnplan import load_data
 
-    report, homes = _load(args.run)
+    report, homes = load_kept_run(args.run)
     run = report["run"]
     nodes = run["nodes"]
     max_length = int(run["scenario_detail"]["training"]["max_length"])

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import log, parser, print_table
+from _common import load_kept_run, log, parser, print_table
 
 STEPS = (0.0, 16.0, 8.0, 4.0)
 
@@ -83,13 +83,12 @@ def _bytes_at(updates: list[dict[str, np.ndarray]], k: float) -> tuple[int, floa
     total, errs, prev = 0, [], None
     for cur in updates:
         size, rec = _quantised(cur, cur, k)
-        if prev is not None and k > 0:  # at the finest step the product always sends the delta
+        if prev is not None:
             d_size, d_rec = _quantised({n: cur[n] - prev[n] for n in cur}, cur, k)
-            if d_size <= size:
+            # the product sends the whole update only where it is smaller, and never at the
+            # finest step (outbox: update_rms_steps = 0 is the former wire)
+            if d_size <= size or k == 0:
                 size, rec = d_size, {n: prev[n] + d_rec[n] for n in cur}
-        elif prev is not None:
-            size, d_rec = _quantised({n: cur[n] - prev[n] for n in cur}, cur, k)
-            rec = {n: prev[n] + d_rec[n] for n in cur}
         total += size
         for n in cur:
             if "lora_A" in n and (b := n.replace("lora_A", "lora_B")) in cur:
@@ -147,11 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2phier.learn.models import configure_torch
 
     configure_torch(2, seed=0)
-    report = json.loads((args.run / "report.json").read_text())
-    homes = {
-        name: Path(n["home"])
-        for name, n in json.loads((args.run / "devnet.json").read_text())["nodes"].items()
-    }
+    report, homes = load_kept_run(args.run)
     model_bytes = {n["name"]: n["model_bytes"] for n in report["run"]["nodes"]}
     rows, result = [], {}
     with tempfile.TemporaryDirectory() as tmp:
