@@ -29,7 +29,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from p2phier.announce import topic_purpose
 from p2phier.config import STORE_NAME
 from p2phier.devnet.baseline_job import BaselineJob, is_baseline_job
 from p2phier.devnet.baselines import NodeData, answer_labels, build_node_data
-from p2phier.devnet.procs import FAST_ENV, NodeProc, reap_detached
+from p2phier.devnet.procs import FAST_ENV, NodeProc, reap_detached, stop_all
 from p2phier.devnet.report import NodeInfo, NodeRound, RoundInfo, RunRecord
 from p2phier.devnet.scenario import NodeSpec, Scenario
 from p2phier.errors import P2PHierError
@@ -226,17 +226,12 @@ class Devnet:
         self.peer_names = {p.peer_id: name for name, p in self.nodes.items()}
 
     def close(self) -> None:
-        first: BaseException | None = None
         for name in list(self.frozen):
             self._signal(name, signal.SIGCONT)
-        for proc in self.nodes.values():
-            try:
-                proc.stop(grace=15.0)
-            except BaseException as exc:  # every child must still be reaped
-                first = first or exc
-        self._record()
-        if first is not None:
-            raise first
+        try:
+            stop_all(list(self.nodes.values()), grace=15.0)  # reaps every child, all at once
+        finally:
+            self._record()
 
     def detach(self) -> None:
         """Leave every node running (the run state keeps their pids for ``devnet down``)."""
@@ -581,6 +576,11 @@ def node_infos(devnet: Devnet, st: Mapping[str, dict[str, Any] | None]) -> tuple
     return tuple(out)
 
 
+def _with_children_acc(info: RoundInfo, scores: Mapping[str, float]) -> RoundInfo:
+    nodes = tuple(replace(n, accuracy_children=scores.get(n.node)) for n in info.nodes)
+    return replace(info, nodes=nodes)
+
+
 def _settled(devnet: Devnet, round_: int, st: Mapping[str, dict[str, Any] | None]) -> list[str]:
     return devnet.settled(st, round_)
 
@@ -638,8 +638,8 @@ def run_devnet(
             delays[str(r)], chains[str(r)] = hop_delays(devnet, st, (t0, t1))
             # The referee's scores cost a model load per parent: rounds 0, 1 and the last show
             # the change (what the CI test and bench/devnet.py's parents figure use); rounds
-            # in between are skipped.
-            scores = referee_scores(prepared, st) if r in (1, scenario.rounds) else {}
+            # in between are skipped.  The last round's are taken after the nodes stop (below).
+            scores = referee_scores(prepared, st) if r == 1 < scenario.rounds else {}
             rounds.append(
                 round_info(
                     devnet,
@@ -662,6 +662,12 @@ def run_devnet(
             devnet.detach()
         else:
             devnet.close()
+    if scenario.rounds >= 1:
+        # The last round's models as the nodes held them when it settled (``st``), scored
+        # once the nodes stopped: after a round settles they go on (children rebase on the
+        # parents' last versions, retention lets older versions go), which only competed
+        # with the referee for the CPU and could remove a directory it was reading.
+        rounds[-1] = _with_children_acc(rounds[-1], referee_scores(prepared, st))
     base = None
     if job is not None:
         if on_poll is not None and job.running():

@@ -93,3 +93,81 @@ def test_reaping_detached_nodes_waits_for_the_ones_just_signalled(
         for p in (a, b):
             p.kill()
             p.wait()
+
+
+# A stand-in node: on SIGTERM it notes so in its own file, then exits only once every
+# stand-in of its group has noted it (within 20 s; exit 3 otherwise).  One-at-a-time
+# stopping therefore never lets the first exit by itself: it is killed after the grace.
+_WAITS_FOR_ITS_GROUP = """
+import os, signal, sys, time
+mine, group = sys.argv[1], sys.argv[2:]
+def stop(*_):
+    open(mine, "w").close()
+    deadline = time.monotonic() + 20
+    while not all(os.path.exists(g) for g in group):
+        if time.monotonic() > deadline:
+            sys.exit(3)
+        time.sleep(0.05)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+_IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+def _stand_ins(tmp_path: Path, n: int, ignore_term: int | None = None) -> list[Any]:
+    """``n`` stand-in nodes waiting for each other (one ignoring SIGTERM, if asked)."""
+    import subprocess
+    import sys
+
+    from p2phier.devnet.procs import NodeProc
+
+    marks = [str(tmp_path / f"got-term-{i}") for i in range(n)]
+    out = []
+    for i in range(n):
+        group = [m for j, m in enumerate(marks) if j not in (i, ignore_term)]
+        code = _IGNORES_SIGTERM if i == ignore_term else _WAITS_FOR_ITS_GROUP
+        node = NodeProc(f"n{i}", tmp_path / f"n{i}", "leaf", "d", [])
+        node.proc = subprocess.Popen(
+            [sys.executable, "-c", code, marks[i], *group], stdout=subprocess.PIPE
+        )
+        out.append(node)
+        assert node.proc.stdout is not None
+        assert node.proc.stdout.readline() == b"ready\n"  # its handler is installed
+    return out
+
+
+def test_stopping_nodes_together_signals_every_one_before_waiting_for_any(tmp_path: Path) -> None:
+    """``stop_all`` (the devnet's and ``open_cluster``'s stop) sends SIGTERM to every node
+    before it waits: stand-ins that exit only once all of them were signalled all exit 0,
+    where one-at-a-time stopping would have had to kill the first."""
+    from p2phier.devnet.procs import stop_all
+
+    nodes = _stand_ins(tmp_path, 3)
+    try:
+        assert stop_all(nodes, grace=15.0) == [0, 0, 0]
+        assert all(n.proc is None for n in nodes)  # reaped
+    finally:
+        stop_all(nodes, grace=0.0)
+
+
+def test_stopping_nodes_together_kills_one_that_ignores_sigterm_and_reaps_all(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    from p2phier.devnet.procs import stop_all
+
+    nodes = _stand_ins(tmp_path, 3, ignore_term=1)
+    try:
+        assert stop_all(nodes, grace=2.0) == [0, -signal.SIGKILL, 0]
+        assert all(n.proc is None for n in nodes)
+    finally:
+        stop_all(nodes, grace=0.0)
