@@ -256,7 +256,7 @@ def stop_all(nodes: Sequence[NodeProc], grace: float = 15.0) -> list[int | None]
     SIGTERM goes to every node first, then each is waited for within ``grace`` seconds
     counted from then (SIGKILL after), as :meth:`NodeProc.stop` would one at a time.  A
     node takes seconds to shut down (closing its host and streams, saving its state);
-    one after the other, the default devnet's 12 nodes took 41 s to stop, where they
+    one after the other, the default devnet's 12 nodes took 31-41 s to stop, where they
     can all do it at once.  Returns each node's exit status (:meth:`NodeProc.stop`);
     re-raises the first failure after every node is reaped.
     """
