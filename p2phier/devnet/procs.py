@@ -217,12 +217,10 @@ class NodeProc:
         """SIGKILL at once and wait; returns the exit status (None if it was not running)."""
         return self._stop(0.0)
 
-    def terminate(self) -> bool:
-        """Send SIGTERM without waiting (:func:`stop_all`); True if the node was running."""
-        if self.proc is None or self.proc.poll() is not None:
-            return False
-        self.proc.send_signal(signal.SIGTERM)
-        return True
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (:func:`stop_all`), if the node is running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def _stop(self, grace: float, *, signalled: bool = False) -> int | None:
         proc, self.proc = self.proc, None
@@ -260,16 +258,14 @@ def stop_all(nodes: Sequence[NodeProc], grace: float = 15.0) -> list[int | None]
     can all do it at once.  Returns each node's exit status (:meth:`NodeProc.stop`);
     re-raises the first failure after every node is reaped.
     """
-    signalled = {id(n) for n in nodes if n.terminate()}
+    for node in nodes:
+        node.terminate()
     deadline = time.monotonic() + grace
     first: BaseException | None = None
     codes: list[int | None] = []
     for node in nodes:
-        try:
-            if id(node) in signalled:
-                codes.append(node.stop(max(0.0, deadline - time.monotonic()), signalled=True))
-            else:  # not running: this only reaps it
-                codes.append(node.stop(grace))
+        try:  # one that had exited already is only reaped
+            codes.append(node.stop(max(0.0, deadline - time.monotonic()), signalled=True))
         except BaseException as exc:  # the others must still be reaped
             first = first or exc
             codes.append(None)

@@ -112,13 +112,13 @@ def stop(*_):
 signal.signal(signal.SIGTERM, stop)
 print("ready", flush=True)
 while True:
-    time.sleep(1)
+    signal.pause()
 """
 
 
 _IGNORES_SIGTERM = (
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print('ready', flush=True); time.sleep(60)"
+    "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True)\nwhile True: signal.pause()"
 )
 
 
