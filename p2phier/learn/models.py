@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -699,13 +700,25 @@ def build_master(
 
 
 def select_vocabulary(
-    tokenizer: Any, texts: Iterable[str], *, max_vocab: int, min_doc_freq: int = 2
+    tokenizer: Any,
+    texts: Iterable[str],
+    *,
+    max_vocab: int,
+    min_doc_freq: int = 2,
+    fill: bool = True,
 ) -> tuple[int, ...]:
-    """Token ids to keep for a domain: special tokens, then by document frequency.
+    """Token ids to keep for a domain: special tokens, then the domain's own tokens by
+    document frequency, then (``fill``) the tokenizer's general ones up to ``max_vocab``.
 
-    Only tokens used by at least ``min_doc_freq`` texts are kept (a rare token
-    could identify a document, and it would not be learned anyway); ties break
-    by token id, so the result is deterministic.  Returned sorted by id.
+    Only tokens used by at least ``min_doc_freq`` texts count as the domain's (a rare
+    token could identify a document, and it would not be learned anyway); ties break by
+    token id, so the result is deterministic.  ``fill``: the room left is filled in the
+    tokenizer's own order (:func:`general_ranking`).  Why: a node's own data is small
+    (the default devnet's students keep 1,418 and 371 tokens of their 40 articles and
+    reviews at ``min_doc_freq`` 2), and every other token of the texts the model meets
+    later reads as ``[UNK]``: a student on the news nodes' pooled data scored 0.856 with
+    its 1,418 tokens and 0.887 with them filled to 6,000 (0.944 with the whole table).
+    Returned sorted by id.
     """
     specials = sorted(set(int(i) for i in tokenizer.all_special_ids))
     if max_vocab <= len(specials):
@@ -719,4 +732,33 @@ def select_vocabulary(
         (t for t, df in doc_freq.items() if df >= min_doc_freq and t not in specials),
         key=lambda t: (-doc_freq[t], t),
     )
-    return tuple(sorted(specials + ranked[: max_vocab - len(specials)]))
+    kept = specials + ranked[: max_vocab - len(specials)]
+    if fill and len(kept) < max_vocab:
+        have = set(kept)
+        extra = (t for t in general_ranking(tokenizer) if t not in have)
+        kept += list(itertools.islice(extra, max_vocab - len(kept)))
+    return tuple(sorted(kept))
+
+
+_PLACEHOLDER = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
+
+
+def general_ranking(tokenizer: Any) -> list[int]:
+    """Every ordinary token id in the tokenizer's own order, single non-ASCII characters last.
+
+    WordPiece and BPE vocabularies list their entries in the order training added them,
+    the most frequent first (bert-base-uncased: ``the``, ``of``, ``and``, ... from id
+    1996), which makes the order a ranking by general frequency that owes nothing to a
+    node's data.  BERT puts its ~1,000 single characters first by construction (most of
+    them CJK and other scripts a domain rarely uses): those go last; unused placeholder
+    tokens and the special tokens are left out.
+    """
+    specials = set(int(i) for i in tokenizer.all_special_ids)
+    first: list[int] = []
+    last: list[int] = []
+    for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if i in specials or token is None or _PLACEHOLDER.match(token):
+            continue
+        bare = token[2:] if token.startswith("##") else token
+        (last if len(bare) == 1 and not bare.isascii() else first).append(i)
+    return first + last

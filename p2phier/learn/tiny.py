@@ -111,7 +111,9 @@ def build_tiny_classifier_tier(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()), local_files_only=True)
-    kept = select_vocabulary(tokenizer, texts, max_vocab=max_vocab, min_doc_freq=2)
+    # No general fill: the model is random, so a token its data never shows has an
+    # embedding that means nothing (filling helps pretrained students only).
+    kept = select_vocabulary(tokenizer, texts, max_vocab=max_vocab, min_doc_freq=2, fill=False)
     model = tiny_classifier(
         tokenizer, labels, vocab_size=len(kept), hidden=hidden, layers=layers, seed=seed
     )

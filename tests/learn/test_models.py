@@ -17,6 +17,7 @@ from p2phier.learn.models import (
     dequantise_int8,
     find_head_modules,
     find_lora_targets,
+    general_ranking,
     load_tier,
     quantise_int8,
     read_tier_info,
@@ -207,8 +208,17 @@ def test_vocabulary_selection_and_token_map(bbc: list[Example]) -> None:
     assert len(kept) == 800 and list(kept) == sorted(kept)
     assert set(tok.all_special_ids) <= set(kept)
     assert kept == select_vocabulary(tok, texts, max_vocab=800, min_doc_freq=2)
-    rare = select_vocabulary(tok, texts, max_vocab=100_000, min_doc_freq=len(texts))
+    rare = select_vocabulary(tok, texts, max_vocab=100_000, min_doc_freq=len(texts), fill=False)
     assert len(rare) < 200  # only tokens in every text (and the specials) survive
+    # filled: the domain's tokens all stay, the rest are the tokenizer's most general ones
+    size = len(rare) + 50
+    filled = select_vocabulary(tok, texts, max_vocab=size, min_doc_freq=len(texts))
+    assert set(rare) < set(filled) and len(filled) == len(rare) + 50
+    general = [t for t in general_ranking(tok) if t not in set(rare)][:50]
+    assert sorted(set(filled) - set(rare)) == sorted(general)
+    words = tok.convert_ids_to_tokens(general_ranking(tok)[:120])
+    assert {"the", "of", "and"} <= set(words) and not any(w.startswith("[unused") for w in words)
+    assert select_vocabulary(tok, texts, max_vocab=size, min_doc_freq=len(texts)) == filled
     mapping = token_map(kept, len(tok), tok.unk_token_id)
     unk_new = kept.index(tok.unk_token_id)
     dropped = next(i for i in range(len(tok)) if i not in set(kept))
