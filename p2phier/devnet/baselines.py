@@ -39,6 +39,7 @@ from p2phier.learn.central import Candidate as CentralCandidate
 if TYPE_CHECKING:
     from p2phier.learn.data import Example
     from p2phier.learn.train import LoraSettings
+    from p2phier.learnplan import LearnSettings
 
 log = logging.getLogger(__name__)
 
@@ -278,10 +279,9 @@ def _trainers(scenario: Scenario, data: Mapping[str, NodeData]) -> list[NodeSpec
     return trainers
 
 
-def _lora(scenario: Scenario) -> LoraSettings:
+def _lora(t: LearnSettings) -> LoraSettings:
     from p2phier.learn.train import LoraSettings
 
-    t = scenario.learning
     # The nodes' budget exactly: LoRA + task head (+ the pooler only if the nodes train it).
     return LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=t.train_pooler)
 
@@ -305,11 +305,11 @@ def isolated_baseline(
     from p2phier.learn.train import TrainConfig
 
     _setup(scenario)
-    t = scenario.learning
-    steps = t.steps_per_cycle * scenario.rounds
     root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     isolated: dict[str, float] = {}
     for node in _trainers(scenario, data):
+        t = scenario.learning_for(node.tier)  # as the node trains: its tier's settings
+        steps = t.steps_per_cycle * scenario.rounds
         nd = data[node.name]
         tier_dir = _node_tier(scenario, node.tier, root, nd.train, work_dir / "tiers" / node.name)
         result = api.train_cycle(
@@ -323,7 +323,7 @@ def isolated_baseline(
                 max_length=t.max_length,
                 seed=scenario.seed + node.shard.seed if node.shard else scenario.seed,
             ),
-            lora=_lora(scenario),
+            lora=_lora(t),
             eval_sets={"own": nd.test},
             init_seed=scenario.seed,
             answers=answer_labels(scenario, data, node.name),
@@ -346,7 +346,7 @@ def central_candidate(
     from p2phier.learn import api, central
 
     _setup(scenario)
-    t = scenario.learning
+    t = scenario.learning_for(scenario.master.tier)  # central trains the master's tier
     trainers = _trainers(scenario, data)
     root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     got = central.train(
@@ -357,7 +357,7 @@ def central_candidate(
         steps=central.steps(t.steps_per_cycle * scenario.rounds, len(trainers)),
         batch_size=t.batch_size,
         max_length=t.max_length,
-        lora=_lora(scenario),
+        lora=_lora(t),
         seed=scenario.seed,
         init_seed=scenario.seed,
     )

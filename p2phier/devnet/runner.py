@@ -98,9 +98,10 @@ def _tier_plan(scenario: Scenario, node: NodeSpec, root: Path, root_cid: str) ->
 
 def node_plan(scenario: Scenario, node: NodeSpec, root: Path, root_cid: str) -> dict[str, Any]:
     """The learning plan (``learn/plan.json``) of ``node``: its tier, data and role from the
-    topology, and every learning setting of the scenario as it is (:func:`settings_json`)."""
+    topology, and every learning setting of the scenario as it is (:func:`settings_json`), its
+    tier's ``[tiers.NAME.training]`` over them."""
     return {
-        **settings_json(scenario.learning),
+        **settings_json(scenario.learning_for(node.tier)),
         "tier": _tier_plan(scenario, node, root, root_cid),
         "data": "data.json" if node.shard is not None else None,
         "train": node.trains,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,6 +123,9 @@ class TierSpec:
     distill_steps: int = 0  # student: distillation steps when the node joins
     hidden: int = 64  # tiny only
     n_layers: int = 2  # tiny only (TOML key ``depth``)
+    #: ``[tiers.NAME.training]``: [training] settings for this tier's nodes only (a smaller
+    #: LoRA rank for small models, say), checked as [training]'s are
+    training: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,12 @@ class Scenario:
 
     def training_nodes(self) -> list[NodeSpec]:
         return [n for n in self.nodes if n.trains]
+
+    def learning_for(self, tier: str) -> LearnSettings:
+        """The learning settings of ``tier``'s nodes: the scenario's, with the tier's own
+        ``[tiers.NAME.training]`` over them."""
+        over = self.tiers[tier].training
+        return replace(self.learning, **over) if over else self.learning
 
     def tier_lineage(self, tier: str) -> list[str]:
         """``tier`` and its teachers, nearest first, ending with a root tier."""
@@ -401,8 +410,12 @@ def _parse_tier(name: str, t: _Table) -> TierSpec:
     n_layers = t.get("depth", Int(1, 48), 2) if kind == "tiny" else 2
     if kind == "tiny" and hidden % 4:
         raise ScenarioError(f"{t.at('hidden')}: must be a multiple of 4 (4 attention heads)")
+    tt = t.sub("training")
+    training = parse_settings(tt.data, tt.path, "training")
+    tt.used.update(f.name for f in SETTINGS if f.metadata["table"] == "training")
+    tt.done()
     t.done()
-    return TierSpec(name, kind, teacher, layers, max_vocab, distill, hidden, n_layers)
+    return TierSpec(name, kind, teacher, layers, max_vocab, distill, hidden, n_layers, training)
 
 
 def _parse_shard(t: _Table) -> ShardSpec:

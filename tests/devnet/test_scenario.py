@@ -481,3 +481,41 @@ def test_the_devnet_guide_lists_every_learning_setting_under_its_table() -> None
         table = f.metadata["table"]
         section = guide.split(f"### `[{table}]`", 1)[1].split("\n### ", 1)[0]
         assert f"`{f.name}`" in section, f"devnet/README.md: {f.name} is not under [{table}]"
+
+
+def test_a_tiers_training_table_reaches_that_tiers_nodes_only(tmp_path: Path) -> None:
+    text = SMALL.replace(
+        "layers = [0]\n", "layers = [0]\n[tiers.stud.training]\nlora_r = 2\nlr = 0.002\n"
+    ) + (
+        '[[nodes]]\nname = "tech"\nlayer = "subdomain"\ndomain = "en/news/tech"\ntier = "stud"\n'
+        '[nodes.shard]\ndataset = "bbc"\nhome = ["tech"]\ntrain = 4\ntest = 2\n'
+        "[training]\nlora_r = 8\n"
+    )
+    scenario = parse(text)
+    assert scenario.learning.lora_r == 8
+    assert scenario.learning_for("stud") == replace(scenario.learning, lora_r=2, lr=0.002)
+    assert scenario.learning_for("tiny") == scenario.learning
+    plans = {}
+    for node in scenario.nodes:
+        path = tmp_path / f"{node.name}.json"
+        path.write_text(json.dumps(node_plan(scenario, node, tmp_path / "root", "bafyroot")))
+        plans[node.name] = load_plan(path)
+    assert (plans["tech"].lora_r, plans["tech"].lr) == (2, 0.002)
+    assert {(p.lora_r, p.lr) for n, p in plans.items() if n != "tech"} == {
+        (8, scenario.learning.lr)
+    }
+    assert scenario.to_dict()["tiers"]["stud"]["training"] == {"lora_r": 2, "lr": 0.002}
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("rule = 'median'", "tiers.stud.training.rule: unknown key"),  # an [aggregation] key
+        ("lora_r = 0", "tiers.stud.training.lora_r"),
+        ("lora_rank = 2", "tiers.stud.training.lora_rank: unknown key"),
+    ],
+)
+def test_a_tiers_training_table_is_checked_as_training_is(table: str, message: str) -> None:
+    text = SMALL.replace("layers = [0]\n", f"layers = [0]\n[tiers.stud.training]\n{table}\n")
+    with pytest.raises(ScenarioError, match=message.replace(".", r"\.")):
+        parse(text)
