@@ -115,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the nodes' update_rms_steps (0: updates at the finest int8 step; default: the "
         "scenario's)",
     )
+    p.add_argument(
+        "--tier-lora-r",
+        action="append",
+        default=[],
+        metavar="TIER=R",
+        help="that tier's nodes' LoRA rank ([tiers.TIER.training] lora_r; repeatable; "
+        "information: the default scenario gives every tier the [training] rank)",
+    )
     args = p.parse_args(argv)
     from p2phier.devnet.scenario import load_scenario
 
@@ -131,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_rms_steps is not None:
         learning = dataclasses.replace(scenario.learning, update_rms_steps=args.update_rms_steps)
         scenario = dataclasses.replace(scenario, learning=learning)
+    for item in args.tier_lora_r:
+        tier, _, rank = item.partition("=")
+        if tier not in scenario.tiers or not rank.isdigit() or not 1 <= int(rank) <= 256:
+            p.error(f"--tier-lora-r {item!r}: want TIER=R with a tier of {sorted(scenario.tiers)}")
+        spec = scenario.tiers[tier]
+        spec = dataclasses.replace(spec, training={**spec.training, "lora_r": int(rank)})
+        scenario = dataclasses.replace(scenario, tiers={**scenario.tiers, tier: spec})
     t0 = time.perf_counter()
     record, summary = _run(scenario, args.rounds, keep=args.keep)
     total_s = time.perf_counter() - t0
@@ -278,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                 "hier_vs_central_ci_pts": ci_central,
                 "wire_encoding": scenario.learning.wire_encoding,
                 "update_rms_steps": scenario.learning.update_rms_steps,
+                "tier_training": {
+                    name: dict(t.training) for name, t in scenario.tiers.items() if t.training
+                },
                 "fp16_run": fp16,
                 "int8_vs_fp16_acc_pts": _acc_pts(hier, fp16),
                 "verdict": summary["verdict"],
