@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     from p2phier.devnet.scenario import load_scenario
+    from p2phier.errors import P2PHierError
+    from p2phier.learnplan import parse_settings
 
     name = "ci.toml" if args.quick else "default.toml"
     scenario = load_scenario(ROOT / "devnet" / "scenarios" / name).with_rounds(args.rounds)
@@ -141,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         scenario = dataclasses.replace(scenario, learning=learning)
     for item in args.tier_lora_r:
         tier, _, rank = item.partition("=")
-        if tier not in scenario.tiers or not rank.isdigit() or not 1 <= int(rank) <= 256:
+        if tier not in scenario.tiers or not rank.isdigit():
             p.error(f"--tier-lora-r {item!r}: want TIER=R with a tier of {sorted(scenario.tiers)}")
+        try:  # the rank's one declared check (LearnSettings.lora_r)
+            over = parse_settings({"lora_r": int(rank)}, f"--tier-lora-r {tier}", "training")
+        except P2PHierError as exc:
+            p.error(str(exc))
         spec = scenario.tiers[tier]
-        spec = dataclasses.replace(spec, training={**spec.training, "lora_r": int(rank)})
+        spec = dataclasses.replace(spec, training={**spec.training, **over})
         scenario = dataclasses.replace(scenario, tiers={**scenario.tiers, tier: spec})
     t0 = time.perf_counter()
     record, summary = _run(scenario, args.rounds, keep=args.keep)

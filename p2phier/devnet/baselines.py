@@ -286,11 +286,16 @@ def _lora(t: LearnSettings) -> LoraSettings:
     return LoraSettings(r=t.lora_r, alpha=2.0 * t.lora_r, train_pooler=t.train_pooler)
 
 
+def _central_settings(scenario: Scenario) -> LearnSettings:
+    """What the central baseline trains with: the master tier's settings (it trains that tier)."""
+    return scenario.learning_for(scenario.master.tier)
+
+
 def central_rates(scenario: Scenario) -> tuple[float, ...]:
     """The learning rates the central baseline tries (:func:`p2phier.learn.central.rates`)."""
     from p2phier.learn import central
 
-    return central.rates(scenario.learning.lr)
+    return central.rates(_central_settings(scenario).lr)
 
 
 def isolated_baseline(
@@ -346,7 +351,7 @@ def central_candidate(
     from p2phier.learn import api, central
 
     _setup(scenario)
-    t = scenario.learning_for(scenario.master.tier)  # central trains the master's tier
+    t = _central_settings(scenario)
     trainers = _trainers(scenario, data)
     root = root or root_tier(scenario, data, Path(work_dir) / "root-tier")
     got = central.train(
@@ -393,7 +398,7 @@ def combine_baselines(
     central_dir = Path(work_dir) / "central"
     if not central_dir.exists():
         shutil.copytree(best.adapter_dir, central_dir)
-    t = scenario.learning
+    t = _central_settings(scenario)
     steps = t.steps_per_cycle * scenario.rounds
     n = len(_trainers(scenario, data))
     rates = " and ".join(f"{c.lr:g}" for c in candidates)

@@ -322,11 +322,13 @@ class _Table:
         self.used.add(key)
         return get(self.data, key, check, self.path, None)
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self, table: str | None = None) -> dict[str, Any]:
         """This table's learning settings (:class:`~p2phier.learnplan.LearnSettings` fields
-        whose ``table`` is this table's name), checked as a plan checks them."""
-        self.used.update(f.name for f in SETTINGS if f.metadata["table"] == self.path)
-        return parse_settings(self.data, self.path, self.path)
+        whose ``table`` is ``table``, by default this table's name), checked as a plan checks
+        them."""
+        table = table or self.path
+        self.used.update(f.name for f in SETTINGS if f.metadata["table"] == table)
+        return parse_settings(self.data, self.path, table)
 
     def sub(self, key: str, required: bool = False) -> _Table:
         self.used.add(key)
@@ -411,8 +413,7 @@ def _parse_tier(name: str, t: _Table) -> TierSpec:
     if kind == "tiny" and hidden % 4:
         raise ScenarioError(f"{t.at('hidden')}: must be a multiple of 4 (4 attention heads)")
     tt = t.sub("training")
-    training = parse_settings(tt.data, tt.path, "training")
-    tt.used.update(f.name for f in SETTINGS if f.metadata["table"] == "training")
+    training = tt.settings("training")
     tt.done()
     t.done()
     return TierSpec(name, kind, teacher, layers, max_vocab, distill, hidden, n_layers, training)
